@@ -1,0 +1,1 @@
+"""refdiff backends (installed as ``refdiff.backends``)."""

@@ -1,0 +1,1 @@
+"""refdiff's shipped conformance suite (installed as ``refdiff.conformance``)."""

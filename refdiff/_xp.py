@@ -1,0 +1,117 @@
+"""Array-API helpers shared by the reference: namespace lookup, broadcasting, table gathers, erf."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+from array_api_compat import array_namespace, device as _device, is_array_api_obj
+
+from ._errors import RefdiffShapeError, fail
+
+__all__ = ["array_namespace", "device_of", "append_dims", "gather", "as_timesteps",
+           "check_same_shape", "check_broadcast", "erf", "register_special", "is_numpy"]
+
+
+def device_of(x):
+    """The device an array lives on (array_api_compat.device)."""
+    return _device(x)
+
+
+def is_numpy(xp) -> bool:
+    """True for NumPy or its array-api-compat wrapper."""
+    return getattr(xp, "__name__", "").split(".")[-1] == "numpy"
+
+
+def append_dims(a, ndim: int):
+    """Reshape ``a`` to ``a.shape + (1,) * (ndim - a.ndim)`` so it broadcasts against an ndim array."""
+    xp = array_namespace(a)
+    if a.ndim > ndim:
+        fail("coefficient", a, f"has {a.ndim} dimensions, more than the {ndim} of the data",
+             RefdiffShapeError)
+    return xp.reshape(a, tuple(a.shape) + (1,) * (ndim - a.ndim))
+
+
+def as_timesteps(t, num_timesteps: int, *, like, name: str = "t"):
+    """Validate integer timesteps in [0, num_timesteps) and return them as an array next to ``like``."""
+    xp = array_namespace(like)
+    if not is_array_api_obj(t):
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) and not (
+                isinstance(t, (list, tuple)) and all(isinstance(v, (int, np.integer)) for v in t)):
+            fail(name, t, f"expected integer timesteps in [0, {num_timesteps})")
+        t = xp.asarray(t, dtype=xp.int64, device=_device(like))
+    if not xp.isdtype(t.dtype, "integral"):
+        fail(name, t, f"expected an integer dtype for timesteps in [0, {num_timesteps}), got {t.dtype}")
+    if t.ndim and t.shape[0] == 0:
+        return t
+    if bool(xp.any(t < 0)) or bool(xp.any(t >= num_timesteps)):
+        lo, hi = int(xp.min(t)), int(xp.max(t))
+        fail(name, t, f"timesteps must lie in [0, {num_timesteps}); got values from {lo} to {hi}")
+    return t
+
+
+def gather(table, t, ndim: int):
+    """table[t] reshaped to broadcast against data with ``ndim`` dimensions (batch axes first)."""
+    xp = array_namespace(table, t)
+    flat = xp.reshape(t, (-1,))
+    vals = xp.take(table, flat, axis=0)
+    return append_dims(xp.reshape(vals, tuple(t.shape)), ndim)
+
+
+def check_same_shape(name_a: str, a, name_b: str, b) -> None:
+    """Raise unless ``a`` and ``b`` have the same shape."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise RefdiffShapeError(
+            f"{name_a} has shape {tuple(a.shape)} but {name_b} has shape {tuple(b.shape)}; "
+            "they must match")
+
+
+def check_broadcast(*named) -> tuple:
+    """Raise unless the shapes of the (name, array) pairs broadcast; return the broadcast shape."""
+    shapes = [tuple(getattr(a, "shape", ())) for _, a in named]
+    try:
+        return np.broadcast_shapes(*shapes)
+    except ValueError:
+        desc = ", ".join(f"{n} {s}" for (n, _), s in zip(named, shapes))
+        raise RefdiffShapeError(f"shapes do not broadcast: {desc}") from None
+
+
+_SPECIAL: dict[tuple[str, str], Callable] = {}
+
+
+def register_special(op: str, namespace_name: str, fn: Callable) -> None:
+    """Register a special function (e.g. ``erf``) for a namespace whose ``__name__`` ends in ``namespace_name``."""
+    _SPECIAL[(op, namespace_name)] = fn
+
+
+def _special(op: str, x):
+    xp = array_namespace(x)
+    name = getattr(xp, "__name__", "")
+    for (o, ns), fn in _SPECIAL.items():
+        if o == op and name.endswith(ns):
+            return fn(x)
+    short = name.split(".")[-1]
+    if op == "erf":
+        if short == "numpy":
+            from scipy.special import erf as _erf
+            return xp.asarray(_erf(np.asarray(x)))
+        if short == "torch":
+            import importlib
+            return importlib.import_module("torch").special.erf(x)
+        if short == "cupy":
+            import importlib
+            return importlib.import_module("cupyx.scipy.special").erf(x)
+    raise NotImplementedError(
+        f"{op} is not in the array API standard and no implementation is registered for namespace "
+        f"{name!r}; register one with refdiff._xp.register_special({op!r}, {short!r}, fn)")
+
+
+def erf(x):
+    """The error function, dispatched on the array's namespace (not part of the array API standard)."""
+    return _special("erf", x)
+
+
+def float_dtype_of(x) -> Any:
+    """The floating dtype of x, or the namespace's default float64 if x is an integer array."""
+    xp = array_namespace(x)
+    return x.dtype if xp.isdtype(x.dtype, "real floating") else xp.float64
