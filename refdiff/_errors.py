@@ -33,7 +33,7 @@ def _show(value: Any) -> str:
     except Exception:  # noqa: BLE001 - any object: fall back to repr
         return repr(value)
     if arr.ndim == 0:
-        return repr(value)
+        return repr(arr.item()) if arr.dtype.kind in "biuf" else repr(value)
     flat = arr.reshape(-1)
     head = ", ".join(repr(v.item()) for v in flat[:6])
     return f"array of shape {arr.shape} [{head}{', ...' if flat.size > 6 else ''}]"

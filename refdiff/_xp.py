@@ -10,7 +10,7 @@ from array_api_compat import array_namespace, device as _device, is_array_api_ob
 from ._errors import RefdiffShapeError, fail
 
 __all__ = ["array_namespace", "device_of", "append_dims", "gather", "as_timesteps",
-           "check_same_shape", "check_broadcast", "erf", "register_special", "is_numpy"]
+           "check_same_shape", "check_broadcast", "erf", "erfc", "register_special", "is_numpy"]
 
 
 def device_of(x):
@@ -91,16 +91,15 @@ def _special(op: str, x):
         if o == op and name.endswith(ns):
             return fn(x)
     short = name.split(".")[-1]
-    if op == "erf":
+    if op in ("erf", "erfc"):
+        import importlib
         if short == "numpy":
-            from scipy.special import erf as _erf
-            return xp.asarray(_erf(np.asarray(x)))
+            fn = getattr(importlib.import_module("scipy.special"), op)
+            return xp.asarray(fn(np.asarray(x)))
         if short == "torch":
-            import importlib
-            return importlib.import_module("torch").special.erf(x)
+            return getattr(importlib.import_module("torch").special, op)(x)
         if short == "cupy":
-            import importlib
-            return importlib.import_module("cupyx.scipy.special").erf(x)
+            return getattr(importlib.import_module("cupyx.scipy.special"), op)(x)
     raise NotImplementedError(
         f"{op} is not in the array API standard and no implementation is registered for namespace "
         f"{name!r}; register one with refdiff._xp.register_special({op!r}, {short!r}, fn)")
@@ -109,6 +108,11 @@ def _special(op: str, x):
 def erf(x):
     """The error function, dispatched on the array's namespace (not part of the array API standard)."""
     return _special("erf", x)
+
+
+def erfc(x):
+    """The complementary error function 1 - erf(x), accurate in the tails; dispatched like :func:`erf`."""
+    return _special("erfc", x)
 
 
 def float_dtype_of(x) -> Any:

@@ -202,7 +202,7 @@ def _check_betas_dd(name: str, beta: DD) -> DD:
     bad = ~np.isfinite(b) | (b <= 0) | (b >= 1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        fail(name, b, f"every beta must be finite and lie in (0, 1); index {i} is {b[i]!r}")
+        fail(name, b, f"every beta must be finite and lie in (0, 1); index {i} is {float(b[i])!r}")
     return beta
 
 
@@ -233,8 +233,8 @@ def from_alphas_cumprod(alphas_cumprod: Sequence[float], *, name: str = "custom"
         fail("alphas_cumprod", ab, "values must lie in (0, 1) (only the last may be 0)")
     if np.any(np.diff(ab) >= 0):
         i = int(np.flatnonzero(np.diff(ab) >= 0)[0])
-        fail("alphas_cumprod", ab, f"must be strictly decreasing; index {i + 1} ({ab[i + 1]!r}) "
-             f"is not below index {i} ({ab[i]!r})")
+        fail("alphas_cumprod", ab, f"must be strictly decreasing; index {i + 1} ({float(ab[i + 1])!r}) "
+             f"is not below index {i} ({float(ab[i])!r})")
     abd = DD(ab)
     prev = _concat(DD(np.ones(1)), abd[:-1])
     beta = 1.0 - abd / prev

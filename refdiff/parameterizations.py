@@ -1,0 +1,106 @@
+"""Conversions between the network parameterizations: ε, x0, v, score and the posterior mean μ.
+
+All functions take the schedule, the data-shaped arrays and integer timesteps t (shape (B,) or
+scalar) in the schedule's index convention (0..T-1, index 0 = one diffusion step). Coefficients
+come from the schedule's tables, gathered at t and broadcast over the non-batch axes.
+"""
+
+from __future__ import annotations
+
+from ._errors import RefdiffValueError, fail
+from ._xp import array_namespace, as_timesteps, check_same_shape, gather
+
+__all__ = [
+    "coefficient", "x0_from_eps", "eps_from_x0", "v_from_x0_eps", "x0_from_v", "eps_from_v",
+    "v_from_x0", "score_from_eps", "eps_from_score", "x0_from_mu", "mu_from_x0",
+]
+
+
+def coefficient(schedule, name: str, t, x):
+    """Schedule table ``name`` gathered at t and shaped to broadcast against x (improved-diffusion's _extract_into_tensor)."""
+    table = getattr(schedule, name)
+    try:
+        array_namespace(x, table)
+    except TypeError:
+        fail("schedule", schedule, f"its tables live in {type(table).__module__} but x is a "
+             f"{type(x).__module__} array; move them once with schedule.to(xp, device=..., dtype=...)")
+    t = as_timesteps(t, schedule.num_timesteps, like=x)
+    return gather(table, t, x.ndim)
+
+
+def _check_finite_snr(schedule, t, x, what: str) -> None:
+    if not schedule.zero_terminal_snr:
+        return
+    xp = array_namespace(x)
+    t = as_timesteps(t, schedule.num_timesteps, like=x)
+    if bool(xp.any(t == schedule.num_timesteps - 1)):
+        raise RefdiffValueError(
+            f"t={schedule.num_timesteps - 1} has zero SNR (alphas_cumprod = 0): {what} is undefined "
+            "there; use a v- or x0-prediction model at the terminal step (Lin et al. 2023, §3.2)")
+
+
+def x0_from_eps(schedule, x_t, t, eps):
+    """x̂0 = x_t/√ᾱ_t − √(1/ᾱ_t − 1)·ε (Ho et al. 2020, Eq. 4 solved for x0)."""
+    check_same_shape("x_t", x_t, "eps", eps)
+    _check_finite_snr(schedule, t, x_t, "x0 from eps")
+    return (coefficient(schedule, "sqrt_recip_alphas_cumprod", t, x_t) * x_t
+            - coefficient(schedule, "sqrt_recipm1_alphas_cumprod", t, x_t) * eps)
+
+
+def eps_from_x0(schedule, x_t, t, x0):
+    """ε = (x_t − √ᾱ_t·x0)/√(1 − ᾱ_t) (Ho et al. 2020, Eq. 4 solved for ε)."""
+    check_same_shape("x_t", x_t, "x0", x0)
+    return ((x_t - coefficient(schedule, "sqrt_alphas_cumprod", t, x_t) * x0)
+            / coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t))
+
+
+def v_from_x0_eps(schedule, x0, t, eps):
+    """v = √ᾱ_t·ε − √(1 − ᾱ_t)·x0 (Salimans & Ho 2022, §4)."""
+    check_same_shape("x0", x0, "eps", eps)
+    return (coefficient(schedule, "sqrt_alphas_cumprod", t, x0) * eps
+            - coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x0) * x0)
+
+
+def x0_from_v(schedule, x_t, t, v):
+    """x0 = √ᾱ_t·x_t − √(1 − ᾱ_t)·v (Salimans & Ho 2022, §4)."""
+    check_same_shape("x_t", x_t, "v", v)
+    return (coefficient(schedule, "sqrt_alphas_cumprod", t, x_t) * x_t
+            - coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t) * v)
+
+
+def eps_from_v(schedule, x_t, t, v):
+    """ε = √(1 − ᾱ_t)·x_t + √ᾱ_t·v (Salimans & Ho 2022, §4)."""
+    check_same_shape("x_t", x_t, "v", v)
+    return (coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t) * x_t
+            + coefficient(schedule, "sqrt_alphas_cumprod", t, x_t) * v)
+
+
+def v_from_x0(schedule, x_t, t, x0):
+    """v = (√ᾱ_t·x_t − x0)/√(1 − ᾱ_t) (Salimans & Ho 2022, §4, solved for v)."""
+    check_same_shape("x_t", x_t, "x0", x0)
+    return ((coefficient(schedule, "sqrt_alphas_cumprod", t, x_t) * x_t - x0)
+            / coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t))
+
+
+def score_from_eps(schedule, t, eps):
+    """∇ log q(x_t) ≈ −ε/√(1 − ᾱ_t) (Song et al. 2021, §3.3; Vincent 2011)."""
+    return -eps / coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, eps)
+
+
+def eps_from_score(schedule, t, score):
+    """ε = −√(1 − ᾱ_t)·score (Song et al. 2021, §3.3)."""
+    return -coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, score) * score
+
+
+def mu_from_x0(schedule, x_t, t, x0):
+    """μ̃_t(x_t, x0) = coef1·x0 + coef2·x_t (Ho et al. 2020, Eq. 7)."""
+    check_same_shape("x_t", x_t, "x0", x0)
+    return (coefficient(schedule, "posterior_mean_coef1", t, x_t) * x0
+            + coefficient(schedule, "posterior_mean_coef2", t, x_t) * x_t)
+
+
+def x0_from_mu(schedule, x_t, t, mu):
+    """x0 = (μ − coef2·x_t)/coef1, inverting Ho et al. 2020, Eq. 7 (improved-diffusion's μ-prediction)."""
+    check_same_shape("x_t", x_t, "mu", mu)
+    return ((mu - coefficient(schedule, "posterior_mean_coef2", t, x_t) * x_t)
+            / coefficient(schedule, "posterior_mean_coef1", t, x_t))

@@ -1,0 +1,447 @@
+"""The whole UNet: forward with a cache, hand-written backward, both by chaining :mod:`.layers`.
+
+Structure (Ho et al. 2020, App. B; Dhariwal & Nichol 2021, §3):
+
+* time embedding: sinusoid(t) → dense(4C) → SiLU → dense(4C), plus a label embedding when
+  class-conditional; each residual block sees SiLU of it;
+* residual block: GN → SiLU → [resample] → conv3×3 → (+ dense(SiLU(emb)), or AdaGN
+  GN(h)·(1+s)+b) → GN → SiLU → dropout → conv3×3, added to the (resampled) input, through a
+  1×1 conv when the channel count changes;
+* attention block: x + proj(MHA(GN(x)));
+* down path: conv_in, then per level ``num_res_blocks`` residual (+ attention) blocks and a
+  downsample (strided conv 3×3, avg-pool, or BigGAN residual block); every module's output is kept;
+* middle: residual, attention, residual;
+* up path: per level ``num_res_blocks + 1`` residual (+ attention) blocks, each taking the
+  channel concatenation with the matching kept activation, then an upsample (nearest ×2 + conv);
+* out: GN → SiLU → conv3×3.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+from array_api_compat import is_array_api_obj
+
+from .._errors import RefdiffShapeError, RefdiffValueError, check_int, fail
+from .._xp import array_namespace, device_of
+from . import layers as L
+from .config import UNetConfig
+from .params import Block, layout, param_shapes
+
+__all__ = ["unet_forward", "unet_backward", "unet_vjp", "unet_apply", "dropout_masks",
+           "dropout_shapes", "loss_and_grad", "check_params"]
+
+
+# ----------------------------------------------------------------------------- validation
+def check_params(params: Mapping[str, Any], config: UNetConfig) -> None:
+    """Raise unless ``params`` holds exactly the names and shapes of :func:`param_shapes`."""
+    if not isinstance(config, UNetConfig):
+        fail("config", config, "expected a refdiff.unet.UNetConfig (see get_preset)")
+    if not isinstance(params, Mapping):
+        fail("params", params, "expected a dict of parameter arrays (see init_params)")
+    shapes = param_shapes(config)
+    missing = [k for k in shapes if k not in params]
+    extra = [k for k in params if k not in shapes]
+    if missing or extra:
+        raise RefdiffValueError(
+            f"params do not match the config: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
+            f", unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}")
+    for k, s in shapes.items():
+        if tuple(params[k].shape) != s:
+            raise RefdiffShapeError(f"params[{k!r}] has shape {tuple(params[k].shape)}; the config "
+                                    f"needs {s}")
+
+
+def _check_inputs(params, config, x, t, y):
+    check_params(params, config)
+    xp = array_namespace(x, *params.values())
+    cfg = config
+    if x.ndim != 4 or x.shape[1] != cfg.in_channels or x.shape[2] != cfg.image_size \
+            or x.shape[3] != cfg.image_size:
+        fail("x", tuple(x.shape), f"expected shape (batch, {cfg.in_channels}, {cfg.image_size}, "
+             f"{cfg.image_size}) for this config", RefdiffShapeError)
+    bsz = x.shape[0]
+    if not is_array_api_obj(t):
+        t = xp.asarray(t, device=device_of(x))
+    if t.ndim == 0:
+        t = xp.broadcast_to(xp.reshape(t, (1,)), (bsz,))
+    if tuple(t.shape) != (bsz,):
+        fail("t", tuple(t.shape), f"expected shape ({bsz},) (one timestep per batch element)",
+             RefdiffShapeError)
+    if not (xp.isdtype(t.dtype, "integral") or xp.isdtype(t.dtype, "real floating")):
+        fail("t", t.dtype, "expected an integer or real floating dtype")
+    if cfg.num_classes is None:
+        if y is not None:
+            fail("y", "array", "this config is unconditional (num_classes=None); pass y=None")
+    else:
+        if y is None:
+            fail("y", None, f"class labels are required (num_classes={cfg.num_classes}); pass "
+                 f"y={cfg.num_classes} (the null label) for unconditional outputs")
+        if not is_array_api_obj(y):
+            y = xp.asarray(y, device=device_of(x))
+        if y.ndim == 0:
+            y = xp.broadcast_to(xp.reshape(y, (1,)), (bsz,))
+        if tuple(y.shape) != (bsz,) or not xp.isdtype(y.dtype, "integral"):
+            fail("y", f"{tuple(y.shape)} {y.dtype}", f"expected integer labels of shape ({bsz},)")
+        if bool(xp.any(y < 0)) or bool(xp.any(y > cfg.num_classes)):
+            fail("y", y, f"labels must lie in [0, {cfg.num_classes}] ({cfg.num_classes} = null label)")
+    return xp, t, y
+
+
+def _resampled(b: Block) -> int:
+    return b.res // 2 if b.updown == "down" else b.res * 2 if b.updown == "up" else b.res
+
+
+def dropout_shapes(config: UNetConfig, batch: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of the dropout masks, keyed by residual block name (e.g. ``"down.0.res.1"``)."""
+    batch = check_int("batch", batch, minimum=1)
+    return {b.name: (batch, b.cout, _resampled(b), _resampled(b))
+            for b in layout(config) if b.kind == "res"}
+
+
+def dropout_masks(config: UNetConfig, batch: int, rng, *, xp=None, dtype=None,
+                  device=None) -> dict[str, Any]:
+    """Explicit inverted-dropout masks m ∈ {0, 1/(1−p)} for every residual block (Srivastava et al. 2014).
+
+    Parameters
+    ----------
+    config : UNetConfig
+    batch : int
+    rng : numpy.random.Generator or int
+        Host RNG (or a seed); the masks are Bernoulli(1 − p) draws in block order.
+    xp, dtype, device
+        Where to put the masks (default: NumPy float64).
+
+    Returns
+    -------
+    dict[str, array]
+        Empty when ``config.dropout == 0``.
+    """
+    if config.dropout == 0.0:
+        return {}
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    keep = 1.0 - config.dropout
+    out = {k: (rng.random(s) < keep) / keep for k, s in dropout_shapes(config, batch).items()}
+    if xp is None:
+        return out if dtype is None else {k: v.astype(dtype) for k, v in out.items()}
+    kw = {} if device is None else {"device": device}
+    return {k: xp.asarray(v, dtype=xp.float64 if dtype is None else dtype, **kw)
+            for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- blocks
+def _resample_fwd(kind: str, x):
+    return L.avg_pool2x(x) if kind == "down" else L.upsample_nearest2x(x)
+
+
+def _resample_bwd(kind: str, g):
+    return L.avg_pool2x_backward(g) if kind == "down" else L.upsample_nearest2x_backward(g)
+
+
+def _res_forward(params, cfg: UNetConfig, b: Block, x, emb_act, mask):
+    xp = array_namespace(x)
+    n, G = b.name, cfg.num_groups
+    h0 = L.group_norm(x, params[f"{n}.norm1.weight"], params[f"{n}.norm1.bias"], groups=G)
+    h1 = L.silu(h0)
+    xs = x
+    if b.updown:
+        h1 = _resample_fwd(b.updown, h1)
+        xs = _resample_fwd(b.updown, x)
+    c1 = L.conv2d(h1, params[f"{n}.conv1.weight"], params[f"{n}.conv1.bias"])
+    e = L.linear(emb_act, params[f"{n}.temb.weight"], params[f"{n}.temb.bias"])
+    if cfg.use_scale_shift_norm:
+        scale = xp.reshape(e[:, :b.cout], (-1, b.cout, 1, 1))
+        shift = xp.reshape(e[:, b.cout:], (-1, b.cout, 1, 1))
+        n2_in = c1
+        n2 = L.group_norm(c1, params[f"{n}.norm2.weight"], params[f"{n}.norm2.bias"], groups=G)
+        h2 = n2 * (1.0 + scale) + shift
+    else:
+        scale = n2 = None
+        n2_in = c1 + xp.reshape(e, (-1, b.cout, 1, 1))
+        h2 = L.group_norm(n2_in, params[f"{n}.norm2.weight"], params[f"{n}.norm2.bias"], groups=G)
+    a2 = L.silu(h2)
+    d = a2 if mask is None else L.dropout(a2, mask)
+    c2 = L.conv2d(d, params[f"{n}.conv2.weight"], params[f"{n}.conv2.bias"])
+    if b.cin != b.cout:
+        skip = L.conv2d(xs, params[f"{n}.skip.weight"], params[f"{n}.skip.bias"], padding=0)
+    else:
+        skip = xs
+    cache = dict(x=x, h0=h0, h1=h1, xs=xs, n2_in=n2_in, n2=n2, scale=scale, h2=h2, d=d,
+                 mask=mask, emb_act=emb_act)
+    return skip + c2, cache
+
+
+def _res_backward(params, cfg: UNetConfig, b: Block, c, g, grads):
+    xp = array_namespace(g)
+    n, G = b.name, cfg.num_groups
+    # residual branch
+    gd, grads[f"{n}.conv2.weight"], grads[f"{n}.conv2.bias"] = L.conv2d_backward(
+        g, c["d"], params[f"{n}.conv2.weight"])
+    ga2 = gd if c["mask"] is None else L.dropout_backward(gd, c["mask"])
+    gh2 = L.silu_backward(ga2, c["h2"])
+    if cfg.use_scale_shift_norm:
+        gn2 = gh2 * (1.0 + c["scale"])
+        gscale = xp.sum(gh2 * c["n2"], axis=(2, 3))
+        gshift = xp.sum(gh2, axis=(2, 3))
+        ge = xp.concat([gscale, gshift], axis=1)
+        gc1, grads[f"{n}.norm2.weight"], grads[f"{n}.norm2.bias"] = L.group_norm_backward(
+            gn2, c["n2_in"], params[f"{n}.norm2.weight"], groups=G)
+    else:
+        gc1, grads[f"{n}.norm2.weight"], grads[f"{n}.norm2.bias"] = L.group_norm_backward(
+            gh2, c["n2_in"], params[f"{n}.norm2.weight"], groups=G)
+        ge = xp.sum(gc1, axis=(2, 3))
+    gemb, grads[f"{n}.temb.weight"], grads[f"{n}.temb.bias"] = L.linear_backward(
+        ge, c["emb_act"], params[f"{n}.temb.weight"])
+    gh1, grads[f"{n}.conv1.weight"], grads[f"{n}.conv1.bias"] = L.conv2d_backward(
+        gc1, c["h1"], params[f"{n}.conv1.weight"])
+    if b.updown:
+        gh1 = _resample_bwd(b.updown, gh1)
+    gh0 = L.silu_backward(gh1, c["h0"])
+    gx, grads[f"{n}.norm1.weight"], grads[f"{n}.norm1.bias"] = L.group_norm_backward(
+        gh0, c["x"], params[f"{n}.norm1.weight"], groups=G)
+    # skip branch
+    if b.cin != b.cout:
+        gxs, grads[f"{n}.skip.weight"], grads[f"{n}.skip.bias"] = L.conv2d_backward(
+            g, c["xs"], params[f"{n}.skip.weight"], padding=0)
+    else:
+        gxs = g
+    if b.updown:
+        gxs = _resample_bwd(b.updown, gxs)
+    return gx + gxs, gemb
+
+
+def _attn_forward(params, cfg: UNetConfig, b: Block, x):
+    n = b.name
+    h = L.group_norm(x, params[f"{n}.norm.weight"], params[f"{n}.norm.bias"], groups=cfg.num_groups)
+    a = L.self_attention(h, params[f"{n}.qkv.weight"], params[f"{n}.qkv.bias"],
+                         params[f"{n}.proj.weight"], params[f"{n}.proj.bias"], num_heads=b.heads)
+    return x + a, dict(x=x, h=h)
+
+
+def _attn_backward(params, cfg: UNetConfig, b: Block, c, g, grads):
+    n = b.name
+    gh, grads[f"{n}.qkv.weight"], grads[f"{n}.qkv.bias"], grads[f"{n}.proj.weight"], \
+        grads[f"{n}.proj.bias"] = L.self_attention_backward(
+            g, c["h"], params[f"{n}.qkv.weight"], params[f"{n}.qkv.bias"],
+            params[f"{n}.proj.weight"], num_heads=b.heads)
+    gx, grads[f"{n}.norm.weight"], grads[f"{n}.norm.bias"] = L.group_norm_backward(
+        gh, c["x"], params[f"{n}.norm.weight"], groups=cfg.num_groups)
+    return g + gx
+
+
+def _down_forward(params, b: Block, x):
+    if b.conv:
+        return L.conv2d(x, params[f"{b.name}.weight"], params[f"{b.name}.bias"], stride=2), dict(x=x)
+    return L.avg_pool2x(x), dict(x=x)
+
+
+def _down_backward(params, b: Block, c, g, grads):
+    if b.conv:
+        gx, grads[f"{b.name}.weight"], grads[f"{b.name}.bias"] = L.conv2d_backward(
+            g, c["x"], params[f"{b.name}.weight"], stride=2)
+        return gx
+    return L.avg_pool2x_backward(g)
+
+
+def _up_forward(params, b: Block, x):
+    u = L.upsample_nearest2x(x)
+    if b.conv:
+        return L.conv2d(u, params[f"{b.name}.weight"], params[f"{b.name}.bias"]), dict(u=u)
+    return u, dict(u=u)
+
+
+def _up_backward(params, b: Block, c, g, grads):
+    if b.conv:
+        g, grads[f"{b.name}.weight"], grads[f"{b.name}.bias"] = L.conv2d_backward(
+            g, c["u"], params[f"{b.name}.weight"])
+    return L.upsample_nearest2x_backward(g)
+
+
+# ----------------------------------------------------------------------------- network
+def _check_masks(masks, config, batch, train):
+    if not train or config.dropout == 0.0:
+        return None
+    if masks is None:
+        fail("dropout_masks", None, f"train=True with dropout={config.dropout} needs explicit "
+             "masks; draw them with refdiff.unet.dropout_masks(config, batch, rng), or pass "
+             "train=False")
+    expected = dropout_shapes(config, batch)
+    missing = [k for k in expected if k not in masks]
+    if missing:
+        fail("dropout_masks", sorted(masks)[:4], f"missing masks for {missing[:4]}")
+    for k, s in expected.items():
+        if tuple(masks[k].shape) != s:
+            raise RefdiffShapeError(f"dropout_masks[{k!r}] has shape {tuple(masks[k].shape)}; "
+                                    f"expected {s}")
+    return masks
+
+
+def unet_forward(params: Mapping[str, Any], config: UNetConfig, x, t, *, y=None,
+                 dropout_masks: Mapping[str, Any] | None = None, train: bool = False):
+    """The UNet ε_θ(x_t, t[, y]) and a cache for :func:`unet_backward` (Ho et al. 2020, App. B).
+
+    Parameters
+    ----------
+    params : dict[str, array]
+        Named as :func:`~refdiff.unet.param_shapes`; same namespace and dtype as x.
+    config : UNetConfig
+    x : array (B, in_channels, image_size, image_size)
+        Noisy input x_t (NCHW).
+    t : array (B,) or scalar
+        Timestep values for the sinusoidal embedding (schedule indices, or continuous values);
+        the embedding is computed in float64 and then cast to x's dtype.
+    y : array (B,) of int, optional
+        Class labels in [0, num_classes]; ``num_classes`` is the null label. Required iff the
+        config is class-conditional.
+    dropout_masks : dict[str, array], optional
+        Masks from :func:`dropout_masks`; used only when ``train`` is True (then required
+        whenever ``config.dropout > 0``).
+    train : bool
+        Apply dropout. Without it, dropout is the identity (inference).
+
+    Returns
+    -------
+    out : array (B, output_channels, image_size, image_size)
+    cache : dict
+        What :func:`unet_backward` needs (all intermediate activations).
+    """
+    cfg = config
+    xp, t, y = _check_inputs(params, cfg, x, t, y)
+    masks = _check_masks(dropout_masks, cfg, x.shape[0], train)
+    p, G = params, cfg.num_groups
+    # time (and label) embedding
+    temb0 = xp.astype(L.timestep_embedding(t, cfg.model_channels), x.dtype)
+    e1 = L.linear(temb0, p["time_embed.0.weight"], p["time_embed.0.bias"])
+    e1a = L.silu(e1)
+    emb = L.linear(e1a, p["time_embed.1.weight"], p["time_embed.1.bias"])
+    if cfg.num_classes is not None:
+        emb = emb + L.embedding(y, p["label_embed.weight"])
+    emb_act = L.silu(emb)
+    # body
+    h = L.conv2d(x, p["conv_in.weight"], p["conv_in.bias"])
+    kept = [h]
+    caches = []
+    for b in layout(cfg):
+        if b.pop:
+            h = xp.concat([h, kept.pop()], axis=1)
+        if b.kind == "res":
+            h, c = _res_forward(p, cfg, b, h, emb_act, None if masks is None else masks[b.name])
+        elif b.kind == "attn":
+            h, c = _attn_forward(p, cfg, b, h)
+        elif b.kind == "downsample":
+            h, c = _down_forward(p, b, h)
+        else:
+            h, c = _up_forward(p, b, h)
+        caches.append(c)
+        if b.push:
+            kept.append(h)
+    # output head
+    n = L.group_norm(h, p["norm_out.weight"], p["norm_out.bias"], groups=G)
+    a = L.silu(n)
+    out = L.conv2d(a, p["conv_out.weight"], p["conv_out.bias"])
+    cache = dict(x=x, y=y, temb0=temb0, e1=e1, e1a=e1a, emb=emb, emb_act=emb_act, blocks=caches,
+                 h=h, n=n, a=a)
+    return out, cache
+
+
+def unet_vjp(params: Mapping[str, Any], config: UNetConfig, cache: Mapping[str, Any], grad_out):
+    """Gradients of a scalar loss with respect to the parameters and the input x, given ∂L/∂out.
+
+    Returns
+    -------
+    grads : dict[str, array]
+        Same names and order as ``params``.
+    grad_x : array
+        ∂L/∂x, shaped like x.
+    """
+    cfg, p, G = config, params, config.num_groups
+    xp = array_namespace(grad_out, *params.values())
+    grads: dict[str, Any] = {}
+    g, grads["conv_out.weight"], grads["conv_out.bias"] = L.conv2d_backward(
+        grad_out, cache["a"], p["conv_out.weight"])
+    g = L.silu_backward(g, cache["n"])
+    g, grads["norm_out.weight"], grads["norm_out.bias"] = L.group_norm_backward(
+        g, cache["h"], p["norm_out.weight"], groups=G)
+    g_emb_act = xp.zeros_like(cache["emb_act"])
+    g_kept = []
+    plan = layout(cfg)
+    for b, c in zip(reversed(plan), reversed(cache["blocks"])):
+        if b.push:
+            g = g + g_kept.pop()
+        if b.kind == "res":
+            g, ge = _res_backward(p, cfg, b, c, g, grads)
+            g_emb_act = g_emb_act + ge
+        elif b.kind == "attn":
+            g = _attn_backward(p, cfg, b, c, g, grads)
+        elif b.kind == "downsample":
+            g = _down_backward(p, b, c, g, grads)
+        else:
+            g = _up_backward(p, b, c, g, grads)
+        if b.pop:
+            ch = g.shape[1] - b.pop
+            g_kept.append(g[:, ch:])
+            g = g[:, :ch]
+    g = g + g_kept.pop()
+    assert not g_kept
+    gx, grads["conv_in.weight"], grads["conv_in.bias"] = L.conv2d_backward(
+        g, cache["x"], p["conv_in.weight"])
+    g_emb = L.silu_backward(g_emb_act, cache["emb"])
+    if cfg.num_classes is not None:
+        grads["label_embed.weight"] = L.embedding_backward(g_emb, cache["y"], cfg.num_classes + 1)
+    g, grads["time_embed.1.weight"], grads["time_embed.1.bias"] = L.linear_backward(
+        g_emb, cache["e1a"], p["time_embed.1.weight"])
+    g = L.silu_backward(g, cache["e1"])
+    _, grads["time_embed.0.weight"], grads["time_embed.0.bias"] = L.linear_backward(
+        g, cache["temb0"], p["time_embed.0.weight"])
+    return {k: grads[k] for k in params}, gx
+
+
+def unet_backward(params: Mapping[str, Any], config: UNetConfig, cache: Mapping[str, Any],
+                  grad_out) -> dict[str, Any]:
+    """Hand-written backward of :func:`unet_forward`: ∂L/∂θ for every parameter, given ∂L/∂out.
+
+    Parameters
+    ----------
+    params, config
+        As given to :func:`unet_forward`.
+    cache : dict
+        The second output of :func:`unet_forward`.
+    grad_out : array
+        ∂L/∂out, shaped like the forward output.
+
+    Returns
+    -------
+    dict[str, array]
+        Gradients with the names and order of ``params``.
+    """
+    return unet_vjp(params, config, cache, grad_out)[0]
+
+
+def unet_apply(params: Mapping[str, Any], config: UNetConfig, x, t, *, y=None):
+    """Inference forward (no dropout); the model function ε_θ(x_t, t[, y]) for samplers."""
+    return unet_forward(params, config, x, t, y=y, train=False)[0]
+
+
+def loss_and_grad(params: Mapping[str, Any], config: UNetConfig, x_t, t, eps, *, y=None,
+                  dropout_masks: Mapping[str, Any] | None = None, train: bool = False):
+    """L_simple = mean‖ε − ε_θ(x_t, t)‖² and its parameter gradients (Ho et al. 2020, Eq. 14).
+
+    With a learned variance only the first half of the output channels (the ε prediction)
+    enters the loss. Returns ``(loss, grads)`` with loss a 0-d array.
+    """
+    out, cache = unet_forward(params, config, x_t, t, y=y, dropout_masks=dropout_masks,
+                              train=train)
+    xp = array_namespace(out)
+    c = eps.shape[1] if eps.ndim == 4 else -1
+    if tuple(eps.shape) != (out.shape[0], out.shape[1] // (2 if config.learn_sigma else 1),
+                            out.shape[2], out.shape[3]):
+        fail("eps", tuple(eps.shape), f"expected the shape of x_t {tuple(x_t.shape)} with "
+             f"{out.shape[1] // (2 if config.learn_sigma else 1)} channels", RefdiffShapeError)
+    diff = out[:, :c] - eps
+    loss = xp.mean(diff * diff)
+    g = diff * (2.0 / math.prod(diff.shape))
+    if config.learn_sigma:
+        g = xp.concat([g, xp.zeros_like(g)], axis=1)
+    return loss, unet_backward(params, config, cache, g)
