@@ -106,8 +106,10 @@ class Schedule:
     def to(self, xp, *, device=None, dtype=None) -> "Schedule":
         """Copy the float64 tables into namespace ``xp`` (cast once to ``dtype``, on ``device``)."""
         dtype = xp.float64 if dtype is None else dtype
-        conv = {n: xp.asarray(getattr(self, n), dtype=dtype, device=device) for n in TABLE_NAMES}
-        tmap = xp.asarray(self.timestep_map, dtype=xp.int64, device=device)
+        # writable host copies: torch warns on (and may alias) read-only NumPy buffers
+        conv = {n: xp.asarray(np.array(getattr(self, n)), dtype=dtype, device=device)
+                for n in TABLE_NAMES}
+        tmap = xp.asarray(np.array(self.timestep_map), dtype=xp.int64, device=device)
         return dataclasses.replace(self, timestep_map=tmap, xp=xp, _beta_dd=None, _ab_dd=None,
                                    **conv)
 

@@ -1,0 +1,94 @@
+"""Samplers, registered by name so tools (the conformance suite, the CLI) can enumerate them.
+
+Every sampler is a pure function of its inputs with explicit randomness. A registered sampler has
+a *family* that fixes its calling convention:
+
+* ``"discrete"`` — ``fn(model, x_T, *, schedule, noise=None, **options)`` where
+  ``model(x, t) -> output`` takes integer timesteps of the (possibly respaced) schedule, mapped to
+  the original indices through ``schedule.timestep_map`` before the call; ``noise`` is an array of
+  shape (num_steps,) + x_T.shape or a callable ``noise(i) -> array`` (ignored by deterministic
+  samplers).
+* ``"karras"`` — ``fn(denoiser, x, *, sigmas, noise=None, **options)`` with the denoiser
+  D(x, σ) ≈ E[x0 | x] on the variance-exploding scale x = x0 + σ z (Karras et al. 2022) and a
+  decreasing σ grid (last entry may be 0).
+* ``"vp"`` — ``fn(model, x_T, *, noise_schedule, steps, noise=None, **options)`` for DPM-Solver
+  style solvers over a VP noise schedule α_t, σ_t, λ_t in continuous time.
+* ``"sde"`` — ``fn(score_fn, x_T, *, sde, steps, noise=None, **options)`` for the SDE/ODE
+  samplers of Song et al. 2021 with ``score_fn(x, t) -> ∇ log p_t(x)``.
+
+``noise`` may be an array holding every draw (the first axis indexes the draws) or a callable
+``noise(i) -> array`` returning the i-th standard-normal draw of x's shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from .._errors import UnknownNameError
+
+__all__ = ["SamplerSpec", "FAMILIES", "register_sampler", "get_sampler", "list_samplers", "sample"]
+
+FAMILIES = ("discrete", "karras", "vp", "sde")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    """A registered sampler: its name, family, loop function, and whether it draws noise."""
+
+    name: str
+    family: str
+    fn: Callable
+    stochastic: bool
+    order: float | None = None
+    step: Callable | None = None
+    doc: str = ""
+
+
+_REGISTRY: dict[str, SamplerSpec] = {}
+
+
+def register_sampler(name: str, *, family: str, stochastic: bool, order: float | None = None,
+                     step: Callable | None = None):
+    """Decorator registering a sampler loop under ``name`` (``order``: its convergence order, if deterministic)."""
+    if family not in FAMILIES:
+        raise UnknownNameError(f"family={family!r} is not a known sampler family; allowed: "
+                               f"{', '.join(map(repr, FAMILIES))}")
+
+    def deco(fn: Callable) -> Callable:
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        _REGISTRY[name] = SamplerSpec(name, family, fn, stochastic, order, step, doc)
+        return fn
+
+    return deco
+
+
+def _load_builtin() -> None:
+    """Import the modules that register the built-in samplers (idempotent)."""
+    import importlib
+    for mod in ("discrete", "karras", "dpm_solver", "sde", "ode"):
+        try:
+            importlib.import_module(f"{__name__}.{mod}")
+        except ModuleNotFoundError as e:  # a module not written yet
+            if e.name != f"{__name__}.{mod}":
+                raise
+
+
+def list_samplers(family: str | None = None) -> list[str]:
+    """Names of the registered samplers (of one family if given)."""
+    _load_builtin()
+    return sorted(n for n, s in _REGISTRY.items() if family is None or s.family == family)
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    """The registered sampler called ``name``; an unknown name lists the known ones."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise UnknownNameError(f"sampler={name!r} is not a known sampler; allowed: "
+                               f"{', '.join(map(repr, sorted(_REGISTRY)))}")
+    return _REGISTRY[name]
+
+
+def sample(name: str, model: Callable, x, **kwargs):
+    """Run the registered sampler ``name`` (see the family conventions in the module docstring)."""
+    return get_sampler(name).fn(model, x, **kwargs)
