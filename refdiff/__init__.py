@@ -1,7 +1,49 @@
-"""refdiff: the numerical oracle for diffusion models (float64 reference written against the array API)."""
+"""refdiff: the numerical oracle for diffusion models (float64 reference written against the array API).
+
+Submodules load on first use, so ``import refdiff`` stays light (NumPy and array-api-compat;
+never torch or cupy):
+
+* ``refdiff.schedules`` — discrete schedules with improved-diffusion's table names
+* ``refdiff.diffusion`` — q(x_t|x0), q(x_{t-1}|x_t,x0), p_θ(x_{t-1}|x_t)
+* ``refdiff.parameterizations`` — ε / x0 / v / score / μ conversions
+* ``refdiff.kl`` — KL, decoder likelihood, bits/dim; ``refdiff.losses`` — training losses
+* ``refdiff.sde``, ``refdiff.edm`` — continuous families, Karras/EDM
+* ``refdiff.samplers``, ``refdiff.guidance``, ``refdiff.analytic``, ``refdiff.likelihood``
+* ``refdiff.unet`` — the reference UNet; ``refdiff.verify`` — the conformance runner
+"""
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
-from . import schedules  # noqa: E402  (light: NumPy only)
+_SUBMODULES = (
+    "schedules", "diffusion", "parameterizations", "kl", "losses", "sde", "edm", "samplers",
+    "guidance", "analytic", "likelihood", "ddpm", "unet", "train", "backends", "conformance",
+)
+_FUNCTIONS = {
+    "verify": ("refdiff.verify", "verify"),
+    "VerifyReport": ("refdiff.verify", "VerifyReport"),
+    "get_backend": ("refdiff.backends", "get_backend"),
+    "list_backends": ("refdiff.backends", "list_backends"),
+    "register_backend": ("refdiff.backends", "register_backend"),
+}
+
+__all__ = ["__version__", *_SUBMODULES, *_FUNCTIONS]
+
+
+def __getattr__(name: str):
+    if name in _FUNCTIONS:
+        module, attr = _FUNCTIONS[name]
+        value = getattr(importlib.import_module(module), attr)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module 'refdiff' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -46,7 +46,7 @@ VP_M = 1000
 # --------------------------------------------------------------------------------------------
 
 def _as_sigma(sigma, *, like=None, name: str = "sigma", positive: bool = False,
-              allow_inf: bool = False):
+              allow_inf: bool = False, why: str = ""):
     """(xp, σ as a floating array) with every σ >= 0 (or > 0), finite unless ``allow_inf``."""
     if is_array_api_obj(sigma):
         xp = array_namespace(sigma) if like is None else array_namespace(like, sigma)
@@ -76,10 +76,11 @@ def _as_sigma(sigma, *, like=None, name: str = "sigma", positive: bool = False,
     if not bool(xp.all(good)):
         what = "> 0" if positive else ">= 0"
         what += "" if allow_inf else " and finite"
+        why = f" ({why})" if why else ""
         if sigma.ndim == 0:
-            fail(name, sigma, f"expected a noise level {what}")
+            fail(name, sigma, f"expected a noise level {what}{why}")
         lo, hi = float(xp.min(sigma)), float(xp.max(sigma))
-        fail(name, sigma, f"expected noise levels {what}; got values from {lo!r} to {hi!r}")
+        fail(name, sigma, f"expected noise levels {what}; got values from {lo!r} to {hi!r}{why}")
     return xp, sigma
 
 
@@ -253,7 +254,7 @@ def c_in(sigma, sigma_data: float = 0.5):
 
 def c_noise(sigma):
     """Karras et al. (2022), Table 1 (EDM): c_noise(σ) = ¼ ln σ (σ > 0)."""
-    xp, sigma = _as_sigma(sigma, positive=True)
+    xp, sigma = _as_sigma(sigma, positive=True, why="c_noise = ¼ ln σ is -inf at σ = 0")
     return xp.log(sigma) * 0.25
 
 
@@ -286,7 +287,7 @@ def preconditioning(sigma, kind: str = "edm", *, sigma_data: float = 0.5,
         xp, s = _as_sigma(sigma)
         return (xp.ones_like(s), -s, 1.0 / xp.sqrt(s * s + 1.0),
                 vp_sigma_inv(s, beta_d, beta_min) * float(M - 1))
-    xp, s = _as_sigma(sigma, positive=True)
+    xp, s = _as_sigma(sigma, positive=True, why="the VE c_noise = ln(σ/2) is -inf at σ = 0")
     return xp.ones_like(s), s, xp.ones_like(s), xp.log(s * 0.5)
 
 
@@ -309,7 +310,8 @@ class EDMDenoiser:
 
     def __call__(self, x, sigma):
         """The denoised estimate D(x; σ), shaped like x (σ of shape (B,) or 0-d)."""
-        xp, sigma = _as_sigma(sigma, like=x, positive=self.kind != "vp")
+        xp, sigma = _as_sigma(sigma, like=x, positive=self.kind != "vp",
+                              why="D is never evaluated at σ = 0, where c_noise is -inf; D(x; 0) = x")
         cs, co, ci, cn = preconditioning(sigma, self.kind, sigma_data=self.sigma_data)
         F = self.raw_fn(append_dims(ci, x.ndim) * x, cn)
         if tuple(F.shape) != tuple(x.shape):
@@ -328,7 +330,7 @@ def denoiser_from_raw(raw_fn: Callable, sigma_data: float = 0.5, kind: str = "ed
 def edm_loss_weight(sigma, sigma_data: float = 0.5):
     """Karras et al. (2022), Table 1: λ(σ) = (σ² + σ_data²) / (σ σ_data)² = 1 / c_out(σ)² (σ > 0)."""
     sd = _check_sigma_data(sigma_data)
-    _, sigma = _as_sigma(sigma, positive=True)
+    _, sigma = _as_sigma(sigma, positive=True, why="λ(σ) = 1/c_out(σ)² is +inf at σ = 0")
     return (sigma * sigma + sd * sd) / ((sigma * sd) * (sigma * sd))
 
 
