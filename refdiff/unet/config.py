@@ -23,7 +23,7 @@ def _as_int_tuple(name: str, value: Any, *, minimum: int, allow_empty: bool) -> 
         fail(name, value, f"expected a sequence of integers >= {minimum}")
     out = tuple(check_int(f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(value))
     if not out and not allow_empty:
-        fail(name, value, "expected a non-empty sequence of integers")
+        raise RefdiffValueError(f"{name}=() is invalid: expected a non-empty sequence of integers")
     return out
 
 
@@ -111,6 +111,9 @@ class UNetConfig:
             if not isinstance(getattr(self, k), bool):
                 fail(k, getattr(self, k), "expected True or False")
         # structural checks
+        if self.model_channels < 4:
+            fail("model_channels", self.model_channels,
+                 "expected at least 4 (the sinusoidal time embedding has model_channels entries)")
         levels = len(self.channel_mult)
         factor = 2 ** (levels - 1)
         if self.image_size % factor:

@@ -23,11 +23,16 @@ __all__ = [
     "self_attention", "self_attention_backward",
     "upsample_nearest2x", "upsample_nearest2x_backward", "avg_pool2x", "avg_pool2x_backward",
     "timestep_embedding", "dropout", "dropout_backward", "embedding", "embedding_backward",
-    "GN_EPS",
+    "GN_EPS", "shape_fail",
 ]
 
 #: GroupNorm epsilon (PyTorch's default, as improved-diffusion's GroupNorm32).
 GN_EPS = 1e-5
+
+
+def shape_fail(name: str, shape, allowed: str, cls: type[Exception] = RefdiffShapeError) -> None:
+    """Raise ``cls`` naming an array argument, its shape and what is allowed."""
+    raise cls(f"{name} of shape {tuple(shape)} is invalid: {allowed}")
 
 
 def _zeros(xp, shape, like):
@@ -87,9 +92,9 @@ def im2col(x, k: int, *, stride: int = 1, padding: int = 0):
 
 def _check_conv(x, w, b, stride, padding):
     if x.ndim != 4:
-        fail("x", tuple(x.shape), "conv2d expects an NCHW array with 4 dimensions", RefdiffShapeError)
+        shape_fail("x", x.shape, "conv2d expects an NCHW array with 4 dimensions", RefdiffShapeError)
     if w.ndim != 4 or w.shape[2] != w.shape[3]:
-        fail("w", tuple(w.shape), "conv2d expects an OIHW weight with a square kernel",
+        shape_fail("w", w.shape, "conv2d expects an OIHW weight with a square kernel",
              RefdiffShapeError)
     if w.shape[1] != x.shape[1]:
         raise RefdiffShapeError(f"w has {w.shape[1]} input channels (shape {tuple(w.shape)}) but x "
@@ -307,7 +312,7 @@ def avg_pool2x(x):
     xp = array_namespace(x)
     b, c, h, w = x.shape
     if h % 2 or w % 2:
-        fail("x", tuple(x.shape), "avg_pool2x needs an even height and width", RefdiffShapeError)
+        shape_fail("x", x.shape, "avg_pool2x needs an even height and width", RefdiffShapeError)
     return xp.mean(xp.reshape(x, (b, c, h // 2, 2, w // 2, 2)), axis=(3, 5))
 
 
@@ -327,7 +332,7 @@ def timestep_embedding(t, dim: int, *, max_period: float = 10000.0):
     xp = array_namespace(t)
     dim = check_int("dim", dim, minimum=4)
     if t.ndim != 1:
-        fail("t", tuple(t.shape), "expected a 1-D array of timesteps (batch,)", RefdiffShapeError)
+        shape_fail("t", t.shape, "expected a 1-D array of timesteps (batch,)", RefdiffShapeError)
     half = dim // 2
     k = xp.arange(half, dtype=xp.float64, device=device_of(t))
     freqs = xp.exp(k * (-math.log(max_period) / (half - 1)))

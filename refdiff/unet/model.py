@@ -28,6 +28,7 @@ from .._errors import RefdiffShapeError, RefdiffValueError, check_int, fail
 from .._xp import array_namespace, device_of
 from . import layers as L
 from .config import UNetConfig
+from .layers import shape_fail
 from .params import Block, layout, param_shapes
 
 __all__ = ["unet_forward", "unet_backward", "unet_vjp", "unet_apply", "dropout_masks",
@@ -60,7 +61,7 @@ def _check_inputs(params, config, x, t, y):
     cfg = config
     if x.ndim != 4 or x.shape[1] != cfg.in_channels or x.shape[2] != cfg.image_size \
             or x.shape[3] != cfg.image_size:
-        fail("x", tuple(x.shape), f"expected shape (batch, {cfg.in_channels}, {cfg.image_size}, "
+        shape_fail("x", x.shape, f"expected shape (batch, {cfg.in_channels}, {cfg.image_size}, "
              f"{cfg.image_size}) for this config", RefdiffShapeError)
     bsz = x.shape[0]
     if not is_array_api_obj(t):
@@ -68,13 +69,14 @@ def _check_inputs(params, config, x, t, y):
     if t.ndim == 0:
         t = xp.broadcast_to(xp.reshape(t, (1,)), (bsz,))
     if tuple(t.shape) != (bsz,):
-        fail("t", tuple(t.shape), f"expected shape ({bsz},) (one timestep per batch element)",
+        shape_fail("t", t.shape, f"expected shape ({bsz},) (one timestep per batch element)",
              RefdiffShapeError)
     if not (xp.isdtype(t.dtype, "integral") or xp.isdtype(t.dtype, "real floating")):
-        fail("t", t.dtype, "expected an integer or real floating dtype")
+        fail("t.dtype", str(t.dtype), "expected an integer or real floating dtype")
     if cfg.num_classes is None:
         if y is not None:
-            fail("y", "array", "this config is unconditional (num_classes=None); pass y=None")
+            raise RefdiffValueError("y was given but this config is unconditional "
+                                    "(num_classes=None); pass y=None")
     else:
         if y is None:
             fail("y", None, f"class labels are required (num_classes={cfg.num_classes}); pass "
@@ -84,7 +86,8 @@ def _check_inputs(params, config, x, t, y):
         if y.ndim == 0:
             y = xp.broadcast_to(xp.reshape(y, (1,)), (bsz,))
         if tuple(y.shape) != (bsz,) or not xp.isdtype(y.dtype, "integral"):
-            fail("y", f"{tuple(y.shape)} {y.dtype}", f"expected integer labels of shape ({bsz},)")
+            shape_fail("y", y.shape, f"expected integer labels of shape ({bsz},), got dtype "
+                       f"{y.dtype}", RefdiffValueError)
         if bool(xp.any(y < 0)) or bool(xp.any(y > cfg.num_classes)):
             fail("y", y, f"labels must lie in [0, {cfg.num_classes}] ({cfg.num_classes} = null label)")
     return xp, t, y
@@ -381,8 +384,8 @@ def unet_vjp(params: Mapping[str, Any], config: UNetConfig, cache: Mapping[str, 
             g = _up_backward(p, b, c, g, grads)
         if b.pop:
             ch = g.shape[1] - b.pop
-            g_kept.append(g[:, ch:])
-            g = g[:, :ch]
+            g_kept.append(g[:, ch:, ...])
+            g = g[:, :ch, ...]
     g = g + g_kept.pop()
     assert not g_kept
     gx, grads["conv_in.weight"], grads["conv_in.bias"] = L.conv2d_backward(
@@ -437,9 +440,9 @@ def loss_and_grad(params: Mapping[str, Any], config: UNetConfig, x_t, t, eps, *,
     c = eps.shape[1] if eps.ndim == 4 else -1
     if tuple(eps.shape) != (out.shape[0], out.shape[1] // (2 if config.learn_sigma else 1),
                             out.shape[2], out.shape[3]):
-        fail("eps", tuple(eps.shape), f"expected the shape of x_t {tuple(x_t.shape)} with "
+        shape_fail("eps", eps.shape, f"expected the shape of x_t {tuple(x_t.shape)} with "
              f"{out.shape[1] // (2 if config.learn_sigma else 1)} channels", RefdiffShapeError)
-    diff = out[:, :c] - eps
+    diff = out[:, :c, ...] - eps
     loss = xp.mean(diff * diff)
     g = diff * (2.0 / math.prod(diff.shape))
     if config.learn_sigma:
