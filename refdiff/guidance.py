@@ -1,0 +1,318 @@
+"""Guidance: classifier guidance (mean shift and score), classifier-free guidance, ILVR, EGSDE, Langevin.
+
+* Classifier guidance — Dhariwal & Nichol (2021), "Diffusion Models Beat GANs", Algorithm 1
+  (``condition_mean``: μ + Σ·∇ log p(y|x_t), after Sohl-Dickstein et al. 2015) and Algorithm 2
+  (``condition_score``: ε − √(1−ᾱ_t)·∇ log p(y|x_t), after Song et al. 2021). As in
+  guided-diffusion, a classifier scale is folded into the gradient (``scale=``).
+* Classifier-free guidance — Ho & Salimans (2021). Two weight conventions by name:
+  ``"guidance_scale"`` ε_u + s(ε_c − ε_u), s = 1 is no guidance (diffusers, DPM-Solver, Imagen's
+  w); ``"ho_salimans"`` (1 + w)ε_c − wε_u, w = 0 is no guidance (Ho & Salimans 2021, Eq. 6). They
+  agree when s = 1 + w. Guidance rescale: Lin et al. (2023), "Common Diffusion Noise Schedules and
+  Sample Steps are Flawed", Eqs. 15–16.
+* ILVR — Choi et al. (2021), "ILVR: Conditioning Method for Denoising Diffusion Probabilistic
+  Models", Algorithm 1: after each step, x_{t−1} ← φ_N(y_{t−1}) + x'_{t−1} − φ_N(x'_{t−1}).
+* EGSDE — Zhao et al. (2022), "EGSDE: Unpaired Image-to-Image Translation via Energy-Guided
+  Stochastic Differential Equations", Eq. 7: the reverse SDE with score s(x, t) − ∇_x E(x, y0, t)
+  for a user-supplied energy, started from the source image perturbed to time t_start.
+* Langevin dynamics for a time-independent score — Welling & Teh (2011); Song & Ermon (2019),
+  Eq. 4: x ← x + (ε/2)∇ log p(x) + √ε z.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from ._errors import RefdiffShapeError, check_choice, check_int, check_real, fail
+from ._xp import array_namespace, device_of
+from .parameterizations import coefficient, mu_from_x0, x0_from_eps
+
+__all__ = [
+    "CFG_CONVENTIONS", "check_scale", "condition_mean", "condition_score", "condition_eps",
+    "cfg_combine", "cfg_weight", "rescale_cfg", "cfg_model", "low_pass", "ilvr_refine",
+    "ilvr_sample", "egsde_score", "egsde_step", "egsde_sample", "langevin_step",
+    "langevin_dynamics",
+]
+
+CFG_CONVENTIONS = ("guidance_scale", "ho_salimans")
+
+
+def check_scale(value, name: str = "guidance_scale") -> float:
+    """A finite real guidance scale (any sign), or a clear error naming it."""
+    if isinstance(value, bool):
+        fail(name, value, "expected a finite real number")
+    return check_real(name, value)
+
+
+def _same(name: str, a, x) -> None:
+    if tuple(getattr(a, "shape", ())) != tuple(x.shape):
+        raise RefdiffShapeError(f"{name} has shape {tuple(getattr(a, 'shape', ()))} but x has "
+                                f"shape {tuple(x.shape)}; they must match")
+
+
+# --------------------------------------------------------------------------------------------
+# Classifier guidance
+# --------------------------------------------------------------------------------------------
+
+def condition_mean(mean, variance, grad, *, scale: float = 1.0):
+    """μ̂ = μ + s·Σ·∇_x log p(y|x_t) (Dhariwal & Nichol 2021, Algorithm 1)."""
+    scale = check_scale(scale, "scale")
+    _same("grad", grad, mean)
+    return mean + variance * (grad * scale if scale != 1.0 else grad)
+
+
+def condition_eps(pred_eps, grad, sigma, *, scale: float = 1.0):
+    """ε̂ = ε − σ_t·s·∇_x log p(y|x_t) (Dhariwal & Nichol 2021, Algorithm 2; σ_t = √(1−ᾱ_t))."""
+    scale = check_scale(scale, "scale")
+    _same("grad", grad, pred_eps)
+    return pred_eps - sigma * (grad * scale if scale != 1.0 else grad)
+
+
+def condition_score(schedule, p_mean_var, x_t, t, grad, *, scale: float = 1.0):
+    """Guide a discrete step by score: ε̂ = ε(x̂0) − √(1−ᾱ_t)·s·g, then x̂0 and μ from ε̂ (Dhariwal & Nichol 2021, Alg. 2).
+
+    ``p_mean_var`` is a :class:`refdiff.diffusion.PMeanVar` at sampling index t; its ``pred_eps``
+    is the ε to guide. Returns a PMeanVar with the guided mean, pred_x0 and pred_eps (variance
+    unchanged), as guided-diffusion's ``condition_score``.
+    """
+    eps = condition_eps(p_mean_var.pred_eps, grad,
+                        coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t), scale=scale)
+    pred_x0 = x0_from_eps(schedule, x_t, t, eps)
+    mean = mu_from_x0(schedule, x_t, t, pred_x0)
+    return p_mean_var._replace(mean=mean, pred_x0=pred_x0, pred_eps=eps)
+
+
+# --------------------------------------------------------------------------------------------
+# Classifier-free guidance
+# --------------------------------------------------------------------------------------------
+
+def cfg_weight(scale, convention: str = "guidance_scale") -> float:
+    """The guidance_scale s equivalent to ``scale`` under ``convention`` (s = 1 + w for "ho_salimans")."""
+    check_choice("convention", convention, CFG_CONVENTIONS, "classifier-free guidance convention")
+    scale = check_scale(scale)
+    return scale if convention == "guidance_scale" else 1.0 + scale
+
+
+def cfg_combine(uncond, cond, scale, *, convention: str = "guidance_scale"):
+    """Classifier-free guidance: ε_u + s(ε_c − ε_u) or (1 + w)ε_c − wε_u (Ho & Salimans 2021, Eq. 6)."""
+    check_choice("convention", convention, CFG_CONVENTIONS, "classifier-free guidance convention")
+    scale = check_scale(scale)
+    _same("cond", cond, uncond)
+    w = scale - 1.0 if convention == "guidance_scale" else scale
+    # ε_c + w(ε_c − ε_u): the same value in both conventions, and exactly ε_c without guidance
+    return cond + w * (cond - uncond)
+
+
+def rescale_cfg(guided, cond, *, phi: float):
+    """x = φ·guided·std(cond)/std(guided) + (1 − φ)·guided, std per sample (Lin et al. 2023, Eqs. 15–16).
+
+    The std is taken over all non-batch axes; its normalisation (N or N−1) cancels in the ratio.
+    """
+    xp = array_namespace(guided, cond)
+    phi = check_real("phi", phi, lo=0.0, hi=1.0)
+    _same("cond", cond, guided)
+    axes = tuple(range(1, guided.ndim))
+    std_c = xp.std(cond, axis=axes, keepdims=True)
+    std_g = xp.std(guided, axis=axes, keepdims=True)
+    if bool(xp.any(std_g == 0)):
+        fail("guided", guided, "a sample has zero spread; guidance rescale divides by its std")
+    return phi * (guided * (std_c / std_g)) + (1.0 - phi) * guided
+
+
+def cfg_model(model: Callable, *, cond, uncond, scale, convention: str = "guidance_scale",
+              rescale: float = 0.0) -> Callable:
+    """Wrap ``model(x, t, c)`` into a guided ``model(x, t)`` (Ho & Salimans 2021; rescale: Lin et al. 2023)."""
+    check_choice("convention", convention, CFG_CONVENTIONS, "classifier-free guidance convention")
+    scale = check_scale(scale)
+    rescale = check_real("rescale", rescale, lo=0.0, hi=1.0)
+
+    def guided(x, t):
+        e_c = model(x, t, cond)
+        e_u = model(x, t, uncond)
+        out = cfg_combine(e_u, e_c, scale, convention=convention)
+        return rescale_cfg(out, e_c, phi=rescale) if rescale > 0 else out
+
+    return guided
+
+
+# --------------------------------------------------------------------------------------------
+# ILVR
+# --------------------------------------------------------------------------------------------
+
+def low_pass(x, factor: int):
+    """φ_N(x): block-average down by N on every spatial axis (axes 2…), then nearest-neighbour up (a projection, φ∘φ = φ).
+
+    ILVR uses a bicubic resizer; any linear projection fits Algorithm 1 (pass ``low_pass=`` to
+    :func:`ilvr_sample` to use another).
+    """
+    xp = array_namespace(x)
+    N = check_int("factor", factor, minimum=1)
+    if x.ndim < 3:
+        fail("x", x, "low_pass needs (B, C, *spatial) with at least one spatial axis")
+    spatial = tuple(x.shape[2:])
+    if any(s % N for s in spatial):
+        fail("factor", factor, f"every spatial size {spatial} must be divisible by it")
+    if N == 1:
+        return x
+    blocked = tuple(x.shape[:2])
+    for s in spatial:
+        blocked += (s // N, N)
+    xb = xp.reshape(x, blocked)
+    block_axes = tuple(3 + 2 * k for k in range(len(spatial)))
+    m = xp.mean(xb, axis=block_axes, keepdims=True)
+    return xp.reshape(xp.broadcast_to(m, blocked), tuple(x.shape))
+
+
+def ilvr_refine(x_prev, y_prev, *, factor: int = 4, low_pass_fn: Callable | None = None):
+    """x_{t−1} = φ_N(y_{t−1}) + x'_{t−1} − φ_N(x'_{t−1}) (Choi et al. 2021, Algorithm 1)."""
+    _same("y_prev", y_prev, x_prev)
+    phi = (lambda a: low_pass(a, factor)) if low_pass_fn is None else low_pass_fn
+    return phi(y_prev) + x_prev - phi(x_prev)
+
+
+def ilvr_sample(model: Callable, x_T, *, schedule, reference, noise, reference_noise,
+                factor: int = 4, low_pass_fn: Callable | None = None, range_t: int = -1,
+                mean_type: str = "eps", var_type: str = "fixed_small", clip_x0: bool = False,
+                t0: str = "clipped", progress: Callable | None = None):
+    """ILVR: DDPM ancestral sampling refined toward the low frequencies of ``reference`` (Choi et al. 2021, Algorithm 1).
+
+    Parameters
+    ----------
+    reference : array
+        The reference image y (x_T's shape).
+    noise, reference_noise : array or callable
+        Draws for the DDPM steps and for y_{t−1} = √ᾱ_{t−1}·y + √(1−ᾱ_{t−1})·ξ (shape
+        (n,) + x_T.shape each). The last step uses y itself (ᾱ = 1) and adds no noise.
+    factor, low_pass_fn
+        φ_N: :func:`low_pass` with ``factor``, or your own linear filter.
+    range_t : int
+        Refine only while the training timestep t of the step is > range_t (−1: every step, as
+        Algorithm 1; the ILVR code's ``range_t`` uses the same test).
+    """
+    from .samplers._common import draw_noise
+    from .samplers.discrete import _step_index, _timesteps, p_sample, sampling_schedule
+    sched = sampling_schedule(schedule, None)
+    _same("reference", reference, x_T)
+    range_t = check_int("range_t", range_t, minimum=-1)
+    n = sched.num_timesteps
+    x = x_T
+    for k, i in enumerate(range(n - 1, -1, -1)):
+        t_model = _timesteps(sched, i, x)
+        out = model(x, t_model)
+        add = i > 0
+        z = draw_noise(noise, k, x) if add else None
+        x, _ = p_sample(out, x, _step_index(sched, i, x), schedule=sched, mean_type=mean_type,
+                        var_type=var_type, clip_x0=clip_x0, t0=t0, noise=z, add_noise=add)
+        if int(sched.timestep_map[i]) > range_t:
+            if i > 0:
+                xi = draw_noise(reference_noise, k, x, name="reference_noise")
+                y = (math.sqrt(float(sched.alphas_cumprod[i - 1])) * reference
+                     + math.sqrt(float(sched.one_minus_alphas_cumprod[i - 1])) * xi)
+            else:
+                y = reference
+            x = ilvr_refine(x, y, factor=factor, low_pass_fn=low_pass_fn)
+        if progress is not None:
+            progress(k + 1, n)
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# EGSDE
+# --------------------------------------------------------------------------------------------
+
+def egsde_score(score, energy_grad):
+    """s̃(x, t) = s(x, t) − ∇_x E(x, y0, t) (Zhao et al. 2022, Eq. 7)."""
+    _same("energy_grad", energy_grad, score)
+    return score - energy_grad
+
+
+def egsde_step(x, score, energy_grad, *, beta: float, noise=None):
+    """x_{t−1} = (x + β_t·s̃)/√(1−β_t) + √β_t·z: the VP ancestral predictor (Song et al. 2021, Eq. 47) with s̃ = s − ∇E (Zhao et al. 2022, Eq. 7)."""
+    beta = check_real("beta", beta, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    s = egsde_score(score, energy_grad)
+    out = (x + beta * s) / math.sqrt(1.0 - beta)
+    if noise is not None:
+        _same("noise", noise, x)
+        out = out + math.sqrt(beta) * noise
+    return out
+
+
+def egsde_sample(model: Callable, y0, *, schedule, energy_grad: Callable, t_start: int, noise,
+                 start_noise, mean_type: str = "eps", progress: Callable | None = None):
+    """EGSDE: perturb the source y0 to t_start, then run the energy-guided reverse VP SDE to t = 0 (Zhao et al. 2022, Algorithm 1).
+
+    Parameters
+    ----------
+    model : callable
+        ``model(x, t)`` predicting ``mean_type`` ("eps", "x0", "v" or "score") on ``schedule``
+        (not respaced: every index from t_start down to 0 is a step).
+    energy_grad : callable
+        ``energy_grad(x, t) -> ∇_x E(x, y0, t)`` (the weighted sum of the realistic and faithful
+        expert energies, e.g. λ_s ∇E_s − λ_i ∇E_i; the sign convention is the user's).
+    t_start : int
+        The perturbation index M (EGSDE uses M = 0.5·T).
+    noise, start_noise : array or callable / array
+        Draws for the reverse steps ((t_start + 1,) + y0.shape; the last step adds none) and the
+        draw of x_M = √ᾱ_M·y0 + √(1−ᾱ_M)·ξ.
+    """
+    from .parameterizations import eps_from_v, eps_from_x0, score_from_eps
+    from .samplers._common import draw_noise
+    check_choice("mean_type", mean_type, ("eps", "x0", "v", "score"), "model kind")
+    T = schedule.num_timesteps
+    t_start = check_int("t_start", t_start, minimum=0)
+    if t_start >= T:
+        fail("t_start", t_start, f"expected an index in [0, {T})")
+    _same("start_noise", start_noise, y0)
+    xp = array_namespace(y0)
+    x = (math.sqrt(float(schedule.alphas_cumprod[t_start])) * y0
+         + math.sqrt(float(schedule.one_minus_alphas_cumprod[t_start])) * start_noise)
+    for k, i in enumerate(range(t_start, -1, -1)):
+        t = xp.full((x.shape[0],), i, dtype=xp.int64, device=device_of(x))
+        out = model(x, t)
+        _same("model output", out, x)
+        if mean_type == "score":
+            s = out
+        else:
+            if mean_type == "eps":
+                eps = out
+            elif mean_type == "v":
+                eps = eps_from_v(schedule, x, t, out)
+            else:
+                eps = eps_from_x0(schedule, x, t, out)
+            s = score_from_eps(schedule, t, eps)
+        g = energy_grad(x, t)
+        z = draw_noise(noise, k, x) if i > 0 else None
+        x = egsde_step(x, s, g, beta=float(schedule.betas[i]), noise=z)
+        if progress is not None:
+            progress(k + 1, t_start + 1)
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# Langevin dynamics
+# --------------------------------------------------------------------------------------------
+
+def langevin_step(x, score, *, step_size: float, noise):
+    """x ← x + (ε/2)·∇ log p(x) + √ε·z (Song & Ermon 2019, Eq. 4; Welling & Teh 2011)."""
+    eps = check_real("step_size", step_size, lo=0.0, lo_open=True)
+    _same("score", score, x)
+    _same("noise", noise, x)
+    return x + (0.5 * eps) * score + math.sqrt(eps) * noise
+
+
+def langevin_dynamics(score_fn: Callable, x, *, step_size: float, n_steps: int, noise,
+                      progress: Callable | None = None):
+    """n_steps of Langevin dynamics for a time-independent score ``score_fn(x)`` (Song & Ermon 2019, Eq. 4).
+
+    ``noise``: shape (n_steps,) + x.shape or a callable ``noise(k)``. As ε → 0 and n_steps → ∞ the
+    law of x tends to p (for finite ε it is the stationary law of the discretised chain).
+    """
+    from .samplers._common import draw_noise
+    check_real("step_size", step_size, lo=0.0, lo_open=True)
+    n = check_int("n_steps", n_steps, minimum=1)
+    for k in range(n):
+        s = score_fn(x)
+        x = langevin_step(x, s, step_size=step_size, noise=draw_noise(noise, k, x))
+        if progress is not None:
+            progress(k + 1, n)
+    return x
