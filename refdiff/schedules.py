@@ -105,6 +105,7 @@ class Schedule:
 
     def to(self, xp, *, device=None, dtype=None) -> "Schedule":
         """Copy the float64 tables into namespace ``xp`` (cast once to ``dtype``, on ``device``)."""
+        _check_host(self, "Schedule.to")
         dtype = xp.float64 if dtype is None else dtype
         # writable host copies: torch warns on (and may alias) read-only NumPy buffers
         conv = {n: xp.asarray(np.array(getattr(self, n)), dtype=dtype, device=device)
