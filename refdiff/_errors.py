@@ -32,6 +32,8 @@ def _show(value: Any) -> str:
         arr = np.asarray(value)
     except Exception:  # noqa: BLE001 - any object: fall back to repr
         return repr(value)
+    if arr.dtype.kind not in "biufc":
+        return repr(value)
     if arr.ndim == 0:
         return repr(arr.item()) if arr.dtype.kind in "biuf" else repr(value)
     flat = arr.reshape(-1)

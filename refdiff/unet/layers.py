@@ -7,13 +7,21 @@ what each backward needs. Only standard functions of the array API are used (sli
 concat, stack, matmul, tensordot, ...), so the same code runs on NumPy, array_api_strict, PyTorch
 and CuPy. Convolutions are im2col + one matmul; their input gradient is the convolution of the
 (dilated, padded) output gradient with the flipped, transposed kernel.
+
+Operation overrides. The model (:mod:`.model`) calls every layer through a table of operations,
+:func:`resolve_ops`, whose defaults are the generic functions of this module (:data:`GENERIC_OPS`).
+A backend may replace some of them by name with fast kernels of the same signature and meaning
+(``backends/cupy_unet.py``: shifted-GEMM convolutions, fused GroupNorm + SiLU); the generic
+functions stay the oracle the replacements are tested against.
 """
 
 from __future__ import annotations
 
 import math
+from types import MappingProxyType, SimpleNamespace
+from typing import Any, Callable, Mapping
 
-from .._errors import RefdiffShapeError, check_int, fail
+from .._errors import RefdiffShapeError, UnknownNameError, check_int, fail
 from .._xp import array_namespace, device_of
 
 __all__ = [
@@ -23,7 +31,8 @@ __all__ = [
     "self_attention", "self_attention_backward",
     "upsample_nearest2x", "upsample_nearest2x_backward", "avg_pool2x", "avg_pool2x_backward",
     "timestep_embedding", "dropout", "dropout_backward", "embedding", "embedding_backward",
-    "GN_EPS", "shape_fail",
+    "group_norm_silu", "group_norm_silu_backward",
+    "GN_EPS", "shape_fail", "OP_NAMES", "GENERIC_OPS", "resolve_ops",
 ]
 
 #: GroupNorm epsilon (PyTorch's default, as improved-diffusion's GroupNorm32).
@@ -185,6 +194,17 @@ def group_norm_backward(g, x, gamma, *, groups: int, eps: float = GN_EPS):
     gx = rstd * (gxhat - xp.mean(gxhat, axis=2, keepdims=True)
                  - xhat * xp.mean(gxhat * xhat, axis=2, keepdims=True))
     return xp.reshape(gx, x.shape), g_gamma, g_beta
+
+
+def group_norm_silu(x, gamma, beta, *, groups: int, eps: float = GN_EPS):
+    """SiLU(GroupNorm(x)), the pre-activation of every residual block (Ho et al. 2020, App. B; one op so a backend can fuse it)."""
+    return silu(group_norm(x, gamma, beta, groups=groups, eps=eps))
+
+
+def group_norm_silu_backward(g, x, gamma, beta, *, groups: int, eps: float = GN_EPS):
+    """Gradients (gx, gγ, gβ) of :func:`group_norm_silu` given g = ∂L/∂out (the normalised x recomputed)."""
+    n = group_norm(x, gamma, beta, groups=groups, eps=eps)
+    return group_norm_backward(silu_backward(g, n), x, gamma, groups=groups, eps=eps)
 
 
 # ----------------------------------------------------------------------------- activations
@@ -368,3 +388,59 @@ def embedding_backward(g, y, num_rows: int):
     rows = xp.arange(num_rows, dtype=y.dtype, device=device_of(y))
     onehot = xp.astype(y[:, None] == rows[None, :], g.dtype)
     return xp.matmul(xp.permute_dims(onehot, (1, 0)), g)
+
+
+# ----------------------------------------------------------------------------- operation table
+#: Names of the operations the model calls through :func:`resolve_ops` (each a function above).
+OP_NAMES = (
+    "conv2d", "conv2d_backward", "group_norm", "group_norm_backward",
+    "group_norm_silu", "group_norm_silu_backward", "silu", "silu_backward",
+    "linear", "linear_backward", "self_attention", "self_attention_backward",
+    "upsample_nearest2x", "upsample_nearest2x_backward", "avg_pool2x", "avg_pool2x_backward",
+    "dropout", "dropout_backward",
+)
+
+#: The generic array-API implementation of every operation in :data:`OP_NAMES` (the oracle).
+GENERIC_OPS: Mapping[str, Callable[..., Any]] = MappingProxyType(
+    {name: globals()[name] for name in OP_NAMES})
+
+
+def resolve_ops(ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None = None) -> SimpleNamespace:
+    """The operation table the model calls: :data:`GENERIC_OPS` with the entries of ``ops`` replacing theirs.
+
+    Parameters
+    ----------
+    ops : mapping of str to callable, or None
+        Replacements keyed by names in :data:`OP_NAMES`, each with the signature and meaning of the
+        generic function of that name (e.g. ``{"conv2d": fast_conv, "conv2d_backward":
+        fast_conv_backward}``). None (or an empty mapping) gives the generic functions. A table
+        returned by this function is passed through unchanged.
+
+    Returns
+    -------
+    types.SimpleNamespace
+        One attribute per name in :data:`OP_NAMES`.
+
+    Raises
+    ------
+    UnknownNameError
+        For a key that is not an operation name.
+    RefdiffValueError
+        For a value that is not callable, or ``ops`` that is not a mapping.
+    """
+    if isinstance(ops, SimpleNamespace) and getattr(ops, "_refdiff_ops", False):
+        return ops
+    table = dict(GENERIC_OPS)
+    if ops is not None:
+        if not isinstance(ops, Mapping):
+            fail("ops", type(ops).__name__, "expected a mapping of operation names to functions "
+                 "(see OP_NAMES), or None for the generic array-API code")
+        for name, fn in ops.items():
+            if name not in GENERIC_OPS:
+                raise UnknownNameError(
+                    f"ops[{name!r}] is not a UNet operation; allowed: {', '.join(OP_NAMES)}")
+            if not callable(fn):
+                fail(f"ops[{name!r}]", fn, "expected a callable with the signature of "
+                     f"refdiff.unet.layers.{name}")
+            table[name] = fn
+    return SimpleNamespace(_refdiff_ops=True, **table)

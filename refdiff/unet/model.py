@@ -135,131 +135,132 @@ def dropout_masks(config: UNetConfig, batch: int, rng, *, xp=None, dtype=None,
 
 
 # ----------------------------------------------------------------------------- blocks
-def _resample_fwd(kind: str, x):
-    return L.avg_pool2x(x) if kind == "down" else L.upsample_nearest2x(x)
+# Every layer is called through the operation table ``O`` (refdiff.unet.layers.resolve_ops), so a
+# backend can replace hot operations by fused kernels while this code stays the same.
+def _resample_fwd(O, kind: str, x):
+    return O.avg_pool2x(x) if kind == "down" else O.upsample_nearest2x(x)
 
 
-def _resample_bwd(kind: str, g):
-    return L.avg_pool2x_backward(g) if kind == "down" else L.upsample_nearest2x_backward(g)
+def _resample_bwd(O, kind: str, g):
+    return O.avg_pool2x_backward(g) if kind == "down" else O.upsample_nearest2x_backward(g)
 
 
-def _res_forward(params, cfg: UNetConfig, b: Block, x, emb_act, mask):
+def _res_forward(O, params, cfg: UNetConfig, b: Block, x, emb_act, mask):
     xp = array_namespace(x)
     n, G = b.name, cfg.num_groups
-    h0 = L.group_norm(x, params[f"{n}.norm1.weight"], params[f"{n}.norm1.bias"], groups=G)
-    h1 = L.silu(h0)
+    h1 = O.group_norm_silu(x, params[f"{n}.norm1.weight"], params[f"{n}.norm1.bias"], groups=G)
     xs = x
     if b.updown:
-        h1 = _resample_fwd(b.updown, h1)
-        xs = _resample_fwd(b.updown, x)
-    c1 = L.conv2d(h1, params[f"{n}.conv1.weight"], params[f"{n}.conv1.bias"])
-    e = L.linear(emb_act, params[f"{n}.temb.weight"], params[f"{n}.temb.bias"])
+        h1 = _resample_fwd(O, b.updown, h1)
+        xs = _resample_fwd(O, b.updown, x)
+    c1 = O.conv2d(h1, params[f"{n}.conv1.weight"], params[f"{n}.conv1.bias"])
+    e = O.linear(emb_act, params[f"{n}.temb.weight"], params[f"{n}.temb.bias"])
     if cfg.use_scale_shift_norm:
         scale = xp.reshape(e[:, :b.cout], (-1, b.cout, 1, 1))
         shift = xp.reshape(e[:, b.cout:], (-1, b.cout, 1, 1))
         n2_in = c1
-        n2 = L.group_norm(c1, params[f"{n}.norm2.weight"], params[f"{n}.norm2.bias"], groups=G)
+        n2 = O.group_norm(c1, params[f"{n}.norm2.weight"], params[f"{n}.norm2.bias"], groups=G)
         h2 = n2 * (1.0 + scale) + shift
+        a2 = O.silu(h2)
     else:
-        scale = n2 = None
+        scale = n2 = h2 = None
         n2_in = c1 + xp.reshape(e, (-1, b.cout, 1, 1))
-        h2 = L.group_norm(n2_in, params[f"{n}.norm2.weight"], params[f"{n}.norm2.bias"], groups=G)
-    a2 = L.silu(h2)
-    d = a2 if mask is None else L.dropout(a2, mask)
-    c2 = L.conv2d(d, params[f"{n}.conv2.weight"], params[f"{n}.conv2.bias"])
+        a2 = O.group_norm_silu(n2_in, params[f"{n}.norm2.weight"], params[f"{n}.norm2.bias"],
+                               groups=G)
+    d = a2 if mask is None else O.dropout(a2, mask)
+    c2 = O.conv2d(d, params[f"{n}.conv2.weight"], params[f"{n}.conv2.bias"])
     if b.cin != b.cout:
-        skip = L.conv2d(xs, params[f"{n}.skip.weight"], params[f"{n}.skip.bias"], padding=0)
+        skip = O.conv2d(xs, params[f"{n}.skip.weight"], params[f"{n}.skip.bias"], padding=0)
     else:
         skip = xs
-    cache = dict(x=x, h0=h0, h1=h1, xs=xs, n2_in=n2_in, n2=n2, scale=scale, h2=h2, d=d,
+    cache = dict(x=x, h1=h1, xs=xs, n2_in=n2_in, n2=n2, scale=scale, h2=h2, d=d,
                  mask=mask, emb_act=emb_act)
     return skip + c2, cache
 
 
-def _res_backward(params, cfg: UNetConfig, b: Block, c, g, grads):
+def _res_backward(O, params, cfg: UNetConfig, b: Block, c, g, grads):
     xp = array_namespace(g)
     n, G = b.name, cfg.num_groups
     # residual branch
-    gd, grads[f"{n}.conv2.weight"], grads[f"{n}.conv2.bias"] = L.conv2d_backward(
+    gd, grads[f"{n}.conv2.weight"], grads[f"{n}.conv2.bias"] = O.conv2d_backward(
         g, c["d"], params[f"{n}.conv2.weight"])
-    ga2 = gd if c["mask"] is None else L.dropout_backward(gd, c["mask"])
-    gh2 = L.silu_backward(ga2, c["h2"])
+    ga2 = gd if c["mask"] is None else O.dropout_backward(gd, c["mask"])
     if cfg.use_scale_shift_norm:
+        gh2 = O.silu_backward(ga2, c["h2"])
         gn2 = gh2 * (1.0 + c["scale"])
         gscale = xp.sum(gh2 * c["n2"], axis=(2, 3))
         gshift = xp.sum(gh2, axis=(2, 3))
         ge = xp.concat([gscale, gshift], axis=1)
-        gc1, grads[f"{n}.norm2.weight"], grads[f"{n}.norm2.bias"] = L.group_norm_backward(
+        gc1, grads[f"{n}.norm2.weight"], grads[f"{n}.norm2.bias"] = O.group_norm_backward(
             gn2, c["n2_in"], params[f"{n}.norm2.weight"], groups=G)
     else:
-        gc1, grads[f"{n}.norm2.weight"], grads[f"{n}.norm2.bias"] = L.group_norm_backward(
-            gh2, c["n2_in"], params[f"{n}.norm2.weight"], groups=G)
+        gc1, grads[f"{n}.norm2.weight"], grads[f"{n}.norm2.bias"] = O.group_norm_silu_backward(
+            ga2, c["n2_in"], params[f"{n}.norm2.weight"], params[f"{n}.norm2.bias"], groups=G)
         ge = xp.sum(gc1, axis=(2, 3))
-    gemb, grads[f"{n}.temb.weight"], grads[f"{n}.temb.bias"] = L.linear_backward(
+    gemb, grads[f"{n}.temb.weight"], grads[f"{n}.temb.bias"] = O.linear_backward(
         ge, c["emb_act"], params[f"{n}.temb.weight"])
-    gh1, grads[f"{n}.conv1.weight"], grads[f"{n}.conv1.bias"] = L.conv2d_backward(
+    gh1, grads[f"{n}.conv1.weight"], grads[f"{n}.conv1.bias"] = O.conv2d_backward(
         gc1, c["h1"], params[f"{n}.conv1.weight"])
     if b.updown:
-        gh1 = _resample_bwd(b.updown, gh1)
-    gh0 = L.silu_backward(gh1, c["h0"])
-    gx, grads[f"{n}.norm1.weight"], grads[f"{n}.norm1.bias"] = L.group_norm_backward(
-        gh0, c["x"], params[f"{n}.norm1.weight"], groups=G)
+        gh1 = _resample_bwd(O, b.updown, gh1)
+    gx, grads[f"{n}.norm1.weight"], grads[f"{n}.norm1.bias"] = O.group_norm_silu_backward(
+        gh1, c["x"], params[f"{n}.norm1.weight"], params[f"{n}.norm1.bias"], groups=G)
     # skip branch
     if b.cin != b.cout:
-        gxs, grads[f"{n}.skip.weight"], grads[f"{n}.skip.bias"] = L.conv2d_backward(
+        gxs, grads[f"{n}.skip.weight"], grads[f"{n}.skip.bias"] = O.conv2d_backward(
             g, c["xs"], params[f"{n}.skip.weight"], padding=0)
     else:
         gxs = g
     if b.updown:
-        gxs = _resample_bwd(b.updown, gxs)
+        gxs = _resample_bwd(O, b.updown, gxs)
     return gx + gxs, gemb
 
 
-def _attn_forward(params, cfg: UNetConfig, b: Block, x):
+def _attn_forward(O, params, cfg: UNetConfig, b: Block, x):
     n = b.name
-    h = L.group_norm(x, params[f"{n}.norm.weight"], params[f"{n}.norm.bias"], groups=cfg.num_groups)
-    a = L.self_attention(h, params[f"{n}.qkv.weight"], params[f"{n}.qkv.bias"],
+    h = O.group_norm(x, params[f"{n}.norm.weight"], params[f"{n}.norm.bias"], groups=cfg.num_groups)
+    a = O.self_attention(h, params[f"{n}.qkv.weight"], params[f"{n}.qkv.bias"],
                          params[f"{n}.proj.weight"], params[f"{n}.proj.bias"], num_heads=b.heads)
     return x + a, dict(x=x, h=h)
 
 
-def _attn_backward(params, cfg: UNetConfig, b: Block, c, g, grads):
+def _attn_backward(O, params, cfg: UNetConfig, b: Block, c, g, grads):
     n = b.name
     gh, grads[f"{n}.qkv.weight"], grads[f"{n}.qkv.bias"], grads[f"{n}.proj.weight"], \
-        grads[f"{n}.proj.bias"] = L.self_attention_backward(
+        grads[f"{n}.proj.bias"] = O.self_attention_backward(
             g, c["h"], params[f"{n}.qkv.weight"], params[f"{n}.qkv.bias"],
             params[f"{n}.proj.weight"], num_heads=b.heads)
-    gx, grads[f"{n}.norm.weight"], grads[f"{n}.norm.bias"] = L.group_norm_backward(
+    gx, grads[f"{n}.norm.weight"], grads[f"{n}.norm.bias"] = O.group_norm_backward(
         gh, c["x"], params[f"{n}.norm.weight"], groups=cfg.num_groups)
     return g + gx
 
 
-def _down_forward(params, b: Block, x):
+def _down_forward(O, params, b: Block, x):
     if b.conv:
-        return L.conv2d(x, params[f"{b.name}.weight"], params[f"{b.name}.bias"], stride=2), dict(x=x)
-    return L.avg_pool2x(x), dict(x=x)
+        return O.conv2d(x, params[f"{b.name}.weight"], params[f"{b.name}.bias"], stride=2), dict(x=x)
+    return O.avg_pool2x(x), dict(x=x)
 
 
-def _down_backward(params, b: Block, c, g, grads):
+def _down_backward(O, params, b: Block, c, g, grads):
     if b.conv:
-        gx, grads[f"{b.name}.weight"], grads[f"{b.name}.bias"] = L.conv2d_backward(
+        gx, grads[f"{b.name}.weight"], grads[f"{b.name}.bias"] = O.conv2d_backward(
             g, c["x"], params[f"{b.name}.weight"], stride=2)
         return gx
-    return L.avg_pool2x_backward(g)
+    return O.avg_pool2x_backward(g)
 
 
-def _up_forward(params, b: Block, x):
-    u = L.upsample_nearest2x(x)
+def _up_forward(O, params, b: Block, x):
+    u = O.upsample_nearest2x(x)
     if b.conv:
-        return L.conv2d(u, params[f"{b.name}.weight"], params[f"{b.name}.bias"]), dict(u=u)
+        return O.conv2d(u, params[f"{b.name}.weight"], params[f"{b.name}.bias"]), dict(u=u)
     return u, dict(u=u)
 
 
-def _up_backward(params, b: Block, c, g, grads):
+def _up_backward(O, params, b: Block, c, g, grads):
     if b.conv:
-        g, grads[f"{b.name}.weight"], grads[f"{b.name}.bias"] = L.conv2d_backward(
+        g, grads[f"{b.name}.weight"], grads[f"{b.name}.bias"] = O.conv2d_backward(
             g, c["u"], params[f"{b.name}.weight"])
-    return L.upsample_nearest2x_backward(g)
+    return O.upsample_nearest2x_backward(g)
 
 
 # ----------------------------------------------------------------------------- network
@@ -282,7 +283,8 @@ def _check_masks(masks, config, batch, train):
 
 
 def unet_forward(params: Mapping[str, Any], config: UNetConfig, x, t, *, y=None,
-                 dropout_masks: Mapping[str, Any] | None = None, train: bool = False):
+                 dropout_masks: Mapping[str, Any] | None = None, train: bool = False,
+                 ops: Mapping[str, Any] | None = None):
     """The UNet ε_θ(x_t, t[, y]) and a cache for :func:`unet_backward` (Ho et al. 2020, App. B).
 
     Parameters
@@ -303,54 +305,63 @@ def unet_forward(params: Mapping[str, Any], config: UNetConfig, x, t, *, y=None,
         whenever ``config.dropout > 0``).
     train : bool
         Apply dropout. Without it, dropout is the identity (inference).
+    ops : mapping of str to callable, optional
+        Replacements for some layer operations, keyed by the names in
+        :data:`refdiff.unet.layers.OP_NAMES` (see :func:`refdiff.unet.layers.resolve_ops`);
+        default: the generic array-API layers.
 
     Returns
     -------
     out : array (B, output_channels, image_size, image_size)
     cache : dict
-        What :func:`unet_backward` needs (all intermediate activations).
+        What :func:`unet_backward` needs (all intermediate activations, and the operation
+        table under ``"ops"``).
     """
     cfg = config
+    O = L.resolve_ops(ops)
     xp, t, y = _check_inputs(params, cfg, x, t, y)
     masks = _check_masks(dropout_masks, cfg, x.shape[0], train)
     p, G = params, cfg.num_groups
     # time (and label) embedding
     temb0 = xp.astype(L.timestep_embedding(t, cfg.model_channels), x.dtype)
-    e1 = L.linear(temb0, p["time_embed.0.weight"], p["time_embed.0.bias"])
-    e1a = L.silu(e1)
-    emb = L.linear(e1a, p["time_embed.1.weight"], p["time_embed.1.bias"])
+    e1 = O.linear(temb0, p["time_embed.0.weight"], p["time_embed.0.bias"])
+    e1a = O.silu(e1)
+    emb = O.linear(e1a, p["time_embed.1.weight"], p["time_embed.1.bias"])
     if cfg.num_classes is not None:
         emb = emb + L.embedding(y, p["label_embed.weight"])
-    emb_act = L.silu(emb)
+    emb_act = O.silu(emb)
     # body
-    h = L.conv2d(x, p["conv_in.weight"], p["conv_in.bias"])
+    h = O.conv2d(x, p["conv_in.weight"], p["conv_in.bias"])
     kept = [h]
     caches = []
     for b in layout(cfg):
         if b.pop:
             h = xp.concat([h, kept.pop()], axis=1)
         if b.kind == "res":
-            h, c = _res_forward(p, cfg, b, h, emb_act, None if masks is None else masks[b.name])
+            h, c = _res_forward(O, p, cfg, b, h, emb_act, None if masks is None else masks[b.name])
         elif b.kind == "attn":
-            h, c = _attn_forward(p, cfg, b, h)
+            h, c = _attn_forward(O, p, cfg, b, h)
         elif b.kind == "downsample":
-            h, c = _down_forward(p, b, h)
+            h, c = _down_forward(O, p, b, h)
         else:
-            h, c = _up_forward(p, b, h)
+            h, c = _up_forward(O, p, b, h)
         caches.append(c)
         if b.push:
             kept.append(h)
     # output head
-    n = L.group_norm(h, p["norm_out.weight"], p["norm_out.bias"], groups=G)
-    a = L.silu(n)
-    out = L.conv2d(a, p["conv_out.weight"], p["conv_out.bias"])
+    a = O.group_norm_silu(h, p["norm_out.weight"], p["norm_out.bias"], groups=G)
+    out = O.conv2d(a, p["conv_out.weight"], p["conv_out.bias"])
     cache = dict(x=x, y=y, temb0=temb0, e1=e1, e1a=e1a, emb=emb, emb_act=emb_act, blocks=caches,
-                 h=h, n=n, a=a)
+                 h=h, a=a, ops=O)
     return out, cache
 
 
-def unet_vjp(params: Mapping[str, Any], config: UNetConfig, cache: Mapping[str, Any], grad_out):
+def unet_vjp(params: Mapping[str, Any], config: UNetConfig, cache: Mapping[str, Any], grad_out,
+             *, ops: Mapping[str, Any] | None = None):
     """Gradients of a scalar loss with respect to the parameters and the input x, given ∂L/∂out.
+
+    ``ops`` replaces layer operations as in :func:`unet_forward`; by default the backward uses
+    the table the forward used (``cache["ops"]``).
 
     Returns
     -------
@@ -360,13 +371,13 @@ def unet_vjp(params: Mapping[str, Any], config: UNetConfig, cache: Mapping[str, 
         ∂L/∂x, shaped like x.
     """
     cfg, p, G = config, params, config.num_groups
+    O = L.resolve_ops(cache.get("ops") if ops is None else ops)
     xp = array_namespace(grad_out, *params.values())
     grads: dict[str, Any] = {}
-    g, grads["conv_out.weight"], grads["conv_out.bias"] = L.conv2d_backward(
+    g, grads["conv_out.weight"], grads["conv_out.bias"] = O.conv2d_backward(
         grad_out, cache["a"], p["conv_out.weight"])
-    g = L.silu_backward(g, cache["n"])
-    g, grads["norm_out.weight"], grads["norm_out.bias"] = L.group_norm_backward(
-        g, cache["h"], p["norm_out.weight"], groups=G)
+    g, grads["norm_out.weight"], grads["norm_out.bias"] = O.group_norm_silu_backward(
+        g, cache["h"], p["norm_out.weight"], p["norm_out.bias"], groups=G)
     g_emb_act = xp.zeros_like(cache["emb_act"])
     g_kept = []
     plan = layout(cfg)
@@ -374,35 +385,35 @@ def unet_vjp(params: Mapping[str, Any], config: UNetConfig, cache: Mapping[str, 
         if b.push:
             g = g + g_kept.pop()
         if b.kind == "res":
-            g, ge = _res_backward(p, cfg, b, c, g, grads)
+            g, ge = _res_backward(O, p, cfg, b, c, g, grads)
             g_emb_act = g_emb_act + ge
         elif b.kind == "attn":
-            g = _attn_backward(p, cfg, b, c, g, grads)
+            g = _attn_backward(O, p, cfg, b, c, g, grads)
         elif b.kind == "downsample":
-            g = _down_backward(p, b, c, g, grads)
+            g = _down_backward(O, p, b, c, g, grads)
         else:
-            g = _up_backward(p, b, c, g, grads)
+            g = _up_backward(O, p, b, c, g, grads)
         if b.pop:
             ch = g.shape[1] - b.pop
             g_kept.append(g[:, ch:, ...])
             g = g[:, :ch, ...]
     g = g + g_kept.pop()
     assert not g_kept
-    gx, grads["conv_in.weight"], grads["conv_in.bias"] = L.conv2d_backward(
+    gx, grads["conv_in.weight"], grads["conv_in.bias"] = O.conv2d_backward(
         g, cache["x"], p["conv_in.weight"])
-    g_emb = L.silu_backward(g_emb_act, cache["emb"])
+    g_emb = O.silu_backward(g_emb_act, cache["emb"])
     if cfg.num_classes is not None:
         grads["label_embed.weight"] = L.embedding_backward(g_emb, cache["y"], cfg.num_classes + 1)
-    g, grads["time_embed.1.weight"], grads["time_embed.1.bias"] = L.linear_backward(
+    g, grads["time_embed.1.weight"], grads["time_embed.1.bias"] = O.linear_backward(
         g_emb, cache["e1a"], p["time_embed.1.weight"])
-    g = L.silu_backward(g, cache["e1"])
-    _, grads["time_embed.0.weight"], grads["time_embed.0.bias"] = L.linear_backward(
+    g = O.silu_backward(g, cache["e1"])
+    _, grads["time_embed.0.weight"], grads["time_embed.0.bias"] = O.linear_backward(
         g, cache["temb0"], p["time_embed.0.weight"])
     return {k: grads[k] for k in params}, gx
 
 
 def unet_backward(params: Mapping[str, Any], config: UNetConfig, cache: Mapping[str, Any],
-                  grad_out) -> dict[str, Any]:
+                  grad_out, *, ops: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Hand-written backward of :func:`unet_forward`: ∂L/∂θ for every parameter, given ∂L/∂out.
 
     Parameters
@@ -413,29 +424,34 @@ def unet_backward(params: Mapping[str, Any], config: UNetConfig, cache: Mapping[
         The second output of :func:`unet_forward`.
     grad_out : array
         ∂L/∂out, shaped like the forward output.
+    ops : mapping of str to callable, optional
+        Operation replacements (default: those the forward used, ``cache["ops"]``).
 
     Returns
     -------
     dict[str, array]
         Gradients with the names and order of ``params``.
     """
-    return unet_vjp(params, config, cache, grad_out)[0]
+    return unet_vjp(params, config, cache, grad_out, ops=ops)[0]
 
 
-def unet_apply(params: Mapping[str, Any], config: UNetConfig, x, t, *, y=None):
+def unet_apply(params: Mapping[str, Any], config: UNetConfig, x, t, *, y=None,
+               ops: Mapping[str, Any] | None = None):
     """Inference forward (no dropout); the model function ε_θ(x_t, t[, y]) for samplers."""
-    return unet_forward(params, config, x, t, y=y, train=False)[0]
+    return unet_forward(params, config, x, t, y=y, train=False, ops=ops)[0]
 
 
 def loss_and_grad(params: Mapping[str, Any], config: UNetConfig, x_t, t, eps, *, y=None,
-                  dropout_masks: Mapping[str, Any] | None = None, train: bool = False):
+                  dropout_masks: Mapping[str, Any] | None = None, train: bool = False,
+                  ops: Mapping[str, Any] | None = None):
     """L_simple = mean‖ε − ε_θ(x_t, t)‖² and its parameter gradients (Ho et al. 2020, Eq. 14).
 
     With a learned variance only the first half of the output channels (the ε prediction)
-    enters the loss. Returns ``(loss, grads)`` with loss a 0-d array.
+    enters the loss. ``ops`` replaces layer operations in the forward and the backward (see
+    :func:`unet_forward`). Returns ``(loss, grads)`` with loss a 0-d array.
     """
     out, cache = unet_forward(params, config, x_t, t, y=y, dropout_masks=dropout_masks,
-                              train=train)
+                              train=train, ops=ops)
     xp = array_namespace(out)
     c = eps.shape[1] if eps.ndim == 4 else -1
     if tuple(eps.shape) != (out.shape[0], out.shape[1] // (2 if config.learn_sigma else 1),
