@@ -69,7 +69,9 @@ class Checkpoint:
 
 
 def _contiguous(name: str, a) -> np.ndarray:
-    arr = np.ascontiguousarray(np.asarray(a))
+    arr = np.asarray(a)
+    if not arr.flags.c_contiguous:          # (np.ascontiguousarray would turn 0-d into 1-d)
+        arr = arr.copy(order="C")
     if arr.dtype.kind not in "biuf":
         raise CheckpointError(f"checkpoint array {name!r} has dtype {arr.dtype}; expected a numeric array")
     return arr
@@ -114,6 +116,9 @@ def save_checkpoint(path: str | os.PathLike, *, params: Mapping[str, Any], step:
         stn.save_file(tensors, str(tmp), metadata=metadata)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
         try:  # make the rename itself durable where the OS allows it
             dfd = os.open(path.parent, os.O_RDONLY)

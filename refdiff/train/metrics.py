@@ -135,6 +135,15 @@ class ProgressBar:
             self.postfix.update(postfix)
         self._draw(force=self.n >= self.total)
 
+    def set(self, n: int, total: int | None = None) -> None:
+        """Jump to position ``n`` (and optionally change the total)."""
+        if not self.enabled or self._closed:
+            return
+        if total is not None:
+            self.total = int(total)
+        self.n = int(n)
+        self._draw(force=self.n >= self.total)
+
     def set_postfix(self, **postfix: Any) -> None:
         """Set the values shown after the bar without advancing."""
         self.postfix.update(postfix)
