@@ -6,6 +6,15 @@ checkpoint written by any backend) loads with :meth:`TorchUNet.load_params`, and
 :meth:`TorchUNet.export_params` gives the dict back. The forward is written with native torch
 operations (not the reference code), and :func:`compare_with_reference` checks it — outputs, the
 L_simple loss and autograd gradients — against the float64 NumPy reference.
+
+Fast paths (``backends/torch_fast.py``): each GroupNorm that is followed by SiLU (and the
+time-embedding add before the second one) can run as one fused Triton kernel, chosen per model
+with :meth:`TorchUNet.set_fast_paths` or for every model in a block with :func:`fast_paths`:
+``fused_norm="torch"`` (the default: plain torch ops, the formulation the conformance suite has
+always checked), ``"triton"`` (always the kernel; CUDA, float32/bf16/fp16) or ``"auto"`` (the
+kernel on CUDA in eager mode, plain torch ops on CPU, in float64 and while ``torch.compile``
+traces, where Inductor fuses them itself). A model moved to channels_last converts its input to
+channels_last too.
 """
 
 from __future__ import annotations
@@ -28,9 +37,64 @@ from refdiff.unet.model import unet_forward, unet_backward
 from refdiff.unet.params import Block, init_params, layout, param_shapes, random_params
 
 __all__ = ["TorchUNet", "from_config", "compare_with_reference", "timestep_embedding",
-           "resolve_dtype"]
+           "resolve_dtype", "fast_paths", "FUSED_NORM_MODES"]
 
 _GN_EPS = _ref_layers.GN_EPS
+
+#: Choices of ``fused_norm``: plain torch ops, the Triton kernel, or the kernel where it applies.
+FUSED_NORM_MODES = ("torch", "triton", "auto")
+_FAST_DEFAULTS = {"fused_norm": "torch"}
+_FUSABLE = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@contextlib.contextmanager
+def fast_paths(*, fused_norm: str = "auto"):
+    """Within the block, models without their own :meth:`TorchUNet.set_fast_paths` choice use these."""
+    if fused_norm not in FUSED_NORM_MODES:
+        fail("fused_norm", fused_norm, f"expected one of {FUSED_NORM_MODES}")
+    _register_ops(fused_norm)
+    old = dict(_FAST_DEFAULTS)
+    _FAST_DEFAULTS["fused_norm"] = fused_norm
+    try:
+        yield
+    finally:
+        _FAST_DEFAULTS.update(old)
+
+
+def _use_fused(mode: str, x: torch.Tensor) -> bool:
+    """Whether this forward uses the fused GroupNorm kernel (``mode`` from FUSED_NORM_MODES)."""
+    if mode == "torch":
+        return False
+    if mode == "triton":
+        return True
+    if torch.compiler.is_compiling():
+        return False
+    return x.device.type == "cuda" and x.dtype in _FUSABLE and _triton_ok()
+
+
+def _register_ops(mode: str | None) -> None:
+    """Register the fused op before any ``torch.compile`` trace can reach it (registration is not traceable)."""
+    if mode in ("triton", "auto"):
+        from .torch_fast import register_ops
+
+        register_ops()
+
+
+def _triton_ok() -> bool:
+    from .torch_fast import triton_available
+
+    return triton_available()
+
+
+def group_norm_act(x, norm: nn.GroupNorm, *, act: str = "silu", add=None, fused: bool = False):
+    """act(GN(x + add)) with ``add`` of shape (N, C): the fused kernel, or the torch ops."""
+    if fused:
+        from .torch_fast import fused_group_norm_act
+
+        return fused_group_norm_act(x, norm.weight, norm.bias, norm.num_groups, norm.eps,
+                                    add=add, act=act)
+    h = norm(x if add is None else x + add[:, :, None, None].to(x.dtype))
+    return F.silu(h) if act == "silu" else h
 
 
 def resolve_dtype(dtype) -> torch.dtype:
@@ -79,17 +143,17 @@ class ResBlock(nn.Module):
             return F.interpolate(x, scale_factor=2, mode="nearest")
         return x
 
-    def forward(self, x, emb_act, mask=None):
-        h = F.silu(self.norm1(x))
+    def forward(self, x, emb_act, mask=None, *, fused: bool = False):
+        h = group_norm_act(x, self.norm1, fused=fused)
         h, x = self._resample(h), self._resample(x)
         h = self.conv1(h)
-        e = self.temb(emb_act)[:, :, None, None].to(h.dtype)
+        e = self.temb(emb_act)
         if self.scale_shift:
+            e = e[:, :, None, None].to(h.dtype)
             scale, shift = e[:, :self.cout], e[:, self.cout:]
-            h = self.norm2(h) * (1 + scale) + shift
+            h = F.silu(self.norm2(h) * (1 + scale) + shift)
         else:
-            h = self.norm2(h + e)
-        h = F.silu(h)
+            h = group_norm_act(h, self.norm2, add=e, fused=fused)
         if self.training:
             if mask is not None:
                 h = h * mask
@@ -110,10 +174,11 @@ class AttnBlock(nn.Module):
         self.qkv = nn.Linear(c, 3 * c)
         self.proj = nn.Linear(c, c)
 
-    def forward(self, x):
+    def forward(self, x, *, fused: bool = False):
         bsz, c, hh, ww = x.shape
         n, nh = hh * ww, self.heads
-        h = self.norm(x).reshape(bsz, c, n).transpose(1, 2)                # (B, N, C)
+        h = group_norm_act(x, self.norm, act="none", fused=fused)
+        h = h.reshape(bsz, c, n).transpose(1, 2)                             # (B, N, C)
         q, k, v = self.qkv(h).split(c, dim=-1)
         q, k, v = (z.reshape(bsz, n, nh, c // nh).transpose(1, 2) for z in (q, k, v))
         a = F.scaled_dot_product_attention(q, k, v)                          # (B, nh, N, d)
@@ -160,6 +225,9 @@ class TorchUNet(nn.Module):
     ``forward(x, t, y=None, *, dropout_masks=None)``: in training mode dropout uses the given
     masks (keyed as :func:`refdiff.unet.dropout_masks`) or, without them, torch's RNG; in
     eval mode there is no dropout. The sinusoidal embedding is computed in float64 and cast.
+    If the module is in channels_last memory (``model.to(memory_format=torch.channels_last)``),
+    x is converted to channels_last before the first convolution. The GroupNorm path is chosen
+    by :meth:`set_fast_paths` (default: the process default of :func:`fast_paths`, "torch").
     """
 
     def __init__(self, config: UNetConfig):
@@ -187,6 +255,15 @@ class TorchUNet(nn.Module):
             self._plan.append((b, m))
         self.norm_out = nn.GroupNorm(cfg.num_groups, mc, eps=_GN_EPS)
         self.conv_out = nn.Conv2d(mc, cfg.output_channels, 3, padding=1)
+        self.fused_norm: str | None = None
+
+    def set_fast_paths(self, *, fused_norm: str | None = None) -> "TorchUNet":
+        """Choose this model's GroupNorm path: "torch", "triton", "auto", or None (the process default)."""
+        if fused_norm is not None and fused_norm not in FUSED_NORM_MODES:
+            fail("fused_norm", fused_norm, f"expected one of {FUSED_NORM_MODES} or None")
+        _register_ops(fused_norm)
+        self.fused_norm = fused_norm
+        return self
 
     def forward(self, x, t, y=None, *, dropout_masks: Mapping[str, Any] | None = None):
         cfg = self.config
@@ -208,6 +285,10 @@ class TorchUNet(nn.Module):
             raise RefdiffValueError("y was given but this config is unconditional "
                                     "(num_classes=None); pass y=None")
         emb_act = F.silu(emb)
+        fused = _use_fused(self.fused_norm or _FAST_DEFAULTS["fused_norm"], x)
+        if self.conv_in.weight.is_contiguous(memory_format=torch.channels_last) and \
+                not self.conv_in.weight.is_contiguous():
+            x = x.contiguous(memory_format=torch.channels_last)
         h = self.conv_in(x)
         kept = [h]
         for b, m in self._plan:
@@ -217,12 +298,14 @@ class TorchUNet(nn.Module):
                 mask = None
                 if dropout_masks is not None and self.training and cfg.dropout > 0:
                     mask = torch.as_tensor(dropout_masks[b.name], dtype=h.dtype, device=h.device)
-                h = m(h, emb_act, mask)
+                h = m(h, emb_act, mask, fused=fused)
+            elif b.kind == "attn":
+                h = m(h, fused=fused)
             else:
                 h = m(h)
             if b.push:
                 kept.append(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(group_norm_act(h, self.norm_out, fused=fused))
 
     # ------------------------------------------------------------------ the shared dict
     def load_params(self, params: Mapping[str, Any]) -> "TorchUNet":
