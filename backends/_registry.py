@@ -102,7 +102,7 @@ def refresh_backends() -> None:
 
 
 def register_backend(name: str, factory: Callable[..., Any] | Backend | str) -> None:
-    """Register a backend under ``name``: a factory ``f(device=None) -> Backend``, an instance, or an import string."""
+    """Register a backend: a factory ``f(device=None) -> Backend``, an instance, or an import string."""
     if not isinstance(name, str) or not name or "@" in name or "," in name:
         from refdiff._errors import fail
         fail("name", name, "expected a non-empty backend name without '@' or ','")

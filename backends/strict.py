@@ -64,7 +64,7 @@ def _strict_device(xp, device):
 
 
 def _host_special(op: str):
-    """``op`` from scipy.special for strict arrays: the backend's own erf/erfc (host copy, same device out)."""
+    """``op`` from scipy.special for strict arrays (via a host copy; the result stays on x's device)."""
 
     def special(x):
         import array_api_strict as xp

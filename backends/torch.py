@@ -114,7 +114,7 @@ class TorchBackend(Backend):
 
     @contextlib.contextmanager
     def checking(self) -> Iterator[None]:
-        """TF32 off (matmul and cuDNN convolutions/RNNs) while checking; previous settings restored after."""
+        """TF32 off (matmul, cuDNN convolutions and RNNs) while checking; restored after."""
         saved = _tf32_save(self._torch)
         try:
             _tf32_off(self._torch)

@@ -1,0 +1,78 @@
+"""``refdiff verify`` / ``refdiff backends`` / ``python -m refdiff``: output, JSON and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from refdiff.backends import register_backend, unregister_backend
+from refdiff.cli import main
+
+from .test_verify import broken_backend
+
+
+def test_verify_prints_progress_table_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "out.json"
+    code = main(["verify", "-k", "schedules.linear or q_sample", "--max-examples", "2",
+                 "--json", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "refdiff 0.1.0 verify: backends numpy; profile refdiff-ci" in out
+    assert "backend numpy: array_api_compat.numpy" in out
+    assert "[1/4] numpy " in out and "[4/4] numpy " in out
+    assert "numpy    diffusion.q_sample" in out and "OK: 4 passed, 0 failed" in out
+    assert json.loads(path.read_text())["ok"] is True
+
+
+def test_verify_unknown_backend_exits_2(capsys):
+    assert main(["verify", "--backend", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "refdiff verify: error: backend='nope' is not a known backend; available: 'numpy'" in err
+
+
+def test_verify_failure_exits_1_with_the_mismatch(capsys):
+    register_backend("cli_broken", broken_backend("cli_broken"))
+    try:
+        code = main(["verify", "--backend", "cli_broken", "-k", "diffusion.q_sample",
+                     "--dtypes", "float64", "--max-examples", "2", "-q", "--no-shrink"])
+    finally:
+        unregister_backend("cli_broken")
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "--- cli_broken diffusion.q_sample[float64] FAILED" in out
+    assert "mismatches the oracle" in out and "FAILED: 0 passed, 1 failed" in out
+    assert "[1/1]" not in out                           # -q: no progress lines
+
+
+def test_backends_lists_every_backend(capsys):
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out
+    for name in ("numpy", "array_api_strict", "torch", "cupy"):
+        assert name in out
+    assert "installed" in out
+
+
+def test_bare_refdiff_prints_help(capsys):
+    assert main([]) == 2
+    assert "verify" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["-m", "refdiff", "--version"]])
+def test_python_m_refdiff(argv):
+    res = subprocess.run([sys.executable, *argv], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "refdiff 0.1.0"
+
+
+def test_verify_all_checks_every_installed_backend():
+    res = subprocess.run([sys.executable, "-m", "refdiff", "verify", "--all", "-k",
+                          "schedules.linear", "--max-examples", "1", "--dtypes", "float64"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    from refdiff.backends import list_backends
+    for info in list_backends():
+        if info.available and info.name != "cupy":
+            assert f"{info.name} schedules.linear[float64] ok" in res.stdout, res.stdout
+    assert "OK:" in res.stdout
