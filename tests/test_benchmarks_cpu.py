@@ -70,7 +70,8 @@ def test_bench_train_runs_on_cpu(tmp_path, capsys):
         assert dif["status"] == "skipped: diffusers not installed"
     # the table of earlier outputs
     rc = bt.main(["--table-from", str(out)])
-    assert rc == 0 and "best refdiff: " in capsys.readouterr().out
+    summary = "best refdiff: " if _has_diffusers() else "summary: needs an ok row of each model"
+    assert rc == 0 and summary in capsys.readouterr().out
 
 
 def test_bench_train_records_a_failing_row_and_goes_on(tmp_path, monkeypatch, capsys):
