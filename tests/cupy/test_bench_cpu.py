@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,19 +11,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One BLAS (and torch) thread: tiny matrices, and the CI box has 2 shared cores."""
-    from ..unet import single_thread_blas
-
-    torch = sys.modules.get("torch")
-    n = torch.get_num_threads() if torch is not None else None
-    if torch is not None:
-        torch.set_num_threads(1)
-    with single_thread_blas():
-        yield
-    if torch is not None:
-        torch.set_num_threads(n)
 
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_cupy_train.py"

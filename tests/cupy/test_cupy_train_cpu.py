@@ -9,7 +9,6 @@ proposes for ``--backend cupy --device cpu``).
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 import pytest
@@ -21,19 +20,6 @@ from refdiff.train.driver import TrainConfig, build_schedule
 from refdiff.unet import (adamw_step, clip_grad_norm, dropout_shapes, ema_update, get_preset,
                           init_params, loss_and_grad, unet_apply)
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One BLAS (and torch) thread: tiny matrices, and the CI box has 2 shared cores."""
-    from ..unet import single_thread_blas
-
-    torch = sys.modules.get("torch")
-    n = torch.get_num_threads() if torch is not None else None
-    if torch is not None:
-        torch.set_num_threads(1)
-    with single_thread_blas():
-        yield
-    if torch is not None:
-        torch.set_num_threads(n)
 
 
 UCFG = get_preset("tiny")

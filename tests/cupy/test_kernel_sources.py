@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -23,19 +22,6 @@ from refdiff.unet import dropout_masks, get_preset, loss_and_grad, random_params
 from refdiff.unet import layers as L
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One BLAS (and torch) thread: tiny matrices, and the CI box has 2 shared cores."""
-    from ..unet import single_thread_blas
-
-    torch = sys.modules.get("torch")
-    n = torch.get_num_threads() if torch is not None else None
-    if torch is not None:
-        torch.set_num_threads(1)
-    with single_thread_blas():
-        yield
-    if torch is not None:
-        torch.set_num_threads(n)
 
 
 def _rel(a, b) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 import pytest
@@ -12,19 +11,6 @@ from refdiff.unet import get_preset, loss_and_grad, random_params, unet_backward
 from refdiff.unet import layers as L
 from refdiff.unet.params import param_shapes
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One BLAS (and torch) thread: tiny matrices, and the CI box has 2 shared cores."""
-    from ..unet import single_thread_blas
-
-    torch = sys.modules.get("torch")
-    n = torch.get_num_threads() if torch is not None else None
-    if torch is not None:
-        torch.set_num_threads(1)
-    with single_thread_blas():
-        yield
-    if torch is not None:
-        torch.set_num_threads(n)
 
 
 CFG = get_preset("tiny", dropout=0.0)
