@@ -14,8 +14,7 @@ from typing import Callable, NamedTuple
 
 from ._errors import RefdiffShapeError, check_choice, check_real
 from ._xp import append_dims, array_namespace, as_timesteps, check_same_shape
-from .parameterizations import (coefficient, eps_from_x0, mu_from_x0, x0_from_eps, x0_from_mu,
-                                x0_from_v)
+from .parameterizations import OUTPUT_TYPES, coefficient, eps_from_x0, mu_from_x0, x0_from_output
 
 __all__ = [
     "MEAN_TYPES", "VAR_TYPES", "T0_CONVENTIONS", "PMeanVar", "q_mean_variance", "q_sample",
@@ -23,7 +22,7 @@ __all__ = [
     "p_mean_variance", "dynamic_threshold", "split_variance_output",
 ]
 
-MEAN_TYPES = ("eps", "x0", "v", "mu")
+MEAN_TYPES = OUTPUT_TYPES
 VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
 T0_CONVENTIONS = ("clipped", "clamped")
 
@@ -104,7 +103,6 @@ def fixed_variance(schedule, t, x, *, var_type: str, t0: str = "clipped"):
 
 def split_variance_output(model_output, x_t):
     """Split a learned-variance output (B, 2C, ...) into the mean part and the variance part (channel axis 1)."""
-    xp = array_namespace(model_output)
     c = x_t.shape[1] if x_t.ndim > 1 else None
     if c is None or model_output.ndim != x_t.ndim or model_output.shape[1] != 2 * c \
             or tuple(model_output.shape[2:]) != tuple(x_t.shape[2:]) \
@@ -183,14 +181,7 @@ def p_mean_variance(schedule, model_output, x_t, t, *, mean_type: str = "eps",
         out = model_output
         var, log_var = fixed_variance(schedule, t, x_t, var_type=var_type, t0=t0)
 
-    if mean_type == "eps":
-        pred_x0 = x0_from_eps(schedule, x_t, t, out)
-    elif mean_type == "x0":
-        pred_x0 = out
-    elif mean_type == "v":
-        pred_x0 = x0_from_v(schedule, x_t, t, out)
-    else:
-        pred_x0 = x0_from_mu(schedule, x_t, t, out)
+    pred_x0 = x0_from_output(schedule, x_t, t, out, mean_type)
     processed = denoised_fn is not None or clip_x0
     if denoised_fn is not None:
         pred_x0 = denoised_fn(pred_x0)

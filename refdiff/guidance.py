@@ -255,7 +255,7 @@ def egsde_sample(model: Callable, y0, *, schedule, energy_grad: Callable, t_star
         Draws for the reverse steps ((t_start + 1,) + y0.shape; the last step adds none) and the
         draw of x_M = √ᾱ_M·y0 + √(1−ᾱ_M)·ξ.
     """
-    from .parameterizations import eps_from_v, eps_from_x0, score_from_eps
+    from .parameterizations import eps_from_output, score_from_eps
     from .samplers._common import draw_noise
     check_choice("mean_type", mean_type, ("eps", "x0", "v", "score"), "model kind")
     T = schedule.num_timesteps
@@ -273,13 +273,7 @@ def egsde_sample(model: Callable, y0, *, schedule, energy_grad: Callable, t_star
         if mean_type == "score":
             s = out
         else:
-            if mean_type == "eps":
-                eps = out
-            elif mean_type == "v":
-                eps = eps_from_v(schedule, x, t, out)
-            else:
-                eps = eps_from_x0(schedule, x, t, out)
-            s = score_from_eps(schedule, t, eps)
+            s = score_from_eps(schedule, t, eps_from_output(schedule, x, t, out, mean_type))
         g = energy_grad(x, t)
         z = draw_noise(noise, k, x) if i > 0 else None
         x = egsde_step(x, s, g, beta=float(schedule.betas[i]), noise=z)

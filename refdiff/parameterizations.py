@@ -7,13 +7,17 @@ come from the schedule's tables, gathered at t and broadcast over the non-batch 
 
 from __future__ import annotations
 
-from ._errors import RefdiffValueError, fail
+from ._errors import RefdiffValueError, check_choice, fail
 from ._xp import array_namespace, as_timesteps, check_same_shape, gather
 
 __all__ = [
     "coefficient", "x0_from_eps", "eps_from_x0", "v_from_x0_eps", "x0_from_v", "eps_from_v",
     "v_from_x0", "score_from_eps", "eps_from_score", "x0_from_mu", "mu_from_x0",
+    "OUTPUT_TYPES", "x0_from_output", "eps_from_output",
 ]
+
+#: What a network output can predict: the noise, the data, the velocity, or the posterior mean.
+OUTPUT_TYPES = ("eps", "x0", "v", "mu")
 
 
 def coefficient(schedule, name: str, t, x):
@@ -104,3 +108,27 @@ def x0_from_mu(schedule, x_t, t, mu):
     check_same_shape("x_t", x_t, "mu", mu)
     return ((mu - coefficient(schedule, "posterior_mean_coef2", t, x_t) * x_t)
             / coefficient(schedule, "posterior_mean_coef1", t, x_t))
+
+
+def x0_from_output(schedule, x_t, t, out, mean_type: str):
+    """x̂0 implied by a network output of the given type (ε, x0, v or μ)."""
+    check_choice("mean_type", mean_type, OUTPUT_TYPES, "mean type")
+    if mean_type == "eps":
+        return x0_from_eps(schedule, x_t, t, out)
+    if mean_type == "x0":
+        check_same_shape("x_t", x_t, "x0", out)
+        return out
+    if mean_type == "v":
+        return x0_from_v(schedule, x_t, t, out)
+    return x0_from_mu(schedule, x_t, t, out)
+
+
+def eps_from_output(schedule, x_t, t, out, mean_type: str):
+    """ε̂ implied by a network output of the given type (ε, x0, v or μ)."""
+    check_choice("mean_type", mean_type, OUTPUT_TYPES, "mean type")
+    if mean_type == "eps":
+        check_same_shape("x_t", x_t, "eps", out)
+        return out
+    if mean_type == "v":
+        return eps_from_v(schedule, x_t, t, out)
+    return eps_from_x0(schedule, x_t, t, x0_from_output(schedule, x_t, t, out, mean_type))
