@@ -8,13 +8,12 @@ t was importance-sampled).
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
 
 from ._errors import check_choice, check_int, check_real, fail
-from ._xp import append_dims, array_namespace, as_timesteps, check_same_shape, device_of
+from ._xp import append_dims, array_namespace, as_timesteps, check_same_shape
 from .diffusion import MEAN_TYPES, VAR_TYPES, q_posterior_mean_variance, q_sample, split_variance_output
 from .kl import mean_flat, vb_terms_bpd
 from .parameterizations import coefficient, v_from_x0_eps

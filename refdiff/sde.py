@@ -432,8 +432,6 @@ class VPSDE(_LinearBeta):
     @property
     def discrete_betas(self):
         """The DDPM β_i = linspace(β_min/N, β_max/N, N) as float64 NumPy (correctly rounded)."""
-        import numpy as np
-
         from . import _dd
         start, stop = _dd.DD(self.beta_min) / float(self.N), _dd.DD(self.beta_max) / float(self.N)
         return _dd.linspace(start, stop, self.N).to_float()
