@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -32,21 +33,48 @@ def append_dims(a, ndim: int):
     return xp.reshape(a, tuple(a.shape) + (1,) * (ndim - a.ndim))
 
 
+_VALIDATED: list = []  # (weakref to a validated timestep array, T): skip re-checking the same array
+
+
+def _already_validated(t, num_timesteps: int) -> bool:
+    for ref, T in _VALIDATED:
+        if ref() is t and T == num_timesteps:
+            return True
+    return False
+
+
+def _remember_validated(t, num_timesteps: int) -> None:
+    try:
+        ref = weakref.ref(t)
+    except TypeError:  # an array type without weak references: just re-check next time
+        return
+    _VALIDATED.append((ref, num_timesteps))
+    del _VALIDATED[:-8]
+
+
 def as_timesteps(t, num_timesteps: int, *, like, name: str = "t"):
-    """Validate integer timesteps in [0, num_timesteps) and return them as an array next to ``like``."""
+    """Validate integer timesteps in [0, num_timesteps) and return them as an array next to ``like``.
+
+    The value check reads the array back (one device synchronisation on a GPU); an array already
+    validated against the same T is not checked again, so the coefficient gathers of one step cost
+    one check, not one each. (Mutating a validated array in place defeats this cache.)
+    """
     xp = array_namespace(like)
     if not is_array_api_obj(t):
         if isinstance(t, bool) or not isinstance(t, (int, np.integer)) and not (
                 isinstance(t, (list, tuple)) and all(isinstance(v, (int, np.integer)) for v in t)):
             fail(name, t, f"expected integer timesteps in [0, {num_timesteps})")
         t = xp.asarray(t, dtype=xp.int64, device=_device(like))
+    elif _already_validated(t, num_timesteps):
+        return t
     if not xp.isdtype(t.dtype, "integral"):
         fail(name, t, f"expected an integer dtype for timesteps in [0, {num_timesteps}), got {t.dtype}")
     if t.ndim and t.shape[0] == 0:
         return t
-    if bool(xp.any(t < 0)) or bool(xp.any(t >= num_timesteps)):
+    if bool(xp.any((t < 0) | (t >= num_timesteps))):
         lo, hi = int(xp.min(t)), int(xp.max(t))
         fail(name, t, f"timesteps must lie in [0, {num_timesteps}); got values from {lo} to {hi}")
+    _remember_validated(t, num_timesteps)
     return t
 
 
