@@ -63,6 +63,23 @@ for _n in ("score_from_eps", "eps_from_score"):
     _param_case(_n, "s,t,b")
 
 
+def _output_case(name: str):
+    """x0/ε implied by a network output of each type: f(schedule, x_t, t, out, mean_type)."""
+
+    @st.composite
+    def inputs(draw):
+        s, shape, t = draw(setting(), label="setting")
+        return call(s, draw(rs.data(shape), label="x_t"), t, draw(rs.data(shape), label="out"),
+                    Raw(draw(st.sampled_from(MEAN_TYPES), label="mean_type")))
+
+    register_case(Case(f"parameterizations.{name}", f"refdiff.parameterizations:{name}",
+                       inputs=lambda dtype: inputs()))
+
+
+for _n in ("x0_from_output", "eps_from_output"):
+    _output_case(_n)
+
+
 @st.composite
 def _coefficient(draw):
     s, shape, t = draw(setting(), label="setting")

@@ -182,6 +182,21 @@ def _langevin_dynamics(draw):
                 noise=NoiseSource(draw(st.integers(0, 2 ** 31), label="seed"), shape))
 
 
+def _low_pass_scale(oracle_call, ref, inputs):
+    """φ is an average with positive weights: its terms' magnitude is φ(|x|)."""
+    from refdiff.guidance import low_pass
+    args, kw = oracle_call
+    return low_pass(np.abs(args[0]), args[1])
+
+
+def _ilvr_refine_scale(oracle_call, ref, inputs):
+    """The magnitude of the terms of φ(y) + x − φ(x): φ(|y|) + |x| + φ(|x|)."""
+    from refdiff.guidance import low_pass
+    (x, y), kw = oracle_call
+    f = kw.get("factor", 4)
+    return low_pass(np.abs(y), f) + np.abs(x) + low_pass(np.abs(x), f)
+
+
 def _steps(oracle_call, ref):
     kw = oracle_call[1]
     if "schedule" in kw:
@@ -196,8 +211,10 @@ _register("cfg_combine", _cfg_combine)
 _register("rescale_cfg", _rescale_cfg, tol="reduction", sizes_fn=_per_sample)
 _register("cfg_model", _cfg_model, target=_cfg_model_apply, tol="reduction",
           sizes_fn=_per_sample)
-_register("low_pass", _low_pass, tol="reduction", sizes_fn=lambda c, r: (4, 1))
-_register("ilvr_refine", _ilvr_refine, tol="reduction", sizes_fn=lambda c, r: (4, 1))
+_register("low_pass", _low_pass, tol="reduction", sizes_fn=lambda c, r: (4, 1),
+          scale=_low_pass_scale)
+_register("ilvr_refine", _ilvr_refine, tol="reduction", sizes_fn=lambda c, r: (4, 1),
+          scale=_ilvr_refine_scale)
 _register("ilvr_sample", _ilvr_sample, tol="trajectory", sizes_fn=_steps, budget=0.5)
 _register("egsde_score", _egsde_score)
 _register("egsde_step", _egsde_step)

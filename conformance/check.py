@@ -51,58 +51,97 @@ def add_note(exc: BaseException, text: str) -> None:
 class OracleSide:
     """The float64 NumPy reference, fed the inputs rounded to the dtype under test.
 
-    With ``perturb`` (a NumPy Generator) every float input — arrays, scalars and schedule tables —
-    is further multiplied by (1 ± eps), random signs: the harness runs the oracle on such
-    perturbed inputs to estimate how much the result moves under rounding-level changes of its
-    terms (the atol scale of composite operations).
+    Every float input it converts (array, scalar, schedule, model output, noise source) is a
+    numbered *leaf*. For the sensitivity estimate (the atol scale of composite operations) the
+    harness runs the oracle again on perturbed leaves: ``perturb`` (a NumPy Generator) multiplies
+    every leaf by (1 ± eps) with random signs; ``only=k`` moves leaf k alone by +eps·|value|.
     """
 
-    def __init__(self, dtype: str, perturb: np.random.Generator | None = None):
+    def __init__(self, dtype: str, perturb: np.random.Generator | None = None,
+                 only: int | None = None):
         self.dtype = dtype
         self.perturb = perturb
+        self.only = only
+        self.n_leaves = 0
         self._schedules: dict[int, tuple[Schedule, Schedule]] = {}
 
-    def _jiggle(self, q: np.ndarray) -> np.ndarray:
-        if self.perturb is None:
-            return q
-        u = self.perturb.choice((-1.0, 1.0), np.shape(q))
-        with np.errstate(invalid="ignore"):
-            return q * (1.0 + u * _tol.eps(self.dtype))
+    @property
+    def perturbing(self) -> bool:
+        return self.perturb is not None or self.only is not None
+
+    def new_leaf(self) -> int:
+        self.n_leaves += 1
+        return self.n_leaves - 1
+
+    def jiggle(self, q: np.ndarray, leaf: int) -> np.ndarray:
+        """q as leaf ``leaf`` of this side sees it (perturbed or not)."""
+        e = _tol.eps(self.dtype)
+        with np.errstate(invalid="ignore", over="ignore"):
+            if self.perturb is not None:
+                return q * (1.0 + self.perturb.choice((-1.0, 1.0), np.shape(q)) * e)
+            if self.only == leaf:
+                return q + np.abs(q) * e
+        return q
 
     def float_array(self, a: np.ndarray):
-        return self._jiggle(quantise(a, self.dtype))
+        return self.jiggle(quantise(a, self.dtype), self.new_leaf())
 
     def int_array(self, a: np.ndarray):
         return np.array(a, copy=True)
 
     def scalar(self, v: float) -> float:
-        return float(self._jiggle(quantise(np.float64(v), self.dtype)))
+        return float(self.jiggle(quantise(np.float64(v), self.dtype), self.new_leaf()))
 
     def marker(self, what: str):
         import array_api_compat.numpy as cnp
         return {"xp": cnp, "device": None, "dtype": cnp.float64}[what]
 
     def schedule(self, s: Schedule) -> Schedule:
-        if self.dtype == "float64" and self.perturb is None:
-            return s
         hit = self._schedules.get(id(s))
         if hit is None or hit[0] is not s:
-            import array_api_compat.numpy as cnp
-            moved = s.to(cnp, dtype=cnp.float64)
-            tables = {n: self._jiggle(quantise(getattr(s, n), self.dtype)) for n in TABLE_NAMES}
-            hit = self._schedules[id(s)] = (s, _replace_tables(moved, tables))
+            leaf = self.new_leaf()
+            if self.dtype == "float64" and not self.perturbing:
+                moved = s
+            else:
+                import array_api_compat.numpy as cnp
+                tables = {n: self.jiggle(quantise(getattr(s, n), self.dtype), leaf)
+                          for n in TABLE_NAMES}
+                moved = _replace_tables(s.to(cnp, dtype=cnp.float64), tables)
+            hit = self._schedules[id(s)] = (s, moved)
         return hit[1]
 
 
+def _noise_callable(src: NoiseSource, side):
+    """noise(i): draw i of ``src`` as the side sees it (one leaf for all draws on the oracle side)."""
+    cache: dict[int, Any] = {}
+    if isinstance(side, OracleSide):
+        leaf = side.new_leaf()
+
+        def make(i):
+            return side.jiggle(quantise(src.draw(i), side.dtype), leaf)
+    else:
+        def make(i):
+            return side.float_array(src.draw(i))
+
+    def noise(i):
+        i = int(i)
+        if i not in cache:
+            cache[i] = make(i)
+        return cache[i]
+
+    return noise
+
+
 def _jiggled_outputs(fn, side: "OracleSide"):
-    """fn with every float array it returns multiplied by (1 ± eps): the rounding of a model
-    evaluation, which a perturbation of the model's inputs alone does not reproduce (a denoiser
-    D(x) ≈ x moves with x, so x − D(x) would not move at all)."""
+    """fn whose float outputs are one more leaf of the side: the rounding of a model evaluation,
+    which perturbing the model's inputs alone does not reproduce (a denoiser D(x) ≈ x moves with
+    x, so x − D(x) would not move at all)."""
+    leaf = side.new_leaf()
 
     def jiggled(*args, **kwargs):
         out = fn(*args, **kwargs)
         if isinstance(out, np.ndarray) and out.dtype.kind == "f":
-            return side._jiggle(out)
+            return side.jiggle(out, leaf)
         return out
 
     return jiggled
@@ -153,18 +192,10 @@ def convert(value: Any, side) -> Any:
     if value is XP or value is DEVICE or value is DTYPE:
         return side.marker(value.what)
     if isinstance(value, HostArray):
-        return OracleSide.float_array(side, value.value) if isinstance(side, OracleSide) \
+        return side.float_array(value.value) if isinstance(side, OracleSide) \
             else quantise(value.value, side.dtype)
     if isinstance(value, NoiseSource):
-        cache: dict[int, Any] = {}
-
-        def noise(i, _src=value, _cache=cache):
-            i = int(i)
-            if i not in _cache:
-                _cache[i] = side.float_array(_src.draw(i))
-            return _cache[i]
-
-        return noise
+        return _noise_callable(value, side)
     if isinstance(value, Sched):
         return side.schedule(value.schedule)
     if isinstance(value, Schedule):
@@ -180,7 +211,7 @@ def convert(value: Any, side) -> Any:
     if isinstance(value, Bind):
         import functools
         fn = functools.partial(value.fn, **convert(value.kwargs, side))
-        if isinstance(side, OracleSide) and side.perturb is not None:
+        if isinstance(side, OracleSide) and side.perturbing:
             return _jiggled_outputs(fn, side)    # a model's own rounding, for the scale estimate
         return fn
     if isinstance(value, Build):
@@ -437,25 +468,28 @@ def check_call(case, backend: Backend, dtype: str, call: Call, record: Callable,
             f"{ctx.check}[{ctx.dtype}]: backend outputs {sorted(act)} but the oracle's are "
             f"{sorted(exp)}")
     inputs = _float_inputs((o_args, o_kwargs), [])
-    sens = _LazySensitivity(fn, call, dtype, exp)
+    sens = _LazySensitivity(fn, call, dtype, exp, o_side.n_leaves)
     for name in exp:
         _compare_output(case, backend, ctx, name, act[name], exp[name], inputs, (o_args, o_kwargs),
                         record, sens)
 
 
 class _LazySensitivity:
-    """|f(inputs·(1 ± eps)) − f(inputs)| / eps per output, from two perturbed oracle runs (on demand).
+    """The sensitivity of the oracle to rounding-level perturbations, per output (on demand).
 
-    A backward-stable computation in the dtype under test errs by about eps times this
-    sensitivity (the condition of the operation on its terms), which makes it the natural atol
-    scale of composite operations: a value obtained by cancellation between large terms gets
-    an allowance proportional to the terms, not to the small result.
+    Two estimates, elementwise maximum, divided by eps: (a) Σ_k |f(leaf k moved by +eps·|leaf|)
+    − f| over the leaves one at a time — the terms' magnitudes of a linear combination, however
+    they cancel in the result; (b) max over two runs of |f(every leaf × (1 ± eps), random signs)
+    − f|. A backward-stable computation in the dtype under test errs by about eps times this,
+    which makes it the natural atol scale of composite operations: a value obtained by
+    cancellation between large terms gets an allowance proportional to the terms.
     """
 
-    RUNS = 2
+    RANDOM_RUNS = 2
 
-    def __init__(self, fn, call: Call, dtype: str, expected: dict):
+    def __init__(self, fn, call: Call, dtype: str, expected: dict, n_leaves: int):
         self.fn, self.call, self.dtype, self.expected = fn, call, dtype, expected
+        self.n_leaves = n_leaves
         self._value: dict | None = None
 
     def __call__(self, name: str) -> np.ndarray | None:
@@ -463,26 +497,38 @@ class _LazySensitivity:
             self._value = self._compute()
         return self._value.get(name)
 
+    def _run(self, side: OracleSide) -> dict | None:
+        try:
+            return flatten(self.fn(*convert(self.call.args, side), **convert(self.call.kwargs, side)))
+        except Exception:  # noqa: BLE001 - a perturbation may cross a validity boundary
+            return None
+
+    def _delta(self, got: dict | None, ref: dict) -> dict:
+        out = {}
+        for n, r in ref.items():
+            g = np.asarray(got.get(n) if got else np.nan, dtype=np.float64)
+            if g.shape != r.shape:
+                out[n] = np.zeros(r.shape)
+                continue
+            both = np.isfinite(g) & np.isfinite(r)
+            with np.errstate(invalid="ignore", over="ignore"):
+                out[n] = np.where(both, np.abs(g - r), 0.0)
+        return out
+
     def _compute(self) -> dict:
         e = _tol.eps(self.dtype)
         ref = {n: np.asarray(v, dtype=np.float64) for n, v in self.expected.items()
                if np.asarray(v).dtype.kind == "f"}
-        out = {n: np.zeros(v.shape) for n, v in ref.items()}
-        for k in range(self.RUNS):
+        one_at_a_time = {n: np.zeros(v.shape) for n, v in ref.items()}
+        for k in range(self.n_leaves):
+            for n, d in self._delta(self._run(OracleSide(self.dtype, only=k)), ref).items():
+                one_at_a_time[n] += d
+        randomised = {n: np.zeros(v.shape) for n, v in ref.items()}
+        for k in range(self.RANDOM_RUNS):
             side = OracleSide(self.dtype, perturb=np.random.default_rng(20240 + k))
-            try:
-                got = flatten(self.fn(*convert(self.call.args, side),
-                                      **convert(self.call.kwargs, side)))
-            except Exception:  # noqa: BLE001 - a perturbation may cross a validity boundary
-                continue
-            for n, r in ref.items():
-                g = np.asarray(got.get(n), dtype=np.float64)
-                if g.shape != r.shape:
-                    continue
-                both = np.isfinite(g) & np.isfinite(r)
-                with np.errstate(invalid="ignore", over="ignore"):
-                    out[n] = np.maximum(out[n], np.where(both, np.abs(g - r), 0.0))
-        return {n: v / e for n, v in out.items()}
+            for n, d in self._delta(self._run(side), ref).items():
+                randomised[n] = np.maximum(randomised[n], d)
+        return {n: np.maximum(one_at_a_time[n], randomised[n]) / e for n in ref}
 
 
 def _compare_output(case, backend, ctx, name, x, ref, inputs, oracle_call, record, sens) -> None:
@@ -494,6 +540,10 @@ def _compare_output(case, backend, ctx, name, x, ref, inputs, oracle_call, recor
         cls = "exact"
     elif case.quantise_ref:
         r = quantise(r, ctx.dtype)
+    if a.shape == r.shape and np.array_equal(a.astype(np.float64), r.astype(np.float64),
+                                             equal_nan=True):
+        record(name, 0.0)               # bit-identical: no tolerance (nor its scale) needed
+        return
     n, steps = case.sizes(oracle_call, r)
     tol = _tol.tolerance(cls, ctx.dtype, n=n, steps=steps, check=case.name, output=name)
     scale = 0.0 if cls == "exact" else case.scale_for(name, oracle_call, r, inputs, sens)
@@ -506,14 +556,16 @@ def _compare_output(case, backend, ctx, name, x, ref, inputs, oracle_call, recor
 
 def run_case(case, backend: Backend, dtype: str, *, settings, record: Callable,
              ctx: Context) -> None:
-    """Run a check as a Hypothesis property with the given settings."""
+    """Run a check as a Hypothesis property with the given settings.
+
+    The property is named after the check, backend and dtype, which keys Hypothesis's example
+    database and (derandomized) seed per check.
+    """
     from hypothesis import given
 
     strategy = case.inputs(dtype)
     side = BackendSide(backend, dtype)
 
-    @settings
-    @given(call=strategy)
     def conformance_property(call):
         try:
             check_call(case, backend, dtype, call, record, ctx, side)
@@ -521,4 +573,7 @@ def run_case(case, backend: Backend, dtype: str, *, settings, record: Callable,
             add_note(exc, f"reproduce: {ctx.reproducer()}")
             raise
 
-    conformance_property()
+    import re
+    conformance_property.__name__ = conformance_property.__qualname__ = re.sub(
+        r"\W", "_", f"conformance_{case.name}_{backend.name}_{dtype}")
+    settings(given(call=strategy)(conformance_property))()

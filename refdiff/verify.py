@@ -63,8 +63,9 @@ def resolve_backends(backend, device=None) -> list[tuple[str, Any, bool]]:
 class _Collector:
     """A pytest plugin object: progress callbacks and the final report of the inner session."""
 
-    def __init__(self, progress: Callable | None):
+    def __init__(self, progress: Callable | None, stdout=None):
         self.progress = progress
+        self.stdout = stdout or sys.stdout       # the caller's stdout, outside the capture
         self.report: VerifyReport | None = None
         self.total = 0
         self.done = 0
@@ -83,9 +84,10 @@ class _Collector:
         if it is None:
             return
         self.done += 1
-        self.progress(CheckResult(it.check, it.backend, it.dtype, it.outcome, it.ratio,
-                                  it.worst_output, it.examples, it.duration_s, it.message,
-                                  _short_nodeid(nodeid)), self.done, self.total)
+        with contextlib.redirect_stdout(self.stdout):
+            self.progress(CheckResult(it.check, it.backend, it.dtype, it.outcome, it.ratio,
+                                      it.worst_output, it.examples, it.duration_s, it.message,
+                                      _short_nodeid(nodeid)), self.done, self.total)
 
     _config = None
 
@@ -200,7 +202,7 @@ def verify(backend: Any = "numpy", dtypes: str | Iterable[str] | None = None, de
                              f"{', '.join(EPS)}")
     resolved = resolve_backends(backend, device)
     specs = [s for s, _, _ in resolved]
-    collector = _Collector(progress)
+    collector = _Collector(progress, sys.stdout)
     started = time.time()
     out = io.StringIO()
     code: int = -1

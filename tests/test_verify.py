@@ -178,3 +178,11 @@ def test_report_ratio_json_handles_infinity():
     from refdiff.conformance.report import CheckResult
     r = CheckResult("x", "numpy", "float64", "failed", ratio=np.inf)
     assert r.to_dict()["ratio"] == "inf" and CheckResult.from_dict(r.to_dict()).ratio == np.inf
+
+
+def test_progress_reaches_the_callers_stdout(capsys):
+    rep = refdiff.verify(extra_args=["-k", "schedules.linear"], max_examples=1,
+                         progress=lambda r, done, total: print(f"{done}/{total} {r.check}"))
+    out = capsys.readouterr().out
+    assert rep.ok and "1/2 schedules.linear" in out and "2/2 schedules.linear" in out
+    assert "refdiff conformance" not in out and "refdiff conformance" in rep.log
