@@ -12,7 +12,7 @@ import math
 from typing import Callable
 
 from ._errors import check_choice, check_int, check_real, fail
-from ._xp import array_namespace, as_timesteps, check_broadcast, check_same_shape, erf, erfc
+from ._xp import array_namespace, as_timesteps, check_broadcast, check_same_shape, device_of, erf, erfc
 from .diffusion import p_mean_variance, q_mean_variance, q_posterior_mean_variance, q_sample
 from .parameterizations import eps_from_x0
 
@@ -107,7 +107,8 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales, cdf: str = "tan
     def safe_log(p):
         if floor > 0:
             return xp.log(xp.clip(p, floor, None))
-        return xp.log(xp.where(p > 0, p, 1.0)) + xp.where(p > 0, 0.0, -math.inf)
+        pos = p > 0
+        return xp.where(pos, xp.log(xp.where(pos, p, xp.ones_like(p))), xp.full_like(p, -math.inf))
 
     if cdf == "tanh":
         cdf_plus = approx_standard_normal_cdf(plus_in)
@@ -125,7 +126,7 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales, cdf: str = "tan
 def prior_bpd(schedule, x0):
     """KL(q(x_T|x0) ‖ N(0, I)) per sample in bits/dim, at the last index T−1 (Ho et al. 2020, Eq. 5, L_T)."""
     xp = array_namespace(x0)
-    t = xp.full((x0.shape[0],), schedule.num_timesteps - 1, dtype=xp.int64)
+    t = xp.full((x0.shape[0],), schedule.num_timesteps - 1, dtype=xp.int64, device=device_of(x0))
     mean, _, log_var = q_mean_variance(schedule, x0, t)
     zero = xp.zeros_like(mean)
     return mean_flat(normal_kl(mean, log_var, zero, zero)) / _LN2
@@ -180,7 +181,7 @@ def calc_bpd_loop(schedule, model_fn: Callable, x0, *, noise, mean_type: str = "
     for i in range(T - 1, -1, -1):
         eps = noise(i) if callable(noise) else noise[i, ...]
         check_same_shape("noise(t)", eps, "x0", x0)
-        t = xp.full((b,), i, dtype=xp.int64)
+        t = xp.full((b,), i, dtype=xp.int64, device=device_of(x0))
         x_t = q_sample(schedule, x0, t, noise=eps)
         t_model = xp.take(tmap, t, axis=0) if map_timesteps else t
         out = model_fn(x_t, t_model)
