@@ -89,9 +89,10 @@ def sde_inputs(draw, name: str):
     score = Bind(models.score_model, {"w": draw(st.sampled_from((0.5, 1.0)), label="w"),
                                       "bias": draw(rs.seeded_normal(shape[1:], scale=0.1))})
     kw = {"n_steps_each": 2} if name == "ncsn_annealed_langevin" else {}
-    # The ancestral predictor steps on the DDPM chain of `steps` levels, which needs
-    # β_max/steps < 1 (β_max = 20 here); the others take any number of steps.
-    steps = (25,) if name == "sde_ancestral" else (2, 5)
+    # The ancestral and reverse-diffusion predictors (alone or inside PC) step on the DDPM chain of
+    # `steps` levels, which needs β_max/steps < 1 (β_max = 20 here); the others take any number.
+    chain = ("sde_ancestral", "sde_reverse_diffusion", "sde_pc")
+    steps = (25,) if name in chain else (2, 5)
     return call(score, draw(rs.noise(shape), label="x_T"),
                 sde=_sde_build(draw, family, N_menu=(1000, 25)),
                 steps=draw(st.sampled_from(steps), label="steps"), noise=_noise(draw, shape), **kw)
