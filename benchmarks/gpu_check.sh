@@ -3,7 +3,7 @@
 # gpu_check.sh — every check that needs a GPU, in one script (run from the repository root on a
 # CUDA machine):
 #
-#   bash benchmarks/gpu_check.sh [PART ...]        PART: env conformance train bench all (default)
+#   bash benchmarks/gpu_check.sh [PART ...]        PART: env conformance train cupy bench all (default)
 #
 # Results go to $OUT (the device tool's folder) or ./gpu-results: one JSON report per run plus
 # a Markdown summary (conformance.md) to paste into docs/CONFORMANCE.md ("Results on a GPU").
@@ -101,6 +101,23 @@ part_train() {
     else
         note "train: SKIPPED (no training smoke script yet)"
     fi
+    "$PY" -m pytest -q -m gpu tests/train/test_gpu_smoke.py tests/unet/test_torch_unet.py \
+        tests/test_torch_fast.py > "$RES/train_gpu_tests.log" 2>&1
+    local rc2=$?
+    note "train: pytest -m gpu (training smoke, torch UNet on CUDA, fast paths) exit $rc2 (log $RES/train_gpu_tests.log)"
+    [ $rc2 -ne 0 ] && STATUS=1
+}
+
+# === PART: cupy (issue 6): the CuPy training path on the GPU ====================================
+part_cupy() {
+    "$PY" -m pytest -q -m gpu tests/cupy > "$RES/cupy_gpu_tests.log" 2>&1
+    local rc=$?
+    note "cupy: pytest -m gpu tests/cupy exit $rc (log $RES/cupy_gpu_tests.log)"
+    [ $rc -ne 0 ] && STATUS=1
+    "$PY" benchmarks/bench_cupy_train.py --json "$RES/cupy_bench.json" > "$RES/cupy_bench.log" 2>&1
+    rc=$?
+    note "cupy: benchmarks/bench_cupy_train.py exit $rc (log $RES/cupy_bench.log)"
+    [ $rc -ne 0 ] && STATUS=1
 }
 
 # === PART: bench (issue 7): benchmarks — owned by the performance issue ========================
@@ -122,9 +139,10 @@ run_part() {
         env) part_env ;;
         conformance) part_conformance ;;
         train) part_train ;;
+        cupy) part_cupy ;;
         bench) part_bench ;;
-        all) part_env; part_conformance; part_train; part_bench ;;
-        *) echo "unknown part: $1 (env, conformance, train, bench, all)" >&2; exit 2 ;;
+        all) part_env; part_conformance; part_train; part_cupy; part_bench ;;
+        *) echo "unknown part: $1 (env, conformance, train, cupy, bench, all)" >&2; exit 2 ;;
     esac
 }
 
