@@ -233,14 +233,13 @@ def resolve_backend(name: str):
     trainer with NumPy standing in for CuPy (tests and smoke runs, not speed), which needs no CuPy.
     """
     import importlib
+    import importlib.util
 
     base, _, device = str(name).partition("@")
     if base == "torch":
-        try:
-            import torch  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("torch") is None:
             raise RefdiffValueError("backend='torch' needs PyTorch; install it with: "
-                                    "pip install 'refdiff[torch,train]'") from None
+                                    "pip install 'refdiff[torch,train]'")
         return importlib.import_module("refdiff.backends.torch_train")
     if base == "cupy":
         try:
@@ -252,7 +251,7 @@ def resolve_backend(name: str):
                                     "(refdiff.backends.cupy_train, issue 6) is not installed; use --backend torch")
         if device != "cpu":
             try:
-                import cupy  # noqa: F401
+                importlib.import_module("cupy")  # a CUDA initialisation failure shows here too
             except Exception:  # noqa: BLE001 - ImportError or a CUDA initialisation failure
                 raise RefdiffValueError(
                     "backend='cupy' is not available here: CuPy is not importable (install cupy-cuda12x "
