@@ -516,9 +516,7 @@ class TrainStep:
         self._net = _compile(model, compile_mode, compile_backend)
         sched = schedule if schedule is not None else _schedules.linear(1000)
         self.num_timesteps = sched.num_timesteps
-        moved = sched.to(xp, device=self.device, dtype=self.dtype)
-        self._sqrt_ab = moved.sqrt_alphas_cumprod
-        self._sqrt_1mab = moved.sqrt_one_minus_alphas_cumprod
+        self._schedule = sched.to(xp, device=self.device, dtype=self.dtype)
         fused = cuda if fused_optimizer is None else bool(fused_optimizer)
         kw: dict[str, Any] = dict(betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         kw["lr"] = torch.tensor(float(lr), device=self.device) if cuda_graphs else float(lr)
@@ -550,17 +548,22 @@ class TrainStep:
 
     def _body(self, x0: torch.Tensor, t: torch.Tensor | None,
               weights: torch.Tensor | None = None) -> torch.Tensor:
-        from refdiff._xp import gather
+        from refdiff._xp import trusted_timesteps
+        from refdiff.diffusion import q_sample
+        from refdiff.losses import l_simple
 
         noise = torch.randn_like(x0)
         if t is None:
             t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
-        x_t = gather(self._sqrt_ab, t, 4) * x0 + gather(self._sqrt_1mab, t, 4) * noise
+        # t comes from randint or the driver's sampler, both in [0, T): no read-back, which a
+        # CUDA-graph capture would forbid.
+        t = trusted_timesteps(t, self.num_timesteps)
+        x_t = q_sample(self._schedule, x0, t, noise=noise)
         if self.channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         with _autocast(self.device, self.bf16):
             out = self._forward(self._net, x_t, t)
-        per_sample = torch.mean(torch.square(out.to(noise.dtype) - noise), dim=tuple(range(1, x0.ndim)))
+        per_sample = l_simple(out.to(noise.dtype), noise)
         self.per_sample_loss = per_sample.detach()
         if weights is None:
             loss = torch.mean(per_sample)
