@@ -229,7 +229,7 @@ class CupyTrainer:
     def loss_and_grads(self, x0, y, t, weights, step: int):
         """Device (loss, per-sample losses, grads) of the importance-weighted L_simple (no update)."""
         from refdiff.diffusion import q_sample
-        from refdiff.losses import training_target
+        from refdiff.losses import l_simple, training_target
         from refdiff.unet.model import unet_backward, unet_forward
 
         cfg, xp = self.cfg, self.xp
@@ -247,7 +247,7 @@ class CupyTrainer:
                                   dropout_masks=masks, train=masks is not None, ops=self.ops)
         diff = out - target
         n_pix = math.prod(diff.shape[1:])
-        per_sample = xp.mean(diff * diff, axis=tuple(range(1, diff.ndim)))
+        per_sample = l_simple(out, target)
         loss = xp.mean(per_sample * w_d)
         g_out = diff * xp.reshape(w_d * (2.0 / (B * n_pix)), (B,) + (1,) * (diff.ndim - 1))
         grads = unet_backward(self.params, self.unet_cfg, cache, g_out)
