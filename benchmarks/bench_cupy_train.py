@@ -8,8 +8,8 @@ peak memory and the ratio CuPy / PyTorch::
     python benchmarks/bench_cupy_train.py --device cpu --preset tiny --batch 4 --steps 2 --warmup 1
                                                                 # smoke run: NumPy stands in for CuPy
 
-A step is the whole training step of each backend's trainer (``backends/cupy_train.py``,
-``backends/torch_train.py``): host batch to device, q_sample, forward, backward, clipping, Adam,
+A step is the whole training step of each backend's trainer (``backends/cupy/train.py``,
+``backends/torch/train.py``): host batch to device, q_sample, forward, backward, clipping, Adam,
 EMA. Both use float32 weights; ``--precision`` sets the GEMM/convolution precision of both:
 ``tf32`` (CuPy: CUBLAS_COMPUTE_32F_FAST_TF32 and CuPy's TF32 matmul; torch:
 ``allow_tf32`` for cuBLAS and cuDNN), ``fp32`` (strict on both), ``bf16`` (CuPy: fp32 storage,
@@ -87,7 +87,7 @@ def run_backend(name: str, args) -> dict[str, Any]:
     cuda = args.device != "cpu"
     traced = False
     if name == "cupy":
-        from refdiff.backends.cupy_train import make_trainer
+        from refdiff.backends.cupy.train import make_trainer
 
         if cuda:
             import cupy
@@ -101,7 +101,7 @@ def run_backend(name: str, args) -> dict[str, Any]:
     elif name == "torch":
         import torch
 
-        from refdiff.backends.torch_train import make_trainer
+        from refdiff.backends.torch.train import make_trainer
 
         _torch_precision(args.precision, cuda)
         if cuda:

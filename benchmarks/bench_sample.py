@@ -8,7 +8,7 @@ scheduler loop (``DDIMScheduler`` / ``DPMSolverMultistepScheduler`` with ``set_t
 ``step``) — each loop driving refdiff's network and diffusers' ``UNet2DModel`` of the same
 architecture (``--loops``, ``--models``). No clipping of x̂0 in either loop.
 
-The network is wrapped once by ``refdiff.backends.torch_fast.make_inference_fn`` with the same
+The network is wrapped once by ``refdiff.backends.torch.fast.make_inference_fn`` with the same
 settings for both models (``--net``: eager | compile | graph | compile-graph; bf16 autocast and
 channels_last unless ``--fp32`` / ``--no-channels-last``).
 
@@ -115,10 +115,10 @@ def diffusers_loop(sampler: str, steps: int, net, x_T, schedule=None):
 def build_net(model: str, ucfg, device, args):
     import torch
 
-    from refdiff.backends.torch_fast import make_inference_fn
+    from refdiff.backends.torch.fast import make_inference_fn
 
     if model == "refdiff":
-        from refdiff.backends.torch_unet import from_config
+        from refdiff.backends.torch.unet import from_config
         from refdiff.unet import random_params
 
         m = from_config(ucfg, dtype=torch.float32, device=device)

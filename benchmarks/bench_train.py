@@ -3,7 +3,7 @@
 One process, one GPU. Both networks are the same architecture (the ``--preset``, by default
 Ho et al.'s CIFAR-10 UNet: block_out_channels (128, 256, 256, 256), 2 res blocks per level,
 single-head attention at 16×16 and in the middle, dropout 0.1, 35,746,307 parameters each) and
-run through the *same* training step (``refdiff.backends.torch_fast.TrainStep``): noise and
+run through the *same* training step (``refdiff.backends.torch.fast.TrainStep``): noise and
 timesteps drawn on the device, q_sample, L_simple, backward, Adam (fused on CUDA), EMA of the
 weights. Only the network differs. Data is synthetic, already on the device (four random batches
 in [-1, 1], rotated), so the numbers are the step's, not a data loader's.
@@ -81,7 +81,7 @@ def build_model(model: str, ucfg, device, variant: str):
     import torch
 
     if model == "refdiff":
-        from refdiff.backends.torch_unet import from_config
+        from refdiff.backends.torch.unet import from_config
 
         m = from_config(ucfg, seed=0, dtype=torch.float32, device=device)
         m.set_fast_paths(fused_norm=variant)
@@ -94,7 +94,7 @@ def run_row(model: str, cname: str, variant: str, ucfg, args, device) -> dict:
     """Build, warm up and time one (model, configuration) row."""
     import torch
 
-    from refdiff.backends.torch_fast import make_train_step, set_tf32
+    from refdiff.backends.torch.fast import make_train_step, set_tf32
 
     c = CONFIGS[cname]
     row = {"model": model, "config": cname, "variant": variant, "label": c["label"], "standard": c["std"],

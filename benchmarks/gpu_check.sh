@@ -34,7 +34,7 @@ setup() {
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
     fi
-    "$PY" -c "import refdiff.verify" 2>/dev/null \
+    "$PY" -c "import refdiff._verify" 2>/dev/null \
         || "$PY" -m pip install -q --no-deps --no-build-isolation -e . \
         || { echo "cannot install refdiff from $PWD" >&2; exit 1; }
 }

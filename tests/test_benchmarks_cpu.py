@@ -117,7 +117,7 @@ def test_forward_macs_matches_torch_flop_counter(bc):
     """Analytic count = torch's FlopCounterMode (convolutions and linear maps) + the attention matmuls."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from refdiff.backends.torch_unet import from_config
+    from refdiff.backends.torch.unet import from_config
     from refdiff.unet import layout
 
     for name in ("tiny", "small"):

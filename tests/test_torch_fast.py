@@ -1,4 +1,4 @@
-"""The torch backend's fast paths (backends/torch_fast.py) against plain torch and the reference.
+"""The torch backend's fast paths (backends/torch/fast.py) against plain torch and the reference.
 
 * The fused GroupNorm(+add)+SiLU Triton kernel, run on CPU by Triton's interpreter, against a
   float64 torch formulation (forward and all gradients; NCHW and channels_last; group sizes that
@@ -25,8 +25,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from refdiff._errors import RefdiffValueError  # noqa: E402
-from refdiff.backends import torch_fast as tf  # noqa: E402
-from refdiff.backends.torch_unet import (TorchUNet, compare_with_reference, fast_paths,  # noqa: E402
+from refdiff.backends.torch import fast as tf  # noqa: E402
+from refdiff.backends.torch.unet import (TorchUNet, compare_with_reference, fast_paths,  # noqa: E402
                                          from_config)
 from refdiff.unet import get_preset, random_params  # noqa: E402
 
@@ -180,7 +180,7 @@ def test_fast_path_switches():
     with pytest.raises(RefdiffValueError, match=r"fused_norm='x' is invalid"):
         with fast_paths(fused_norm="x"):
             pass
-    from refdiff.backends import torch_unet as tu
+    from refdiff.backends.torch import unet as tu
     assert tu._FAST_DEFAULTS["fused_norm"] == "torch"
     with fast_paths(fused_norm="auto"):
         assert tu._FAST_DEFAULTS["fused_norm"] == "auto"

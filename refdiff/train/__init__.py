@@ -1,7 +1,7 @@
 """Training support shared by every backend: data, checkpoints, sample grids, metrics and the loop.
 
 Nothing here imports torch, cupy or Pillow at import time; the training step itself lives with
-its backend (``refdiff.backends.torch_train``). Entry points: :func:`train` with a
+its backend (``refdiff.backends.torch.train``). Entry points: :func:`train` with a
 :class:`TrainConfig` (or ``refdiff train`` on the command line), :func:`load_params` to get a
 checkpoint's weights for ``refdiff.unet.unet_apply`` or ``TorchUNet.load_params``.
 """

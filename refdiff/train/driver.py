@@ -2,7 +2,7 @@
 
 The driver owns everything that is not the training step itself: the data stream, the host RNG
 that draws timesteps and label dropout, the loop, logging, sample grids, checkpoints and the
-non-finite-loss stop. A backend supplies a *trainer* object (``backends/torch_train.py`` for
+non-finite-loss stop. A backend supplies a *trainer* object (``backends/torch/train.py`` for
 PyTorch) with this protocol::
 
     trainer.rank, trainer.world_size, trainer.is_main
@@ -240,15 +240,15 @@ def resolve_backend(name: str):
         if importlib.util.find_spec("torch") is None:
             raise RefdiffValueError("backend='torch' needs PyTorch; install it with: "
                                     "pip install 'refdiff[torch,train]'")
-        return importlib.import_module("refdiff.backends.torch_train")
+        return importlib.import_module("refdiff.backends.torch.train")
     if base == "cupy":
         try:
-            mod = importlib.import_module("refdiff.backends.cupy_train")
+            mod = importlib.import_module("refdiff.backends.cupy.train")
         except ImportError:
             mod = None
         if mod is None or not hasattr(mod, "make_trainer"):
             raise RefdiffValueError("backend='cupy' is not available here: the CuPy trainer "
-                                    "(refdiff.backends.cupy_train, issue 6) is not installed; use --backend torch")
+                                    "(refdiff.backends.cupy.train, issue 6) is not installed; use --backend torch")
         if device != "cpu":
             try:
                 importlib.import_module("cupy")  # a CUDA initialisation failure shows here too

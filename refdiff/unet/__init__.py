@@ -1,7 +1,7 @@
 """The reference UNet (Ho et al. 2020's CIFAR-10 network with the ADM options), forward and backward in array-API code.
 
 On NumPy float64 this is the oracle for the backends' losses and gradients. Parameters are a flat,
-stably named dict of arrays shared by every backend (``backends/torch_unet.py`` loads the same dict).
+stably named dict of arrays shared by every backend (``backends/torch/unet.py`` loads the same dict).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ and CuPy. Convolutions are im2col + one matmul; their input gradient is the conv
 Operation overrides. The model (:mod:`.model`) calls every layer through a table of operations,
 :func:`resolve_ops`, whose defaults are the generic functions of this module (:data:`GENERIC_OPS`).
 A backend may replace some of them by name with fast kernels of the same signature and meaning
-(``backends/cupy_unet.py``: shifted-GEMM convolutions, fused GroupNorm + SiLU); the generic
+(``backends/cupy/unet.py``: shifted-GEMM convolutions, fused GroupNorm + SiLU); the generic
 functions stay the oracle the replacements are tested against.
 """
 

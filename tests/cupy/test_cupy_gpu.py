@@ -23,9 +23,9 @@ except Exception as exc:  # noqa: BLE001 - CUDARuntimeError, missing driver
 
 import array_api_compat.cupy as cxp  # noqa: E402
 
-from refdiff.backends import cupy_train as CT  # noqa: E402
-from refdiff.backends import cupy_unet as CU  # noqa: E402
-from refdiff.backends._kernel_ref import NumpyDevice  # noqa: E402
+from refdiff.backends.cupy import train as CT  # noqa: E402
+from refdiff.backends.cupy import unet as CU  # noqa: E402
+from refdiff.backends.cupy._kernel_ref import NumpyDevice  # noqa: E402
 from refdiff.train.driver import TrainConfig, build_schedule  # noqa: E402
 from refdiff.unet import (dropout_masks, get_preset, loss_and_grad, random_params,  # noqa: E402
                           unet_apply)
@@ -160,7 +160,7 @@ def test_a_few_training_steps_lower_the_loss():
 
 def test_a_cupy_checkpoint_samples_on_torch_and_numpy(tmp_path):
     torch = pytest.importorskip("torch")
-    from refdiff.backends.torch_unet import from_config
+    from refdiff.backends.torch.unet import from_config
     from refdiff.train.checkpoint import load_checkpoint, save_checkpoint
 
     ucfg, sched = get_preset("tiny"), build_schedule("linear", 1000)

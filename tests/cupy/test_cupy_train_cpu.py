@@ -1,4 +1,4 @@
-"""The CuPy trainer (``backends/cupy_train.py``) with NumPy standing in for CuPy (``device="cpu"``).
+"""The CuPy trainer (``backends/cupy/train.py``) with NumPy standing in for CuPy (``device="cpu"``).
 
 The step is checked against an independent composition of the reference pieces (generic
 ``loss_and_grad``, ``clip_grad_norm``, ``adamw_step``, ``ema_update``), its checkpoints against the
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from refdiff._errors import RefdiffValueError
-from refdiff.backends import cupy_train as CT
+from refdiff.backends.cupy import train as CT
 from refdiff.diffusion import q_sample
 from refdiff.train.driver import TrainConfig, build_schedule
 from refdiff.unet import (adamw_step, clip_grad_norm, dropout_shapes, ema_update, get_preset,
@@ -157,7 +157,7 @@ def test_checkpoint_samples_on_numpy_and_torch(tmp_path):
         ref = unet_apply(weights, UCFG, x, t)
         assert _rel(ours, ref) < 1e-12
         torch = pytest.importorskip("torch")
-        from refdiff.backends.torch_unet import from_config
+        from refdiff.backends.torch.unet import from_config
 
         m = from_config(UCFG, dtype=torch.float64).load_params(weights).eval()
         with torch.no_grad():

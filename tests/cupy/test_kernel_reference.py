@@ -1,7 +1,7 @@
 """The algorithms of the CuPy UNet kernels, run on the CPU with their NumPy reference device.
 
-``backends/cupy_unet.py`` orchestrates the shifted-GEMM convolution and the fused normalisation
-against a device object; here that device is ``backends/_kernel_ref.NumpyDevice`` (column-major
+``backends/cupy/unet.py`` orchestrates the shifted-GEMM convolution and the fused normalisation
+against a device object; here that device is ``backends/cupy/_kernel_ref.NumpyDevice`` (column-major
 cuBLAS emulated on flat buffers with cuBLAS's argument rules and bounds checks). Everything is
 compared with the generic array-API layers of ``refdiff.unet`` (im2col convolution, unfused
 GroupNorm/SiLU) and the optimiser functions of ``refdiff.unet.optim`` — an independent
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from refdiff._errors import RefdiffShapeError, RefdiffValueError
-from refdiff.backends import cupy_unet as CU
+from refdiff.backends.cupy import unet as CU
 from refdiff.backends._base import quantise
-from refdiff.backends._kernel_ref import NumpyDevice, cublas_gemm, round_operand
+from refdiff.backends.cupy._kernel_ref import NumpyDevice, cublas_gemm, round_operand
 from refdiff.unet import (adam_step, adamw_step, clip_grad_norm, dropout_masks, ema_update,
                           get_preset, loss_and_grad, random_params)
 from refdiff.unet import layers as L

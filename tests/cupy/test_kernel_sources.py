@@ -2,7 +2,7 @@
 
 Three levels: (1) text and launch checks without any compiler (constants, signatures, argument
 marshalling, launch configurations); (2) the sources compiled by the host C++ compiler against
-``backends/_cuda_emu.py``'s shim and run on the CPU — each kernel against the NumPy reference of
+``backends/cupy/_emu.py``'s shim and run on the CPU — each kernel against the NumPy reference of
 its semantics, and the whole UNet through them against the generic reference; (3) the sources
 compiled by ``nvcc`` for sm_90 (no GPU needed), when the CUDA toolkit is installed.
 """
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from refdiff._errors import RefdiffValueError
-from refdiff.backends import cupy_unet as CU
-from refdiff.backends._kernel_ref import NumpyDevice
+from refdiff.backends.cupy import unet as CU
+from refdiff.backends.cupy._kernel_ref import NumpyDevice
 from refdiff.unet import dropout_masks, get_preset, loss_and_grad, random_params
 from refdiff.unet import layers as L
 
@@ -168,7 +168,7 @@ needs_cxx = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cla
 
 @pytest.fixture(scope="module")
 def emu():
-    from refdiff.backends._cuda_emu import EmulatedDevice
+    from refdiff.backends.cupy._emu import EmulatedDevice
 
     return EmulatedDevice("fp32")
 
@@ -276,7 +276,7 @@ def test_emulated_conv_float32_with_tf32_rounding(emu):
 # ----------------------------------------------------------------------------- nvcc
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs the CUDA toolkit's nvcc")
 def test_sources_compile_for_sm90_with_nvcc():
-    from refdiff.backends._cuda_emu import nvcc_compile
+    from refdiff.backends.cupy._emu import nvcc_compile
 
     specs = [gen(dt) for gen in CU.KERNELS.values() for dt in ("float32", "float64")]
     ptx = nvcc_compile(specs, arch="sm_90")
@@ -306,7 +306,7 @@ class _FakeCublas:
                beta, C, ctype, ldc, compute, algo):
         import ctypes
 
-        from refdiff.backends._kernel_ref import cublas_gemm
+        from refdiff.backends.cupy._kernel_ref import cublas_gemm
 
         assert self.mode == 0 and handle == 7 and atype == btype == ctype and algo == -1
         ct = {0: ctypes.c_float, 1: ctypes.c_double}[atype]
@@ -331,7 +331,7 @@ class _FakeCupy:
     def __init__(self, lib, specs):
         from types import SimpleNamespace
 
-        from refdiff.backends._cuda_emu import run_kernel
+        from refdiff.backends.cupy._emu import run_kernel
 
         self.cublas = _FakeCublas()
         self.cuda = SimpleNamespace(cublas=self.cublas,
@@ -358,7 +358,7 @@ class _FakeCupy:
 
 @pytest.fixture(scope="module")
 def fake_cupy():
-    from refdiff.backends._cuda_emu import build
+    from refdiff.backends.cupy._emu import build
 
     specs = {sp.name: sp for sp in (gen(dt) for gen in CU.KERNELS.values()
                                     for dt in ("float32", "float64"))}

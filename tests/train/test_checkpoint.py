@@ -141,7 +141,7 @@ def test_torch_checkpoint_holds_everything_to_resume(torch_run):
 def test_torch_checkpoint_runs_in_the_numpy_reference(torch_run):
     import torch
 
-    from refdiff.backends.torch_unet import TorchUNet
+    from refdiff.backends.torch.unet import TorchUNet
     from refdiff.unet.config import UNetConfig
     from refdiff.unet.model import unet_apply
 

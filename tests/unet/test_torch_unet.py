@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from refdiff._errors import RefdiffShapeError, RefdiffValueError  # noqa: E402
-from refdiff.backends.torch_unet import TorchUNet, compare_with_reference, from_config  # noqa: E402
+from refdiff.backends.torch.unet import TorchUNet, compare_with_reference, from_config  # noqa: E402
 from refdiff.unet import (adam_step, adamw_step, clip_grad_norm, count_params, get_preset,  # noqa: E402
                           init_params, param_shapes, random_params, unet_apply)
 

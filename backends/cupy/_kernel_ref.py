@@ -1,6 +1,6 @@
-"""NumPy reference of every primitive behind the CuPy UNet kernels (``backends/cupy_unet.py``).
+"""NumPy reference of every primitive behind the CuPy UNet kernels (``backends/cupy/unet.py``).
 
-:class:`NumpyDevice` is a drop-in for :class:`~refdiff.backends.cupy_unet.CupyDevice` on the CPU:
+:class:`NumpyDevice` is a drop-in for :class:`~refdiff.backends.cupy.unet.CupyDevice` on the CPU:
 the same orchestration (shifted-GEMM convolution, fused GroupNorm + SiLU, fused Adam + EMA) runs
 on it with
 
@@ -12,7 +12,7 @@ on it with
   the CPU (the float32 accumulation is NumPy's, not the tensor cores');
 * vectorised NumPy versions of the kernels' semantics (``pack``, ``unpack``, ``gn_forward``,
   ``gn_backward``, ``adam_ema``, ``sumsq``): float64 statistics and the same per-element
-  arithmetic in the data type. ``backends/_cuda_emu.py`` checks the generated CUDA sources
+  arithmetic in the data type. ``backends/cupy/_emu.py`` checks the generated CUDA sources
   against these.
 """
 
@@ -25,7 +25,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from refdiff._errors import fail
 
-from .cupy_unet import CUBLAS, PRECISIONS, check_gemm
+from .unet import CUBLAS, PRECISIONS, check_gemm
 
 __all__ = ["NumpyDevice", "cublas_gemm", "round_operand", "ROUNDING_BITS"]
 
@@ -69,7 +69,7 @@ def cublas_gemm(transa: int, transb: int, m: int, n: int, k: int, alpha: float, 
 
     Operand X starts at element ``x_off`` of its (C-contiguous) buffer; element (i, j) of the
     stored matrix is at ``x_off + i + j·ldx``. Leading dimensions and extents are checked first
-    (:func:`~refdiff.backends.cupy_unet.check_gemm`). With β = 0, C is not read (NaN in C does
+    (:func:`~refdiff.backends.cupy.unet.check_gemm`). With β = 0, C is not read (NaN in C does
     not propagate), as in BLAS.
     """
     for name, a in (("A", A), ("B", B), ("C", C)):

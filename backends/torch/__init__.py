@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from ._base import Backend, BackendUnavailableError
+from .._base import Backend, BackendUnavailableError
 
 __all__ = ["TorchBackend", "INSTALL_HINT"]
 

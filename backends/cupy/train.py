@@ -1,7 +1,7 @@
 """CuPy training of the refdiff UNet: the reference forward and hand-written backward with fused kernels.
 
 :func:`make_trainer` returns a :class:`CupyTrainer` that ``refdiff.train.driver`` drives (see the
-trainer protocol there), exactly like ``backends/torch_train.py``. One step:
+trainer protocol there), exactly like ``backends/torch/train.py``. One step:
 
 1. ε and the dropout masks are drawn on the device from a counter-based stream keyed by
    (seed, step, purpose) — no generator state to checkpoint, so a resumed run draws the same
@@ -9,7 +9,7 @@ trainer protocol there), exactly like ``backends/torch_train.py``. One step:
 2. x_t = q_sample(x0, t, ε) and the regression target (ε, x0, v or μ̃) with ``refdiff.diffusion``
    / ``refdiff.losses`` on the device (array-API code);
 3. the UNet's forward and backward are ``refdiff.unet.model.unet_forward`` / ``unet_backward``
-   with the operation overrides of :func:`refdiff.backends.cupy_unet.make_ops` (shifted-GEMM
+   with the operation overrides of :func:`refdiff.backends.cupy.unet.make_ops` (shifted-GEMM
    convolutions, fused GroupNorm + SiLU); ∂L/∂out of the importance-weighted L_simple is written
    by hand (it is linear in the output);
 4. the gradients are copied into one flat buffer; the squared global norm is one float64
@@ -23,7 +23,7 @@ are those of the torch trainer, so a checkpoint written here samples with torch 
 either trainer can resume the other's moments.
 
 ``device="cpu"`` runs the same step with NumPy in place of CuPy and the NumPy reference of every
-kernel (``backends/_kernel_ref.py``) — for tests and smoke runs, not speed. Supported losses:
+kernel (``backends/cupy/_kernel_ref.py``) — for tests and smoke runs, not speed. Supported losses:
 L_simple (``loss="simple"``/``"mse"``) with a fixed variance and any mean type; the learned-variance
 (hybrid / VLB) losses need the VLB term's gradient, which is not hand-written yet.
 """
@@ -39,7 +39,7 @@ import numpy as np
 
 from refdiff._errors import RefdiffValueError, fail
 
-from .cupy_unet import adam_ema_scalars, get_device, make_ops, PRECISIONS
+from .unet import adam_ema_scalars, get_device, make_ops, PRECISIONS
 
 __all__ = ["CupyTrainer", "make_trainer", "stream_seed", "inference_fn", "DEFAULT_PRECISION"]
 

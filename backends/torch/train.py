@@ -3,7 +3,7 @@
 :func:`make_trainer` returns a :class:`TorchTrainer` that ``refdiff.train.driver`` drives (see its
 protocol). The mathematics is refdiff's: ``refdiff.losses.training_losses`` (which calls
 ``refdiff.diffusion.q_sample``) runs on torch tensors through array-api-compat, with the schedule
-tables moved once with ``Schedule.to``; the network is :class:`refdiff.backends.torch_unet.TorchUNet`.
+tables moved once with ``Schedule.to``; the network is :class:`refdiff.backends.torch.unet.TorchUNet`.
 
 Randomness. The forward noise ε is drawn for the whole global batch from one ``torch.Generator``
 on the training device (its state is checkpointed), and each rank keeps its slice; timesteps,
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from refdiff._errors import RefdiffValueError
-from refdiff.backends.torch_unet import from_config
+from refdiff.backends.torch.unet import from_config
 
 __all__ = ["TorchTrainer", "make_trainer", "resolve_device", "init_distributed"]
 

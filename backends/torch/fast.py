@@ -22,7 +22,7 @@ Three pieces, each optional and each checked against the plain torch formulation
 * :func:`make_inference_fn` — the network for samplers: eval mode, no grad, bf16 / channels_last /
   compile, and a CUDA graph per input shape.
 
-Nothing here is imported by ``import refdiff``; ``backends/torch_unet.py`` imports
+Nothing here is imported by ``import refdiff``; ``backends/torch/unet.py`` imports
 :func:`fused_group_norm_act` only when a model is told to use it.
 """
 
@@ -301,7 +301,7 @@ def _ops():
         return _OPS
     if torch.compiler.is_compiling():
         raise RefdiffValueError("the fused GroupNorm op was first used inside torch.compile; call "
-                                "refdiff.backends.torch_fast.register_ops() (or "
+                                "refdiff.backends.torch.fast.register_ops() (or "
                                 "model.set_fast_paths(fused_norm=...)) before compiling")
     # explicit schemas: this module uses postponed annotations, which infer_schema cannot read
     @torch.library.custom_op("refdiff::group_norm_act", mutates_args=(), schema=(
@@ -699,7 +699,7 @@ def make_train_step(model: torch.nn.Module, *, bf16: bool = False, channels_last
         ``compile_backend``, ``warmup_steps``; see :class:`TrainStep`.
 
     Scope: L_simple with an ε target (``mean_type="eps"``, fixed variances), one process. The
-    other losses and parameterisations and DDP stay with ``refdiff.backends.torch_train``.
+    other losses and parameterisations and DDP stay with ``refdiff.backends.torch.train``.
     """
     return TrainStep(model, bf16=bf16, channels_last=channels_last, compile_mode=compile_mode,
                      cuda_graphs=cuda_graphs, **options)

@@ -7,7 +7,7 @@ checkpoint written by any backend) loads with :meth:`TorchUNet.load_params`, and
 operations (not the reference code), and :func:`compare_with_reference` checks it — outputs, the
 L_simple loss and autograd gradients — against the float64 NumPy reference.
 
-Fast paths (``backends/torch_fast.py``): each GroupNorm that is followed by SiLU (and the
+Fast paths (``backends/torch/fast.py``): each GroupNorm that is followed by SiLU (and the
 time-embedding add before the second one) can run as one fused Triton kernel, chosen per model
 with :meth:`TorchUNet.set_fast_paths` or for every model in a block with :func:`fast_paths`:
 ``fused_norm="torch"`` (the default: plain torch ops, the formulation the conformance suite has
@@ -75,13 +75,13 @@ def _use_fused(mode: str, x: torch.Tensor) -> bool:
 def _register_ops(mode: str | None) -> None:
     """Register the fused op before any ``torch.compile`` trace can reach it (registration is not traceable)."""
     if mode in ("triton", "auto"):
-        from .torch_fast import register_ops
+        from .fast import register_ops
 
         register_ops()
 
 
 def _triton_ok() -> bool:
-    from .torch_fast import triton_available
+    from .fast import triton_available
 
     return triton_available()
 
@@ -89,7 +89,7 @@ def _triton_ok() -> bool:
 def group_norm_act(x, norm: nn.GroupNorm, *, act: str = "silu", add=None, fused: bool = False):
     """act(GN(x + add)) with ``add`` of shape (N, C): the fused kernel, or the torch ops."""
     if fused:
-        from .torch_fast import fused_group_norm_act
+        from .fast import fused_group_norm_act
 
         return fused_group_norm_act(x, norm.weight, norm.bias, norm.num_groups, norm.eps,
                                     add=add, act=act)

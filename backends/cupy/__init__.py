@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ._base import Backend, BackendUnavailableError
+from .._base import Backend, BackendUnavailableError
 
 __all__ = ["CupyBackend", "INSTALL_HINT"]
 

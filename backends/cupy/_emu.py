@@ -1,4 +1,4 @@
-"""Run the generated CUDA kernels of ``backends/cupy_unet.py`` on the CPU (for tests without a GPU).
+"""Run the generated CUDA kernels of ``backends/cupy/unet.py`` on the CPU (for tests without a GPU).
 
 The sources are compiled unchanged by a host C++20 compiler against a small shim: ``__global__``,
 ``__device__`` and ``__forceinline__`` become plain (inline) functions, ``__shared__`` variables
@@ -12,9 +12,9 @@ arithmetic, bounds checks, tiling and reduction logic exactly as written; it doe
 warps, concurrent interleavings between barriers (so it cannot find data races), or the device's
 floating-point contraction (FMA) and math-library rounding.
 
-:class:`EmulatedDevice` is a :class:`~refdiff.backends.cupy_unet.KernelDevice` whose launches
+:class:`EmulatedDevice` is a :class:`~refdiff.backends.cupy.unet.KernelDevice` whose launches
 run here (with small tiles, so every code path is hit on tiny arrays) and whose GEMMs are the
-NumPy cuBLAS emulation of ``backends/_kernel_ref.py``. :func:`nvcc_compile` compiles the same
+NumPy cuBLAS emulation of ``backends/cupy/_kernel_ref.py``. :func:`nvcc_compile` compiles the same
 sources for a real GPU architecture with ``nvcc`` when one is installed (no GPU needed).
 """
 
@@ -34,7 +34,7 @@ import numpy as np
 from refdiff._errors import RefdiffError
 
 from ._kernel_ref import cublas_gemm
-from .cupy_unet import KERNELS, KernelDevice, KernelSpec, marshal_args
+from .unet import KERNELS, KernelDevice, KernelSpec, marshal_args
 
 __all__ = ["SHIM", "EmulatedDevice", "build", "compiler", "nvcc_compile", "EmulationError",
            "EMULATOR_TILING", "host_source", "run_kernel"]
@@ -252,7 +252,7 @@ class EmulatedDevice(KernelDevice):
 
     def gemm(self, transa, transb, m, n, k, A, a_off, lda, B, b_off, ldb, beta, C, c_off,
              ldc) -> None:
-        """The NumPy cuBLAS emulation (:func:`~refdiff.backends._kernel_ref.cublas_gemm`)."""
+        """The NumPy cuBLAS emulation (:func:`~refdiff.backends.cupy._kernel_ref.cublas_gemm`)."""
         cublas_gemm(transa, transb, m, n, k, 1.0, A, a_off, lda, B, b_off, ldb, beta, C, c_off,
                     ldc, precision=self.precision)
 
