@@ -9,7 +9,7 @@ never torch or cupy):
 * ``refdiff.kl`` — KL, decoder likelihood, bits/dim; ``refdiff.losses`` — training losses
 * ``refdiff.sde``, ``refdiff.edm`` — continuous families, Karras/EDM
 * ``refdiff.samplers``, ``refdiff.guidance``, ``refdiff.analytic``, ``refdiff.likelihood``
-* ``refdiff.unet`` — the reference UNet; ``refdiff.verify`` — the conformance runner
+* ``refdiff.unet`` — the reference UNet; ``refdiff.verify()`` — the conformance runner (a function)
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ _SUBMODULES = (
     "guidance", "analytic", "likelihood", "ddpm", "unet", "train", "backends", "conformance",
 )
 _FUNCTIONS = {
-    "verify": ("refdiff.verify", "verify"),
-    "VerifyReport": ("refdiff.verify", "VerifyReport"),
+    "verify": ("refdiff._verify", "verify"),
+    "VerifyReport": ("refdiff._verify", "VerifyReport"),
     "get_backend": ("refdiff.backends", "get_backend"),
     "list_backends": ("refdiff.backends", "list_backends"),
     "register_backend": ("refdiff.backends", "register_backend"),

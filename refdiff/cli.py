@@ -17,7 +17,7 @@ from typing import Sequence, TextIO
 __all__ = ["main", "build_parser"]
 
 #: Modules that add subcommands through ``register(subparsers)`` (loaded when present).
-EXTENSIONS = ("refdiff.cli_train",)
+EXTENSIONS = ("refdiff.train.cli",)
 
 
 def _add_verify(sub) -> None:
@@ -118,7 +118,7 @@ def run_verify(args, out: TextIO | None = None) -> int:
     """``refdiff verify``: exit 0 if every check passed, 1 if any failed, 2 on usage errors."""
     from . import __version__
     from .backends import BackendUnavailableError, UnknownBackendError
-    from .verify import verify
+    from ._verify import verify
     out = out or sys.stdout
     specs = _all_backends(out) if args.all else [
         s for b in (args.backend or ["numpy"]) for s in b.split(",") if s.strip()]
@@ -126,13 +126,19 @@ def run_verify(args, out: TextIO | None = None) -> int:
     print(f"refdiff {__version__} verify: backends {', '.join(specs)}; profile {args.profile}",
           file=out)
     try:
+        from ._errors import check_int
+        from ._verify import _check_writable
+        if args.max_examples is not None:
+            check_int("--max-examples", args.max_examples, minimum=1)
+        if args.json:
+            _check_writable("--json", args.json)
         _header(specs, args.device, out)
         report = verify(backend=specs, dtypes=args.dtypes, device=args.device,
                         profile=args.profile, max_examples=args.max_examples,
                         json_path=args.json, extra_args=extra, skips=args.skips,
                         xfails=args.xfails, progress=None if args.quiet else _progress(out),
                         shrink=not args.no_shrink, capture=not args.verbose)
-    except (UnknownBackendError, BackendUnavailableError, ValueError, ImportError) as exc:
+    except (UnknownBackendError, BackendUnavailableError, ValueError, ImportError, OSError) as exc:
         print(f"refdiff verify: error: {exc}", file=sys.stderr)
         return 2
     print(report.format(), file=out)

@@ -76,3 +76,38 @@ def test_verify_all_checks_every_installed_backend():
         if info.available and info.name != "cupy":
             assert f"{info.name} schedules.linear[float64] ok" in res.stdout, res.stdout
     assert "OK:" in res.stdout
+
+
+def test_verify_that_skips_everything_fails(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    code = main(["verify", "--dtypes", "float16", "-k", "schedules.linear", "-q", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "ERROR: nothing was checked on backend 'numpy': all 1 checks were skipped" in out
+    assert "FAILED: 0 passed" in out
+    assert json.loads(path.read_text())["ok"] is False
+
+
+def test_verify_that_skips_one_requested_dtype_fails(capsys):
+    code = main(["verify", "--dtypes", "float64,float16", "-k", "schedules.linear", "-q"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "ERROR: nothing was checked at dtype 'float16': all 1 checks were skipped" in out
+
+
+@pytest.mark.parametrize("n", ["0", "-3"])
+def test_verify_rejects_non_positive_max_examples(n, capsys):
+    assert main(["verify", "--max-examples", n, "-k", "schedules.linear"]) == 2
+    err = capsys.readouterr().err
+    assert f"refdiff verify: error: --max-examples={n} is invalid: expected an integer >= 1" in err
+
+
+@pytest.mark.parametrize("where, message", [
+    ("missing/r.json", "is invalid: expected a file in an existing folder"),
+    (".", "is invalid: expected a file path; this is a folder"),
+])
+def test_verify_json_path_checked_before_the_run(tmp_path, where, message, capsys):
+    assert main(["verify", "--json", str(tmp_path / where), "-k", "schedules.linear"]) == 2
+    captured = capsys.readouterr()
+    assert "refdiff verify: error: --json=" in captured.err and message in captured.err
+    assert "[1/" not in captured.out                      # nothing ran

@@ -80,11 +80,17 @@ def test_backend_objects_are_registered_only_for_the_run():
         get_backend("tmp_broken")
 
 
-def test_refdiff_verify_stays_callable_after_importing_the_submodule():
-    import refdiff.verify as mod
-    assert callable(mod) and callable(refdiff.verify)
+def test_refdiff_verify_is_a_plain_function():
+    import importlib
+    import types
+
+    from refdiff._verify import VerifyReport, verify
+    assert refdiff.verify is verify and isinstance(refdiff.verify, types.FunctionType)
+    assert refdiff.VerifyReport is VerifyReport
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("refdiff.verify")
     rep = refdiff.verify(extra_args=["-k", "schedules.linear"], max_examples=1)
-    assert rep.ok
+    assert rep.ok and isinstance(rep, refdiff.VerifyReport)
 
 
 def test_xfail_and_skip_files(tmp_path):
@@ -187,3 +193,16 @@ def test_progress_reaches_the_callers_stdout(capsys):
     out = capsys.readouterr().out
     assert rep.ok and "1/2 schedules.linear" in out and "2/2 schedules.linear" in out
     assert "refdiff conformance" not in out and "refdiff conformance" in rep.log
+
+
+def test_verify_function_rejects_bad_max_examples_and_reports_empty_runs(tmp_path):
+    from refdiff._errors import RefdiffValueError
+    with pytest.raises(RefdiffValueError, match=r"max_examples=0 is invalid: expected an integer >= 1"):
+        refdiff.verify(max_examples=0)
+    with pytest.raises(RefdiffValueError, match=r"json_path=.* is invalid: expected a file path"):
+        refdiff.verify(json_path=tmp_path)
+    rep = refdiff.verify(dtypes="float16", extra_args=["-k", "schedules.linear"])
+    assert not rep.ok and rep.counts["skipped"] == 1
+    assert rep.errors[0].startswith("nothing was checked on backend 'numpy'")
+    rep = refdiff.verify(extra_args=["-k", "no_such_check_anywhere"])
+    assert not rep.ok

@@ -28,7 +28,7 @@ def test_two_gloo_processes_equal_one_with_the_doubled_batch(tmp_path):
     ddp_out, one_out = tmp_path / "ddp", tmp_path / "one"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "refdiff.cli_train", "train", *ARGS, "--out", str(ddp_out)]
+           "-m", "refdiff.train.cli", "train", *ARGS, "--out", str(ddp_out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     train(TrainConfig(preset="tiny", unet={"dropout": 0.0}, dtype="float64", steps=3, batch=4, T=20,

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
-from refdiff.cli_train import build_parser, main, register
+from refdiff.train.cli import build_parser, main, register
 from refdiff.train.images import read_png
 from refdiff.train.metrics import read_metrics
 

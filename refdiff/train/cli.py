@@ -2,7 +2,7 @@
 
 ``refdiff.cli`` calls :func:`register` with its subparsers; each subcommand stores its handler as
 ``func`` (``args.func(args) -> int`` exit status). Also runnable alone:
-``python -m refdiff.cli_train train ...`` (and under ``torchrun ... -m refdiff.cli_train train ...``).
+``python -m refdiff.train.cli train ...`` (and under ``torchrun ... -m refdiff.train.cli train ...``).
 Nothing here imports torch until a command runs.
 """
 
@@ -27,7 +27,7 @@ def _bool_flag(p, name: str, help: str) -> None:
 
 
 def _add_train(sub) -> None:
-    from .train.driver import LOSSES, T_SAMPLERS, TrainConfig
+    from .driver import LOSSES, T_SAMPLERS, TrainConfig
 
     d = TrainConfig.__dataclass_fields__
     dflt = lambda k: d[k].default  # noqa: E731
@@ -104,8 +104,8 @@ _UNET_FLAGS = {"image_size": "image_size", "channels": "in_channels", "model_cha
 
 
 def _train_config(args) -> tuple[Any, set[str]]:
-    from ._errors import RefdiffValueError
-    from .train.driver import TrainConfig
+    from .._errors import RefdiffValueError
+    from .driver import TrainConfig
 
     given = vars(args)
     kw = {k: given[k] for k in _CFG_KEYS if k in given}
@@ -122,7 +122,7 @@ def _train_config(args) -> tuple[Any, set[str]]:
         if flag in given:
             unet[field] = given[flag]
     if given.get("class_cond") and "num_classes" not in unet:
-        from .train.data import load_data
+        from .data import load_data
 
         ds = load_data(kw.get("data", "digits"), split="train", image_size=4, channels=1,
                        digits_size=1)
@@ -142,14 +142,14 @@ def _fail(cmd: str, exc: BaseException) -> int:
 
 
 def _known_errors():
-    from ._errors import RefdiffError
+    from .._errors import RefdiffError
 
     return (RefdiffError, ValueError, KeyError, FileNotFoundError, FloatingPointError)
 
 
 def run_train(args) -> int:
     """Handler of ``refdiff train``."""
-    from .train.driver import train
+    from .driver import train
 
     try:
         cfg, explicit = _train_config(args)
@@ -201,7 +201,7 @@ def _add_sample(sub) -> None:
 
 
 def _checkpoint_path(path: str) -> Path:
-    from .train.driver import CHECKPOINT_NAME
+    from .driver import CHECKPOINT_NAME
 
     p = Path(path)
     return p / CHECKPOINT_NAME if p.is_dir() and (p / CHECKPOINT_NAME).exists() else p
@@ -212,7 +212,7 @@ def _model_for(args, params, unet_cfg, dtype: str):
     if args.backend == "numpy":
         import array_api_compat.numpy as xp
 
-        from .unet.model import unet_apply
+        from ..unet.model import unet_apply
 
         p64 = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
 
@@ -220,16 +220,16 @@ def _model_for(args, params, unet_cfg, dtype: str):
             return unet_apply(p64, unet_cfg, x, t, y=y)
 
         return fn, xp, "cpu", xp.float64
-    from .train.driver import resolve_backend
+    from .driver import resolve_backend
 
     return resolve_backend("torch").inference_fn(params, unet_cfg, device=args.device, dtype=dtype)
 
 
 def run_sample(args) -> int:
     """Handler of ``refdiff sample``."""
-    from .train.driver import load_run, sample_images
-    from .train.images import save_grid
-    from .train.metrics import ProgressBar
+    from .driver import load_run, sample_images
+    from .images import save_grid
+    from .metrics import ProgressBar
 
     try:
         ck, cfg, unet_cfg, schedule = load_run(_checkpoint_path(args.ckpt))
@@ -291,9 +291,9 @@ def _add_bpd(sub) -> None:
 
 def run_bpd(args) -> int:
     """Handler of ``refdiff bpd``."""
-    from .train.data import check_matches, load_data
-    from .train.driver import compute_bpd, load_run
-    from .train.metrics import ProgressBar
+    from .data import check_matches, load_data
+    from .driver import compute_bpd, load_run
+    from .metrics import ProgressBar
 
     try:
         ck, cfg, unet_cfg, schedule = load_run(_checkpoint_path(args.ckpt))
@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m refdiff.cli_train {train,sample,bpd} ...``."""
+    """``python -m refdiff.train.cli {train,sample,bpd} ...``."""
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

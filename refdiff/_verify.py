@@ -1,4 +1,4 @@
-"""``refdiff.verify``: run the conformance suite on a backend from Python and get a report back.
+"""``refdiff.verify()``: run the conformance suite on a backend from Python and get a report back.
 
 >>> import refdiff
 >>> report = refdiff.verify(backend="array_api_strict")       # doctest: +SKIP
@@ -17,7 +17,6 @@ import os
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -194,12 +193,17 @@ def verify(backend: Any = "numpy", dtypes: str | Iterable[str] | None = None, de
     pytest = _require_test_tools()
     from .backends._registry import unregister_backend
     from .conformance.tolerances import EPS
+    from ._errors import check_int
     profile = resolve_profile(profile)
     dts = _as_list(dtypes)
     for d in dts:
         if d not in EPS:
             raise ValueError(f"dtypes: {d!r} is not a float dtype the suite knows; allowed: "
                              f"{', '.join(EPS)}")
+    if max_examples is not None:
+        max_examples = check_int("max_examples", max_examples, minimum=1)
+    if json_path is not None:
+        _check_writable("json_path", json_path)
     resolved = resolve_backends(backend, device)
     specs = [s for s, _, _ in resolved]
     collector = _Collector(progress, sys.stdout)
@@ -229,12 +233,53 @@ def verify(backend: Any = "numpy", dtypes: str | Iterable[str] | None = None, de
     report.exit_code = code
     report.log = out.getvalue()
     report.duration_s = time.time() - started
+    if collector.report is not None:
+        report.errors.extend(_unchecked(report, specs, dts))
     report.ok = code == 0 and not report.failures() and bool(report.checks) and not report.errors
     if code != 0 and not report.failures() and not report.errors:
         report.errors.append(f"pytest exited with status {code}: {_tail(report.log)}")
     if json_path is not None:
         report.to_json(os.fspath(json_path))
     return report
+
+
+_RAN = ("passed", "failed", "error", "xfailed", "xpassed")
+
+
+def _unchecked(report: VerifyReport, specs: list[str], dtypes: list[str]) -> list[str]:
+    """Session errors for a run that compared nothing: per backend, and per dtype asked for."""
+    errors = []
+    if not report.checks:
+        return [f"nothing was checked: no check was collected for backends {', '.join(specs)}"]
+    for spec in specs:
+        mine = [r for r in report.checks if r.backend == spec]
+        if mine and not any(r.outcome in _RAN for r in mine):
+            why = sorted({r.message.strip().splitlines()[0] for r in mine if r.message.strip()})
+            errors.append(f"nothing was checked on backend {spec!r}: all {len(mine)} checks were "
+                          "skipped" + (f" ({'; '.join(why[:3])})" if why else ""))
+    for d in dtypes:
+        mine = [r for r in report.checks if r.dtype == d]
+        if not any(r.outcome in _RAN for r in mine) and not any(
+                e.startswith("nothing was checked on backend") for e in errors):
+            errors.append(f"nothing was checked at dtype {d!r}: "
+                          + (f"all {len(mine)} checks were skipped" if mine else
+                             "no check ran at this dtype") + "; drop it from dtypes or use a "
+                          "backend that supports it")
+    return errors
+
+
+def _check_writable(name: str, path: str | os.PathLike) -> None:
+    """Raise before a long run if a report could not be written to ``path``."""
+    from ._errors import fail
+    p = Path(os.fspath(path))
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        fail(name, os.fspath(path), "expected a file path; this is a folder")
+    if not parent.is_dir():
+        fail(name, os.fspath(path), f"expected a file in an existing folder; {str(parent)!r} "
+             "does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        fail(name, os.fspath(path), "expected a writable file path; permission denied")
 
 
 def _require_test_tools():
@@ -252,14 +297,3 @@ def _require_test_tools():
 
 def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
-
-
-class _CallableModule(types.ModuleType):
-    """``refdiff.verify`` is both this module and the function: ``refdiff.verify(...)`` works
-    even after ``import refdiff.verify`` has bound the submodule on the package."""
-
-    def __call__(self, *args, **kwargs) -> VerifyReport:
-        return verify(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
