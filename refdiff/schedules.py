@@ -107,6 +107,10 @@ class Schedule:
         """Copy the float64 tables into namespace ``xp`` (cast once to ``dtype``, on ``device``)."""
         _check_host(self, "Schedule.to")
         dtype = xp.float64 if dtype is None else dtype
+        if not _is_real_floating(xp, dtype):
+            fail("dtype", getattr(dtype, "__name__", None) or str(dtype),
+                 "expected a real floating dtype (float64, float32, ...); the tables lie in "
+                 "(0, 1) and an integer or complex dtype would not hold them")
         # writable host copies: torch warns on (and may alias) read-only NumPy buffers
         conv = {n: xp.asarray(np.array(getattr(self, n)), dtype=dtype, device=device)
                 for n in TABLE_NAMES}
@@ -196,8 +200,29 @@ def _from_beta_dd(name: str, beta: DD) -> Schedule:
     return _build(name, beta, _dd.cumprod(1.0 - beta), np.arange(len(beta)))
 
 
+#: The largest number of diffusion steps a schedule may have (its tables take about 0.5 kB per step).
+MAX_T = 100_000
+
+
 def _check_T(T) -> int:
-    return check_int("T", T, minimum=1)
+    T = check_int("T", T, minimum=1)
+    if T > MAX_T:
+        fail("T", T, f"expected an integer in [1, {MAX_T}] (refdiff.schedules.MAX_T)")
+    return T
+
+
+def _is_real_floating(xp, dtype) -> bool:
+    """Whether ``dtype`` of namespace ``xp`` is a real floating dtype (array API ``isdtype``)."""
+    from ._xp import array_namespace
+    try:
+        return bool(xp.isdtype(dtype, "real floating"))
+    except (AttributeError, TypeError, ValueError):
+        pass
+    try:        # a bare library module (torch, cupy): ask its array-api-compat namespace
+        z = xp.zeros((), dtype=dtype)
+        return bool(array_namespace(z).isdtype(z.dtype, "real floating"))
+    except Exception:  # noqa: BLE001 - not a dtype of xp at all
+        return False
 
 
 def _check_betas_dd(name: str, beta: DD) -> DD:
