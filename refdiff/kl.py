@@ -78,7 +78,7 @@ def _bin_probability_erf(lo, hi):
 
 def discretized_gaussian_log_likelihood(x, *, means, log_scales, cdf: str = "tanh",
                                         num_bits: int = 8, edge: float = 0.999,
-                                        log_floor: float = 1e-12):
+                                        log_floor: float = 1e-12, out_of_range: str = "raise"):
     """log P(x) of data in [-1, 1] binned to 2**num_bits levels under N(means, e^{2 log_scales}) (Ho et al. 2020, Eq. 13).
 
     Parameters
@@ -91,6 +91,10 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales, cdf: str = "tan
         x below −edge takes the whole left tail, above +edge the whole right tail.
     log_floor : float
         Probabilities are floored here before the log (improved-diffusion uses 1e-12; 0 disables).
+    out_of_range : {"raise", "clip"}
+        Data outside [-1, 1] (or NaN): "raise" (default; one read-back of max |x|) raises
+        RefdiffValueError; "clip" scores it as the edge bin it lies beyond (improved-diffusion's
+        behaviour, which never checks).
     """
     xp = array_namespace(x, means, log_scales)
     check_broadcast(("x", x), ("means", means), ("log_scales", log_scales))
@@ -98,6 +102,12 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales, cdf: str = "tan
     bits = check_int("num_bits", num_bits, minimum=1)
     edge = check_real("edge", edge, lo=0.0, hi=1.0)
     floor = check_real("log_floor", log_floor, lo=0.0)
+    check_choice("out_of_range", out_of_range, ("raise", "clip"), "out-of-range policy")
+    if out_of_range == "raise":
+        worst = float(xp.max(xp.abs(x))) if math.prod(x.shape) else 0.0
+        if not worst <= 1.0:
+            fail("x", x, f"expected data in [-1, 1] (max |x| is {worst!r}); rescale the data to "
+                 "[-1, 1], or pass out_of_range='clip' to score it as the edge bins")
     half_bin = 1.0 / (2 ** bits - 1)
     inv_stdv = xp.exp(-log_scales)
     centered = x - means
@@ -134,10 +144,12 @@ def prior_bpd(schedule, x0):
 
 def vb_terms_bpd(schedule, model_output, x0, x_t, t, *, mean_type: str = "eps",
                  var_type: str = "fixed_small", clip_x0: bool = False, t0: str = "clipped",
-                 cdf: str = "tanh", denoised_fn: Callable | None = None):
+                 cdf: str = "tanh", denoised_fn: Callable | None = None,
+                 out_of_range: str = "raise"):
     """L_{t} in bits/dim per sample: KL(q(x_{t-1}|x_t,x0) ‖ p_θ(x_{t-1}|x_t)), and at t=0 the decoder NLL −log p(x0|x_1) (Ho et al. 2020, Eq. 5).
 
-    Returns (bpd, pred_x0).
+    Returns (bpd, pred_x0). ``out_of_range`` is passed to the decoder likelihood
+    (:func:`discretized_gaussian_log_likelihood`: x0 outside [-1, 1] raises unless "clip").
     """
     xp = array_namespace(x0, x_t)
     tt = as_timesteps(t, schedule.num_timesteps, like=x_t)
@@ -146,7 +158,8 @@ def vb_terms_bpd(schedule, model_output, x0, x_t, t, *, mean_type: str = "eps",
                         clip_x0=clip_x0, denoised_fn=denoised_fn, t0=t0)
     kl = mean_flat(normal_kl(true_mean, true_log_var, p.mean, p.log_variance)) / _LN2
     nll = -mean_flat(discretized_gaussian_log_likelihood(
-        x0, means=p.mean, log_scales=0.5 * p.log_variance, cdf=cdf)) / _LN2
+        x0, means=p.mean, log_scales=0.5 * p.log_variance, cdf=cdf,
+        out_of_range=out_of_range)) / _LN2
     return xp.where(tt == 0, nll, kl), p.pred_x0
 
 

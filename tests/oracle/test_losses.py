@@ -36,6 +36,7 @@ def test_perfect_model_has_zero_mse(mean_type):
 def test_hybrid_weights_the_vlb_term_by_lambda_T():
     s = S.linear(400)
     x0, noise = RNG.standard_normal((2, 3, 2, 2))
+    x0 = np.clip(x0, -1.0, 1.0)                  # the decoder term scores data in [-1, 1]
     t = np.array([0, 100, 399])
     var_ch = RNG.uniform(-1, 1, x0.shape)
 
@@ -56,6 +57,7 @@ def test_hybrid_weights_the_vlb_term_by_lambda_T():
 def test_hybrid_stop_gradient_is_applied_to_the_mean_only():
     s = S.linear(10)
     x0, noise = RNG.standard_normal((2, 1, 1, 2))
+    x0 = np.clip(x0, -1.0, 1.0)                  # the decoder term scores data in [-1, 1]
     seen = []
 
     def detach(a):
@@ -131,6 +133,7 @@ def test_importance_sampler_is_unbiased():
 def test_vb_term_matches_kl_between_true_and_model_posterior():
     s = S.linear(100)
     x0, noise = RNG.standard_normal((2, 2, 3))
+    x0 = np.clip(x0, -1.0, 1.0)                  # the decoder term scores data in [-1, 1]
     t = np.array([5, 60])
     x_t = D.q_sample(s, x0, t, noise=noise)
     out = noise * 0.5
