@@ -6,6 +6,7 @@ import weakref
 from typing import Any, Callable
 
 import numpy as np
+import array_api_compat as _compat
 from array_api_compat import array_namespace, device as _device, is_array_api_obj
 
 from ._errors import RefdiffShapeError, fail
@@ -21,7 +22,7 @@ def device_of(x):
 
 def is_numpy(xp) -> bool:
     """True for NumPy or its array-api-compat wrapper."""
-    return getattr(xp, "__name__", "").split(".")[-1] == "numpy"
+    return _compat.is_numpy_namespace(xp)
 
 
 def append_dims(a, ndim: int):
@@ -126,18 +127,23 @@ def _special(op: str, x):
     xp = array_namespace(x)
     name = getattr(xp, "__name__", "")
     for (o, ns), fn in _SPECIAL.items():
-        if o == op and name.endswith(ns):
+        if o == op and (name == ns or name.endswith("." + ns)):
             return fn(x)
     short = name.split(".")[-1]
     if op in ("erf", "erfc"):
         import importlib
-        if short == "numpy":
+        if _compat.is_numpy_namespace(xp):
             fn = getattr(importlib.import_module("scipy.special"), op)
             return xp.asarray(fn(np.asarray(x)))
-        if short == "torch":
+        if _compat.is_torch_namespace(xp):
             return getattr(importlib.import_module("torch").special, op)(x)
-        if short == "cupy":
+        if _compat.is_cupy_namespace(xp):
             return getattr(importlib.import_module("cupyx.scipy.special"), op)(x)
+        if _compat.is_jax_namespace(xp):
+            return getattr(importlib.import_module("jax.scipy.special"), op)(x)
+        if _compat.is_dask_namespace(xp):   # blockwise on the NumPy chunks, still lazy
+            fn = getattr(importlib.import_module("scipy.special"), op)
+            return x.map_blocks(fn, dtype=x.dtype)
     raise NotImplementedError(
         f"{op} is not in the array API standard and no implementation is registered for namespace "
         f"{name!r}; register one with refdiff._xp.register_special({op!r}, {short!r}, fn)")

@@ -54,6 +54,7 @@ from array_api_compat import is_array_api_obj
 
 from ._errors import RefdiffShapeError, RefdiffValueError, check_choice, check_int, fail
 from ._xp import array_namespace, device_of
+from .parameterizations import PREDICTION_TYPES, prediction_type
 
 __all__ = ["GaussianData", "GaussianMixtureData", "discrete_model", "karras_denoiser",
            "vp_model", "linear_sampler_law", "LinearLaw", "gaussian_kl", "MODEL_KINDS"]
@@ -61,7 +62,7 @@ __all__ = ["GaussianData", "GaussianMixtureData", "discrete_model", "karras_deno
 _LOG_2PI = math.log(2.0 * math.pi)
 
 #: What ``discrete_model`` can predict.
-MODEL_KINDS = ("eps", "x0", "v", "score", "mu")
+MODEL_KINDS = PREDICTION_TYPES
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,7 +161,21 @@ def _host_coef(value, name: str) -> float:
 # Gaussian data
 # --------------------------------------------------------------------------------------------
 
-class GaussianData:
+class _Data:
+    """What every analytic data law derives from its x0, ε and score: the velocity v."""
+
+    dim: int
+
+    def v(self, x, alpha, sigma):
+        """v = α·ε − σ·x0 (Salimans & Ho 2022, §4)."""
+        xp = array_namespace(x)
+        xf = _flat(x, self.dim)
+        a = xp.reshape(_coef(alpha, "alpha", xf), (-1,) + (1,) * (x.ndim - 1))
+        s = xp.reshape(_coef(sigma, "sigma", xf), (-1,) + (1,) * (x.ndim - 1))
+        return a * self.eps(x, alpha, sigma) - s * self.x0(x, alpha, sigma)
+
+
+class GaussianData(_Data):
     """Data x0 ~ N(μ, Σ); exact denoiser, ε, v, score and log-density of x_t = α x0 + σ z.
 
     Parameters
@@ -220,14 +235,6 @@ class GaussianData:
         out = (s * z / denom) @ xp.matrix_transpose(U)
         return xp.reshape(out, tuple(x.shape))
 
-    def v(self, x, alpha, sigma):
-        """v = α·ε − σ·x0 (Salimans & Ho 2022, §4)."""
-        xp = array_namespace(x)
-        xf = _flat(x, self.dim)
-        a = xp.reshape(_coef(alpha, "alpha", xf), (-1,) + (1,) * (x.ndim - 1))
-        s = xp.reshape(_coef(sigma, "sigma", xf), (-1,) + (1,) * (x.ndim - 1))
-        return a * self.eps(x, alpha, sigma) - s * self.x0(x, alpha, sigma)
-
     def logpdf(self, x, alpha, sigma):
         """log N(x; αμ, α²Σ + σ²I) per sample, shape (B,)."""
         xp, xf, a, s, mu, U, lam, denom, z = self._parts(x, alpha, sigma)
@@ -283,7 +290,7 @@ class GaussianData:
 # Gaussian mixtures
 # --------------------------------------------------------------------------------------------
 
-class GaussianMixtureData:
+class GaussianMixtureData(_Data):
     """Data x0 ~ Σ_k π_k N(μ_k, Σ_k); exact denoiser, ε, v, score and log-density of x_t.
 
     Parameters
@@ -363,14 +370,6 @@ class GaussianMixtureData:
         """E[z | x_t = x] = Σ_k r_k(x) E_k[z | x] = −σ·score."""
         return self._combine(x, alpha, sigma, "eps")
 
-    def v(self, x, alpha, sigma):
-        """v = α·ε − σ·x0 (Salimans & Ho 2022, §4)."""
-        xp = array_namespace(x)
-        xf = _flat(x, self.dim)
-        a = xp.reshape(_coef(alpha, "alpha", xf), (-1,) + (1,) * (x.ndim - 1))
-        s = xp.reshape(_coef(sigma, "sigma", xf), (-1,) + (1,) * (x.ndim - 1))
-        return a * self.eps(x, alpha, sigma) - s * self.x0(x, alpha, sigma)
-
     def logpdf(self, x, alpha, sigma):
         """log Σ_k π_k N(x; αμ_k, α²Σ_k + σ²I) per sample, shape (B,)."""
         return self._resp(x, alpha, sigma)[0]
@@ -448,8 +447,8 @@ def discrete_model(data, schedule, mean_type: str = "eps", *, sampling_schedule=
     schedule : refdiff.schedules.Schedule
         The training schedule whose indices ``t`` the model receives (samplers map respaced
         indices through ``timestep_map`` before calling).
-    mean_type : {"eps", "x0", "v", "score", "mu"}
-        What the output predicts; "mu" is the posterior mean μ̃_t(x_t, E[x0|x_t]) of ``schedule``.
+    mean_type : {"eps", "x0", "v", "score", "mean"}
+        What the output predicts (aliases accepted); "mean" is the posterior mean μ̃_t(x_t, E[x0|x_t]) of ``schedule``.
     sampling_schedule : Schedule, optional
         The (respaced) schedule the sampler steps on; only used by ``var_type="learned"``.
     var_type : {None, "learned"}
@@ -457,7 +456,7 @@ def discrete_model(data, schedule, mean_type: str = "eps", *, sampling_schedule=
         ``sampling_schedule``) as extra channels along axis 1 (needs GaussianData; exact for a
         diagonal Σ, otherwise the diagonal of the true covariance).
     """
-    check_choice("mean_type", mean_type, MODEL_KINDS, "model kind")
+    mean_type = prediction_type(mean_type, "mean_type")
     if var_type is not None:
         check_choice("var_type", var_type, ("learned",), "analytic variance output")
         if not isinstance(data, GaussianData):
@@ -518,7 +517,7 @@ def karras_denoiser(data) -> Callable:
 
 def vp_model(data, noise_schedule_or_sde, kind: str = "eps") -> Callable:
     """The exact continuous-time ``model(x, t)``: ε, x0, v or score with α_t, σ_t of an SDE / VP noise schedule (Song et al. 2021, Eq. 29)."""
-    check_choice("kind", kind, ("eps", "x0", "v", "score"), "model kind")
+    kind = prediction_type(kind, "kind", PREDICTION_TYPES[:4])
     ns = noise_schedule_or_sde
     if not (hasattr(ns, "marginal_alpha") and hasattr(ns, "marginal_std")):
         fail("noise_schedule_or_sde", ns, "expected an object with marginal_alpha(t) and "

@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple
 
 from ._errors import RefdiffShapeError, check_choice, check_real
 from ._xp import append_dims, array_namespace, as_timesteps, check_same_shape
-from .parameterizations import OUTPUT_TYPES, coefficient, eps_from_x0, mu_from_x0, x0_from_output
+from .parameterizations import OUTPUT_TYPES, coefficient, prediction_type, eps_from_x0, mu_from_x0, x0_from_output
 
 __all__ = [
     "MEAN_TYPES", "VAR_TYPES", "T0_CONVENTIONS", "PMeanVar", "q_mean_variance", "q_sample",
@@ -145,9 +145,10 @@ def p_mean_variance(schedule, model_output, x_t, t, *, mean_type: str = "eps",
 
     Parameters
     ----------
-    mean_type : {"eps", "x0", "v", "mu"}
+    mean_type : {"eps", "x0", "v", "score", "mean"}
         What the (mean part of the) output predicts: the noise ε, the data x0, the velocity v,
-        or the posterior mean μ (improved-diffusion's PREVIOUS_X).
+        the score, or the posterior mean μ (improved-diffusion's PREVIOUS_X); the upstream
+        aliases of :data:`refdiff.parameterizations.PREDICTION_ALIASES` are accepted.
     var_type : {"fixed_small", "fixed_large", "learned", "learned_range"}
         σ_t² = β̃_t, σ_t² = β_t, log σ_t² from the output, or its interpolation (Eq. 15 of
         Nichol & Dhariwal); learned types need an output with twice the channels of x_t.
@@ -162,11 +163,11 @@ def p_mean_variance(schedule, model_output, x_t, t, *, mean_type: str = "eps",
     -------
     PMeanVar
         mean, variance, log_variance (full shape), pred_x0 (after processing) and pred_eps.
-        For mean_type "mu" the mean is the output itself (clipping changes only pred_x0). pred_eps
+        For mean_type "mean" the mean is the output itself (clipping changes only pred_x0). pred_eps
         is the output itself for an unprocessed ε-model and ε implied by pred_x0 otherwise.
     """
     xp = array_namespace(model_output, x_t)
-    check_choice("mean_type", mean_type, MEAN_TYPES, "mean type")
+    mean_type = prediction_type(mean_type, "mean_type")
     check_choice("var_type", var_type, VAR_TYPES, "variance type")
     check_choice("t0", t0, T0_CONVENTIONS, "t=0 convention")
     if var_type in ("learned", "learned_range"):
@@ -187,7 +188,7 @@ def p_mean_variance(schedule, model_output, x_t, t, *, mean_type: str = "eps",
         pred_x0 = denoised_fn(pred_x0)
     if clip_x0:
         pred_x0 = xp.clip(pred_x0, -1.0, 1.0)
-    mean = out if mean_type == "mu" else mu_from_x0(schedule, x_t, t, pred_x0)
+    mean = out if mean_type == "mean" else mu_from_x0(schedule, x_t, t, pred_x0)
     if mean_type == "eps" and not processed:
         pred_eps = out
     else:

@@ -14,9 +14,9 @@ import numpy as np
 
 from ._errors import check_choice, check_int, check_real, fail
 from ._xp import append_dims, array_namespace, as_timesteps, check_same_shape
-from .diffusion import MEAN_TYPES, VAR_TYPES, q_posterior_mean_variance, q_sample, split_variance_output
+from .diffusion import VAR_TYPES, q_posterior_mean_variance, q_sample, split_variance_output
 from .kl import mean_flat, vb_terms_bpd
-from .parameterizations import coefficient, v_from_x0_eps
+from .parameterizations import coefficient, prediction_type, v_from_x0_eps
 
 __all__ = [
     "LOSS_TYPES", "sum_flat", "l_simple", "training_target", "training_losses", "snr",
@@ -25,6 +25,8 @@ __all__ = [
 ]
 
 LOSS_TYPES = ("mse", "rescaled_mse", "hybrid", "kl", "rescaled_kl")
+#: The prediction types a network can be trained to regress (the score has no bounded target).
+TARGET_TYPES = ("eps", "x0", "v", "mean")
 
 
 def sum_flat(x):
@@ -37,7 +39,7 @@ def l_simple(pred, target, *, reduction: str = "mean"):
     """‖target − pred‖² per sample, averaged (``"mean"``) or summed (``"sum"``) over pixels (Ho et al. 2020, Eq. 14).
 
     The sum form equals the mean form times the number of pixels, so with Adam it only rescales
-    the effective learning rate (../shared/seeds/000: score_sde-style ``sum`` over C, H, W).
+    the effective learning rate (score_sde's losses sum over C, H, W; Song et al. 2021).
     """
     check_same_shape("pred", pred, "target", target)
     check_choice("reduction", reduction, ("mean", "sum"), "reduction")
@@ -47,7 +49,7 @@ def l_simple(pred, target, *, reduction: str = "mean"):
 
 def training_target(schedule, x0, x_t, t, noise, *, mean_type: str):
     """The regression target of each parameterization: ε, x0, v = √ᾱε − √(1−ᾱ)x0, or μ̃_t(x_t, x0)."""
-    check_choice("mean_type", mean_type, MEAN_TYPES, "mean type")
+    mean_type = prediction_type(mean_type, "mean_type", TARGET_TYPES)
     if mean_type == "eps":
         return noise
     if mean_type == "x0":
@@ -87,7 +89,7 @@ def training_losses(schedule, model_fn: Callable, x0, t, *, noise, loss_type: st
     """
     xp = array_namespace(x0)
     check_choice("loss_type", loss_type, LOSS_TYPES, "loss type")
-    check_choice("mean_type", mean_type, MEAN_TYPES, "mean type")
+    mean_type = prediction_type(mean_type, "mean_type", TARGET_TYPES)
     check_choice("var_type", var_type, VAR_TYPES, "variance type")
     lam = check_real("lambda_vlb", lambda_vlb, lo=0.0)
     detach = stop_gradient if stop_gradient is not None else (lambda a: a)
@@ -137,7 +139,7 @@ def min_snr_weight(schedule, t, x, *, gamma: float = 5.0, mean_type: str = "eps"
     """
     xp = array_namespace(x)
     gamma = check_real("gamma", gamma, lo=0.0, lo_open=True)
-    check_choice("mean_type", mean_type, ("eps", "x0", "v"), "mean type with a min-SNR weight")
+    mean_type = prediction_type(mean_type, "mean_type", ("eps", "x0", "v"))
     s = snr(schedule, t, x)
     clipped = xp.clip(s, None, gamma)
     if mean_type == "x0":

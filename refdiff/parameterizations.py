@@ -7,17 +7,41 @@ come from the schedule's tables, gathered at t and broadcast over the non-batch 
 
 from __future__ import annotations
 
-from ._errors import RefdiffValueError, check_choice, fail
+from ._errors import RefdiffValueError, UnknownNameError, fail
 from ._xp import array_namespace, as_timesteps, check_same_shape, gather
 
 __all__ = [
     "coefficient", "x0_from_eps", "eps_from_x0", "v_from_x0_eps", "x0_from_v", "eps_from_v",
     "v_from_x0", "score_from_eps", "eps_from_score", "x0_from_mu", "mu_from_x0",
-    "OUTPUT_TYPES", "x0_from_output", "eps_from_output",
+    "PREDICTION_TYPES", "PREDICTION_ALIASES", "OUTPUT_TYPES", "prediction_type",
+    "x0_from_output", "eps_from_output", "x0_from_prediction", "eps_from_prediction",
 ]
 
-#: What a network output can predict: the noise, the data, the velocity, or the posterior mean.
-OUTPUT_TYPES = ("eps", "x0", "v", "mu")
+#: What a network can predict, refdiff's one vocabulary: the noise ε, the data x0, the velocity
+#: v = α·ε − σ·x0 (Salimans & Ho 2022, §4), the score ∇ log p_t = −ε/σ, or the posterior mean μ̃
+#: of the discrete reverse step (Ho et al. 2020, Eq. 7; improved-diffusion's PREVIOUS_X).
+PREDICTION_TYPES = ("eps", "x0", "v", "score", "mean")
+
+#: Upstream names accepted for the same predictions (documented aliases): DPM-Solver's
+#: ``model_type`` ("noise", "x_start"), diffusers' ``prediction_type`` ("epsilon", "sample",
+#: "v_prediction"), improved-diffusion's ModelMeanType ("start_x", "previous_x") and "mu".
+PREDICTION_ALIASES = {
+    "noise": "eps", "epsilon": "eps", "x_start": "x0", "start_x": "x0", "sample": "x0",
+    "data": "x0", "v_prediction": "v", "velocity": "v", "mu": "mean", "previous_x": "mean",
+}
+
+#: The prediction types the discrete Gaussian algebra (:func:`x0_from_output`) accepts.
+OUTPUT_TYPES = PREDICTION_TYPES
+
+
+def prediction_type(value, name: str = "prediction_type", allowed=PREDICTION_TYPES) -> str:
+    """The canonical name of a prediction type (an upstream alias maps to it); raise for an unknown one."""
+    canonical = PREDICTION_ALIASES.get(value, value) if isinstance(value, str) else value
+    if canonical not in allowed:
+        aliases = ", ".join(repr(a) for a, c in PREDICTION_ALIASES.items() if c in allowed)
+        raise UnknownNameError(f"{name}={value!r} is not a known prediction type; allowed: "
+                               f"{', '.join(map(repr, allowed))} (or an upstream alias: {aliases})")
+    return canonical
 
 
 def coefficient(schedule, name: str, t, x):
@@ -111,8 +135,8 @@ def x0_from_mu(schedule, x_t, t, mu):
 
 
 def x0_from_output(schedule, x_t, t, out, mean_type: str):
-    """x̂0 implied by a network output of the given type (ε, x0, v or μ)."""
-    check_choice("mean_type", mean_type, OUTPUT_TYPES, "mean type")
+    """x̂0 implied by a network output of the given prediction type (ε, x0, v, score or μ)."""
+    mean_type = prediction_type(mean_type, "mean_type")
     if mean_type == "eps":
         return x0_from_eps(schedule, x_t, t, out)
     if mean_type == "x0":
@@ -120,15 +144,56 @@ def x0_from_output(schedule, x_t, t, out, mean_type: str):
         return out
     if mean_type == "v":
         return x0_from_v(schedule, x_t, t, out)
+    if mean_type == "score":
+        check_same_shape("x_t", x_t, "score", out)
+        return x0_from_eps(schedule, x_t, t, eps_from_score(schedule, t, out))
     return x0_from_mu(schedule, x_t, t, out)
 
 
 def eps_from_output(schedule, x_t, t, out, mean_type: str):
-    """ε̂ implied by a network output of the given type (ε, x0, v or μ)."""
-    check_choice("mean_type", mean_type, OUTPUT_TYPES, "mean type")
+    """ε̂ implied by a network output of the given prediction type (ε, x0, v, score or μ)."""
+    mean_type = prediction_type(mean_type, "mean_type")
     if mean_type == "eps":
         check_same_shape("x_t", x_t, "eps", out)
         return out
     if mean_type == "v":
         return eps_from_v(schedule, x_t, t, out)
+    if mean_type == "score":
+        check_same_shape("x_t", x_t, "score", out)
+        return eps_from_score(schedule, t, out)
     return eps_from_x0(schedule, x_t, t, x0_from_output(schedule, x_t, t, out, mean_type))
+
+
+# --------------------------------------------------------------------------------------------
+# The same conversions on (α_t, σ_t) of x_t = α_t·x0 + σ_t·ε (continuous time, any SDE family)
+# --------------------------------------------------------------------------------------------
+
+def x0_from_prediction(out, x, alpha, sigma, prediction: str):
+    """x̂0 from a prediction at x = α·x0 + σ·ε (Kingma et al. 2021, Eq. 1; v of Salimans & Ho 2022, §4).
+
+    ``alpha`` and ``sigma`` are host floats or arrays broadcasting against x. ε: (x − σε)/α;
+    v = α·ε − σ·x0: (α·x − σ·v)/(α² + σ²); score s = −ε/σ: (x + σ²·s)/α.
+    """
+    prediction = prediction_type(prediction, "prediction_type", PREDICTION_TYPES[:4])
+    if prediction == "eps":
+        return (x - sigma * out) / alpha
+    if prediction == "x0":
+        return out
+    if prediction == "v":
+        return (alpha * x - sigma * out) / (alpha * alpha + sigma * sigma)
+    return (x + (sigma * sigma) * out) / alpha
+
+
+def eps_from_prediction(out, x, alpha, sigma, prediction: str):
+    """ε̂ from a prediction at x = α·x0 + σ·ε (the inverse relations of :func:`x0_from_prediction`).
+
+    x0: (x − α·x0)/σ; v: (σ·x + α·v)/(α² + σ²); score: −σ·s.
+    """
+    prediction = prediction_type(prediction, "prediction_type", PREDICTION_TYPES[:4])
+    if prediction == "eps":
+        return out
+    if prediction == "x0":
+        return (x - alpha * out) / sigma
+    if prediction == "v":
+        return (sigma * x + alpha * out) / (alpha * alpha + sigma * sigma)
+    return (-sigma) * out

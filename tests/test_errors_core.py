@@ -83,8 +83,8 @@ def test_unknown_spacing_and_schedule_names():
         S.respace(s, "ddim999")
     with pytest.raises(UnknownNameError, match=r"schedule='cosin' is not a known schedule; allowed: 'cosine', 'linear'"):
         S.get_schedule("cosin", 10)
-    with pytest.raises(UnknownNameError, match=r"mean_type='epsilon' is not a known mean type; allowed: 'eps', 'x0', 'v', 'mu'"):
-        D.p_mean_variance(s, x, x, np.array([1, 2]), mean_type="epsilon")
+    with pytest.raises(UnknownNameError, match=r"mean_type='eps_pred' is not a known prediction type; allowed: 'eps', 'x0', 'v', 'score', 'mean' \(or an upstream alias: 'noise', 'epsilon'"):
+        D.p_mean_variance(s, x, x, np.array([1, 2]), mean_type="eps_pred")
     with pytest.raises(UnknownNameError, match=r"loss_type='l1' is not a known loss type"):
         L.training_losses(s, lambda a, b: a, x, np.array([1, 2]), noise=x, loss_type="l1")
 

@@ -18,6 +18,14 @@ a *family* that fixes its calling convention:
 
 ``noise`` may be an array holding every draw (the first axis indexes the draws) or a callable
 ``noise(i) -> array`` returning the i-th standard-normal draw of x's shape.
+
+Every loop takes ``callback=`` — ``callback(info)`` with a :class:`StepInfo` (step index, state,
+x0 prediction, t or σ) at each step, k-diffusion's hook — and ``progress=`` (``progress(done,
+total)``, built on the same hook). :func:`check_finite` makes a callback that stops a loop at the
+first non-finite step.
+
+Naming: the registered sampler ``name`` is the function ``sample_<name>`` of its module (``+``
+spelled ``p``), and every one is importable from here: ``from refdiff.samplers import sample_ddim``.
 """
 
 from __future__ import annotations
@@ -25,9 +33,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from .._errors import UnknownNameError
+from .._errors import RefdiffError, UnknownNameError
+from ._common import StepInfo, check_finite
 
-__all__ = ["SamplerSpec", "FAMILIES", "register_sampler", "get_sampler", "list_samplers", "sample"]
+__all__ = ["SamplerSpec", "FAMILIES", "register_sampler", "get_sampler", "list_samplers", "sample",
+           "StepInfo", "check_finite", "sampler_function_name"]
 
 FAMILIES = ("discrete", "karras", "vp", "sde")
 
@@ -56,33 +66,30 @@ def register_sampler(name: str, *, family: str, stochastic: bool, order: float |
                                f"{', '.join(map(repr, FAMILIES))}")
 
     def deco(fn: Callable) -> Callable:
+        expected = sampler_function_name(name)
+        if fn.__name__ != expected:
+            raise RefdiffError(f"sampler {name!r} must be the function {expected}, not "
+                               f"{fn.__name__} (one naming pattern: sample_<name>)")
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         _REGISTRY[name] = SamplerSpec(name, family, fn, stochastic, order, step, doc)
+        globals()[expected] = fn
         return fn
 
     return deco
 
 
-def _load_builtin() -> None:
-    """Import the modules that register the built-in samplers (idempotent)."""
-    import importlib
-    for mod in ("discrete", "karras", "dpm_solver", "sde", "ode"):
-        try:
-            importlib.import_module(f"{__name__}.{mod}")
-        except ModuleNotFoundError as e:  # a module not written yet
-            if e.name != f"{__name__}.{mod}":
-                raise
+def sampler_function_name(name: str) -> str:
+    """The function name of the registered sampler ``name``: ``sample_<name>`` with ``+`` as ``p``."""
+    return "sample_" + name.replace("+", "p")
 
 
 def list_samplers(family: str | None = None) -> list[str]:
     """Names of the registered samplers (of one family if given)."""
-    _load_builtin()
     return sorted(n for n, s in _REGISTRY.items() if family is None or s.family == family)
 
 
 def get_sampler(name: str) -> SamplerSpec:
     """The registered sampler called ``name``; an unknown name lists the known ones."""
-    _load_builtin()
     if name not in _REGISTRY:
         raise UnknownNameError(f"sampler={name!r} is not a known sampler; allowed: "
                                f"{', '.join(map(repr, sorted(_REGISTRY)))}")
@@ -92,3 +99,8 @@ def get_sampler(name: str) -> SamplerSpec:
 def sample(name: str, model: Callable, x, **kwargs):
     """Run the registered sampler ``name`` (see the family conventions in the module docstring)."""
     return get_sampler(name).fn(model, x, **kwargs)
+
+
+# The built-in sampler modules register themselves on import; they are light (NumPy and the
+# reference only), so they load with the package and ``refdiff.samplers.<module>`` always works.
+from . import discrete, karras, dpm_solver, sde, ode  # noqa: E402,F401  (registration)

@@ -1,14 +1,102 @@
-"""Helpers shared by the sampler loops: explicit noise draws, step counts, model-output checks."""
+"""Helpers shared by the sampler loops: explicit noise draws, step counts, model-output checks,
+and the per-step ``callback(info)`` every loop reports to."""
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
 
 from .._errors import RefdiffShapeError, RefdiffValueError, check_int, check_real, fail
-from .._xp import array_namespace
+from .._xp import array_namespace, device_of
 
-__all__ = ["draw_noise", "check_steps", "check_output", "check_eta", "check_decreasing",
-           "call_progress"]
+__all__ = ["StepInfo", "draw_noise", "check_steps", "check_output", "check_eta",
+           "check_decreasing", "step_reporter", "check_finite", "batch_full"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepInfo:
+    """What a sampler loop reports at each step (k-diffusion's ``callback`` dict, as fields).
+
+    Attributes
+    ----------
+    i : int
+        The step index, 0 for the first step taken.
+    n : int
+        The number of steps of the loop.
+    x : array
+        The state the step starts from.
+    denoised : array or None
+        The step's prediction of x0 at that state (None where a loop forms none, e.g. the
+        score-SDE predictors, which use the score directly).
+    t : float or int or None
+        The step's time: the training-schedule timestep the model was called with (discrete
+        family), or the continuous time t (vp and sde families); None on the σ scale.
+    sigma : float or None
+        The noise level σ of the state on the variance-exploding scale, where the loop has one
+        (Karras family; σ_t/α_t for the vp family).
+    """
+
+    i: int
+    n: int
+    x: Any
+    denoised: Any = None
+    t: Any = None
+    sigma: float | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        """``info["x"]`` as well as ``info.x`` (k-diffusion callbacks index a dict)."""
+        return getattr(self, key)
+
+
+def step_reporter(callback: Callable | None, progress: Callable | None) -> Callable | None:
+    """One per-step hook from ``callback(info)`` and the older ``progress(i + 1, n)``; None when neither is given."""
+    if callback is not None and not callable(callback):
+        fail("callback", callback, "expected None or a callable callback(info: StepInfo)")
+    if progress is not None and not callable(progress):
+        fail("progress", progress, "expected None or a callable progress(done, total)")
+    if callback is None and progress is None:
+        return None
+
+    def report(info: StepInfo) -> None:
+        if callback is not None:
+            callback(info)
+        if progress is not None:
+            progress(info.i + 1, info.n)
+
+    return report
+
+
+def _nonfinite(a) -> bool:
+    if a is None:
+        return False
+    xp = array_namespace(a)
+    return not bool(xp.all(xp.isfinite(a)))
+
+
+def check_finite(callback: Callable | None = None) -> Callable:
+    """A ``callback(info)`` that raises at the first step whose state or x0 prediction is not finite, then calls ``callback``.
+
+    Use it as ``sample_ddim(..., callback=check_finite())``: a NaN or ±inf model output (or a state
+    gone non-finite) stops the loop at the step where it first appears instead of returning an
+    all-NaN sample. Each check reads one boolean back from the device.
+    """
+    if callback is not None and not callable(callback):
+        fail("callback", callback, "expected None or a callable callback(info: StepInfo)")
+
+    def guard(info: StepInfo) -> None:
+        for what, a in (("state x", info.x), ("x0 prediction (denoised)", info.denoised)):
+            if _nonfinite(a):
+                where = (f"t={info.t!r}" if info.t is not None else f"sigma={info.sigma!r}")
+                raise RefdiffValueError(
+                    f"non-finite values in the {what} at step {info.i} of {info.n} ({where}): "
+                    "the model returned NaN or inf there (or the state overflowed); check the "
+                    "model and its weights")
+        if callback is not None:
+            callback(info)
+
+    return guard
 
 
 def draw_noise(noise, i: int, like, *, name: str = "noise"):
@@ -43,7 +131,6 @@ def check_eta(eta) -> float:
 
 def check_decreasing(name: str, values) -> None:
     """Raise unless a 1-D host array of noise levels or times strictly decreases."""
-    import numpy as np
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1 or v.size < 2:
         fail(name, values, "expected a 1-D grid with at least two entries")
@@ -56,12 +143,14 @@ def check_decreasing(name: str, values) -> None:
                                 f"is not below entry {i} ({float(v[i])!r})")
 
 
+def batch_full(x, value, *, dtype=None):
+    """``value`` broadcast to shape (B,) in x's namespace and device (x's dtype unless given): the model's t or σ argument."""
+    xp = array_namespace(x)
+    return xp.full((x.shape[0],), value, dtype=x.dtype if dtype is None else dtype,
+                   device=device_of(x))
+
+
 def call_progress(progress: Callable | None, i: int, n: int) -> None:
-    """Report step i of n to an optional progress callback."""
+    """Report step i of n to an optional progress callback (superseded by :func:`step_reporter`)."""
     if progress is not None:
         progress(i, n)
-
-
-def xp_of(x):
-    """The array namespace of x."""
-    return array_namespace(x)

@@ -47,7 +47,7 @@ from ._common import call_progress, check_eta, check_output, check_steps, draw_n
 __all__ = [
     "FINAL_NOISE", "FINAL_ALPHA_BAR", "MODEL_TIMES", "SPACINGS", "COND_MODES",
     "ancestral_step", "p_sample", "ddim_sigma", "ddim_coefficients", "ddim_step",
-    "ddim_reverse_step", "ddpm_sample", "ddim_sample", "ddim_stochastic_sample", "ddim_invert",
+    "ddim_reverse_step", "sample_ddpm", "sample_ddim", "sample_ddim_stochastic", "ddim_invert",
     "sampling_schedule",
 ]
 
@@ -170,7 +170,7 @@ def p_sample(model_output, x_t, t, *, schedule, mean_type: str = "eps",
 
 
 @register_sampler("ddpm", family="discrete", stochastic=True, step=p_sample)
-def ddpm_sample(model: Callable, x_T, *, schedule, noise=None, mean_type: str = "eps",
+def sample_ddpm(model: Callable, x_T, *, schedule, noise=None, mean_type: str = "eps",
                 var_type: str = "fixed_small", clip_x0: bool = False,
                 denoised_fn: Callable | None = None, t0: str = "clipped",
                 final_noise: str = "none", steps: int | None = None, spacing: str = "trailing",
@@ -357,7 +357,7 @@ def _predictions(model, x, schedule, i, *, mean_type, var_type, clip_x0, denoise
 
 
 @register_sampler("ddim", family="discrete", stochastic=False, order=1.0, step=ddim_step)
-def ddim_sample(model: Callable, x_T, *, schedule, noise=None, eta: float = 0.0,
+def sample_ddim(model: Callable, x_T, *, schedule, noise=None, eta: float = 0.0,
                 mean_type: str = "eps", var_type: str = "fixed_small", clip_x0: bool = False,
                 denoised_fn: Callable | None = None, final_alpha_bar="one",
                 base_schedule: Schedule | None = None, final_noise: str = "none",
@@ -425,10 +425,10 @@ def ddim_sample(model: Callable, x_T, *, schedule, noise=None, eta: float = 0.0,
 
 
 @register_sampler("ddim_stochastic", family="discrete", stochastic=True, step=ddim_step)
-def ddim_stochastic_sample(model: Callable, x_T, *, schedule, noise=None, eta: float = 1.0,
+def sample_ddim_stochastic(model: Callable, x_T, *, schedule, noise=None, eta: float = 1.0,
                            **options):
     """DDIM with η = 1 by default: the stochastic member of the family (Song et al. 2021, Eq. 16)."""
-    return ddim_sample(model, x_T, schedule=schedule, noise=noise, eta=eta, **options)
+    return sample_ddim(model, x_T, schedule=schedule, noise=noise, eta=eta, **options)
 
 
 def ddim_invert(model: Callable, x0, *, schedule, mean_type: str = "eps",
@@ -488,3 +488,9 @@ def ddim_invert(model: Callable, x0, *, schedule, mean_type: str = "eps",
         x = math.sqrt(nxt[0]) * pred_x0 + math.sqrt(nxt[1]) * eps
         call_progress(progress, k + 1, total)
     return x
+
+
+# Deprecated names (one release): the sampler loops are sample_<registered name>.
+ddpm_sample = sample_ddpm
+ddim_sample = sample_ddim
+ddim_stochastic_sample = sample_ddim_stochastic

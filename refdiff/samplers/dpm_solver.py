@@ -59,7 +59,7 @@ __all__ = [
     "singlestep_orders", "dpm_solver_first_update", "singlestep_dpm_solver_second_update",
     "singlestep_dpm_solver_third_update", "singlestep_dpm_solver_update",
     "multistep_dpm_solver_second_update", "multistep_dpm_solver_third_update",
-    "multistep_dpm_solver_update", "multistep_step_orders", "dpm_solver_sample",
+    "multistep_dpm_solver_update", "multistep_step_orders", "sample_dpm_solver", "dpm_solver_sample",
 ]
 
 #: Named λ clips for discrete schedules: DPM-Solver's numerical_clip_alpha (λ ≥ -5.1).
@@ -692,7 +692,7 @@ def _time_range(ns: NoiseScheduleVP, t_start, t_end, lambda_min) -> tuple[float,
     return t_T, t_0
 
 
-def dpm_solver_sample(model: Callable, x, *, noise_schedule: NoiseScheduleVP, steps: int,
+def sample_dpm_solver(model: Callable, x, *, noise_schedule: NoiseScheduleVP, steps: int,
                       order: int = 2, method: str = "multistep",
                       algorithm_type: str = "dpmsolver++", model_type: str = "noise",
                       skip_type: str = "time_uniform", t_start: float | None = None,
@@ -828,17 +828,18 @@ def _register(name: str, *, order: int, method: str, algorithm_type: str, step: 
         for fixed in ("order", "method", "algorithm_type"):
             if fixed in options:
                 fail(fixed, options[fixed], f"the sampler {name!r} fixes {fixed} to "
-                     f"{locals_[fixed]!r}; call dpm_solver_sample for other settings")
-        return dpm_solver_sample(model, x, noise_schedule=noise_schedule, steps=steps,
+                     f"{locals_[fixed]!r}; call sample_dpm_solver for other settings")
+        return sample_dpm_solver(model, x, noise_schedule=noise_schedule, steps=steps,
                                  order=order, method=method, algorithm_type=algorithm_type,
                                  noise=noise, **options)
 
     locals_ = {"order": order, "method": method, "algorithm_type": algorithm_type}
     sampler.__name__ = "sample_" + name.replace("+", "p")
     sampler.__qualname__ = sampler.__name__
-    sampler.__doc__ = (doc + "\n\nSee :func:`dpm_solver_sample` for the options (all but order, "
+    sampler.__doc__ = (doc + "\n\nSee :func:`sample_dpm_solver` for the options (all but order, "
                        "method and algorithm_type).")
     register_sampler(name, family="vp", stochastic=False, order=formal_order, step=step)(sampler)
+    globals()[sampler.__name__] = sampler
     return sampler
 
 
@@ -869,3 +870,7 @@ for _spec in _SPECS:
     _register(_spec[0], order=_spec[1], method=_spec[2], algorithm_type=_spec[3], step=_spec[4],
               formal_order=_spec[5], doc=_spec[6])
 del _spec
+
+
+#: Deprecated name (one release) of :func:`sample_dpm_solver`.
+dpm_solver_sample = sample_dpm_solver

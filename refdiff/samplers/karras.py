@@ -28,7 +28,7 @@ from ._common import call_progress, check_decreasing, check_eta, check_output, d
 __all__ = [
     "to_d", "karras_euler_step", "karras_heun_step", "churn_gamma", "churn_step",
     "ancestral_sigmas", "euler_ancestral_step", "sample_karras_euler", "sample_karras_heun",
-    "sample_karras_euler_churn", "sample_karras_heun_churn", "sample_euler_ancestral",
+    "sample_karras_euler_churn", "sample_karras_heun_churn", "sample_karras_euler_ancestral",
     "EDM_CHURN_DEFAULTS",
 ]
 
@@ -256,7 +256,7 @@ def sample_karras_heun_churn(denoiser: Callable, x, *, sigmas, noise=None,
 
 @register_sampler("karras_euler_ancestral", family="karras", stochastic=True,
                   step=euler_ancestral_step)
-def sample_euler_ancestral(denoiser: Callable, x, *, sigmas, noise=None, eta: float = 1.0,
+def sample_karras_euler_ancestral(denoiser: Callable, x, *, sigmas, noise=None, eta: float = 1.0,
                            S_noise: float = 1.0, progress: Callable | None = None):
     """Ancestral Euler sampler with η (k-diffusion sample_euler_ancestral; DDIM-η, Song et al. 2021a, Eq. 16, on the σ scale).
 
@@ -285,3 +285,7 @@ def sample_euler_ancestral(denoiser: Callable, x, *, sigmas, noise=None, eta: fl
         x = euler_ancestral_step(x, sigma, sigma_next, denoised, eta=eta, noise=z, S_noise=S_noise)
         call_progress(progress, i + 1, n)
     return x
+
+
+#: Deprecated name (one release) of :func:`sample_karras_euler_ancestral`.
+sample_euler_ancestral = sample_karras_euler_ancestral

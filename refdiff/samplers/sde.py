@@ -269,7 +269,7 @@ def _chain_sde(sde, steps: int):
 
 
 @register_sampler("sde_pc", family="sde", stochastic=True, step=langevin_corrector_step)
-def sample_pc(score_fn: Callable, x_T, *, sde, steps: int, noise=None,
+def sample_sde_pc(score_fn: Callable, x_T, *, sde, steps: int, noise=None,
               predictor: str = "reverse_diffusion", corrector: str = "langevin",
               snr: float = 0.16, n_corrector_steps: int = 1, eps: float = 1e-3,
               denoise: bool = True, time_grid: str = "score_sde",
@@ -354,24 +354,24 @@ def _predictor_only(name: str, predictor: str, step: Callable, doc: str):
     def sampler(score_fn: Callable, x_T, *, sde, steps: int, noise=None, eps: float = 1e-3,
                 denoise: bool = True, time_grid: str = "score_sde",
                 progress: Callable | None = None):
-        return sample_pc(score_fn, x_T, sde=sde, steps=steps, noise=noise, predictor=predictor,
+        return sample_sde_pc(score_fn, x_T, sde=sde, steps=steps, noise=noise, predictor=predictor,
                          corrector="none", eps=eps, denoise=denoise, time_grid=time_grid,
                          progress=progress)
 
-    sampler.__name__ = sampler.__qualname__ = "sample_" + predictor
+    sampler.__name__ = sampler.__qualname__ = "sample_" + name
     sampler.__doc__ = (doc + "\n\nOne draw per step (``noise[i]``); options ``eps``, ``denoise``, "
                        "``time_grid`` as in :func:`sample_pc`.")
     register_sampler(name, family="sde", stochastic=True, step=step)(sampler)
     return sampler
 
 
-sample_euler_maruyama = _predictor_only(
+sample_sde_euler_maruyama = _predictor_only(
     "sde_euler_maruyama", "euler_maruyama", euler_maruyama_step,
     "Euler–Maruyama on the reverse-time SDE (Song et al. 2021, Eq. 6; score_sde EulerMaruyamaPredictor).")
-sample_reverse_diffusion = _predictor_only(
+sample_sde_reverse_diffusion = _predictor_only(
     "sde_reverse_diffusion", "reverse_diffusion", reverse_diffusion_step,
     "Reverse-diffusion predictor (Song et al. 2021, Eq. 46; score_sde ReverseDiffusionPredictor).")
-sample_ancestral = _predictor_only(
+sample_sde_ancestral = _predictor_only(
     "sde_ancestral", "ancestral_sampling", ancestral_sampling_step,
     "Ancestral sampling on the DDPM (VP) or SMLD (VE) chain (Song et al. 2021, App. F; score_sde AncestralSamplingPredictor).")
 
@@ -440,3 +440,10 @@ def sample_ncsn_annealed_langevin(score_fn: Callable, x_T, *, sde, steps: int, n
     if denoise:
         x = x + sigmas[-1] ** 2 * _score(score_fn, x, _t_array(x, ts[-1]))
     return x
+
+
+# Deprecated names (one release): the sampler loops are sample_<registered name>.
+sample_pc = sample_sde_pc
+sample_euler_maruyama = sample_sde_euler_maruyama
+sample_reverse_diffusion = sample_sde_reverse_diffusion
+sample_ancestral = sample_sde_ancestral

@@ -105,7 +105,8 @@ MEANS = {
     "eps": lambda s, x0, xt, t, eps: eps,
     "x0": lambda s, x0, xt, t, eps: x0,
     "v": lambda s, x0, xt, t, eps: np.sqrt(s.alphas_cumprod[t])[:, None] * eps - np.sqrt(1 - s.alphas_cumprod[t])[:, None] * x0,
-    "mu": lambda s, x0, xt, t, eps: (s.betas[t] * np.sqrt(s.alphas_cumprod_prev[t]) / (1 - s.alphas_cumprod[t]))[:, None] * x0
+    "score": lambda s, x0, xt, t, eps: -eps / np.sqrt(1 - s.alphas_cumprod[t])[:, None],
+    "mean": lambda s, x0, xt, t, eps: (s.betas[t] * np.sqrt(s.alphas_cumprod_prev[t]) / (1 - s.alphas_cumprod[t]))[:, None] * x0
     + ((1 - s.alphas_cumprod_prev[t]) * np.sqrt(s.alphas[t]) / (1 - s.alphas_cumprod[t]))[:, None] * xt,
 }
 
@@ -122,7 +123,7 @@ def test_p_mean_variance_with_the_true_output_gives_the_posterior(mean_type, var
     var_ch = rng.uniform(-1, 1, out.shape)
     model_out = np.concatenate([out, var_ch], axis=1) if var_type.startswith("learned") else out
     p = D.p_mean_variance(s, model_out, xt, t, mean_type=mean_type, var_type=var_type)
-    true_mean = MEANS["mu"](s, x0, xt, t, eps)
+    true_mean = MEANS["mean"](s, x0, xt, t, eps)
     np.testing.assert_allclose(p.mean, true_mean, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(p.pred_x0, x0, rtol=1e-7, atol=1e-7)
     beta, pv = s.betas[t][:, None], s.posterior_variance[t][:, None]

@@ -287,7 +287,7 @@ def test_bad_input_messages():
         A.GaussianMixtureData([0.5, -0.5], [[0.0], [1.0]], 1.0)
     with pytest.raises(RefdiffValueError, match=r"a 2-D covs is ambiguous when K = d = 2"):
         A.GaussianMixtureData([0.5, 0.5], [[0.0, 0.0], [1.0, 1.0]], np.eye(2))
-    with pytest.raises(UnknownNameError, match=r"mean_type='flow' is not a known model kind"):
+    with pytest.raises(UnknownNameError, match=r"mean_type='flow' is not a known prediction type"):
         A.discrete_model(g, linear(10), "flow")
     with pytest.raises(RefdiffValueError, match=r"t=10 is invalid: timesteps must lie in \[0, 10\)"):
         A.discrete_model(g, linear(10))(np.zeros((1, 2)), 10)

@@ -85,7 +85,7 @@ def test_unknown_conventions():
         ddpm_sample(GOOD, X, schedule=S, noise=NOISE, t0="floor")
     with pytest.raises(UnknownNameError, match=r"cond_mode='both' is not a known classifier-guidance mode"):
         ddpm_sample(GOOD, X, schedule=S, noise=NOISE, cond_mode="both")
-    with pytest.raises(UnknownNameError, match=r"mean_type='flow' is not a known mean type"):
+    with pytest.raises(UnknownNameError, match=r"mean_type='flow' is not a known prediction type"):
         ddim_sample(GOOD, X, schedule=S, mean_type="flow")
 
 
