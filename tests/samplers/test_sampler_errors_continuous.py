@@ -12,7 +12,7 @@ from refdiff._errors import RefdiffShapeError, RefdiffValueError, UnknownNameErr
 from refdiff.edm import karras_sigmas
 from refdiff.samplers import get_sampler
 from refdiff.samplers import dpm_solver as D
-from refdiff.samplers import sde as S
+from refdiff.samplers import score_sde as S
 from refdiff.sde import VESDE, VPSDE
 
 DATA = A.GaussianData([0.5, -0.2], [[1.0, 0.3], [0.3, 0.5]])

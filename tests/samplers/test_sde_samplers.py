@@ -14,7 +14,7 @@ import pytest
 
 from refdiff import analytic as A
 from refdiff.samplers import get_sampler
-from refdiff.samplers import sde as S
+from refdiff.samplers import score_sde as S
 from refdiff.sde import SubVPSDE, VESDE, VPSDE
 
 MU = np.array([0.5, -0.2])
