@@ -187,7 +187,10 @@ class Backend:
     def uniform(self, rng, shape, dtype: str = "float64"):
         """Uniform [0, 1) draws of ``shape`` and ``dtype`` on the device, from ``rng``."""
         host = rng.random(tuple(shape))
-        return self.asarray(np.minimum(quantise(host, dtype), np.nextafter(1.0, 0.0)), dtype)
+        # the largest value below 1 in ``dtype`` (rounding may carry a draw up to 1.0 otherwise)
+        below_one = 1.0 - {"float32": 2.0 ** -24, "float16": 2.0 ** -11,
+                           "bfloat16": 2.0 ** -8}.get(dtype, 2.0 ** -53)
+        return self.asarray(np.minimum(quantise(host, dtype), below_one), dtype)
 
     # -- special functions, capabilities -----------------------------------------------------
 
