@@ -104,3 +104,4 @@ def sample(name: str, model: Callable, x, **kwargs):
 # The built-in sampler modules register themselves on import; they are light (NumPy and the
 # reference only), so they load with the package and ``refdiff.samplers.<module>`` always works.
 from . import discrete, karras, dpm_solver, score_sde, ode  # noqa: E402,F401  (registration)
+from . import adapters  # noqa: E402,F401  (bridges between the families)
