@@ -12,7 +12,8 @@ from array_api_compat import array_namespace, device as _device, is_array_api_ob
 from ._errors import RefdiffShapeError, fail
 
 __all__ = ["array_namespace", "device_of", "append_dims", "gather", "as_timesteps",
-           "trusted_timesteps", "check_same_shape", "check_broadcast", "erf", "erfc", "register_special", "is_numpy"]
+           "trusted_timesteps", "check_same_shape", "check_broadcast", "as_float_array",
+           "check_leading_axes", "erf", "erfc", "register_special", "is_numpy"]
 
 
 def device_of(x):
@@ -113,6 +114,37 @@ def check_broadcast(*named) -> tuple:
     except ValueError:
         desc = ", ".join(f"{n} {s}" for (n, _), s in zip(named, shapes))
         raise RefdiffShapeError(f"shapes do not broadcast: {desc}") from None
+
+
+def as_float_array(value, name: str, *, like=None) -> tuple[Any, Any]:
+    """(xp, ``value`` as a real floating array): a Python/NumPy real becomes a 0-d float64 NumPy array,
+    or a 0-d array in ``like``'s namespace, dtype and device; an array is cast to ``like``'s dtype."""
+    if is_array_api_obj(value):
+        xp = array_namespace(value) if like is None else array_namespace(like, value)
+        if not xp.isdtype(value.dtype, "real floating"):
+            fail(name, value, f"expected a real floating-point array, got dtype {value.dtype}")
+        if like is not None and value.dtype != like.dtype:
+            value = xp.astype(value, like.dtype)
+        return xp, value
+    if isinstance(value, (bool, str, bytes)) or not hasattr(value, "__float__"):
+        fail(name, value, "expected a real number or a real floating-point array")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        fail(name, value, "expected a real number or a real floating-point array")
+    if like is None:
+        arr = np.asarray(value, dtype=np.float64)
+        return array_namespace(arr), arr
+    xp = array_namespace(like)
+    return xp, xp.asarray(value, dtype=like.dtype, device=_device(like))
+
+
+def check_leading_axes(name: str, a, x) -> None:
+    """Raise unless ``a`` (0-d or shape (B,)) matches the leading axes of ``x`` (batch first)."""
+    if not (a.ndim <= x.ndim and all(n in (1, m) for n, m in zip(a.shape, x.shape))):
+        raise RefdiffShapeError(
+            f"{name} has shape {tuple(a.shape)}, which does not match the leading axes of x with "
+            f"shape {tuple(x.shape)}; expected a 0-d array or shape (B,) with B = x.shape[0]")
 
 
 _SPECIAL: dict[tuple[str, str], Callable] = {}

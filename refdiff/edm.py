@@ -21,8 +21,8 @@ import numpy as np
 from array_api_compat import is_array_api_obj
 
 from . import _dd
-from ._errors import check_choice, check_int, check_real, fail
-from ._xp import append_dims, array_namespace, device_of
+from ._errors import RefdiffShapeError, check_choice, check_int, check_real, fail
+from ._xp import append_dims, array_namespace, as_float_array, check_leading_axes, device_of
 
 __all__ = [
     "karras_sigmas", "exponential_sigmas", "vp_sigmas", "vp_sigma", "vp_sigma_inv",
@@ -48,28 +48,9 @@ VP_M = 1000
 def _as_sigma(sigma, *, like=None, name: str = "sigma", positive: bool = False,
               allow_inf: bool = False, why: str = ""):
     """(xp, σ as a floating array) with every σ >= 0 (or > 0), finite unless ``allow_inf``."""
-    if is_array_api_obj(sigma):
-        xp = array_namespace(sigma) if like is None else array_namespace(like, sigma)
-        if not xp.isdtype(sigma.dtype, "real floating"):
-            fail(name, sigma, f"expected a real floating-point array, got dtype {sigma.dtype}")
-        if like is not None and sigma.dtype != like.dtype:
-            sigma = xp.astype(sigma, like.dtype)
-    else:
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.floating, np.integer)):
-            fail(name, sigma, "expected a real number or a real floating-point array")
-        if like is None:
-            sigma = np.asarray(float(sigma), dtype=np.float64)
-            xp = array_namespace(sigma)
-        else:
-            xp = array_namespace(like)
-            sigma = xp.asarray(float(sigma), dtype=like.dtype, device=device_of(like))
+    xp, sigma = as_float_array(sigma, name, like=like)
     if like is not None:
-        ok = sigma.ndim <= like.ndim and all(n in (1, m) for n, m in zip(sigma.shape, like.shape))
-        if not ok:
-            from ._errors import RefdiffShapeError
-            raise RefdiffShapeError(
-                f"{name} has shape {tuple(sigma.shape)}, which does not match the leading axes of "
-                f"x with shape {tuple(like.shape)}; expected a 0-d array or shape (B,)")
+        check_leading_axes(name, sigma, like)
     good = (sigma > 0) if positive else (sigma >= 0)
     if not allow_inf:
         good = good & (sigma < math.inf)
@@ -315,7 +296,6 @@ class EDMDenoiser:
         cs, co, ci, cn = preconditioning(sigma, self.kind, sigma_data=self.sigma_data)
         F = self.raw_fn(append_dims(ci, x.ndim) * x, cn)
         if tuple(F.shape) != tuple(x.shape):
-            from ._errors import RefdiffShapeError
             raise RefdiffShapeError(
                 f"raw_fn returned shape {tuple(F.shape)} for x of shape {tuple(x.shape)}; "
                 "they must match")
@@ -363,16 +343,7 @@ def sigma_from_alpha_bar(alpha_bar):
 
 def sigma_from_log_alpha_bar(log_alpha_bar):
     """σ = √(expm1(-log ᾱ)) for log ᾱ ≤ 0 (accurate where ᾱ is near 1); +∞ at log ᾱ = -∞."""
-    if is_array_api_obj(log_alpha_bar):
-        xp, la = array_namespace(log_alpha_bar), log_alpha_bar
-        if not xp.isdtype(la.dtype, "real floating"):
-            fail("log_alpha_bar", la, f"expected a real floating-point array, got dtype {la.dtype}")
-    else:
-        if isinstance(log_alpha_bar, bool) or not isinstance(
-                log_alpha_bar, (int, float, np.floating, np.integer)):
-            fail("log_alpha_bar", log_alpha_bar, "expected a real number or array <= 0")
-        la = np.asarray(float(log_alpha_bar), dtype=np.float64)
-        xp = array_namespace(la)
+    xp, la = as_float_array(log_alpha_bar, "log_alpha_bar")
     if not bool(xp.all(la <= 0.0)):
         fail("log_alpha_bar", la, "expected values <= 0 (log of ᾱ ∈ (0, 1]); NaN is not allowed")
     fin = la > -math.inf

@@ -29,8 +29,9 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from ._errors import RefdiffShapeError, check_choice, check_real, fail
+from ._errors import RefdiffShapeError, check_choice, check_int, check_real, fail
 from .kl import calc_bpd_loop
+from .sde import SDE
 
 __all__ = ["ODELikelihood", "DIVERGENCES", "PROBES", "BPD_OFFSETS", "drift_jvp",
            "exact_divergence", "hutchinson_divergence", "draw_probes", "ode_log_likelihood",
@@ -171,7 +172,6 @@ def ode_log_likelihood(score_fn: Callable, x, *, sde, divergence: str = "exact",
     """
     import scipy.integrate
 
-    from .sde import SDE
     if not isinstance(sde, SDE):
         fail("sde", sde, "expected a refdiff.sde SDE (VPSDE, SubVPSDE or VESDE)")
     x = _check_numpy("x", x)
@@ -243,7 +243,6 @@ def bits_per_dim(log_likelihood, *, num_dims: int, offset: str = "score_sde",
     centered : bool
         Whether the data were scaled to [-1, 1] (score_sde's ``config.data.centered``).
     """
-    from ._errors import check_int
     d = check_int("num_dims", num_dims, minimum=1)
     return -np.asarray(log_likelihood, dtype=np.float64) / (d * math.log(2.0)) + bpd_offset(
         offset, centered=centered)

@@ -24,14 +24,17 @@ Shape and conventions (score_sde's ``sde_lib`` interface, as a plain class hiera
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 from array_api_compat import is_array_api_obj
 
+from . import _dd
 from ._errors import RefdiffShapeError, check_choice, check_int, check_real, fail
-from ._xp import append_dims, array_namespace, device_of
+from ._xp import append_dims, array_namespace, as_float_array, check_leading_axes, device_of
 
 __all__ = ["SDE", "ReverseSDE", "VPSDE", "SubVPSDE", "VESDE", "probability_flow_drift",
            "INDEX_ROUNDINGS", "VE_MARGINALS"]
@@ -47,34 +50,6 @@ _LOG_2PI = math.log(2.0 * math.pi)
 # --------------------------------------------------------------------------------------------
 # Input handling
 # --------------------------------------------------------------------------------------------
-
-def _as_float_array(value, name: str, *, like=None):
-    """``value`` as a real floating array (in ``like``'s namespace, dtype and device if given)."""
-    if is_array_api_obj(value):
-        xp = array_namespace(value) if like is None else array_namespace(like, value)
-        if not xp.isdtype(value.dtype, "real floating"):
-            fail(name, value, f"expected a real floating-point array, got dtype {value.dtype}")
-        if like is not None and value.dtype != like.dtype:
-            value = xp.astype(value, like.dtype)
-        return xp, value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-        fail(name, value, "expected a real number or a real floating-point array")
-    if like is None:
-        import numpy as np
-        arr = np.asarray(float(value), dtype=np.float64)
-        return array_namespace(arr), arr
-    xp = array_namespace(like)
-    return xp, xp.asarray(float(value), dtype=like.dtype, device=device_of(like))
-
-
-def _check_fits(name: str, a, x) -> None:
-    """Raise unless ``a`` broadcasts against ``x`` when trailing axes are appended (batch first)."""
-    ok = a.ndim <= x.ndim and all(n in (1, m) for n, m in zip(a.shape, x.shape))
-    if not ok:
-        raise RefdiffShapeError(
-            f"{name} has shape {tuple(a.shape)}, which does not match the leading axes of x with "
-            f"shape {tuple(x.shape)}; expected a 0-d array or shape (B,) with B = x.shape[0]")
-
 
 def _range_error(name: str, xp, a, interval: str) -> None:
     if a.ndim == 0:
@@ -132,16 +107,25 @@ class SDE(abc.ABC):
     # -- helpers shared by subclasses --------------------------------------------------------
     def _time(self, t, *, like=None):
         """Validated times: a float array in ``like``'s namespace/dtype, every value in [0, T]."""
-        xp, t = _as_float_array(t, "t", like=like)
+        xp, t = as_float_array(t, "t", like=like)
         if like is not None:
-            _check_fits("t", t, like)
+            check_leading_axes("t", t, like)
         _check_in("t", xp, t, 0.0, float(self.T))
         return xp, t
 
     def _index(self, xp, t):
-        """The float index i of the discrete chain for time t (``index_rounding`` convention)."""
+        """The index i = round/floor(t (N-1)/T) of the discrete chain (``index_rounding``), as floats.
+
+        With ``xp=None`` and a host float ``t`` it is the Python int (the samplers' step plan).
+        """
         u = t * ((self.N - 1) / float(self.T))
+        if xp is None:
+            return int(round(u)) if self.index_rounding == "round" else int(math.floor(u))
         return xp.round(u) if self.index_rounding == "round" else xp.floor(u)
+
+    def chain_index(self, t: float) -> int:
+        """The discrete-chain index of a host time t ∈ [0, T] (same rule as the array methods)."""
+        return self._index(None, check_real("t", t, lo=0.0, hi=float(self.T)))
 
     def _check_noise(self, shape, noise):
         if not is_array_api_obj(noise):
@@ -182,6 +166,52 @@ class SDE(abc.ABC):
     def reverse(self, score_fn: Callable, *, probability_flow: bool = False) -> "ReverseSDE":
         """The reverse-time SDE (Eq. 6) or, with ``probability_flow=True``, the probability-flow ODE (Eq. 13)."""
         return ReverseSDE(self, score_fn, probability_flow=probability_flow)
+
+    # -- marginals shared by every family ----------------------------------------------------
+    def marginal_alpha(self, t):
+        """Mean coefficient α_t = exp(log α_t) of the perturbation kernel (1 for VE)."""
+        lmc = self.marginal_log_mean_coeff(t)
+        return array_namespace(lmc).exp(lmc)
+
+    def lambda_(self, t):
+        """Half log-SNR λ_t = log α_t - log σ_t (Lu et al. 2022, DPM-Solver, Sec. 3.1)."""
+        return self.log_snr(t) * 0.5
+
+    def marginal_lambda(self, t):
+        """Alias of :meth:`lambda_` (DPM-Solver's ``NoiseScheduleVP.marginal_lambda``)."""
+        return self.lambda_(t)
+
+    # -- host coefficients for the samplers' step plans ----------------------------------------
+    # Each takes a sequence of host times and returns float64 NumPy arrays, one entry per time,
+    # computed by the same array formulas as the methods above (NumPy float64).
+    def drift_coefficients(self, ts: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """(a(t), g(t)) with drift f(x, t) = a(t) x and diffusion g(t) (Eq. 5), for drifts linear in x.
+
+        Raises NotImplementedError for an SDE whose drift is not of that form (the samplers then
+        evaluate :meth:`sde` at every step).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not give a drift linear in x")
+
+    def reverse_diffusion_coefficients(self, ts: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """(c, G) of :meth:`discretize` with f_i = c x (Song et al. 2021, Eq. 46's f_i, G_i); Euler here.
+
+        Euler with dt = T/N: c = a(t) T/N, G = g(t) √(T/N).
+        """
+        a, g = self.drift_coefficients(ts)
+        dt = float(self.T) / self.N
+        return a * dt, g * math.sqrt(dt)
+
+    def ancestral_coefficients(self, ts: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(b, d, std) of ancestral sampling x̄ = (x + b s)/d, x = x̄ + std z (Song et al. 2021, App. F).
+
+        Only the SDEs with a discrete chain (VP: DDPM, VE: SMLD) have one.
+        """
+        fail("sde", self, "ancestral sampling needs a discrete chain: VPSDE (DDPM) or VESDE "
+             "(SMLD); this SDE has none (score_sde raises NotImplementedError too)")
+
+    def langevin_alpha(self, ts: Sequence[float]) -> np.ndarray:
+        """The Langevin step-size factor α_i of score_sde's correctors: 1 (VE; any SDE without a DDPM chain)."""
+        return np.ones(len(ts))
 
 
 @dataclass(frozen=True)
@@ -257,6 +287,24 @@ def probability_flow_drift(sde: SDE, score_fn: Callable, x, t):
     return ReverseSDE(sde, score_fn, probability_flow=True).sde(x, t)[0]
 
 
+@functools.lru_cache(maxsize=32)
+def _ddpm_betas(beta_min: float, beta_max: float, N: int) -> np.ndarray:
+    """linspace(β_min/N, β_max/N, N) in double-double, rounded once (cached; read-only)."""
+    start, stop = _dd.DD(beta_min) / float(N), _dd.DD(beta_max) / float(N)
+    out = _dd.linspace(start, stop, N).to_float()
+    out.setflags(write=False)
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _smld_sigmas(sigma_min: float, sigma_max: float, N: int) -> np.ndarray:
+    """exp(linspace(log σ_min, log σ_max, N)) in double-double, rounded once (cached; read-only)."""
+    ls = _dd.linspace(_dd.log(_dd.DD(sigma_min)), _dd.log(_dd.DD(sigma_max)), N)
+    out = _dd.exp(ls).to_float()
+    out.setflags(write=False)
+    return out
+
+
 def _standard_normal_logp(z, scale: float):
     """Σ over non-batch axes of log N(z; 0, scale²) (one value per sample)."""
     if not is_array_api_obj(z):
@@ -329,23 +377,10 @@ class _LinearBeta(SDE):
         _, t = self._time(t)
         return self._lmc(t)
 
-    def marginal_alpha(self, t):
-        """α_t = exp(log mean coeff), the mean coefficient of the perturbation kernel."""
-        xp, t = self._time(t)
-        return xp.exp(self._lmc(t))
-
     def marginal_std(self, t):
         """σ_t, the std of the perturbation kernel (VP: √(1 - α_t²); sub-VP: 1 - α_t²)."""
         xp, t = self._time(t)
         return self._std(xp, self._lmc(t))
-
-    def lambda_(self, t):
-        """Half log-SNR λ_t = log α_t - log σ_t (Lu et al. 2022, DPM-Solver, Sec. 3.1); +∞ at t = 0."""
-        return self.log_snr(t) * 0.5
-
-    def marginal_lambda(self, t):
-        """Alias of :meth:`lambda_` (DPM-Solver's ``NoiseScheduleVP.marginal_lambda``)."""
-        return self.lambda_(t)
 
     def t_from_lambda(self, lam):
         """The t ∈ [0, T] with λ_t = lam (closed form, Lu et al. 2022, App. for the linear VP schedule).
@@ -353,7 +388,7 @@ class _LinearBeta(SDE):
         Solves Δ t²/2 + β0 t = L, L = -2 log α_t, by the cancellation-free root
         t = 2L / (β0 + √(β0² + 2ΔL)). ``lam`` must lie in [λ_T, +∞].
         """
-        xp, lam = _as_float_array(lam, "lam")
+        xp, lam = as_float_array(lam, "lam")
         lam_T = self.lambda_(xp.asarray(self.T, dtype=lam.dtype, device=device_of(lam)))
         ok = (lam >= lam_T) | (lam == math.inf)
         if not bool(xp.all(ok)):
@@ -361,6 +396,49 @@ class _LinearBeta(SDE):
         L = self._neg2_lmc_from_lambda(xp, lam)
         t = _rationalised_root(L, self.beta_min, self._delta, xp)
         return xp.minimum(t, _full_like(xp, t, float(self.T)))
+
+    # -- the DDPM chain of the same β's (VP: its discretization; both: score_sde's Langevin α_i) --
+    def _beta_i(self, i):
+        """β_i = (β_min + i (β_max - β_min)/(N - 1)) / N, i.e. linspace(β_min/N, β_max/N, N)."""
+        if self.N == 1:
+            return i * 0.0 + self.beta_min
+        return (self.beta_min + i * (self._delta / (self.N - 1))) / self.N
+
+    @property
+    def discrete_betas(self):
+        """The DDPM β_i = linspace(β_min/N, β_max/N, N) as float64 NumPy (correctly rounded)."""
+        return _ddpm_betas(self.beta_min, self.beta_max, self.N).copy()
+
+    @property
+    def alphas(self):
+        """1 - β_i for the DDPM chain, float64 NumPy."""
+        return 1.0 - self.discrete_betas
+
+    def check_ddpm_chain(self, what: str = "DDPM discretization", hint: str = "") -> None:
+        """Raise unless the DDPM chain has β_i = β/N < 1, i.e. N > max(β_min, β_max) (Ho et al. 2020)."""
+        if max(self.beta_min, self.beta_max) >= self.N:
+            fail("N", self.N, f"the {what} needs β_i = β/N < 1, i.e. N > max(beta_min, beta_max) "
+                 f"= {max(self.beta_min, self.beta_max)!r}{hint}")
+
+    def _host_times(self, ts: Sequence[float]) -> np.ndarray:
+        t = np.asarray([check_real("t", v, lo=0.0, hi=float(self.T)) for v in ts], dtype=np.float64)
+        return t
+
+    def drift_coefficients(self, ts):
+        """(a, g) = (-½ β(t), g(t)) with f(x, t) = a x (Song et al. 2021, Eqs. 11 and 12)."""
+        t = self._host_times(ts)
+        beta = self._beta(t)
+        return beta * -0.5, self._diffusion(np, t, beta)
+
+    def langevin_alpha(self, ts):
+        """α_i = 1 - β_i of the DDPM chain of the same β's (score_sde ``LangevinCorrector`` for VP).
+
+        score_sde's corrector reads ``sde.alphas``, which its sub-VP SDE does not define (it fails
+        there); refdiff uses the same DDPM chain for sub-VP.
+        """
+        self.check_ddpm_chain("DDPM chain (N = steps)", "; use more steps")
+        betas = _ddpm_betas(self.beta_min, self.beta_max, self.N)
+        return 1.0 - betas[[self.chain_index(t) for t in ts]]
 
     def sde(self, x, t):
         """(-½ β(t) x, g(t)) with g² = β(t) (VP, Eq. 11) or β(t)(1 - e^{-2∫β}) (sub-VP, Eq. 12)."""
@@ -422,25 +500,6 @@ class VPSDE(_LinearBeta):
         # α²/σ² = 1/(e^L - 1) = e^{2λ}  =>  L = log(1 + e^{-2λ})
         return xp.logaddexp(xp.zeros_like(lam), lam * -2.0)
 
-    # -- the DDPM chain -----------------------------------------------------------------------
-    def _beta_i(self, i):
-        """β_i = (β_min + i (β_max - β_min)/(N - 1)) / N, i.e. linspace(β_min/N, β_max/N, N)."""
-        if self.N == 1:
-            return i * 0.0 + self.beta_min
-        return (self.beta_min + i * (self._delta / (self.N - 1))) / self.N
-
-    @property
-    def discrete_betas(self):
-        """The DDPM β_i = linspace(β_min/N, β_max/N, N) as float64 NumPy (correctly rounded)."""
-        from . import _dd
-        start, stop = _dd.DD(self.beta_min) / float(self.N), _dd.DD(self.beta_max) / float(self.N)
-        return _dd.linspace(start, stop, self.N).to_float()
-
-    @property
-    def alphas(self):
-        """1 - β_i for the DDPM chain, float64 NumPy."""
-        return 1.0 - self.discrete_betas
-
     def discretize(self, x, t, *, dt=None):
         """DDPM step x_{i+1} = √(1-β_i) x_i + √β_i z: f = (√(1-β_i) - 1) x, G = √β_i (Eq. 47).
 
@@ -451,13 +510,23 @@ class VPSDE(_LinearBeta):
         if dt is not None:
             fail("dt", dt, "VPSDE.discretize is the DDPM chain, whose step is fixed by N; "
                  "use euler_discretize(x, t, dt=...) for an Euler-Maruyama step")
-        if max(self.beta_min, self.beta_max) >= self.N:
-            fail("N", self.N, f"the DDPM discretization needs β_i = β/N < 1, i.e. N > "
-                 f"max(beta_min, beta_max) = {max(self.beta_min, self.beta_max)!r}")
+        self.check_ddpm_chain()
         xp, t = self._time(t, like=x)
         beta = self._beta_i(self._index(xp, t))
         f = append_dims(-beta / (1.0 + xp.sqrt(1.0 - beta)), x.ndim) * x
         return f, xp.sqrt(beta)
+
+    def reverse_diffusion_coefficients(self, ts):
+        """(c, G) of the DDPM step (:meth:`discretize`): f_i = c x with c = -β_i/(1 + √(1-β_i)), G = √β_i."""
+        self.check_ddpm_chain("DDPM chain (N = steps)", "; use more steps")
+        beta = self._beta_i(np.asarray([float(self.chain_index(t)) for t in ts]))
+        return -beta / (1.0 + np.sqrt(1.0 - beta)), np.sqrt(beta)
+
+    def ancestral_coefficients(self, ts):
+        """DDPM ancestral step x̄ = (x + β_i s)/√(1 - β_i), std √β_i (Ho et al. 2020, Eq. 11; Song et al. 2021, App. F)."""
+        self.check_ddpm_chain("DDPM chain (N = steps)", "; use more steps")
+        beta = _ddpm_betas(self.beta_min, self.beta_max, self.N)[[self.chain_index(t) for t in ts]]
+        return beta, np.sqrt(1.0 - beta), np.sqrt(beta)
 
 
 @dataclass(frozen=True)
@@ -566,11 +635,6 @@ class VESDE(SDE):
         xp, t = self._time(t)
         return xp.zeros_like(t)
 
-    def marginal_alpha(self, t):
-        """Mean coefficient α_t = 1."""
-        xp, t = self._time(t)
-        return xp.ones_like(t)
-
     def marginal_std(self, t):
         """σ_t under the ``marginal`` convention (σ(t), or √(σ(t)² - σ_min²))."""
         xp, t = self._time(t)
@@ -587,18 +651,10 @@ class VESDE(SDE):
         val = -2.0 * xp.log(self._std(xp, safe_t))
         return xp.where(pos, val, _full_like(xp, t, math.inf))
 
-    def lambda_(self, t):
-        """Half log-SNR λ_t = -log σ_t (α_t = 1)."""
-        return self.log_snr(t) * 0.5
-
-    def marginal_lambda(self, t):
-        """Alias of :meth:`lambda_`."""
-        return self.lambda_(t)
-
     def t_from_lambda(self, lam):
         """The t ∈ [0, T] with λ_t = lam: (-lam - log σ_min)/log(σ_max/σ_min), or for "exact"
         log1p(e^{-2 lam}/σ_min²) / (2 log(σ_max/σ_min)). ``lam`` must lie in [λ_T, λ_0]."""
-        xp, lam = _as_float_array(lam, "lam")
+        xp, lam = as_float_array(lam, "lam")
         k = self._log_ratio
         lam_T = self.lambda_(xp.asarray(self.T, dtype=lam.dtype, device=device_of(lam)))
         lam_0 = self.lambda_(xp.asarray(0.0, dtype=lam.dtype, device=device_of(lam)))
@@ -633,9 +689,7 @@ class VESDE(SDE):
     @property
     def discrete_sigmas(self):
         """SMLD noise levels σ_i = exp(linspace(log σ_min, log σ_max, N)), float64 NumPy (correctly rounded)."""
-        from . import _dd
-        ls = _dd.linspace(_dd.log(_dd.DD(self.sigma_min)), _dd.log(_dd.DD(self.sigma_max)), self.N)
-        return _dd.exp(ls).to_float()
+        return _smld_sigmas(self.sigma_min, self.sigma_max, self.N).copy()
 
     def discretize(self, x, t, *, dt=None):
         """SMLD step x_i = x_{i-1} + √(σ_i² - σ_{i-1}²) z (σ_{-1} = 0): f = 0, G = √(σ_i² - σ_{i-1}²) (Eq. 45).
@@ -654,3 +708,26 @@ class VESDE(SDE):
         sigma_i = self._sigma(xp, i / float(self.N - 1))
         step = math.sqrt(-math.expm1(-2.0 * self._log_ratio / (self.N - 1)))
         return f, xp.where(i > 0, sigma_i * step, sigma_i)
+
+    def drift_coefficients(self, ts):
+        """(0, σ(t) √(2 log(σ_max/σ_min))): f = 0 (Song et al. 2021, Eq. 9)."""
+        t = np.asarray([check_real("t", v, lo=0.0, hi=float(self.T)) for v in ts], dtype=np.float64)
+        return np.zeros_like(t), self._sigma(np, t) * math.sqrt(2.0 * self._log_ratio)
+
+    def reverse_diffusion_coefficients(self, ts):
+        """(0, G_i) of the SMLD step (:meth:`discretize`)."""
+        i = np.asarray([float(self.chain_index(t)) for t in ts])
+        if self.N == 1:
+            return np.zeros_like(i), np.full(i.shape, self.sigma_min)
+        sigma_i = self._sigma(np, i / float(self.N - 1))
+        step = math.sqrt(-math.expm1(-2.0 * self._log_ratio / (self.N - 1)))
+        return np.zeros_like(i), np.where(i > 0, sigma_i * step, sigma_i)
+
+    def ancestral_coefficients(self, ts):
+        """SMLD ancestral step x̄ = x + (σ_i² - σ_{i-1}²) s, std σ_{i-1} √(σ_i² - σ_{i-1}²)/σ_i, σ_{-1} = 0 (Song et al. 2021, App. F)."""
+        table = _smld_sigmas(self.sigma_min, self.sigma_max, self.N)
+        idx = [self.chain_index(t) for t in ts]
+        sigma = table[idx]
+        prev = np.asarray([table[i - 1] if i > 0 else 0.0 for i in idx])
+        gap = (sigma - prev) * (sigma + prev)           # σ_i² - σ_{i-1}²
+        return gap, np.ones_like(gap), prev * np.sqrt(gap) / sigma
