@@ -372,20 +372,45 @@ def _float_inputs(value: Any, out: list) -> list:
 
 @dataclass
 class Context:
-    """What a failure message needs to say how to reproduce it."""
+    """What a failure message needs to say how to reproduce it.
+
+    ``spec`` is the ``--backend`` argument exactly as the user passed it ("torch@cuda:1",
+    "pkg.mod:factory"), ``device`` the ``--device`` argument if one was given: the reproducer
+    repeats them verbatim, never the backend's internal name or a device object's repr.
+    """
 
     check: str
     backend: str
     device: str
     dtype: str
     profile: str = "refdiff-ci"
+    spec: str | None = None
+    device_arg: str | None = None
+    max_examples: int | None = None
+    instance: bool = False          # a Backend object handed to refdiff.verify (no shell form)
 
     def reproducer(self) -> str:
-        b = self.backend if self.device in ("None", "cpu", "") else f"{self.backend}@{self.device}"
-        return (f"refdiff verify --backend {b} --dtypes {self.dtype} --profile {self.profile} "
-                f"-k '{self.check}'   (or: pytest --pyargs refdiff.conformance "
-                f"--refdiff-backend {b} --refdiff-dtypes {self.dtype} "
-                f"--refdiff-profile {self.profile} -k '{self.check}')")
+        """A command that reruns this check the way it was run (pasteable into a shell)."""
+        import shlex
+        spec = self.spec if self.spec is not None else self.backend
+        k = shlex.quote(self.check)
+        if self.instance:
+            extra = "" if self.max_examples is None else f", max_examples={self.max_examples}"
+            return (f"refdiff.verify(backend=<the Backend object {spec!r}>, "
+                    f"dtypes={self.dtype!r}, profile={self.profile!r}{extra}, "
+                    f"extra_args=['-k', {self.check!r}])")
+        cli = [f"--backend {shlex.quote(spec)}"]
+        py = [f"--refdiff-backend {shlex.quote(spec)}"]
+        if self.device_arg:
+            cli.append(f"--device {shlex.quote(self.device_arg)}")
+            py.append(f"--refdiff-device {shlex.quote(self.device_arg)}")
+        cli += [f"--dtypes {self.dtype}", f"--profile {self.profile}"]
+        py += [f"--refdiff-dtypes {self.dtype}", f"--refdiff-profile {self.profile}"]
+        if self.max_examples is not None:
+            cli.append(f"--max-examples {self.max_examples}")
+            py.append(f"--refdiff-max-examples {self.max_examples}")
+        return (f"refdiff verify {' '.join(cli)} -k {k}   (or: pytest --pyargs "
+                f"refdiff.conformance {' '.join(py)} -k {k})")
 
 
 def _mismatch_text(ctx: Context, name: str, cmp: Comparison, tol: _tol.Tolerance,

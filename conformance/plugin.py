@@ -79,6 +79,7 @@ class _State:
     backends: dict[str, Any] = field(default_factory=dict)
     errors: dict[str, BaseException] = field(default_factory=dict)
     items: dict[str, _Item] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
 
     def backend(self, spec: str):
@@ -291,10 +292,17 @@ def _apply_lists(st: _State, config, items) -> None:
             kw = {} if as_skip else {"strict": strict}
             item.add_marker(mark(reason="; ".join(reasons), **kw))
     unused = [e for e in skips + xfails if e not in used]
-    if unused:
-        warnings.warn(pytest.PytestWarning(
-            f"{len(unused)} refdiff skip/xfail entries match no collected check: "
-            + ", ".join(unused)), stacklevel=1)
+    if unused and not _narrowed(config):
+        text = (f"{len(unused)} refdiff skip/xfail entries match no collected check (a typo, "
+                "or a check that was renamed or removed): " + ", ".join(unused))
+        st.warnings.append(text)
+        warnings.warn(pytest.PytestWarning(text), stacklevel=1)
+
+
+def _narrowed(config) -> bool:
+    """True when explicit node ids narrow the collection (unmatched entries are then expected;
+    -k and -m deselect after the lists are applied, so they do not count)."""
+    return any("::" in str(a) for a in (config.args or []))
 
 
 def pytest_deselected(items) -> None:
@@ -346,14 +354,22 @@ class _Checker:
         return settings_for(self.state.profile, max_examples=self.state.max_examples,
                             budget=budget, shrink=self.state.shrink and not expected_to_fail)
 
+    def context(self, check: str):
+        """The failure context of ``check``: the backend spec and device exactly as passed."""
+        from .check import Context
+        spec = self.rec.backend if self.rec is not None else self.backend.name
+        st = self.state
+        return Context(check, self.backend.name, str(self.backend.device), self.dtype,
+                       st.profile, spec=spec, device_arg=st._device_for(spec),
+                       max_examples=st.max_examples, instance=_registered_instance(spec))
+
     def run(self, case) -> None:
         """Run one Case as a Hypothesis property against the oracle."""
-        from .check import Context, run_case
+        from .check import run_case
         for cap in case.requires:
             if not self.backend.has(cap):
                 pytest.skip(f"backend {self.backend.name} lacks {cap!r}")
-        ctx = Context(case.name, self.backend.name, str(self.backend.device), self.dtype,
-                      self.state.profile)
+        ctx = self.context(case.name)
         examples = [0]
         before = time.perf_counter()
         try:
@@ -363,6 +379,13 @@ class _Checker:
             if self.rec is not None:
                 self.rec.examples += examples[0]
                 self.rec.duration_s += time.perf_counter() - before
+
+
+def _registered_instance(spec: str) -> bool:
+    """True if ``spec`` names a Backend object registered at runtime (e.g. by refdiff.verify)."""
+    from refdiff.backends import Backend, parse_spec
+    from refdiff.backends._registry import _RUNTIME
+    return isinstance(_RUNTIME.get(parse_spec(spec)[0]), Backend)
 
 
 class _Counter:
@@ -456,7 +479,7 @@ def build_report(config, exit_code: int = 0):
     return VerifyReport(ok=ok, backends=backends, dtypes=list(st.dtypes), profile=st.profile,
                         checks=checks, exit_code=int(exit_code),
                         duration_s=time.time() - st.started, refdiff_version=version,
-                        errors=errors)
+                        errors=errors, warnings=list(st.warnings))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
@@ -472,6 +495,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     worst = max((c.ratio for c in rep.checks if c.ratio is not None and not math.isinf(c.ratio)),
                 default=0.0)
     terminalreporter.write_line(f"worst finite error ratio: {worst:.3f}")
+    for w in rep.warnings:
+        terminalreporter.write_line(f"WARNING: {w}")
     if st.json_path:
         terminalreporter.write_line(f"refdiff JSON report: {st.json_path}")
 

@@ -84,6 +84,7 @@ class VerifyReport:
     duration_s: float = 0.0
     refdiff_version: str = ""
     errors: list[str] = field(default_factory=list)               # session-level problems
+    warnings: list[str] = field(default_factory=list)             # e.g. unmatched xfail entries
     log: str = ""                                                   # pytest's own output
 
     def __bool__(self) -> bool:
@@ -133,6 +134,7 @@ class VerifyReport:
                 "profile": self.profile, "dtypes": list(self.dtypes), "backends": self.backends,
                 "counts": self.counts, "exit_code": self.exit_code,
                 "duration_s": round(self.duration_s, 3), "errors": list(self.errors),
+                "warnings": list(self.warnings),
                 "checks": [r.to_dict() for r in self.checks]}
 
     def to_json(self, path: str | None = None, *, indent: int = 2) -> str:
@@ -151,7 +153,7 @@ class VerifyReport:
                    checks=[CheckResult.from_dict(c) for c in d.get("checks", [])],
                    exit_code=int(d.get("exit_code", 0)), duration_s=float(d.get("duration_s", 0)),
                    refdiff_version=d.get("refdiff_version", ""), errors=list(d.get("errors", [])),
-                   log=log)
+                   warnings=list(d.get("warnings", [])), log=log)
 
     def format(self, *, failures: bool = True) -> str:
         """A readable summary: the table, failure messages, and the verdict."""
@@ -161,6 +163,7 @@ class VerifyReport:
                 parts.append(f"--- {r.backend} {r.check}[{r.dtype}] {r.outcome.upper()}\n"
                              f"{r.message.strip()}")
         parts.extend(f"ERROR: {e}" for e in self.errors)
+        parts.extend(f"WARNING: {w}" for w in self.warnings)
         c = self.counts
         verdict = "OK" if self.ok else "FAILED"
         parts.append(f"{verdict}: {c['passed']} passed, {c['failed']} failed, {c['error']} errors, "

@@ -149,49 +149,63 @@ def _count_stat(name: str, count: int, n: int, p: float, alpha: float = ALPHA) -
     return Stat(name, count / n - p, t, f"{count} of {n}, expected {p * n:.1f}")
 
 
-def _bins_stat(name: str, counts: np.ndarray, n: int) -> Stat:
+def _bins_stat(name: str, counts: np.ndarray, n: int, p: np.ndarray | None = None) -> Stat:
+    """The worst bin of a family (Bonferroni: each bin is tested at ALPHA / number of bins)."""
     k = counts.size
-    p = 1.0 / k
-    t = bernstein_threshold(n, p * (1.0 - p), 1.0 - p, ALPHA / k)
+    p = np.full(k, 1.0 / k) if p is None else p
+    t = np.array([bernstein_threshold(n, q * (1.0 - q), max(q, 1.0 - q), ALPHA / k) for q in p])
     dev = counts / n - p
-    i = int(np.argmax(np.abs(dev)))
-    return Stat(name, float(dev[i]), t, f"bin {i} of {k} holds {int(counts[i])}, expected "
-                                        f"{n * p:.0f}")
+    i = int(np.argmax(np.abs(dev) / t))
+    return Stat(name, float(dev[i]), float(t[i]), f"bin {i} of {k} holds {int(counts[i])}, "
+                                                   f"expected {n * p[i]:.0f}")
 
 
 def _finite_stat(bad: int, n: int, what: str) -> Stat:
     return Stat(what, float(bad), 0.0, f"{bad} of {n} draws")
 
 
+def _normal_bin_probabilities() -> np.ndarray:
+    """P(bin) of N(0, 1) for the bins of :func:`_normal_bins` (below −4, 64 of width 1/8, ≥ 4)."""
+    cdf = [0.0] + [NormalDist().cdf(-4.0 + k / 8.0) for k in range(65)] + [1.0]
+    return np.diff(np.array(cdf))
+
+
+def _normal_bins(h: np.ndarray) -> np.ndarray:
+    """Counts in 66 bins: below −4, [−4 + k/8, −4 + (k+1)/8) for k < 64, at or above 4."""
+    idx = np.floor((h + 4.0) * 8.0)
+    np.clip(idx, -1.0, 64.0, out=idx)
+    return np.bincount(idx.astype(np.int64) + 1, minlength=66)
+
+
 def normal_statistics(draw, dtype: str) -> list[Stat]:
-    """Every statistic of N(0, 1) draws; ``draw()`` returns the next CHUNK draws as float64 host."""
+    """Every statistic of N(0, 1) draws; ``draw()`` returns the next CHUNK draws as a host array.
+
+    The mean uses N_NORMAL_MEAN draws, everything else the first N_STATS.
+    """
     fine = dtype in _FINE
-    nd = NormalDist()
-    edges = np.array([nd.inv_cdf(k / _BINS) for k in range(1, _BINS)])
-    tails = {"beyond +3 sd": (3.0, 1), "beyond -3 sd": (3.0, -1), "beyond +4 sd": (4.0, 1),
-             "beyond -4 sd": (4.0, -1)}
-    counts = dict.fromkeys(tails, 0)
-    bins = np.zeros(_BINS, dtype=np.int64)
+    bins = np.zeros(66, dtype=np.int64)
     s1 = s2 = 0.0
     bad = n = n_mean = 0
     reps = _Repeats()
     for c in range(N_NORMAL_MEAN // CHUNK):
-        h = draw()
-        finite = np.isfinite(h)
-        if not finite.all():
-            bad += int(h.size - np.count_nonzero(finite))
-            h = np.where(finite, h, 0.0)
-        s1 += float(np.sum(h))
-        n_mean += h.size
-        if n < N_STATS:
+        x = draw()
+        part = float(np.add.reduce(x.reshape(-1), dtype=np.float64))
+        stats_chunk = n < N_STATS
+        if stats_chunk or not math.isfinite(part):
+            h = np.asarray(x, dtype=np.float64).reshape(-1)
+            finite = np.isfinite(h)
+            if not finite.all():
+                bad += int(h.size - np.count_nonzero(finite))
+                h = np.where(finite, h, 0.0)
+                part = float(np.sum(h))
+        s1 += part
+        n_mean += x.size
+        if stats_chunk:
             n += h.size
             s2 += float(np.dot(h, h))
             reps.scan(h, f"draw {c}")
             if fine:
-                for name, (t, sign) in tails.items():
-                    counts[name] += int(np.count_nonzero(h > t) if sign > 0
-                                        else np.count_nonzero(h < -t))
-                bins += np.bincount(np.searchsorted(edges, h), minlength=_BINS)
+                bins += _normal_bins(h)
     slack = _spacing_slack(dtype)
     lo, hi = chi2_bounds(n)
     m2 = s2 / n - 1.0
@@ -201,14 +215,22 @@ def normal_statistics(draw, dtype: str) -> list[Stat]:
            Stat("variance", m2, (hi if m2 > 0 else lo) + slack, f"mean of z² over {n} draws"),
            reps.stat()]
     if fine:
-        for name, (t, _) in tails.items():
-            out.append(_count_stat(f"draws {name}", counts[name], n, nd.cdf(-t)))
-        out.append(_bins_stat("equiprobable bins", bins, n))
+        p = _normal_bin_probabilities()
+        nd = NormalDist()
+        # bins 1..64 start at −4 + (k−1)/8: bin 9 starts at −3, bin 57 at +3
+        tails = {"below -4 sd": int(bins[0]), "below -3 sd": int(bins[:9].sum()),
+                 "above +3 sd": int(bins[57:].sum()), "above +4 sd": int(bins[65])}
+        for name, (count, t) in zip(tails, ((tails["below -4 sd"], 4.0),
+                                            (tails["below -3 sd"], 3.0),
+                                            (tails["above +3 sd"], 3.0),
+                                            (tails["above +4 sd"], 4.0))):
+            out.append(_count_stat(f"draws {name}", count, n, nd.cdf(-t)))
+        out.append(_bins_stat("bins of width 1/8 sd", bins, n, p))
     return out
 
 
 def uniform_statistics(draw, dtype: str) -> list[Stat]:
-    """Every statistic of U[0, 1) draws; ``draw()`` returns the next CHUNK draws as float64 host."""
+    """Every statistic of U[0, 1) draws; ``draw()`` returns the next CHUNK draws as a host array."""
     fine = dtype in _FINE
     s1 = s2 = 0.0
     bad = out_of_range = n = 0
@@ -217,7 +239,7 @@ def uniform_statistics(draw, dtype: str) -> list[Stat]:
     reps = _Repeats()
     edge = 2.0 ** -10
     for c in range(N_STATS // CHUNK):
-        h = draw()
+        h = np.asarray(draw(), dtype=np.float64).reshape(-1)
         finite = np.isfinite(h)
         bad += int(h.size - np.count_nonzero(finite))
         h = np.where(finite, h, 0.5)

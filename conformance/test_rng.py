@@ -21,7 +21,7 @@ _CENTRE = {"normal": 0.0, "uniform": 0.5}
 
 
 def _draws(backend, dtype: str, kind: str, seed: int):
-    """draw() -> the next CHUNK draws of ``kind`` from one generator, as float64 host values."""
+    """draw() -> the next CHUNK draws of ``kind`` from one generator, as a host array."""
     gen = backend.make_rng(seed)
     fn = getattr(backend, kind)
 
@@ -36,7 +36,7 @@ def _draws(backend, dtype: str, kind: str, seed: int):
         got = backend.dtype_name(x.dtype)
         assert got == dtype, f"backend {backend.name} {kind}() returned {got}, asked for {dtype}"
         assert tuple(x.shape) == (size,), f"{kind}() returned shape {tuple(x.shape)}, asked ({size},)"
-        return backend.to_numpy(x).astype(np.float64)
+        return backend.to_numpy(x)
 
     return draw
 
@@ -45,9 +45,8 @@ def _check(backend, dtype: str, kind: str, refdiff_check) -> None:
     stats = (R.normal_statistics if kind == "normal" else R.uniform_statistics)(
         _draws(backend, dtype, kind, SEED), dtype)
     n = 1 << 20
-    first = _draws(backend, dtype, kind, SEED)(n)
-    again = _draws(backend, dtype, kind, SEED)(n)
-    other = _draws(backend, dtype, kind, SEED + 1)(n)
+    first, again, other = (np.asarray(_draws(backend, dtype, kind, s)(n), dtype=np.float64)
+                           for s in (SEED, SEED, SEED + 1))
     stats += R.stream_statistics(first, again, other, _CENTRE[kind])
     for s in stats:
         refdiff_check.record(s.name, s.ratio)
