@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from refdiff._errors import RefdiffValueError, fail
+from refdiff.train.driver import ema_decay
 
 from .unet import adam_ema_scalars, get_device, make_ops, PRECISIONS
 
@@ -273,7 +274,8 @@ class CupyTrainer:
         lr = warmup_lr(step, cfg.lr, cfg.warmup)
         scal = adam_ema_scalars(self.np_dtype, lr=lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
                                 weight_decay=cfg.weight_decay, decoupled=cfg.optimizer == "adamw",
-                                step=self.adam_step + 1, ema_decay=cfg.ema)
+                                step=self.adam_step + 1,
+                                ema_decay=ema_decay(step, cfg.ema, warmup=getattr(cfg, "ema_warmup", False)))
         self.kdev.adam_ema(self.flat_p, self.flat_g, self.flat_m, self.flat_v, self.flat_ema, coef,
                            scal)
         self.adam_step += 1

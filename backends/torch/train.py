@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from refdiff._errors import RefdiffValueError
+from refdiff.train.driver import ema_decay
 from refdiff.backends.torch.unet import from_config
 
 __all__ = ["TorchTrainer", "make_trainer", "resolve_device", "init_distributed"]
@@ -183,7 +184,7 @@ class TorchTrainer:
             gnorm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
         self.optimizer.step()
         with torch.no_grad():
-            d = cfg.ema
+            d = ema_decay(step, cfg.ema, warmup=getattr(cfg, "ema_warmup", False))
             torch._foreach_mul_(self.ema_params, d)
             torch._foreach_add_(self.ema_params, [p.detach() for p in self.params], alpha=1.0 - d)
             ld = loss.detach().to(torch.float64)

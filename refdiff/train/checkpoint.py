@@ -8,16 +8,20 @@ Layout of one file (every backend writes and reads the same):
 - ``ema/<name>``: the EMA weights; ``optim/<slot>/<name>``: optimizer moments (e.g. ``exp_avg``,
   ``exp_avg_sq``, ``step``); ``rng/<name>``: random generator states as uint8/int64 arrays;
 - string metadata: ``format`` (``refdiff-checkpoint``), ``format_version``, ``step``, ``config``
-  (JSON: UNet config, schedule, loss, training options, data) and ``state`` (JSON: data-stream
-  position, optimizer hyper-parameters, anything else the trainer needs to resume).
+  (JSON: UNet config, schedule, loss, training options, data), ``state`` (JSON: data-stream
+  position, optimizer hyper-parameters, anything else the trainer needs to resume) and
+  ``sha256``: a SHA-256 digest of every tensor's name, dtype, shape and bytes, checked on load
+  (a flipped bit or a partial copy raises :class:`CheckpointError`).
 
 The file is written to a temporary name in the same folder, flushed to disk, then moved over the
 target with ``os.replace``: a crash leaves either the old checkpoint or the new one, never half of
-one. safetensors is imported lazily (``pip install 'refdiff[train]'``).
+one. A kill between the two leaves the temporary file, which :func:`remove_partial_writes` (called
+when a run starts) deletes. safetensors is imported lazily (``pip install 'refdiff[train]'``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -29,7 +33,8 @@ import numpy as np
 from .._errors import RefdiffValueError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointError", "save_checkpoint",
-           "load_checkpoint", "read_metadata", "load_params", "check_params"]
+           "load_checkpoint", "read_metadata", "load_params", "check_params", "tensor_digest",
+           "remove_partial_writes"]
 
 FORMAT = "refdiff-checkpoint"
 FORMAT_VERSION = 1
@@ -77,6 +82,39 @@ def _contiguous(name: str, a) -> np.ndarray:
     return arr
 
 
+def tensor_digest(tensors: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 (hex) over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-"
+
+
+def remove_partial_writes(path: str | os.PathLike) -> list[tuple[Path, int]]:
+    """Delete the temporary files an interrupted :func:`save_checkpoint` of ``path`` left behind.
+
+    Returns ``(file, size in bytes)`` of each one removed. A run calls this when it starts, when
+    no other process writes that checkpoint.
+    """
+    path = Path(path)
+    removed = []
+    if path.parent.is_dir():
+        for tmp in path.parent.glob(_tmp_prefix(path) + "*"):
+            try:
+                size = tmp.stat().st_size
+                tmp.unlink()
+            except OSError:
+                continue
+            removed.append((tmp, size))
+    return removed
+
+
 def save_checkpoint(path: str | os.PathLike, *, params: Mapping[str, Any], step: int,
                     config: Mapping[str, Any], ema: Mapping[str, Any] | None = None,
                     optimizer: Mapping[str, Any] | None = None, rng: Mapping[str, Any] | None = None,
@@ -108,10 +146,11 @@ def save_checkpoint(path: str | os.PathLike, *, params: Mapping[str, Any], step:
         "step": str(int(step)),
         "config": json.dumps(dict(config), sort_keys=True),
         "state": json.dumps(dict(state or {}), sort_keys=True),
+        "sha256": tensor_digest(tensors),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f"{_tmp_prefix(path)}{os.getpid()}")
     try:
         stn.save_file(tensors, str(tmp), metadata=metadata)
         with open(tmp, "rb+") as fh:
@@ -164,7 +203,7 @@ def _parse_metadata(path: Path, meta: Mapping[str, str] | None) -> dict[str, Any
                               f"this refdiff reads version {FORMAT_VERSION}")
     try:
         return {"step": int(meta["step"]), "config": json.loads(meta["config"]),
-                "state": json.loads(meta.get("state", "{}"))}
+                "state": json.loads(meta.get("state", "{}")), "sha256": meta.get("sha256")}
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"checkpoint={str(path)!r} has corrupt metadata ({type(exc).__name__}: {exc})") from None
 
@@ -190,6 +229,10 @@ def load_checkpoint(path: str | os.PathLike, *, check: bool = True) -> Checkpoin
         except Exception as exc:  # noqa: BLE001
             raise CheckpointError(f"checkpoint={str(path)!r} is truncated or corrupt "
                                   f"({type(exc).__name__}: {exc})") from None
+    if meta["sha256"] is not None and tensor_digest(arrays) != meta["sha256"]:
+        raise CheckpointError(f"checkpoint={str(path)!r} is corrupt: its tensors do not match the "
+                              "SHA-256 digest stored when it was written (flipped bits or a damaged "
+                              "copy); use another copy or an earlier checkpoint")
     ck = Checkpoint(params={}, step=meta["step"], config=meta["config"], state=meta["state"], path=path)
     ema: dict[str, np.ndarray] = {}
     for k, a in arrays.items():

@@ -22,6 +22,15 @@ __all__ = ["register", "main", "run_train", "run_sample", "run_bpd", "build_pars
 _S = argparse.SUPPRESS
 
 
+def _sampler_names() -> list[str]:
+    try:
+        from .sampling import available_samplers
+
+        return available_samplers()
+    except ImportError:                     # the help text only; the commands check names again
+        return ["ddim", "ddpm"]
+
+
 def _bool_flag(p, name: str, help: str) -> None:
     p.add_argument(name, action="store_true", default=_S, help=help)
 
@@ -41,6 +50,8 @@ def _add_train(sub) -> None:
     g.add_argument("--out", required=True, help="folder for checkpoint, metrics and sample grids")
     g.add_argument("--resume", nargs="?", const=True, default=None,
                    help="continue the run in OUT (or from the checkpoint PATH) up to --steps in total")
+    _bool_flag(g, "--weights-only", "with --resume: accept a checkpoint without run state and continue "
+               "from its weights with a fresh data order (not bit-identical to an uninterrupted run)")
     g.add_argument("--backend", choices=["torch", "cupy"], help=f"training backend (default {dflt('backend')})")
     g.add_argument("--steps", type=int, help=f"total optimizer steps (default {dflt('steps')})")
     g.add_argument("--batch", type=int, help=f"global batch size (default {dflt('batch')})")
@@ -82,20 +93,24 @@ def _add_train(sub) -> None:
     g.add_argument("--warmup", type=int, help="linear warm-up steps (default 0)")
     g.add_argument("--optimizer", choices=["adam", "adamw"], help="(default adam)")
     g.add_argument("--weight-decay", type=float, help="(default 0)")
-    g.add_argument("--ema", type=float, help=f"EMA decay (default {dflt('ema')})")
+    g.add_argument("--ema", type=float, help=f"EMA decay (default {dflt('ema')}); with the warm-up, "
+                   "update n uses min(EMA, (1+n)/(10+n))")
+    g.add_argument("--no-ema-warmup", dest="ema_warmup", action="store_false", default=_S,
+                   help="a constant EMA decay from the first step")
     g.add_argument("--grad-clip", type=float, help="clip the global gradient norm; 0 = off (default 1.0)")
     g = p.add_argument_group("logging, checkpoints, samples")
     g.add_argument("--log-every", type=int, help="steps between metrics records (default 10)")
     g.add_argument("--ckpt-every", type=int, help="steps between checkpoints; 0 = at the end only")
     g.add_argument("--sample-every", type=int, help="steps between sample grids; 0 = at the end only")
     g.add_argument("--n-samples", type=int, help="images per sample grid; 0 = none (default 16)")
-    g.add_argument("--sampler", help="sampler for the grids (default ddim)")
-    g.add_argument("--sample-steps", type=int, help="sampler steps for the grids (default 50)")
+    g.add_argument("--sampler", help="sampler for the grids (default ddim): "
+                   + ", ".join(_sampler_names()))
+    g.add_argument("--sample-steps", type=int, help="sampler steps for the grids, at most T (default min(50, T))")
     p.set_defaults(func=run_train)
 
 
 _CFG_KEYS = {"backend", "preset", "data", "data_size", "hflip", "steps", "batch", "lr", "warmup",
-             "optimizer", "weight_decay", "ema", "grad_clip", "schedule", "T", "loss", "mean_type",
+             "optimizer", "weight_decay", "ema", "ema_warmup", "grad_clip", "schedule", "T", "loss", "mean_type",
              "var_type", "lambda_vlb", "t_sampler", "label_dropout", "seed", "dtype", "device", "bf16",
              "channels_last", "compile", "tf32", "log_every", "ckpt_every", "sample_every", "n_samples",
              "sampler", "sample_steps"}
@@ -137,24 +152,33 @@ def _train_config(args) -> tuple[Any, set[str]]:
 
 
 def _fail(cmd: str, exc: BaseException) -> int:
-    print(f"refdiff {cmd}: error: {exc}", file=sys.stderr)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename!r}" if exc.filename else ""
+        msg = f"{exc.strerror}{where}"
+    else:
+        msg = str(exc)
+    print(f"refdiff {cmd}: error: {msg}", file=sys.stderr)
     return 1
 
 
 def _known_errors():
     from .._errors import RefdiffError
 
-    return (RefdiffError, ValueError, KeyError, FileNotFoundError, FloatingPointError)
+    return (RefdiffError, ValueError, KeyError, OSError, FloatingPointError, ImportError)
 
 
 def run_train(args) -> int:
     """Handler of ``refdiff train``."""
+    from .._errors import RefdiffValueError
     from .driver import train
 
     try:
         cfg, explicit = _train_config(args)
+        if getattr(args, "weights_only", False) and not getattr(args, "resume", None):
+            raise RefdiffValueError("--weights-only applies to --resume only")
         res = train(cfg, args.out, resume=getattr(args, "resume", None), explicit=explicit,
-                    progress=not getattr(args, "no_progress", False))
+                    progress=not getattr(args, "no_progress", False),
+                    weights_only=getattr(args, "weights_only", False))
     except _known_errors() as exc:
         return _fail("train", exc)
     last = res["last"]
@@ -176,23 +200,26 @@ def _add_sample(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint file (DIR/checkpoint.safetensors) or run folder")
     p.add_argument("--sampler", default="ddim",
-                   help="a registered sampler of the discrete family (ddpm, ddim, ddim_stochastic) or the "
-                        "DPM-Solver family (dpm_solver_2m, dpmpp_2m, ...)")
-    p.add_argument("--steps", type=int, default=50, help="sampler steps (the schedule is respaced)")
+                   help="a registered sampler for a network trained on discrete timesteps: "
+                        + ", ".join(_sampler_names()))
+    p.add_argument("--steps", type=int, default=50,
+                   help="sampler steps, at most the checkpoint's T (the schedule is respaced)")
     p.add_argument("--spacing", default="trailing",
                    help="respacing of the discrete samplers: trailing, leading, linspace (diffusers), "
                         "ddim, sections (improved-diffusion)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     p.add_argument("--n", type=int, default=64, help="number of images")
     p.add_argument("--batch", type=int, default=0, help="images per model call (0: all at once)")
-    p.add_argument("--out", default="grid.png", help="PNG grid to write")
-    p.add_argument("--npy", default=None, help="also save the samples (N, C, H, W) in [-1, 1] here")
+    p.add_argument("--out", default="grid.png", help="PNG grid to write (a .png file)")
+    p.add_argument("--npy", default=None, help="also save the samples (N, C, H, W) in [-1, 1] here (.npy)")
     p.add_argument("--nrow", type=int, default=0, help="images per grid row (0: square)")
     p.add_argument("--seed", type=int, default=0, help="seed of the host noise")
     p.add_argument("--label", type=int, default=None, help="class label for every image (class-conditional models; "
                    "default: cycle through the classes)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="do not stop at the first sampler step whose state or predicted x0 is NaN/inf")
     p.add_argument("--backend", default="torch", choices=["torch", "numpy"],
                    help="torch (fast) or numpy (the float64 reference UNet; slow)")
     p.add_argument("--device", default="auto", help="torch device")
@@ -225,17 +252,61 @@ def _model_for(args, params, unet_cfg, dtype: str):
     return resolve_backend("torch").inference_fn(params, unet_cfg, device=args.device, dtype=dtype)
 
 
+def _check_out_file(flag: str, path: str | None, suffix: str) -> None:
+    """Raise unless ``path`` names a ``suffix`` file that can be written (checked before any work)."""
+    from .._errors import fail
+
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        fail(flag, path, f"expected a {suffix} file name; this is a folder")
+    if p.suffix.lower() != suffix:
+        fail(flag, path, f"expected a file name ending in {suffix} (the file is written as {suffix[1:].upper()})")
+    parent = p.parent if str(p.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        fail(flag, path, f"expected a file in a folder; {str(parent)!r} is a file")
+
+
+def _check_weights(ck, *, ema: bool) -> dict:
+    """The weights to run, or CheckpointError if any tensor holds NaN or inf."""
+    from .checkpoint import CheckpointError
+
+    w = ck.weights(ema=ema)
+    bad = [k for k, v in w.items() if not np.all(np.isfinite(v))]
+    if bad:
+        which = "EMA weights" if ema and ck.ema else "weights"
+        raise CheckpointError(
+            f"checkpoint={str(ck.path)!r} holds non-finite {which} ({len(bad)} of {len(w)} tensors "
+            f"contain NaN or inf, e.g. {bad[0]!r}): the run diverged before it was saved; use an "
+            "earlier checkpoint" + ("" if not (ema and ck.ema) else " or try --no-ema"))
+    return w
+
+
 def run_sample(args) -> int:
     """Handler of ``refdiff sample``."""
+    from .._errors import check_int, fail
     from .driver import load_run, sample_images
     from .images import save_grid
     from .metrics import ProgressBar
+    from .sampling import check_sampler
 
     try:
+        check_int("--n", args.n, minimum=1)
+        check_int("--batch", args.batch, minimum=0)
+        check_int("--nrow", args.nrow, minimum=0)
+        _check_out_file("--out", args.out, ".png")
+        _check_out_file("--npy", args.npy, ".npy")
         ck, cfg, unet_cfg, schedule = load_run(_checkpoint_path(args.ckpt))
-        if args.n < 1:
-            raise ValueError(f"--n={args.n} is invalid: expected at least 1 image")
-        fn, xp, device, dtype = _model_for(args, ck.weights(ema=not args.no_ema), unet_cfg,
+        check_sampler(args.sampler, steps=args.steps, T=schedule.num_timesteps, spacing=args.spacing)
+        if args.steps > schedule.num_timesteps:
+            fail("--steps", args.steps, f"expected at most T={schedule.num_timesteps}")
+        if args.label is not None:
+            if unet_cfg.num_classes is None:
+                fail("--label", args.label, "the checkpoint's model is unconditional (no class labels)")
+            if not 0 <= args.label < unet_cfg.num_classes:
+                fail("--label", args.label, f"expected a class in [0, {unet_cfg.num_classes - 1}]")
+        fn, xp, device, dtype = _model_for(args, _check_weights(ck, ema=not args.no_ema), unet_cfg,
                                            args.dtype or cfg.dtype)
         shape_one = (unet_cfg.in_channels, unet_cfg.image_size, unet_cfg.image_size)
         chunk = args.batch if args.batch > 0 else args.n
@@ -256,7 +327,8 @@ def run_sample(args) -> int:
                                       dtype=dtype, sampler=args.sampler, steps=args.steps,
                                       seed=args.seed + i, y=y, eta=args.eta, mean_type=cfg.mean_type,
                                       var_type=cfg.var_type, clip_x0=not args.no_clip,
-                                      spacing=args.spacing, progress=prog))
+                                      spacing=args.spacing, progress=prog,
+                                      check_finite=not args.allow_nonfinite))
         bar.close()
         imgs = np.concatenate(outs)
         save_grid(args.out, imgs, nrow=args.nrow or None)
@@ -291,14 +363,17 @@ def _add_bpd(sub) -> None:
 
 def run_bpd(args) -> int:
     """Handler of ``refdiff bpd``."""
+    from .._errors import check_int
     from .data import check_matches, load_data
     from .driver import compute_bpd, load_run
     from .metrics import ProgressBar
 
     try:
+        check_int("--n", args.n, minimum=1)
+        check_int("--batch", args.batch, minimum=1)
+        _check_out_file("--json", args.json, ".json")
         ck, cfg, unet_cfg, schedule = load_run(_checkpoint_path(args.ckpt))
-        if args.n < 1 or args.batch < 1:
-            raise ValueError(f"--n={args.n} / --batch={args.batch} is invalid: expected positive integers")
+        weights = _check_weights(ck, ema=not args.no_ema)
         spec = args.data or cfg.data
         ds = load_data(spec, split=args.split, image_size=unet_cfg.image_size,
                        channels=unet_cfg.in_channels, seed=cfg.seed)
@@ -307,9 +382,13 @@ def run_bpd(args) -> int:
             print("refdiff bpd: warning: the data are not 8-bit; the discretised decoder assumes 256 levels",
                   file=sys.stderr)
         n = min(args.n, len(ds))
-        fn, xp, device, dtype = _model_for(args, ck.weights(ema=not args.no_ema), unet_cfg,
-                                           args.dtype or cfg.dtype)
+        if n < args.n:
+            print(f"refdiff bpd: note: --n={args.n} but {ds.name} ({args.split} split) holds {len(ds)} "
+                  f"images; evaluating all {n}", file=sys.stderr, flush=True)
+        fn, xp, device, dtype = _model_for(args, weights, unet_cfg, args.dtype or cfg.dtype)
         T = schedule.num_timesteps
+        print(f"refdiff bpd: {n} images x T={T} network evaluations each ({n * T} in all); the bar "
+              "shows the time left", file=sys.stderr, flush=True)
         bar = ProgressBar(n * T, desc="bpd", unit="evals")
         totals, priors, vbs, mses = [], [], [], []
         for i, start in enumerate(range(0, n, args.batch)):
@@ -321,14 +400,19 @@ def run_bpd(args) -> int:
                 y = np.full(idx.size, unet_cfg.num_classes) if y is None else y
             last = [0]
 
-            def prog(k, total, m=idx.size):
+            def prog(k, total, m=idx.size, last=last):
                 bar.update((k - last[0]) * m)
                 last[0] = k
 
             res = compute_bpd(fn, schedule.to(xp, device=device, dtype=dtype), x0, xp=xp, device=device,
                               dtype=dtype, seed=args.seed + i, y_host=y, mean_type=cfg.mean_type,
                               var_type=cfg.var_type, progress=prog)
+            if not np.all(np.isfinite(res["total_bpd"])):
+                raise FloatingPointError(
+                    f"bits/dim is not finite for images {idx[0]}..{idx[-1]}: the network returned "
+                    "NaN or inf (check the checkpoint's weights)")
             totals.append(res["total_bpd"])
+            bar.set_postfix(bpd=float(np.concatenate(totals).mean()))
             priors.append(res["prior_bpd"])
             vbs.append(res["vb"])
             mses.append(res["mse"])

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,16 +37,18 @@ from typing import Any, Callable
 import numpy as np
 
 from .._errors import RefdiffError, RefdiffValueError, UnknownNameError, check_int, check_real, fail
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import (Checkpoint, CheckpointError, _safetensors_numpy, load_checkpoint,
+                         remove_partial_writes, save_checkpoint)
 from .data import DataStream, ImageDataset, check_matches, describe_dataset, load_data
 from .images import save_grid
 from .metrics import MetricsWriter, ProgressBar
 
-__all__ = ["TrainConfig", "TrainingDivergedError", "train", "build_unet_config", "build_schedule",
+__all__ = ["ema_decay", "TrainConfig", "TrainingDivergedError", "train", "build_unet_config", "build_schedule",
            "load_run", "sample_images", "sample_with", "compute_bpd", "resolve_backend",
            "CHECKPOINT_NAME", "METRICS_NAME", "SAMPLES_DIR", "LOSSES", "BACKENDS"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
+_RUN_STATE = ("data_stream", "host_rng")
 METRICS_NAME = "metrics.jsonl"
 SAMPLES_DIR = "samples"
 
@@ -54,6 +57,20 @@ LOSSES = {"simple": "mse", "mse": "mse", "rescaled_mse": "rescaled_mse", "hybrid
           "kl": "kl", "vlb": "kl", "rescaled_kl": "rescaled_kl"}
 BACKENDS = ("torch", "cupy")
 T_SAMPLERS = ("uniform", "loss-second-moment")
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+
+
+def ema_decay(step: int, max_decay: float, *, warmup: bool = True) -> float:
+    """EMA decay of the ``step``-th update (1-based): min(max_decay, (1+n)/(10+n)) with n = step − 1.
+
+    The warm-up (as in diffusers' ``EMAModel`` and Keras-style trainers) lets the average follow
+    the fast early weights instead of staying at the initialisation: with a constant 0.9999,
+    0.9999^2000 ≈ 82 % of the EMA is still the initial weights after 2000 steps.
+    """
+    if not warmup:
+        return float(max_decay)
+    n = max(int(step) - 1, 0)
+    return min(float(max_decay), (1.0 + n) / (10.0 + n))
 
 
 class TrainingDivergedError(RefdiffError, FloatingPointError):
@@ -82,6 +99,7 @@ class TrainConfig:
     adam_betas: tuple = (0.9, 0.999)
     adam_eps: float = 1e-8
     ema: float = 0.9999
+    ema_warmup: bool = True                           # decay min(ema, (1+n)/(10+n)) after n updates
     grad_clip: float | None = 1.0
     schedule: str = "linear"
     T: int = 1000
@@ -103,7 +121,7 @@ class TrainConfig:
     sample_every: int = 0                             # 0: only at the end
     n_samples: int = 16
     sampler: str = "ddim"
-    sample_steps: int = 50
+    sample_steps: int | None = None                   # None: min(50, T)
 
     FIXED = ("backend", "preset", "unet", "data", "data_size", "hflip", "batch", "optimizer",
              "schedule", "T", "loss", "mean_type", "var_type", "lambda_vlb", "t_sampler", "seed",
@@ -128,6 +146,8 @@ class TrainConfig:
                                 for i, b in enumerate(self.adam_betas))
         self.adam_eps = check_real("adam_eps", self.adam_eps, lo=0.0, lo_open=True)
         self.ema = check_real("ema", self.ema, lo=0.0, hi=1.0)
+        if not isinstance(self.ema_warmup, bool):
+            fail("ema_warmup", self.ema_warmup, "expected True or False")
         if self.grad_clip is not None:
             self.grad_clip = check_real("grad_clip", self.grad_clip, lo=0.0)
             if self.grad_clip == 0.0:
@@ -159,7 +179,10 @@ class TrainConfig:
         self.ckpt_every = check_int("ckpt_every", self.ckpt_every, minimum=0)
         self.sample_every = check_int("sample_every", self.sample_every, minimum=0)
         self.n_samples = check_int("n_samples", self.n_samples, minimum=0)
-        self.sample_steps = check_int("sample_steps", self.sample_steps, minimum=1)
+        if self.sample_steps is not None:
+            self.sample_steps = check_int("sample_steps", self.sample_steps, minimum=1)
+        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
+            fail("device", self.device, "expected auto, cpu, cuda, cuda:N or mps")
         if not isinstance(self.unet, dict):
             fail("unet", self.unet, "expected a dict of UNetConfig overrides")
         if self.data_size is not None:
@@ -183,6 +206,20 @@ class TrainConfig:
         if "adam_betas" in kw:
             kw["adam_betas"] = tuple(kw["adam_betas"])
         return cls(**kw)
+
+    @property
+    def grid_steps(self) -> int:
+        """Sampler steps of the sample grids: ``sample_steps``, by default min(50, T)."""
+        return min(50, self.T) if self.sample_steps is None else self.sample_steps
+
+    def check_run(self) -> "TrainConfig":
+        """The checks that need the registry or relate options (run before training starts)."""
+        from .sampling import check_sampler
+
+        if self.sample_steps is not None and self.sample_steps > self.T:
+            fail("sample_steps", self.sample_steps, f"expected at most T={self.T} sampler steps")
+        check_sampler(self.sampler, steps=self.grid_steps, T=self.T)
+        return self
 
     @property
     def loss_type(self) -> str:
@@ -248,14 +285,14 @@ def resolve_backend(name: str):
             mod = None
         if mod is None or not hasattr(mod, "make_trainer"):
             raise RefdiffValueError("backend='cupy' is not available here: the CuPy trainer "
-                                    "(refdiff.backends.cupy.train, issue 6) is not installed; use --backend torch")
+                                    "(refdiff.backends.cupy.train) is not installed; use --backend torch")
         if device != "cpu":
             try:
                 importlib.import_module("cupy")  # a CUDA initialisation failure shows here too
             except Exception:  # noqa: BLE001 - ImportError or a CUDA initialisation failure
                 raise RefdiffValueError(
                     "backend='cupy' is not available here: CuPy is not importable (install cupy-cuda12x "
-                    "on a CUDA machine; the CuPy trainer is issue 6); use --backend torch, or --device cpu "
+                    "on a CUDA machine); use --backend torch, or --device cpu "
                     "for the CuPy trainer's NumPy stand-in (slow)") from None
         return mod
     raise UnknownNameError(f"backend={base!r} is not a training backend; allowed: "
@@ -273,14 +310,17 @@ def _host_noise(rng: np.random.Generator, shape, xp, device, dtype):
 def sample_images(model_fn: Callable, schedule, *, shape, xp, device=None, dtype=None,
                   sampler: str = "ddim", steps: int = 50, seed: int = 0, y=None, eta: float = 0.0,
                   mean_type: str = "eps", var_type: str = "fixed_small", clip_x0: bool = True,
-                  spacing: str = "trailing", progress: Callable | None = None) -> np.ndarray:
+                  spacing: str = "trailing", progress: Callable | None = None,
+                  check_finite: bool = True) -> np.ndarray:
     """Draw images with a registered sampler; returns host NumPy (N, C, H, W) in [-1, 1] (not clipped).
 
     ``schedule`` is the host (float64) training schedule; it is respaced and moved here.
 
     The noise is drawn on the host with ``numpy.random.default_rng(seed)`` and moved to the
     backend, so the same checkpoint and seed give the same images on every backend.
-    ``model_fn(x_t, t, y)`` returns the raw network output on the backend.
+    ``model_fn(x_t, t, y)`` returns the raw network output on the backend. With
+    ``check_finite`` (default) sampling stops at the first step whose state or predicted x0 is
+    not finite, naming it (``refdiff.samplers.check_finite``), and a non-finite result raises.
     """
     from .sampling import run_sampler
 
@@ -293,8 +333,15 @@ def sample_images(model_fn: Callable, schedule, *, shape, xp, device=None, dtype
 
     out = run_sampler(sampler, lambda x, t: model_fn(x, t, y), schedule, x_T, steps=steps,
                       noise_sampler=noise_sampler, eta=eta, mean_type=mean_type, var_type=var_type,
-                      clip_x0=clip_x0, spacing=spacing, progress=progress)
+                      clip_x0=clip_x0, spacing=spacing, progress=progress,
+                      callback=_finite_guard() if check_finite else None, require_finite=check_finite)
     return np.asarray(_to_numpy(out), dtype=np.float64)
+
+
+def _finite_guard():
+    from ..samplers import check_finite
+
+    return check_finite()
 
 
 def _to_numpy(a) -> np.ndarray:
@@ -388,7 +435,8 @@ def load_run(path: str | os.PathLike) -> tuple[Checkpoint, TrainConfig, Any, Any
 
 def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: str | os.PathLike | bool | None = None,
           explicit: set[str] | None = None, progress: bool | None = None, stream=None,
-          step_hook: Callable[[int, Any], None] | None = None) -> dict[str, Any]:
+          step_hook: Callable[[int, Any], None] | None = None,
+          weights_only: bool = False) -> dict[str, Any]:
     """Train a UNet as ``cfg`` says, writing checkpoints, metrics and sample grids to ``out``.
 
     Parameters
@@ -402,6 +450,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: str | os.PathLike
         override the checkpoint's (run-defining ones must equal it). Default: every field of ``cfg``.
     progress : show the progress bar (default: on when ``stream`` is a terminal or a log).
     step_hook : called as ``step_hook(step, trainer)`` after each step (tests inject faults here).
+    weights_only : with ``resume``, accept a checkpoint without the run state (data order and
+        host generator): continue from its weights (and optimizer moments if present) with a
+        fresh data order; the continuation is then not bit-identical to an uninterrupted run.
 
     Returns
     -------
@@ -414,21 +465,36 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: str | os.PathLike
         When a loss or gradient norm is not finite; the checkpoint on disk is the last good one.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        fail("out", str(out), "expected a folder for the run (checkpoint, metrics, samples); "
+             "this is an existing file")
+    _safetensors_numpy()                    # checkpoints need safetensors: fail before training
     ckpt_path = out / CHECKPOINT_NAME
     ck: Checkpoint | None = None
     if resume:
         src = ckpt_path if resume is True else Path(resume)
+        if src.is_dir():
+            src = src / CHECKPOINT_NAME
         if not src.exists():
             raise CheckpointError(f"resume={str(src)!r}: no checkpoint to resume from")
         ck = load_checkpoint(src)
         if "train" not in ck.config:
             raise CheckpointError(f"checkpoint={str(src)!r} was not written by refdiff train")
+        missing = [k for k in _RUN_STATE if k not in ck.state]
+        if missing and not weights_only:
+            raise CheckpointError(
+                f"checkpoint={str(src)!r} lacks the run state an exact resume needs (metadata "
+                f"'state' has no {', '.join(map(repr, missing))}); to continue from its weights "
+                "only, with a fresh data order, pass --weights-only (weights_only=True)")
         cfg = _merge_resume(cfg, ck.config["train"], explicit)
     elif ckpt_path.exists():
         raise RefdiffValueError(f"out={str(out)!r} already holds {CHECKPOINT_NAME}; pass --resume to "
                                 "continue that run, or choose another --out folder")
-    cfg.validate()
+    cfg.validate().check_run()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail("out", str(out), f"cannot create the run folder ({exc.strerror or exc})")
     backend_mod = resolve_backend(f"{cfg.backend}@{cfg.device}" if cfg.device == "cpu" else cfg.backend)
 
     # data and model description
@@ -470,31 +536,42 @@ def _loop(cfg, trainer, dataset, unet_cfg, schedule, run_config, out: Path, ck, 
     if ck is not None:
         trainer.load_state(ck)
         st = ck.state
-        data_stream.load_state(st["data_stream"])
-        host_rng.bit_generator.state = st["host_rng"]
+        if all(k in st for k in _RUN_STATE):
+            data_stream.load_state(st["data_stream"])
+            host_rng.bit_generator.state = st["host_rng"]
         if isinstance(t_sampler, LossSecondMomentResampler) and "t_sampler/history" in ck.rng:
             t_sampler.load_state_dict({"history": ck.rng["t_sampler/history"],
                                        "count": ck.rng["t_sampler/count"]})
         start = ck.step
     ckpt_path = out / CHECKPOINT_NAME
+    stream = stream if stream is not None else sys.stderr
+    if main:
+        for tmp, size in remove_partial_writes(ckpt_path):
+            print(f"removed {tmp.name} ({size} bytes), a checkpoint write an interrupted run left "
+                  "behind", file=stream, flush=True)
+        if ck is not None:
+            dropped = trim_metrics(out / METRICS_NAME, ck.step)
+            if dropped:
+                print(f"dropped {dropped} metrics records after step {ck.step} (written after the "
+                      "checkpoint this run resumes from)", file=stream, flush=True)
     metrics = MetricsWriter(out / METRICS_NAME, append=ck is not None) if main else None
     if main:
         info = dict(run_config, runtime=_json_safe(trainer.describe()) if hasattr(trainer, "describe") else {})
         (out / "config.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    stream = stream if stream is not None else sys.stderr
     bar = ProgressBar(cfg.steps, initial=start, desc="train", stream=stream,
                       enabled=main and (progress if progress is not None else True))
     last_grid = None
     last_stats: dict[str, Any] = {}
     last_good = ck.step if ck is not None else None
+    last_good_path = ck.path if ck is not None else None
     t_last, imgs_since = time.perf_counter(), 0
 
     def where() -> str:
-        return (f"the last good checkpoint (step {last_good}) is {ckpt_path}" if last_good is not None
-                else "no checkpoint was written")
+        return (f"the last good checkpoint (step {last_good}) is {last_good_path}"
+                if last_good is not None else "no checkpoint was written")
 
     def save(step: int) -> None:
-        nonlocal last_good
+        nonlocal last_good, last_good_path
         state = trainer.export_state()
         bad = [k for k, v in state["params"].items() if not np.all(np.isfinite(v))]
         if bad:
@@ -508,16 +585,21 @@ def _loop(cfg, trainer, dataset, unet_cfg, schedule, run_config, out: Path, ck, 
         js = dict(state.get("state", {}))
         js.update({"data_stream": data_stream.state(), "host_rng": host_rng.bit_generator.state})
         if main:
-            save_checkpoint(ckpt_path, params=state["params"], ema=state.get("ema"),
-                            optimizer=state.get("optimizer"), rng=rng, step=step, config=run_config,
-                            state=_json_safe(js))
-        last_good = step
+            try:
+                save_checkpoint(ckpt_path, params=state["params"], ema=state.get("ema"),
+                                optimizer=state.get("optimizer"), rng=rng, step=step,
+                                config=run_config, state=_json_safe(js))
+            except OSError as exc:
+                raise CheckpointError(
+                    f"could not write the checkpoint of step {step} to {ckpt_path} "
+                    f"({exc.strerror or exc}); training stopped; {where()} (intact)") from None
+        last_good, last_good_path = step, ckpt_path
 
     def grid(step: int) -> Path | None:
         if cfg.n_samples == 0:
             return None
         imgs = sample_with(trainer, cfg, schedule, unet_cfg, n=cfg.n_samples, sampler=cfg.sampler,
-                           steps=cfg.sample_steps, seed=cfg.seed + 1)
+                           steps=cfg.grid_steps, seed=cfg.seed + 1)
         path = out / SAMPLES_DIR / f"step_{step:07d}.png"
         save_grid(path, imgs)
         return path
@@ -591,3 +673,28 @@ def _json_safe(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
+
+
+def trim_metrics(path: Path, step: int) -> int:
+    """Drop the records of ``path`` after ``step`` (written after the checkpoint a run resumes
+    from); returns how many were dropped. The file is rewritten atomically."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec_step = json.loads(line).get("step") if line.strip() else None
+        except ValueError:              # a line cut short by a kill: drop it
+            dropped += 1
+            continue
+        if rec_step is not None and rec_step > step:
+            dropped += 1
+            continue
+        if line.strip():
+            keep.append(line)
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped

@@ -19,9 +19,9 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from .._errors import RefdiffValueError, UnknownNameError, check_int
+from .._errors import RefdiffValueError, UnknownNameError, check_int, fail
 
-__all__ = ["run_sampler", "available_samplers", "respaced", "SPACINGS"]
+__all__ = ["run_sampler", "available_samplers", "SPACINGS", "check_sampler"]
 
 SPACINGS = ("trailing", "leading", "linspace", "ddim", "sections")
 _MODEL_TYPES = {"eps": "noise", "x0": "x_start", "v": "v"}
@@ -39,25 +39,30 @@ def available_samplers() -> list[str]:
     return sorted(set(reg.list_samplers("discrete")) | set(reg.list_samplers("vp")))
 
 
-def respaced(schedule, steps: int, spacing: str = "trailing"):
-    """The host schedule respaced to ``steps`` steps.
-
-    ``trailing`` (default; Lin et al. 2023), ``leading``, ``linspace``: diffusers' spacings;
-    ``ddim``: improved-diffusion's ``"ddimN"`` stride; ``sections``: improved-diffusion's even
-    spacing over [0, T-1] with both ends kept (``space_timesteps(T, "N")``).
-    """
-    from .. import schedules
-
+def check_sampler(name: str, *, steps: int, T: int, spacing: str = "trailing") -> str:
+    """Raise unless ``name``, ``steps`` and ``spacing`` can sample a network trained on T steps."""
+    if name not in available_samplers():
+        raise UnknownNameError(f"sampler={name!r} is not a sampler for a network trained on discrete "
+                               f"timesteps; allowed: {', '.join(map(repr, available_samplers()))}")
+    steps = check_int("steps", steps, minimum=1)
+    if steps > T:
+        fail("steps", steps, f"expected at most T={T} sampler steps (the diffusion steps the network "
+             "was trained with)")
     if spacing not in SPACINGS:
         raise UnknownNameError(f"spacing={spacing!r} is not a known timestep spacing; allowed: "
                                f"{', '.join(map(repr, SPACINGS))}")
-    if steps >= schedule.num_timesteps:
-        return schedule
+    return name
+
+
+def _respaced(schedule, steps: int, spacing: str):
+    """The host schedule respaced to ``steps`` steps (``sections``: improved-diffusion's even
+    spacing over [0, T-1] with both ends kept, ``space_timesteps(T, "N")``)."""
+    from .. import schedules
+    from ..samplers.discrete import sampling_schedule
+
     if spacing == "sections":
-        return schedules.respace(schedule, str(steps))
-    if spacing == "ddim":
-        return schedules.respace(schedule, f"ddim{steps}")
-    return schedules.respace(schedule, steps, spacing=spacing)
+        return schedule if steps == schedule.num_timesteps else schedules.respace(schedule, str(steps))
+    return sampling_schedule(schedule, steps, spacing)
 
 
 def _accepted(fn: Callable, options: dict) -> dict:
@@ -70,7 +75,8 @@ def _accepted(fn: Callable, options: dict) -> dict:
 def run_sampler(name: str, model: Callable, schedule, x_T, *, steps: int, noise_sampler: Callable,
                 eta: float = 0.0, mean_type: str = "eps", var_type: str = "fixed_small",
                 clip_x0: bool = True, spacing: str = "trailing",
-                progress: Callable | None = None) -> Any:
+                progress: Callable | None = None, callback: Callable | None = None,
+                require_finite: bool = True) -> Any:
     """Sample from ``model(x_t, t)`` (t: the network's timestep indices) starting at ``x_T``.
 
     Parameters
@@ -80,19 +86,41 @@ def run_sampler(name: str, model: Callable, schedule, x_T, *, steps: int, noise_
     steps : sampler steps (discrete family: the respaced schedule's length; vp family: NFE).
     noise_sampler : ``noise_sampler() -> array`` of x_T's shape (stochastic samplers).
     eta, mean_type, var_type, clip_x0 : passed to the sampler where it takes them.
-    spacing : respacing of the discrete family (:func:`respaced`).
-    """
-    from .._xp import array_namespace, device_of
+    spacing : respacing of the discrete family (``SPACINGS``).
+    callback : per-step ``callback(info)`` for samplers that take one (e.g.
+        ``refdiff.samplers.check_finite()``).
+    require_finite : raise if the returned sample is not finite (default).
 
-    steps = check_int("steps", steps, minimum=1)
+    Raises
+    ------
+    RefdiffValueError
+        ``steps`` above the schedule's T, or a sample that is not finite.
+    """
+    from .._xp import array_namespace
+
     reg = _registry()
     spec = reg.get_sampler(name)            # UnknownNameError lists the registered ones
+    check_sampler(name, steps=steps, T=schedule.num_timesteps, spacing=spacing)
     xp = array_namespace(x_T)
+    out = _run(spec, model, schedule, x_T, xp, steps=steps, noise_sampler=noise_sampler, eta=eta,
+               mean_type=mean_type, var_type=var_type, clip_x0=clip_x0, spacing=spacing,
+               progress=progress, callback=callback)
+    if require_finite and not bool(xp.all(xp.isfinite(out))):
+        raise RefdiffValueError(f"sampler={name!r} returned non-finite values (NaN or inf): the "
+                                "network's output is not finite; check the checkpoint's weights")
+    return out
+
+
+def _run(spec, model, schedule, x_T, xp, *, steps, noise_sampler, eta, mean_type, var_type,
+         clip_x0, spacing, progress, callback):
+    from .._xp import device_of
+
+    name = spec.name if hasattr(spec, "name") else "sampler"
     if spec.family == "discrete":
-        host = respaced(schedule, steps, spacing)
+        host = _respaced(schedule, steps, spacing)
         sched = host.to(xp, device=device_of(x_T), dtype=x_T.dtype)
         options = {"eta": eta, "mean_type": mean_type, "var_type": var_type, "clip_x0": clip_x0,
-                   "progress": progress}
+                   "progress": progress, "callback": callback}
         return spec.fn(model, x_T, schedule=sched, noise=lambda k: noise_sampler(),
                        **_accepted(spec.fn, options))
     if spec.family == "vp":
@@ -110,9 +138,13 @@ def run_sampler(name: str, model: Callable, schedule, x_T, *, steps: int, noise_
 
         options = {"model_type": _MODEL_TYPES[mean_type], "model_time": lambda t: t * ns.total_N - 1.0,
                    "progress": progress}
+        from ..samplers.dpm_solver import sample_dpm_solver
+
+        if callback is not None and "callback" in inspect.signature(sample_dpm_solver).parameters:
+            options["callback"] = callback
         if clip_x0:
             options["correcting_x0_fn"] = lambda x0, t: xp.clip(x0, -1.0, 1.0)
-        return spec.fn(net, x_T, noise_schedule=ns, steps=steps, **options)
+        return spec.fn(net, x_T, noise_schedule=ns, steps=steps, **_accepted(spec.fn, options))
     raise RefdiffValueError(
         f"sampler={name!r} belongs to the {spec.family!r} family, which needs a continuous-time "
         "denoiser or score function; a network trained on discrete timesteps samples with: "

@@ -112,8 +112,8 @@ def torch_run(tmp_path_factory):
     from refdiff.train.driver import TrainConfig, train
 
     out = tmp_path_factory.mktemp("torch_run")
-    cfg = TrainConfig(preset="tiny", steps=2, batch=4, T=20, dtype="float64", ema=1.0, n_samples=0,
-                      log_every=1)
+    cfg = TrainConfig(preset="tiny", steps=2, batch=4, T=20, dtype="float64", ema=1.0, ema_warmup=False,
+                      n_samples=0, log_every=1)
     train(cfg, out, progress=False)
     return out / "checkpoint.safetensors"
 
@@ -130,7 +130,7 @@ def test_torch_checkpoint_holds_everything_to_resume(torch_run):
     assert {"noise", "torch_cpu/0"} <= set(ck.rng)
     assert ck.state["data_stream"]["position"] == 8 and "host_rng" in ck.state
     assert ck.config["train"]["preset"] == "tiny" and ck.config["unet"]["image_size"] == 8
-    # with EMA decay 1 the EMA weights stay the initial weights exactly
+    # with a constant EMA decay 1 (no warm-up) the EMA weights stay the initial weights exactly
     init = init_params(get_preset("tiny"), 0)
     for k, v in init.items():
         np.testing.assert_array_equal(ck.ema[k], v)
