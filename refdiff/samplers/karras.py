@@ -18,16 +18,16 @@ no noise draws nothing, so the draw index is always the step index.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 from .._errors import check_real, fail
-from .._xp import array_namespace, device_of
-from . import register_sampler
-from ._common import call_progress, check_decreasing, check_eta, check_output, draw_noise
+from . import register_sampler, sampler_function_name
+from ._common import (StepInfo, batch_full, check_decreasing, check_eta, check_output, draw_noise,
+                      step_reporter)
 
 __all__ = [
     "to_d", "karras_euler_step", "karras_heun_step", "churn_gamma", "churn_step",
-    "ancestral_sigmas", "euler_ancestral_step", "sample_karras_euler", "sample_karras_heun",
+    "ancestral_sigmas", "euler_ancestral_step", "ancestral_update", "sample_karras_euler", "sample_karras_heun",
     "sample_karras_euler_churn", "sample_karras_heun_churn", "sample_karras_euler_ancestral",
     "EDM_CHURN_DEFAULTS",
 ]
@@ -61,9 +61,7 @@ def _check_x(x) -> None:
 
 def _denoise(denoiser: Callable, x, sigma: float):
     """D(x; σ) with σ broadcast to shape (B,) in x's namespace, dtype and device; shape-checked."""
-    xp = array_namespace(x)
-    s = xp.full((x.shape[0],), sigma, dtype=x.dtype, device=device_of(x))
-    return check_output(denoiser(x, s), x, name="denoiser output")
+    return check_output(denoiser(x, batch_full(x, sigma)), x, name="denoiser output")
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,11 +137,17 @@ def euler_ancestral_step(x, sigma: float, sigma_next: float, denoised, *, eta: f
     No noise is added (and ``noise`` may be None) when σ_up = 0, e.g. at σ' = 0 or η = 0.
     """
     down, up = ancestral_sigmas(sigma, sigma_next, eta)
-    x = karras_euler_step(x, sigma, down, denoised)
-    if up > 0.0:
+    return ancestral_update(x, sigma, down, up, denoised, noise=noise, S_noise=S_noise)
+
+
+def ancestral_update(x, sigma: float, sigma_down: float, sigma_up: float, denoised, *,
+                     noise=None, S_noise: float = 1.0):
+    """x' = D + (σ_down/σ)(x - D) + σ_up S_noise ε: :func:`euler_ancestral_step` given (σ_down, σ_up) of :func:`ancestral_sigmas`."""
+    x = karras_euler_step(x, sigma, sigma_down, denoised)
+    if sigma_up > 0.0:
         if noise is None:
             fail("noise", noise, "this step adds noise (σ_up > 0): pass a standard-normal draw")
-        x = x + (up * S_noise) * noise
+        x = x + (sigma_up * S_noise) * noise
     return x
 
 
@@ -164,30 +168,36 @@ def _check_churn(S_churn, S_tmin, S_tmax, S_noise) -> tuple[float, float, float,
     return S_churn, S_tmin, tmax, S_noise
 
 
-def _karras_loop(denoiser, x, sigmas, noise, S_churn, S_tmin, S_tmax, S_noise, progress, heun):
+def _churn_plan(sig: list[float], S_churn: float, S_tmin: float,
+                S_tmax: float) -> list[tuple[float, float, float]]:
+    """The step plan of Alg. 2 as host floats: (σ_i, σ_{i+1}, γ_i) per step."""
+    n = len(sig) - 1
+    return [(sig[i], sig[i + 1], churn_gamma(sig[i], n, S_churn=S_churn, S_tmin=S_tmin,
+                                               S_tmax=S_tmax)) for i in range(n)]
+
+
+def _karras_loop(denoiser, x, sigmas, noise, S_churn, S_tmin, S_tmax, S_noise, callback,
+                 progress, heun):
     _check_x(x)
     sig = _sigma_list(sigmas)
     S_churn, S_tmin, S_tmax, S_noise = _check_churn(S_churn, S_tmin, S_tmax, S_noise)
-    n = len(sig) - 1
-    for i in range(n):
-        sigma, sigma_next = sig[i], sig[i + 1]
-        gamma = churn_gamma(sigma, n, S_churn=S_churn, S_tmin=S_tmin, S_tmax=S_tmax)
+    plan = _churn_plan(sig, S_churn, S_tmin, S_tmax)
+    report = step_reporter(callback, progress)
+    n = len(plan)
+    for i, (sigma, sigma_next, gamma) in enumerate(plan):
         if gamma > 0.0:
             x, sigma = churn_step(x, sigma, gamma, noise=draw_noise(noise, i, x), S_noise=S_noise)
+        denoised = _denoise(denoiser, x, sigma)
+        if report is not None:
+            report(StepInfo(i, n, x, denoised, sigma=sigma))
         if heun:
-            x, _ = karras_heun_step(denoiser, x, sigma, sigma_next)
+            x, _ = karras_heun_step(denoiser, x, sigma, sigma_next, denoised=denoised)
         else:
-            x = karras_euler_step(x, sigma, sigma_next, _denoise(denoiser, x, sigma))
-        call_progress(progress, i + 1, n)
+            x = karras_euler_step(x, sigma, sigma_next, denoised)
     return x
 
 
-@register_sampler("karras_euler", family="karras", stochastic=False, order=1,
-                  step=karras_euler_step)
-def sample_karras_euler(denoiser: Callable, x, *, sigmas, noise=None, S_churn: float = 0.0,
-                        S_tmin: float = 0.0, S_tmax: float = math.inf, S_noise: float = 1.0,
-                        progress: Callable | None = None):
-    """Euler steps on the probability-flow ODE in σ, with optional churn (Karras et al. 2022, Alg. 2 with Euler steps).
+_LOOP_DOC = """{summary}
 
     Parameters
     ----------
@@ -202,68 +212,84 @@ def sample_karras_euler(denoiser: Callable, x, *, sigmas, noise=None, S_churn: f
         when ``S_churn > 0``.
     S_churn, S_tmin, S_tmax, S_noise : float
         Churn: γ_i = min(S_churn/N, √2 - 1) on steps with S_tmin ≤ σ_i ≤ S_tmax; the added noise
-        is scaled by S_noise. Defaults (0, 0, ∞, 1) give the deterministic Euler sampler.
+        is scaled by S_noise. Defaults here: {defaults}.
+    callback : callable, optional
+        ``callback(info)`` with a :class:`~refdiff.samplers.StepInfo` at each step: the state x̂
+        the denoiser is evaluated at (after the churn), its D(x̂; σ̂) and σ = σ̂ (k-diffusion's
+        ``callback``).
     progress : callable, optional
-        ``progress(i, N)`` after each step.
+        ``progress(i + 1, N)`` after each step's report.
 
     Returns
     -------
     array
-        The sample at σ_N.
+        The sample at σ_N.{notes}
     """
-    return _karras_loop(denoiser, x, sigmas, noise, S_churn, S_tmin, S_tmax, S_noise, progress,
-                        heun=False)
 
 
-@register_sampler("karras_heun", family="karras", stochastic=False, order=2,
-                  step=karras_heun_step)
-def sample_karras_heun(denoiser: Callable, x, *, sigmas, noise=None, S_churn: float = 0.0,
-                       S_tmin: float = 0.0, S_tmax: float = math.inf, S_noise: float = 1.0,
-                       progress: Callable | None = None):
-    """Heun's 2nd-order sampler (Karras et al. 2022, Alg. 1), with optional churn (Alg. 2).
+def _karras_sampler(name: str, *, heun: bool, churn: dict, summary: str, notes: str = ""):
+    """Register one Euler/Heun loop of the Karras family with its churn defaults (one pattern)."""
 
-    Same parameters as :func:`sample_karras_euler`. The last step to σ_N = 0 is an Euler step
-    (Alg. 1 line 7: the correction needs σ_{i+1} ≠ 0), so N steps cost 2N - 1 evaluations when
-    σ_N = 0 and 2N otherwise.
-    """
-    return _karras_loop(denoiser, x, sigmas, noise, S_churn, S_tmin, S_tmax, S_noise, progress,
-                        heun=True)
+    def sampler(denoiser: Callable, x: Any, *, sigmas: Any, noise: Any = None,
+                S_churn: float = churn["S_churn"], S_tmin: float = churn["S_tmin"],
+                S_tmax: float = churn["S_tmax"], S_noise: float = churn["S_noise"],
+                callback: Callable | None = None, progress: Callable | None = None) -> Any:
+        return _karras_loop(denoiser, x, sigmas, noise, S_churn, S_tmin, S_tmax, S_noise,
+                            callback, progress, heun=heun)
 
-
-@register_sampler("karras_euler_churn", family="karras", stochastic=True, step=churn_step)
-def sample_karras_euler_churn(denoiser: Callable, x, *, sigmas, noise=None,
-                              S_churn: float = EDM_CHURN_DEFAULTS["S_churn"],
-                              S_tmin: float = EDM_CHURN_DEFAULTS["S_tmin"],
-                              S_tmax: float = EDM_CHURN_DEFAULTS["S_tmax"],
-                              S_noise: float = EDM_CHURN_DEFAULTS["S_noise"],
-                              progress: Callable | None = None):
-    """Stochastic Euler sampler (Karras et al. 2022, Alg. 2 with Euler steps), churn on by default (S_churn = 40)."""
-    return _karras_loop(denoiser, x, sigmas, noise, S_churn, S_tmin, S_tmax, S_noise, progress,
-                        heun=False)
+    sampler.__name__ = sampler.__qualname__ = sampler_function_name(name)
+    sampler.__module__ = __name__
+    defaults = ", ".join(f"{k} = {v!r}" for k, v in churn.items())
+    sampler.__doc__ = _LOOP_DOC.format(summary=summary, defaults=defaults, notes=notes)
+    stochastic = churn["S_churn"] > 0.0
+    step = churn_step if stochastic else (karras_heun_step if heun else karras_euler_step)
+    register_sampler(name, family="karras", stochastic=stochastic, order=None if stochastic else
+                     (2 if heun else 1), step=step)(sampler)
+    return sampler
 
 
-@register_sampler("karras_heun_churn", family="karras", stochastic=True, step=churn_step)
-def sample_karras_heun_churn(denoiser: Callable, x, *, sigmas, noise=None,
-                             S_churn: float = EDM_CHURN_DEFAULTS["S_churn"],
-                             S_tmin: float = EDM_CHURN_DEFAULTS["S_tmin"],
-                             S_tmax: float = EDM_CHURN_DEFAULTS["S_tmax"],
-                             S_noise: float = EDM_CHURN_DEFAULTS["S_noise"],
-                             progress: Callable | None = None):
-    """Stochastic Heun sampler (Karras et al. 2022, Alg. 2), churn on by default (S_churn = 40)."""
-    return _karras_loop(denoiser, x, sigmas, noise, S_churn, S_tmin, S_tmax, S_noise, progress,
-                        heun=True)
+_DETERMINISTIC = {"S_churn": 0.0, "S_tmin": 0.0, "S_tmax": math.inf, "S_noise": 1.0}
+_HEUN_NOTE = """
+
+    Notes
+    -----
+    The last step to σ_N = 0 is an Euler step (Alg. 1 line 7: the correction needs
+    σ_{i+1} ≠ 0), so N steps cost 2N - 1 evaluations when σ_N = 0 and 2N otherwise."""
+
+sample_karras_euler = _karras_sampler(
+    "karras_euler", heun=False, churn=_DETERMINISTIC,
+    summary="Euler steps on the probability-flow ODE in σ, with optional churn (Karras et al. "
+            "2022, Alg. 2 with Euler steps).")
+sample_karras_heun = _karras_sampler(
+    "karras_heun", heun=True, churn=_DETERMINISTIC, notes=_HEUN_NOTE,
+    summary="Heun's 2nd-order sampler (Karras et al. 2022, Alg. 1), with optional churn (Alg. 2).")
+sample_karras_euler_churn = _karras_sampler(
+    "karras_euler_churn", heun=False, churn=EDM_CHURN_DEFAULTS,
+    summary="Stochastic Euler sampler (Karras et al. 2022, Alg. 2 with Euler steps), churn on by "
+            "default (S_churn = 40).")
+sample_karras_heun_churn = _karras_sampler(
+    "karras_heun_churn", heun=True, churn=EDM_CHURN_DEFAULTS, notes=_HEUN_NOTE,
+    summary="Stochastic Heun sampler (Karras et al. 2022, Alg. 2), churn on by default "
+            "(S_churn = 40).")
+
+
+def _ancestral_plan(sig: list[float], eta: float) -> list[tuple[float, float, float]]:
+    """(σ_i, σ_down, σ_up) per step as host floats (k-diffusion get_ancestral_step)."""
+    return [(sig[i], *ancestral_sigmas(sig[i], sig[i + 1], eta)) for i in range(len(sig) - 1)]
 
 
 @register_sampler("karras_euler_ancestral", family="karras", stochastic=True,
                   step=euler_ancestral_step)
-def sample_karras_euler_ancestral(denoiser: Callable, x, *, sigmas, noise=None, eta: float = 1.0,
-                           S_noise: float = 1.0, progress: Callable | None = None):
+def sample_karras_euler_ancestral(denoiser: Callable, x: Any, *, sigmas: Any, noise: Any = None,
+                                  eta: float = 1.0, S_noise: float = 1.0,
+                                  callback: Callable | None = None,
+                                  progress: Callable | None = None) -> Any:
     """Ancestral Euler sampler with η (k-diffusion sample_euler_ancestral; DDIM-η, Song et al. 2021a, Eq. 16, on the σ scale).
 
     Parameters
     ----------
-    denoiser, x, sigmas, progress
-        As in :func:`sample_karras_euler`.
+    denoiser, x, sigmas, callback, progress
+        As in :func:`sample_karras_euler` (the reported state is x at σ_i).
     noise : array or callable
         ``noise[i]`` is drawn at step i whenever σ_up > 0 (never at a final σ_N = 0, nor when η = 0).
     eta : float
@@ -271,19 +297,25 @@ def sample_karras_euler_ancestral(denoiser: Callable, x, *, sigmas, noise=None, 
         sampler.
     S_noise : float
         Scale of the added noise (k-diffusion's ``s_noise``).
+
+    Returns
+    -------
+    array
+        The sample at σ_N.
     """
     _check_x(x)
     sig = _sigma_list(sigmas)
     eta = check_eta(eta)
     S_noise = check_real("S_noise", S_noise, lo=0.0)
-    n = len(sig) - 1
-    for i in range(n):
-        sigma, sigma_next = sig[i], sig[i + 1]
+    plan = _ancestral_plan(sig, eta)
+    report = step_reporter(callback, progress)
+    n = len(plan)
+    for i, (sigma, down, up) in enumerate(plan):
         denoised = _denoise(denoiser, x, sigma)
-        _, up = ancestral_sigmas(sigma, sigma_next, eta)
+        if report is not None:
+            report(StepInfo(i, n, x, denoised, sigma=sigma))
         z = draw_noise(noise, i, x) if up > 0.0 else None
-        x = euler_ancestral_step(x, sigma, sigma_next, denoised, eta=eta, noise=z, S_noise=S_noise)
-        call_progress(progress, i + 1, n)
+        x = ancestral_update(x, sigma, down, up, denoised, noise=z, S_noise=S_noise)
     return x
 
 
