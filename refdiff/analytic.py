@@ -7,7 +7,7 @@ noisy marginal is N(αμ, α²Σ + σ²I) and every model target is affine in x 
 conditioning); for a mixture Σ_k π_k N(μ_k, Σ_k) each quantity is the responsibility-weighted
 combination of the component answers (Song et al. 2021, §3; Karras et al. 2022, App. B.3).
 
-What each function returns (``x`` has shape (B, *event) with prod(event) = ``dim``; ``alpha`` and
+What each function returns (``x`` has shape (B, \\*event) with prod(event) = ``dim``; ``alpha`` and
 ``sigma`` are Python numbers, 0-d arrays or arrays of shape (B,); results live in x's namespace,
 device and dtype; only matmul and elementwise array-API operations run on x, the
 eigendecompositions are precomputed on the host in float64):
@@ -20,7 +20,7 @@ eigendecompositions are precomputed on the host in float64):
   ``data.logpdf(x, alpha, sigma)`` = log p_t(x), shape (B,), the true density of x_t;
   ``data.marginal(alpha, sigma)`` -> (mean (d,), cov (d, d)) NumPy float64 moments of x_t
   (for a mixture, the overall moments); ``data.sample(noise[, u])`` -> x0 draws from standard
-  normal ``noise`` of shape (B, *event) (a mixture also takes ``u`` ~ U[0, 1) of shape (B,) to pick
+  normal ``noise`` of shape (B, \\*event) (a mixture also takes ``u`` ~ U[0, 1) of shape (B,) to pick
   the component). ``GaussianData.posterior_cov(alpha, sigma)`` -> Var[x0 | x_t] (d, d) NumPy
   (independent of x for Gaussian data); ``GaussianData.posterior_var(x, alpha, sigma)`` its
   diagonal broadcast to x's shape in x's namespace; ``GaussianMixtureData.components(alpha,
@@ -109,7 +109,7 @@ def _ns_const(xp, a: np.ndarray, like):
 
 
 def _flat(x, d: int):
-    """x (B, *event) -> (B, d), with an error naming the shape when prod(event) != d."""
+    """x (B, \\*event) -> (B, d), with an error naming the shape when prod(event) != d."""
     xp = array_namespace(x)
     if not is_array_api_obj(x) or x.ndim < 2 or math.prod(tuple(x.shape[1:])) != d:
         raise RefdiffShapeError(
@@ -255,7 +255,7 @@ class GaussianData(_Data):
         return xp.reshape(diag, tuple(x.shape))
 
     def sample(self, noise):
-        """x0 = μ + Σ^{1/2}·noise with the symmetric root Σ^{1/2} = U diag(√λ) Uᵀ (noise: (B, *event))."""
+        """x0 = μ + Σ^{1/2}·noise with the symmetric root Σ^{1/2} = U diag(√λ) Uᵀ (noise: (B, \\*event))."""
         xp = array_namespace(noise)
         nf = _flat(noise, self.dim)
         root = (self.eigvecs * np.sqrt(self.eigvals)) @ self.eigvecs.T   # symmetric square root

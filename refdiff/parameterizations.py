@@ -8,6 +8,8 @@ come from the schedule's tables, gathered at t and broadcast over the non-batch 
 from __future__ import annotations
 
 from ._errors import RefdiffValueError, UnknownNameError, fail
+from typing import NamedTuple
+
 from ._xp import array_namespace, as_timesteps, check_same_shape, gather
 
 __all__ = [
@@ -15,6 +17,7 @@ __all__ = [
     "v_from_x0", "score_from_eps", "eps_from_score", "x0_from_mu", "mu_from_x0",
     "PREDICTION_TYPES", "PREDICTION_ALIASES", "OUTPUT_TYPES", "prediction_type",
     "x0_from_output", "eps_from_output", "x0_from_prediction", "eps_from_prediction",
+    "LevelCoefficients", "level_coefficients", "x0_from_output_at", "eps_from_x0_at",
 ]
 
 #: What a network can predict, refdiff's one vocabulary: the noise ε, the data x0, the velocity
@@ -35,7 +38,13 @@ OUTPUT_TYPES = PREDICTION_TYPES
 
 
 def prediction_type(value, name: str = "prediction_type", allowed=PREDICTION_TYPES) -> str:
-    """The canonical name of a prediction type (an upstream alias maps to it); raise for an unknown one."""
+    """The canonical name of a prediction type (an upstream alias maps to it); raise for an unknown one.
+
+    Examples
+    --------
+    >>> prediction_type("epsilon"), prediction_type("x_start"), prediction_type("v")
+    ('eps', 'x0', 'v')
+    """
     canonical = PREDICTION_ALIASES.get(value, value) if isinstance(value, str) else value
     if canonical not in allowed:
         aliases = ", ".join(repr(a) for a, c in PREDICTION_ALIASES.items() if c in allowed)
@@ -173,6 +182,15 @@ def x0_from_prediction(out, x, alpha, sigma, prediction: str):
 
     ``alpha`` and ``sigma`` are host floats or arrays broadcasting against x. ε: (x − σε)/α;
     v = α·ε − σ·x0: (α·x − σ·v)/(α² + σ²); score s = −ε/σ: (x + σ²·s)/α.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x0, eps, a, s = np.array([0.5]), np.array([-1.0]), 0.6, 0.8
+    >>> x = a * x0 + s * eps
+    >>> v = a * eps - s * x0
+    >>> bool(np.allclose(x0_from_prediction(v, x, a, s, "v"), x0))
+    True
     """
     prediction = prediction_type(prediction, "prediction_type", PREDICTION_TYPES[:4])
     if prediction == "eps":
@@ -197,3 +215,44 @@ def eps_from_prediction(out, x, alpha, sigma, prediction: str):
     if prediction == "v":
         return (sigma * x + alpha * out) / (alpha * alpha + sigma * sigma)
     return (-sigma) * out
+
+
+# --------------------------------------------------------------------------------------------
+# The table conversions at one host timestep, with the coefficients as host floats (step plans)
+# --------------------------------------------------------------------------------------------
+
+class LevelCoefficients(NamedTuple):
+    """The schedule's table entries at one timestep as host floats (improved-diffusion's names)."""
+
+    sqrt_alphas_cumprod: float
+    sqrt_one_minus_alphas_cumprod: float
+    sqrt_recip_alphas_cumprod: float
+    sqrt_recipm1_alphas_cumprod: float
+    posterior_mean_coef1: float
+    posterior_mean_coef2: float
+
+
+def level_coefficients(schedule, t: int) -> LevelCoefficients:
+    """The tables of :class:`LevelCoefficients` read at the host integer timestep t (one read per table)."""
+    return LevelCoefficients(*(float(getattr(schedule, name)[t]) for name in LevelCoefficients._fields))
+
+
+def x0_from_output_at(out, x_t, c: LevelCoefficients, mean_type: str):
+    """:func:`x0_from_output` with the coefficients given as host floats (the same operations in the same order)."""
+    if mean_type == "eps":
+        return c.sqrt_recip_alphas_cumprod * x_t - c.sqrt_recipm1_alphas_cumprod * out
+    if mean_type == "x0":
+        return out
+    if mean_type == "v":
+        return c.sqrt_alphas_cumprod * x_t - c.sqrt_one_minus_alphas_cumprod * out
+    if mean_type == "score":
+        eps = -c.sqrt_one_minus_alphas_cumprod * out
+        return c.sqrt_recip_alphas_cumprod * x_t - c.sqrt_recipm1_alphas_cumprod * eps
+    if mean_type == "mean":
+        return (out - c.posterior_mean_coef2 * x_t) / c.posterior_mean_coef1
+    return x0_from_output(None, x_t, None, out, mean_type)  # raises the unknown-name error
+
+
+def eps_from_x0_at(x_t, x0, c: LevelCoefficients):
+    """:func:`eps_from_x0` with host-float coefficients: ε = (x_t − √ᾱ_t·x0)/√(1 − ᾱ_t) (Ho et al. 2020, Eq. 4)."""
+    return (x_t - c.sqrt_alphas_cumprod * x0) / c.sqrt_one_minus_alphas_cumprod

@@ -81,6 +81,18 @@ def check_finite(callback: Callable | None = None) -> Callable:
     Use it as ``sample_ddim(..., callback=check_finite())``: a NaN or ±inf model output (or a state
     gone non-finite) stops the loop at the step where it first appears instead of returning an
     all-NaN sample. Each check reads one boolean back from the device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refdiff.edm import karras_sigmas
+    >>> from refdiff.samplers import sample_karras_euler
+    >>> broken = lambda x, sigma: x * np.nan
+    >>> sample_karras_euler(broken, np.ones((1, 2)), sigmas=karras_sigmas(3, 0.1, 10.0),
+    ...                     callback=check_finite())
+    Traceback (most recent call last):
+    ...
+    refdiff._errors.RefdiffValueError: non-finite values in the x0 prediction (denoised) at step 0 of 3 (sigma=10.0): the model returned NaN or inf there (or the state overflowed); check the model and its weights
     """
     if callback is not None and not callable(callback):
         fail("callback", callback, "expected None or a callable callback(info: StepInfo)")

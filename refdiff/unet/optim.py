@@ -102,7 +102,7 @@ def ema_update(ema: Mapping[str, Any], params: Mapping[str, Any], decay: float) 
 
 
 def clip_grad_norm(grads: Mapping[str, Any], max_norm: float):
-    """Scale all gradients by min(1, max_norm/(‖g‖₂ + 1e-6)), ‖g‖₂ over all entries (as torch's clip_grad_norm_).
+    """Scale all gradients by min(1, max_norm/(‖g‖₂ + 1e-6)), ‖g‖₂ over all entries (as torch's ``clip_grad_norm_``).
 
     Returns
     -------
