@@ -206,8 +206,8 @@ class SDE(abc.ABC):
 
         Only the SDEs with a discrete chain (VP: DDPM, VE: SMLD) have one.
         """
-        fail("sde", self, "ancestral sampling needs a discrete chain: VPSDE (DDPM) or VESDE "
-             "(SMLD); this SDE has none (score_sde raises NotImplementedError too)")
+        fail("sde", self, "ancestral sampling needs a VPSDE or VESDE (a discrete chain: DDPM or "
+             "SMLD); this SDE has none (score_sde raises NotImplementedError too)")
 
     def langevin_alpha(self, ts: Sequence[float]) -> np.ndarray:
         """The Langevin step-size factor α_i of score_sde's correctors: 1 (VE; any SDE without a DDPM chain)."""

@@ -4,7 +4,9 @@ Song et al. (2021), "Score-Based Generative Modeling through Stochastic Differen
 (arXiv:2011.13456v2), Eq. 13: dx/dt = f(x, t) - ½ g(t)² ∇ log p_t(x), solved backwards from
 t = T to t = eps. score_sde's ``get_ode_sampler`` uses ``scipy.integrate.solve_ivp`` with RK45,
 rtol = atol = 1e-5 and eps = 1e-3; :func:`sample_ode_rk45` does the same (NumPy arrays only: SciPy
-integrates on the host). Euler and Heun step on the grid t_i = linspace(T, eps, N + 1).
+integrates on the host). Euler and Heun step on the grid t_i = linspace(T, eps, N + 1), with the
+drift coefficients f(x, t) = a(t) x and ½ g(t)² computed once per call as host floats (the step
+plan; ``sde.drift_coefficients``), so each step is array arithmetic on x.
 
 Family ``"sde"``: ``fn(score_fn, x_T, *, sde, steps, noise=None, **options)``; the solvers are
 deterministic and ignore ``noise``.
@@ -12,60 +14,94 @@ deterministic and ignore ``noise``.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from .._errors import check_int, check_real, fail
-from .._xp import array_namespace, device_of, is_numpy
+from .._xp import array_namespace, is_numpy
+from ..sde import SDE
 from . import register_sampler
-from ._common import call_progress, check_output
+from ._common import StepInfo, batch_full, check_output, step_reporter
+from .score_sde import (_check_bool, _check_sde, _check_x_T, _linear_drift, predictor_coefficients,
+                        predictor_update)
 
-__all__ = ["probability_flow", "ode_euler_step", "ode_heun_step", "ode_time_grid",
-           "sample_ode_euler", "sample_ode_heun", "sample_ode_rk45", "denoise_step"]
+__all__ = ["probability_flow", "probability_flow_coefficients", "ode_euler_step", "ode_heun_step",
+           "ode_time_grid", "sample_ode_euler", "sample_ode_heun", "sample_ode_rk45",
+           "denoise_step"]
 
 
-def _check_sde(sde):
-    from ..sde import SDE
-    if not isinstance(sde, SDE):
-        fail("sde", sde, "expected a refdiff.sde SDE (VPSDE, SubVPSDE or VESDE)")
-    return sde
+#: The solve_ivp methods :func:`sample_ode_rk45` accepts.
+_IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+
+
+def _score(score_fn: Callable, x, t: float):
+    return check_output(score_fn(x, batch_full(x, t)), x, name="score_fn output")
+
+
+def probability_flow_coefficients(sde: SDE, ts) -> list[tuple[float, float]] | None:
+    """(a, h) per time with F(x, t) = a x - h s(x, t), h = ½ g² (Song et al. 2021, Eq. 13), host floats.
+
+    None for an SDE whose drift is not linear in x (then :func:`probability_flow` evaluates
+    ``sde.sde`` at each step).
+    """
+    if not _linear_drift(sde):
+        return None
+    a, g = sde.drift_coefficients(ts)
+    return [(float(ai), float(hi)) for ai, hi in zip(a, g * g * 0.5)]
+
+
+def _flow(x, score, a: float, h: float):
+    """F = a x - h s (the array part of the probability-flow drift)."""
+    return (a * x - h * score) if a != 0.0 else (-h) * score
+
+
+def _flow_at(sde: SDE, score_fn: Callable, x, t: float, coef):
+    if coef is None:
+        def checked(x_, t_):
+            return check_output(score_fn(x_, t_), x_, name="score_fn output")
+        return sde.reverse(checked, probability_flow=True).sde(x, batch_full(x, t))[0]
+    return _flow(x, _score(score_fn, x, t), *coef)
 
 
 def probability_flow(sde, score_fn: Callable, x, t: float):
     """dx/dt = f(x, t) - ½ g(t)² s(x, t) at the scalar time t (Song et al. 2021, Eq. 13)."""
-    xp = array_namespace(x)
-    t_arr = xp.full((x.shape[0],), float(t), dtype=x.dtype, device=device_of(x))
+    coef = probability_flow_coefficients(_check_sde(sde), [float(t)])
+    return _flow_at(sde, score_fn, x, float(t), None if coef is None else coef[0])
 
-    def checked(x_, t_):
-        return check_output(score_fn(x_, t_), x_, name="score_fn output")
 
-    return sde.reverse(checked, probability_flow=True).sde(x, t_arr)[0]
+def _euler(sde, score_fn, x, t, dt, c1):
+    return x + _flow_at(sde, score_fn, x, t, c1) * dt
+
+
+def _heun(sde, score_fn, x, t, dt, c1, c2):
+    d1 = _flow_at(sde, score_fn, x, t, c1)
+    x_euler = x + d1 * dt
+    d2 = _flow_at(sde, score_fn, x_euler, t + dt, c2)
+    return x + (d1 + d2) * (0.5 * dt)
+
+
+def _coefs(sde, ts):
+    coef = probability_flow_coefficients(sde, ts)
+    return [None] * len(ts) if coef is None else coef
 
 
 def ode_euler_step(sde, score_fn: Callable, x, t: float, dt: float):
     """Euler step x + F(x, t) dt on the probability-flow ODE (dt < 0 when sampling)."""
-    return x + probability_flow(sde, score_fn, x, t) * dt
+    c1, = _coefs(_check_sde(sde), [float(t)])
+    return _euler(sde, score_fn, x, float(t), dt, c1)
 
 
 def ode_heun_step(sde, score_fn: Callable, x, t: float, dt: float):
     """Heun (explicit trapezoidal) step x + ½[F(x, t) + F(x + F dt, t + dt)] dt (Karras et al. 2022, Alg. 1 in t)."""
-    d1 = probability_flow(sde, score_fn, x, t)
-    x_euler = x + d1 * dt
-    d2 = probability_flow(sde, score_fn, x_euler, t + dt)
-    return x + (d1 + d2) * (0.5 * dt)
+    c1, c2 = _coefs(_check_sde(sde), [float(t), float(t) + dt])
+    return _heun(sde, score_fn, x, float(t), dt, c1, c2)
 
 
 def denoise_step(sde, score_fn: Callable, x, t: float):
     """One noise-free reverse-diffusion step at t (score_sde's ODE-sampler ``denoise``: x - f_i + G_i² s)."""
-    xp = array_namespace(x)
-    t_arr = xp.full((x.shape[0],), float(t), dtype=x.dtype, device=device_of(x))
-
-    def checked(x_, t_):
-        return check_output(score_fn(x_, t_), x_, name="score_fn output")
-
-    rev_f, _ = sde.reverse(checked).discretize(x, t_arr)
-    return x - rev_f
+    (p, q, _), = predictor_coefficients("reverse_diffusion", _check_sde(sde), [float(t)])
+    return predictor_update(x, _score(score_fn, x, float(t)), p, q, 0.0)[0]
 
 
 def ode_time_grid(sde, steps: int, *, eps: float = 1e-3) -> list[float]:
@@ -78,26 +114,30 @@ def ode_time_grid(sde, steps: int, *, eps: float = 1e-3) -> list[float]:
     return [float(v) for v in ts]
 
 
-def _fixed_step(step_fn, score_fn, x_T, sde, steps, eps, denoise, progress):
+def _fixed_step(heun, score_fn, x_T, sde, steps, eps, denoise, callback, progress):
     _check_sde(sde)
-    if getattr(x_T, "ndim", 0) < 1:
-        fail("x_T", x_T, "expected an array with the batch axis first (ndim >= 1)")
-    if not isinstance(denoise, bool):
-        fail("denoise", denoise, "expected True or False")
+    _check_x_T(x_T)
+    _check_bool("denoise", denoise)
     ts = ode_time_grid(sde, steps, eps=eps)
+    n = len(ts) - 1
+    dts = [ts[i + 1] - ts[i] for i in range(n)]
+    c1 = _coefs(sde, ts[:-1])
+    c2 = _coefs(sde, [ts[i] + dts[i] for i in range(n)]) if heun else None
+    report = step_reporter(callback, progress)
     x = x_T
-    for i in range(len(ts) - 1):
-        x = step_fn(sde, score_fn, x, ts[i], ts[i + 1] - ts[i])
-        call_progress(progress, i + 1, len(ts) - 1)
+    for i in range(n):
+        if report is not None:
+            report(StepInfo(i, n, x, None, t=ts[i]))
+        if heun:
+            x = _heun(sde, score_fn, x, ts[i], dts[i], c1[i], c2[i])
+        else:
+            x = _euler(sde, score_fn, x, ts[i], dts[i], c1[i])
     if denoise:
         x = denoise_step(sde, score_fn, x, ts[-1])
     return x
 
 
-@register_sampler("ode_euler", family="sde", stochastic=False, order=1, step=ode_euler_step)
-def sample_ode_euler(score_fn: Callable, x_T, *, sde, steps: int, noise=None, eps: float = 1e-3,
-                     denoise: bool = False, progress: Callable | None = None):
-    """Euler's method on the probability-flow ODE from T to eps (Song et al. 2021, Eq. 13).
+_FIXED_DOC = """
 
     Parameters
     ----------
@@ -114,25 +154,43 @@ def sample_ode_euler(score_fn: Callable, x_T, *, sde, steps: int, noise=None, ep
         Final time (score_sde: 1e-3).
     denoise : bool
         Finish with one noise-free reverse-diffusion step at eps (score_sde's ``denoise``).
+    callback : callable, optional
+        ``callback(info)`` at each step i with x at t_i and t = t_i (``info.denoised`` is None).
     progress : callable, optional
+        ``progress(i + 1, N)`` at each step.
+
+    Returns
+    -------
+    array
+        The sample at t = eps.
     """
-    return _fixed_step(ode_euler_step, score_fn, x_T, sde, steps, eps, denoise, progress)
+
+
+@register_sampler("ode_euler", family="sde", stochastic=False, order=1, step=ode_euler_step)
+def sample_ode_euler(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int, noise: Any = None,
+                     eps: float = 1e-3, denoise: bool = False, callback: Callable | None = None,
+                     progress: Callable | None = None) -> Any:
+    """Euler's method on the probability-flow ODE from T to eps (Song et al. 2021, Eq. 13)."""
+    return _fixed_step(False, score_fn, x_T, sde, steps, eps, denoise, callback, progress)
 
 
 @register_sampler("ode_heun", family="sde", stochastic=False, order=2, step=ode_heun_step)
-def sample_ode_heun(score_fn: Callable, x_T, *, sde, steps: int, noise=None, eps: float = 1e-3,
-                    denoise: bool = False, progress: Callable | None = None):
-    """Heun's method (2 score evaluations per step) on the probability-flow ODE (Song et al. 2021, Eq. 13).
+def sample_ode_heun(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int, noise: Any = None,
+                    eps: float = 1e-3, denoise: bool = False, callback: Callable | None = None,
+                    progress: Callable | None = None) -> Any:
+    """Heun's method (2 score evaluations per step) on the probability-flow ODE (Song et al. 2021, Eq. 13)."""
+    return _fixed_step(True, score_fn, x_T, sde, steps, eps, denoise, callback, progress)
 
-    Same parameters as :func:`sample_ode_euler`.
-    """
-    return _fixed_step(ode_heun_step, score_fn, x_T, sde, steps, eps, denoise, progress)
+
+sample_ode_euler.__doc__ += _FIXED_DOC
+sample_ode_heun.__doc__ += _FIXED_DOC
 
 
 @register_sampler("ode_rk45", family="sde", stochastic=False, step=probability_flow)
-def sample_ode_rk45(score_fn: Callable, x_T, *, sde, steps: int | None = None, noise=None,
-                    eps: float = 1e-3, rtol: float = 1e-5, atol: float = 1e-5,
-                    method: str = "RK45", denoise: bool = False, return_nfe: bool = False):
+def sample_ode_rk45(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int | None = None,
+                    noise: Any = None, eps: float = 1e-3, rtol: float = 1e-5, atol: float = 1e-5,
+                    method: str = "RK45", denoise: bool = False, return_nfe: bool = False,
+                    callback: Callable | None = None, progress: Callable | None = None) -> Any:
     """Adaptive RK45 (Dormand–Prince) on the probability-flow ODE via scipy.integrate.solve_ivp (score_sde get_ode_sampler).
 
     Oracle-side: ``x_T`` must be a NumPy array (SciPy integrates on the host); the state is
@@ -150,12 +208,15 @@ def sample_ode_rk45(score_fn: Callable, x_T, *, sde, steps: int | None = None, n
         Any solve_ivp method ("RK45" as score_sde; "DOP853" for tight tolerances).
     return_nfe : bool
         Also return the number of score evaluations.
+    callback, progress : callable, optional
+        Called before each accepted solver step i, with x at t_i and t = t_i; the number of steps
+        is not known in advance, so ``info.n`` (and ``progress``'s total) is 0.
 
     Returns
     -------
     array, or (array, int) with ``return_nfe``.
     """
-    import scipy.integrate
+    import scipy.integrate   # SciPy loads only when the oracle-side solver runs
 
     _check_sde(sde)
     if not isinstance(x_T, np.ndarray) or not is_numpy(array_namespace(x_T)):
@@ -177,11 +238,27 @@ def sample_ode_rk45(score_fn: Callable, x_T, *, sde, steps: int | None = None, n
         x = np.asarray(y, dtype=dtype).reshape(shape)
         return np.asarray(probability_flow(sde, score_fn, x, t), dtype=np.float64).reshape(-1)
 
-    sol = scipy.integrate.solve_ivp(rhs, (T, eps), np.asarray(x_T, dtype=np.float64).reshape(-1),
-                                    rtol=rtol, atol=atol, method=method)
-    if not sol.success:
-        raise RuntimeError(f"solve_ivp did not reach t = {eps!r}: {sol.message}")
-    x = np.asarray(sol.y[:, -1], dtype=dtype).reshape(shape)
+    y0 = np.asarray(x_T, dtype=np.float64).reshape(-1)
+    report = step_reporter(callback, progress)
+    if report is None:
+        sol = scipy.integrate.solve_ivp(rhs, (T, eps), y0, rtol=rtol, atol=atol, method=method)
+        if not sol.success:
+            raise RuntimeError(f"solve_ivp did not reach t = {eps!r}: {sol.message}")
+        y = sol.y[:, -1]
+    else:   # solve_ivp's own loop, with a report before each accepted step
+        if method not in _IVP_METHODS:
+            fail("method", method, f"expected one of {', '.join(map(repr, _IVP_METHODS))}")
+        solver = getattr(scipy.integrate, method)(rhs, T, y0, eps, rtol=rtol, atol=atol)
+        i = 0
+        while solver.status == "running":
+            report(StepInfo(i, 0, np.asarray(solver.y, dtype=dtype).reshape(shape), None,
+                            t=float(solver.t)))
+            message = solver.step()
+            i += 1
+        if solver.status != "finished":
+            raise RuntimeError(f"solve_ivp did not reach t = {eps!r}: {message}")
+        y = solver.y
+    x = np.asarray(y, dtype=dtype).reshape(shape)
     if denoise:
         x = denoise_step(sde, score_fn, x, eps)
         nfe[0] += 1

@@ -24,8 +24,15 @@ Named conventions
   t (N-1)/T per the SDE's ``index_rounding`` (score_sde: floor).
 * Langevin step size ε = 2 α_i (r ‖z‖/‖s‖)² (r = ``snr``): ``langevin_norm="batch_mean"`` uses
   the batch means of the per-sample norms (score_sde, so ε depends on the batch),
-  ``"per_sample"`` one ε per sample. α_i is the DDPM chain's 1 - β_i for VP and sub-VP (score_sde;
-  its sub-VP branch reads the VP chain of the same β's) and 1 for VE.
+  ``"per_sample"`` one ε per sample. α_i is the DDPM chain's 1 - β_i for VP (score_sde) and 1 for
+  VE. For sub-VP refdiff uses the DDPM chain of the same β's; score_sde's corrector fails there
+  (its sub-VP SDE has no ``alphas`` table).
+* Step plan: the per-step coefficients (the SDE's drift and diffusion, the chain's β_i or σ_i, the
+  Langevin α_i) are computed once per call as host float64 numbers by the SDE's
+  ``*_coefficients`` methods; each step is then array arithmetic on x: x̄ = p x + q s,
+  x = x̄ + r z.
+* Callback: ``callback(info)`` at each predictor step i with the state the step starts from and
+  t = t_i (``info.denoised`` is None: these samplers use the score, not an x0 prediction).
 * Noise: step i consumes ``draws_per_step`` draws, the corrector's first (index
   i·draws_per_step + j for corrector step j), then the predictor's. With ``denoise=True``
   (score_sde's default noise removal) the final predictor returns its mean and its draw is not
@@ -35,21 +42,25 @@ Named conventions
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from typing import Callable
+from typing import Any, Callable
+
+import numpy as np
 
 from .._errors import RefdiffValueError, check_choice, check_int, check_real, fail
-from .._xp import append_dims, array_namespace, device_of
+from .._xp import append_dims, array_namespace
+from ..guidance import langevin_step
+from ..sde import SDE, VESDE
 from . import register_sampler
-from ._common import call_progress, check_output, draw_noise
+from ._common import StepInfo, batch_full, check_output, draw_noise, step_reporter
 
 __all__ = [
     "PREDICTORS", "CORRECTORS", "LANGEVIN_NORMS", "TIME_GRIDS", "euler_maruyama_step",
-    "reverse_diffusion_step", "ancestral_sampling_step", "langevin_step_size",
-    "langevin_corrector_step", "annealed_langevin_step", "pc_time_grid", "sample_pc",
-    "sample_euler_maruyama", "sample_reverse_diffusion", "sample_ancestral",
-    "ncsn_step_size", "ncsn_langevin_step", "sample_ncsn_annealed_langevin",
+    "reverse_diffusion_step", "ancestral_sampling_step", "predictor_coefficients",
+    "predictor_update", "langevin_step_size", "langevin_corrector_step", "annealed_langevin_step",
+    "pc_time_grid", "sample_sde_pc", "sample_sde_euler_maruyama", "sample_sde_reverse_diffusion",
+    "sample_sde_ancestral", "ncsn_step_size", "ncsn_langevin_step",
+    "sample_ncsn_annealed_langevin",
 ]
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral_sampling", "none")
@@ -62,55 +73,26 @@ TIME_GRIDS = ("score_sde", "uniform")
 # Helpers
 # --------------------------------------------------------------------------------------------
 
-def _check_sde(sde):
-    from ..sde import SDE
+def _check_sde(sde: Any) -> SDE:
+    """The ``sde`` argument of the score-SDE and probability-flow samplers: a refdiff.sde SDE."""
     if not isinstance(sde, SDE):
         fail("sde", sde, "expected a refdiff.sde SDE (VPSDE, SubVPSDE or VESDE)")
     return sde
 
 
-def _kind(sde) -> str:
-    from ..sde import SubVPSDE, VESDE, VPSDE
-    if isinstance(sde, VPSDE):
-        return "vp"
-    if isinstance(sde, SubVPSDE):
-        return "subvp"
-    if isinstance(sde, VESDE):
-        return "ve"
-    return "other"
+def _check_x_T(x_T: Any) -> None:
+    if getattr(x_T, "ndim", 0) < 1:
+        fail("x_T", x_T, "expected an array with the batch axis first (ndim >= 1)")
 
 
-def _t_array(x, t: float):
-    xp = array_namespace(x)
-    return xp.full((x.shape[0],), float(t), dtype=x.dtype, device=device_of(x))
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        fail(name, value, "expected True or False")
+    return value
 
 
 def _score(score_fn: Callable, x, t_arr):
     return check_output(score_fn(x, t_arr), x, name="score_fn output")
-
-
-def _index(sde, t: float) -> int:
-    """The chain index i = round/floor(t (N-1)/T) (the SDE's ``index_rounding``), host-side."""
-    u = t * (sde.N - 1) / float(sde.T)
-    return int(math.floor(u)) if sde.index_rounding == "floor" else int(round(u))
-
-
-def _table_value(table, i: int) -> float:
-    return float(table[i])
-
-
-@functools.lru_cache(maxsize=16)
-def _vp_betas(beta_min: float, beta_max: float, N: int):
-    """The DDPM chain's β_i of a VP SDE (host float64, cached: built in double-double)."""
-    from ..sde import VPSDE
-    return VPSDE(beta_min, beta_max, N).discrete_betas
-
-
-@functools.lru_cache(maxsize=16)
-def _ve_sigmas(sigma_min: float, sigma_max: float, N: int):
-    """The SMLD chain's σ_i of a VE SDE (host float64, cached)."""
-    from ..sde import VESDE
-    return VESDE(sigma_min, sigma_max, N).discrete_sigmas
 
 
 def _norms(x):
@@ -121,8 +103,54 @@ def _norms(x):
 
 
 # --------------------------------------------------------------------------------------------
-# Predictors
+# Predictors: host coefficients (p, q, r) per step, then x̄ = p x + q s, x = x̄ + r z
 # --------------------------------------------------------------------------------------------
+
+def predictor_coefficients(predictor: str, sde: SDE, ts, dts=None) -> list[tuple[float, float, float]]:
+    """(p, q, r) per time with x̄ = p x + q s(x, t), x = x̄ + r z, as host floats (Song et al. 2021).
+
+    * ``"euler_maruyama"`` (Eq. 6, step dt < 0): p = 1 + a dt, q = -g² dt, r = g √(-dt), with
+      f(x, t) = a x and g from ``sde.drift_coefficients``.
+    * ``"reverse_diffusion"`` (Eq. 46): p = 1 - c, q = G², r = G with f_i = c x and G_i from
+      ``sde.reverse_diffusion_coefficients`` (DDPM chain for VP, SMLD for VE, Euler for sub-VP).
+    * ``"ancestral_sampling"`` (App. F): p = 1/d, q = b/d, r = std from
+      ``sde.ancestral_coefficients`` (x̄ = (x + b s)/d).
+    """
+    check_choice("predictor", predictor, PREDICTORS[:-1], "predictor")
+    if predictor == "euler_maruyama":
+        a, g = sde.drift_coefficients(ts)
+        dt = np.asarray(dts, dtype=np.float64)
+        return [(float(p), float(q), float(r)) for p, q, r in
+                zip(1.0 + a * dt, -(g * g) * dt, g * np.sqrt(-dt))]
+    if predictor == "reverse_diffusion":
+        c, G = sde.reverse_diffusion_coefficients(ts)
+        return [(float(p), float(q), float(r)) for p, q, r in zip(1.0 - c, G * G, G)]
+    b, d, std = sde.ancestral_coefficients(ts)
+    return [(float(p), float(q), float(r)) for p, q, r in zip(1.0 / d, b / d, std)]
+
+
+def predictor_update(x, score, p: float, q: float, r: float, noise=None):
+    """x̄ = p x + q s, x = x̄ + r z (the array part of every predictor step). Returns (x, x̄)."""
+    x_mean = (x + q * score) if p == 1.0 else (p * x + q * score)
+    if noise is None or r == 0.0:
+        return x_mean, x_mean
+    return x_mean + r * noise, x_mean
+
+
+def _em_generic(sde: SDE, score_fn: Callable, x, t: float, dt: float, noise):
+    """Euler–Maruyama for an SDE whose drift is not linear in x: x̄ = x + [f - g² s] dt."""
+    drift, diffusion = sde.reverse(score_fn).sde(x, batch_full(x, t))
+    x_mean = x + drift * dt
+    return x_mean + append_dims(diffusion * math.sqrt(-dt), x.ndim) * noise, x_mean
+
+
+def _linear_drift(sde: SDE) -> bool:
+    try:
+        sde.drift_coefficients([0.0])
+    except NotImplementedError:
+        return False
+    return True
+
 
 def euler_maruyama_step(sde, score_fn: Callable, x, t: float, dt: float, *, noise):
     """Reverse-SDE Euler–Maruyama: x̄ = x + [f - g² s] dt, x = x̄ + g √(-dt) z, dt < 0 (Song et al. 2021, Eq. 6).
@@ -131,9 +159,10 @@ def euler_maruyama_step(sde, score_fn: Callable, x, t: float, dt: float, *, nois
     """
     _check_sde(sde)
     dt = check_real("dt", dt, hi=0.0, hi_open=True)
-    drift, diffusion = sde.reverse(score_fn).sde(x, _t_array(x, t))
-    x_mean = x + drift * dt
-    return x_mean + append_dims(diffusion * math.sqrt(-dt), x.ndim) * noise, x_mean
+    if not _linear_drift(sde):
+        return _em_generic(sde, score_fn, x, t, dt, noise)
+    (p, q, r), = predictor_coefficients("euler_maruyama", sde, [t], [dt])
+    return predictor_update(x, _score(score_fn, x, batch_full(x, t)), p, q, r, noise)
 
 
 def reverse_diffusion_step(sde, score_fn: Callable, x, t: float, *, noise):
@@ -142,10 +171,8 @@ def reverse_diffusion_step(sde, score_fn: Callable, x, t: float, *, noise):
     f_i, G_i are the SDE's own discretization (DDPM chain for VP, SMLD chain for VE, Euler for
     sub-VP with dt = T/N). Returns (x, x̄).
     """
-    _check_sde(sde)
-    rev_f, rev_G = sde.reverse(score_fn).discretize(x, _t_array(x, t))
-    x_mean = x - rev_f
-    return x_mean + append_dims(rev_G, x.ndim) * noise, x_mean
+    (p, q, r), = predictor_coefficients("reverse_diffusion", _check_sde(sde), [t])
+    return predictor_update(x, _score(score_fn, x, batch_full(x, t)), p, q, r, noise)
 
 
 def ancestral_sampling_step(sde, score_fn: Callable, x, t: float, *, noise):
@@ -155,45 +182,13 @@ def ancestral_sampling_step(sde, score_fn: Callable, x, t: float, *, noise):
     VE (SMLD chain σ_i, σ_{-1} = 0): x̄ = x + (σ_i² - σ_{i-1}²) s,
     x = x̄ + √(σ_{i-1}² (σ_i² - σ_{i-1}²)/σ_i²) z. Returns (x, x̄).
     """
-    kind = _kind(_check_sde(sde))
-    i = _index(sde, t)
-    s = _score(score_fn, x, _t_array(x, t))
-    if kind == "vp":
-        _check_ddpm_chain(sde)
-        beta = _table_value(_vp_betas(sde.beta_min, sde.beta_max, sde.N), i)
-        x_mean = (x + beta * s) / math.sqrt(1.0 - beta)
-        return x_mean + math.sqrt(beta) * noise, x_mean
-    if kind == "ve":
-        sig = _ve_sigmas(sde.sigma_min, sde.sigma_max, sde.N)
-        sigma = _table_value(sig, i)
-        prev = _table_value(sig, i - 1) if i > 0 else 0.0
-        gap = (sigma - prev) * (sigma + prev)           # σ_i² - σ_{i-1}²
-        x_mean = x + gap * s
-        std = prev * math.sqrt(gap) / sigma
-        return x_mean + std * noise, x_mean
-    fail("sde", sde, "ancestral sampling needs a discrete chain: VPSDE (DDPM) or VESDE (SMLD); "
-         "sub-VP has none (score_sde raises NotImplementedError too)")
+    (p, q, r), = predictor_coefficients("ancestral_sampling", _check_sde(sde), [t])
+    return predictor_update(x, _score(score_fn, x, batch_full(x, t)), p, q, r, noise)
 
 
 # --------------------------------------------------------------------------------------------
 # Correctors
 # --------------------------------------------------------------------------------------------
-
-def _langevin_alpha(sde, t: float) -> float:
-    """α_i = 1 - β_i of the DDPM chain (VP and sub-VP), 1 for VE (score_sde LangevinCorrector)."""
-    kind = _kind(sde)
-    if kind in ("vp", "subvp"):
-        _check_ddpm_chain(sde)
-        return 1.0 - _table_value(_vp_betas(sde.beta_min, sde.beta_max, sde.N), _index(sde, t))
-    return 1.0
-
-
-def _check_ddpm_chain(sde) -> None:
-    """The DDPM chain of a VP / sub-VP SDE needs β_i = β/N < 1, i.e. N > max(β_min, β_max)."""
-    if max(sde.beta_min, sde.beta_max) >= sde.N:
-        fail("N", sde.N, f"the DDPM chain (N = steps) needs β_i = β/N < 1, i.e. N > "
-             f"max(beta_min, beta_max) = {max(sde.beta_min, sde.beta_max)!r}; use more steps")
-
 
 def langevin_step_size(score, noise, *, snr: float, alpha: float = 1.0,
                        norm: str = "batch_mean"):
@@ -204,6 +199,10 @@ def langevin_step_size(score, noise, *, snr: float, alpha: float = 1.0,
     """
     check_choice("langevin_norm", norm, LANGEVIN_NORMS, "Langevin norm convention")
     snr = check_real("snr", snr, lo=0.0)
+    return _step_size(score, noise, snr, alpha, norm)
+
+
+def _step_size(score, noise, snr: float, alpha: float, norm: str):
     xp = array_namespace(score, noise)
     g, n = _norms(score), _norms(noise)
     if norm == "batch_mean":
@@ -215,19 +214,34 @@ def langevin_step_size(score, noise, *, snr: float, alpha: float = 1.0,
     return 2.0 * alpha * r * r
 
 
+def _corrector_update(x, score, eps, noise):
+    """x̄ = x + ε s, x = x̄ + √(2ε) z (Song et al. 2021, Alg. 4 / 5) for a host-float or array ε. Returns (x, x̄)."""
+    if isinstance(eps, float):
+        x_mean = x + eps * score
+        return x_mean + math.sqrt(2.0 * eps) * noise, x_mean
+    xp = array_namespace(x)
+    eps = append_dims(eps, x.ndim) if eps.ndim else eps
+    x_mean = x + eps * score
+    return x_mean + xp.sqrt(2.0 * eps) * noise, x_mean
+
+
 def langevin_corrector_step(sde, score_fn: Callable, x, t: float, *, snr: float, noise,
                             norm: str = "batch_mean"):
     """Langevin corrector x̄ = x + ε s, x = x̄ + √(2ε) z with the SNR step size (Song et al. 2021, Alg. 4 / 5).
 
     Returns (x, x̄).
     """
-    _check_sde(sde)
-    s = _score(score_fn, x, _t_array(x, t))
-    eps = langevin_step_size(s, noise, snr=snr, alpha=_langevin_alpha(sde, t), norm=norm)
-    xp = array_namespace(x)
-    eps = append_dims(eps, x.ndim) if eps.ndim else eps
-    x_mean = x + eps * s
-    return x_mean + xp.sqrt(2.0 * eps) * noise, x_mean
+    alpha = float(_check_sde(sde).langevin_alpha([t])[0])
+    s = _score(score_fn, x, batch_full(x, t))
+    return _corrector_update(x, s, langevin_step_size(s, noise, snr=snr, alpha=alpha, norm=norm),
+                             noise)
+
+
+def _ald_step_sizes(sde: SDE, ts, snr: float) -> list[float]:
+    """ε_i = 2 α_i (r σ_{t_i})² of score_sde's annealed Langevin corrector, host floats."""
+    alpha = sde.langevin_alpha(ts)
+    std = np.asarray(sde.marginal_std(np.asarray(ts, dtype=np.float64)), dtype=np.float64)
+    return [float(v) for v in 2.0 * alpha * (snr * std) ** 2]
 
 
 def annealed_langevin_step(sde, score_fn: Callable, x, t: float, *, snr: float, noise):
@@ -235,14 +249,9 @@ def annealed_langevin_step(sde, score_fn: Callable, x, t: float, *, snr: float, 
 
     σ_t is the perturbation std of ``sde.marginal_prob``. Returns (x, x̄).
     """
-    _check_sde(sde)
     snr = check_real("snr", snr, lo=0.0)
-    t_arr = _t_array(x, t)
-    s = _score(score_fn, x, t_arr)
-    std = float(sde.marginal_std(float(t)))
-    eps = 2.0 * _langevin_alpha(sde, t) * (snr * std) ** 2
-    x_mean = x + eps * s
-    return x_mean + math.sqrt(2.0 * eps) * noise, x_mean
+    eps, = _ald_step_sizes(_check_sde(sde), [t], snr)
+    return _corrector_update(x, _score(score_fn, x, batch_full(x, t)), eps, noise)
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,7 +260,6 @@ def annealed_langevin_step(sde, score_fn: Callable, x, t: float, *, snr: float, 
 
 def pc_time_grid(sde, steps: int, *, eps: float = 1e-3, time_grid: str = "score_sde"):
     """(times, dts) of the N steps as host floats, per the named ``time_grid`` convention (Song et al. 2021, Alg. 1)."""
-    import numpy as np
     steps = check_int("steps", steps, minimum=1)
     check_choice("time_grid", time_grid, TIME_GRIDS, "time grid")
     T = float(sde.T)
@@ -269,11 +277,12 @@ def _chain_sde(sde, steps: int):
 
 
 @register_sampler("sde_pc", family="sde", stochastic=True, step=langevin_corrector_step)
-def sample_sde_pc(score_fn: Callable, x_T, *, sde, steps: int, noise=None,
-              predictor: str = "reverse_diffusion", corrector: str = "langevin",
-              snr: float = 0.16, n_corrector_steps: int = 1, eps: float = 1e-3,
-              denoise: bool = True, time_grid: str = "score_sde",
-              langevin_norm: str = "batch_mean", progress: Callable | None = None):
+def sample_sde_pc(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int, noise: Any = None,
+                  predictor: str = "reverse_diffusion", corrector: str = "langevin",
+                  snr: float = 0.16, n_corrector_steps: int = 1, eps: float = 1e-3,
+                  denoise: bool = True, time_grid: str = "score_sde",
+                  langevin_norm: str = "batch_mean", callback: Callable | None = None,
+                  progress: Callable | None = None) -> Any:
     """Predictor–corrector sampling (Song et al. 2021, Alg. 1; score_sde ``get_pc_sampler``).
 
     Parameters
@@ -299,7 +308,10 @@ def sample_sde_pc(score_fn: Callable, x_T, *, sde, steps: int, noise=None,
         Return the last predictor's noise-free mean (score_sde's ``noise_removal``).
     time_grid : {"score_sde", "uniform"}
     langevin_norm : {"batch_mean", "per_sample"}
+    callback : callable, optional
+        ``callback(info)`` at each step i with x at t_i (before its corrector), t = t_i.
     progress : callable, optional
+        ``progress(i + 1, N)`` at each step.
 
     Returns
     -------
@@ -307,60 +319,61 @@ def sample_sde_pc(score_fn: Callable, x_T, *, sde, steps: int, noise=None,
         The sample at t = eps.
     """
     _check_sde(sde)
-    if getattr(x_T, "ndim", 0) < 1:
-        fail("x_T", x_T, "expected an array with the batch axis first (ndim >= 1)")
+    _check_x_T(x_T)
     check_choice("predictor", predictor, PREDICTORS, "predictor")
     check_choice("corrector", corrector, CORRECTORS, "corrector")
     check_choice("langevin_norm", langevin_norm, LANGEVIN_NORMS, "Langevin norm convention")
     n_corr = check_int("n_corrector_steps", n_corrector_steps, minimum=0)
     snr = check_real("snr", snr, lo=0.0)
-    if not isinstance(denoise, bool):
-        fail("denoise", denoise, "expected True or False")
+    _check_bool("denoise", denoise)
     ts, dts = pc_time_grid(sde, steps, eps=eps, time_grid=time_grid)
     chain = _chain_sde(sde, len(ts))
-    if predictor == "ancestral_sampling" and _kind(chain) not in ("vp", "ve"):
-        fail("sde", sde, "ancestral sampling needs a VPSDE or VESDE")
-    uses_chain = (corrector != "none" and n_corr > 0) or predictor == "ancestral_sampling" or (
-        predictor == "reverse_diffusion" and _kind(chain) == "vp")
-    if uses_chain and _kind(chain) in ("vp", "subvp"):
-        _check_ddpm_chain(chain)
-    k = (n_corr if corrector != "none" else 0) + (1 if predictor != "none" else 0)
-    xp = array_namespace(x_T)
-    x = x_T
-    x_mean = x_T
-    for i, (t, dt) in enumerate(zip(ts, dts)):
-        if corrector != "none":
-            for j in range(n_corr):
-                z = draw_noise(noise, i * k + j, x)
-                if corrector == "langevin":
-                    x, x_mean = langevin_corrector_step(chain, score_fn, x, t, snr=snr, noise=z,
-                                                        norm=langevin_norm)
-                else:
-                    x, x_mean = annealed_langevin_step(chain, score_fn, x, t, snr=snr, noise=z)
+    n = len(ts)
+    if corrector == "none":
+        n_corr = 0
+    # the step plan: host floats per step
+    alphas = [float(a) for a in chain.langevin_alpha(ts)] if (n_corr and corrector == "langevin") else None
+    ald = _ald_step_sizes(chain, ts, snr) if (n_corr and corrector == "ald") else None
+    generic_em = predictor == "euler_maruyama" and not _linear_drift(sde)
+    if predictor == "none" or generic_em:
+        pred = None
+    else:
+        pred = predictor_coefficients(predictor, sde if predictor == "euler_maruyama" else chain,
+                                      ts, dts)
+    report = step_reporter(callback, progress)
+    k = n_corr + (1 if predictor != "none" else 0)
+    x = x_mean = x_T
+    for i, t in enumerate(ts):
+        t_arr = batch_full(x, t)
+        if report is not None:
+            report(StepInfo(i, n, x, None, t=t))
+        for j in range(n_corr):
+            z = draw_noise(noise, i * k + j, x)
+            s = _score(score_fn, x, t_arr)
+            step = ald[i] if ald is not None else _step_size(s, z, snr, alphas[i], langevin_norm)
+            x, x_mean = _corrector_update(x, s, step, z)
         if predictor != "none":
-            last = i == len(ts) - 1
-            z = xp.zeros_like(x) if (last and denoise) else draw_noise(noise, i * k + k - 1, x)
-            if predictor == "euler_maruyama":
-                x, x_mean = euler_maruyama_step(sde, score_fn, x, t, dt, noise=z)
-            elif predictor == "reverse_diffusion":
-                x, x_mean = reverse_diffusion_step(chain, score_fn, x, t, noise=z)
+            z = None if (i == n - 1 and denoise) else draw_noise(noise, i * k + k - 1, x)
+            if generic_em:
+                x, x_mean = _em_generic(sde, score_fn, x, t, dts[i],
+                                        z if z is not None else array_namespace(x).zeros_like(x))
             else:
-                x, x_mean = ancestral_sampling_step(chain, score_fn, x, t, noise=z)
-        call_progress(progress, i + 1, len(ts))
+                x, x_mean = predictor_update(x, _score(score_fn, x, t_arr), *pred[i], z)
     return x_mean if denoise else x
 
 
 def _predictor_only(name: str, predictor: str, step: Callable, doc: str):
-    def sampler(score_fn: Callable, x_T, *, sde, steps: int, noise=None, eps: float = 1e-3,
-                denoise: bool = True, time_grid: str = "score_sde",
-                progress: Callable | None = None):
-        return sample_sde_pc(score_fn, x_T, sde=sde, steps=steps, noise=noise, predictor=predictor,
-                         corrector="none", eps=eps, denoise=denoise, time_grid=time_grid,
-                         progress=progress)
+    def sampler(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int, noise: Any = None,
+                eps: float = 1e-3, denoise: bool = True, time_grid: str = "score_sde",
+                callback: Callable | None = None, progress: Callable | None = None) -> Any:
+        return sample_sde_pc(score_fn, x_T, sde=sde, steps=steps, noise=noise,
+                             predictor=predictor, corrector="none", eps=eps, denoise=denoise,
+                             time_grid=time_grid, callback=callback, progress=progress)
 
     sampler.__name__ = sampler.__qualname__ = "sample_" + name
+    sampler.__module__ = __name__
     sampler.__doc__ = (doc + "\n\nOne draw per step (``noise[i]``); options ``eps``, ``denoise``, "
-                       "``time_grid`` as in :func:`sample_pc`.")
+                       "``time_grid``, ``callback``, ``progress`` as in :func:`sample_sde_pc`.")
     register_sampler(name, family="sde", stochastic=True, step=step)(sampler)
     return sampler
 
@@ -386,15 +399,21 @@ def ncsn_step_size(sigma: float, sigma_last: float, step_lr: float) -> float:
 
 
 def ncsn_langevin_step(score, x, step_size: float, *, noise):
-    """x ← x + (α/2) s + √α z (Song & Ermon 2019, Alg. 1 line 6)."""
-    return x + (0.5 * step_size) * score + math.sqrt(step_size) * noise
+    """x ← x + (α/2) s + √α z (Song & Ermon 2019, Alg. 1 line 6): :func:`refdiff.guidance.langevin_step`.
+
+    Kept with NCSN's argument order (score first) for one release; new code calls
+    ``langevin_step(x, score, step_size=α, noise=z)``.
+    """
+    return langevin_step(x, score, step_size=step_size, noise=noise)
 
 
 @register_sampler("ncsn_annealed_langevin", family="sde", stochastic=True,
-                  step=ncsn_langevin_step)
-def sample_ncsn_annealed_langevin(score_fn: Callable, x_T, *, sde, steps: int, noise=None,
-                                  n_steps_each: int = 100, step_lr: float = 2e-5,
-                                  denoise: bool = False, progress: Callable | None = None):
+                  step=langevin_step)
+def sample_ncsn_annealed_langevin(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int,
+                                  noise: Any = None, n_steps_each: int = 100,
+                                  step_lr: float = 2e-5, denoise: bool = False,
+                                  callback: Callable | None = None,
+                                  progress: Callable | None = None) -> Any:
     """Annealed Langevin dynamics over `steps` geometric noise levels (Song & Ermon 2019, Alg. 1).
 
     Parameters
@@ -415,30 +434,37 @@ def sample_ncsn_annealed_langevin(score_fn: Callable, x_T, *, sde, steps: int, n
         ε of Alg. 1 (2e-5 in NCSN for CIFAR-10).
     denoise : bool
         Finish with x + σ_L² s(x, σ_L) (Tweedie; NCSNv2's final denoising, Song & Ermon 2020).
+    callback : callable, optional
+        ``callback(info)`` at the start of each level i, with t = t_i and σ = σ_i.
     progress : callable, optional
+        ``progress(i + 1, L)`` at each level.
+
+    Returns
+    -------
+    array
+        The sample after the last level.
     """
-    if _kind(_check_sde(sde)) != "ve":
+    if not isinstance(_check_sde(sde), VESDE):
         fail("sde", sde, "annealed Langevin dynamics runs over the noise levels of a VESDE")
-    if getattr(x_T, "ndim", 0) < 1:
-        fail("x_T", x_T, "expected an array with the batch axis first (ndim >= 1)")
+    _check_x_T(x_T)
     steps = check_int("steps", steps, minimum=1)
     n_each = check_int("n_steps_each", n_steps_each, minimum=1)
     step_lr = check_real("step_lr", step_lr, lo=0.0, lo_open=True)
-    if not isinstance(denoise, bool):
-        fail("denoise", denoise, "expected True or False")
-    import numpy as np
+    _check_bool("denoise", denoise)
     ts = [float(v) for v in np.linspace(float(sde.T), 0.0, steps)]
-    sigmas = [float(sde.sigma(t)) for t in ts]
+    sigmas = [float(v) for v in sde.sigma(np.asarray(ts))]
+    sizes = [ncsn_step_size(sig, sigmas[-1], step_lr) for sig in sigmas]
+    report = step_reporter(callback, progress)
     x = x_T
     for i, t in enumerate(ts):
-        a = ncsn_step_size(sigmas[i], sigmas[-1], step_lr)
-        t_arr = _t_array(x, t)
+        t_arr = batch_full(x, t)
+        if report is not None:
+            report(StepInfo(i, steps, x, None, t=t, sigma=sigmas[i]))
         for j in range(n_each):
-            x = ncsn_langevin_step(_score(score_fn, x, t_arr), x, a,
-                                   noise=draw_noise(noise, i * n_each + j, x))
-        call_progress(progress, i + 1, steps)
+            x = langevin_step(x, _score(score_fn, x, t_arr), step_size=sizes[i],
+                              noise=draw_noise(noise, i * n_each + j, x))
     if denoise:
-        x = x + sigmas[-1] ** 2 * _score(score_fn, x, _t_array(x, ts[-1]))
+        x = x + sigmas[-1] ** 2 * _score(score_fn, x, batch_full(x, ts[-1]))
     return x
 
 

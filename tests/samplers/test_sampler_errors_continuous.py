@@ -41,7 +41,7 @@ def test_model_output_shape_mismatch():
         run("ode_heun", bad, sde=VE, steps=4)
     with pytest.raises(RefdiffShapeError, match=r"score_fn output has shape \(2, 1\)"):
         run("sde_pc", bad, sde=VE, steps=4, noise=np.zeros((8, 2, 2)))
-    with pytest.raises(RefdiffShapeError, match=r"score_fn returned shape \(2, 1\)"):
+    with pytest.raises(RefdiffShapeError, match=r"score_fn output has shape \(2, 1\)"):
         run("sde_euler_maruyama", bad, sde=VE, steps=4, noise=np.zeros((4, 2, 2)))
 
 
