@@ -1,11 +1,12 @@
 """DPM-Solver and DPM-Solver++: exponential integrators of the diffusion ODE in the half log-SNR λ.
 
 Lu, Zhou, Bao, Chen, Li & Zhu (2022a), "DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic
-Model Sampling in Around 10 Steps" (arXiv:2206.00927v3; noise prediction: DPM-Solver-1 Eq. 3.7, DPM-Solver-2 and -3
-Algs. 1-2, DPM-Solver-fast and the step grids §3.3, discrete-time models §3.4) and (2022b) "DPM-Solver++: Fast Solver for Guided
-Sampling of Diffusion Probabilistic Models" (arXiv:2211.01095v2; data prediction §3-4,
-DPM-Solver++(2S) Alg. 1, multistep DPM-Solver++(2M) Alg. 2). With λ_t = log(α_t/σ_t) and h = λ_t - λ_s the exact solution of the
-diffusion ODE from s to t is
+Model Sampling in Around 10 Steps" (arXiv:2206.00927v3; noise prediction: DPM-Solver-1 Eq. 3.7,
+DPM-Solver-2 and -3 Algs. 1-2, DPM-Solver-fast and the step grids §3.3, discrete-time models §3.4)
+and (2022b) "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models"
+(arXiv:2211.01095v2; data prediction §3-4, DPM-Solver++(2S) Alg. 1, multistep DPM-Solver++(2M)
+Alg. 2). With λ_t = log(α_t/σ_t) and h = λ_t - λ_s the exact solution of the diffusion ODE from s
+to t is
 
     x_t = (α_t/α_s) x_s - α_t ∫_{λ_s}^{λ_t} e^{-λ} ε̂(x_λ, λ) dλ          (noise prediction)
     x_t = (σ_t/σ_s) x_s + σ_t ∫_{λ_s}^{λ_t} e^{λ} x̂0(x_λ, λ) dλ          (data prediction)
@@ -19,10 +20,16 @@ and the order-k solvers Taylor-expand ε̂ or x̂0 in λ. The integrals of the T
 -h). Every schedule quantity is a host float computed in float64; only the state x and the model
 outputs are arrays, so the solvers run unchanged on any array-API namespace.
 
+Step plan: a sampler call evaluates the noise schedule once, vectorised over every time it will
+visit (grid and intermediate points), and turns each step into a handful of host-float
+coefficients (``*_coefficients``); the loop then only combines arrays. Every update function
+accepts those coefficients (``coefficients=``) in place of the schedule and times.
+
 Family ``"vp"``: ``fn(model, x_T, *, noise_schedule, steps, noise=None, **options)`` where
-``model(x, t)`` takes an array t of shape (B,) of continuous times (or of DPM-Solver's discrete
-model inputs, see ``model_time``) and returns the prediction named by ``model_type``.
-``steps`` is the number of model evaluations (NFE), as in DPM-Solver's ``sample``.
+``model(x, t)`` takes an array t of shape (B,) of continuous times (or another model input, see
+``model_time``) and returns the prediction named by ``model_type``. ``steps`` is the number of
+model evaluations (NFE), as in DPM-Solver's ``sample``; an explicit grid (``timesteps=`` or
+``sigmas=``) may replace it.
 
 Named conventions
 -----------------
@@ -37,29 +44,44 @@ Named conventions
   15), ``"diffusers"`` the same when steps < 15 (diffusers' ``lower_order_final``),
   ``"always"`` at any step count, ``"never"`` keeps order k to the end.
 * Step grids (``skip_type``, DPM-Solver's names): ``"time_uniform"``, ``"logSNR"`` (uniform in λ)
-  and ``"time_quadratic"`` (uniform in √t).
+  and ``"time_quadratic"`` (uniform in √t); or an explicit grid: ``timesteps=`` (times t, or
+  ``time_unit="index"`` for the integer timesteps n of a discrete schedule, t = (n+1)/N) or
+  ``sigmas=`` (σ/α on the variance-exploding scale, λ = -log σ), optionally completed by a final
+  step to σ = 0 or to the schedule's smallest σ (``final_sigmas_type``, diffusers' option).
+* A step into σ = 0 (the clean data, α = 1, λ = +∞) is first order whatever the solver order —
+  its limit x = α x̂0 is finite only there (diffusers and k-diffusion do the same).
+* Intermediate points of the single-step solvers (``intermediate``): ``"lambda"`` puts them at
+  λ_s + r h with r = 1/2 (order 2) or 1/3, 2/3 (order 3) (2022a, Algs. 1-2); ``"grid"`` puts them on
+  the step grid between s and t (DPM-Solver's code: ``timesteps_inner`` of the ``skip_type``
+  grid; diffusers' single-step scheduler: its own timesteps). The two coincide for
+  ``skip_type="logSNR"`` only.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, NamedTuple
+from collections.abc import Callable
 
 import numpy as np
 
 from .._errors import UnknownNameError, check_choice, check_int, check_real, fail
-from .._xp import array_namespace, device_of
+from ..parameterizations import eps_from_prediction, prediction_type, x0_from_prediction
 from . import register_sampler
-from ._common import call_progress, check_output
+from ._common import StepInfo, batch_full, check_output, step_reporter
 
 __all__ = [
     "NoiseScheduleVP", "LAMBDA_CLIPS", "LOWER_ORDER_FINAL", "SKIP_TYPES", "MODEL_TYPES",
-    "ALGORITHM_TYPES", "SOLVER_TYPES", "METHODS", "D2_SCALES", "WARMUPS", "phi_1", "phi_2", "phi_3", "get_time_steps",
-    "singlestep_orders", "dpm_solver_first_update", "singlestep_dpm_solver_second_update",
+    "MODEL_TIMES", "ALGORITHM_TYPES", "SOLVER_TYPES", "METHODS", "D2_SCALES", "WARMUPS",
+    "FINAL_SIGMAS_TYPES", "TIME_UNITS", "INTERMEDIATES", "phi_1", "phi_2", "phi_3",
+    "get_time_steps", "singlestep_orders", "multistep_step_orders", "SchedulePoint",
+    "schedule_points", "first_order_coefficients", "singlestep_second_coefficients",
+    "singlestep_third_coefficients", "multistep_second_coefficients",
+    "multistep_third_coefficients", "dpm_solver_first_update", "singlestep_dpm_solver_second_update",
     "singlestep_dpm_solver_third_update", "singlestep_dpm_solver_update",
     "multistep_dpm_solver_second_update", "multistep_dpm_solver_third_update",
-    "multistep_dpm_solver_update", "multistep_step_orders", "sample_dpm_solver", "dpm_solver_sample",
+    "multistep_dpm_solver_update", "sample_dpm_solver", "dpm_solver_sample",
 ]
 
 #: Named λ clips for discrete schedules: DPM-Solver's numerical_clip_alpha (λ ≥ -5.1).
@@ -67,7 +89,9 @@ LAMBDA_CLIPS = {"dpm_solver": -5.1}
 #: Named lower-order-final rules: use lower orders at the last steps when steps < threshold.
 LOWER_ORDER_FINAL = {"dpm_solver": 10, "diffusers": 15, "always": math.inf, "never": 0}
 SKIP_TYPES = ("time_uniform", "logSNR", "time_quadratic")
-MODEL_TYPES = ("noise", "x_start", "v", "score")
+#: What the model returns, in refdiff's prediction vocabulary (DPM-Solver's "noise" and "x_start"
+#: are accepted as aliases, see refdiff.parameterizations.PREDICTION_ALIASES).
+MODEL_TYPES = ("eps", "x0", "v", "score")
 ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++")
 SOLVER_TYPES = ("dpmsolver", "taylor")
 METHODS = ("singlestep", "singlestep_fixed", "multistep")
@@ -76,7 +100,15 @@ D2_SCALES = ("consistent", "dpm_solver")
 #: How the multistep order-3 solver starts: DPM-Solver's lower-order multistep steps, or one
 #: single-step DPM-Solver-2 step (keeps the global order 3).
 WARMUPS = ("lower_order", "singlestep")
-MODEL_TIMES = ("continuous", "dpm_solver")
+#: The time the model sees: t; DPM-Solver's discrete input (t - 1/N)·1000; the discrete index
+#: t·N - 1 (an exact integer at t = (n+1)/N, diffusers' timesteps); σ_t/α_t (k-diffusion's σ).
+MODEL_TIMES = ("continuous", "dpm_solver", "index", "sigma")
+#: Where an explicit grid ends besides its own last entry (diffusers' ``final_sigmas_type``).
+FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
+#: What ``timesteps=`` holds: continuous times t, or integer timesteps n of a discrete schedule.
+TIME_UNITS = ("t", "index")
+#: Where single-step solvers put their intermediate points.
+INTERMEDIATES = ("lambda", "grid")
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,19 +171,27 @@ def _log_sigma_from_log_alpha(la):
     return 0.5 * np.log(-np.expm1(2.0 * la))
 
 
+def _lambda_from_log_alpha(la):
+    """λ = log α - log σ of a VP schedule (+inf where α = 1)."""
+    la = np.asarray(la, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = la - _log_sigma_from_log_alpha(la)
+    return np.where(la == 0.0, np.inf, out)
+
+
 def _scalar_or_array(v, like):
-    return float(v) if np.ndim(like) == 0 else v
+    return float(v) if np.ndim(like) == 0 else np.asarray(v, dtype=np.float64)
 
 
 @dataclass(frozen=True, eq=False)
 class NoiseScheduleVP:
-    """A VP noise schedule α_t, σ_t = √(1 - α_t²), λ_t = log(α_t/σ_t) on t ∈ [0, T] (Lu et al. 2022a, §2.1 and §3.4).
+    """A noise schedule α_t, σ_t, λ_t = log(α_t/σ_t) on t ∈ [0, T] for DPM-Solver (Lu et al. 2022a, §2.1 and §3.4).
 
     Host-side (NumPy float64) like the schedule tables: methods take a float or a NumPy array of
-    times and return the same. Build one with :meth:`linear` (the continuous linear VP-SDE of
-    Song et al. 2021, closed forms), :meth:`discrete` (a discrete schedule by DPM-Solver's
-    piecewise-linear interpolation of log α in t, with t_n = (n+1)/N for the index n = 0..N-1) or
-    :meth:`from_sde` (any refdiff continuous SDE: VP, sub-VP or VE).
+    times and return the same. Build one with :meth:`linear` (the linear VP-SDE of Song et al.
+    2021, whose closed forms are :class:`refdiff.sde.VPSDE`'s), :meth:`discrete` (a discrete
+    schedule by DPM-Solver's piecewise-linear interpolation of log α in t, with t_n = (n+1)/N for
+    the index n = 0..N-1) or :meth:`from_sde` (any refdiff continuous SDE: VP, sub-VP or VE).
 
     Attributes
     ----------
@@ -161,13 +201,15 @@ class NoiseScheduleVP:
     total_N : int
         Number of discrete steps (1000 for "linear", as DPM-Solver; the kept entries for
         "discrete"); the default end time of sampling is 1/total_N.
+    sde : refdiff.sde.SDE or None
+        The SDE whose closed forms give α, σ and λ ("linear" and "sde").
     """
 
     kind: str
     T: float = 1.0
     total_N: int = 1000
-    beta_min: float = 0.1
-    beta_max: float = 20.0
+    beta_min: float | None = None
+    beta_max: float | None = None
     t_array: Any = None
     log_alpha_array: Any = None
     clip_lambda: float | None = None
@@ -175,17 +217,16 @@ class NoiseScheduleVP:
 
     # -- constructors ------------------------------------------------------------------------
     @classmethod
-    def linear(cls, beta_min: float = 0.1, beta_max: float = 20.0) -> "NoiseScheduleVP":
-        """The linear VP-SDE: log α_t = -¼ t² (β1 - β0) - ½ t β0 (Song et al. 2021, Eq. 33; DPM-Solver 'linear')."""
-        b0 = check_real("beta_min", beta_min, lo=0.0)
-        b1 = check_real("beta_max", beta_max, lo=0.0)
-        if b0 + b1 == 0.0:
-            fail("beta_max", beta_max, "beta_min and beta_max cannot both be 0")
-        return cls("linear", beta_min=b0, beta_max=b1)
+    def linear(cls, beta_min: float = 0.1, beta_max: float = 20.0) -> NoiseScheduleVP:
+        """The linear VP-SDE β(t) = β0 + t(β1 - β0) (Song et al. 2021, Eq. 33; DPM-Solver's 'linear'), through refdiff.sde.VPSDE."""
+        from ..sde import VPSDE
+        sde = VPSDE(beta_min=beta_min, beta_max=beta_max, N=1000)
+        return cls("linear", T=float(sde.T), total_N=1000, beta_min=sde.beta_min,
+                   beta_max=sde.beta_max, sde=sde)
 
     @classmethod
-    def discrete(cls, schedule=None, *, betas=None, alphas_cumprod=None,
-                 clip_lambda: str | float | None = "dpm_solver") -> "NoiseScheduleVP":
+    def discrete(cls, schedule: Any = None, *, betas: Any = None, alphas_cumprod: Any = None,
+                 clip_lambda: str | float | None = "dpm_solver") -> NoiseScheduleVP:
         """A discrete schedule as DPM-Solver's ``NoiseScheduleVP('discrete', ...)`` (Lu et al. 2022a, §3.4).
 
         Parameters
@@ -237,7 +278,7 @@ class NoiseScheduleVP:
                    clip_lambda=clip)
 
     @classmethod
-    def from_sde(cls, sde) -> "NoiseScheduleVP":
+    def from_sde(cls, sde: Any) -> NoiseScheduleVP:
         """The marginal schedule of a refdiff continuous SDE (refdiff.sde: VPSDE, SubVPSDE, VESDE).
 
         α_t, σ_t and λ_t come from the SDE's closed forms (sub-VP and VE are not variance
@@ -255,79 +296,144 @@ class NoiseScheduleVP:
             fail("t", t, f"expected times in [0, {self.T!r}]")
         return a
 
-    def marginal_log_mean_coeff(self, t):
-        """log α_t (linear: closed form; discrete: piecewise-linear in t; sde: the SDE's)."""
+    def marginals(self, t: Any) -> tuple[Any, Any, Any]:
+        """(log α_t, σ_t, λ_t) in one evaluation of the schedule (host floats or NumPy arrays)."""
         a = self._check_t(t)
-        if self.kind == "linear":
-            out = a * (a * (self.beta_max - self.beta_min) + 2.0 * self.beta_min) * -0.25
-        elif self.kind == "discrete":
-            out = _interp(a, self.t_array, self.log_alpha_array)
+        if self.sde is not None:
+            la = np.asarray(self.sde.marginal_log_mean_coeff(a), dtype=np.float64)
+            sig = np.asarray(self.sde.marginal_std(a), dtype=np.float64)
+            lam = np.asarray(self.sde.lambda_(a), dtype=np.float64)
         else:
-            out = np.asarray(self.sde.marginal_log_mean_coeff(a), dtype=np.float64)
+            la = _interp(a, self.t_array, self.log_alpha_array)
+            sig = np.sqrt(-np.expm1(2.0 * la))
+            lam = _lambda_from_log_alpha(la)
+        return _scalar_or_array(la, t), _scalar_or_array(sig, t), _scalar_or_array(lam, t)
+
+    def marginal_log_mean_coeff(self, t: Any) -> Any:
+        """log α_t (the SDE's closed form; discrete: piecewise-linear in t)."""
+        a = self._check_t(t)
+        if self.sde is not None:
+            out = self.sde.marginal_log_mean_coeff(a)
+        else:
+            out = _interp(a, self.t_array, self.log_alpha_array)
         return _scalar_or_array(out, t)
 
-    def marginal_alpha(self, t):
+    def marginal_alpha(self, t: Any) -> Any:
         """α_t = exp(log α_t)."""
         return _scalar_or_array(np.exp(self.marginal_log_mean_coeff(t)), t)
 
-    def marginal_std(self, t):
-        """σ_t = √(-expm1(2 log α_t)) (VP), or the SDE's σ_t."""
-        if self.kind == "sde":
-            a = self._check_t(t)
-            return _scalar_or_array(np.asarray(self.sde.marginal_std(a), dtype=np.float64), t)
-        la = np.asarray(self.marginal_log_mean_coeff(t))
-        return _scalar_or_array(np.sqrt(-np.expm1(2.0 * la)), t)
+    def marginal_std(self, t: Any) -> Any:
+        """σ_t: the SDE's, or √(-expm1(2 log α_t)) (discrete VP)."""
+        return self.marginals(t)[1]
 
-    def marginal_lambda(self, t):
+    def marginal_lambda(self, t: Any) -> Any:
         """λ_t = log α_t - log σ_t (+inf where σ_t = 0)."""
-        if self.kind == "sde":
-            a = self._check_t(t)
-            return _scalar_or_array(np.asarray(self.sde.lambda_(a), dtype=np.float64), t)
-        la = np.asarray(self.marginal_log_mean_coeff(t), dtype=np.float64)
-        return _scalar_or_array(_lambda_from_log_alpha(la), t)
+        return self.marginals(t)[2]
 
-    def inverse_lambda(self, lam):
-        """The t with λ_t = lam (linear: closed form; discrete: interpolation of t in log α)."""
+    def inverse_lambda(self, lam: Any) -> Any:
+        """The t with λ_t = lam (the SDE's closed form; discrete: interpolation of t in log α)."""
         lam_a = np.asarray(lam, dtype=np.float64)
         if np.any(np.isnan(lam_a)):
             fail("lam", lam, "expected real half log-SNR values (NaN given)")
-        if self.kind == "sde":
+        if self.sde is not None:
             out = np.asarray(self.sde.t_from_lambda(lam_a), dtype=np.float64)
         else:
-            # log α = -½ log(1 + e^{-2λ})
-            la = -0.5 * np.logaddexp(0.0, -2.0 * lam_a)
-            if self.kind == "linear":
-                L = -2.0 * la                        # ∫_0^t β = Δ t²/2 + β0 t
-                d = self.beta_max - self.beta_min
-                out = np.where(L > 0, 2.0 * L / (self.beta_min + np.sqrt(
-                    self.beta_min ** 2 + 2.0 * d * np.where(L > 0, L, 1.0))), 0.0)
-            else:
-                out = _interp(la, self.log_alpha_array[::-1].copy(), self.t_array[::-1].copy())
+            la = -0.5 * np.logaddexp(0.0, -2.0 * lam_a)      # log α = -½ log(1 + e^{-2λ}) (VP)
+            out = _interp(la, self.log_alpha_array[::-1].copy(), self.t_array[::-1].copy())
         return _scalar_or_array(out, lam)
 
-    def model_input_time(self, t, convention: str = "continuous"):
-        """The time fed to the model: t itself, or DPM-Solver's discrete input (t - 1/N)·1000."""
+    def model_input_time(self, t: Any, convention: str = "continuous") -> Any:
+        """The time fed to the model: t itself, DPM-Solver's discrete input (t - 1/N)·1000, or the discrete index t·N - 1.
+
+        ``"index"`` rounds t·N - 1 to the integer n where it is within 1e-9 of it (the knots
+        t_n = (n+1)/N), so diffusers' integer timesteps reach the model exactly. ``"sigma"``
+        (σ_t/α_t) is formed by the sampler from its plan (see :func:`schedule_points`).
+        """
         check_choice("model_time", convention, MODEL_TIMES, "model time convention")
         if convention == "continuous":
             return t
+        if convention == "sigma":
+            la, sig, _ = self.marginals(t)
+            return sig / np.exp(la)
         if self.kind != "discrete":
-            fail("model_time", convention, "the 'dpm_solver' discrete model time needs a discrete "
-                 "noise schedule (NoiseScheduleVP.discrete)")
-        return (t - 1.0 / self.total_N) * 1000.0
+            fail("model_time", convention, f"the {convention!r} discrete model time needs a "
+                 "discrete noise schedule (NoiseScheduleVP.discrete)")
+        if convention == "dpm_solver":
+            return (t - 1.0 / self.total_N) * 1000.0
+        n = np.asarray(t, dtype=np.float64) * self.total_N - 1.0
+        r = np.round(n)
+        return _scalar_or_array(np.where(np.abs(n - r) <= 1e-9, r, n), t)
 
 
-def _lambda_from_log_alpha(la):
-    la = np.asarray(la, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = la - _log_sigma_from_log_alpha(la)
-    return np.where(la == 0.0, np.inf, out)
-
-
-def _check_ns(noise_schedule) -> NoiseScheduleVP:
+def _check_ns(noise_schedule: Any) -> NoiseScheduleVP:
     if not isinstance(noise_schedule, NoiseScheduleVP):
         fail("noise_schedule", noise_schedule, "expected a refdiff.samplers.dpm_solver."
              "NoiseScheduleVP (NoiseScheduleVP.linear(), .discrete(schedule) or .from_sde(sde))")
     return noise_schedule
+
+
+# --------------------------------------------------------------------------------------------
+# Schedule points: the host floats a step needs at one time
+# --------------------------------------------------------------------------------------------
+
+class SchedulePoint(NamedTuple):
+    """The schedule at one time, as host floats: t, log α, α, σ, λ, σ/α and the model's input time."""
+
+    t: float
+    log_alpha: float
+    alpha: float
+    sigma: float
+    lam: float
+    sigma_ve: float
+    model_t: float
+
+
+#: σ = 0 is the clean data: α = 1, λ = +∞ (the last point of a grid that ends at σ = 0).
+def _zero_point() -> SchedulePoint:
+    return SchedulePoint(0.0, 0.0, 1.0, 0.0, math.inf, 0.0, 0.0)
+
+
+def _model_times(ns: NoiseScheduleVP, ts: np.ndarray, sve: np.ndarray, model_time: Any) -> list[float]:
+    if callable(model_time):
+        return [float(model_time(float(t))) for t in ts]
+    if model_time == "sigma":
+        return [float(s) for s in sve]
+    return [float(v) for v in np.atleast_1d(ns.model_input_time(ts, model_time))]
+
+
+def schedule_points(noise_schedule: NoiseScheduleVP, times: Any, *, model_time: Any = "continuous",
+                    sigmas: Any = None) -> list[SchedulePoint]:
+    """The schedule at every time of ``times`` in one vectorised evaluation (the step plan's inputs).
+
+    With ``sigmas`` (σ/α on the variance-exploding scale, one per time) λ = -log σ and σ_t = α_t·σ
+    are taken from the grid itself (``times`` then holds t(λ)); σ = 0 gives the clean-data point
+    (α = 1, λ = +∞).
+    """
+    ns = _check_ns(noise_schedule)
+    ts = np.atleast_1d(np.asarray(times, dtype=np.float64))
+    la, sig, lam = (np.atleast_1d(v) for v in ns.marginals(ts))
+    alpha = np.array([math.exp(float(v)) for v in la])
+    if sigmas is not None:
+        sve = np.atleast_1d(np.asarray(sigmas, dtype=np.float64))
+        with np.errstate(divide="ignore"):
+            lam = -np.log(sve)
+        sig = alpha * sve
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sve = sig / alpha
+    tin = _model_times(ns, ts, sve, model_time)
+    out = []
+    for k in range(ts.size):
+        if sve[k] == 0.0:
+            out.append(_zero_point()._replace(model_t=tin[k]))
+        else:
+            out.append(SchedulePoint(float(ts[k]), float(la[k]), float(alpha[k]),
+                                     float(sig[k]), float(lam[k]), float(sve[k]), tin[k]))
+    return out
+
+
+def _point(ns: NoiseScheduleVP, t: float) -> SchedulePoint:
+    return schedule_points(ns, [float(t)])[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,189 +489,374 @@ def multistep_step_orders(steps: int, order: int, lower_order_final: str = "dpm_
     return orders
 
 
-def _lower_order_threshold(name) -> float:
+def _lower_order_threshold(name: Any) -> float:
     if not isinstance(name, str) or name not in LOWER_ORDER_FINAL:
         raise UnknownNameError(f"lower_order_final={name!r} is not a known rule; allowed: "
                                f"{', '.join(map(repr, LOWER_ORDER_FINAL))}")
     return LOWER_ORDER_FINAL[name]
 
 
+def _explicit_grid(ns: NoiseScheduleVP, timesteps: Any, sigmas: Any, time_unit: str,
+                   final_sigmas_type: str | None, model_time: Any) -> list[SchedulePoint]:
+    """The points of an explicit grid (``timesteps=`` or ``sigmas=``), completed by ``final_sigmas_type``."""
+    check_choice("time_unit", time_unit, TIME_UNITS, "time unit")
+    if final_sigmas_type is not None:
+        check_choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES, "final σ")
+    if sigmas is not None:
+        s = np.asarray(sigmas, dtype=np.float64)
+        if s.ndim != 1 or s.size < 1 or not np.all(np.isfinite(s)) or np.any(s < 0.0):
+            fail("sigmas", sigmas, "expected a 1-D grid of finite noise levels σ >= 0")
+        pos = s > 0.0
+        with np.errstate(divide="ignore"):
+            lam = -np.log(s)
+        lam_T = float(ns.marginal_lambda(ns.T))
+        if np.any(lam[pos] < lam_T):
+            fail("sigmas", sigmas, f"the largest σ/α of the noise schedule is {math.exp(-lam_T)!r} "
+                 "(at t = T); every σ must lie within it")
+        ts = np.zeros_like(s)
+        ts[pos] = np.atleast_1d(ns.inverse_lambda(lam[pos]))
+        points = schedule_points(ns, ts, model_time=model_time, sigmas=s)
+        name, given = "sigmas", sigmas
+    else:
+        raw = np.asarray(timesteps)
+        if raw.ndim != 1 or raw.size < 1:
+            fail("timesteps", timesteps, "expected a 1-D grid of times")
+        if time_unit == "index":
+            if ns.kind != "discrete":
+                fail("time_unit", time_unit, "integer timesteps need a discrete noise schedule "
+                     "(NoiseScheduleVP.discrete)")
+            n = np.asarray(raw, dtype=np.float64)
+            if not np.all(np.isfinite(n)) or np.any(n != np.round(n)) or np.any(n < 0) \
+                    or np.any(n >= ns.total_N):
+                fail("timesteps", timesteps, f"expected integer timesteps n in [0, {ns.total_N - 1}] "
+                     "of the discrete schedule (t = (n+1)/N)")
+            ts = ns.t_array[n.astype(np.int64)]
+        else:
+            ts = np.asarray(raw, dtype=np.float64)
+            if not np.all(np.isfinite(ts)) or np.any(ts < 0.0) or np.any(ts > ns.T):
+                fail("timesteps", timesteps, f"expected times t in [0, {ns.T!r}]")
+        points = schedule_points(ns, ts, model_time=model_time)
+        name, given = "timesteps", timesteps
+    if final_sigmas_type == "zero":
+        points.append(_zero_point())
+    elif final_sigmas_type == "sigma_min":
+        points.extend(schedule_points(ns, [1.0 / ns.total_N], model_time=model_time))
+    for k, p in enumerate(points):
+        if not (math.isfinite(p.lam) or (p.sigma == 0.0 and k == len(points) - 1)):
+            fail(name, given, f"λ is {p.lam!r} at entry {k} (t = {p.t!r}); only the last point "
+                 "may be σ = 0 (or use final_sigmas_type='zero')")
+    if len(points) < 2:
+        fail(name, given, "expected at least two points (one step); add final_sigmas_type= to "
+             "end the grid at σ = 0 or σ_min")
+    for k in range(1, len(points)):
+        if not points[k].lam > points[k - 1].lam:
+            fail(name, given, f"the grid must run from noise to data (λ strictly increasing); entry "
+                 f"{k} (t = {points[k].t!r}) does not follow entry {k - 1} (t = {points[k - 1].t!r})"
+                 + (f" after final_sigmas_type={final_sigmas_type!r}" if k == len(points) - 1
+                    and final_sigmas_type is not None else ""))
+    return points
+
+
 # --------------------------------------------------------------------------------------------
-# Step functions
+# Step coefficients (host floats) and step functions
 # --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Pt:
-    """Schedule quantities at one time (host floats)."""
-
-    t: float
-    log_alpha: float
-    alpha: float
-    sigma: float
-    lam: float
-
-
-def _pt(ns: NoiseScheduleVP, t: float) -> _Pt:
-    la = float(ns.marginal_log_mean_coeff(float(t)))
-    return _Pt(float(t), la, math.exp(la), float(ns.marginal_std(float(t))),
-               float(ns.marginal_lambda(float(t))))
-
 
 def _check_alg(algorithm_type: str, solver_type: str) -> None:
     check_choice("algorithm_type", algorithm_type, ALGORITHM_TYPES, "DPM-Solver algorithm")
     check_choice("solver_type", solver_type, SOLVER_TYPES, "DPM-Solver solver type")
 
 
-def _first(x, m_s, s: _Pt, t: _Pt, h: float, algorithm_type: str):
-    """x_t from x_s with the first-order term only (both forms)."""
+class FirstCoefficients(NamedTuple):
+    """x_t = a·x_s - b·m_s."""
+
+    a: float
+    b: float
+
+
+class MultistepSecondCoefficients(NamedTuple):
+    """x_t = a·x - b·m0 - c·D1 with D1 = (m0 - m1)·w."""
+
+    a: float
+    b: float
+    w: float
+    c: float
+
+
+class MultistepThirdCoefficients(NamedTuple):
+    """x_t = a·x - b·m0 - c2·D1 - c3·D2 from D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1, D1 = D1_0 + w(D1_0 - D1_1), D2 = d2·(D1_0 - D1_1)."""
+
+    a: float
+    b: float
+    r0: float
+    r1: float
+    w: float
+    d2: float
+    c2: float
+    c3: float
+
+
+class SinglestepSecondCoefficients(NamedTuple):
+    """u = a1·x - b1·m_s at s1; x_t = a·x - b·m_s - c·(m_s1 - m_s)."""
+
+    s1: SchedulePoint
+    a1: float
+    b1: float
+    a: float
+    b: float
+    c: float
+
+
+class SinglestepThirdCoefficients(NamedTuple):
+    """u1 = a1·x - b1·m_s; u2 = a2·x - b2·m_s - k2·(m_s1 - m_s); then the "dpmsolver" (k) or "taylor" (r1, r2, c2, c3) combination."""
+
+    s1: SchedulePoint
+    s2: SchedulePoint
+    a1: float
+    b1: float
+    a2: float
+    b2: float
+    k2: float
+    a: float
+    b: float
+    k: float
+    r1: float
+    r2: float
+    c2: float
+    c3: float
+    taylor: bool
+
+
+def first_order_coefficients(s: SchedulePoint, t: SchedulePoint, algorithm_type: str = "dpmsolver",
+                             h: float | None = None) -> FirstCoefficients:
+    """(a, b) of the first-order step x_t = a x_s - b m_s (Lu et al. 2022a, Eq. 3.7; 2022b, §4).
+
+    Noise form: a = α_t/α_s, b = σ_t φ1(h); data form: a = σ_t/σ_s, b = α_t φ1(-h). A step into
+    σ_t = 0 takes the limits (x_t = α_t x̂0): noise form b = α_t σ_s/α_s, data form a = 0, b = -α_t.
+    ``h`` defaults to λ_t - λ_s.
+    """
+    if h is None:
+        h = t.lam - s.lam
     if algorithm_type == "dpmsolver++":
-        return (t.sigma / s.sigma) * x - (t.alpha * phi_1(-h)) * m_s
-    return math.exp(t.log_alpha - s.log_alpha) * x - (t.sigma * phi_1(h)) * m_s
+        return FirstCoefficients(t.sigma / s.sigma, t.alpha * phi_1(-h))
+    a = math.exp(t.log_alpha - s.log_alpha)
+    if t.sigma == 0.0:
+        return FirstCoefficients(a, a * s.sigma)
+    return FirstCoefficients(a, t.sigma * phi_1(h))
 
 
-def dpm_solver_first_update(noise_schedule: NoiseScheduleVP, x, s: float, t: float, model_s, *,
-                            algorithm_type: str = "dpmsolver"):
+def _first(x, m, c: FirstCoefficients):
+    """The first-order term a·x - b·m (every update starts from it)."""
+    return c.a * x - c.b * m
+
+
+def _cphi(p: SchedulePoint, phi: Callable[[float], float], h: float, pp: bool) -> float:
+    """α_t φ(-h) (data form) or σ_t φ(h) (noise form)."""
+    return p.alpha * phi(-h) if pp else p.sigma * phi(h)
+
+
+def multistep_second_coefficients(p1: SchedulePoint, p0: SchedulePoint, pt: SchedulePoint, *,
+                                  algorithm_type: str = "dpmsolver",
+                                  solver_type: str = "dpmsolver") -> MultistepSecondCoefficients:
+    """Coefficients of the multistep second-order update from p0 to pt with history p1 (Lu et al. 2022b, Alg. 2)."""
+    h0, h = p0.lam - p1.lam, pt.lam - p0.lam
+    a, b = first_order_coefficients(p0, pt, algorithm_type, h)
+    if solver_type == "dpmsolver":
+        c = 0.5 * b
+    else:
+        c = _cphi(pt, phi_2, h, algorithm_type == "dpmsolver++")
+    return MultistepSecondCoefficients(a, b, h / h0, c)
+
+
+def multistep_third_coefficients(p2: SchedulePoint, p1: SchedulePoint, p0: SchedulePoint,
+                                 pt: SchedulePoint, *, algorithm_type: str = "dpmsolver",
+                                 d2_scale: str = "consistent") -> MultistepThirdCoefficients:
+    """Coefficients of the multistep third-order update from p0 to pt with history p1, p2 (Lu et al. 2022b, §4, 3M)."""
+    h1, h0, h = p1.lam - p2.lam, p0.lam - p1.lam, pt.lam - p0.lam
+    r0, r1 = h0 / h, h1 / h
+    a, b = first_order_coefficients(p0, pt, algorithm_type, h)
+    pp = algorithm_type == "dpmsolver++"
+    return MultistepThirdCoefficients(
+        a, b, r0, r1, r0 / (r0 + r1), (2.0 if d2_scale == "consistent" else 1.0) / (r0 + r1),
+        _cphi(pt, phi_2, h, pp), _cphi(pt, phi_3, h, pp))
+
+
+def singlestep_second_coefficients(ps: SchedulePoint, p1: SchedulePoint, pt: SchedulePoint,
+                                   r1: float, *, algorithm_type: str = "dpmsolver",
+                                   solver_type: str = "dpmsolver") -> SinglestepSecondCoefficients:
+    """Coefficients of single-step DPM-Solver-2 from ps to pt via p1 at λ_s + r1 h (Lu et al. 2022a, Alg. 1; 2022b, Alg. 1)."""
+    h = pt.lam - ps.lam
+    a1, b1 = first_order_coefficients(ps, p1, algorithm_type, r1 * h)
+    a, b = first_order_coefficients(ps, pt, algorithm_type, h)
+    if solver_type == "dpmsolver":
+        c = (0.5 / r1) * b
+    else:
+        c = (1.0 / r1) * _cphi(pt, phi_2, h, algorithm_type == "dpmsolver++")
+    return SinglestepSecondCoefficients(p1, a1, b1, a, b, c)
+
+
+def singlestep_third_coefficients(ps: SchedulePoint, p1: SchedulePoint, p2: SchedulePoint,
+                                  pt: SchedulePoint, r1: float, r2: float, *,
+                                  algorithm_type: str = "dpmsolver",
+                                  solver_type: str = "dpmsolver") -> SinglestepThirdCoefficients:
+    """Coefficients of single-step DPM-Solver-3 from ps to pt via λ_s + r1 h and λ_s + r2 h (Lu et al. 2022a, Alg. 2)."""
+    h = pt.lam - ps.lam
+    pp = algorithm_type == "dpmsolver++"
+    a1, b1 = first_order_coefficients(ps, p1, algorithm_type, r1 * h)
+    a2, b2 = first_order_coefficients(ps, p2, algorithm_type, r2 * h)
+    # The data form uses α and φ(-h) where the noise form uses σ and φ(h) (DPM-Solver's
+    # phi_2 = phi_1/h + 1 of the data form is -phi_2(-h) here).
+    k2 = (r2 / r1) * _cphi(p2, phi_2, r2 * h, pp)
+    a, b = first_order_coefficients(ps, pt, algorithm_type, h)
+    c2 = _cphi(pt, phi_2, h, pp)
+    return SinglestepThirdCoefficients(p1, p2, a1, b1, a2, b2, k2, a, b, (1.0 / r2) * c2, r1, r2, c2,
+                                       _cphi(pt, phi_3, h, pp), solver_type == "taylor")
+
+
+def dpm_solver_first_update(noise_schedule: NoiseScheduleVP | None, x: Any, s: float | None,
+                            t: float | None, model_s: Any, *, algorithm_type: str = "dpmsolver",
+                            coefficients: FirstCoefficients | None = None) -> Any:
     """DPM-Solver-1 from s to t: x_t = (α_t/α_s) x_s - σ_t φ1(h) ε̂_s (Lu et al. 2022a, Eq. 3.7 / Alg. 1, = DDIM).
 
     With ``algorithm_type="dpmsolver++"``, ``model_s`` is the data prediction x̂0 and
-    x_t = (σ_t/σ_s) x_s - α_t φ1(-h) x̂0_s (Lu et al. 2022b, §4, first order).
+    x_t = (σ_t/σ_s) x_s - α_t φ1(-h) x̂0_s (Lu et al. 2022b, §4, first order). ``coefficients``
+    (from :func:`first_order_coefficients`) replaces the schedule and the times.
     """
-    ns = _check_ns(noise_schedule)
-    _check_alg(algorithm_type, "dpmsolver")
-    ps, pt = _pt(ns, s), _pt(ns, t)
-    return _first(x, model_s, ps, pt, pt.lam - ps.lam, algorithm_type)
+    if coefficients is None:
+        ns = _check_ns(noise_schedule)
+        _check_alg(algorithm_type, "dpmsolver")
+        coefficients = first_order_coefficients(_point(ns, s), _point(ns, t), algorithm_type)
+    return _first(x, model_s, coefficients)
 
 
-def singlestep_dpm_solver_second_update(noise_schedule: NoiseScheduleVP, model_fn: Callable, x,
-                                        s: float, t: float, *, r1: float = 0.5, model_s=None,
+def singlestep_dpm_solver_second_update(noise_schedule: NoiseScheduleVP | None,
+                                        model_fn: Callable, x: Any, s: float | None,
+                                        t: float | None, *, r1: float = 0.5, model_s: Any = None,
                                         algorithm_type: str = "dpmsolver",
-                                        solver_type: str = "dpmsolver"):
+                                        solver_type: str = "dpmsolver",
+                                        coefficients: SinglestepSecondCoefficients | None = None
+                                        ) -> tuple[Any, list[Any]]:
     """Single-step DPM-Solver-2 from s to t via s1 with λ_{s1} = λ_s + r1 h (Lu et al. 2022a, Alg. 1; 2022b, Alg. 1 for ++).
 
     ``model_fn(x, t) -> prediction`` (noise, or data for "dpmsolver++"). Returns
-    (x_t, [model_s, model_s1]).
+    (x_t, [model_s, model_s1]). ``coefficients`` (from :func:`singlestep_second_coefficients`)
+    replaces the schedule, s, t and r1; ``model_s`` must then be given.
     """
-    ns = _check_ns(noise_schedule)
-    _check_alg(algorithm_type, solver_type)
-    r1 = check_real("r1", r1, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-    ps, pt = _pt(ns, s), _pt(ns, t)
-    h = pt.lam - ps.lam
-    p1 = _pt(ns, float(ns.inverse_lambda(ps.lam + r1 * h)))
-    if model_s is None:
-        model_s = model_fn(x, ps.t)
-    x_s1 = _first(x, model_s, ps, p1, r1 * h, algorithm_type)
-    model_s1 = model_fn(x_s1, p1.t)
-    diff = model_s1 - model_s
-    if algorithm_type == "dpmsolver++":
-        base = (pt.sigma / ps.sigma) * x - (pt.alpha * phi_1(-h)) * model_s
-        if solver_type == "dpmsolver":
-            x_t = base - (0.5 / r1) * (pt.alpha * phi_1(-h)) * diff
-        else:
-            x_t = base - (1.0 / r1) * (pt.alpha * phi_2(-h)) * diff
-    else:
-        base = math.exp(pt.log_alpha - ps.log_alpha) * x - (pt.sigma * phi_1(h)) * model_s
-        if solver_type == "dpmsolver":
-            x_t = base - (0.5 / r1) * (pt.sigma * phi_1(h)) * diff
-        else:
-            x_t = base - (1.0 / r1) * (pt.sigma * phi_2(h)) * diff
+    c = coefficients
+    if c is None:
+        ns = _check_ns(noise_schedule)
+        _check_alg(algorithm_type, solver_type)
+        r1 = check_real("r1", r1, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        ps, pt = _point(ns, s), _point(ns, t)
+        p1 = _point(ns, float(ns.inverse_lambda(ps.lam + r1 * (pt.lam - ps.lam))))
+        c = singlestep_second_coefficients(ps, p1, pt, r1, algorithm_type=algorithm_type,
+                                           solver_type=solver_type)
+        if model_s is None:
+            model_s = model_fn(x, ps.t)
+    model_s1 = model_fn(_first(x, model_s, FirstCoefficients(c.a1, c.b1)), c.s1.t)
+    x_t = _first(x, model_s, FirstCoefficients(c.a, c.b)) - c.c * (model_s1 - model_s)
     return x_t, [model_s, model_s1]
 
 
-def singlestep_dpm_solver_third_update(noise_schedule: NoiseScheduleVP, model_fn: Callable, x,
-                                       s: float, t: float, *, r1: float = 1.0 / 3.0,
-                                       r2: float = 2.0 / 3.0, model_s=None, model_s1=None,
-                                       algorithm_type: str = "dpmsolver",
-                                       solver_type: str = "dpmsolver"):
+def singlestep_dpm_solver_third_update(noise_schedule: NoiseScheduleVP | None,
+                                       model_fn: Callable, x: Any, s: float | None,
+                                       t: float | None, *, r1: float = 1.0 / 3.0,
+                                       r2: float = 2.0 / 3.0, model_s: Any = None,
+                                       model_s1: Any = None, algorithm_type: str = "dpmsolver",
+                                       solver_type: str = "dpmsolver",
+                                       coefficients: SinglestepThirdCoefficients | None = None
+                                       ) -> tuple[Any, list[Any]]:
     """Single-step DPM-Solver-3 from s to t via λ_s + r1 h and λ_s + r2 h (Lu et al. 2022a, Alg. 2; 2022b, §4 for ++).
 
-    Returns (x_t, [model_s, model_s1, model_s2]).
+    Returns (x_t, [model_s, model_s1, model_s2]). ``coefficients`` (from
+    :func:`singlestep_third_coefficients`) replaces the schedule, s, t, r1 and r2; ``model_s``
+    must then be given.
     """
-    ns = _check_ns(noise_schedule)
-    _check_alg(algorithm_type, solver_type)
-    r1 = check_real("r1", r1, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-    r2 = check_real("r2", r2, lo=r1, hi=1.0, lo_open=True, hi_open=True)
-    ps, pt = _pt(ns, s), _pt(ns, t)
-    h = pt.lam - ps.lam
-    p1 = _pt(ns, float(ns.inverse_lambda(ps.lam + r1 * h)))
-    p2 = _pt(ns, float(ns.inverse_lambda(ps.lam + r2 * h)))
-    pp = algorithm_type == "dpmsolver++"
-    # Both forms in one: the data form uses α and φ(-h) where the noise form uses σ and φ(h)
-    # (DPM-Solver's phi_2 = phi_1/h + 1 of the data form is -phi_2(-h) here).
-    sgn = -1.0 if pp else 1.0
-    if model_s is None:
-        model_s = model_fn(x, ps.t)
+    c = coefficients
+    if c is None:
+        ns = _check_ns(noise_schedule)
+        _check_alg(algorithm_type, solver_type)
+        r1 = check_real("r1", r1, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        r2 = check_real("r2", r2, lo=r1, hi=1.0, lo_open=True, hi_open=True)
+        ps, pt = _point(ns, s), _point(ns, t)
+        h = pt.lam - ps.lam
+        t12 = np.asarray(ns.inverse_lambda(np.array([ps.lam + r1 * h, ps.lam + r2 * h])))
+        p1, p2 = schedule_points(ns, t12)
+        c = singlestep_third_coefficients(ps, p1, p2, pt, r1, r2, algorithm_type=algorithm_type,
+                                          solver_type=solver_type)
+        if model_s is None:
+            model_s = model_fn(x, ps.t)
     if model_s1 is None:
-        model_s1 = model_fn(_first(x, model_s, ps, p1, r1 * h, algorithm_type), p1.t)
+        model_s1 = model_fn(_first(x, model_s, FirstCoefficients(c.a1, c.b1)), c.s1.t)
     d1 = model_s1 - model_s
-    c2 = p2.alpha if pp else p2.sigma
-    x_s2 = (_first(x, model_s, ps, p2, r2 * h, algorithm_type)
-            - (r2 / r1) * (c2 * phi_2(sgn * r2 * h)) * d1)
-    model_s2 = model_fn(x_s2, p2.t)
+    model_s2 = model_fn(_first(x, model_s, FirstCoefficients(c.a2, c.b2)) - c.k2 * d1, c.s2.t)
     d2 = model_s2 - model_s
-    base = _first(x, model_s, ps, pt, h, algorithm_type)
-    c = pt.alpha if pp else pt.sigma
-    if solver_type == "dpmsolver":
-        x_t = base - (1.0 / r2) * (c * phi_2(sgn * h)) * d2
+    base = _first(x, model_s, FirstCoefficients(c.a, c.b))
+    if not c.taylor:
+        x_t = base - c.k * d2
     else:
-        D1_0, D1_1 = d1 / r1, d2 / r2
-        D1 = (r2 * D1_0 - r1 * D1_1) / (r2 - r1)
-        D2 = 2.0 * (D1_1 - D1_0) / (r2 - r1)
-        x_t = base - (c * phi_2(sgn * h)) * D1 - (c * phi_3(sgn * h)) * D2
+        D1_0, D1_1 = d1 / c.r1, d2 / c.r2
+        D1 = (c.r2 * D1_0 - c.r1 * D1_1) / (c.r2 - c.r1)
+        D2 = 2.0 * (D1_1 - D1_0) / (c.r2 - c.r1)
+        x_t = base - c.c2 * D1 - c.c3 * D2
     return x_t, [model_s, model_s1, model_s2]
 
 
-def singlestep_dpm_solver_update(noise_schedule: NoiseScheduleVP, model_fn: Callable, x, s: float,
-                                 t: float, *, order: int, algorithm_type: str = "dpmsolver",
-                                 solver_type: str = "dpmsolver", r1: float | None = None,
-                                 r2: float | None = None, model_s=None):
+def singlestep_dpm_solver_update(noise_schedule: NoiseScheduleVP | None, model_fn: Callable, x: Any,
+                                 s: float | None, t: float | None, *, order: int,
+                                 algorithm_type: str = "dpmsolver", solver_type: str = "dpmsolver",
+                                 r1: float | None = None, r2: float | None = None,
+                                 model_s: Any = None, coefficients: Any = None
+                                 ) -> tuple[Any, list[Any]]:
     """One single-step DPM-Solver-k update (k = 1, 2, 3) from s to t (Lu et al. 2022a, Eq. 3.7, Algs. 1-2).
 
-    Returns (x_t, model values at s and the intermediate times).
+    Returns (x_t, model values at s and the intermediate times). ``coefficients`` is the one of
+    the order's ``*_coefficients`` helper (``model_s`` must then be given).
     """
     if order == 1:
         if model_s is None:
             model_s = model_fn(x, float(s))
         return dpm_solver_first_update(noise_schedule, x, s, t, model_s,
-                                       algorithm_type=algorithm_type), [model_s]
+                                       algorithm_type=algorithm_type,
+                                       coefficients=coefficients), [model_s]
     if order == 2:
         return singlestep_dpm_solver_second_update(
             noise_schedule, model_fn, x, s, t, r1=0.5 if r1 is None else r1, model_s=model_s,
-            algorithm_type=algorithm_type, solver_type=solver_type)
+            algorithm_type=algorithm_type, solver_type=solver_type, coefficients=coefficients)
     if order == 3:
         return singlestep_dpm_solver_third_update(
             noise_schedule, model_fn, x, s, t, r1=1.0 / 3.0 if r1 is None else r1,
             r2=2.0 / 3.0 if r2 is None else r2, model_s=model_s, algorithm_type=algorithm_type,
-            solver_type=solver_type)
+            solver_type=solver_type, coefficients=coefficients)
     fail("order", order, "expected 1, 2 or 3")
 
 
-def multistep_dpm_solver_second_update(noise_schedule: NoiseScheduleVP, x, model_prev_list,
-                                       t_prev_list, t: float, *, algorithm_type: str = "dpmsolver",
-                                       solver_type: str = "dpmsolver"):
+def multistep_dpm_solver_second_update(noise_schedule: NoiseScheduleVP | None, x: Any,
+                                       model_prev_list: Any, t_prev_list: Any, t: float | None, *,
+                                       algorithm_type: str = "dpmsolver",
+                                       solver_type: str = "dpmsolver",
+                                       coefficients: MultistepSecondCoefficients | None = None) -> Any:
     """Multistep DPM-Solver-2 from t_prev_list[-1] to t with the last two model values (Lu et al. 2022b, Alg. 2).
 
-    D1 = (m_0 - m_1)/r0 with r0 = h_0/h is the first-derivative estimate.
+    D1 = (m_0 - m_1)/r0 with r0 = h_0/h is the first-derivative estimate; x_t is the first-order
+    step minus ½ α_t φ1(-h) D1 ("dpmsolver") or α_t φ2(-h) D1 ("taylor") (data form).
     """
-    ns = _check_ns(noise_schedule)
-    _check_alg(algorithm_type, solver_type)
+    c = coefficients
+    if c is None:
+        ns = _check_ns(noise_schedule)
+        _check_alg(algorithm_type, solver_type)
+        p1, p0, pt = schedule_points(ns, [t_prev_list[-2], t_prev_list[-1], t])
+        c = multistep_second_coefficients(p1, p0, pt, algorithm_type=algorithm_type,
+                                          solver_type=solver_type)
     m1, m0 = model_prev_list[-2], model_prev_list[-1]
-    p1, p0, pt = _pt(ns, t_prev_list[-2]), _pt(ns, t_prev_list[-1]), _pt(ns, t)
-    h0, h = p0.lam - p1.lam, pt.lam - p0.lam
-    D1 = (m0 - m1) * (h / h0)
-    if algorithm_type == "dpmsolver++":
-        base = (pt.sigma / p0.sigma) * x - (pt.alpha * phi_1(-h)) * m0
-        if solver_type == "dpmsolver":
-            return base - 0.5 * (pt.alpha * phi_1(-h)) * D1
-        return base - (pt.alpha * phi_2(-h)) * D1
-    base = math.exp(pt.log_alpha - p0.log_alpha) * x - (pt.sigma * phi_1(h)) * m0
-    if solver_type == "dpmsolver":
-        return base - 0.5 * (pt.sigma * phi_1(h)) * D1
-    return base - (pt.sigma * phi_2(h)) * D1
+    D1 = (m0 - m1) * c.w
+    return _first(x, m0, FirstCoefficients(c.a, c.b)) - c.c * D1
 
 
-def multistep_dpm_solver_third_update(noise_schedule: NoiseScheduleVP, x, model_prev_list,
-                                      t_prev_list, t: float, *, algorithm_type: str = "dpmsolver",
-                                      d2_scale: str = "consistent"):
+def multistep_dpm_solver_third_update(noise_schedule: NoiseScheduleVP | None, x: Any,
+                                      model_prev_list: Any, t_prev_list: Any, t: float | None, *,
+                                      algorithm_type: str = "dpmsolver",
+                                      d2_scale: str = "consistent",
+                                      coefficients: MultistepThirdCoefficients | None = None) -> Any:
     """Multistep DPM-Solver-3 from t_prev_list[-1] to t with the last three model values (Lu et al. 2022b, §4, 3M).
 
     With D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1 (r0 = h0/h, r1 = h1/h): D1 = D1_0 + r0/(r0+r1)
@@ -575,40 +866,42 @@ def multistep_dpm_solver_third_update(noise_schedule: NoiseScheduleVP, x, model_
     diffusers' ``multistep_dpm_solver_third_update`` do, whose local error is then O(h³)
     (global order 2 — measured in docs/SAMPLERS.md).
     """
-    ns = _check_ns(noise_schedule)
-    _check_alg(algorithm_type, "dpmsolver")
-    check_choice("d2_scale", d2_scale, D2_SCALES, "multistep third-order D2 convention")
+    c = coefficients
+    if c is None:
+        ns = _check_ns(noise_schedule)
+        _check_alg(algorithm_type, "dpmsolver")
+        check_choice("d2_scale", d2_scale, D2_SCALES, "multistep third-order D2 convention")
+        p2, p1, p0, pt = schedule_points(ns, [t_prev_list[-3], t_prev_list[-2], t_prev_list[-1], t])
+        c = multistep_third_coefficients(p2, p1, p0, pt, algorithm_type=algorithm_type,
+                                         d2_scale=d2_scale)
     m2, m1, m0 = model_prev_list[-3], model_prev_list[-2], model_prev_list[-1]
-    p2, p1, p0, pt = (_pt(ns, t_prev_list[-3]), _pt(ns, t_prev_list[-2]), _pt(ns, t_prev_list[-1]),
-                      _pt(ns, t))
-    h1, h0, h = p1.lam - p2.lam, p0.lam - p1.lam, pt.lam - p0.lam
-    r0, r1 = h0 / h, h1 / h
-    D1_0 = (m0 - m1) / r0
-    D1_1 = (m1 - m2) / r1
-    D1 = D1_0 + (r0 / (r0 + r1)) * (D1_0 - D1_1)
-    D2 = (D1_0 - D1_1) * ((2.0 if d2_scale == "consistent" else 1.0) / (r0 + r1))
-    if algorithm_type == "dpmsolver++":
-        return ((pt.sigma / p0.sigma) * x - (pt.alpha * phi_1(-h)) * m0
-                - (pt.alpha * phi_2(-h)) * D1 - (pt.alpha * phi_3(-h)) * D2)
-    return (math.exp(pt.log_alpha - p0.log_alpha) * x - (pt.sigma * phi_1(h)) * m0
-            - (pt.sigma * phi_2(h)) * D1 - (pt.sigma * phi_3(h)) * D2)
+    D1_0 = (m0 - m1) / c.r0
+    D1_1 = (m1 - m2) / c.r1
+    D1 = D1_0 + c.w * (D1_0 - D1_1)
+    D2 = (D1_0 - D1_1) * c.d2
+    return _first(x, m0, FirstCoefficients(c.a, c.b)) - c.c2 * D1 - c.c3 * D2
 
 
-def multistep_dpm_solver_update(noise_schedule: NoiseScheduleVP, x, model_prev_list, t_prev_list,
-                                t: float, *, order: int, algorithm_type: str = "dpmsolver",
-                                solver_type: str = "dpmsolver", d2_scale: str = "consistent"):
+def multistep_dpm_solver_update(noise_schedule: NoiseScheduleVP | None, x: Any,
+                                model_prev_list: Any, t_prev_list: Any, t: float | None, *,
+                                order: int, algorithm_type: str = "dpmsolver",
+                                solver_type: str = "dpmsolver", d2_scale: str = "consistent",
+                                coefficients: Any = None) -> Any:
     """One multistep DPM-Solver-k update (k = 1, 2, 3) from t_prev_list[-1] to t (Lu et al. 2022b, Alg. 2)."""
     if order == 1:
-        return dpm_solver_first_update(noise_schedule, x, t_prev_list[-1], t, model_prev_list[-1],
-                                       algorithm_type=algorithm_type)
+        return dpm_solver_first_update(noise_schedule, x,
+                                       None if t_prev_list is None else t_prev_list[-1], t,
+                                       model_prev_list[-1], algorithm_type=algorithm_type,
+                                       coefficients=coefficients)
     if order == 2:
         return multistep_dpm_solver_second_update(noise_schedule, x, model_prev_list, t_prev_list,
                                                   t, algorithm_type=algorithm_type,
-                                                  solver_type=solver_type)
+                                                  solver_type=solver_type,
+                                                  coefficients=coefficients)
     if order == 3:
         return multistep_dpm_solver_third_update(noise_schedule, x, model_prev_list, t_prev_list,
                                                  t, algorithm_type=algorithm_type,
-                                                 d2_scale=d2_scale)
+                                                 d2_scale=d2_scale, coefficients=coefficients)
     fail("order", order, "expected 1, 2 or 3")
 
 
@@ -616,63 +909,67 @@ def multistep_dpm_solver_update(noise_schedule: NoiseScheduleVP, x, model_prev_l
 # The model, as noise or data prediction
 # --------------------------------------------------------------------------------------------
 
-def _prediction_fns(model: Callable, ns: NoiseScheduleVP, *, model_type: str, model_time,
-                    correcting_x0_fn, dynamic_thresholding_ratio: float):
-    """(noise_fn, data_fn): ``fn(x, t) -> ε̂ or x̂0`` from the raw model output (Lu et al. 2022b, §3; DPM-Solver's model_wrapper)."""
-    check_choice("model_type", model_type, MODEL_TYPES, "model type")
-    if not callable(model):
-        fail("model", model, "expected a callable model(x, t) -> prediction")
+def _check_model_time(ns: NoiseScheduleVP, model_time: Any) -> None:
     if not callable(model_time):
         check_choice("model_time", model_time, MODEL_TIMES, "model time convention")
-        if model_time == "dpm_solver" and ns.kind != "discrete":
-            fail("model_time", model_time, "the 'dpm_solver' discrete model time needs a "
+        if model_time in ("dpm_solver", "index") and ns.kind != "discrete":
+            fail("model_time", model_time, f"the {model_time!r} discrete model time needs a "
                  "discrete noise schedule (NoiseScheduleVP.discrete)")
+
+
+def _x0_correction(correcting_x0_fn: Any, dynamic_thresholding_ratio: float) -> Callable | None:
     if isinstance(correcting_x0_fn, str):
         check_choice("correcting_x0_fn", correcting_x0_fn, ("dynamic_thresholding",),
                      "x0 correction")
         from ..diffusion import dynamic_threshold
         ratio = check_real("dynamic_thresholding_ratio", dynamic_thresholding_ratio, lo=0.0, hi=1.0)
 
-        def correcting_x0_fn(x0, t, _ratio=ratio):
+        def correct(x0, t, _ratio=ratio):
             return dynamic_threshold(x0, ratio=_ratio)
-    elif correcting_x0_fn is not None and not callable(correcting_x0_fn):
+        return correct
+    if correcting_x0_fn is not None and not callable(correcting_x0_fn):
         fail("correcting_x0_fn", correcting_x0_fn,
              "expected None, 'dynamic_thresholding' or a callable (x0, t) -> x0")
+    return correcting_x0_fn
 
-    def raw(x, t: float):
-        xp = array_namespace(x)
-        tin = model_time(t) if callable(model_time) else ns.model_input_time(t, model_time)
-        t_arr = xp.full((x.shape[0],), float(tin), dtype=x.dtype, device=device_of(x))
-        return check_output(model(x, t_arr), x, name="model output"), _pt(ns, t)
 
-    def noise_fn(x, t: float):
-        out, p = raw(x, t)
-        if model_type == "noise":
-            return out
-        if model_type == "x_start":
-            return (x - p.alpha * out) / p.sigma
-        if model_type == "v":
-            return p.alpha * out + p.sigma * x
-        return (-p.sigma) * out
+def _predictors(model: Callable, prediction: str, correct: Callable | None
+                ) -> tuple[Callable, Callable]:
+    """(noise_fn, data_fn): ``fn(x, point) -> ε̂ or x̂0`` from the raw model output (Lu et al. 2022b, §3; DPM-Solver's model_wrapper)."""
 
-    def data_fn(x, t: float):
-        out, p = raw(x, t)
-        if model_type == "noise":
-            x0 = (x - p.sigma * out) / p.alpha
-        elif model_type == "x_start":
-            x0 = out
-        elif model_type == "v":
-            x0 = p.alpha * x - p.sigma * out
-        else:
-            x0 = (x + (p.sigma * p.sigma) * out) / p.alpha
-        if correcting_x0_fn is not None:
-            x0 = correcting_x0_fn(x0, t)
-        return x0
+    def raw(x, p: SchedulePoint):
+        return check_output(model(x, batch_full(x, p.model_t)), x, name="model output")
+
+    def noise_fn(x, p: SchedulePoint):
+        return eps_from_prediction(raw(x, p), x, p.alpha, p.sigma, prediction)
+
+    def data_fn(x, p: SchedulePoint):
+        x0 = x0_from_prediction(raw(x, p), x, p.alpha, p.sigma, prediction)
+        return x0 if correct is None else correct(x0, p.t)
 
     return noise_fn, data_fn
 
 
-def _time_range(ns: NoiseScheduleVP, t_start, t_end, lambda_min) -> tuple[float, float]:
+def _prediction_fns(model: Callable, ns: NoiseScheduleVP, *, model_type: str, model_time: Any,
+                    correcting_x0_fn: Any, dynamic_thresholding_ratio: float
+                    ) -> tuple[Callable, Callable]:
+    """(noise_fn, data_fn) of host times t: ``fn(x, t) -> ε̂ or x̂0`` (one schedule evaluation per call; for checks)."""
+    prediction = prediction_type(model_type, "model_type", MODEL_TYPES)
+    _check_model_time(ns, model_time)
+    noise_fn, data_fn = _predictors(model, prediction,
+                                    _x0_correction(correcting_x0_fn, dynamic_thresholding_ratio))
+
+    def at(fn):
+        return lambda x, t: fn(x, schedule_points(ns, [float(t)], model_time=model_time)[0])
+
+    return at(noise_fn), at(data_fn)
+
+
+# --------------------------------------------------------------------------------------------
+# The step plan and the loop
+# --------------------------------------------------------------------------------------------
+
+def _time_range(ns: NoiseScheduleVP, t_start: Any, t_end: Any, lambda_min: Any) -> tuple[float, float]:
     t_T = ns.T if t_start is None else check_real("t_start", t_start, lo=0.0, hi=ns.T, lo_open=True)
     t_0 = (1.0 / ns.total_N if t_end is None
            else check_real("t_end", t_end, lo=0.0, hi=ns.T, lo_open=True))
@@ -685,23 +982,148 @@ def _time_range(ns: NoiseScheduleVP, t_start, t_end, lambda_min) -> tuple[float,
             if not t_T > t_0:
                 fail("lambda_min", lambda_min, f"it moves the start time to {t_T!r}, not after "
                      f"t_end = {t_0!r}")
-    for name, t in (("t_start", t_T), ("t_end", t_0)):
-        lam = float(ns.marginal_lambda(t))
-        if not math.isfinite(lam):
-            fail(name, t, f"λ is {lam!r} there (α or σ is 0); choose a time with finite log-SNR")
+    lam = ns.marginal_lambda(np.array([t_T, t_0]))
+    for name, t, lt in (("t_start", t_T, lam[0]), ("t_end", t_0, lam[1])):
+        if not math.isfinite(float(lt)):
+            fail(name, t, f"λ is {float(lt)!r} there (α or σ is 0); choose a time with finite log-SNR")
     return t_T, t_0
 
 
-def sample_dpm_solver(model: Callable, x, *, noise_schedule: NoiseScheduleVP, steps: int,
-                      order: int = 2, method: str = "multistep",
-                      algorithm_type: str = "dpmsolver++", model_type: str = "noise",
+def _singlestep_blocks(orders: list[int], fine_len: int) -> list[int]:
+    idx = np.cumsum([0] + orders)
+    if int(idx[-1]) != fine_len - 1:
+        raise AssertionError("single-step orders do not cover the grid")
+    return [int(i) for i in idx]
+
+
+def _lambda_inner(ns: NoiseScheduleVP, outer: list[SchedulePoint], orders: list[int],
+                  model_time: Any) -> list[list[SchedulePoint]]:
+    """Intermediate points at λ_s + r h (r = 1/2; 1/3, 2/3), all blocks in one schedule evaluation."""
+    fracs = {1: (), 2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
+    lams = []
+    for j, o in enumerate(orders):
+        s, t = outer[j], outer[j + 1]
+        lams.extend(s.lam + r * (t.lam - s.lam) for r in fracs[o])
+    pts = (schedule_points(ns, np.atleast_1d(ns.inverse_lambda(np.array(lams))),
+                           model_time=model_time) if lams else [])
+    out, k = [], 0
+    for o in orders:
+        out.append(pts[k:k + o - 1])
+        k += o - 1
+    return out
+
+
+def _singlestep_plan(ns, steps, order, method, skip_type, intermediate, grid, t_T, t_0,
+                     model_time, algorithm_type, solver_type):
+    """[(order, coefficients)] of the single-step loop and the outer points."""
+    if grid is not None:
+        nfe = len(grid) - 1
+        if method == "singlestep":
+            orders = singlestep_orders(nfe, order)
+        else:
+            if nfe % order:
+                fail("timesteps", nfe, f"singlestep_fixed of order {order} needs a grid of k·{order} "
+                     f"steps; this one has {nfe}")
+            orders = [order] * (nfe // order)
+        if grid[-1].sigma == 0.0 and orders[-1] > 1:     # the step into σ = 0 is first order
+            orders[-1:] = [orders[-1] - 1, 1]
+        idx = _singlestep_blocks(orders, len(grid))
+        outer = [grid[i] for i in idx]
+        fine_inner = [grid[idx[j] + 1:idx[j + 1]] for j in range(len(orders))]
+    else:
+        if method == "singlestep":
+            orders = singlestep_orders(steps, order)
+            if skip_type == "logSNR":
+                outer_t = get_time_steps(ns, skip_type, t_T, t_0, len(orders))
+            else:
+                outer_t = get_time_steps(ns, skip_type, t_T, t_0, steps)[np.cumsum([0] + orders)]
+        else:
+            if steps < order:
+                fail("steps", steps, f"singlestep_fixed of order {order} needs steps >= {order}")
+            orders = [order] * (steps // order)
+            outer_t = get_time_steps(ns, skip_type, t_T, t_0, len(orders))
+        outer = schedule_points(ns, outer_t, model_time=model_time)
+        fine_inner = None
+        if intermediate == "grid":
+            # DPM-Solver's code: the inner points of the skip_type grid between s and t, all
+            # blocks in one schedule evaluation (for "logSNR" they are the λ fractions).
+            if skip_type == "logSNR":
+                fine_inner = _lambda_inner(ns, outer, orders, model_time)
+            else:
+                inner_t = [get_time_steps(ns, skip_type, float(outer_t[j]), float(outer_t[j + 1]),
+                                          o)[1:-1] for j, o in enumerate(orders)]
+                flat = np.concatenate([np.asarray(v, dtype=np.float64) for v in inner_t])
+                pts = schedule_points(ns, flat, model_time=model_time) if flat.size else []
+                fine_inner, k = [], 0
+                for o in orders:
+                    fine_inner.append(pts[k:k + o - 1])
+                    k += o - 1
+    if intermediate == "lambda":
+        inner = _lambda_inner(ns, outer, orders, model_time)
+        fixed_r = True
+    else:
+        inner = fine_inner
+        fixed_r = False
+    plan = []
+    for j, o in enumerate(orders):
+        ps, pt, mid = outer[j], outer[j + 1], inner[j]
+        h = pt.lam - ps.lam
+        if o == 1:
+            c = first_order_coefficients(ps, pt, algorithm_type)
+        elif o == 2:
+            r1 = 0.5 if fixed_r else (mid[0].lam - ps.lam) / h
+            c = singlestep_second_coefficients(ps, mid[0], pt, r1, algorithm_type=algorithm_type,
+                                               solver_type=solver_type)
+        else:
+            r1, r2 = ((1.0 / 3.0, 2.0 / 3.0) if fixed_r else
+                      ((mid[0].lam - ps.lam) / h, (mid[1].lam - ps.lam) / h))
+            c = singlestep_third_coefficients(ps, mid[0], mid[1], pt, r1, r2,
+                                              algorithm_type=algorithm_type,
+                                              solver_type=solver_type)
+        plan.append((o, c))
+    return plan, outer
+
+
+def _multistep_plan(ns, points, order, lower_order_final, warmup, model_time, algorithm_type,
+                    solver_type, d2_scale):
+    steps = len(points) - 1
+    orders = multistep_step_orders(steps, order, lower_order_final)
+    if points[-1].sigma == 0.0:
+        orders[-1] = 1                                   # the step into σ = 0 is first order
+    plan = []
+    for i in range(steps):
+        o, pt = orders[i], points[i + 1]
+        if i == 0 and order == 3 and warmup == "singlestep" and steps >= 2:
+            p0 = points[0]
+            mid = _lambda_inner(ns, [p0, pt], [2], model_time)[0][0]
+            plan.append(("single", 2, singlestep_second_coefficients(
+                p0, mid, pt, 0.5, algorithm_type=algorithm_type, solver_type=solver_type)))
+        elif o == 1:
+            plan.append(("multi", 1, first_order_coefficients(points[i], pt, algorithm_type)))
+        elif o == 2:
+            plan.append(("multi", 2, multistep_second_coefficients(
+                points[i - 1], points[i], pt, algorithm_type=algorithm_type,
+                solver_type=solver_type)))
+        else:
+            plan.append(("multi", 3, multistep_third_coefficients(
+                points[i - 2], points[i - 1], points[i], pt, algorithm_type=algorithm_type,
+                d2_scale=d2_scale)))
+    return plan
+
+
+def sample_dpm_solver(model: Callable, x: Any, *, noise_schedule: NoiseScheduleVP,
+                      steps: int | None = None, order: int = 2, method: str = "multistep",
+                      algorithm_type: str = "dpmsolver++", model_type: str = "eps",
                       skip_type: str = "time_uniform", t_start: float | None = None,
-                      t_end: float | None = None, lower_order_final: str = "dpm_solver",
+                      t_end: float | None = None, timesteps: Any = None, sigmas: Any = None,
+                      time_unit: str = "t", final_sigmas_type: str | None = None,
+                      intermediate: str = "lambda", lower_order_final: str = "dpm_solver",
                       solver_type: str = "dpmsolver", denoise_to_zero: bool = False,
-                      correcting_x0_fn=None, dynamic_thresholding_ratio: float = 0.995,
-                      model_time="continuous", lambda_min: float | None = None,
+                      correcting_x0_fn: Any = None, dynamic_thresholding_ratio: float = 0.995,
+                      model_time: Any = "continuous", lambda_min: float | None = None,
                       d2_scale: str = "consistent", warmup: str = "lower_order",
-                      noise=None, progress: Callable | None = None):
+                      noise: Any = None, callback: Callable | None = None,
+                      progress: Callable | None = None) -> Any:
     """DPM-Solver / DPM-Solver++ sampling from t_start to t_end (Lu et al. 2022a, §3; 2022b, §4), as DPM-Solver's ``sample``.
 
     Parameters
@@ -709,34 +1131,55 @@ def sample_dpm_solver(model: Callable, x, *, noise_schedule: NoiseScheduleVP, st
     model : callable
         ``model(x, t) -> output`` with t of shape (B,) (continuous times, or see ``model_time``).
     x : array
-        The sample at t_start (e.g. standard normal at t = T), batch axis first.
+        The sample at the first time (e.g. standard normal at t = T), batch axis first.
     noise_schedule : NoiseScheduleVP
-    steps : int
+    steps : int, optional
         Number of model evaluations (NFE), excluding the extra one of ``denoise_to_zero``.
+        Required unless ``timesteps`` or ``sigmas`` is given (then it must match the grid).
     order : {1, 2, 3}
     method : {"multistep", "singlestep", "singlestep_fixed"}
         "singlestep" is DPM-Solver-fast (orders mixed to spend exactly ``steps`` NFE),
         "singlestep_fixed" uses ⌊steps/order⌋ steps of order ``order``.
     algorithm_type : {"dpmsolver++", "dpmsolver"}
         Data prediction (DPM-Solver++) or noise prediction (DPM-Solver).
-    model_type : {"noise", "x_start", "v", "score"}
-        What the model returns (ε̂, x̂0, v̂ = α ε̂ - σ x̂0, or the score -ε̂/σ).
+    model_type : {"eps", "x0", "v", "score"}
+        What the model returns (ε̂, x̂0, v̂ = α ε̂ - σ x̂0, or the score -ε̂/σ); DPM-Solver's
+        "noise" and "x_start" (and the other aliases of refdiff.parameterizations) are accepted.
     skip_type : {"time_uniform", "logSNR", "time_quadratic"}
+        The generated grid (without ``timesteps`` / ``sigmas``).
     t_start, t_end : float, optional
         Default T and 1/total_N (1e-3 for the linear schedule). t_start < t_end runs the ODE
         forwards (DPM-Solver's ``inverse``).
+    timesteps : 1-D array, optional
+        An explicit grid from noise to data, in place of ``skip_type``/``t_start``/``t_end``:
+        continuous times t (``time_unit="t"``) or integer timesteps n of a discrete schedule
+        (``time_unit="index"``: t = (n+1)/N, diffusers' ``scheduler.timesteps``). Multistep:
+        one model evaluation per step; single-step: the grid of every model evaluation (its
+        blocks of ``order`` intervals are the steps).
+    sigmas : 1-D array, optional
+        An explicit grid of σ/α on the variance-exploding scale (k-diffusion's ``sigmas``; may
+        end with 0): λ = -log σ exactly, t = t(λ) of the schedule, σ_t = α_t σ.
+    time_unit : {"t", "index"}
+    final_sigmas_type : {None, "zero", "sigma_min"}
+        Append a last step to σ = 0 (first order, x = α x̂0) or to the schedule's smallest σ
+        (t = 1/N) after the explicit grid (diffusers' ``final_sigmas_type``).
+    intermediate : {"lambda", "grid"}
+        Single-step only: intermediate points at λ_s + r h (the papers' r = 1/2; 1/3, 2/3) or on
+        the grid between s and t (DPM-Solver's code; diffusers' single-step scheduler).
     lower_order_final : {"dpm_solver", "diffusers", "always", "never"}
         Multistep only: lower orders at the last steps when steps < 10 / < 15 / always / never.
     solver_type : {"dpmsolver", "taylor"}
-        How the derivative terms of orders 2-3 are formed (DPM-Solver's two variants).
+        How the derivative terms of orders 2-3 are formed (DPM-Solver's two variants; diffusers'
+        "midpoint" and "heun").
     denoise_to_zero : bool
-        Return the data prediction at t_end (one more model evaluation).
+        Return the data prediction at the last time (one more model evaluation).
     correcting_x0_fn : None, "dynamic_thresholding" or callable (x0, t) -> x0
         Applied to every data prediction (DPM-Solver++ and ``denoise_to_zero``);
         "dynamic_thresholding" is Imagen's with ``dynamic_thresholding_ratio`` (0.995) and the
         lower bound 1 (DPM-Solver's ``thresholding_max_val = 1``).
-    model_time : {"continuous", "dpm_solver"} or callable
-        The time the model sees: t itself, DPM-Solver's discrete input (t - 1/N)·1000, or
+    model_time : {"continuous", "dpm_solver", "index", "sigma"} or callable
+        The time the model sees: t itself, DPM-Solver's discrete input (t - 1/N)·1000, the
+        discrete index t·N - 1 (integers at the knots: diffusers), σ_t/α_t (k-diffusion), or
         ``model_time(t) -> float``.
     lambda_min : float, optional
         Start where λ = lambda_min if λ(t_start) is below it (diffusers' lambda_min_clipped).
@@ -751,89 +1194,146 @@ def sample_dpm_solver(model: Callable, x, *, noise_schedule: NoiseScheduleVP, st
         evaluation) so the global order stays 3.
     noise
         Ignored (the solvers are deterministic); accepted for the family's calling convention.
+    callback : callable, optional
+        ``callback(info)`` with a :class:`refdiff.samplers.StepInfo` before each step: t the
+        continuous time, sigma = σ_t/α_t, denoised the data prediction there.
     progress : callable, optional
-        ``progress(i, n)`` after each update.
+        ``progress(i, n)`` after each step (built on the same hook).
 
     Returns
     -------
     array
-        The sample at t_end (or its data prediction with ``denoise_to_zero``).
+        The sample at the last time (or its data prediction with ``denoise_to_zero``).
     """
     ns = _check_ns(noise_schedule)
     if getattr(x, "ndim", 0) < 1:
         fail("x", x, "expected an array with the batch axis first (ndim >= 1)")
-    steps = check_int("steps", steps, minimum=1)
     order = check_int("order", order, minimum=1)
     if order > 3:
         fail("order", order, "expected 1, 2 or 3")
     check_choice("method", method, METHODS, "DPM-Solver method")
     _check_alg(algorithm_type, solver_type)
     check_choice("skip_type", skip_type, SKIP_TYPES, "step grid")
+    check_choice("intermediate", intermediate, INTERMEDIATES, "intermediate-point placement")
+    check_choice("time_unit", time_unit, TIME_UNITS, "time unit")
+    if final_sigmas_type is not None:
+        check_choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES, "final σ")
     _lower_order_threshold(lower_order_final)
+    if method == "multistep":
+        check_choice("d2_scale", d2_scale, D2_SCALES, "multistep third-order D2 convention")
+        check_choice("warmup", warmup, WARMUPS, "multistep warm-up")
     if not isinstance(denoise_to_zero, bool):
         fail("denoise_to_zero", denoise_to_zero, "expected True or False")
-    noise_fn, data_fn = _prediction_fns(model, ns, model_type=model_type, model_time=model_time,
-                                        correcting_x0_fn=correcting_x0_fn,
-                                        dynamic_thresholding_ratio=dynamic_thresholding_ratio)
+    prediction = prediction_type(model_type, "model_type", MODEL_TYPES)
+    _check_model_time(ns, model_time)
+    if not callable(model):
+        fail("model", model, "expected a callable model(x, t) -> prediction")
+    noise_fn, data_fn = _predictors(model, prediction,
+                                    _x0_correction(correcting_x0_fn, dynamic_thresholding_ratio))
     fn = data_fn if algorithm_type == "dpmsolver++" else noise_fn
-    t_T, t_0 = _time_range(ns, t_start, t_end, lambda_min)
+    report = step_reporter(callback, progress)
+
+    grid = None
+    if timesteps is not None or sigmas is not None:
+        if timesteps is not None and sigmas is not None:
+            fail("sigmas", "...", "give timesteps= or sigmas=, not both")
+        for name, v in (("t_start", t_start), ("t_end", t_end), ("lambda_min", lambda_min)):
+            if v is not None:
+                fail(name, v, "not with an explicit grid (timesteps= or sigmas=): the grid fixes "
+                     "the times")
+        grid = _explicit_grid(ns, timesteps, sigmas, time_unit, final_sigmas_type, model_time)
+        nfe = len(grid) - 1
+        if steps is not None and check_int("steps", steps, minimum=1) != nfe:
+            fail("steps", steps, f"the grid has {nfe} steps; leave steps= out or make them agree")
+        steps = nfe
+        t_T, t_0 = grid[0].t, grid[-1].t
+    else:
+        if final_sigmas_type is not None:
+            fail("final_sigmas_type", final_sigmas_type, "it completes an explicit grid; give "
+                 "timesteps= or sigmas=")
+        if steps is None:
+            fail("steps", steps, "give steps= (the number of model evaluations) or an explicit "
+                 "grid (timesteps= or sigmas=)")
+        steps = check_int("steps", steps, minimum=1)
+        t_T, t_0 = _time_range(ns, t_start, t_end, lambda_min)
+
     if method == "multistep":
         if steps < order:
             fail("steps", steps, f"the multistep solver of order {order} needs steps >= {order}")
-        check_choice("d2_scale", d2_scale, D2_SCALES, "multistep third-order D2 convention")
-        check_choice("warmup", warmup, WARMUPS, "multistep warm-up")
-        ts = get_time_steps(ns, skip_type, t_T, t_0, steps)
-        orders = multistep_step_orders(steps, order, lower_order_final)
-        t_prev, m_prev = [float(ts[0])], [fn(x, float(ts[0]))]
-        for step in range(1, steps + 1):
-            t = float(ts[step])
-            if step == 1 and order == 3 and warmup == "singlestep" and orders[0] < 2 <= steps:
-                x, _ = singlestep_dpm_solver_second_update(
-                    ns, fn, x, t_prev[-1], t, r1=0.5, model_s=m_prev[-1],
-                    algorithm_type=algorithm_type, solver_type=solver_type)
+        if grid is None:
+            grid = schedule_points(ns, get_time_steps(ns, skip_type, t_T, t_0, steps),
+                                   model_time=model_time)
+        plan = _multistep_plan(ns, grid, order, lower_order_final, warmup, model_time,
+                               algorithm_type, solver_type, d2_scale)
+        last = grid[-1]
+        by_t = _by_time(grid, plan)
+        fn_t = lambda xx, t: fn(xx, by_t[t])     # noqa: E731  (model_fn of the single-step warm-up)
+        hist = [fn(x, grid[0])]
+        for i, (kind, o, c) in enumerate(plan):
+            p = grid[i]
+            if report is not None:
+                report(StepInfo(i, steps, x, _denoised(hist[-1], x, p, algorithm_type), t=p.t,
+                                sigma=p.sigma_ve))
+            if kind == "single":
+                x, _ = singlestep_dpm_solver_second_update(None, fn_t, x, None, None,
+                                                           model_s=hist[-1], coefficients=c)
             else:
-                x = multistep_dpm_solver_update(ns, x, m_prev, t_prev, t, order=orders[step - 1],
-                                                algorithm_type=algorithm_type,
-                                                solver_type=solver_type, d2_scale=d2_scale)
-            t_prev = (t_prev + [t])[-order:]
-            if step < steps:
-                m_prev = (m_prev + [fn(x, t)])[-order:]
-            call_progress(progress, step, steps)
+                x = multistep_dpm_solver_update(None, x, hist, None, None, order=o,
+                                                coefficients=c)
+            if i < steps - 1:
+                hist.append(fn(x, grid[i + 1]))
+                if len(hist) > order:
+                    del hist[0]
     else:
-        if method == "singlestep":
-            orders = singlestep_orders(steps, order)
-            if skip_type == "logSNR":
-                outer = get_time_steps(ns, skip_type, t_T, t_0, len(orders))
-            else:
-                fine = get_time_steps(ns, skip_type, t_T, t_0, steps)
-                outer = fine[np.cumsum([0] + orders)]
-        else:
-            if steps < order:
-                fail("steps", steps, f"singlestep_fixed of order {order} needs steps >= {order}")
-            orders = [order] * (steps // order)
-            outer = get_time_steps(ns, skip_type, t_T, t_0, len(orders))
-        for i, o in enumerate(orders):
-            x, _ = singlestep_dpm_solver_update(ns, fn, x, float(outer[i]), float(outer[i + 1]),
-                                                order=o, algorithm_type=algorithm_type,
-                                                solver_type=solver_type)
-            call_progress(progress, i + 1, len(orders))
+        plan, outer = _singlestep_plan(ns, steps, order, method, skip_type, intermediate,
+                                       grid,
+                                       t_T, t_0, model_time, algorithm_type, solver_type)
+        last = outer[-1]
+        by_t = _by_time(outer, [(None, o, c) for o, c in plan])
+        fn_t = lambda xx, t: fn(xx, by_t[t])     # noqa: E731
+        n = len(plan)
+        for j, (o, c) in enumerate(plan):
+            p = outer[j]
+            m_s = fn(x, p)
+            if report is not None:
+                report(StepInfo(j, n, x, _denoised(m_s, x, p, algorithm_type), t=p.t,
+                                sigma=p.sigma_ve))
+            x, _ = singlestep_dpm_solver_update(None, fn_t, x, None, None, order=o, model_s=m_s,
+                                                coefficients=c)
     if denoise_to_zero:
-        x = data_fn(x, t_0)
+        x = data_fn(x, last)
     return x
 
 
-def _register(name: str, *, order: int, method: str, algorithm_type: str, step: Callable,
-              formal_order: int | None, doc: str):
-    def sampler(model: Callable, x, *, noise_schedule, steps: int, noise=None, **options):
-        for fixed in ("order", "method", "algorithm_type"):
-            if fixed in options:
-                fail(fixed, options[fixed], f"the sampler {name!r} fixes {fixed} to "
-                     f"{locals_[fixed]!r}; call sample_dpm_solver for other settings")
-        return sample_dpm_solver(model, x, noise_schedule=noise_schedule, steps=steps,
-                                 order=order, method=method, algorithm_type=algorithm_type,
-                                 noise=noise, **options)
+def _by_time(points: list[SchedulePoint], plan: list) -> dict[float, SchedulePoint]:
+    """Every point the plan's updates evaluate the model at, keyed by its time."""
+    out = {p.t: p for p in points}
+    for _, _, c in plan:
+        for name in ("s1", "s2"):
+            p = getattr(c, name, None)
+            if p is not None:
+                out.setdefault(p.t, p)
+    return out
 
-    locals_ = {"order": order, "method": method, "algorithm_type": algorithm_type}
+
+def _denoised(m: Any, x: Any, p: SchedulePoint, algorithm_type: str) -> Any:
+    """The data prediction at a step's start: the model value itself (DPM-Solver++) or x̂0 from ε̂."""
+    return m if algorithm_type == "dpmsolver++" else x0_from_prediction(m, x, p.alpha, p.sigma, "eps")
+
+
+def _register(name: str, *, order: int, method: str, algorithm_type: str, step: Callable,
+              formal_order: int | None, doc: str) -> Callable:
+    fixed = {"order": order, "method": method, "algorithm_type": algorithm_type}
+
+    def sampler(model: Callable, x: Any, *, noise_schedule: NoiseScheduleVP,
+                steps: int | None = None, noise: Any = None, **options: Any) -> Any:
+        for key in fixed:
+            if key in options:
+                fail(key, options[key], f"the sampler {name!r} fixes {key} to "
+                     f"{fixed[key]!r}; call sample_dpm_solver for other settings")
+        return sample_dpm_solver(model, x, noise_schedule=noise_schedule, steps=steps,
+                                 noise=noise, **fixed, **options)
+
     sampler.__name__ = "sample_" + name.replace("+", "p")
     sampler.__qualname__ = sampler.__name__
     sampler.__doc__ = (doc + "\n\nSee :func:`sample_dpm_solver` for the options (all but order, "

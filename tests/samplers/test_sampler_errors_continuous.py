@@ -124,11 +124,13 @@ def test_stochastic_samplers_need_noise_of_the_right_shape():
 @pytest.mark.parametrize("option,value,what", [
     ("lower_order_final", "hf", "lower_order_final='hf' is not a known rule; allowed: 'dpm_solver', 'diffusers'"),
     ("skip_type", "karras", "skip_type='karras' is not a known step grid; allowed: 'time_uniform', 'logSNR'"),
-    ("model_type", "eps", "model_type='eps' is not a known model type; allowed: 'noise', 'x_start', 'v', 'score'"),
+    ("model_type", "mean", "model_type='mean' is not a known prediction type; allowed: 'eps', 'x0', 'v', 'score'"),
     ("solver_type", "heun", "solver_type='heun' is not a known DPM-Solver solver type"),
     ("d2_scale", "half", "d2_scale='half' is not a known multistep third-order D2 convention"),
     ("warmup", "none", "warmup='none' is not a known multistep warm-up"),
-    ("model_time", "index", "model_time='index' is not a known model time convention"),
+    ("model_time", "step", "model_time='step' is not a known model time convention"),
+    ("intermediate", "midpoint", "intermediate='midpoint' is not a known intermediate-point placement"),
+    ("final_sigmas_type", "min", "final_sigmas_type='min' is not a known final σ"),
 ])
 def test_unknown_dpm_solver_conventions(option, value, what):
     with pytest.raises(UnknownNameError, match=what):
