@@ -197,6 +197,14 @@ def _ilvr_refine_scale(oracle_call, ref, inputs):
     return low_pass(np.abs(y), f) + np.abs(x) + low_pass(np.abs(x), f)
 
 
+def _sample_scale(oracle_call, ref, inputs):
+    """Each step replaces the sample by φ(y_t) + x − φ(x) (ILVR) or adds a guidance term: the x
+    terms cancel in exact arithmetic (so the oracle's sensitivity does not see them) but not in
+    the dtype, so the error is relative to the magnitude of the samples, bounded by the inputs'."""
+    from .check import default_scale
+    return default_scale(inputs, ref, None)
+
+
 def _steps(oracle_call, ref):
     kw = oracle_call[1]
     if "schedule" in kw:
@@ -215,7 +223,8 @@ _register("low_pass", _low_pass, tol="reduction", sizes_fn=lambda c, r: (4, 1),
           scale=_low_pass_scale)
 _register("ilvr_refine", _ilvr_refine, tol="reduction", sizes_fn=lambda c, r: (4, 1),
           scale=_ilvr_refine_scale)
-_register("ilvr_sample", _ilvr_sample, tol="trajectory", sizes_fn=_steps, budget=0.5)
+_register("ilvr_sample", _ilvr_sample, tol="trajectory", sizes_fn=_steps, budget=0.5,
+          scale=_sample_scale)
 _register("egsde_score", _egsde_score)
 _register("egsde_step", _egsde_step)
 _register("egsde_sample", _egsde_sample, tol="trajectory", sizes_fn=_steps, budget=0.5)

@@ -50,9 +50,9 @@ class Case:
         Fraction of the profile's ``max_examples`` to run (expensive checks take fewer).
     scale : callable or mapping, optional
         ``scale(oracle_call, ref, float_inputs) -> array`` — the magnitude of the terms behind each
-        output element, used for atol. Default: elementwise max of |ref|, the float inputs and the
-        sensitivity of the oracle to rounding-level perturbations of every input
-        (:func:`~refdiff.conformance.check.default_scale`).
+        output element, used for atol. Default: elementwise max of |ref| and the sensitivity of
+        the oracle to rounding-level perturbations of every input, Σ_k |x_k·∂f/∂x_k| (the
+        condition number times |ref|; :func:`~refdiff.conformance.check.default_scale`).
     sizes : callable, optional
         ``sizes(oracle_call, ref) -> (n, steps)``: reduction size and trajectory length.
     covers : tuple of str

@@ -331,12 +331,19 @@ def compare(actual: np.ndarray, expected: np.ndarray, tol: _tol.Tolerance,
 
 def default_scale(inputs: list[np.ndarray], ref: np.ndarray,
                   sensitivity: np.ndarray | None = None) -> np.ndarray:
-    """Elementwise max of |ref|, the sensitivity estimate, and every float input that broadcasts
-    to ref (reduced over the non-batch axes when it does not)."""
+    """The condition-aware scale of an output: elementwise max of |ref| and the sensitivity
+    estimate Σ_k |x_k·∂f/∂x_k| (see :class:`_LazySensitivity`).
+
+    The magnitude of the inputs does not enter: an output that is small because the function is
+    well conditioned there (t ≈ 1e-3 from λ ≈ 9) gets an allowance relative to itself, so an
+    ill-computed small output is caught however large its inputs. Only when no sensitivity
+    estimate exists are the float inputs that broadcast to ref (reduced over the non-batch axes
+    when they do not) used instead.
+    """
     ref = np.asarray(ref, dtype=np.float64)
     scale = np.where(np.isfinite(ref), np.abs(ref), 0.0)
     if sensitivity is not None and np.shape(sensitivity) == ref.shape:
-        scale = np.maximum(scale, sensitivity)
+        return np.maximum(scale, sensitivity)
     for x in inputs:
         x = np.abs(np.where(np.isfinite(x), x, 0.0))
         try:

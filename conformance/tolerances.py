@@ -5,10 +5,14 @@ quantised inputs) when, elementwise,
 
     |a − r| <= atol + rtol·|r|,   rtol = k_r·eps,   atol = k_a·eps·scale,
 
-with ``eps`` the machine epsilon of the dtype under test and ``scale`` the magnitude of the terms
-that produced ``r`` (by default, elementwise, the largest of |r| and the float inputs broadcast to
-the output; a check may supply its own, e.g. Σ|terms| for a reduction). Both rtol and atol are
-always given. The multipliers grow with the size of a reduction (√n) or the number of steps of a
+with ``eps`` the machine epsilon of the dtype under test and ``scale`` the condition-aware
+magnitude of ``r``: by default, elementwise, the larger of |r| and Σ_k |x_k·∂r/∂x_k| over every
+float input x_k (estimated by rerunning the oracle with each input moved by one eps), so that
+``atol·scale`` is ``k_a`` times the error the rounding of the inputs alone would cause. The
+inputs' own magnitude does not enter: a small output of a well-conditioned function (t ≈ 1e-3
+from λ ≈ 9) is held to its own precision. A check whose formula cancels internally may supply
+the magnitude of its terms instead (e.g. Σ|terms| for a reduction). Both rtol and atol are always
+given. The multipliers grow with the size of a reduction (√n) or the number of steps of a
 trajectory (k), never otherwise: widening a check is done only by a named entry in
 :data:`WIDENED`, with its reason.
 
