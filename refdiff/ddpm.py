@@ -16,9 +16,9 @@ from typing import Callable
 
 from ._errors import check_choice, check_int, fail
 from ._xp import append_dims, array_namespace, as_timesteps, check_same_shape, device_of
-from .diffusion import fixed_variance, q_mean_variance
+from .diffusion import p_mean_variance, q_mean_variance
 from .diffusion import q_sample as _q_sample
-from .parameterizations import coefficient
+from .losses import l_simple
 from .schedules import Schedule, linear
 
 __all__ = ["DenoiseDiffusion"]
@@ -108,16 +108,12 @@ class DenoiseDiffusion:
 
     # the reverse process -----------------------------------------------------------------
     def p_mean_var(self, xt, t):
-        """(μ_θ, σ_t²) with μ_θ = (x_t − β_t/√(1−ᾱ_t)·ε_θ)/√α_t (Ho et al. 2020, Eq. 11)."""
-        xp = array_namespace(xt)
+        """(μ_θ, σ_t²) of p_θ(x_{t−1}|x_t) for the ε-model (Ho et al. 2020, Eq. 11): :func:`refdiff.diffusion.p_mean_variance`."""
         eps = self.eps_model(xt, self._t(t, xt))
         check_same_shape("eps_model output", eps, "x_t", xt)
-        beta = coefficient(self.schedule, "betas", t, xt)
-        alpha = coefficient(self.schedule, "alphas", t, xt)
-        s1m = coefficient(self.schedule, "sqrt_one_minus_alphas_cumprod", t, xt)
-        mean = (xt - (beta / s1m) * eps) / xp.sqrt(alpha)
-        var, _ = fixed_variance(self.schedule, t, xt, var_type=self.var_type, t0=self.t0)
-        return mean, var
+        out = p_mean_variance(self.schedule, eps, xt, t, mean_type="eps", var_type=self.var_type,
+                              t0=self.t0)
+        return out.mean, out.variance
 
     def p_sample(self, xt, t, *, noise):
         """x_{t−1} = μ_θ(x_t, t) + σ_t·z (Ho et al. 2020, Algorithm 2, line 4); no noise at t = 0 if final_noise="none"."""
@@ -131,12 +127,12 @@ class DenoiseDiffusion:
         return mean + std * noise
 
     def loss(self, x0, *, t, noise):
-        """L_simple = mean ‖ε − ε_θ(√ᾱ_t x0 + √(1−ᾱ_t) ε, t)‖² over all elements (Ho et al. 2020, Eq. 14)."""
+        """L_simple = mean ‖ε − ε_θ(√ᾱ_t x0 + √(1−ᾱ_t) ε, t)‖² over all elements (Ho et al. 2020, Eq. 14): :func:`refdiff.losses.l_simple` averaged over the batch."""
         xp = array_namespace(x0)
         xt = self.q_sample(x0, t, noise=noise)
         eps = self.eps_model(xt, self._t(t, x0))
         check_same_shape("eps_model output", eps, "x_t", xt)
-        return xp.mean((noise - eps) ** 2)
+        return xp.mean(l_simple(eps, noise))
 
     def sample(self, x_T, *, noise):
         """Run p_sample from t = T−1 down to 0 (labml's sampling loop); noise: (T,) + x_T.shape or a callable."""

@@ -47,11 +47,18 @@ def q_mean_variance(schedule, x0, t):
     return mean, var, log_var
 
 
-def q_sample(schedule, x0, t, *, noise):
-    """x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε with explicit noise ε (Ho et al. 2020, Eq. 4)."""
+def q_sample(schedule, x0, t, *, noise, coefficients=None):
+    """x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε with explicit noise ε (Ho et al. 2020, Eq. 4).
+
+    ``coefficients`` = (√ᾱ_t, √(1 − ᾱ_t)) as host floats (a loop's step plan) skips the table
+    look-ups at t.
+    """
     check_same_shape("x0", x0, "noise", noise)
-    return (coefficient(schedule, "sqrt_alphas_cumprod", t, x0) * x0
-            + coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x0) * noise)
+    if coefficients is None:
+        coefficients = (coefficient(schedule, "sqrt_alphas_cumprod", t, x0),
+                        coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x0))
+    a, s = coefficients
+    return a * x0 + s * noise
 
 
 def _posterior_log_variance_table(t0: str) -> str:

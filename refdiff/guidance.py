@@ -173,7 +173,8 @@ def ilvr_refine(x_prev, y_prev, *, factor: int = 4, low_pass_fn: Callable | None
 def ilvr_sample(model: Callable, x_T, *, schedule, reference, noise, reference_noise,
                 factor: int = 4, low_pass_fn: Callable | None = None, range_t: int = -1,
                 mean_type: str = "eps", var_type: str = "fixed_small", clip_x0: bool = False,
-                t0: str = "clipped", progress: Callable | None = None):
+                t0: str = "clipped", callback: Callable | None = None,
+                progress: Callable | None = None):
     """ILVR: DDPM ancestral sampling refined toward the low frequencies of ``reference`` (Choi et al. 2021, Algorithm 1).
 
     Parameters
@@ -188,31 +189,43 @@ def ilvr_sample(model: Callable, x_T, *, schedule, reference, noise, reference_n
     range_t : int
         Refine only while the training timestep t of the step is > range_t (−1: every step, as
         Algorithm 1; the ILVR code's ``range_t`` uses the same test).
+    callback, progress
+        Per-step hooks, as :func:`refdiff.samplers.discrete.sample_ddpm`.
     """
-    from .samplers._common import draw_noise
-    from .samplers.discrete import _step_index, _timesteps, p_sample, sampling_schedule
+    from .diffusion import q_sample
+    from .samplers._common import StepInfo, draw_noise, step_reporter
+    from .samplers.discrete import ddpm_coefficients, p_sample, sampling_schedule
     sched = sampling_schedule(schedule, None)
     _same("reference", reference, x_T)
     range_t = check_int("range_t", range_t, minimum=-1)
+    report = step_reporter(callback, progress)
     n = sched.num_timesteps
+    tmap = [int(v) for v in sched.timestep_map]
+    sab = [float(v) for v in sched.sqrt_alphas_cumprod]
+    s1m = [float(v) for v in sched.sqrt_one_minus_alphas_cumprod]
+    plan = [(i, tmap[i], ddpm_coefficients(sched, i, var_type=var_type, t0=t0))
+            for i in range(n - 1, -1, -1)]
+    xp = array_namespace(x_T)
+    dev = device_of(x_T)
     x = x_T
-    for k, i in enumerate(range(n - 1, -1, -1)):
-        t_model = _timesteps(sched, i, x)
+    for k, (i, t, pc) in enumerate(plan):
+        t_model = xp.full((x.shape[0],), t, dtype=xp.int64, device=dev)
         out = model(x, t_model)
         add = i > 0
         z = draw_noise(noise, k, x) if add else None
-        x, _ = p_sample(out, x, _step_index(sched, i, x), schedule=sched, mean_type=mean_type,
-                        var_type=var_type, clip_x0=clip_x0, t0=t0, noise=z, add_noise=add)
-        if int(sched.timestep_map[i]) > range_t:
+        x_new, pmv = p_sample(out, x, i, schedule=sched, mean_type=mean_type, var_type=var_type,
+                              clip_x0=clip_x0, t0=t0, noise=z, add_noise=add, coefficients=pc)
+        if report is not None:
+            report(StepInfo(k, n, x, pmv.pred_x0, t=t))
+        x = x_new
+        if t > range_t:
             if i > 0:
                 xi = draw_noise(reference_noise, k, x, name="reference_noise")
-                y = (math.sqrt(float(sched.alphas_cumprod[i - 1])) * reference
-                     + math.sqrt(float(sched.one_minus_alphas_cumprod[i - 1])) * xi)
+                y = q_sample(sched, reference, i - 1, noise=xi,
+                             coefficients=(sab[i - 1], s1m[i - 1]))
             else:
                 y = reference
             x = ilvr_refine(x, y, factor=factor, low_pass_fn=low_pass_fn)
-        if progress is not None:
-            progress(k + 1, n)
     return x
 
 
@@ -238,7 +251,8 @@ def egsde_step(x, score, energy_grad, *, beta: float, noise=None):
 
 
 def egsde_sample(model: Callable, y0, *, schedule, energy_grad: Callable, t_start: int, noise,
-                 start_noise, mean_type: str = "eps", progress: Callable | None = None):
+                 start_noise, mean_type: str = "eps", callback: Callable | None = None,
+                 progress: Callable | None = None):
     """EGSDE: perturb the source y0 to t_start, then run the energy-guided reverse VP SDE to t = 0 (Zhao et al. 2022, Algorithm 1).
 
     Parameters
@@ -254,31 +268,41 @@ def egsde_sample(model: Callable, y0, *, schedule, energy_grad: Callable, t_star
     noise, start_noise : array or callable / array
         Draws for the reverse steps ((t_start + 1,) + y0.shape; the last step adds none) and the
         draw of x_M = √ᾱ_M·y0 + √(1−ᾱ_M)·ξ.
+    callback, progress
+        Per-step hooks (``denoised`` is None: the step uses the score directly).
     """
-    from .parameterizations import eps_from_output, score_from_eps
-    from .samplers._common import draw_noise
+    from .diffusion import q_sample
+    from .parameterizations import eps_from_x0_at, level_coefficients, x0_from_output_at
+    from .samplers._common import StepInfo, draw_noise, step_reporter
     check_choice("mean_type", mean_type, ("eps", "x0", "v", "score"), "model kind")
     T = schedule.num_timesteps
     t_start = check_int("t_start", t_start, minimum=0)
     if t_start >= T:
         fail("t_start", t_start, f"expected an index in [0, {T})")
     _same("start_noise", start_noise, y0)
+    report = step_reporter(callback, progress)
+    plan = [(i, level_coefficients(schedule, i), float(schedule.betas[i]))
+            for i in range(t_start, -1, -1)]
     xp = array_namespace(y0)
-    x = (math.sqrt(float(schedule.alphas_cumprod[t_start])) * y0
-         + math.sqrt(float(schedule.one_minus_alphas_cumprod[t_start])) * start_noise)
-    for k, i in enumerate(range(t_start, -1, -1)):
-        t = xp.full((x.shape[0],), i, dtype=xp.int64, device=device_of(x))
+    dev = device_of(y0)
+    c0 = plan[0][1]
+    x = q_sample(schedule, y0, t_start, noise=start_noise,
+                 coefficients=(c0.sqrt_alphas_cumprod, c0.sqrt_one_minus_alphas_cumprod))
+    for k, (i, c, beta) in enumerate(plan):
+        t = xp.full((x.shape[0],), i, dtype=xp.int64, device=dev)
         out = model(x, t)
         _same("model output", out, x)
         if mean_type == "score":
             s = out
         else:
-            s = score_from_eps(schedule, t, eps_from_output(schedule, x, t, out, mean_type))
+            eps = out if mean_type == "eps" else eps_from_x0_at(
+                x, x0_from_output_at(out, x, c, mean_type), c)
+            s = -eps / c.sqrt_one_minus_alphas_cumprod
         g = energy_grad(x, t)
         z = draw_noise(noise, k, x) if i > 0 else None
-        x = egsde_step(x, s, g, beta=float(schedule.betas[i]), noise=z)
-        if progress is not None:
-            progress(k + 1, t_start + 1)
+        if report is not None:
+            report(StepInfo(k, t_start + 1, x, None, t=i))
+        x = egsde_step(x, s, g, beta=beta, noise=z)
     return x
 
 
@@ -295,18 +319,19 @@ def langevin_step(x, score, *, step_size: float, noise):
 
 
 def langevin_dynamics(score_fn: Callable, x, *, step_size: float, n_steps: int, noise,
-                      progress: Callable | None = None):
+                      callback: Callable | None = None, progress: Callable | None = None):
     """n_steps of Langevin dynamics for a time-independent score ``score_fn(x)`` (Song & Ermon 2019, Eq. 4).
 
     ``noise``: shape (n_steps,) + x.shape or a callable ``noise(k)``. As ε → 0 and n_steps → ∞ the
     law of x tends to p (for finite ε it is the stationary law of the discretised chain).
     """
-    from .samplers._common import draw_noise
+    from .samplers._common import StepInfo, draw_noise, step_reporter
     check_real("step_size", step_size, lo=0.0, lo_open=True)
     n = check_int("n_steps", n_steps, minimum=1)
+    report = step_reporter(callback, progress)
     for k in range(n):
         s = score_fn(x)
+        if report is not None:
+            report(StepInfo(k, n, x, None))
         x = langevin_step(x, s, step_size=step_size, noise=draw_noise(noise, k, x))
-        if progress is not None:
-            progress(k + 1, n)
     return x

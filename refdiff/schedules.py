@@ -12,6 +12,8 @@ improved-diffusion's 0-based convention is used throughout refdiff).
 from __future__ import annotations
 
 import dataclasses
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -25,6 +27,7 @@ __all__ = [
     "Schedule", "from_betas", "from_alphas_cumprod", "linear", "scaled_linear", "quadratic",
     "sigmoid", "cosine", "get_schedule", "list_schedules", "register_schedule",
     "zero_terminal_snr", "space_timesteps", "spaced_timesteps", "respace", "TABLE_NAMES",
+    "SPACINGS", "DIFFUSERS_SPACINGS",
 ]
 
 #: The float64 tables every Schedule carries (improved-diffusion's names plus log-SNR tables).
@@ -389,10 +392,17 @@ def zero_terminal_snr(schedule: Schedule) -> Schedule:
 
 
 def space_timesteps(T: int, section_counts: str | Sequence[int]) -> np.ndarray:
-    """improved-diffusion's spacing: "ddimN" (stride with exactly N steps) or per-section counts.
+    """improved-diffusion's respacing (Nichol & Dhariwal 2021, §4): "ddimN" or per-section step counts.
 
-    Sections split [0, T) into equal parts (the first T mod k one step longer); in each, the count
-    is spread with a fractional stride rounded half-to-even. Returns sorted original indices.
+    ``"ddimN"`` takes ``range(0, T, stride)`` for the smallest integer stride giving exactly N
+    steps. Otherwise [0, T) is split into len(counts) sections of equal size (the first T mod k
+    one step longer); in a section of ``size`` steps starting at ``start`` the k-th kept index is
+    ``start + round(cur_k)`` with ``cur_0 = 0.0`` and ``cur_{k+1} = cur_k + (size-1)/(count-1)``,
+    the float stride accumulated by repeated addition and rounded half-to-even by Python's
+    ``round`` (improved-diffusion's rule; ``round(k·stride)`` differs from it on ties, e.g. T=1000
+    with one section of 21 steps). A count of 1 keeps the first index of its section (stride 1);
+    ``"ddim1"`` keeps {0} (stride T; improved-diffusion's stride search stops at T-1 and raises
+    there instead). Returns the sorted original indices.
     """
     T = _check_T(T)
     if isinstance(section_counts, str):
@@ -421,13 +431,25 @@ def space_timesteps(T: int, section_counts: str | Sequence[int]) -> np.ndarray:
         if size < count:
             fail("section_counts", section_counts,
                  f"section {i} has {size} timesteps, fewer than the {count} steps requested")
-        stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
-        steps += [start + round(k * stride) for k in range(count)]
+        frac_stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
+        cur = 0.0
+        for _ in range(count):
+            steps.append(start + round(cur))
+            cur += frac_stride
         start += size
     return np.array(sorted(set(steps)), dtype=np.int64)
 
 
-_SPACINGS = ("leading", "trailing", "linspace")
+#: The timestep spacings a sampler's ``steps=`` accepts (one tuple for the whole package):
+#: diffusers' "trailing" (Lin et al. 2023, Table 2), "leading" and "linspace"; improved-diffusion's
+#: "ddim" ("ddimN") and "sections" (one section of N steps, ``space_timesteps(T, "N")``).
+SPACINGS = ("trailing", "leading", "linspace", "ddim", "sections")
+
+#: The members of :data:`SPACINGS` that :func:`spaced_timesteps` builds (diffusers'
+#: ``timestep_spacing``, in diffusers' order).
+DIFFUSERS_SPACINGS = ("leading", "trailing", "linspace")
+assert set(DIFFUSERS_SPACINGS) <= set(SPACINGS)
+_SPACINGS = DIFFUSERS_SPACINGS
 
 
 def spaced_timesteps(T: int, n: int, spacing: str = "linspace", *, steps_offset: int = 0) -> np.ndarray:
@@ -438,7 +460,7 @@ def spaced_timesteps(T: int, n: int, spacing: str = "linspace", *, steps_offset:
     """
     T = _check_T(T)
     n = check_int("n", n, minimum=1)
-    check_choice("spacing", spacing, _SPACINGS, "timestep spacing")
+    check_choice("spacing", spacing, DIFFUSERS_SPACINGS, "timestep spacing")
     if n > T:
         fail("n", n, f"cannot take more steps than T={T}")
     steps_offset = check_int("steps_offset", steps_offset, minimum=0)
@@ -454,6 +476,25 @@ def spaced_timesteps(T: int, n: int, spacing: str = "linspace", *, steps_offset:
     return ts
 
 
+#: Respaced schedules by (id(schedule), spec): schedules are immutable, so a loop given ``steps=``
+#: pays the double-double rebuild once. Entries hold a weak reference checked for identity, so a
+#: recycled id never returns another schedule's result.
+_RESPACE_CACHE: OrderedDict[tuple, tuple[Any, Schedule]] = OrderedDict()
+_RESPACE_CACHE_SIZE = 64
+
+
+def _cache_key(timesteps: Any, spacing: str | None, steps_offset: int):
+    if isinstance(timesteps, (str, int, np.integer)) and not isinstance(timesteps, bool):
+        spec: Any = timesteps if isinstance(timesteps, str) else int(timesteps)
+    elif isinstance(timesteps, (list, tuple)) and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in timesteps):
+        spec = tuple(int(v) for v in timesteps)
+    else:
+        return None
+    return (type(timesteps).__name__ if isinstance(spec, tuple) else None, spec, spacing,
+            steps_offset)
+
+
 def respace(schedule: Schedule, timesteps: Any, *, spacing: str | None = None,
             steps_offset: int = 0) -> Schedule:
     """Keep a subset of steps, recomputing β'_i = 1 - ᾱ_i/ᾱ_{i-1} (Nichol & Dhariwal 2021, §4; DDIM §4.2).
@@ -461,9 +502,26 @@ def respace(schedule: Schedule, timesteps: Any, *, spacing: str | None = None,
     ``timesteps`` is an explicit sequence of original indices; a string ("ddim50", "10,15,20")
     or a list of section counts with ``spacing="sections"`` as in improved-diffusion; or an
     int n with ``spacing`` in {"leading", "trailing", "linspace"} as in diffusers.
-    ``timestep_map`` of the result maps new indices back to the original ones.
+    ``timestep_map`` of the result maps new indices back to the original ones. Results for a
+    string, int or list spec are cached per (schedule, spec) (schedules are immutable).
     """
     _check_host(schedule, "respace")
+    key = _cache_key(timesteps, spacing, steps_offset)
+    if key is not None:
+        key = (id(schedule),) + key
+        hit = _RESPACE_CACHE.get(key)
+        if hit is not None and hit[0]() is schedule:
+            _RESPACE_CACHE.move_to_end(key)
+            return hit[1]
+    out = _respace(schedule, timesteps, spacing=spacing, steps_offset=steps_offset)
+    if key is not None:
+        _RESPACE_CACHE[key] = (weakref.ref(schedule), out)
+        while len(_RESPACE_CACHE) > _RESPACE_CACHE_SIZE:
+            _RESPACE_CACHE.popitem(last=False)
+    return out
+
+
+def _respace(schedule: Schedule, timesteps: Any, *, spacing: str | None, steps_offset: int) -> Schedule:
     T = schedule.num_timesteps
     if isinstance(timesteps, str) or spacing == "sections":
         use = space_timesteps(T, timesteps)

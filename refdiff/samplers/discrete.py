@@ -9,13 +9,17 @@ Conventions (each a named argument with a documented default; see ``docs/api/sam
 * **Index base.** Sampling steps i = n-1, ..., 0 of the (possibly respaced) ``schedule``; the
   model is called as ``model(x, t)`` with ``t = schedule.timestep_map[i]`` (an int64 array of
   shape (B,)), i.e. the index of the training schedule (improved-diffusion's ``_WrappedModel``).
-* **Final-step noise** (``final_noise``): ``"none"`` (improved-diffusion, diffusers DDPM,
-  lucidrains: the last step returns its mean) or ``"always"`` (labml's DDPM adds σ_1 z at the last
-  step too; diffusers DDIM adds σ z at the last step whenever η > 0).
+* **Final-step noise** (``final_noise``): ``"none"`` (improved-diffusion, lucidrains, and diffusers
+  DDPM whenever its last timestep is 0: the last step returns its mean) or ``"always"`` (labml's
+  DDPM adds σ_1 z at the last step too; diffusers DDPM does whenever its last timestep is not 0,
+  e.g. with "trailing" spacing; diffusers DDIM adds σ z at the last step whenever η > 0).
 * **Final ᾱ_prev of DDIM** (``final_alpha_bar``): ``"one"`` (improved-diffusion,
   diffusers ``set_alpha_to_one=True``: the last step lands on clean data) or ``"alpha_bar_0"``
   (diffusers ``set_alpha_to_one=False``: the last step lands at ᾱ_0 of the training schedule), or a
   number in (0, 1].
+* **Previous timestep of DDIM** (``prev_timestep``): ``"listed"`` (the next level of the
+  schedule, improved-diffusion) or ``"stride"`` (diffusers ``DDIMScheduler.step``: always
+  t − T//n on the training schedule, also where that is not the next listed timestep).
 * **t = 0 variance** (``t0``): ``"clipped"`` (improved-diffusion) or ``"clamped"`` (diffusers), see
   :mod:`refdiff.diffusion`.
 * **ε after clipping in DDIM** (``eps_from_clipped_x0``): True re-derives ε from the clipped x̂0
@@ -27,34 +31,42 @@ Conventions (each a named argument with a documented default; see ``docs/api/sam
 
 Noise: ``noise`` is an array of shape (n,) + x.shape (one draw per step, draw k used by the k-th
 step taken) or a callable ``noise(k) -> array``; deterministic samplers ignore it.
+
+Step plan: every loop reads the coefficients of all its steps from the float64 tables once, as
+host floats, before its first model call; a step then does only array arithmetic on x.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
-from array_api_compat import is_array_api_obj
+import numpy as np
 
-from .._errors import check_choice, check_int, check_real, fail
+from .._errors import RefdiffValueError, check_choice, check_int, check_real, fail
 from .._xp import array_namespace, device_of
-from ..diffusion import T0_CONVENTIONS, p_mean_variance
-from ..guidance import check_scale, condition_mean, condition_score
-from ..schedules import Schedule, respace
+from ..diffusion import T0_CONVENTIONS, VAR_TYPES, PMeanVar, p_mean_variance, split_variance_output
+from ..guidance import check_scale, condition_eps, condition_mean, condition_score
+from ..parameterizations import (LevelCoefficients, eps_from_prediction, eps_from_x0_at,
+                                 level_coefficients, prediction_type, x0_from_output_at,
+                                 x0_from_prediction)
+from ..schedules import SPACINGS, Schedule, respace
 from . import register_sampler
-from ._common import call_progress, check_eta, check_output, check_steps, draw_noise
+from ._common import StepInfo, check_eta, check_output, check_steps, draw_noise, step_reporter
+
+Array = Any
 
 __all__ = [
-    "FINAL_NOISE", "FINAL_ALPHA_BAR", "MODEL_TIMES", "SPACINGS", "COND_MODES",
-    "ancestral_step", "p_sample", "ddim_sigma", "ddim_coefficients", "ddim_step",
-    "ddim_reverse_step", "sample_ddpm", "sample_ddim", "sample_ddim_stochastic", "ddim_invert",
-    "sampling_schedule",
+    "FINAL_NOISE", "FINAL_ALPHA_BAR", "MODEL_TIMES", "PREV_TIMESTEPS", "SPACINGS", "COND_MODES",
+    "DDPMCoefficients", "ddpm_coefficients", "ancestral_step", "p_sample", "ddim_sigma",
+    "ddim_coefficients", "ddim_step", "ddim_reverse_step", "DDIMStepOutput", "ddim_step_at",
+    "sample_ddpm", "sample_ddim", "sample_ddim_stochastic", "ddim_invert", "sampling_schedule",
 ]
 
 FINAL_NOISE = ("none", "always")
 FINAL_ALPHA_BAR = ("one", "alpha_bar_0")
 MODEL_TIMES = ("current", "next")
-SPACINGS = ("trailing", "leading", "linspace", "ddim")
+PREV_TIMESTEPS = ("listed", "stride")
 COND_MODES = ("mean", "score")
 
 
@@ -62,40 +74,56 @@ COND_MODES = ("mean", "score")
 # Small helpers
 # --------------------------------------------------------------------------------------------
 
-def _is_array(a) -> bool:
-    return is_array_api_obj(a) and not isinstance(a, (float, int))
+def _host_table(table) -> np.ndarray:
+    """A schedule table as a host NumPy array: one transfer for a table moved with ``Schedule.to``."""
+    if isinstance(table, np.ndarray):
+        return table
+    try:
+        return np.asarray(table)
+    except Exception:  # noqa: BLE001 - a device array refuses implicit conversion
+        pass
+    try:
+        from array_api_compat import to_device
+        return np.asarray(to_device(table, "cpu"))
+    except Exception:  # noqa: BLE001
+        return np.array([float(v) for v in table])
 
 
-def _ops(*vals):
-    """(sqrt, is_array, xp) for coefficients given as Python numbers or arrays."""
-    arrs = [v for v in vals if _is_array(v)]
-    if arrs:
-        xp = array_namespace(*arrs)
-        return xp.sqrt, True, xp
-    return math.sqrt, False, None
+class _Host:
+    """The tables of a schedule read to the host once each, on first use (for the step plans)."""
+
+    def __init__(self, schedule: Schedule):
+        self._schedule = schedule
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        arr = _host_table(getattr(self._schedule, name))
+        setattr(self, name, arr)
+        return arr
 
 
-def _host(table, i: int) -> float:
-    return float(table[i])
+def _check_namespace(schedule: Schedule, x) -> None:
+    """Raise unless the schedule's tables live in x's array namespace (as the table conversions do)."""
+    table = schedule.alphas_cumprod
+    try:
+        array_namespace(x, table)
+    except TypeError:
+        fail("schedule", schedule, f"its tables live in {type(table).__module__} but x is a "
+             f"{type(x).__module__} array; move them once with schedule.to(xp, device=..., dtype=...)")
 
 
-def _timesteps(schedule: Schedule, i: int, x):
-    """The model's time argument for step i: timestep_map[i] as an int64 array of shape (B,)."""
-    xp = array_namespace(x)
-    t = int(schedule.timestep_map[i])
-    return xp.full((x.shape[0],), t, dtype=xp.int64, device=device_of(x))
-
-
-def _step_index(schedule: Schedule, i: int, x):
-    xp = array_namespace(x)
-    return xp.full((x.shape[0],), i, dtype=xp.int64, device=device_of(x))
+def _timestep_array(xp, x, t: int, device):
+    return xp.full((x.shape[0],), t, dtype=xp.int64, device=device)
 
 
 def sampling_schedule(schedule, steps=None, spacing: str = "trailing") -> Schedule:
     """The schedule the loop steps on: ``schedule`` itself, or it respaced to ``steps`` steps.
 
-    ``spacing`` is "trailing" (default; starts at T-1, Lin et al. 2023), "leading", "linspace"
-    (diffusers) or "ddim" (improved-diffusion's ``"ddimN"`` = range(0, T, stride)).
+    ``spacing`` is one of :data:`refdiff.schedules.SPACINGS`: "trailing" (default; starts at T-1,
+    Lin et al. 2023), "leading", "linspace" (diffusers, no ``steps_offset``), "ddim"
+    (improved-diffusion's ``"ddimN"`` = range(0, T, stride)) or "sections" (improved-diffusion's
+    one-section ``"N"``). Respaced schedules are cached per (schedule, steps, spacing).
     """
     if not isinstance(schedule, Schedule):
         fail("schedule", schedule, "expected a refdiff.schedules.Schedule")
@@ -107,22 +135,89 @@ def sampling_schedule(schedule, steps=None, spacing: str = "trailing") -> Schedu
         fail("steps", steps, f"expected at most T={schedule.num_timesteps} steps")
     if spacing == "ddim":
         return respace(schedule, f"ddim{steps}")
+    if spacing == "sections":
+        return respace(schedule, str(steps))
     return respace(schedule, steps, spacing=spacing)
 
 
-def _model_output(model: Callable, x, t, *, var_type: str):
-    out = model(x, t)
+def _zero_snr_check(ab: float, i: int, mean_type: str) -> None:
+    if ab == 0.0 and mean_type in ("eps", "score"):
+        raise RefdiffValueError(
+            f"t={i} has zero SNR (alphas_cumprod = 0): x0 from {mean_type} is undefined there; use "
+            "a v- or x0-prediction model at the terminal step (Lin et al. 2023, §3.2)")
+
+
+def _split_output(out, x, var_type: str):
+    """The mean part of a model output (the variance channels dropped for learned variances)."""
     if var_type in ("fixed_small", "fixed_large"):
         check_output(out, x)
-    return out
+        return out, None
+    return split_variance_output(out, x)
+
+
+def _process_x0(x0, xp, clip_x0: bool, denoised_fn):
+    if denoised_fn is not None:
+        x0 = denoised_fn(x0)
+    if clip_x0:
+        x0 = xp.clip(x0, -1.0, 1.0)
+    return x0
 
 
 # --------------------------------------------------------------------------------------------
 # DDPM
 # --------------------------------------------------------------------------------------------
 
+class DDPMCoefficients(NamedTuple):
+    """Host floats of one DDPM step at sampling level i (from :func:`ddpm_coefficients`).
+
+    ``level`` holds the x̂0/ε/posterior-mean coefficients; ``variance`` and ``log_variance`` the
+    fixed σ² and log σ² (None for learned variances); ``min_log`` and ``max_log`` the
+    learned-range endpoints log β̃ and log β (Nichol & Dhariwal 2021, Eq. 15).
+    """
+
+    i: int
+    level: LevelCoefficients
+    variance: float | None
+    log_variance: float | None
+    min_log: float
+    max_log: float
+
+
+def ddpm_coefficients(schedule: Schedule, i: int, *, var_type: str = "fixed_small",
+                      t0: str = "clipped", _host: Any = None) -> DDPMCoefficients:
+    """The coefficients of the DDPM step at level i as host floats (Ho et al. 2020, Eqs. 7, 11; Nichol & Dhariwal 2021, §3.1).
+
+    The same table entries :func:`refdiff.diffusion.p_mean_variance` gathers, read once: pass the
+    result to :func:`p_sample` as ``coefficients=`` to step without table look-ups.
+    """
+    check_choice("var_type", var_type, VAR_TYPES, "variance type")
+    check_choice("t0", t0, T0_CONVENTIONS, "t=0 convention")
+    h = _Host(schedule) if _host is None else _host
+    n = schedule.num_timesteps
+    i = check_int("i", i, minimum=0)
+    if i >= n:
+        fail("i", i, f"expected a level in [0, {n})")
+    log_table = h.posterior_log_variance_clipped if t0 == "clipped" else h.posterior_log_variance_clamped
+    min_log = float(log_table[i])
+    beta = float(h.betas[i])
+    max_log = math.log(beta)
+    if var_type == "fixed_small":
+        var, log_var = float(h.posterior_variance[i]), min_log
+    elif var_type == "fixed_large":
+        if t0 == "clipped" and n > 1 and i == 0:
+            # improved-diffusion: β̃_1 replaces β_0 at t=0 in the fixed-large variance.
+            var, log_var = float(h.posterior_variance[1]), min_log
+        else:
+            var, log_var = beta, max_log
+    else:
+        var = log_var = None
+    return DDPMCoefficients(i, level_coefficients(h, i), var, log_var, min_log, max_log)
+
+
 def ancestral_step(mean, log_variance, noise):
-    """x_{t-1} = μ_θ + exp(½ log σ_t²)·z (Ho et al. 2020, Algorithm 2, line 4)."""
+    """x_{t-1} = μ_θ + exp(½ log σ_t²)·z (Ho et al. 2020, Algorithm 2, line 4); log σ² an array or a host float."""
+    if isinstance(log_variance, (int, float)):
+        return mean + math.exp(0.5 * log_variance) * noise
     xp = array_namespace(mean, log_variance, noise)
     return mean + xp.exp(0.5 * log_variance) * noise
 
@@ -130,7 +225,8 @@ def ancestral_step(mean, log_variance, noise):
 def p_sample(model_output, x_t, t, *, schedule, mean_type: str = "eps",
              var_type: str = "fixed_small", clip_x0: bool = False,
              denoised_fn: Callable | None = None, t0: str = "clipped", noise=None,
-             add_noise: bool = True, grad=None, cond_mode: str = "mean"):
+             add_noise: bool = True, grad=None, cond_mode: str = "mean",
+             coefficients: DDPMCoefficients | None = None):
     """One DDPM ancestral step x_t -> x_{t-1} from a model output (Ho et al. 2020, Algorithm 2).
 
     Parameters
@@ -146,12 +242,65 @@ def p_sample(model_output, x_t, t, *, schedule, mean_type: str = "eps",
     grad : array, optional
         ∇_x log p(y | x_t) (already scaled) for classifier guidance by ``cond_mode`` "mean"
         (μ + Σ·g, Dhariwal & Nichol 2021, Alg. 1) or "score" (ε − √(1−ᾱ_t)·g, Alg. 2).
+    coefficients : DDPMCoefficients, optional
+        The step's host-float coefficients from :func:`ddpm_coefficients` (for the same
+        schedule, level t, ``var_type`` and ``t0``): no table look-ups, and no ε̂ or broadcast
+        variance formed that the step does not use. The returned PMeanVar then holds the fixed
+        variance as host floats and ``pred_eps`` only where the step formed it (else None).
 
     Returns
     -------
     (x_prev, PMeanVar)
         The sample and the (guided) reverse Gaussian with its x0/ε predictions.
     """
+    if coefficients is None:
+        return _p_sample_tables(model_output, x_t, t, schedule=schedule, mean_type=mean_type,
+                                var_type=var_type, clip_x0=clip_x0, denoised_fn=denoised_fn,
+                                t0=t0, noise=noise, add_noise=add_noise, grad=grad,
+                                cond_mode=cond_mode)
+    xp = array_namespace(x_t)
+    c = coefficients.level
+    out, var_out = _split_output(model_output, x_t, var_type)
+    if var_out is None:
+        var, log_var = coefficients.variance, coefficients.log_variance
+    else:
+        if var_type == "learned":
+            log_var = var_out
+        else:
+            frac = (var_out + 1.0) / 2.0
+            log_var = frac * coefficients.max_log + (1.0 - frac) * coefficients.min_log
+        var = None
+    pred_x0 = _process_x0(x0_from_output_at(out, x_t, c, mean_type), xp, clip_x0, denoised_fn)
+    pred_eps = out if mean_type == "eps" and not (clip_x0 or denoised_fn is not None) else None
+    if grad is not None and cond_mode == "score":
+        check_output(grad, x_t, name="classifier gradient")
+        eps = pred_eps if pred_eps is not None else eps_from_x0_at(x_t, pred_x0, c)
+        pred_eps = condition_eps(eps, grad, c.sqrt_one_minus_alphas_cumprod)
+        pred_x0 = x0_from_output_at(pred_eps, x_t, c, "eps")
+    if mean_type == "mean" and not (grad is not None and cond_mode == "score"):
+        mean = out
+    else:
+        mean = c.posterior_mean_coef1 * pred_x0 + c.posterior_mean_coef2 * x_t
+    if grad is not None and cond_mode == "mean":
+        check_choice("cond_mode", cond_mode, COND_MODES, "classifier-guidance mode")
+        check_output(grad, x_t, name="classifier gradient")
+        if var is None:
+            var = xp.exp(log_var)
+        mean = condition_mean(mean, var, grad)
+    elif grad is not None:
+        check_choice("cond_mode", cond_mode, COND_MODES, "classifier-guidance mode")
+    pmv = PMeanVar(mean, var, log_var, pred_x0, pred_eps)
+    if not add_noise:
+        return mean, pmv
+    if noise is None:
+        fail("noise", noise, "p_sample adds noise: pass a standard-normal draw of x's shape")
+    check_output(noise, x_t, name="noise")
+    return ancestral_step(mean, log_var, noise), pmv
+
+
+def _p_sample_tables(model_output, x_t, t, *, schedule, mean_type, var_type, clip_x0,
+                     denoised_fn, t0, noise, add_noise, grad, cond_mode):
+    """:func:`p_sample` with per-batch timesteps t, through :func:`refdiff.diffusion.p_mean_variance`."""
     out = p_mean_variance(schedule, model_output, x_t, t, mean_type=mean_type, var_type=var_type,
                           clip_x0=clip_x0, denoised_fn=denoised_fn, t0=t0)
     if grad is not None:
@@ -175,7 +324,8 @@ def sample_ddpm(model: Callable, x_T, *, schedule, noise=None, mean_type: str = 
                 denoised_fn: Callable | None = None, t0: str = "clipped",
                 final_noise: str = "none", steps: int | None = None, spacing: str = "trailing",
                 cond_fn: Callable | None = None, cond_mode: str = "mean",
-                cond_scale: float = 1.0, progress: Callable | None = None):
+                cond_scale: float = 1.0, callback: Callable | None = None,
+                progress: Callable | None = None):
     """DDPM ancestral sampling x_T -> x_0 (Ho et al. 2020, Algorithm 2; Nichol & Dhariwal 2021, §3–4).
 
     Parameters
@@ -200,6 +350,9 @@ def sample_ddpm(model: Callable, x_T, *, schedule, noise=None, mean_type: str = 
     cond_fn, cond_mode, cond_scale
         Classifier guidance: ``cond_fn(x, t) -> ∇ log p(y|x_t)``, multiplied by ``cond_scale``,
         applied by mean shift ("mean", improved-diffusion ``p_sample``) or by score ("score").
+    callback : callable, optional
+        ``callback(info)`` with a :class:`refdiff.samplers.StepInfo` at each step (``t`` the
+        training timestep the model was called with, ``denoised`` the step's x̂0).
     progress : callable, optional
         ``progress(k, n)`` after each step.
 
@@ -212,28 +365,50 @@ def sample_ddpm(model: Callable, x_T, *, schedule, noise=None, mean_type: str = 
     check_choice("final_noise", final_noise, FINAL_NOISE, "final-step noise convention")
     check_choice("t0", t0, T0_CONVENTIONS, "t=0 convention")
     check_choice("cond_mode", cond_mode, COND_MODES, "classifier-guidance mode")
+    mean_type = prediction_type(mean_type, "mean_type")
     cond_scale = check_scale(cond_scale, "cond_scale")
+    report = step_reporter(callback, progress)
     n = sched.num_timesteps
+    _check_namespace(sched, x_T)
+    h = _Host(sched)
+    plan = []
+    for i in range(n - 1, -1, -1):
+        pc = ddpm_coefficients(sched, i, var_type=var_type, t0=t0, _host=h)
+        _zero_snr_check(float(h.alphas_cumprod[i]), i, mean_type)
+        plan.append((int(h.timestep_map[i]), pc, i > 0 or final_noise == "always"))
+    xp = array_namespace(x_T)
+    dev = device_of(x_T)
     x = x_T
-    for k, i in enumerate(range(n - 1, -1, -1)):
-        t_model = _timesteps(sched, i, x)
-        out = _model_output(model, x, t_model, var_type=var_type)
+    for k, (t, pc, add) in enumerate(plan):
+        t_model = _timestep_array(xp, x, t, dev)
+        out = model(x, t_model)
         grad = None
         if cond_fn is not None:
             grad = cond_fn(x, t_model)
             grad = grad * cond_scale if cond_scale != 1.0 else grad
-        add = i > 0 or final_noise == "always"
         z = draw_noise(noise, k, x) if add else None
-        x, _ = p_sample(out, x, _step_index(sched, i, x), schedule=sched, mean_type=mean_type,
-                        var_type=var_type, clip_x0=clip_x0, denoised_fn=denoised_fn, t0=t0,
-                        noise=z, add_noise=add, grad=grad, cond_mode=cond_mode)
-        call_progress(progress, k + 1, n)
+        x_new, pmv = p_sample(out, x, pc.i, schedule=sched, mean_type=mean_type,
+                              var_type=var_type, clip_x0=clip_x0, denoised_fn=denoised_fn, t0=t0,
+                              noise=z, add_noise=add, grad=grad, cond_mode=cond_mode,
+                              coefficients=pc)
+        if report is not None:
+            report(StepInfo(k, n, x, pmv.pred_x0, t=t))
+        x = x_new
     return x
 
 
 # --------------------------------------------------------------------------------------------
 # DDIM
 # --------------------------------------------------------------------------------------------
+
+def _ops(*vals):
+    """(sqrt, is_array, xp) for coefficients given as Python numbers or arrays."""
+    arrs = [v for v in vals if not isinstance(v, (int, float)) and hasattr(v, "shape")]
+    if arrs:
+        xp = array_namespace(*arrs)
+        return xp.sqrt, True, xp
+    return math.sqrt, False, None
+
 
 def ddim_sigma(alpha_bar, alpha_bar_prev, *, eta: float = 0.0, one_minus_alpha_bar=None,
                one_minus_alpha_bar_prev=None, beta=None):
@@ -272,18 +447,25 @@ def ddim_coefficients(alpha_bar, alpha_bar_prev, *, eta: float = 0.0, one_minus_
     return sqrt(alpha_bar_prev), sqrt(dir2), sigma
 
 
-def ddim_step(x, pred_x0, pred_eps, alpha_bar, alpha_bar_prev, *, eta: float = 0.0, noise=None,
-              one_minus_alpha_bar=None, one_minus_alpha_bar_prev=None, beta=None):
+def ddim_step(x, pred_x0, pred_eps, alpha_bar=None, alpha_bar_prev=None, *, eta: float = 0.0,
+              noise=None, one_minus_alpha_bar=None, one_minus_alpha_bar_prev=None, beta=None,
+              coefficients: tuple | None = None):
     """x_prev = √ᾱ_prev·x̂0 + √(1−ᾱ_prev−σ²)·ε̂ + σ·z (Song et al. 2021, Eq. 12).
 
     ``noise`` is needed only when σ > 0 (η > 0); with noise=None the σz term is left out (the
-    mean of the step).
+    mean of the step). ``coefficients`` = (√ᾱ_prev, √(1−ᾱ_prev−σ²), σ) precomputed by
+    :func:`ddim_coefficients` replaces ᾱ, ᾱ_prev and the options (a loop's step plan).
     """
     check_output(pred_x0, x, name="pred_x0")
     check_output(pred_eps, x, name="pred_eps")
-    c_x0, c_eps, sigma = ddim_coefficients(
-        alpha_bar, alpha_bar_prev, eta=eta, one_minus_alpha_bar=one_minus_alpha_bar,
-        one_minus_alpha_bar_prev=one_minus_alpha_bar_prev, beta=beta)
+    if coefficients is None:
+        if alpha_bar is None or alpha_bar_prev is None:
+            fail("alpha_bar", alpha_bar, "ddim_step needs alpha_bar and alpha_bar_prev (or "
+                 "coefficients= from ddim_coefficients)")
+        coefficients = ddim_coefficients(
+            alpha_bar, alpha_bar_prev, eta=eta, one_minus_alpha_bar=one_minus_alpha_bar,
+            one_minus_alpha_bar_prev=one_minus_alpha_bar_prev, beta=beta)
+    c_x0, c_eps, sigma = coefficients
     out = c_x0 * pred_x0 + c_eps * pred_eps
     if noise is not None:
         check_output(noise, x, name="noise")
@@ -291,69 +473,97 @@ def ddim_step(x, pred_x0, pred_eps, alpha_bar, alpha_bar_prev, *, eta: float = 0
     return out
 
 
-def ddim_reverse_step(x, pred_x0, pred_eps, alpha_bar_next):
-    """x_next = √ᾱ_next·x̂0 + √(1−ᾱ_next)·ε̂, one deterministic DDIM inversion step (Song et al. 2021, Eq. 13 run forward)."""
+def ddim_reverse_step(x, pred_x0, pred_eps, alpha_bar_next, *, one_minus_alpha_bar_next=None):
+    """x_next = √ᾱ_next·x̂0 + √(1−ᾱ_next)·ε̂, one deterministic DDIM inversion step (Song et al. 2021, Eq. 13 run forward).
+
+    ``one_minus_alpha_bar_next`` passes 1 − ᾱ_next exactly (otherwise formed by subtraction).
+    """
     check_output(pred_x0, x, name="pred_x0")
     check_output(pred_eps, x, name="pred_eps")
     sqrt, _, _ = _ops(alpha_bar_next)
-    return sqrt(alpha_bar_next) * pred_x0 + sqrt(1.0 - alpha_bar_next) * pred_eps
+    om = 1.0 - alpha_bar_next if one_minus_alpha_bar_next is None else one_minus_alpha_bar_next
+    return sqrt(alpha_bar_next) * pred_x0 + sqrt(om) * pred_eps
 
 
-def _final_level(schedule: Schedule, final_alpha_bar, base_schedule):
-    """(ᾱ, 1 − ᾱ, log ᾱ) of the level below step 0 under the final_alpha_bar convention."""
+class _Level(NamedTuple):
+    """(ᾱ, 1 − ᾱ, log ᾱ) of one level as host floats."""
+
+    ab: float
+    om: float
+    log: float
+
+
+def _final_level(h: _Host, schedule: Schedule, final_alpha_bar, base: Schedule | None,
+                 base_h: _Host | None) -> _Level:
+    """The level below step 0 under the final_alpha_bar convention."""
     if isinstance(final_alpha_bar, str):
         check_choice("final_alpha_bar", final_alpha_bar, FINAL_ALPHA_BAR, "final ᾱ_prev convention")
         if final_alpha_bar == "one":
-            return 1.0, 0.0, 0.0
-        src = base_schedule
+            return _Level(1.0, 0.0, 0.0)
+        src = base_h
         if src is None:
-            if int(schedule.timestep_map[0]) != 0:
-                fail("base_schedule", base_schedule, "final_alpha_bar='alpha_bar_0' on a respaced "
+            if int(h.timestep_map[0]) != 0:
+                fail("base_schedule", base, "final_alpha_bar='alpha_bar_0' on a respaced "
                      "schedule that skips index 0 needs the training schedule: pass base_schedule=")
-            src = schedule
-        return (_host(src.alphas_cumprod, 0), _host(src.one_minus_alphas_cumprod, 0),
-                _host(src.log_alphas_cumprod, 0))
+            src = h
+        return _Level(float(src.alphas_cumprod[0]), float(src.one_minus_alphas_cumprod[0]),
+                      float(src.log_alphas_cumprod[0]))
     v = check_real("final_alpha_bar", final_alpha_bar, lo=0.0, hi=1.0, lo_open=True)
-    return v, 1.0 - v, math.log(v)
+    return _Level(v, 1.0 - v, math.log(v))
 
 
-def _level(schedule: Schedule, i: int, final):
-    """(ᾱ, 1 − ᾱ, log ᾱ) of level i (−1 = the final level)."""
+def _level(h: _Host, i: int, final: _Level) -> _Level:
+    """Level i of the host tables (−1 = the final level)."""
     if i < 0:
         return final
-    return (_host(schedule.alphas_cumprod, i), _host(schedule.one_minus_alphas_cumprod, i),
-            _host(schedule.log_alphas_cumprod, i))
+    return _Level(float(h.alphas_cumprod[i]), float(h.one_minus_alphas_cumprod[i]),
+                  float(h.log_alphas_cumprod[i]))
 
 
-def _beta_between(schedule: Schedule, i: int, lo, hi) -> float:
-    """1 − ᾱ_hi/ᾱ_lo for the step from level i to level i−1 (exact table when it is the schedule's own)."""
-    if i >= 1 or (i == 0 and lo[0] == 1.0):
-        return _host(schedule.betas, i)
-    return -math.expm1(hi[2] - lo[2])
+def _beta_between(h: _Host, i: int, prev: _Level, cur: _Level, own: bool) -> float:
+    """1 − ᾱ_cur/ᾱ_prev for a step from level i (the exact table entry where it is the schedule's own)."""
+    if own and (i >= 1 or (i == 0 and prev.ab == 1.0)):
+        return float(h.betas[i])
+    return -math.expm1(cur.log - prev.log)
 
 
-def _predictions(model, x, schedule, i, *, mean_type, var_type, clip_x0, denoised_fn,
-                 eps_from_clipped_x0: bool, cond_fn=None, cond_scale=1.0, model_i=None):
-    """(x̂0, ε̂) at sampling level i, with the model called at the time of level ``model_i``."""
-    mi = i if model_i is None else model_i
-    t_model = _timesteps(schedule, mi, x)
-    out = _model_output(model, x, t_model, var_type=var_type)
-    pmv = p_mean_variance(schedule, out, x, _step_index(schedule, i, x), mean_type=mean_type,
-                          var_type=var_type, clip_x0=clip_x0, denoised_fn=denoised_fn)
-    pred_x0, pred_eps = pmv.pred_x0, pmv.pred_eps
-    if (clip_x0 or denoised_fn is not None) and not eps_from_clipped_x0:
-        raw = p_mean_variance(schedule, out, x, _step_index(schedule, i, x), mean_type=mean_type,
-                              var_type=var_type)
-        pred_eps = raw.pred_eps
-    if cond_fn is not None:
-        grad = cond_fn(x, t_model)
-        check_output(grad, x, name="classifier gradient")
-        if cond_scale != 1.0:
-            grad = grad * cond_scale
-        pmv = condition_score(schedule, pmv._replace(pred_eps=pred_eps), x,
-                              _step_index(schedule, i, x), grad)
-        pred_x0, pred_eps = pmv.pred_x0, pmv.pred_eps
-    return pred_x0, pred_eps
+def _stride_base(schedule: Schedule, steps, base_schedule):
+    """The training schedule the "stride" rule reads (T and ᾱ at t − T//n)."""
+    if steps is not None:
+        return schedule
+    if base_schedule is not None:
+        if not isinstance(base_schedule, Schedule):
+            fail("base_schedule", base_schedule, "expected a refdiff.schedules.Schedule")
+        return base_schedule
+    tmap = _host_table(schedule.timestep_map)
+    if not np.array_equal(tmap, np.arange(schedule.num_timesteps)):
+        fail("base_schedule", base_schedule, "prev_timestep='stride' on a respaced schedule needs "
+             "the training schedule: pass base_schedule= (or the training schedule with steps=)")
+    return schedule
+
+
+def _ddim_prev_levels(h, sched, levels, prev_timestep, final, base, base_h):
+    """For each level i in ``levels``: (ᾱ of the level it steps to, whether that level is the schedule's own)."""
+    n = sched.num_timesteps
+    out = {}
+    for i in levels:
+        if prev_timestep == "listed":
+            out[i] = (_level(h, i - 1, final), True)
+        else:
+            tp = int(h.timestep_map[i]) - base.num_timesteps // n
+            out[i] = (_level(base_h, tp, final), False)
+    return out
+
+
+def _x0_eps(out, x, c: LevelCoefficients, xp, *, mean_type, clip_x0, denoised_fn,
+            eps_from_clipped_x0: bool):
+    """(x̂0, ε̂) from a model output at one level: x̂0 processed, ε̂ from it or from the raw output."""
+    raw = x0_from_output_at(out, x, c, mean_type)
+    processed = clip_x0 or denoised_fn is not None
+    x0 = _process_x0(raw, xp, clip_x0, denoised_fn) if processed else raw
+    if mean_type == "eps" and (not processed or not eps_from_clipped_x0):
+        return x0, out
+    return x0, eps_from_x0_at(x, x0 if eps_from_clipped_x0 else raw, c)
 
 
 @register_sampler("ddim", family="discrete", stochastic=False, order=1.0, step=ddim_step)
@@ -361,16 +571,16 @@ def sample_ddim(model: Callable, x_T, *, schedule, noise=None, eta: float = 0.0,
                 mean_type: str = "eps", var_type: str = "fixed_small", clip_x0: bool = False,
                 denoised_fn: Callable | None = None, final_alpha_bar="one",
                 base_schedule: Schedule | None = None, final_noise: str = "none",
-                eps_from_clipped_x0: bool = True, steps: int | None = None,
-                spacing: str = "trailing", start: int | None = None, stop: int = -1,
-                cond_fn: Callable | None = None, cond_scale: float = 1.0,
-                progress: Callable | None = None):
+                eps_from_clipped_x0: bool = True, prev_timestep: str = "listed",
+                steps: int | None = None, spacing: str = "trailing", start: int | None = None,
+                stop: int = -1, cond_fn: Callable | None = None, cond_scale: float = 1.0,
+                callback: Callable | None = None, progress: Callable | None = None):
     """DDIM sampling x_T -> x_0 with noise scale η (Song et al. 2021, Eqs. 12 and 16; η = 0 is deterministic).
 
     Parameters
     ----------
     model, x_T, schedule, mean_type, var_type, clip_x0, denoised_fn
-        As :func:`ddpm_sample` (a learned-variance output has its variance channels ignored).
+        As :func:`sample_ddpm` (a learned-variance output has its variance channels ignored).
     noise : array or callable, optional
         Draws z for η > 0 (shape (n,) + x_T.shape).
     eta : float
@@ -383,6 +593,10 @@ def sample_ddim(model: Callable, x_T, *, schedule, noise=None, eta: float = 0.0,
     eps_from_clipped_x0 : bool
         With clipping / ``denoised_fn``: True re-derives ε̂ from the processed x̂0
         (improved-diffusion), False keeps the model's ε̂ (diffusers default).
+    prev_timestep : {"listed", "stride"}
+        The level each step moves to: the next level of the schedule, or diffusers'
+        ``DDIMScheduler`` rule t − T//n on the training schedule (``base_schedule``, or
+        ``schedule`` itself when ``steps`` is given); below 0 it is the final level.
     steps, spacing
         Respace first (see :func:`sampling_schedule`).
     start, stop : int
@@ -391,36 +605,61 @@ def sample_ddim(model: Callable, x_T, *, schedule, noise=None, eta: float = 0.0,
     cond_fn, cond_scale
         Classifier guidance by score (Dhariwal & Nichol 2021, Alg. 2; improved-diffusion's
         ``condition_score``).
+    callback, progress
+        Per-step hooks (:func:`sample_ddpm`).
     """
     sched = sampling_schedule(schedule, steps, spacing)
     eta = check_eta(eta)
     cond_scale = check_scale(cond_scale, "cond_scale")
+    mean_type = prediction_type(mean_type, "mean_type")
+    check_choice("var_type", var_type, VAR_TYPES, "variance type")
     check_choice("final_noise", final_noise, FINAL_NOISE, "final-step noise convention")
+    check_choice("prev_timestep", prev_timestep, PREV_TIMESTEPS, "previous-timestep rule")
+    report = step_reporter(callback, progress)
     n = sched.num_timesteps
     start = n - 1 if start is None else check_int("start", start, minimum=0)
     stop = check_int("stop", stop, minimum=-1)
     if start > n - 1 or stop >= start:
         fail("start", start, f"expected n-1 >= start > stop >= -1 with n={n} (stop={stop})")
-    final = _final_level(sched, final_alpha_bar, base_schedule)
+    _check_namespace(sched, x_T)
+    h = _Host(sched)
+    base = _stride_base(schedule, steps, base_schedule) if prev_timestep == "stride" else base_schedule
+    base_h = _Host(base) if base is not None else None
+    final = _final_level(h, sched, final_alpha_bar, base, base_h)
+    levels = range(start, stop, -1)
+    prevs = _ddim_prev_levels(h, sched, levels, prev_timestep, final, base, base_h)
+    plan = []
+    for i in levels:
+        cur = _level(h, i, final)
+        prev, own = prevs[i]
+        _zero_snr_check(cur.ab, i, mean_type)
+        beta = _beta_between(h, i, prev, cur, own)
+        coef = ddim_coefficients(cur.ab, prev.ab, eta=eta, one_minus_alpha_bar=cur.om,
+                                 one_minus_alpha_bar_prev=prev.om, beta=beta)
+        last = i == 0
+        add = coef[2] > 0 and (not last or final_noise == "always")
+        plan.append((int(h.timestep_map[i]), level_coefficients(h, i), coef, add))
+    total = len(plan)
+    xp = array_namespace(x_T)
+    dev = device_of(x_T)
     x = x_T
-    total = start - stop
-    for k, i in enumerate(range(start, stop, -1)):
-        cur = _level(sched, i, final)
-        prev = _level(sched, i - 1, final)
-        pred_x0, pred_eps = _predictions(model, x, sched, i, mean_type=mean_type,
-                                         var_type=var_type, clip_x0=clip_x0,
-                                         denoised_fn=denoised_fn,
-                                         eps_from_clipped_x0=eps_from_clipped_x0,
-                                         cond_fn=cond_fn, cond_scale=cond_scale)
-        beta = _beta_between(sched, i, prev, cur)
-        c_x0, c_eps, sigma = ddim_coefficients(cur[0], prev[0], eta=eta, one_minus_alpha_bar=cur[1],
-                                               one_minus_alpha_bar_prev=prev[1], beta=beta)
-        x_new = c_x0 * pred_x0 + c_eps * pred_eps
-        last = i - 1 == -1
-        if sigma > 0 and (not last or final_noise == "always"):
-            x_new = x_new + sigma * draw_noise(noise, k, x)
-        x = x_new
-        call_progress(progress, k + 1, total)
+    for k, (t, c, coef, add) in enumerate(plan):
+        t_model = _timestep_array(xp, x, t, dev)
+        out, _ = _split_output(model(x, t_model), x, var_type)
+        pred_x0, pred_eps = _x0_eps(out, x, c, xp, mean_type=mean_type, clip_x0=clip_x0,
+                                    denoised_fn=denoised_fn,
+                                    eps_from_clipped_x0=eps_from_clipped_x0)
+        if cond_fn is not None:
+            grad = cond_fn(x, t_model)
+            check_output(grad, x, name="classifier gradient")
+            if cond_scale != 1.0:
+                grad = grad * cond_scale
+            pred_eps = condition_eps(pred_eps, grad, c.sqrt_one_minus_alphas_cumprod)
+            pred_x0 = x0_from_output_at(pred_eps, x, c, "eps")
+        if report is not None:
+            report(StepInfo(k, total, x, pred_x0, t=t))
+        z = draw_noise(noise, k, x) if add else None
+        x = ddim_step(x, pred_x0, pred_eps, noise=z, coefficients=coef)
     return x
 
 
@@ -431,26 +670,107 @@ def sample_ddim_stochastic(model: Callable, x_T, *, schedule, noise=None, eta: f
     return sample_ddim(model, x_T, schedule=schedule, noise=noise, eta=eta, **options)
 
 
+class DDIMStepOutput(NamedTuple):
+    """One DDIM step's result, named as diffusers' ``DDIMSchedulerOutput``."""
+
+    prev_sample: Any
+    pred_original_sample: Any
+
+
+def ddim_step_at(model_output, t: int, t_prev: int, x_t, *, schedule: Schedule, eta: float = 0.0,
+                 noise=None, prediction_type: str = "eps", final_alpha_bar="one",
+                 clip_x0: bool = False, clip_range: float = 1.0,
+                 denoised_fn: Callable | None = None,
+                 eps_from_clipped_x0: bool = False) -> DDIMStepOutput:
+    """One DDIM step between training timesteps t -> t_prev, shaped like diffusers' ``DDIMScheduler.step`` (Song et al. 2021, Eq. 12).
+
+    ``DDIMScheduler.step(model_output, timestep, sample, eta, use_clipped_model_output,
+    variance_noise=...)`` is ``ddim_step_at(model_output, timestep, timestep - T//n, sample,
+    schedule=training_schedule, eta=eta, noise=variance_noise, eps_from_clipped_x0=...)`` with
+    its ``prediction_type``, ``set_alpha_to_one`` (``final_alpha_bar="one"`` / ``"alpha_bar_0"``),
+    ``clip_sample`` (``clip_x0``, ``clip_range``) and ``thresholding`` (``denoised_fn=
+    partial(dynamic_threshold, ratio=..., max_value=...)``).
+
+    Parameters
+    ----------
+    model_output : array
+        The network's prediction at (x_t, t) of type ``prediction_type`` ("eps", "x0", "v" or
+        "score"; diffusers' "epsilon", "sample", "v_prediction" are aliases).
+    t, t_prev : int
+        Training timesteps; t_prev < 0 steps to the final level (``final_alpha_bar``).
+    noise : array, optional
+        The draw z (diffusers' ``variance_noise``); σz is added when given and σ > 0.
+    eps_from_clipped_x0 : bool
+        diffusers' ``use_clipped_model_output`` (default False, as there).
+
+    Returns
+    -------
+    DDIMStepOutput
+        ``(prev_sample, pred_original_sample)``.
+    """
+    if not isinstance(schedule, Schedule):
+        fail("schedule", schedule, "expected a refdiff.schedules.Schedule")
+    pt = _canonical_prediction(prediction_type)
+    T = schedule.num_timesteps
+    t = check_int("t", t, minimum=0)
+    if t >= T:
+        fail("t", t, f"expected a training timestep in [0, {T})")
+    t_prev = check_int("t_prev", t_prev)
+    if t_prev >= t:
+        fail("t_prev", t_prev, f"expected a timestep below t={t} (negative: the final level)")
+    clip_range = check_real("clip_range", clip_range, lo=0.0, lo_open=True)
+    h = _Host(schedule)
+    final = _final_level(h, schedule, final_alpha_bar, None, None)
+    cur = _level(h, t, final)
+    prev = _level(h, t_prev, final) if t_prev >= 0 else final
+    _zero_snr_check(cur.ab, t, pt)
+    a, s = math.sqrt(cur.ab), math.sqrt(cur.om)
+    check_output(model_output, x_t)
+    x0 = x0_from_prediction(model_output, x_t, a, s, pt)
+    eps = eps_from_prediction(model_output, x_t, a, s, pt)
+    if denoised_fn is not None or clip_x0:
+        xp = array_namespace(x_t)
+        if denoised_fn is not None:
+            x0 = denoised_fn(x0)
+        elif clip_x0:
+            x0 = xp.clip(x0, -clip_range, clip_range)
+        if eps_from_clipped_x0:
+            eps = eps_from_prediction(x0, x_t, a, s, "x0")
+    x_prev = ddim_step(x_t, x0, eps, cur.ab, prev.ab, eta=eta, noise=noise,
+                       one_minus_alpha_bar=cur.om, one_minus_alpha_bar_prev=prev.om,
+                       beta=-math.expm1(cur.log - prev.log))
+    return DDIMStepOutput(x_prev, x0)
+
+
+def _canonical_prediction(value) -> str:
+    return prediction_type(value, "prediction_type", ("eps", "x0", "v", "score"))
+
+
 def ddim_invert(model: Callable, x0, *, schedule, mean_type: str = "eps",
                 var_type: str = "fixed_small", clip_x0: bool = False,
                 denoised_fn: Callable | None = None, final_alpha_bar="one",
                 base_schedule: Schedule | None = None, model_time: str = "current",
-                steps: int | None = None, spacing: str = "trailing", start: int = -1,
-                stop: int | None = None, progress: Callable | None = None):
+                prev_timestep: str = "listed", steps: int | None = None,
+                spacing: str = "trailing", start: int = -1, stop: int | None = None,
+                callback: Callable | None = None, progress: Callable | None = None):
     """Deterministic DDIM inversion x_0 -> x_T: the η = 0 update run toward more noise (Song et al. 2021, §4.3, Eq. 13).
 
     Step from level j to j+1 (level −1 = the data level of ``final_alpha_bar``):
-    x_{j+1} = √ᾱ_{j+1}·x̂0 + √(1−ᾱ_{j+1})·ε̂, where ε̂ is the model's ε at the time of level j
-    (``model_time="current"``, improved-diffusion) or level j+1 (``"next"``, diffusers
-    ``DDIMInverseScheduler``) and x̂0 = (x − √(1−ᾱ_j)·ε̂)/√ᾱ_j. From the data level (ᾱ = 1) both
-    evaluate the model at level 0 and take x̂0 = x. With a constant x0-prediction (point-mass data)
-    "current" inverts :func:`ddim_sample` (η = 0) exactly; otherwise it differs by the
-    discretization error.
+    x_{j+1} = √ᾱ_{j+1}·x̂0 + √(1−ᾱ_{j+1})·ε̂ (:func:`ddim_reverse_step`), where ε̂ is the model's
+    ε at the time of level j (``model_time="current"``, improved-diffusion) or level j+1
+    (``"next"``, diffusers ``DDIMInverseScheduler``) and x̂0 = (x − √(1−ᾱ_j)·ε̂)/√ᾱ_j. From the
+    data level (ᾱ = 1) both evaluate the model at level 0 and take x̂0 = x. With a constant
+    x0-prediction (point-mass data) "current" inverts :func:`sample_ddim` (η = 0) exactly;
+    otherwise it differs by the discretization error. ``prev_timestep="stride"`` takes the level
+    a step starts from as diffusers' inverse scheduler does: min(t_{j+1} − T//n, T − 1) on the
+    training schedule (below 0: the data level).
 
     Parameters
     ----------
     start, stop : int
         Levels to run between (default: −1 -> n−1, data to x_T).
+    callback, progress
+        Per-step hooks (:func:`sample_ddpm`); ``t`` is the timestep the model was called with.
 
     Returns
     -------
@@ -459,34 +779,59 @@ def ddim_invert(model: Callable, x0, *, schedule, mean_type: str = "eps",
     """
     sched = sampling_schedule(schedule, steps, spacing)
     check_choice("model_time", model_time, MODEL_TIMES, "inversion model-time convention")
+    check_choice("prev_timestep", prev_timestep, PREV_TIMESTEPS, "previous-timestep rule")
+    check_choice("var_type", var_type, VAR_TYPES, "variance type")
+    mean_type = prediction_type(mean_type, "mean_type")
+    report = step_reporter(callback, progress)
     n = sched.num_timesteps
     start = check_int("start", start, minimum=-1)
     stop = n - 1 if stop is None else check_int("stop", stop, minimum=0)
     if stop > n - 1 or start >= stop:
         fail("stop", stop, f"expected -1 <= start < stop <= n-1 with n={n} (start={start})")
-    final = _final_level(sched, final_alpha_bar, base_schedule)
-    x = x0
-    total = stop - start
-    for k, j in enumerate(range(start, stop)):
-        cur = _level(sched, j, final)
-        nxt = _level(sched, j + 1, final)
-        if j < 0 or model_time == "next":
-            # the model's ε at level j+1 (or at level 0 from the data level), x̂0 from level j
-            _, eps = _predictions(model, x, sched, j + 1, mean_type=mean_type, var_type=var_type,
-                                  clip_x0=False, denoised_fn=None, eps_from_clipped_x0=True)
-            pred_x0 = (x - math.sqrt(cur[1]) * eps) / math.sqrt(cur[0])
-            if clip_x0 or denoised_fn is not None:
-                xp = array_namespace(x)
-                if denoised_fn is not None:
-                    pred_x0 = denoised_fn(pred_x0)
-                if clip_x0:
-                    pred_x0 = xp.clip(pred_x0, -1.0, 1.0)
+    _check_namespace(sched, x0)
+    h = _Host(sched)
+    base = _stride_base(schedule, steps, base_schedule) if prev_timestep == "stride" else base_schedule
+    base_h = _Host(base) if base is not None else None
+    final = _final_level(h, sched, final_alpha_bar, base, base_h)
+    plan = []
+    for j in range(start, stop):
+        nxt = _level(h, j + 1, final)
+        if prev_timestep == "listed":
+            src_i, cur, src_h = j, _level(h, j, final), h
         else:
-            pred_x0, eps = _predictions(model, x, sched, j, mean_type=mean_type, var_type=var_type,
-                                        clip_x0=clip_x0, denoised_fn=denoised_fn,
-                                        eps_from_clipped_x0=True)
-        x = math.sqrt(nxt[0]) * pred_x0 + math.sqrt(nxt[1]) * eps
-        call_progress(progress, k + 1, total)
+            T = base.num_timesteps
+            src_i = min(int(h.timestep_map[j + 1]) - T // n, T - 1)
+            cur, src_h = _level(base_h, src_i, final), base_h
+        if src_i < 0 or model_time == "next":
+            # the model's ε at level j+1 (or at level 0 from the data level), x̂0 from level j
+            mi = j + 1
+            t_model = int(h.timestep_map[mi])
+            c_model = level_coefficients(h, mi)
+            _zero_snr_check(float(h.alphas_cumprod[mi]), mi, mean_type)
+            plan.append((t_model, c_model, True, (math.sqrt(cur.ab), math.sqrt(cur.om)), nxt))
+        else:
+            t_model = int(src_h.timestep_map[src_i]) if src_h is h else src_i
+            c_model = level_coefficients(src_h, src_i)
+            _zero_snr_check(cur.ab, src_i, mean_type)
+            plan.append((t_model, c_model, False, None, nxt))
+    total = len(plan)
+    xp = array_namespace(x0)
+    dev = device_of(x0)
+    x = x0
+    for k, (t, c, model_next, cur_as, nxt) in enumerate(plan):
+        t_model = _timestep_array(xp, x, t, dev)
+        out, _ = _split_output(model(x, t_model), x, var_type)
+        if model_next:
+            eps = out if mean_type == "eps" else eps_from_x0_at(
+                x, x0_from_output_at(out, x, c, mean_type), c)
+            pred_x0 = x0_from_prediction(eps, x, cur_as[0], cur_as[1], "eps")
+            pred_x0 = _process_x0(pred_x0, xp, clip_x0, denoised_fn)
+        else:
+            pred_x0, eps = _x0_eps(out, x, c, xp, mean_type=mean_type, clip_x0=clip_x0,
+                                   denoised_fn=denoised_fn, eps_from_clipped_x0=True)
+        if report is not None:
+            report(StepInfo(k, total, x, pred_x0, t=t))
+        x = ddim_reverse_step(x, pred_x0, eps, nxt.ab, one_minus_alpha_bar_next=nxt.om)
     return x
 
 
