@@ -204,12 +204,31 @@ def _grid(draw, which: str):
     else:
         args = (n, draw(st.sampled_from((0.002, 0.03)), label="sigma_min"),
                 draw(st.sampled_from((80.0, 14.6)), label="sigma_max"))
-        if which == "karras_sigmas":
+        if which in ("karras_sigmas", "polyexponential_sigmas"):
             args += (draw(st.sampled_from((7.0, 1.0, 3.0)), label="rho"),)
     return call(*args, append_zero=append_zero, xp=XP, device=DEVICE, dtype=DTYPE)
 
 
-for _g in ("karras_sigmas", "exponential_sigmas", "vp_sigmas"):
+@st.composite
+def _interpolated_grid(draw):
+    from refdiff.schedules import linear, scaled_linear
+    T = draw(st.sampled_from((10, 50)), label="T")
+    ab = (linear if draw(st.booleans(), label="linear") else scaled_linear)(T).alphas_cumprod
+    n = draw(st.sampled_from((1, 3, 7)), label="n")
+    spacing = draw(st.sampled_from(("linspace", "leading", "trailing")), label="timestep_spacing")
+    return call(np.asarray(ab), n, timestep_spacing=spacing,
+                steps_offset=draw(st.sampled_from((0, 1)), label="steps_offset") if spacing == "leading" else 0,
+                append_zero=draw(st.booleans(), label="append_zero"), xp=XP, device=DEVICE,
+                dtype=DTYPE)
+
+
+register_case(Case("edm.interpolated_sigmas", _E + "interpolated_sigmas",
+                   inputs=lambda d: _interpolated_grid(), tol="exact", quantise_ref=True,
+                   covers=("edm.TIMESTEP_SPACINGS",),
+                   doc="diffusers' interpolated σ grid of edm.interpolated_sigmas moved with xp=, "
+                       "device=, dtype=: the float64 table cast once"))
+
+for _g in ("karras_sigmas", "exponential_sigmas", "polyexponential_sigmas", "vp_sigmas"):
     register_case(Case(f"edm.{_g}", _E + _g, inputs=lambda d, g=_g: _grid(g), tol="exact",
                        quantise_ref=True,
                        doc=f"the host σ grid of edm.{_g} moved with xp=, device=, dtype=: the "

@@ -25,12 +25,16 @@ from ._errors import RefdiffShapeError, check_choice, check_int, check_real, fai
 from ._xp import append_dims, array_namespace, as_float_array, check_leading_axes, device_of
 
 __all__ = [
-    "karras_sigmas", "exponential_sigmas", "vp_sigmas", "vp_sigma", "vp_sigma_inv",
+    "karras_sigmas", "exponential_sigmas", "polyexponential_sigmas", "interpolated_sigmas",
+    "TIMESTEP_SPACINGS", "vp_sigmas", "vp_sigma", "vp_sigma_inv",
     "c_skip", "c_out", "c_in", "c_noise", "preconditioning", "PRECONDITIONINGS",
     "EDMDenoiser", "denoiser_from_raw", "edm_loss_weight", "edm_sigma_from_normal",
     "sigma_from_alpha_bar", "sigma_from_log_alpha_bar", "alpha_bar_from_sigma",
     "scale_model_input",
 ]
+
+#: diffusers' ``timestep_spacing`` rules for :func:`interpolated_sigmas` (Lin et al. 2023, Table 2).
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
 #: The preconditioning columns of Karras et al. (2022), Table 1, available by name.
 PRECONDITIONINGS = ("edm", "vp", "ve")
@@ -147,6 +151,84 @@ def exponential_sigmas(n: int, sigma_min: float, sigma_max: float, *, append_zer
     sig[0] = smax
     if n > 1:
         sig[-1] = smin
+    return _finish(sig, append_zero, xp, device, dtype)
+
+
+def polyexponential_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0, *,
+                           append_zero: bool = True, xp=None, device=None, dtype=None):
+    """σ_i = exp(log σ_min + r_i^ρ (log σ_max - log σ_min)), r_i = 1 - i/(n-1) (k-diffusion's polyexponential schedule).
+
+    ρ = 1 is :func:`exponential_sigmas` (log-uniform); ρ > 1 puts more levels at small σ. Same
+    parameters and return as :func:`karras_sigmas`; endpoints exact.
+    """
+    n = check_int("n", n, minimum=1)
+    smin, smax = _check_sigma_range(sigma_min, sigma_max)
+    rho = check_real("rho", rho, lo=0.0, lo_open=True)
+    la, lb = _dd.log(_dd.DD(smax)), _dd.log(_dd.DD(smin))
+    sig = np.full(n, smax)
+    if n > 1:
+        r = _dd.DD(1.0) - _ramp(n)[: n - 1]                 # 1, ..., 1/(n-1): all > 0
+        warped = _dd.exp(_dd.log(r) * rho)
+        sig[: n - 1] = _dd.exp(lb + (la - lb) * warped).to_float()
+        sig[0], sig[-1] = smax, smin
+    return _finish(sig, append_zero, xp, device, dtype)
+
+
+def interpolated_sigmas(alphas_cumprod, n: int, *, timestep_spacing: str = "linspace",
+                        steps_offset: int = 0, append_zero: bool = True, xp=None, device=None,
+                        dtype=None):
+    """diffusers' Euler/Heun σ grid: σ(t) = √((1-ᾱ_t)/ᾱ_t) linearly interpolated at n (fractional) timesteps t.
+
+    The timesteps follow diffusers' ``timestep_spacing`` (Lin et al. 2023, Table 2), decreasing:
+    ``"linspace"``: linspace(0, T-1, n) (fractional in general); ``"leading"``:
+    round(arange(n) · (T // n)) + ``steps_offset``; ``"trailing"``: round(arange(T, 0, -T/n)) - 1.
+    σ is ``np.interp`` of the table σ_t (Karras et al. 2022, App. C.3: σ = √((1-ᾱ)/ᾱ)) at those t,
+    and σ_N = 0 is appended (diffusers' ``final_sigmas_type="zero"``). diffusers' EulerDiscrete,
+    EulerAncestralDiscrete and HeunDiscrete schedulers (``interpolation_type="linear"``) build this
+    grid in float32; here it is float64.
+
+    Parameters
+    ----------
+    alphas_cumprod : Schedule or 1-D sequence
+        ᾱ_t of the training schedule, t = 0..T-1 (a refdiff Schedule gives its float64 table).
+    n : int
+        Number of noise levels (1 <= n <= T).
+    timestep_spacing : {"linspace", "leading", "trailing"}
+    steps_offset : int
+        Added to the "leading" timesteps (diffusers' ``steps_offset``, 1 for Stable Diffusion).
+    append_zero, xp, device, dtype
+        As in :func:`karras_sigmas`.
+
+    Returns
+    -------
+    sigmas : array of shape (n,) or (n + 1,), decreasing.
+    """
+    table = getattr(alphas_cumprod, "sigmas", None)
+    if table is None:
+        ab = np.asarray(alphas_cumprod, dtype=np.float64)
+        if ab.ndim != 1 or ab.size < 2 or not np.all((ab > 0) & (ab <= 1)):
+            fail("alphas_cumprod", alphas_cumprod, "expected a Schedule or a 1-D table of ᾱ_t in (0, 1] "
+                 "with at least two entries")
+        table = np.sqrt((1.0 - ab) / ab)
+    table = np.asarray(table, dtype=np.float64)
+    if not np.all(np.isfinite(table)):
+        fail("alphas_cumprod", alphas_cumprod, "σ_t = √((1-ᾱ_t)/ᾱ_t) must be finite (ᾱ_t > 0; a "
+             "zero-terminal-SNR schedule needs ᾱ_T clamped as diffusers does)")
+    T = table.size
+    n = check_int("n", n, minimum=1)
+    if n > T:
+        fail("n", n, f"expected at most T = {T} noise levels")
+    check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS, "timestep spacing")
+    steps_offset = check_int("steps_offset", steps_offset, minimum=0)
+    if timestep_spacing == "linspace":
+        ts = np.linspace(0.0, T - 1.0, n)[::-1]
+    elif timestep_spacing == "leading":
+        ts = np.round(np.arange(n) * float(T // n))[::-1] + steps_offset
+    else:
+        ts = np.round(np.arange(float(T), 0.0, -T / n)) - 1.0
+    if ts[0] > T - 1:
+        fail("steps_offset", steps_offset, f"the leading timesteps reach {ts[0]:g}, past T-1 = {T - 1}")
+    sig = np.interp(ts, np.arange(T, dtype=np.float64), table)
     return _finish(sig, append_zero, xp, device, dtype)
 
 
