@@ -8,15 +8,19 @@ t was importance-sampled).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from ._errors import check_choice, check_int, check_real, fail
+from ._typing import Array
 from ._xp import append_dims, array_namespace, as_timesteps, check_same_shape
 from .diffusion import VAR_TYPES, q_posterior_mean_variance, q_sample, split_variance_output
 from .kl import mean_flat, vb_terms_bpd
 from .parameterizations import coefficient, prediction_type, v_from_x0_eps
+
+if TYPE_CHECKING:
+    from .schedules import Schedule
 
 __all__ = [
     "LOSS_TYPES", "sum_flat", "l_simple", "training_target", "training_losses", "snr",
@@ -29,13 +33,13 @@ LOSS_TYPES = ("mse", "rescaled_mse", "hybrid", "kl", "rescaled_kl")
 TARGET_TYPES = ("eps", "x0", "v", "mean")
 
 
-def sum_flat(x):
+def sum_flat(x: Array) -> Array:
     """Sum over every axis but the first (the batch axis)."""
     xp = array_namespace(x)
     return xp.sum(x, axis=tuple(range(1, x.ndim))) if x.ndim > 1 else x
 
 
-def l_simple(pred, target, *, reduction: str = "mean"):
+def l_simple(pred: Array, target: Array, *, reduction: str = "mean") -> Array:
     """‖target − pred‖² per sample, averaged (``"mean"``) or summed (``"sum"``) over pixels (Ho et al. 2020, Eq. 14).
 
     The sum form equals the mean form times the number of pixels, so with Adam it only rescales
@@ -47,7 +51,7 @@ def l_simple(pred, target, *, reduction: str = "mean"):
     return mean_flat(sq) if reduction == "mean" else sum_flat(sq)
 
 
-def training_target(schedule, x0, x_t, t, noise, *, mean_type: str):
+def training_target(schedule: Schedule, x0: Array, x_t: Array, t: Array, noise: Array, *, mean_type: str) -> Array:
     """The regression target of each parameterization: ε, x0, v = √ᾱε − √(1−ᾱ)x0, or μ̃_t(x_t, x0)."""
     mean_type = prediction_type(mean_type, "mean_type", TARGET_TYPES)
     if mean_type == "eps":
@@ -59,11 +63,11 @@ def training_target(schedule, x0, x_t, t, noise, *, mean_type: str):
     return q_posterior_mean_variance(schedule, x0, x_t, t)[0]
 
 
-def training_losses(schedule, model_fn: Callable, x0, t, *, noise, loss_type: str = "mse",
+def training_losses(schedule: Schedule, model_fn: Callable, x0: Array, t: Array, *, noise: Array, loss_type: str = "mse",
                     mean_type: str = "eps", var_type: str = "fixed_small",
                     lambda_vlb: float = 0.001, reduction: str = "mean", t0: str = "clipped",
                     cdf: str = "tanh", stop_gradient: Callable | None = None,
-                    map_timesteps: bool = True):
+                    map_timesteps: bool = True) -> dict[str, Array]:
     """Per-sample training losses (Ho et al. 2020, Eq. 14; Nichol & Dhariwal 2021, Eq. 16).
 
     Parameters
@@ -101,7 +105,7 @@ def training_losses(schedule, model_fn: Callable, x0, t, *, noise, loss_type: st
     learned = var_type in ("learned", "learned_range")
     terms = {}
 
-    def vb_term(out_for_vb):
+    def vb_term(out_for_vb: Any) -> Any:
         return vb_terms_bpd(schedule, out_for_vb, x0, x_t, t, mean_type=mean_type,
                             var_type=var_type, clip_x0=False, t0=t0, cdf=cdf)[0]
 
@@ -124,13 +128,13 @@ def training_losses(schedule, model_fn: Callable, x0, t, *, noise, loss_type: st
     return terms
 
 
-def snr(schedule, t, x):
+def snr(schedule: Schedule, t: Array, x: Array) -> Array:
     """SNR(t) = ᾱ_t/(1 − ᾱ_t) = exp(log_snr) gathered at t and shaped to broadcast against x (Kingma et al. 2021, Eq. 2)."""
     xp = array_namespace(x)
     return xp.exp(coefficient(schedule, "log_snr", t, x))
 
 
-def min_snr_weight(schedule, t, x, *, gamma: float = 5.0, mean_type: str = "eps"):
+def min_snr_weight(schedule: Schedule, t: Array, x: Array, *, gamma: float = 5.0, mean_type: str = "eps") -> Array:
     """Min-SNR-γ loss weight for the given parameterization (Hang et al. 2023, Eq. 9 and §3.4).
 
     For an x0-loss the weight is min(SNR, γ); expressed on the ε-loss it is min(SNR, γ)/SNR and
@@ -149,15 +153,15 @@ def min_snr_weight(schedule, t, x, *, gamma: float = 5.0, mean_type: str = "eps"
     return xp.where(s > gamma, gamma / xp.where(s > gamma, s, 1.0), xp.ones_like(s))
 
 
-def t_from_uniform(u, *, eps: float = 1e-5, T: float = 1.0):
+def t_from_uniform(u: Array, *, eps: float = 1e-5, T: float = 1.0) -> Array:
     """Map uniform draws u ∈ [0, 1) to training times t = eps + u (T − eps) (Song et al. 2021, App. C; score_sde)."""
     eps = check_real("eps", eps, lo=0.0)
     T = check_real("T", T, lo=eps, lo_open=True)
     return eps + u * (T - eps)
 
 
-def dsm_loss(sde, score_fn: Callable, x0, t, *, noise, likelihood_weighting: bool = False,
-             reduction: str = "mean"):
+def dsm_loss(sde: Any, score_fn: Callable, x0: Array, t: Array, *, noise: Array, likelihood_weighting: bool = False,
+             reduction: str = "mean") -> Array:
     """Continuous denoising score matching per sample (Song et al. 2021, Eq. 7).
 
     x_t = m(t)x0 + s(t)z; without likelihood weighting λ(t) = s(t)² and the loss is
@@ -174,7 +178,7 @@ def dsm_loss(sde, score_fn: Callable, x0, t, *, noise, likelihood_weighting: boo
     score = score_fn(x_t, t)
     check_same_shape("score_fn output", score, "x0", x0)
 
-    def reduce(a):
+    def reduce(a: Array) -> Array:
         return mean_flat(a) if reduction == "mean" else 0.5 * sum_flat(a)
 
     if not likelihood_weighting:
@@ -185,7 +189,7 @@ def dsm_loss(sde, score_fn: Callable, x0, t, *, noise, likelihood_weighting: boo
     return reduce((score + noise / std) ** 2) * g2
 
 
-def ncsn_loss(score_fn: Callable, x0, sigmas, labels, *, noise, anneal_power: float = 2.0):
+def ncsn_loss(score_fn: Callable, x0: Array, sigmas: Any, labels: Any, *, noise: Array, anneal_power: float = 2.0) -> Array:
     """NCSN multi-σ denoising score matching with λ(σ) = σ^anneal_power (Song & Ermon 2019, Eqs. 5–6; λ = σ² by default).
 
     x̃ = x0 + σ_i z, target −z/σ_i; per-sample loss ½‖s_θ(x̃, i) − target‖² σ_i^p.
@@ -205,14 +209,14 @@ def ncsn_loss(score_fn: Callable, x0, sigmas, labels, *, noise, anneal_power: fl
 class UniformSampler:
     """Uniform timestep sampling with unit importance weights (host-side NumPy)."""
 
-    def __init__(self, num_timesteps: int):
+    def __init__(self, num_timesteps: int) -> None:
         self.num_timesteps = check_int("num_timesteps", num_timesteps, minimum=1)
 
     def weights(self) -> np.ndarray:
         """p(t) for every t."""
         return np.full(self.num_timesteps, 1.0 / self.num_timesteps)
 
-    def sample(self, batch_size: int, rng: np.random.Generator):
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Any:
         """Draw t ~ p(t) and the importance weights 1/(T·p(t)) that make the loss unbiased."""
         batch_size = check_int("batch_size", batch_size, minimum=1)
         w = self.weights()
@@ -226,7 +230,7 @@ class LossSecondMomentResampler(UniformSampler):
     Uniform until every t has a full history; ``update(ts, losses)`` records per-sample losses.
     """
 
-    def __init__(self, num_timesteps: int, history_per_term: int = 10, uniform_prob: float = 0.001):
+    def __init__(self, num_timesteps: int, history_per_term: int = 10, uniform_prob: float = 0.001) -> None:
         super().__init__(num_timesteps)
         self.history_per_term = check_int("history_per_term", history_per_term, minimum=1)
         self.uniform_prob = check_real("uniform_prob", uniform_prob, lo=0.0, hi=1.0)
@@ -244,7 +248,7 @@ class LossSecondMomentResampler(UniformSampler):
         w = w / w.sum()
         return w * (1.0 - self.uniform_prob) + self.uniform_prob / self.num_timesteps
 
-    def update(self, ts, losses) -> None:
+    def update(self, ts: Any, losses: Array) -> None:
         """Record the losses observed at timesteps ``ts`` (host arrays)."""
         ts = np.asarray(ts)
         losses = np.asarray(losses, dtype=np.float64)
