@@ -10,7 +10,7 @@ posterior variance is 0; its logarithm follows a named convention ``t0``:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from ._errors import RefdiffShapeError, check_choice, check_real
 from ._xp import append_dims, array_namespace, as_timesteps, check_same_shape
@@ -30,11 +30,11 @@ T0_CONVENTIONS = ("clipped", "clamped")
 class PMeanVar(NamedTuple):
     """The model's reverse-step Gaussian p_θ(x_{t-1}|x_t) and its implied predictions."""
 
-    mean: object
-    variance: object
-    log_variance: object
-    pred_x0: object
-    pred_eps: object
+    mean: Any
+    variance: Any
+    log_variance: Any
+    pred_x0: Any
+    pred_eps: Any
 
 
 def q_mean_variance(schedule, x0, t):

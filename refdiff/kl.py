@@ -9,12 +9,25 @@ half-width 1/(2**num_bits − 1); the edge bins extend to ±∞ (Ho et al. 2020,
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+from ._typing import Array
 
 from ._errors import check_choice, check_int, check_real, fail
-from ._xp import array_namespace, as_timesteps, check_broadcast, check_same_shape, device_of, erf, erfc
+from ._xp import (
+    array_namespace,
+    as_timesteps,
+    check_broadcast,
+    check_same_shape,
+    device_of,
+    erf,
+    erfc,
+)
 from .diffusion import p_mean_variance, q_mean_variance, q_posterior_mean_variance, q_sample
 from .parameterizations import eps_from_x0
+
+if TYPE_CHECKING:
+    from .schedules import Schedule
 
 __all__ = [
     "CDFS", "normal_kl", "approx_standard_normal_cdf", "standard_normal_cdf",
@@ -26,13 +39,13 @@ CDFS = ("tanh", "erf")
 _LN2 = math.log(2.0)
 
 
-def mean_flat(x):
+def mean_flat(x: Array) -> Array:
     """Mean over every axis but the first (the batch axis)."""
     xp = array_namespace(x)
     return xp.mean(x, axis=tuple(range(1, x.ndim))) if x.ndim > 1 else x
 
 
-def normal_kl(mean1, logvar1, mean2, logvar2):
+def normal_kl(mean1: Array, logvar1: Array, mean2: Array, logvar2: Array) -> Array:
     """KL(N(μ1, e^{ℓ1}) ‖ N(μ2, e^{ℓ2})) = ½(expm1(ℓ1−ℓ2) − (ℓ1−ℓ2) + (μ1−μ2)² e^{−ℓ2}), elementwise.
 
     The standard closed form (e.g. Kingma & Welling 2014, App. B) arranged with expm1 so that
@@ -44,7 +57,7 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
     return 0.5 * (_expm1_minus_x(d) + (mean1 - mean2) ** 2 * xp.exp(-logvar2))
 
 
-def _expm1_minus_x(d):
+def _expm1_minus_x(d: Any) -> Any:
     """e^d − 1 − d without cancellation: a Taylor series d²(1/2! + d/3! + …) for |d| < 1/2."""
     xp = array_namespace(d)
     small = xp.abs(d) < 0.5
@@ -55,18 +68,18 @@ def _expm1_minus_x(d):
     return xp.where(small, ds * ds * series, xp.expm1(d) - d)
 
 
-def approx_standard_normal_cdf(x):
+def approx_standard_normal_cdf(x: Array) -> Array:
     """Φ(x) ≈ ½(1 + tanh(√(2/π)(x + 0.044715x³))) (Page 1977; improved-diffusion's decoder)."""
     xp = array_namespace(x)
     return 0.5 * (1.0 + xp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
-def standard_normal_cdf(x):
+def standard_normal_cdf(x: Array) -> Array:
     """Φ(x) = ½ erfc(−x/√2), exact and accurate in the lower tail."""
     return 0.5 * erfc(-x / math.sqrt(2.0))
 
 
-def _bin_probability_erf(lo, hi):
+def _bin_probability_erf(lo: Any, hi: Any) -> Any:
     """Φ(hi) − Φ(lo) for lo < hi, by erfc differences taken on the side of the smaller tail."""
     xp = array_namespace(lo, hi)
     s = 1.0 / math.sqrt(2.0)
@@ -76,9 +89,9 @@ def _bin_probability_erf(lo, hi):
     return xp.where(lo > 0, right, xp.where(hi < 0, left, mid))
 
 
-def discretized_gaussian_log_likelihood(x, *, means, log_scales, cdf: str = "tanh",
+def discretized_gaussian_log_likelihood(x: Array, *, means: Array, log_scales: Array, cdf: str = "tanh",
                                         num_bits: int = 8, edge: float = 0.999,
-                                        log_floor: float = 1e-12, out_of_range: str = "raise"):
+                                        log_floor: float = 1e-12, out_of_range: str = "raise") -> Array:
     """log P(x) of data in [-1, 1] binned to 2**num_bits levels under N(means, e^{2 log_scales}) (Ho et al. 2020, Eq. 13).
 
     Parameters
@@ -114,7 +127,7 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales, cdf: str = "tan
     plus_in = inv_stdv * (centered + half_bin)
     min_in = inv_stdv * (centered - half_bin)
 
-    def safe_log(p):
+    def safe_log(p: Any) -> Any:
         if floor > 0:
             return xp.log(xp.clip(p, floor, None))
         pos = p > 0
@@ -133,7 +146,7 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales, cdf: str = "tan
     return xp.where(x < -edge, log_cdf_plus, xp.where(x > edge, log_one_minus_cdf_min, log_delta))
 
 
-def prior_bpd(schedule, x0):
+def prior_bpd(schedule: Schedule, x0: Array) -> Array:
     """KL(q(x_T|x0) ‖ N(0, I)) per sample in bits/dim, at the last index T−1 (Ho et al. 2020, Eq. 5, L_T)."""
     xp = array_namespace(x0)
     t = xp.full((x0.shape[0],), schedule.num_timesteps - 1, dtype=xp.int64, device=device_of(x0))
@@ -142,10 +155,10 @@ def prior_bpd(schedule, x0):
     return mean_flat(normal_kl(mean, log_var, zero, zero)) / _LN2
 
 
-def vb_terms_bpd(schedule, model_output, x0, x_t, t, *, mean_type: str = "eps",
+def vb_terms_bpd(schedule: Schedule, model_output: Array, x0: Array, x_t: Array, t: Array, *, mean_type: str = "eps",
                  var_type: str = "fixed_small", clip_x0: bool = False, t0: str = "clipped",
                  cdf: str = "tanh", denoised_fn: Callable | None = None,
-                 out_of_range: str = "raise"):
+                 out_of_range: str = "raise") -> tuple[Array, Array]:
     """L_{t} in bits/dim per sample: KL(q(x_{t-1}|x_t,x0) ‖ p_θ(x_{t-1}|x_t)), and at t=0 the decoder NLL −log p(x0|x_1) (Ho et al. 2020, Eq. 5).
 
     Returns (bpd, pred_x0). ``out_of_range`` is passed to the decoder likelihood
@@ -163,9 +176,9 @@ def vb_terms_bpd(schedule, model_output, x0, x_t, t, *, mean_type: str = "eps",
     return xp.where(tt == 0, nll, kl), p.pred_x0
 
 
-def calc_bpd_loop(schedule, model_fn: Callable, x0, *, noise, mean_type: str = "eps",
+def calc_bpd_loop(schedule: Schedule, model_fn: Callable, x0: Array, *, noise: Array, mean_type: str = "eps",
                   var_type: str = "fixed_small", clip_x0: bool = True, t0: str = "clipped",
-                  cdf: str = "tanh", map_timesteps: bool = True, progress: Callable | None = None):
+                  cdf: str = "tanh", map_timesteps: bool = True, progress: Callable | None = None) -> Array:
     """The full variational bound in bits/dim: Σ_t L_t + L_T over every timestep (Ho et al. 2020, Eq. 5; improved-diffusion's calc_bpd_loop).
 
     Parameters

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._errors import RefdiffShapeError, RefdiffValueError, check_int, check_real, fail
+from .._typing import Array, DType, Noise
 from .._xp import array_namespace, device_of
 
 __all__ = ["StepInfo", "draw_noise", "check_steps", "check_output", "check_eta",
@@ -68,7 +69,7 @@ def step_reporter(callback: Callable | None, progress: Callable | None) -> Calla
     return report
 
 
-def _nonfinite(a) -> bool:
+def _nonfinite(a: Array) -> bool:
     if a is None:
         return False
     xp = array_namespace(a)
@@ -111,7 +112,7 @@ def check_finite(callback: Callable | None = None) -> Callable:
     return guard
 
 
-def draw_noise(noise, i: int, like, *, name: str = "noise"):
+def draw_noise(noise: Noise, i: int, like: Array, *, name: str = "noise") -> Array:
     """The i-th standard-normal draw: ``noise[i]`` of an array of draws, or ``noise(i)`` of a callable."""
     if noise is None:
         fail(name, noise, "this sampler is stochastic: pass noise= (an array of draws with the "
@@ -123,12 +124,12 @@ def draw_noise(noise, i: int, like, *, name: str = "noise"):
     return z
 
 
-def check_steps(steps, *, name: str = "steps") -> int:
+def check_steps(steps: int, *, name: str = "steps") -> int:
     """A positive integer number of steps."""
     return check_int(name, steps, minimum=1)
 
 
-def check_output(out, x, *, name: str = "model output"):
+def check_output(out: Array, x: Array, *, name: str = "model output") -> Array:
     """Raise unless the model output has x's shape."""
     if tuple(getattr(out, "shape", ())) != tuple(x.shape):
         raise RefdiffShapeError(f"{name} has shape {tuple(getattr(out, 'shape', ()))} but x has "
@@ -136,12 +137,12 @@ def check_output(out, x, *, name: str = "model output"):
     return out
 
 
-def check_eta(eta) -> float:
+def check_eta(eta: Any) -> float:
     """η ≥ 0 (the DDIM / ancestral noise scale)."""
     return check_real("eta", eta, lo=0.0)
 
 
-def check_decreasing(name: str, values) -> None:
+def check_decreasing(name: str, values: Array) -> None:
     """Raise unless a 1-D host array of noise levels or times strictly decreases."""
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1 or v.size < 2:
@@ -155,7 +156,7 @@ def check_decreasing(name: str, values) -> None:
                                 f"is not below entry {i} ({float(v[i])!r})")
 
 
-def batch_full(x, value, *, dtype=None):
+def batch_full(x: Array, value: float, *, dtype: DType | None = None) -> Array:
     """``value`` broadcast to shape (B,) in x's namespace and device (x's dtype unless given): the model's t or σ argument."""
     xp = array_namespace(x)
     return xp.full((x.shape[0],), value, dtype=x.dtype if dtype is None else dtype,

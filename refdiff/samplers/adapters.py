@@ -29,8 +29,14 @@ from typing import Any, Callable
 import numpy as np
 
 from .._errors import RefdiffValueError, check_choice, fail
+from .._typing import Array, Namespace, Noise
 from .._xp import append_dims, array_namespace, device_of
-from ..parameterizations import PREDICTION_TYPES, eps_from_prediction, prediction_type, x0_from_prediction
+from ..parameterizations import (
+    PREDICTION_TYPES,
+    eps_from_prediction,
+    prediction_type,
+    x0_from_prediction,
+)
 from ..schedules import Schedule
 from . import get_sampler
 
@@ -41,14 +47,14 @@ __all__ = ["TIMESTEP_MODES", "karras_denoiser", "karras_grid", "vp_model", "scor
 TIMESTEP_MODES = ("nearest", "interp")
 
 
-def _check_schedule(schedule) -> Schedule:
+def _check_schedule(schedule: Schedule) -> Schedule:
     if not isinstance(schedule, Schedule):
         fail("schedule", schedule, "expected the host refdiff.schedules.Schedule the network was "
              "trained on")
     return schedule
 
 
-def _drop_variance(out, x):
+def _drop_variance(out: Array, x: Array) -> Array:
     """The prediction channels of an output with learned-variance channels appended (B, 2C, ...)."""
     c = x.shape[1] if x.ndim > 1 else None
     if c is not None and out.ndim == x.ndim and out.shape[1] == 2 * c:
@@ -59,11 +65,11 @@ def _drop_variance(out, x):
 class _Table:
     """A host float64 table moved once per (namespace, device, dtype) it is used with."""
 
-    def __init__(self, values: np.ndarray):
+    def __init__(self, values: np.ndarray) -> None:
         self.values = np.ascontiguousarray(values, dtype=np.float64)
         self._moved: dict = {}
 
-    def like(self, x):
+    def like(self, x: Array) -> Array:
         key = (array_namespace(x).__name__, str(device_of(x)), str(x.dtype))
         if key not in self._moved:
             xp = array_namespace(x)
@@ -71,7 +77,7 @@ class _Table:
         return self._moved[key]
 
 
-def _index_from_log(log_value, log_table, mode: str, xp):
+def _index_from_log(log_value: Array, log_table: Array, mode: str, xp: Namespace) -> Array:
     """The training index (int64) or fractional index (x's dtype) of values on an increasing log table."""
     d = xp.abs(log_value[:, None] - log_table[None, :])
     nearest = xp.argmin(d, axis=1)
@@ -113,7 +119,7 @@ def karras_denoiser(model: Callable, schedule: Schedule, *, prediction_type: str
     check_choice("timestep", timestep, TIMESTEP_MODES, "timestep mode")
     log_sigmas = _Table(np.log(np.asarray(sched.sigmas, dtype=np.float64)))
 
-    def denoiser(x, sigma):
+    def denoiser(x: Array, sigma: Array) -> Array:
         xp = array_namespace(x, sigma)
         if sigma.ndim != 1 or sigma.shape[0] != x.shape[0]:
             fail("sigma", sigma, f"expected shape ({x.shape[0]},) (one σ per sample)")
@@ -129,7 +135,7 @@ def karras_denoiser(model: Callable, schedule: Schedule, *, prediction_type: str
     return denoiser
 
 
-def prediction_type_checked(value) -> str:
+def prediction_type_checked(value: str) -> str:
     """A prediction type the continuous bridges support (ε, x0, v, score)."""
     return prediction_type(value, "prediction_type", PREDICTION_TYPES[:4])
 
@@ -141,7 +147,7 @@ def karras_grid(schedule: Schedule, steps: int, *, rho: float = 7.0) -> np.ndarr
     return np.asarray(karras_sigmas(steps, float(sig[0]), float(sig[-1]), rho), dtype=np.float64)
 
 
-def vp_model(model: Callable, schedule: Schedule, *, timestep: str = "nearest"):
+def vp_model(model: Callable, schedule: Schedule, *, timestep: str = "nearest") -> tuple[Callable[..., Array], Any]:
     """(model_fn, noise_schedule): a discrete network as a model of DPM-Solver's continuous time (Lu et al. 2022a, §3.4).
 
     The noise schedule is ``NoiseScheduleVP.discrete(schedule)`` (t_n = (n+1)/N for index n), and
@@ -155,7 +161,7 @@ def vp_model(model: Callable, schedule: Schedule, *, timestep: str = "nearest"):
     ns = NoiseScheduleVP.discrete(sched)
     n = float(ns.total_N)
 
-    def model_fn(x, t):
+    def model_fn(x: Array, t: Array) -> Array:
         xp = array_namespace(x, t)
         idx = t * n - 1.0
         idx = xp.astype(xp.round(idx), xp.int64) if timestep == "nearest" else idx
@@ -164,7 +170,7 @@ def vp_model(model: Callable, schedule: Schedule, *, timestep: str = "nearest"):
     return model_fn, ns
 
 
-def _linear_vp_sde(schedule: Schedule):
+def _linear_vp_sde(schedule: Schedule) -> Any:
     """The linear VP-SDE whose DDPM discretisation is ``schedule`` (Song et al. 2021, App. B: β_i = β̄_i/N)."""
     from ..sde import VPSDE
     betas = np.asarray(schedule.betas, dtype=np.float64)
@@ -177,7 +183,7 @@ def _linear_vp_sde(schedule: Schedule):
     return VPSDE(beta_min=float(betas[0] * N), beta_max=float(betas[-1] * N), N=N)
 
 
-def score_fn(model: Callable, schedule: Schedule, *, prediction_type: str = "eps"):
+def score_fn(model: Callable, schedule: Schedule, *, prediction_type: str = "eps") -> tuple[Callable[..., Array], Any]:
     """(score_fn, sde): s(x, t) = −ε̂(x, i)/√(1−ᾱ_i) with i = ⌊t·(N−1)⌋ (Song et al. 2021, §3.3; score_sde's discrete VP score).
 
     ``sde`` is the linear VP-SDE whose DDPM chain is ``schedule`` (a linear β schedule). The
@@ -191,7 +197,7 @@ def score_fn(model: Callable, schedule: Schedule, *, prediction_type: str = "eps
     sqrt_ab = _Table(np.asarray(sched.sqrt_alphas_cumprod, dtype=np.float64))
     sqrt_1m = _Table(np.asarray(sched.sqrt_one_minus_alphas_cumprod, dtype=np.float64))
 
-    def score(x, t):
+    def score(x: Array, t: Array) -> Array:
         xp = array_namespace(x, t)
         i = xp.astype(xp.floor(t * n1), xp.int64)
         out = _drop_variance(model(x, i), x)
@@ -204,10 +210,10 @@ def score_fn(model: Callable, schedule: Schedule, *, prediction_type: str = "eps
     return score, sde
 
 
-def sample_with_discrete_model(name: str, model: Callable, x_T, *, schedule: Schedule,
-                               steps: int, prediction_type: str = "eps", noise=None,
+def sample_with_discrete_model(name: str, model: Callable, x_T: Array, *, schedule: Schedule,
+                               steps: int, prediction_type: str = "eps", noise: Noise = None,
                                timestep: str = "nearest", callback: Callable | None = None,
-                               progress: Callable | None = None, **options: Any):
+                               progress: Callable | None = None, **options: Any) -> Array:
     """Run the registered sampler ``name`` of any family with a network trained on ``schedule``.
 
     Parameters
