@@ -3,7 +3,7 @@
 The hook: :func:`_sampler_cases` is a case *family* — it reads the sampler registry when the suite
 is collected, so a sampler registered with ``@register_sampler(name, family=...)`` is checked
 here with no new test code, as long as its family is one of ``FAMILY_INPUTS`` (discrete, karras,
-vp, sde). A new family needs one input builder below (its calling convention), nothing else.
+vp, sde, flow). A new family needs one input builder below (its calling convention), nothing else.
 
 Every sampler runs its whole loop on both sides from the same start, the same model (a small
 array-API function of x and t, see :mod:`.models`) and the same noise — a callable whose draw i is
@@ -98,9 +98,20 @@ def sde_inputs(draw, name: str):
                 steps=draw(st.sampled_from(steps), label="steps"), noise=_noise(draw, shape), **kw)
 
 
+@st.composite
+def flow_inputs(draw, name: str):
+    """fn(model, x, *, noise_schedule, steps): the rectified-flow path (shift 1 or 3), a velocity model of t."""
+    from refdiff.samplers.flow import FlowSchedule
+    fs = Build(FlowSchedule, (), {"shift": draw(st.sampled_from((1.0, 3.0)), label="shift")})
+    shape = _shape(draw)
+    return call(_eps_model(draw, shape, 1.0), draw(rs.noise(shape), label="x_T"),
+                noise_schedule=fs, steps=draw(st.sampled_from((3, 6)), label="steps"),
+                noise=_noise(draw, shape))
+
+
 #: family -> input builder (its calling convention; see refdiff.samplers).
 FAMILY_INPUTS = {"discrete": discrete_inputs, "karras": karras_inputs, "vp": vp_inputs,
-                 "sde": sde_inputs}
+                 "sde": sde_inputs, "flow": flow_inputs}
 
 
 def _steps(oracle_call, ref) -> tuple[int, int]:

@@ -17,6 +17,7 @@ __all__ = [
     "v_from_x0", "score_from_eps", "eps_from_score", "x0_from_mu", "mu_from_x0",
     "PREDICTION_TYPES", "PREDICTION_ALIASES", "OUTPUT_TYPES", "prediction_type",
     "x0_from_output", "eps_from_output", "x0_from_prediction", "eps_from_prediction",
+    "CONTINUOUS_PREDICTION_TYPES",
     "LevelCoefficients", "level_coefficients", "x0_from_output_at", "eps_from_x0_at",
 ]
 
@@ -31,7 +32,14 @@ PREDICTION_TYPES = ("eps", "x0", "v", "score", "mean")
 PREDICTION_ALIASES = {
     "noise": "eps", "epsilon": "eps", "x_start": "x0", "start_x": "x0", "sample": "x0",
     "data": "x0", "v_prediction": "v", "velocity": "v", "mu": "mean", "previous_x": "mean",
+    "flow_prediction": "flow",
 }
+
+#: The predictions the (α, σ) conversions accept: those of :data:`PREDICTION_TYPES` without μ, and
+#: the flow-matching velocity u = ε − x0 (Lipman et al. 2023, Eq. 23 with σ_min = 0; Liu et al.
+#: 2023, Eq. 1: dx/dt of x_t = (1 − t)·x0 + t·ε), named "flow" (diffusers' "flow_prediction")
+#: because refdiff's "v" is Salimans & Ho's α·ε − σ·x0.
+CONTINUOUS_PREDICTION_TYPES = ("eps", "x0", "v", "score", "flow")
 
 #: The prediction types the discrete Gaussian algebra (:func:`x0_from_output`) accepts.
 OUTPUT_TYPES = PREDICTION_TYPES
@@ -181,7 +189,8 @@ def x0_from_prediction(out, x, alpha, sigma, prediction: str):
     """x̂0 from a prediction at x = α·x0 + σ·ε (Kingma et al. 2021, Eq. 1; v of Salimans & Ho 2022, §4).
 
     ``alpha`` and ``sigma`` are host floats or arrays broadcasting against x. ε: (x − σε)/α;
-    v = α·ε − σ·x0: (α·x − σ·v)/(α² + σ²); score s = −ε/σ: (x + σ²·s)/α.
+    v = α·ε − σ·x0: (α·x − σ·v)/(α² + σ²); score s = −ε/σ: (x + σ²·s)/α; flow velocity
+    u = ε − x0: (x − σ·u)/(α + σ) (x − t·u on the rectified-flow path α = 1 − t, σ = t).
 
     Examples
     --------
@@ -192,7 +201,9 @@ def x0_from_prediction(out, x, alpha, sigma, prediction: str):
     >>> bool(np.allclose(x0_from_prediction(v, x, a, s, "v"), x0))
     True
     """
-    prediction = prediction_type(prediction, "prediction_type", PREDICTION_TYPES[:4])
+    prediction = prediction_type(prediction, "prediction_type", CONTINUOUS_PREDICTION_TYPES)
+    if prediction == "flow":
+        return (x - sigma * out) / (alpha + sigma)
     if prediction == "eps":
         return (x - sigma * out) / alpha
     if prediction == "x0":
@@ -205,9 +216,11 @@ def x0_from_prediction(out, x, alpha, sigma, prediction: str):
 def eps_from_prediction(out, x, alpha, sigma, prediction: str):
     """ε̂ from a prediction at x = α·x0 + σ·ε (the inverse relations of :func:`x0_from_prediction`).
 
-    x0: (x − α·x0)/σ; v: (σ·x + α·v)/(α² + σ²); score: −σ·s.
+    x0: (x − α·x0)/σ; v: (σ·x + α·v)/(α² + σ²); score: −σ·s; flow u = ε − x0: (x + α·u)/(α + σ).
     """
-    prediction = prediction_type(prediction, "prediction_type", PREDICTION_TYPES[:4])
+    prediction = prediction_type(prediction, "prediction_type", CONTINUOUS_PREDICTION_TYPES)
+    if prediction == "flow":
+        return (x + alpha * out) / (alpha + sigma)
     if prediction == "eps":
         return out
     if prediction == "x0":

@@ -15,6 +15,9 @@ a *family* that fixes its calling convention:
   style solvers over a VP noise schedule α_t, σ_t, λ_t in continuous time.
 * ``"sde"`` — ``fn(score_fn, x_T, *, sde, steps, noise=None, **options)`` for the SDE/ODE
   samplers of Song et al. 2021 with ``score_fn(x, t) -> ∇ log p_t(x)``.
+* ``"flow"`` — ``fn(model, x_T, *, noise_schedule, steps, noise=None, **options)`` for flow
+  matching / rectified flow on x_t = (1 − t)·x0 + t·ε with a
+  :class:`~refdiff.samplers.flow.FlowSchedule` and ``model(x, t)`` predicting the velocity ε − x0.
 
 ``noise`` may be an array holding every draw (the first axis indexes the draws) or a callable
 ``noise(i) -> array`` returning the i-th standard-normal draw of x's shape.
@@ -39,7 +42,7 @@ from ._common import StepInfo, check_finite
 __all__ = ["SamplerSpec", "FAMILIES", "register_sampler", "get_sampler", "list_samplers", "sample",
            "StepInfo", "check_finite", "sampler_function_name"]
 
-FAMILIES = ("discrete", "karras", "vp", "sde")
+FAMILIES = ("discrete", "karras", "vp", "sde", "flow")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,3 +108,4 @@ def sample(name: str, model: Callable, x, **kwargs):
 # reference only), so they load with the package and ``refdiff.samplers.<module>`` always works.
 from . import discrete, karras, dpm_solver, score_sde, ode  # noqa: E402,F401  (registration)
 from . import adapters  # noqa: E402,F401  (bridges between the families)
+from . import unipc, deis, pndm, flow  # noqa: E402,F401  (registration)
