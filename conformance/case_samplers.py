@@ -22,13 +22,23 @@ from .case_sde import _sde_build
 from .cases import Case, register_family
 from .strategies import Bind, Build, HostArray, NoiseSource, call
 
-__all__ = ["FAMILY_INPUTS", "EXCLUDED"]
+__all__ = ["FAMILY_INPUTS", "EXCLUDED", "FIXED_STEP_OPTIONS"]
 
 #: Registered samplers the suite does not run on backends, with the reason.
 EXCLUDED = {
     "ode_rk45": "adaptive RK45 runs through scipy.integrate.solve_ivp on the host (oracle-side by "
                 "design); its step-size control makes trajectories of different precisions "
                 "incomparable",
+}
+
+#: Options the suite passes to adaptive samplers: their step-size control reads the error back
+#: and makes discrete accept/reject decisions, so trajectories of different precisions can take
+#: different steps. The suite runs their fixed-step mode (the same embedded solver on the given
+#: grid, which is also how an adaptive run is replayed); the controller itself is checked on each
+#: backend in tests/samplers/test_karras_dpm.py and test_dpm_solver_sde.py.
+FIXED_STEP_OPTIONS = {
+    "karras_dpm_adaptive": {"adaptive": False},
+    "dpm_solver_adaptive": {"adaptive": False},
 }
 
 
@@ -65,7 +75,8 @@ def karras_inputs(draw, name: str):
     den = Bind(models.denoiser, {"w": draw(st.sampled_from((0.5, 1.0)), label="w"),
                                  "bias": draw(rs.seeded_normal(shape[1:], scale=0.1))})
     x = draw(rs.noise(shape), label="x") * float(sigmas[0])
-    return call(den, x, sigmas=HostArray(sigmas), noise=_noise(draw, shape))
+    return call(den, x, sigmas=HostArray(sigmas), noise=_noise(draw, shape),
+                **FIXED_STEP_OPTIONS.get(name, {}))
 
 
 @st.composite
@@ -78,7 +89,7 @@ def vp_inputs(draw, name: str):
     shape = _shape(draw)
     return call(_eps_model(draw, shape, 1.0), draw(rs.noise(shape), label="x_T"),
                 noise_schedule=ns, steps=draw(st.sampled_from((3, 6)), label="steps"),
-                noise=_noise(draw, shape))
+                noise=_noise(draw, shape), **FIXED_STEP_OPTIONS.get(name, {}))
 
 
 @st.composite

@@ -109,3 +109,4 @@ def sample(name: str, model: Callable, x, **kwargs):
 from . import discrete, karras, dpm_solver, score_sde, ode  # noqa: E402,F401  (registration)
 from . import adapters  # noqa: E402,F401  (bridges between the families)
 from . import unipc, deis, pndm, flow  # noqa: E402,F401  (registration)
+from . import karras_dpm, dpm_solver_sde  # noqa: E402,F401  (registration)
