@@ -74,7 +74,7 @@ from ._common import StepInfo, batch_full, check_output, step_reporter
 __all__ = [
     "NoiseScheduleVP", "LAMBDA_CLIPS", "LOWER_ORDER_FINAL", "SKIP_TYPES", "MODEL_TYPES",
     "MODEL_TIMES", "ALGORITHM_TYPES", "SOLVER_TYPES", "METHODS", "D2_SCALES", "WARMUPS",
-    "FINAL_SIGMAS_TYPES", "TIME_UNITS", "INTERMEDIATES", "phi_1", "phi_2", "phi_3",
+    "FINAL_SIGMAS_TYPES", "TIME_UNITS", "INTERMEDIATES", "SECOND_INTERMEDIATES", "phi_1", "phi_2", "phi_3",
     "get_time_steps", "singlestep_orders", "multistep_step_orders", "SchedulePoint",
     "schedule_points", "first_order_coefficients", "singlestep_second_coefficients",
     "singlestep_third_coefficients", "multistep_second_coefficients",
@@ -109,6 +109,9 @@ FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 TIME_UNITS = ("t", "index")
 #: Where single-step solvers put their intermediate points.
 INTERMEDIATES = ("lambda", "grid")
+#: How single-step DPM-Solver-3 forms its second intermediate state u2: Alg. 2's φ2 form
+#: (DPM-Solver), or the second-order single-step update of the chosen solver_type (diffusers).
+SECOND_INTERMEDIATES = ("dpm_solver", "diffusers")
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,8 +409,9 @@ def schedule_points(noise_schedule: NoiseScheduleVP, times: Any, *, model_time: 
     """The schedule at every time of ``times`` in one vectorised evaluation (the step plan's inputs).
 
     With ``sigmas`` (σ/α on the variance-exploding scale, one per time) λ = -log σ and σ_t = α_t·σ
-    are taken from the grid itself (``times`` then holds t(λ)); σ = 0 gives the clean-data point
-    (α = 1, λ = +∞).
+    are taken from the grid itself (``times`` then holds t(λ), used for the model time), and so is
+    α = (1 + σ²)^(-1/2) for a variance-preserving schedule (α_t of the schedule otherwise); σ = 0
+    gives the clean-data point (α = 1, λ = +∞).
     """
     ns = _check_ns(noise_schedule)
     ts = np.atleast_1d(np.asarray(times, dtype=np.float64))
@@ -417,6 +421,9 @@ def schedule_points(noise_schedule: NoiseScheduleVP, times: Any, *, model_time: 
         sve = np.atleast_1d(np.asarray(sigmas, dtype=np.float64))
         with np.errstate(divide="ignore"):
             lam = -np.log(sve)
+        if _is_vp(ns):                       # α² + σ² = 1: α = (1 + σ²)^(-1/2) from the grid itself
+            la = -0.5 * np.log1p(sve * sve)
+            alpha = np.array([math.exp(float(v)) for v in la])
         sig = alpha * sve
     else:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -430,6 +437,12 @@ def schedule_points(noise_schedule: NoiseScheduleVP, times: Any, *, model_time: 
             out.append(SchedulePoint(float(ts[k]), float(la[k]), float(alpha[k]),
                                      float(sig[k]), float(lam[k]), float(sve[k]), tin[k]))
     return out
+
+
+def _is_vp(ns: NoiseScheduleVP) -> bool:
+    """Whether α_t² + σ_t² = 1 (linear and discrete schedules, refdiff.sde.VPSDE)."""
+    from ..sde import VPSDE
+    return ns.kind in ("linear", "discrete") or isinstance(ns.sde, VPSDE)
 
 
 def _point(ns: NoiseScheduleVP, t: float) -> SchedulePoint:
@@ -510,11 +523,12 @@ def _explicit_grid(ns: NoiseScheduleVP, timesteps: Any, sigmas: Any, time_unit: 
         with np.errstate(divide="ignore"):
             lam = -np.log(s)
         lam_T = float(ns.marginal_lambda(ns.T))
-        if np.any(lam[pos] < lam_T):
+        # A σ above the schedule's largest by < 1e-6 relative (its float32 copy) is taken at t = T.
+        if np.any(lam[pos] < lam_T - 1e-6):
             fail("sigmas", sigmas, f"the largest σ/α of the noise schedule is {math.exp(-lam_T)!r} "
                  "(at t = T); every σ must lie within it")
         ts = np.zeros_like(s)
-        ts[pos] = np.atleast_1d(ns.inverse_lambda(lam[pos]))
+        ts[pos] = np.atleast_1d(ns.inverse_lambda(np.maximum(lam[pos], lam_T)))
         points = schedule_points(ns, ts, model_time=model_time, sigmas=s)
         name, given = "sigmas", sigmas
     else:
@@ -697,15 +711,25 @@ def singlestep_second_coefficients(ps: SchedulePoint, p1: SchedulePoint, pt: Sch
 def singlestep_third_coefficients(ps: SchedulePoint, p1: SchedulePoint, p2: SchedulePoint,
                                   pt: SchedulePoint, r1: float, r2: float, *,
                                   algorithm_type: str = "dpmsolver",
-                                  solver_type: str = "dpmsolver") -> SinglestepThirdCoefficients:
-    """Coefficients of single-step DPM-Solver-3 from ps to pt via λ_s + r1 h and λ_s + r2 h (Lu et al. 2022a, Alg. 2)."""
+                                  solver_type: str = "dpmsolver",
+                                  second_intermediate: str = "dpm_solver"
+                                  ) -> SinglestepThirdCoefficients:
+    """Coefficients of single-step DPM-Solver-3 from ps to pt via λ_s + r1 h and λ_s + r2 h (Lu et al. 2022a, Alg. 2).
+
+    ``second_intermediate="diffusers"`` with ``solver_type="dpmsolver"`` forms u2 by the
+    midpoint second-order step from s to s2 via s1 (k2 = ½ (r2/r1) b2), as diffusers'
+    single-step scheduler does; otherwise u2 is Alg. 2's φ2 form.
+    """
     h = pt.lam - ps.lam
     pp = algorithm_type == "dpmsolver++"
     a1, b1 = first_order_coefficients(ps, p1, algorithm_type, r1 * h)
     a2, b2 = first_order_coefficients(ps, p2, algorithm_type, r2 * h)
-    # The data form uses α and φ(-h) where the noise form uses σ and φ(h) (DPM-Solver's
-    # phi_2 = phi_1/h + 1 of the data form is -phi_2(-h) here).
-    k2 = (r2 / r1) * _cphi(p2, phi_2, r2 * h, pp)
+    if second_intermediate == "diffusers" and solver_type == "dpmsolver":
+        k2 = (0.5 / (r1 / r2)) * b2
+    else:
+        # The data form uses α and φ(-h) where the noise form uses σ and φ(h) (DPM-Solver's
+        # phi_2 = phi_1/h + 1 of the data form is -phi_2(-h) here).
+        k2 = (r2 / r1) * _cphi(p2, phi_2, r2 * h, pp)
     a, b = first_order_coefficients(ps, pt, algorithm_type, h)
     c2 = _cphi(pt, phi_2, h, pp)
     return SinglestepThirdCoefficients(p1, p2, a1, b1, a2, b2, k2, a, b, (1.0 / r2) * c2, r1, r2, c2,
@@ -1014,7 +1038,7 @@ def _lambda_inner(ns: NoiseScheduleVP, outer: list[SchedulePoint], orders: list[
 
 
 def _singlestep_plan(ns, steps, order, method, skip_type, intermediate, grid, t_T, t_0,
-                     model_time, algorithm_type, solver_type):
+                     model_time, algorithm_type, solver_type, second_intermediate):
     """[(order, coefficients)] of the single-step loop and the outer points."""
     if grid is not None:
         nfe = len(grid) - 1
@@ -1022,8 +1046,8 @@ def _singlestep_plan(ns, steps, order, method, skip_type, intermediate, grid, t_
             orders = singlestep_orders(nfe, order)
         else:
             if nfe % order:
-                fail("timesteps", nfe, f"singlestep_fixed of order {order} needs a grid of k·{order} "
-                     f"steps; this one has {nfe}")
+                fail("steps", nfe, f"singlestep_fixed of order {order} needs a grid of k·{order} "
+                     "steps (one per model evaluation)")
             orders = [order] * (nfe // order)
         if grid[-1].sigma == 0.0 and orders[-1] > 1:     # the step into σ = 0 is first order
             orders[-1:] = [orders[-1] - 1, 1]
@@ -1079,7 +1103,8 @@ def _singlestep_plan(ns, steps, order, method, skip_type, intermediate, grid, t_
                       ((mid[0].lam - ps.lam) / h, (mid[1].lam - ps.lam) / h))
             c = singlestep_third_coefficients(ps, mid[0], mid[1], pt, r1, r2,
                                               algorithm_type=algorithm_type,
-                                              solver_type=solver_type)
+                                              solver_type=solver_type,
+                                              second_intermediate=second_intermediate)
         plan.append((o, c))
     return plan, outer
 
@@ -1117,7 +1142,8 @@ def sample_dpm_solver(model: Callable, x: Any, *, noise_schedule: NoiseScheduleV
                       skip_type: str = "time_uniform", t_start: float | None = None,
                       t_end: float | None = None, timesteps: Any = None, sigmas: Any = None,
                       time_unit: str = "t", final_sigmas_type: str | None = None,
-                      intermediate: str = "lambda", lower_order_final: str = "dpm_solver",
+                      intermediate: str = "lambda", second_intermediate: str = "dpm_solver",
+                      lower_order_final: str = "dpm_solver",
                       solver_type: str = "dpmsolver", denoise_to_zero: bool = False,
                       correcting_x0_fn: Any = None, dynamic_thresholding_ratio: float = 0.995,
                       model_time: Any = "continuous", lambda_min: float | None = None,
@@ -1166,6 +1192,11 @@ def sample_dpm_solver(model: Callable, x: Any, *, noise_schedule: NoiseScheduleV
     intermediate : {"lambda", "grid"}
         Single-step only: intermediate points at λ_s + r h (the papers' r = 1/2; 1/3, 2/3) or on
         the grid between s and t (DPM-Solver's code; diffusers' single-step scheduler).
+    second_intermediate : {"dpm_solver", "diffusers"}
+        Single-step order 3 only: the second intermediate state u2 by DPM-Solver-3's φ2 form
+        (2022a, Alg. 2; DPM-Solver's code) or, with ``solver_type="dpmsolver"``, by the midpoint
+        second-order step from s via s1 (diffusers' single-step scheduler, solver_type
+        "midpoint"); the two agree for ``solver_type="taylor"``.
     lower_order_final : {"dpm_solver", "diffusers", "always", "never"}
         Multistep only: lower orders at the last steps when steps < 10 / < 15 / always / never.
     solver_type : {"dpmsolver", "taylor"}
@@ -1215,6 +1246,8 @@ def sample_dpm_solver(model: Callable, x: Any, *, noise_schedule: NoiseScheduleV
     _check_alg(algorithm_type, solver_type)
     check_choice("skip_type", skip_type, SKIP_TYPES, "step grid")
     check_choice("intermediate", intermediate, INTERMEDIATES, "intermediate-point placement")
+    check_choice("second_intermediate", second_intermediate, SECOND_INTERMEDIATES,
+                 "second intermediate state")
     check_choice("time_unit", time_unit, TIME_UNITS, "time unit")
     if final_sigmas_type is not None:
         check_choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES, "final σ")
@@ -1286,8 +1319,8 @@ def sample_dpm_solver(model: Callable, x: Any, *, noise_schedule: NoiseScheduleV
                     del hist[0]
     else:
         plan, outer = _singlestep_plan(ns, steps, order, method, skip_type, intermediate,
-                                       grid,
-                                       t_T, t_0, model_time, algorithm_type, solver_type)
+                                       grid, t_T, t_0, model_time, algorithm_type, solver_type,
+                                       second_intermediate)
         last = outer[-1]
         by_t = _by_time(outer, [(None, o, c) for o, c in plan])
         fn_t = lambda xx, t: fn(xx, by_t[t])     # noqa: E731

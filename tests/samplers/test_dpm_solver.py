@@ -88,14 +88,6 @@ def test_linear_schedule_against_mpmath(t):
     assert NS.inverse_lambda(float(lam)) == pytest.approx(t, rel=1e-12)
 
 
-def test_from_sde_matches_linear():
-    from refdiff.sde import VPSDE
-    ns = D.NoiseScheduleVP.from_sde(VPSDE())
-    ts = np.array([1e-3, 0.2, 0.9, 1.0])
-    np.testing.assert_allclose(ns.marginal_lambda(ts), NS.marginal_lambda(ts), rtol=1e-13)
-    np.testing.assert_allclose(ns.inverse_lambda(NS.marginal_lambda(ts)), ts, rtol=1e-12)
-
-
 def test_discrete_schedule_interpolates_log_alpha():
     """t_n = (n+1)/N carries log α = ½ log ᾱ_n exactly; between knots log α is linear in t (DPM-Solver, App. D.1)."""
     s = schedules.linear(1000)
@@ -184,15 +176,17 @@ def test_lower_order_final_changes_the_result():
 # Exactness on a point mass
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", [n for n in list_samplers("vp")])
+DPM_SAMPLERS = [n for n in list_samplers("vp") if get_sampler(n).fn.__module__ == D.__name__]
+
+
+@pytest.mark.parametrize("name", DPM_SAMPLERS)
 @pytest.mark.parametrize("steps", [3, 4, 7])
 def test_exact_on_point_mass(name, steps):
     """x̂0 ≡ μ: x_t = α_t μ + (σ_t/σ_T)(x_T - α_T μ) exactly, for any step count (Lu et al. 2022a, §3.1)."""
     fn = get_sampler(name).fn
     for kind in ("eps", "x0", "v", "score"):
-        model_type = {"eps": "noise", "x0": "x_start", "v": "v", "score": "score"}[kind]
         model = A.vp_model(POINT, NS, kind)
-        out = fn(model, X, noise_schedule=NS, steps=steps, model_type=model_type, skip_type="logSNR")
+        out = fn(model, X, noise_schedule=NS, steps=steps, model_type=kind, skip_type="logSNR")
         t0 = 1e-3
         exact = NS.marginal_alpha(t0) * MU + NS.marginal_std(t0) / NS.marginal_std(1.0) * (X - NS.marginal_alpha(1.0) * MU)
         # The noise form recovers x̂0 = (x - σε̂)/α: a step spanning the whole range amplifies the
@@ -207,10 +201,15 @@ def test_exact_on_point_mass(name, steps):
 def test_model_types_agree_on_gaussian_data():
     """ε, x0, v and score models of the same data give the same sample (conversions of App. D.2)."""
     f = get_sampler("dpm_solver_2m").fn
-    outs = [f(A.vp_model(DATA, NS, kind), X, noise_schedule=NS, steps=10, model_type=mt)
-            for kind, mt in (("eps", "noise"), ("x0", "x_start"), ("v", "v"), ("score", "score"))]
+    outs = [f(A.vp_model(DATA, NS, kind), X, noise_schedule=NS, steps=10, model_type=kind)
+            for kind in ("eps", "x0", "v", "score")]
     for o in outs[1:]:
         np.testing.assert_allclose(o, outs[0], rtol=1e-12, atol=1e-12)
+    # DPM-Solver's names are aliases of the same predictions: identical results
+    for kind, alias in (("eps", "noise"), ("x0", "x_start"), ("eps", "epsilon"), ("v", "v_prediction")):
+        model = A.vp_model(DATA, NS, kind)
+        assert np.array_equal(f(model, X, noise_schedule=NS, steps=10, model_type=alias),
+                              f(model, X, noise_schedule=NS, steps=10, model_type=kind))
 
 
 def test_inversion_round_trip_on_point_mass():
@@ -301,7 +300,7 @@ def test_dynamic_thresholding_keeps_x0_in_range():
     """correcting_x0_fn="dynamic_thresholding" (ratio 0.995, floor 1) maps the data prediction into [-1, 1]."""
     big = A.GaussianData([5.0, -5.0], np.eye(2) * 0.01)
     model = A.vp_model(big, NS, "eps")
-    kw = dict(model_type="noise", model_time="continuous", dynamic_thresholding_ratio=0.995)
+    kw = dict(model_type="eps", model_time="continuous", dynamic_thresholding_ratio=0.995)
     raw = D._prediction_fns(model, NS, correcting_x0_fn=None, **kw)[1](X, 0.3)
     fixed = D._prediction_fns(model, NS, correcting_x0_fn="dynamic_thresholding", **kw)[1](X, 0.3)
     assert np.abs(raw).max() > 3.0
@@ -342,3 +341,130 @@ def test_runs_on_array_api_strict():
         ref = fn(model, X, noise_schedule=NS, steps=7)
         got = fn(model, xs.asarray(X), noise_schedule=NS, steps=7)
         np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-15, atol=1e-15)
+
+
+# --------------------------------------------------------------------------------------------
+# Step plan, explicit grids, callbacks
+# --------------------------------------------------------------------------------------------
+
+DISC = D.NoiseScheduleVP.discrete(schedules.linear(1000))
+
+
+def _disc_model(x, t):
+    tt = float(t[0])
+    return DATA.eps(x, DISC.marginal_alpha(tt), DISC.marginal_std(tt))
+
+
+@pytest.mark.parametrize("method,order", [("multistep", 3), ("singlestep", 3), ("singlestep_fixed", 2)])
+def test_schedule_is_evaluated_once_per_call(method, order, monkeypatch):
+    """The step plan: the number of schedule interpolations does not grow with the step count, and the model runs exactly NFE times."""
+    calls = {"interp": 0, "model": 0}
+    real = D._interp
+
+    def counting(*a, **k):
+        calls["interp"] += 1
+        return real(*a, **k)
+
+    def model(x, t):
+        calls["model"] += 1
+        return np.zeros_like(x)
+
+    monkeypatch.setattr(D, "_interp", counting)
+    seen = []
+    for steps in (6, 30):
+        calls.update(interp=0, model=0)
+        D.sample_dpm_solver(model, X, noise_schedule=DISC, steps=steps, order=order, method=method,
+                            skip_type="time_uniform")
+        nfe = steps if method != "singlestep_fixed" else order * (steps // order)
+        assert calls["model"] == nfe
+        seen.append(calls["interp"])
+    assert seen[0] == seen[1] <= 8, seen
+
+
+@pytest.mark.parametrize("alg", ["dpmsolver", "dpmsolver++"])
+@pytest.mark.parametrize("method,order", [("multistep", 2), ("singlestep", 3)])
+def test_callback_reports_time_sigma_and_denoised(alg, method, order):
+    """StepInfo before each step: the state it starts from, t, σ_t/α_t and the exact data prediction there."""
+    infos, prog = [], []
+    model = A.vp_model(DATA, NS, "eps")
+    out = D.sample_dpm_solver(model, X, noise_schedule=NS, steps=6, order=order, method=method,
+                              algorithm_type=alg, callback=infos.append,
+                              progress=lambda i, n: prog.append((i, n)))
+    n = len(infos)
+    assert [i.i for i in infos] == list(range(n)) and all(i.n == n for i in infos)
+    assert prog == [(k + 1, n) for k in range(n)]
+    assert np.array_equal(infos[0].x, X) and infos[0].t == 1.0
+    for info in infos:
+        a, s = NS.marginal_alpha(info.t), NS.marginal_std(info.t)
+        assert info.sigma == pytest.approx(s / a, rel=1e-14)
+        np.testing.assert_allclose(info.denoised, DATA.x0(info.x, a, s), rtol=1e-12, atol=1e-12)
+    assert not np.array_equal(infos[-1].x, out)
+    assert info.t > 1e-3                       # reported before the last step
+
+
+@pytest.mark.parametrize("method,order", [("multistep", 2), ("multistep", 3), ("singlestep_fixed", 3),
+                                          ("singlestep", 3)])
+def test_explicit_timesteps_equal_the_generated_grid(method, order):
+    """timesteps= with the grid skip_type would build gives the same bits; sigmas= (λ = -log σ) agrees to rounding."""
+    model = A.vp_model(DATA, NS, "eps")
+    steps = 9
+    nfe_grid = steps if method != "singlestep_fixed" else steps // order
+    skip = "time_uniform" if method == "singlestep" else "logSNR"   # DPM-Solver-fast: NFE-point grid
+    ts = D.get_time_steps(NS, skip, 1.0, 1e-3, nfe_grid)
+    gen = D.sample_dpm_solver(model, X, noise_schedule=NS, steps=steps, order=order, method=method,
+                              skip_type=skip)
+    if method == "singlestep_fixed":
+        # the explicit single-step grid lists every model evaluation: the λ-thirds of each step
+        lam = NS.marginal_lambda(ts)
+        fine = np.concatenate([np.linspace(lam[j], lam[j + 1], order + 1)[:-1] for j in range(len(ts) - 1)]
+                              + [lam[-1:]])
+        ts = NS.inverse_lambda(fine)
+        ts[0], ts[-1] = 1.0, 1e-3
+    exp = D.sample_dpm_solver(model, X, noise_schedule=NS, timesteps=ts, order=order, method=method)
+    if method == "multistep":
+        assert np.array_equal(gen, exp)
+    else:
+        np.testing.assert_allclose(exp, gen, rtol=1e-12, atol=1e-12)
+    sig = NS.marginal_std(ts) / NS.marginal_alpha(ts)
+    via_sigma = D.sample_dpm_solver(model, X, noise_schedule=NS, sigmas=sig, order=order, method=method)
+    np.testing.assert_allclose(via_sigma, exp, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("alg", ["dpmsolver", "dpmsolver++"])
+@pytest.mark.parametrize("method,order", [("multistep", 3), ("singlestep", 2), ("singlestep", 3)])
+def test_final_step_to_sigma_zero_is_exact_on_a_point_mass(alg, method, order):
+    """final_sigmas_type="zero": the last step (first order) lands on α·x̂0 = μ exactly (noise form included)."""
+    model = A.vp_model(POINT, DISC, "eps")
+    ts = np.array([999, 700, 500, 300, 200, 100, 50, 20, 5])
+    out = D.sample_dpm_solver(model, X, noise_schedule=DISC, timesteps=ts, time_unit="index",
+                              final_sigmas_type="zero", order=order, method=method, algorithm_type=alg)
+    np.testing.assert_allclose(out, np.broadcast_to(MU, X.shape), rtol=0, atol=1e-9)
+
+
+def test_final_sigma_min_and_index_timesteps():
+    """time_unit="index": t = (n+1)/N; model_time="index" hands the model the integers n; "sigma_min" ends at t = 1/N."""
+    got_t = []
+
+    def model(x, t):
+        got_t.append(float(t[0]))
+        return _disc_model(x, DISC.t_array[[int(t[0])]])
+
+    n = np.array([999, 749, 499, 249, 99])
+    a = D.sample_dpm_solver(model, X, noise_schedule=DISC, timesteps=n, time_unit="index",
+                            final_sigmas_type="sigma_min", model_time="index", order=2)
+    assert got_t == [999.0, 749.0, 499.0, 249.0, 99.0]
+    b = D.sample_dpm_solver(_disc_model, X, noise_schedule=DISC,
+                            timesteps=np.append((n + 1) / 1000.0, 1e-3), order=2)
+    np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
+
+
+def test_intermediate_points_grid_versus_lambda():
+    """intermediate="grid" (DPM-Solver's code) equals "lambda" on the logSNR grid and differs on time_uniform."""
+    model = A.vp_model(DATA, NS, "eps")
+    kw = dict(noise_schedule=NS, steps=9, order=3, method="singlestep_fixed")
+    g = D.sample_dpm_solver(model, X, skip_type="logSNR", intermediate="grid", **kw)
+    m = D.sample_dpm_solver(model, X, skip_type="logSNR", intermediate="lambda", **kw)
+    np.testing.assert_allclose(g, m, rtol=1e-12, atol=1e-12)
+    g = D.sample_dpm_solver(model, X, skip_type="time_uniform", intermediate="grid", **kw)
+    m = D.sample_dpm_solver(model, X, skip_type="time_uniform", intermediate="lambda", **kw)
+    assert np.abs(g - m).max() > 1e-6

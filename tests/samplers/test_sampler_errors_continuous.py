@@ -154,6 +154,28 @@ def test_dpm_solver_inputs():
         NS.marginal_lambda(1.5)
 
 
+def test_dpm_solver_explicit_grids():
+    with pytest.raises(RefdiffValueError, match=r"timesteps=.* is invalid: the grid must run from noise to data \(λ strictly increasing\); entry 2"):
+        run("dpmpp_2m", EPS_MODEL, noise_schedule=NS, timesteps=[0.9, 0.5, 0.7])
+    with pytest.raises(RefdiffValueError, match=r"steps=5 is invalid: the grid has 2 steps"):
+        run("dpmpp_2m", EPS_MODEL, noise_schedule=NS, steps=5, timesteps=[0.9, 0.5, 0.1])
+    with pytest.raises(RefdiffValueError, match=r"t_start=0.9 is invalid: not with an explicit grid"):
+        run("dpmpp_2m", EPS_MODEL, noise_schedule=NS, t_start=0.9, timesteps=[0.9, 0.5, 0.1])
+    with pytest.raises(RefdiffValueError, match=r"final_sigmas_type='zero' is invalid: it completes an explicit grid"):
+        run("dpmpp_2m", EPS_MODEL, noise_schedule=NS, steps=4, final_sigmas_type="zero")
+    with pytest.raises(RefdiffValueError, match=r"steps=None is invalid: give steps="):
+        run("dpmpp_2m", EPS_MODEL, noise_schedule=NS)
+    with pytest.raises(RefdiffValueError, match=r"time_unit='index' is invalid: integer timesteps need a discrete noise schedule"):
+        run("dpmpp_2m", EPS_MODEL, noise_schedule=NS, timesteps=[999, 500], time_unit="index")
+    disc = D.NoiseScheduleVP.discrete(betas=np.linspace(1e-4, 0.02, 100))
+    with pytest.raises(RefdiffValueError, match=r"expected integer timesteps n in \[0, 99\]"):
+        run("dpmpp_2m", EPS_MODEL, noise_schedule=disc, timesteps=[100, 50], time_unit="index")
+    with pytest.raises(RefdiffValueError, match=r"sigmas=.* is invalid: the largest σ/α of the noise schedule is"):
+        run("dpmpp_2m", EPS_MODEL, noise_schedule=NS, sigmas=[500.0, 1.0, 0.0])
+    with pytest.raises(RefdiffValueError, match=r"steps=4 is invalid: singlestep_fixed of order 3 needs a grid of k·3 steps"):
+        run("dpm_solver_3", EPS_MODEL, noise_schedule=NS, timesteps=[1.0, 0.8, 0.6, 0.4, 0.2])
+
+
 @pytest.mark.parametrize("option,value,what", [
     ("predictor", "heun", "predictor='heun' is not a known predictor"),
     ("corrector", "mala", "corrector='mala' is not a known corrector"),
