@@ -117,17 +117,22 @@ def _timestep_array(xp, x, t: int, device):
     return xp.full((x.shape[0],), t, dtype=xp.int64, device=device)
 
 
-def sampling_schedule(schedule, steps=None, spacing: str = "trailing") -> Schedule:
+def sampling_schedule(schedule, steps=None, spacing: str = "trailing", *,
+                      steps_offset: int = 0) -> Schedule:
     """The schedule the loop steps on: ``schedule`` itself, or it respaced to ``steps`` steps.
 
     ``spacing`` is one of :data:`refdiff.schedules.SPACINGS`: "trailing" (default; starts at T-1,
     Lin et al. 2023), "leading", "linspace" (diffusers, no ``steps_offset``), "ddim"
     (improved-diffusion's ``"ddimN"`` = range(0, T, stride)) or "sections" (improved-diffusion's
-    one-section ``"N"``). Respaced schedules are cached per (schedule, steps, spacing).
+    one-section ``"N"``). ``steps_offset`` shifts the "leading" grid (diffusers' option of the
+    same name). Respaced schedules are cached per (schedule, steps, spacing).
     """
     if not isinstance(schedule, Schedule):
         fail("schedule", schedule, "expected a refdiff.schedules.Schedule")
+    steps_offset = check_int("steps_offset", steps_offset, minimum=0)
     if steps is None:
+        if steps_offset:
+            fail("steps_offset", steps_offset, "needs steps= (it shifts a respaced grid)")
         return schedule
     steps = check_steps(steps)
     check_choice("spacing", spacing, SPACINGS, "timestep spacing")
@@ -137,7 +142,9 @@ def sampling_schedule(schedule, steps=None, spacing: str = "trailing") -> Schedu
         return respace(schedule, f"ddim{steps}")
     if spacing == "sections":
         return respace(schedule, str(steps))
-    return respace(schedule, steps, spacing=spacing)
+    if steps_offset and spacing != "leading":
+        fail("steps_offset", steps_offset, f"only the 'leading' spacing takes an offset, not {spacing!r}")
+    return respace(schedule, steps, spacing=spacing, steps_offset=steps_offset)
 
 
 def _zero_snr_check(ab: float, i: int, mean_type: str) -> None:
@@ -323,7 +330,7 @@ def sample_ddpm(model: Callable, x_T, *, schedule, noise=None, mean_type: str = 
                 var_type: str = "fixed_small", clip_x0: bool = False,
                 denoised_fn: Callable | None = None, t0: str = "clipped",
                 final_noise: str = "none", steps: int | None = None, spacing: str = "trailing",
-                cond_fn: Callable | None = None, cond_mode: str = "mean",
+                steps_offset: int = 0, cond_fn: Callable | None = None, cond_mode: str = "mean",
                 cond_scale: float = 1.0, callback: Callable | None = None,
                 progress: Callable | None = None):
     """DDPM ancestral sampling x_T -> x_0 (Ho et al. 2020, Algorithm 2; Nichol & Dhariwal 2021, §3–4).
@@ -345,7 +352,7 @@ def sample_ddpm(model: Callable, x_T, *, schedule, noise=None, mean_type: str = 
         Imagen's dynamic thresholding).
     final_noise : {"none", "always"}
         Whether the last step adds noise (module docstring).
-    steps, spacing
+    steps, spacing, steps_offset
         Respace ``schedule`` to ``steps`` steps first (see :func:`sampling_schedule`).
     cond_fn, cond_mode, cond_scale
         Classifier guidance: ``cond_fn(x, t) -> ∇ log p(y|x_t)``, multiplied by ``cond_scale``,
@@ -361,7 +368,7 @@ def sample_ddpm(model: Callable, x_T, *, schedule, noise=None, mean_type: str = 
     array
         x_0, the shape of x_T.
     """
-    sched = sampling_schedule(schedule, steps, spacing)
+    sched = sampling_schedule(schedule, steps, spacing, steps_offset=steps_offset)
     check_choice("final_noise", final_noise, FINAL_NOISE, "final-step noise convention")
     check_choice("t0", t0, T0_CONVENTIONS, "t=0 convention")
     check_choice("cond_mode", cond_mode, COND_MODES, "classifier-guidance mode")
@@ -572,8 +579,8 @@ def sample_ddim(model: Callable, x_T, *, schedule, noise=None, eta: float = 0.0,
                 denoised_fn: Callable | None = None, final_alpha_bar="one",
                 base_schedule: Schedule | None = None, final_noise: str = "none",
                 eps_from_clipped_x0: bool = True, prev_timestep: str = "listed",
-                steps: int | None = None, spacing: str = "trailing", start: int | None = None,
-                stop: int = -1, cond_fn: Callable | None = None, cond_scale: float = 1.0,
+                steps: int | None = None, spacing: str = "trailing", steps_offset: int = 0,
+                start: int | None = None, stop: int = -1, cond_fn: Callable | None = None, cond_scale: float = 1.0,
                 callback: Callable | None = None, progress: Callable | None = None):
     """DDIM sampling x_T -> x_0 with noise scale η (Song et al. 2021, Eqs. 12 and 16; η = 0 is deterministic).
 
@@ -597,8 +604,9 @@ def sample_ddim(model: Callable, x_T, *, schedule, noise=None, eta: float = 0.0,
         The level each step moves to: the next level of the schedule, or diffusers'
         ``DDIMScheduler`` rule t − T//n on the training schedule (``base_schedule``, or
         ``schedule`` itself when ``steps`` is given); below 0 it is the final level.
-    steps, spacing
-        Respace first (see :func:`sampling_schedule`).
+    steps, spacing, steps_offset
+        Respace first (see :func:`sampling_schedule`); ``schedule`` is then the training
+        schedule, also for ``final_alpha_bar="alpha_bar_0"`` and ``prev_timestep="stride"``.
     start, stop : int
         Run from level ``start`` (default n−1, x_T) down to level ``stop`` (default −1, the data
         level); the partial chain pairs with :func:`ddim_invert`.
@@ -608,7 +616,7 @@ def sample_ddim(model: Callable, x_T, *, schedule, noise=None, eta: float = 0.0,
     callback, progress
         Per-step hooks (:func:`sample_ddpm`).
     """
-    sched = sampling_schedule(schedule, steps, spacing)
+    sched = sampling_schedule(schedule, steps, spacing, steps_offset=steps_offset)
     eta = check_eta(eta)
     cond_scale = check_scale(cond_scale, "cond_scale")
     mean_type = prediction_type(mean_type, "mean_type")
@@ -623,7 +631,8 @@ def sample_ddim(model: Callable, x_T, *, schedule, noise=None, eta: float = 0.0,
         fail("start", start, f"expected n-1 >= start > stop >= -1 with n={n} (stop={stop})")
     _check_namespace(sched, x_T)
     h = _Host(sched)
-    base = _stride_base(schedule, steps, base_schedule) if prev_timestep == "stride" else base_schedule
+    base = (_stride_base(schedule, steps, base_schedule) if prev_timestep == "stride"
+            else base_schedule if base_schedule is not None or steps is None else schedule)
     base_h = _Host(base) if base is not None else None
     final = _final_level(h, sched, final_alpha_bar, base, base_h)
     levels = range(start, stop, -1)
@@ -751,7 +760,8 @@ def ddim_invert(model: Callable, x0, *, schedule, mean_type: str = "eps",
                 denoised_fn: Callable | None = None, final_alpha_bar="one",
                 base_schedule: Schedule | None = None, model_time: str = "current",
                 prev_timestep: str = "listed", steps: int | None = None,
-                spacing: str = "trailing", start: int = -1, stop: int | None = None,
+                spacing: str = "trailing", steps_offset: int = 0, start: int = -1,
+                stop: int | None = None,
                 callback: Callable | None = None, progress: Callable | None = None):
     """Deterministic DDIM inversion x_0 -> x_T: the η = 0 update run toward more noise (Song et al. 2021, §4.3, Eq. 13).
 
@@ -777,7 +787,7 @@ def ddim_invert(model: Callable, x0, *, schedule, mean_type: str = "eps",
     array
         x at level ``stop`` (x_T by default).
     """
-    sched = sampling_schedule(schedule, steps, spacing)
+    sched = sampling_schedule(schedule, steps, spacing, steps_offset=steps_offset)
     check_choice("model_time", model_time, MODEL_TIMES, "inversion model-time convention")
     check_choice("prev_timestep", prev_timestep, PREV_TIMESTEPS, "previous-timestep rule")
     check_choice("var_type", var_type, VAR_TYPES, "variance type")
@@ -790,7 +800,8 @@ def ddim_invert(model: Callable, x0, *, schedule, mean_type: str = "eps",
         fail("stop", stop, f"expected -1 <= start < stop <= n-1 with n={n} (start={start})")
     _check_namespace(sched, x0)
     h = _Host(sched)
-    base = _stride_base(schedule, steps, base_schedule) if prev_timestep == "stride" else base_schedule
+    base = (_stride_base(schedule, steps, base_schedule) if prev_timestep == "stride"
+            else base_schedule if base_schedule is not None or steps is None else schedule)
     base_h = _Host(base) if base is not None else None
     final = _final_level(h, sched, final_alpha_bar, base, base_h)
     plan = []

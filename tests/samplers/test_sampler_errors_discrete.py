@@ -68,8 +68,8 @@ def test_eta_too_large_for_a_step():
 def test_unknown_sampler_name():
     with pytest.raises(UnknownNameError, match=r"sampler='ddpm2' is not a known sampler; allowed: .*'ddim'.*'ddpm'"):
         get_sampler("ddpm2")
-    with pytest.raises(UnknownNameError, match=r"sampler='plms' is not a known sampler"):
-        sample("plms", GOOD, X, schedule=S)
+    with pytest.raises(UnknownNameError, match=r"sampler='ddim_plms' is not a known sampler"):
+        sample("ddim_plms", GOOD, X, schedule=S)
 
 
 def test_unknown_conventions():
