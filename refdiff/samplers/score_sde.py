@@ -431,7 +431,8 @@ def sample_ncsn_annealed_langevin(score_fn: Callable, x_T: Any, *, sde: SDE, ste
     n_steps_each : int
         Langevin steps per level (T = 100 in NCSN).
     step_lr : float
-        ε of Alg. 1 (2e-5 in NCSN for CIFAR-10).
+        ε of Alg. 1 (2e-5 in the paper for CIFAR-10). The NCSN code's ``step_lr`` s steps
+        x + s_i s + √(2 s_i) z with s_i = s σ_i²/σ_L², which is ε = 2s here.
     denoise : bool
         Finish with x + σ_L² s(x, σ_L) (Tweedie; NCSNv2's final denoising, Song & Ermon 2020).
     callback : callable, optional
