@@ -19,6 +19,7 @@ from refdiff import schedules
 from refdiff.edm import karras_sigmas
 from refdiff.samplers import get_sampler, list_samplers
 from refdiff.samplers.dpm_solver import NoiseScheduleVP
+from refdiff.samplers.flow import FlowSchedule
 from refdiff.sde import VPSDE
 
 MU = np.array([0.5, -0.2])
@@ -28,6 +29,9 @@ LADDER = [96, 192, 384]
 DISCRETE_LADDER = [48, 96, 192]   # DDIM on a T = 1000 schedule: at most 1000 steps
 T_END = 0.5
 BASE = schedules.linear(1000)
+#: Discrete samplers that extrapolate ε over equal index gaps (PNDM's pseudo linear multistep):
+#: measured on 999, 999 − δ, …, 39 + δ onto ᾱ_39 with δ = 960/n, so that every gap is equal.
+EQUAL_GAPS = ("pndm", "plms")
 
 
 def flow_map(a0, s0, a1, s1):
@@ -48,6 +52,20 @@ def error(name: str, n: int, **options) -> float:
                                      skip_type="logSNR", t_end=T_END, **options)
         M, c = flow_map(ns.marginal_alpha(1.0), ns.marginal_std(1.0), ns.marginal_alpha(T_END),
                         ns.marginal_std(T_END))
+    elif spec.family == "flow":
+        # rectified flow from pure noise (t = 1) to data (t = 0): the exact map N(0, I) -> N(μ, Σ)
+        fs = FlowSchedule()
+        eps, x0 = A.vp_model(DATA, fs, "eps"), A.vp_model(DATA, fs, "x0")
+        run = lambda xT, nz: spec.fn(lambda x, t: eps(x, t) - x0(x, t), xT, noise_schedule=fs,
+                                     steps=n, **options)
+        M, c = flow_map(0.0, 1.0, 1.0, 0.0)
+    elif spec.family == "discrete" and name in EQUAL_GAPS:
+        d = 960 // n
+        ab = np.asarray(BASE.alphas_cumprod)
+        run = lambda xT, nz: spec.fn(A.discrete_model(DATA, BASE, "eps"), xT, schedule=BASE,
+                                     timesteps=np.arange(39 + d, 1000, d),
+                                     final_alpha_bar=float(ab[39]), **options)
+        M, c = flow_map(np.sqrt(ab[999]), np.sqrt(1 - ab[999]), np.sqrt(ab[39]), np.sqrt(1 - ab[39]))
     elif spec.family == "discrete":
         # DDIM from index 999 down to ᾱ_0 of the linear T = 1000 schedule (trailing spacing);
         # the exact map between the two (α, σ) levels does not depend on the path.
