@@ -95,9 +95,8 @@ def _score(score_fn: Callable, x, t_arr):
     return check_output(score_fn(x, t_arr), x, name="score_fn output")
 
 
-def _norms(x):
+def _norms(x, xp):
     """Per-sample Euclidean norms over all non-batch axes, shape (B,)."""
-    xp = array_namespace(x)
     flat = xp.reshape(x, (x.shape[0], -1))
     return xp.sqrt(xp.sum(flat * flat, axis=1))
 
@@ -199,12 +198,11 @@ def langevin_step_size(score, noise, *, snr: float, alpha: float = 1.0,
     """
     check_choice("langevin_norm", norm, LANGEVIN_NORMS, "Langevin norm convention")
     snr = check_real("snr", snr, lo=0.0)
-    return _step_size(score, noise, snr, alpha, norm)
+    return _step_size(score, noise, snr, alpha, norm, array_namespace(score, noise))
 
 
-def _step_size(score, noise, snr: float, alpha: float, norm: str):
-    xp = array_namespace(score, noise)
-    g, n = _norms(score), _norms(noise)
+def _step_size(score, noise, snr: float, alpha: float, norm: str, xp):
+    g, n = _norms(score, xp), _norms(noise, xp)
     if norm == "batch_mean":
         g, n = xp.mean(g), xp.mean(n)
     if bool(xp.any(g == 0)):
@@ -214,12 +212,12 @@ def _step_size(score, noise, snr: float, alpha: float, norm: str):
     return 2.0 * alpha * r * r
 
 
-def _corrector_update(x, score, eps, noise):
+def _corrector_update(x, score, eps, noise, xp=None):
     """x̄ = x + ε s, x = x̄ + √(2ε) z (Song et al. 2021, Alg. 4 / 5) for a host-float or array ε. Returns (x, x̄)."""
     if isinstance(eps, float):
         x_mean = x + eps * score
         return x_mean + math.sqrt(2.0 * eps) * noise, x_mean
-    xp = array_namespace(x)
+    xp = array_namespace(x) if xp is None else xp
     eps = append_dims(eps, x.ndim) if eps.ndim else eps
     x_mean = x + eps * score
     return x_mean + xp.sqrt(2.0 * eps) * noise, x_mean
@@ -342,6 +340,7 @@ def sample_sde_pc(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int, noise: 
                                       ts, dts)
     report = step_reporter(callback, progress)
     k = n_corr + (1 if predictor != "none" else 0)
+    xp = array_namespace(x_T)
     x = x_mean = x_T
     for i, t in enumerate(ts):
         t_arr = batch_full(x, t)
@@ -350,13 +349,13 @@ def sample_sde_pc(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int, noise: 
         for j in range(n_corr):
             z = draw_noise(noise, i * k + j, x)
             s = _score(score_fn, x, t_arr)
-            step = ald[i] if ald is not None else _step_size(s, z, snr, alphas[i], langevin_norm)
-            x, x_mean = _corrector_update(x, s, step, z)
+            step = ald[i] if ald is not None else _step_size(s, z, snr, alphas[i], langevin_norm, xp)
+            x, x_mean = _corrector_update(x, s, step, z, xp)
         if predictor != "none":
             z = None if (i == n - 1 and denoise) else draw_noise(noise, i * k + k - 1, x)
             if generic_em:
                 x, x_mean = _em_generic(sde, score_fn, x, t, dts[i],
-                                        z if z is not None else array_namespace(x).zeros_like(x))
+                                        z if z is not None else xp.zeros_like(x))
             else:
                 x, x_mean = predictor_update(x, _score(score_fn, x, t_arr), *pred[i], z)
     return x_mean if denoise else x

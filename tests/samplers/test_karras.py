@@ -220,3 +220,55 @@ def test_runs_on_array_api_strict():
         ref = fn(D, x, sigmas=sig, noise=nz)
         got = fn(D, xs.asarray(x), sigmas=sig, noise=xs.asarray(nz))
         np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-15, atol=1e-15)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-step callback
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["karras_euler", "karras_heun", "karras_euler_ancestral"])
+def test_callback_reports_sigma_state_and_denoised(name):
+    """callback(info) before each step: i, n, the state x_i, D(x_i; σ_i) and σ_i; progress(i + 1, n)."""
+    D = A.karras_denoiser(DATA)
+    sig = karras_sigmas(5, 0.01, 20.0)
+    x = np.random.default_rng(5).standard_normal((3, 2)) * 20.0
+    infos, prog = [], []
+    noise = np.random.default_rng(6).standard_normal((5, 3, 2))
+    out = get_sampler(name).fn(D, x, sigmas=sig, noise=noise, callback=infos.append,
+                               progress=lambda i, n: prog.append((i, n)))
+    assert [(f.i, f.n) for f in infos] == [(i, 5) for i in range(5)] and prog == [(i + 1, 5) for i in range(5)]
+    assert infos[0].x is x and infos[0]["sigma"] == float(sig[0])
+    for f in infos:
+        np.testing.assert_allclose(f.denoised, D(f.x, np.full(3, f.sigma)), rtol=1e-15)
+        assert f.t is None
+    np.testing.assert_allclose([f.sigma for f in infos], sig[:-1], rtol=0)
+    # the next report's state is where the previous step went
+    again = get_sampler(name).fn(D, infos[-1].x, sigmas=sig[-2:], noise=noise[-1:])
+    np.testing.assert_allclose(again, out, rtol=1e-14)
+
+
+def test_callback_with_churn_reports_sigma_hat():
+    """With churn the denoiser sees x̂ at σ̂ = σ(1 + γ); that pair is what the callback reports (k-diffusion's sigma_hat)."""
+    D = A.karras_denoiser(DATA)
+    sig = karras_sigmas(4, 0.01, 20.0)
+    infos = []
+    K.sample_karras_euler_churn(D, np.ones((1, 2)), sigmas=sig, noise=np.zeros((4, 1, 2)),
+                                callback=infos.append)
+    gamma = min(40.0 / 4, math.sqrt(2) - 1)
+    np.testing.assert_allclose([f.sigma for f in infos], sig[:-1] * (1 + gamma), rtol=1e-15)
+
+
+def test_check_finite_stops_at_the_first_nan_step():
+    from refdiff._errors import RefdiffValueError
+    from refdiff.samplers import check_finite
+
+    def den(x, s):
+        return np.where(s[:, None] < 1.0, np.nan, 0.0) * x
+
+    with pytest.raises(RefdiffValueError, match=r"non-finite values in the x0 prediction \(denoised\) at step 3 of 6"):
+        K.sample_karras_euler(den, np.ones((2, 2)), sigmas=karras_sigmas(6, 0.01, 20.0),
+                              callback=check_finite())
+    # Heun evaluates at σ_3 inside step 2, so the state is already non-finite when step 3 starts
+    with pytest.raises(RefdiffValueError, match=r"non-finite values in the state x at step 3 of 6"):
+        K.sample_karras_heun(den, np.ones((2, 2)), sigmas=karras_sigmas(6, 0.01, 20.0),
+                             callback=check_finite())

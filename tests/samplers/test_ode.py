@@ -121,3 +121,30 @@ def test_euler_heun_run_on_array_api_strict():
         fn = get_sampler(name).fn
         np.testing.assert_allclose(np.asarray(fn(sc, xs.asarray(X), sde=sde, steps=7)),
                                    fn(sc, X, sde=sde, steps=7), rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["ode_euler", "ode_heun"])
+def test_callback_reports_grid_times(name):
+    """callback(info) before each step with t_i = linspace(T, eps, N + 1)[i] and the state there (x_T first)."""
+    sde = VPSDE()
+    x = np.array([[1.0, 2.0], [-3.0, 0.5]])
+    infos, prog = [], []
+    get_sampler(name).fn(lambda xx, t: -xx, x, sde=sde, steps=4, callback=infos.append,
+                         progress=lambda i, n: prog.append((i, n)))
+    assert [f.t for f in infos] == O.ode_time_grid(sde, 4)[:-1]
+    assert [f.i for f in infos] == [0, 1, 2, 3] and prog == [(i, 4) for i in range(1, 5)]
+    assert infos[0].x is x and infos[0].denoised is None
+
+
+def test_rk45_callback_reports_accepted_steps_and_keeps_the_result():
+    """RK45 with a callback runs solve_ivp's own step loop: the same result, t decreasing from T."""
+    sde = VPSDE()
+    x = np.array([[1.0, 2.0], [-3.0, 0.5]])
+    score = lambda xx, t: -xx
+    ref = O.sample_ode_rk45(score, x, sde=sde)
+    infos = []
+    got = O.sample_ode_rk45(score, x, sde=sde, callback=infos.append)
+    np.testing.assert_array_equal(got, ref)
+    ts = [f.t for f in infos]
+    assert ts[0] == 1.0 and all(a > b for a, b in zip(ts, ts[1:])) and ts[-1] > 1e-3
+    assert [f.i for f in infos] == list(range(len(infos)))

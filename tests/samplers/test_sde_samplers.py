@@ -300,3 +300,35 @@ def test_runs_on_array_api_strict():
             ref = fn(score, x, sde=sde, steps=40, noise=nz)
             got = fn(score, xs.asarray(x), sde=sde, steps=40, noise=xs.asarray(nz))
             np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-14, atol=1e-14)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-step callback
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["sde_pc", "sde_euler_maruyama", "sde_reverse_diffusion",
+                                  "sde_ancestral"])
+def test_callback_reports_each_step_before_it_is_taken(name):
+    """callback(info): i, n, t_i of the PC grid, the state at t_i (x_T first), no x0 prediction; progress(i + 1, n)."""
+    sde = VPSDE(N=30)
+    x = np.random.default_rng(0).standard_normal((2, 2))
+    noise = np.random.default_rng(1).standard_normal((60, 2, 2))
+    infos, prog = [], []
+    fn = get_sampler(name).fn
+    fn(score_of(DATA, sde), x, sde=sde, steps=30, noise=noise, callback=infos.append,
+       progress=lambda i, n: prog.append((i, n)))
+    ts, _ = S.pc_time_grid(sde, 30)
+    assert [(f.i, f.n, f.t) for f in infos] == [(i, 30, ts[i]) for i in range(30)]
+    assert prog == [(i + 1, 30) for i in range(30)]
+    assert infos[0].x is x and all(f.denoised is None and f.sigma is None for f in infos)
+    assert all(np.all(np.isfinite(f.x)) for f in infos)
+
+
+def test_ncsn_callback_reports_levels():
+    sde = VESDE(sigma_min=0.1, sigma_max=5.0)
+    infos = []
+    S.sample_ncsn_annealed_langevin(lambda x, t: -x, np.zeros((1, 2)), sde=sde, steps=3,
+                                    noise=np.zeros((6, 1, 2)), n_steps_each=2,
+                                    callback=infos.append)
+    assert [f.i for f in infos] == [0, 1, 2]
+    np.testing.assert_allclose([f.sigma for f in infos], [5.0, 5.0 * 0.02 ** 0.5, 0.1], rtol=1e-14)
