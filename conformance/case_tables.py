@@ -157,9 +157,21 @@ def _relative(oracle_call, ref, inputs):
     return np.where(np.isfinite(ref), np.abs(ref), 0.0)
 
 
+@st.composite
+def _schedule_whole_or_t_x(draw):
+    """Half the examples gather every t of the schedule (each table value, the ends included),
+    the others a few drawn t."""
+    if draw(st.booleans(), label="whole table"):
+        s = draw(rs.schedules(), label="schedule")
+        T = s.num_timesteps
+        return rs.call(s, np.arange(T, dtype=np.int64), np.zeros((T, 1)))
+    return draw(_schedule_t_x(), label="gathered")
+
+
 def _tables_case(fn, tol="elementwise", scale=_relative, with_noise=False, doc=""):
-    return Case(f"tables.{fn.__name__}", fn,
-                inputs=lambda dtype: _schedule_t_x(with_noise), tol=tol, scale=scale,
+    inputs = (lambda dtype: _schedule_t_x(True)) if with_noise else \
+        (lambda dtype: _schedule_whole_or_t_x())
+    return Case(f"tables.{fn.__name__}", fn, inputs=inputs, tol=tol, scale=scale,
                 doc=doc or fn.__doc__)
 
 

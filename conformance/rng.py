@@ -177,6 +177,10 @@ def _normal_bins(h: np.ndarray) -> np.ndarray:
     return np.bincount(idx.astype(np.int64) + 1, minlength=66)
 
 
+_TAILS = {"below -4 sd": (4.0, -1), "below -3 sd": (3.0, -1), "above +3 sd": (3.0, 1),
+          "above +4 sd": (4.0, 1)}
+
+
 def normal_statistics(draw, dtype: str) -> list[Stat]:
     """Every statistic of N(0, 1) draws; ``draw()`` returns the next CHUNK draws as a host array.
 
@@ -184,6 +188,7 @@ def normal_statistics(draw, dtype: str) -> list[Stat]:
     """
     fine = dtype in _FINE
     bins = np.zeros(66, dtype=np.int64)
+    tails = dict.fromkeys(_TAILS, 0)
     s1 = s2 = 0.0
     bad = n = n_mean = 0
     reps = _Repeats()
@@ -206,6 +211,9 @@ def normal_statistics(draw, dtype: str) -> list[Stat]:
             reps.scan(h, f"draw {c}")
             if fine:
                 bins += _normal_bins(h)
+                for name, (t, sign) in _TAILS.items():
+                    tails[name] += int(np.count_nonzero(h > t) if sign > 0
+                                       else np.count_nonzero(h < -t))
     slack = _spacing_slack(dtype)
     lo, hi = chi2_bounds(n)
     m2 = s2 / n - 1.0
@@ -217,14 +225,8 @@ def normal_statistics(draw, dtype: str) -> list[Stat]:
     if fine:
         p = _normal_bin_probabilities()
         nd = NormalDist()
-        # bins 1..64 start at −4 + (k−1)/8: bin 9 starts at −3, bin 57 at +3
-        tails = {"below -4 sd": int(bins[0]), "below -3 sd": int(bins[:9].sum()),
-                 "above +3 sd": int(bins[57:].sum()), "above +4 sd": int(bins[65])}
-        for name, (count, t) in zip(tails, ((tails["below -4 sd"], 4.0),
-                                            (tails["below -3 sd"], 3.0),
-                                            (tails["above +3 sd"], 3.0),
-                                            (tails["above +4 sd"], 4.0))):
-            out.append(_count_stat(f"draws {name}", count, n, nd.cdf(-t)))
+        for name, (t, _) in _TAILS.items():
+            out.append(_count_stat(f"draws {name}", tails[name], n, nd.cdf(-t)))
         out.append(_bins_stat("bins of width 1/8 sd", bins, n, p))
     return out
 

@@ -39,3 +39,26 @@ def test_describe(refdiff_backend, refdiff_dtype, refdiff_check):
     assert refdiff_dtype in d["float_dtypes"]
     refdiff_backend.synchronize()
     refdiff_check.record("describe", 0.0)
+
+
+_REFERENCE_OPS = ("exp", "expm1", "log", "log1p", "sqrt", "logaddexp", "asinh", "sinh", "tanh",
+                  "maximum", "minimum", "round", "floor", "clip", "abs", "where", "sum", "mean",
+                  "std", "cumulative_sum", "take", "astype", "reshape")
+
+
+@pytest.mark.refdiff_check("backend.namespace")
+def test_namespace_is_the_arrays_own(refdiff_backend, refdiff_dtype, refdiff_check):
+    """The reference calls the namespace its arrays report (``array_namespace(x)``), so a backend's
+    ``xp`` must provide the same functions: a wrapper around another namespace is never called."""
+    from array_api_compat import array_namespace
+    b = refdiff_backend
+    x = b.asarray(np.zeros(2), refdiff_dtype)
+    ns = array_namespace(x)
+    differ = [op for op in _REFERENCE_OPS
+              if hasattr(b.xp, op) and getattr(ns, op, None) is not getattr(b.xp, op)]
+    assert ns is b.xp or not differ, (
+        f"backend {b.name} wraps namespace {getattr(b.xp, '__name__', b.xp)!r}, but its arrays "
+        f"report {getattr(ns, '__name__', ns)!r}, whose {', '.join(differ)} the reference calls "
+        "instead: the wrapped functions are never checked. Give from_namespace the namespace the "
+        "arrays report, and replace functions on it inside Backend.checking() (or use overrides)")
+    refdiff_check.record("namespace", 0.0)
