@@ -90,6 +90,9 @@ class Backend:
     """
 
     name: str = "generic"
+    #: The string :func:`~refdiff.backends.get_backend` resolved to this backend ("jax",
+    #: "pkg.mod:factory"; without "@device"), or None for a backend built directly.
+    spec: str | None = None
     install_hint: str = ""
     default_dtypes: tuple[str, ...] = ("float64", "float32")
 
@@ -102,6 +105,9 @@ class Backend:
         if name is not None:
             self.name = name
         self.device = device
+        #: How the device was chosen (``describe()`` reports it): "given", or where the default
+        #: came from when none was given.
+        self.device_source = "given" if device is not None else "backend default"
         self.overrides = MappingProxyType(dict(overrides or {}))
         self.known_failures = MappingProxyType(dict(known_failures or {}))
         self._dtypes = tuple(dtypes) if dtypes is not None else None
@@ -143,6 +149,13 @@ class Backend:
     def supports(self, dtype: str) -> bool:
         """True if ``dtype`` (a name) is a float dtype of this backend's device."""
         return dtype in self.float_dtypes
+
+    def unsupported_reason(self, dtype: str) -> str:
+        """Why ``dtype`` is not checked on this backend, for skip messages ("" if it is supported)."""
+        if self.supports(dtype):
+            return ""
+        return (f"backend {self.name} on {self.device} does not support {dtype} "
+                f"(it has {', '.join(self.float_dtypes)})")
 
     # -- host <-> backend (harness only) ---------------------------------------------------
 
@@ -262,6 +275,7 @@ class Backend:
             "namespace": getattr(self.xp, "__name__", repr(self.xp)),
             "library_version": self.library_version(),
             "device": str(self.device),
+            "device_source": self.device_source,
             "float_dtypes": list(self.float_dtypes),
             "overrides": sorted(self.overrides),
             "refdiff": getattr(refdiff, "__version__", "unknown"),
@@ -318,10 +332,30 @@ def from_namespace(xp, *, name: str | None = None, device: Any = None,
     """
     ns = _compat_namespace(xp, device)
     nm = name or getattr(ns, "__name__", "namespace").split(".")[-1]
+    source = "given"
     if device is None:
-        try:
-            device = ns.__array_namespace_info__().default_device()
-        except AttributeError:
-            device = None
-    return Backend(ns, name=nm, device=device, overrides=overrides,
-                   known_failures=known_failures, specials=specials, dtypes=dtypes)
+        device, source = default_device(ns)
+    b = Backend(ns, name=nm, device=device, overrides=overrides,
+                known_failures=known_failures, specials=specials, dtypes=dtypes)
+    b.device_source = source
+    return b
+
+
+def default_device(xp: Any) -> tuple[Any, str]:
+    """The device a namespace puts new arrays on, and where that answer came from.
+
+    ``__array_namespace_info__().default_device()`` when the namespace answers with a device;
+    otherwise (no inspection API, or ``None`` as JAX answers) the device of a freshly created
+    array, ``xp.asarray(0.0)``.
+    """
+    try:
+        dev = xp.__array_namespace_info__().default_device()
+    except (AttributeError, TypeError, NotImplementedError):
+        dev = None
+    if dev is not None:
+        return dev, "__array_namespace_info__().default_device()"
+    from array_api_compat import device as _device
+    try:
+        return _device(xp.asarray(0.0)), "device of a freshly created array (xp.asarray(0.0))"
+    except Exception:  # noqa: BLE001 - a namespace without devices: report None
+        return None, "none (the namespace reports no device)"

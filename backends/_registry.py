@@ -1,10 +1,11 @@
 """Where backends come from: built-ins, runtime registrations, entry points and import strings.
 
 Resolution order of :func:`get_backend` for a name: a runtime registration
-(:func:`register_backend`), a built-in (numpy, array_api_strict, torch, cupy), an entry point of
-the group ``refdiff.backends``, or an import string ``"pkg.mod:factory"``. Built-ins are imported
+(:func:`register_backend`), a built-in (numpy, array_api_strict, torch, cupy, jax, dask), an
+entry point of the group ``refdiff.backends``, or an import string ``"pkg.mod:factory"``. Built-ins
+are imported
 lazily from strings (the library behind them is imported only when the backend is built), so
-``import refdiff.backends`` imports neither torch nor cupy.
+``import refdiff.backends`` imports none of torch, cupy, jax or dask.
 
 A *factory* is a callable taking an optional keyword ``device`` and returning a
 :class:`~refdiff.backends.Backend` (an array-API namespace is accepted too and wrapped with
@@ -46,6 +47,10 @@ _BUILTINS: dict[str, _Builtin] = {
                       ", or pip install 'refdiff[torch]'"),
     "cupy": _Builtin("cupy", "refdiff.backends.cupy:CupyBackend",
                      "pip install cupy-cuda12x (or cupy-cuda13x), or pip install 'refdiff[cupy]'"),
+    "jax": _Builtin("jax", "refdiff.backends.jax:JaxBackend",
+                    "pip install jax (CPU), or pip install 'refdiff[jax]'"),
+    "dask": _Builtin("dask", "refdiff.backends.dask:DaskBackend",
+                     "pip install 'dask[array]', or pip install 'refdiff[dask]'"),
 }
 _ALIASES = {"strict": "array_api_strict", "np": "numpy", "pytorch": "torch"}
 _RUNTIME: dict[str, Any] = {}
@@ -190,7 +195,7 @@ def get_backend(name: str | Backend = "numpy", *, device: Any = None) -> Backend
     Parameters
     ----------
     name : str or Backend
-        A built-in ("numpy", "array_api_strict", "torch", "cupy"), a name registered with
+        A built-in ("numpy", "array_api_strict", "torch", "cupy", "jax", "dask"), a name registered with
         :func:`register_backend` or through the ``refdiff.backends`` entry-point group, an import
         string "package.module:factory", or a Backend (returned as is).
     device : optional
@@ -210,7 +215,12 @@ def get_backend(name: str | Backend = "numpy", *, device: Any = None) -> Backend
     if not isinstance(name, str):
         raise UnknownBackendError(f"backend={name!r} is not a backend name; {_available_text()}")
     base, dev = parse_spec(name)
-    device = device if device is not None else dev
+    backend = _resolve(base, device if device is not None else dev)
+    backend.spec = base     # what resolves to it again: a reproduce line names this, not .name
+    return backend
+
+
+def _resolve(base: str, device: Any) -> Backend:
     base = _ALIASES.get(base, base)
     if base in _RUNTIME:
         obj = _RUNTIME[base]

@@ -32,7 +32,11 @@ def append_dims(a, ndim: int):
     if a.ndim > ndim:
         fail("coefficient", a, f"has {a.ndim} dimensions, more than the {ndim} of the data",
              RefdiffShapeError)
-    return xp.reshape(a, tuple(a.shape) + (1,) * (ndim - a.ndim))
+    shape = tuple(a.shape)
+    if all(isinstance(d, int) for d in shape):
+        return xp.reshape(a, shape + (1,) * (ndim - a.ndim))
+    # A length not known yet (None; NaN in Dask): new axes by indexing, which needs no sizes.
+    return a[(...,) + (None,) * (ndim - a.ndim)]
 
 
 _VALIDATED: list = []  # (weakref to a validated timestep array, T): skip re-checking the same array
@@ -93,9 +97,13 @@ def as_timesteps(t, num_timesteps: int, *, like, name: str = "t"):
 def gather(table, t, ndim: int):
     """table[t] reshaped to broadcast against data with ``ndim`` dimensions (batch axes first)."""
     xp = array_namespace(table, t)
-    flat = xp.reshape(t, (-1,))
-    vals = xp.take(table, flat, axis=0)
-    return append_dims(xp.reshape(vals, tuple(t.shape)), ndim)
+    if t.ndim == 1:                     # take's own shape: valid while the length is still lazy
+        vals = xp.take(table, t, axis=0)
+    elif t.ndim == 0:
+        vals = xp.reshape(xp.take(table, xp.reshape(t, (1,)), axis=0), ())
+    else:                               # the standard's take wants 1-D indices
+        vals = xp.reshape(xp.take(table, xp.reshape(t, (-1,)), axis=0), tuple(t.shape))
+    return append_dims(vals, ndim)
 
 
 def check_same_shape(name_a: str, a, name_b: str, b) -> None:

@@ -32,7 +32,8 @@ needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
     "import refdiff.cli; refdiff.cli.build_parser()",
 ])
 def test_imports_do_not_load_torch_or_cupy(stmt):
-    code = f"{stmt}; import sys; bad = [m for m in ('torch', 'cupy') if m in sys.modules]; " \
+    code = f"{stmt}; import sys; " \
+           "bad = [m for m in ('torch', 'cupy', 'jax', 'dask') if m in sys.modules]; " \
            "assert not bad, bad"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

@@ -1,0 +1,193 @@
+"""The JAX backend: ``jax.numpy`` (array API compliant) on one JAX device, CPU or accelerator.
+
+``jax`` is imported only when the backend is built. JAX computes in float32 unless its 64-bit
+mode is on (``jax_enable_x64``, also set by the environment variable ``JAX_ENABLE_X64=1``):
+without it this backend does not claim float64, so the float64 checks are skipped and
+:meth:`JaxBackend.unsupported_reason` says how to turn the mode on (``x64=True``, or the
+registered factory ``refdiff.backends.jax:with_x64``). Noise comes from ``jax.random`` with
+explicit keys: a seed gives a key, and every draw splits off a fresh subkey.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ._base import Backend, BackendUnavailableError
+
+__all__ = ["JaxBackend", "JaxKeys", "INSTALL_HINT", "with_x64"]
+
+INSTALL_HINT = "pip install jax (CPU), or pip install 'refdiff[jax]'"
+
+X64_HINT = ("JAX computes in float32 unless its 64-bit mode is on: build the backend with "
+            "JaxBackend(x64=True), use --backend refdiff.backends.jax:with_x64, or set "
+            "JAX_ENABLE_X64=1 before starting Python")
+
+
+def _import_jax():
+    try:
+        return importlib.import_module("jax")
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"backend 'jax' needs JAX, which is not installed: {INSTALL_HINT}") from exc
+
+
+def _resolve_device(jax: Any, device: Any) -> Any:
+    """A jax Device from None (JAX's default), a Device, "cpu", "gpu", "tpu" or "platform:index"."""
+    if device is None:
+        return jax.devices()[0]
+    if not isinstance(device, str) and hasattr(device, "platform"):
+        return device
+    text = str(device).strip().lower()
+    platform, _, index = text.partition(":")
+    platform = {"cuda": "gpu", "rocm": "gpu"}.get(platform, platform)
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError as exc:
+        raise BackendUnavailableError(
+            f"device={device!r} was requested for backend 'jax' but JAX has no {platform!r} "
+            f"platform here ({exc}); its devices: {', '.join(map(str, jax.devices()))}") from None
+    try:
+        i = int(index) if index else 0
+    except ValueError:
+        from refdiff._errors import fail
+        fail("device", device, "expected 'cpu', 'gpu', 'tpu', 'platform:index' or a jax Device")
+    if not 0 <= i < len(devices):
+        raise BackendUnavailableError(
+            f"device={device!r}: JAX sees {len(devices)} {platform} device(s)")
+    return devices[i]
+
+
+class JaxKeys:
+    """A stream of ``jax.random`` keys: each draw splits the current key and uses the new half."""
+
+    def __init__(self, jax: Any, seed: int, device: Any):
+        self._jax = jax
+        self.key = jax.device_put(jax.random.key(int(seed)), device)
+
+    def next(self) -> Any:
+        """A fresh key, never used before (the stream advances)."""
+        self.key, sub = self._jax.random.split(self.key)
+        return sub
+
+
+class JaxBackend(Backend):
+    """``jax.numpy`` on one JAX device; float64 only with JAX's 64-bit mode on.
+
+    Parameters
+    ----------
+    device : optional
+        A jax Device, "cpu", "gpu", "tpu" or "platform:index" (default: ``jax.devices()[0]``).
+    x64 : bool, optional
+        True turns JAX's 64-bit mode on (``jax.config.update("jax_enable_x64", True)``, a
+        process-wide setting); None (default) keeps the current setting.
+    """
+
+    name = "jax"
+    install_hint = INSTALL_HINT
+
+    def __init__(self, device: Any = None, *, x64: bool | None = None,
+                 overrides: Mapping[str, Callable] | None = None,
+                 known_failures: Mapping[str, str] | None = None, name: str | None = None):
+        jax = _import_jax()
+        if x64 is not None and not isinstance(x64, bool):
+            from refdiff._errors import fail
+            fail("x64", x64, "expected True, False or None")
+        if x64:
+            jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+        self._jax = jax
+        super().__init__(jnp, name=name, device=_resolve_device(jax, device),
+                         overrides=overrides, known_failures=known_failures)
+        if device is None:
+            self.device_source = "jax.devices()[0]"
+
+    @property
+    def x64(self) -> bool:
+        """Whether JAX's 64-bit mode is on (float64 arrays are float64, not float32)."""
+        return bool(self._jax.config.jax_enable_x64)
+
+    @property
+    def float_dtypes(self) -> tuple[str, ...]:
+        """float64 (64-bit mode only), float32, and the opt-in bfloat16 and float16."""
+        return (("float64",) if self.x64 else ()) + ("float32", "bfloat16", "float16")
+
+    def unsupported_reason(self, dtype: str) -> str:
+        """Why ``dtype`` is not checked on this backend ("" when it is supported)."""
+        if dtype == "float64" and not self.x64:
+            return f"float64 checks need JAX's 64-bit mode, which is off. {X64_HINT}"
+        return super().unsupported_reason(dtype)
+
+    def dtype(self, name: str):
+        """jax.numpy dtypes by name (bfloat16 and float16 included)."""
+        if name in ("bfloat16", "float16"):
+            return getattr(self.xp, name)
+        return super().dtype(name)
+
+    def dtype_name(self, dtype) -> str:
+        """The name of a jax.numpy dtype (a NumPy/ml_dtypes dtype)."""
+        return np.dtype(dtype).name
+
+    def asarray(self, a, dtype: str | None = None):
+        """One host -> device copy (``jax.device_put``) of a fresh host array in ``dtype``."""
+        a = np.asarray(a)
+        if dtype is not None:
+            a = a.astype(self.dtype(dtype))
+        return self._jax.device_put(a, self.device)
+
+    def to_numpy(self, x) -> np.ndarray:
+        """A host copy; bfloat16 and float16 are widened to float32."""
+        h = np.array(x, copy=True)
+        if h.dtype.name in ("bfloat16", "float16"):
+            h = h.astype(np.float32)
+        return h
+
+    def is_native(self, x) -> bool:
+        """Only jax Arrays are native."""
+        return isinstance(x, self._jax.Array)
+
+    def device_of(self, x):
+        """The device a (single-device) jax Array lives on."""
+        return x.device
+
+    def make_rng(self, seed: int) -> JaxKeys:
+        """A :class:`JaxKeys` stream from ``jax.random.key(seed)``, on the backend's device."""
+        return JaxKeys(self._jax, seed, self.device)
+
+    def normal(self, rng: JaxKeys, shape, dtype: str = "float64"):
+        """``jax.random.normal`` with a fresh key, on the device, in ``dtype``."""
+        with self._jax.default_device(self.device):
+            return self._jax.random.normal(rng.next(), tuple(shape), dtype=self.dtype(dtype))
+
+    def uniform(self, rng: JaxKeys, shape, dtype: str = "float64"):
+        """``jax.random.uniform`` on [0, 1) with a fresh key, on the device, in ``dtype``."""
+        with self._jax.default_device(self.device):
+            return self._jax.random.uniform(rng.next(), tuple(shape), dtype=self.dtype(dtype))
+
+    def synchronize(self) -> None:
+        """Wait for all dispatched work (``jax.effects_barrier``)."""
+        self._jax.effects_barrier()
+
+    def library_version(self) -> str:
+        """jax's version."""
+        return str(self._jax.__version__)
+
+    def describe(self) -> dict[str, Any]:
+        """Versions, the device's platform and kind, and whether 64-bit mode is on."""
+        d = super().describe()
+        d["jaxlib"] = getattr(importlib.import_module("jaxlib"), "__version__", "unknown")
+        d["platform"] = self.device.platform
+        d["device_name"] = getattr(self.device, "device_kind", self.device.platform)
+        d["x64"] = self.x64
+        if not self.x64:
+            d["float64"] = f"not checked: {X64_HINT}"
+        d["rng"] = "jax.random (threefry keys; a fresh subkey per draw)"
+        d["erf"] = "jax.scipy.special"
+        return d
+
+
+def with_x64(device: Any = None) -> JaxBackend:
+    """The JAX backend with JAX's 64-bit mode turned on (float64 checked)."""
+    return JaxBackend(device, x64=True, name="jax")

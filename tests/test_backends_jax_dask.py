@@ -1,0 +1,214 @@
+"""The JAX and Dask backends, default devices of wrapped namespaces, and lazy-shape gathers."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from refdiff import _xp
+from refdiff.backends import _registry, from_namespace, get_backend, list_backends
+
+HAS_JAX = importlib.util.find_spec("jax") is not None
+HAS_DASK = importlib.util.find_spec("dask") is not None
+needs_jax = pytest.mark.skipif(not HAS_JAX, reason="jax is not installed")
+needs_dask = pytest.mark.skipif(not HAS_DASK, reason="dask is not installed")
+
+
+def _run(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (JAX's 64-bit mode is process-wide) and return stdout."""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_builtins_are_listed_without_importing_them():
+    out = _run("import sys, refdiff.backends as b; rows = {r.name: r for r in b.list_backends()}; "
+               "print(sorted(rows)); print([m for m in ('jax', 'dask') if m in sys.modules])")
+    names, loaded = out.splitlines()
+    assert "'jax'" in names and "'dask'" in names
+    assert loaded == "[]"
+    rows = {r.name: r for r in list_backends()}
+    assert rows["jax"].available == HAS_JAX and rows["dask"].available == HAS_DASK
+    hints = {n: b.hint for n, b in _registry._BUILTINS.items()}
+    assert "refdiff[jax]" in hints["jax"] and "refdiff[dask]" in hints["dask"]
+
+
+# --------------------------------------------------------------------------------------------
+# from_namespace: the default device comes from the namespace
+# --------------------------------------------------------------------------------------------
+
+@needs_jax
+def test_from_namespace_jax_finds_the_device_of_a_fresh_array():
+    """JAX's inspection API answers default_device() with None; arrays land on jax.devices()[0]."""
+    import jax
+    import jax.numpy as jnp
+    assert jnp.__array_namespace_info__().default_device() is None     # why the fallback exists
+    b = from_namespace(jnp, name="jax")
+    assert b.device == jax.devices()[0]
+    assert b.device == b.device_of(b.asarray(np.zeros(3), "float32"))
+    assert "freshly created array" in b.describe()["device_source"]
+
+
+@needs_dask
+def test_from_namespace_dask_uses_the_inspection_api():
+    import array_api_compat.dask.array as dx
+    b = from_namespace(dx)
+    assert b.device == "cpu"
+    assert b.describe()["device_source"] == "__array_namespace_info__().default_device()"
+
+
+def test_from_namespace_given_device_is_reported_as_given():
+    import array_api_strict as xs
+    b = from_namespace(xs, device=xs.Device("device1"))
+    assert b.describe()["device_source"] == "given"
+
+
+# --------------------------------------------------------------------------------------------
+# JAX
+# --------------------------------------------------------------------------------------------
+
+@needs_jax
+def test_jax_rng_is_a_fresh_subkey_per_draw():
+    """Draw k of seed s is jax.random.normal(split(key_k)[1]) with key_0 = key(s), key_{k+1} =
+    split(key_k)[0]: derived here from jax.random directly, not from the backend."""
+    import jax
+    b = get_backend("jax")
+    rng = b.make_rng(11)
+    first, second = (b.to_numpy(b.normal(rng, (5,), "float32")) for _ in range(2))
+    key = jax.random.key(11)
+    expect = []
+    for _ in range(2):
+        key, sub = jax.random.split(key)
+        expect.append(np.asarray(jax.random.normal(sub, (5,), dtype="float32")))
+    np.testing.assert_array_equal(first, expect[0])
+    np.testing.assert_array_equal(second, expect[1])
+    assert not np.array_equal(first, second)
+    again = b.to_numpy(b.normal(b.make_rng(11), (5,), "float32"))
+    np.testing.assert_array_equal(again, first)
+    u = b.to_numpy(b.uniform(b.make_rng(3), (1000,), "float32"))
+    assert u.min() >= 0.0 and u.max() < 1.0 and abs(u.mean() - 0.5) < 6 * math.sqrt(1 / 12 / 1000)
+
+
+@needs_jax
+def test_jax_without_x64_skips_float64_with_the_way_to_turn_it_on():
+    out = _run("import os; os.environ.pop('JAX_ENABLE_X64', None)\n"
+               "from refdiff.backends import get_backend\n"
+               "b = get_backend('jax'); print(b.float_dtypes); print(b.unsupported_reason('float64'))\n"
+               "print(repr(b.unsupported_reason('float32'))); print(b.describe()['x64'])")
+    dtypes, reason, f32, x64 = out.splitlines()
+    assert "float64" not in dtypes and "float32" in dtypes
+    assert "64-bit mode" in reason and "x64=True" in reason and "JAX_ENABLE_X64=1" in reason
+    assert "refdiff.backends.jax:with_x64" in reason
+    assert f32 == "''" and x64 == "False"
+
+
+@needs_jax
+def test_jax_with_x64_checks_float64_and_erf_is_jax_scipy():
+    out = _run("import numpy as np, jax\n"
+               "from refdiff.backends import get_backend\n"
+               "from refdiff import _xp\n"
+               "b = get_backend('refdiff.backends.jax:with_x64'); print(b.float_dtypes)\n"
+               "x = b.asarray(np.array([-3.0, -0.5, 0.0, 1e-300, 2.0, 6.0]), 'float64')\n"
+               "e, c = _xp.erf(x), _xp.erfc(x)\n"
+               "print(type(e).__module__.split('.')[0], e.dtype, c.dtype, b.device_of(e) == b.device)\n"
+               "print(','.join(repr(float(v)) for v in np.concatenate([b.to_numpy(e), b.to_numpy(c)])))")
+    dtypes, kinds, values = out.splitlines()
+    assert "float64" in dtypes
+    assert kinds == "jaxlib float64 float64 True"
+    got = [float(v) for v in values.split(",")]
+    import mpmath
+    xs = [-3.0, -0.5, 0.0, 1e-300, 2.0, 6.0]
+    want = [float(mpmath.erf(v)) for v in xs] + [float(mpmath.erfc(v)) for v in xs]
+    np.testing.assert_allclose(got, want, rtol=1e-14, atol=0)
+
+
+@needs_jax
+def test_jax_devices_and_errors():
+    import jax
+    b = get_backend("jax@cpu")
+    assert b.device == jax.devices("cpu")[0] and b.describe()["platform"] == "cpu"
+    from refdiff.backends import BackendUnavailableError
+    with pytest.raises(BackendUnavailableError, match="cpu device"):
+        get_backend("jax@cpu:7")
+    with pytest.raises(ValueError, match="x64"):
+        get_backend("jax").__class__(x64="yes")
+
+
+# --------------------------------------------------------------------------------------------
+# Dask
+# --------------------------------------------------------------------------------------------
+
+@needs_dask
+def test_dask_inputs_cross_a_chunk_boundary_and_stay_lazy():
+    import dask.array as da
+    b = get_backend("dask")
+    x = b.asarray(np.arange(10.0).reshape(5, 2), "float32")
+    assert isinstance(x, da.Array) and x.chunks == ((3, 2), (2,))
+    e = _xp.erf(x)
+    assert isinstance(e, da.Array) and e.dtype == np.float32
+    from scipy import special
+    np.testing.assert_array_equal(b.to_numpy(e), special.erf(np.arange(10.0, dtype=np.float32)
+                                                             .reshape(5, 2)))
+    r1, r2 = b.make_rng(5), b.make_rng(5)
+    a, c = b.to_numpy(b.normal(r1, (4,), "float32")), b.to_numpy(b.normal(r1, (4,), "float32"))
+    np.testing.assert_array_equal(a, b.to_numpy(b.normal(r2, (4,), "float32")))
+    assert not np.array_equal(a, c) and a.dtype == np.float32
+
+
+@needs_dask
+def test_gather_at_a_zero_index_has_the_index_shape():
+    """Dask names an array built from NumPy data after its content; the index array [0] and the
+    chunk-offset array [0] Dask builds inside integer-array indexing then share a name and the
+    result claims the table's shape. The backend's inputs get unique names, so gathers see
+    the shape of t."""
+    b = get_backend("dask")
+    table = b.asarray(np.linspace(0.0, 1.0, 7), "float64")
+    for tv in ([0], [0, 0], 0, [[0, 3]]):
+        t = b.asarray(np.array(tv), "int64")
+        g = _xp.gather(table, t, 3)
+        want = np.linspace(0.0, 1.0, 7)[np.array(tv)]
+        want = want.reshape(want.shape + (1,) * (3 - want.ndim))
+        assert g.shape == want.shape
+        np.testing.assert_array_equal(b.to_numpy(g), want)
+
+
+@needs_dask
+def test_gather_with_a_lazy_length_index():
+    """t of unknown length (a boolean-masked Dask array: shape (nan,)) gathers and broadcasts."""
+    import dask.array as da
+    import array_api_compat.dask.array as dx
+    table = dx.asarray(np.arange(10.0) ** 2)
+    raw = da.from_array(np.array([0, 5, 7, 2, 9]), chunks=2)
+    t = raw[raw > 1]
+    assert math.isnan(t.shape[0])
+    g = _xp.gather(table, t, 3)
+    np.testing.assert_array_equal(g.compute(), np.array([25.0, 49.0, 4.0, 81.0])[:, None, None])
+
+
+def test_gather_and_append_dims_on_known_shapes_are_unchanged():
+    table = np.arange(6.0) * 10
+    g0 = _xp.gather(table, np.array(2), 2)
+    assert g0.shape == (1, 1) and float(g0[0, 0]) == 20.0
+    np.testing.assert_array_equal(_xp.gather(table, np.array([[1, 2]]), 3), [[[10.0], [20.0]]])
+    assert _xp.gather(table, np.array([1, 2, 3]), 4).shape == (3, 1, 1, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# The conformance suite on both (CPU), as CI runs it
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [
+    pytest.param("refdiff.backends.jax:with_x64", marks=needs_jax),
+    pytest.param("dask", marks=needs_dask),
+])
+def test_conformance_suite_passes(backend):
+    import refdiff
+    rep = refdiff.verify(backend=backend, dtypes="float64,float32", max_examples=4)
+    assert rep.ok, rep.format()
+    assert rep.counts["passed"] > 250 and not rep.counts["skipped"], rep.counts
