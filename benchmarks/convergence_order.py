@@ -38,6 +38,7 @@ from refdiff import schedules
 from refdiff.edm import karras_sigmas
 from refdiff.samplers import get_sampler, list_samplers
 from refdiff.samplers.dpm_solver import NoiseScheduleVP
+from refdiff.samplers.flow import FlowSchedule
 from refdiff.sde import SubVPSDE, VESDE, VPSDE
 
 MU = np.array([0.5, -0.2])
@@ -47,6 +48,9 @@ LADDER = [24, 48, 96, 192, 384]
 LAW_LADDER = [25, 50, 100, 200]
 DISCRETE_LADDER = [12, 24, 48, 96, 192]
 BASE = schedules.linear(1000)
+#: PNDM's pseudo linear multistep extrapolates ε over equal index gaps: measured on 999, 999 − δ,
+#: …, 39 + δ onto ᾱ_39 with δ = 960/steps (trailing spacing has unequal gaps).
+EQUAL_GAPS = ("pndm", "plms")
 
 
 def flow_map(a0, s0, a1, s1):
@@ -68,9 +72,17 @@ def fit(steps, errs):
 def deterministic_case(name, family, t_end=None, **options):
     """(label, steps, errors) for one deterministic sampler."""
     fn = get_sampler(name).fn
+    fs = options.pop("noise_schedule", FlowSchedule()) if family == "flow" else None
     errs = []
     for n in (DISCRETE_LADDER if family == "discrete" else LADDER):
-        if family == "discrete":
+        if family == "discrete" and name in EQUAL_GAPS:
+            d = 960 // n
+            ab = np.asarray(BASE.alphas_cumprod)
+            run = lambda xT, nz: fn(A.discrete_model(DATA, BASE, "eps"), xT, schedule=BASE,
+                                    timesteps=np.arange(39 + d, 1000, d),
+                                    final_alpha_bar=float(ab[39]), **options)
+            exact = flow_map(np.sqrt(ab[999]), np.sqrt(1 - ab[999]), np.sqrt(ab[39]), np.sqrt(1 - ab[39]))
+        elif family == "discrete":
             run = lambda xT, nz: fn(A.discrete_model(DATA, BASE, "eps"), xT, schedule=BASE, steps=n,
                                     final_alpha_bar="alpha_bar_0", base_schedule=BASE, **options)
             ab = np.asarray(BASE.alphas_cumprod)
@@ -85,6 +97,11 @@ def deterministic_case(name, family, t_end=None, **options):
                                     skip_type="logSNR", t_end=t_end, **options)
             exact = flow_map(ns.marginal_alpha(1.0), ns.marginal_std(1.0),
                              ns.marginal_alpha(t_end), ns.marginal_std(t_end))
+        elif family == "flow":
+            velocity = lambda x, t: (DATA.eps(x, fs.marginal_alpha(t), fs.marginal_std(t))
+                                     - DATA.x0(x, fs.marginal_alpha(t), fs.marginal_std(t)))
+            run = lambda xT, nz: fn(velocity, xT, noise_schedule=fs, steps=n, **options)
+            exact = flow_map(0.0, 1.0, 1.0, 0.0)
         else:
             sde = VPSDE()
             score = lambda x, t: DATA.score(x, sde.marginal_alpha(t), sde.marginal_std(t))
@@ -125,8 +142,14 @@ def rows():
         if spec.family == "discrete":
             errs = deterministic_case(name, "discrete")
             out.append(dict(sampler=name, family=spec.family, options="", registered=spec.order,
-                            setting="ᾱ_999→ᾱ_0", steps=DISCRETE_LADDER, errors=errs,
+                            setting=("ᾱ_999→ᾱ_39, equal gaps" if name in EQUAL_GAPS
+                                     else "ᾱ_999→ᾱ_0"), steps=DISCRETE_LADDER, errors=errs,
                             order=fit(DISCRETE_LADDER, errs)))
+            continue
+        if spec.family == "flow":
+            errs = deterministic_case(name, "flow")
+            out.append(dict(sampler=name, family=spec.family, options="", registered=spec.order,
+                            setting="t 1→0", steps=LADDER, errors=errs, order=fit(LADDER, errs)))
             continue
         if spec.family == "karras":
             errs = deterministic_case(name, "karras")
@@ -145,6 +168,28 @@ def rows():
                             options=", ".join(f"{k}={v!r}" for k, v in opts.items()),
                             registered=get_sampler(name).order, setting="[0.5, 1]", steps=LADDER,
                             errors=errs, order=fit(LADDER, errs)))
+    # UniPC / DEIS / flow-matching conventions
+    newer = [
+        ("unipc_bh2", "vp", {"lower_order_final": "never"}),
+        ("unipc_bh1", "vp", {"lower_order_final": "never"}),
+        ("unipc_bh2", "vp", {"lower_order_final": "never", "use_corrector": False}),
+        ("unipc_bh2", "vp", {"lower_order_final": "never", "order": 3}),
+        ("unipc_bh2", "vp", {"lower_order_final": "never", "algorithm_type": "noise_prediction"}),
+        ("unipc_bh2", "vp", {"order": 1}),
+        ("deis", "vp", {"order": 3}),
+        ("deis", "vp", {"solver_type": "rhoab"}),
+        ("deis", "vp", {"order": 3, "solver_type": "rhoab"}),
+        ("flow_euler", "flow", {"noise_schedule": FlowSchedule(shift=3.0)}),
+        ("flow_heun", "flow", {"noise_schedule": FlowSchedule(shift=3.0)}),
+    ]
+    for name, family, opts in newer:
+        label = ", ".join(f"{k}={'FlowSchedule(shift=3.0)' if k == 'noise_schedule' else repr(v)}"
+                          for k, v in opts.items())
+        errs = deterministic_case(name, family, t_end=0.5 if family == "vp" else None, **opts)
+        out.append(dict(sampler=name, family=family, options=label,
+                        registered=get_sampler(name).order,
+                        setting="[0.5, 1]" if family == "vp" else "t 1→0", steps=LADDER,
+                        errors=errs, order=fit(LADDER, errs)))
     # stochastic samplers: convergence in law
     stoch = [
         ("karras_euler_ancestral", "karras", {}),
