@@ -14,8 +14,8 @@ Everything else is array-API code on the caller's arrays.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from array_api_compat import is_array_api_obj

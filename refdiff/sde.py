@@ -26,8 +26,9 @@ from __future__ import annotations
 import abc
 import functools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from array_api_compat import is_array_api_obj
@@ -163,11 +164,15 @@ class SDE(abc.ABC):
         """Discretization x_{i+1} = x_i + f_i(x_i) + G_i z_i (Song et al. 2021, App. E); Euler by default."""
         return self.euler_discretize(x, t, dt=dt)
 
-    def reverse(self, score_fn: Callable, *, probability_flow: bool = False) -> "ReverseSDE":
+    def reverse(self, score_fn: Callable, *, probability_flow: bool = False) -> ReverseSDE:
         """The reverse-time SDE (Eq. 6) or, with ``probability_flow=True``, the probability-flow ODE (Eq. 13)."""
         return ReverseSDE(self, score_fn, probability_flow=probability_flow)
 
     # -- marginals shared by every family ----------------------------------------------------
+    def marginal_std(self, t):
+        """σ_t, the std of the perturbation kernel (the std of :meth:`marginal_prob`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define marginal_std")
+
     def marginal_alpha(self, t):
         """Mean coefficient α_t = exp(log α_t) of the perturbation kernel (1 for VE)."""
         lmc = self.marginal_log_mean_coeff(t)
@@ -208,6 +213,7 @@ class SDE(abc.ABC):
         """
         fail("sde", self, "ancestral sampling needs a VPSDE or VESDE (a discrete chain: DDPM or "
              "SMLD); this SDE has none (score_sde raises NotImplementedError too)")
+        raise AssertionError("unreachable: fail() raises")
 
     def langevin_alpha(self, ts: Sequence[float]) -> np.ndarray:
         """The Langevin step-size factor α_i of score_sde's correctors: 1 (VE; any SDE without a DDPM chain)."""

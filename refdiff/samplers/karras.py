@@ -18,12 +18,20 @@ no noise draws nothing, so the draw index is always the step index.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .._errors import check_real, fail
 from . import register_sampler, sampler_function_name
-from ._common import (StepInfo, batch_full, check_decreasing, check_eta, check_output, draw_noise,
-                      step_reporter)
+from ._common import (
+    StepInfo,
+    batch_full,
+    check_decreasing,
+    check_eta,
+    check_output,
+    draw_noise,
+    step_reporter,
+)
 
 __all__ = [
     "to_d", "karras_euler_step", "karras_heun_step", "churn_gamma", "churn_step",

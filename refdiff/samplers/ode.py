@@ -14,7 +14,8 @@ deterministic and ignore ``noise``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +24,14 @@ from .._xp import array_namespace, is_numpy
 from ..sde import SDE
 from . import register_sampler
 from ._common import StepInfo, batch_full, check_output, step_reporter
-from .score_sde import (_check_bool, _check_sde, _check_x_T, _linear_drift, predictor_coefficients,
-                        predictor_update)
+from .score_sde import (
+    _check_bool,
+    _check_sde,
+    _check_x_T,
+    _linear_drift,
+    predictor_coefficients,
+    predictor_update,
+)
 
 __all__ = ["probability_flow", "probability_flow_coefficients", "ode_euler_step", "ode_heun_step",
            "ode_time_grid", "sample_ode_euler", "sample_ode_heun", "sample_ode_rk45",
@@ -216,7 +223,7 @@ def sample_ode_rk45(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int | None
     -------
     array, or (array, int) with ``return_nfe``.
     """
-    import scipy.integrate   # SciPy loads only when the oracle-side solver runs
+    import scipy.integrate  # SciPy loads only when the oracle-side solver runs
 
     _check_sde(sde)
     if not isinstance(x_T, np.ndarray) or not is_numpy(array_namespace(x_T)):

@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -330,12 +331,12 @@ def sample_sde_pc(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int, noise: 
     if corrector == "none":
         n_corr = 0
     # the step plan: host floats per step
-    alphas = [float(a) for a in chain.langevin_alpha(ts)] if (n_corr and corrector == "langevin") else None
-    ald = _ald_step_sizes(chain, ts, snr) if (n_corr and corrector == "ald") else None
+    if n_corr and corrector == "langevin":
+        alphas = [float(a) for a in chain.langevin_alpha(ts)]
+    ald = _ald_step_sizes(chain, ts, snr) if (n_corr and corrector == "ald") else []
     generic_em = predictor == "euler_maruyama" and not _linear_drift(sde)
-    if predictor == "none" or generic_em:
-        pred = None
-    else:
+    pred: list[tuple[float, float, float]] = []
+    if predictor != "none" and not generic_em:
         pred = predictor_coefficients(predictor, sde if predictor == "euler_maruyama" else chain,
                                       ts, dts)
     report = step_reporter(callback, progress)
@@ -349,7 +350,7 @@ def sample_sde_pc(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int, noise: 
         for j in range(n_corr):
             z = draw_noise(noise, i * k + j, x)
             s = _score(score_fn, x, t_arr)
-            step = ald[i] if ald is not None else _step_size(s, z, snr, alphas[i], langevin_norm, xp)
+            step = ald[i] if ald else _step_size(s, z, snr, alphas[i], langevin_norm, xp)
             x, x_mean = _corrector_update(x, s, step, z, xp)
         if predictor != "none":
             z = None if (i == n - 1 and denoise) else draw_noise(noise, i * k + k - 1, x)
@@ -357,7 +358,8 @@ def sample_sde_pc(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int, noise: 
                 x, x_mean = _em_generic(sde, score_fn, x, t, dts[i],
                                         z if z is not None else xp.zeros_like(x))
             else:
-                x, x_mean = predictor_update(x, _score(score_fn, x, t_arr), *pred[i], z)
+                p, q, r = pred[i]
+                x, x_mean = predictor_update(x, _score(score_fn, x, t_arr), p, q, r, z)
     return x_mean if denoise else x
 
 
@@ -446,6 +448,7 @@ def sample_ncsn_annealed_langevin(score_fn: Callable, x_T: Any, *, sde: SDE, ste
     """
     if not isinstance(_check_sde(sde), VESDE):
         fail("sde", sde, "annealed Langevin dynamics runs over the noise levels of a VESDE")
+    assert isinstance(sde, VESDE)
     _check_x_T(x_T)
     steps = check_int("steps", steps, minimum=1)
     n_each = check_int("n_steps_each", n_steps_each, minimum=1)
