@@ -202,8 +202,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--sampler", default="ddim",
                    help="a registered sampler for a network trained on discrete timesteps: "
                         + ", ".join(_sampler_names()))
-    p.add_argument("--steps", type=int, default=50,
-                   help="sampler steps, at most the checkpoint's T (the schedule is respaced)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps, at most the checkpoint's T (the schedule is respaced; "
+                        "default min(50, T))")
     p.add_argument("--spacing", default="trailing",
                    help="respacing of the discrete samplers: trailing, leading, linspace (diffusers), "
                         "ddim, sections (improved-diffusion)")
@@ -298,9 +299,9 @@ def run_sample(args) -> int:
         _check_out_file("--out", args.out, ".png")
         _check_out_file("--npy", args.npy, ".npy")
         ck, cfg, unet_cfg, schedule = load_run(_checkpoint_path(args.ckpt))
+        if args.steps is None:
+            args.steps = min(50, schedule.num_timesteps)
         check_sampler(args.sampler, steps=args.steps, T=schedule.num_timesteps, spacing=args.spacing)
-        if args.steps > schedule.num_timesteps:
-            fail("--steps", args.steps, f"expected at most T={schedule.num_timesteps}")
         if args.label is not None:
             if unet_cfg.num_classes is None:
                 fail("--label", args.label, "the checkpoint's model is unconditional (no class labels)")
