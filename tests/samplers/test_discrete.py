@@ -494,3 +494,95 @@ def test_denoise_diffusion_on_torch():
     xt, nz = rng.standard_normal((2, 2)), rng.standard_normal((20, 2, 2))
     got = dt.sample(torch.asarray(xt), noise=torch.asarray(nz))
     np.testing.assert_allclose(got.numpy(), dd.sample(xt, noise=nz), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# Step plans, callbacks and the respacing cache
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("var_type", ["fixed_small", "fixed_large", "learned", "learned_range"])
+@pytest.mark.parametrize("mean_type", ["eps", "x0", "v", "score", "mean"])
+@pytest.mark.parametrize("t0", ["clipped", "clamped"])
+def test_p_sample_with_host_coefficients_equals_the_table_path(var_type, mean_type, t0):
+    """p_sample(coefficients=ddpm_coefficients(...)) == p_sample through p_mean_variance (per-batch t)."""
+    from refdiff.samplers.discrete import ddpm_coefficients
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((3, 2, 4))
+    c = 4 if var_type.startswith("learned") else 2
+    out = 0.5 * rng.standard_normal((3, c, 4))
+    if var_type == "learned_range":
+        out[:, 2:] = np.tanh(out[:, 2:])
+    z = rng.standard_normal((3, 2, 4))
+    g = rng.standard_normal((3, 2, 4))
+    for i in (0, 1, 5, TRAIL10.num_timesteps - 1):
+        for kw in ({}, {"clip_x0": True}, {"grad": g, "cond_mode": "mean"},
+                   {"grad": g, "cond_mode": "score"}):
+            pc = ddpm_coefficients(TRAIL10, i, var_type=var_type, t0=t0)
+            a, pa = p_sample(out, x, np.full(3, i), schedule=TRAIL10, mean_type=mean_type,
+                             var_type=var_type, t0=t0, noise=z, **kw)
+            b, pb = p_sample(out, x, i, schedule=TRAIL10, mean_type=mean_type, var_type=var_type,
+                             t0=t0, noise=z, coefficients=pc, **kw)
+            np.testing.assert_allclose(b, a, rtol=1e-14, atol=1e-14)
+            np.testing.assert_allclose(pb.pred_x0, pa.pred_x0, rtol=1e-14, atol=1e-14)
+            np.testing.assert_allclose(pb.mean, pa.mean, rtol=1e-14, atol=1e-14)
+
+
+def test_ddim_step_with_precomputed_coefficients():
+    x = np.array([[0.3, -1.2]])
+    x0, eps, z = np.array([[0.1, 0.2]]), np.array([[-0.5, 0.4]]), np.array([[1.0, -2.0]])
+    coef = ddim_coefficients(0.3, 0.8, eta=0.7)
+    np.testing.assert_array_equal(ddim_step(x, x0, eps, noise=z, coefficients=coef),
+                                  ddim_step(x, x0, eps, 0.3, 0.8, eta=0.7, noise=z))
+
+
+def test_callback_reports_the_training_timestep_the_state_and_x0():
+    """StepInfo per step: i, n, the state the step starts from, t = the model's timestep, denoised = x̂0."""
+    model = A.discrete_model(POINT, BASE, "eps")
+    xT = np.random.default_rng(22).standard_normal((3, 2))
+    for fn, kw in ((ddim_sample, {}), (ddpm_sample, {"noise": np.zeros((10, 3, 2))})):
+        seen_t, infos = [], []
+
+        def m(x, t, seen_t=seen_t):
+            seen_t.append(int(t[0]))
+            return model(x, t)
+
+        out = fn(m, xT, schedule=TRAIL10, callback=infos.append, **kw)
+        assert [(info.i, info.n) for info in infos] == [(k, 10) for k in range(10)]
+        assert [info.t for info in infos] == seen_t == [int(v) for v in TRAIL10.timestep_map[::-1]]
+        np.testing.assert_array_equal(infos[0].x, xT)
+        for info in infos:  # the exact ε of a point mass gives x̂0 = μ at every step
+            np.testing.assert_allclose(info.denoised, np.broadcast_to(MU, xT.shape), atol=1e-9)
+        assert infos[-1].x is not out
+    infos = []
+    ddim_invert(model, np.broadcast_to(MU, (3, 2)), schedule=TRAIL10, callback=infos.append)
+    tm = [int(v) for v in TRAIL10.timestep_map]
+    assert [info.t for info in infos] == tm[:1] + tm[:-1]  # from the data level: level 0 twice
+
+
+def test_check_finite_stops_the_discrete_loops_at_the_first_bad_step():
+    from refdiff.samplers import check_finite
+
+    def model(x, t):
+        return np.full_like(x, np.nan) if int(t[0]) < 500 else np.zeros_like(x)
+
+    for fn, kw in ((ddim_sample, {}), (ddpm_sample, {"noise": np.zeros((10, 1, 2))})):
+        with pytest.raises(RefdiffValueError, match=r"non-finite values in the x0 prediction \(denoised\) at step 5 of 10 \(t=499\)"):
+            fn(model, np.zeros((1, 2)), schedule=TRAIL10, callback=check_finite(), **kw)
+
+
+def test_respacing_is_cached_per_schedule_and_spec():
+    S1, S2 = linear(1000), linear(1000)
+    a = respace(S1, 10, spacing="trailing")
+    assert respace(S1, 10, spacing="trailing") is a
+    assert sampling_schedule(S1, 10, "trailing") is a
+    assert respace(S2, 10, spacing="trailing") is not a
+    np.testing.assert_array_equal(respace(S2, 10, spacing="trailing").alphas_cumprod, a.alphas_cumprod)
+    assert respace(S1, 10, spacing="leading") is not a
+    assert respace(S1, "ddim10") is respace(S1, "ddim10")
+
+
+def test_sections_spacing_and_steps_offset():
+    assert sampling_schedule(BASE, 21, "sections").timestep_map.tolist() == \
+        respace(BASE, "21").timestep_map.tolist()
+    off = sampling_schedule(BASE, 10, "leading", steps_offset=1)
+    assert off.timestep_map.tolist() == list(range(1, 1000, 100))

@@ -133,3 +133,26 @@ def test_denoise_diffusion_bad_input():
         dd.p_sample(X, 10, noise=X)
     with pytest.raises(RefdiffShapeError, match=r"eps_model output has shape \(2, 4\) but x_t has shape \(2, 3\)"):
         DenoiseDiffusion(_wrong_shape, n_steps=10).loss(X, t=np.array([1, 2]), noise=X)
+
+
+def test_prev_timestep_steps_offset_and_ddim_step_at_arguments():
+    from refdiff.samplers.discrete import ddim_step_at
+    with pytest.raises(UnknownNameError, match=r"prev_timestep='next' is not a known previous-timestep rule; allowed: 'listed', 'stride'"):
+        ddim_sample(GOOD, X, schedule=S, prev_timestep="next")
+    with pytest.raises(RefdiffValueError, match=r"base_schedule=None is invalid: prev_timestep='stride' on a respaced schedule needs the training schedule"):
+        ddim_sample(GOOD, X, schedule=respace(S, 5, spacing="trailing"), prev_timestep="stride")
+    with pytest.raises(RefdiffValueError, match=r"steps_offset=1 is invalid: needs steps="):
+        ddim_sample(GOOD, X, schedule=S, steps_offset=1)
+    with pytest.raises(RefdiffValueError, match=r"steps_offset=1 is invalid: only the 'leading' spacing takes an offset, not 'trailing'"):
+        ddpm_sample(GOOD, X, schedule=linear(100), steps=5, steps_offset=1, noise=np.zeros((5,) + X.shape))
+    with pytest.raises(RefdiffValueError, match=r"alpha_bar=None is invalid: ddim_step needs alpha_bar and alpha_bar_prev"):
+        ddim_step(X, X, X)
+    B = linear(100)
+    with pytest.raises(RefdiffValueError, match=r"t=100 is invalid: expected a training timestep in \[0, 100\)"):
+        ddim_step_at(X, 100, 90, X, schedule=B)
+    with pytest.raises(RefdiffValueError, match=r"t_prev=50 is invalid: expected a timestep below t=50"):
+        ddim_step_at(X, 50, 50, X, schedule=B)
+    with pytest.raises(UnknownNameError, match=r"prediction_type='mean' is not a known prediction type"):
+        ddim_step_at(X, 50, 40, X, schedule=B, prediction_type="mean")
+    with pytest.raises(RefdiffShapeError, match=r"model output has shape \(3,\) but x has shape"):
+        ddim_step_at(np.zeros(3), 50, 40, X, schedule=B)
