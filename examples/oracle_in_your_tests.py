@@ -3,7 +3,7 @@
 Suppose your project has its own DDIM scheduler (below: ``MyDDIM``, written the way many projects
 write one — float32 tables, ``set_timesteps`` + ``step``). These tests check it against refdiff:
 
-1. one ``step`` against ``refdiff.samplers.discrete.ddim_step`` at every timestep, with the
+1. one ``step`` against ``refdiff.samplers.discrete.ddim_step_at`` at every timestep, with the
    tolerance your dtype deserves (float32: a few ulp of the result);
 2. the full loop against refdiff's exact answer on analytic data: with point-mass data the exact
    model's x0-prediction is constant, so DDIM is exact for any number of steps — your loop must
@@ -23,8 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 import refdiff.analytic as A
-from refdiff.parameterizations import x0_from_eps
-from refdiff.samplers.discrete import ddim_sample, ddim_step
+from refdiff.samplers.discrete import ddim_sample, ddim_step_at
 from refdiff.schedules import linear, respace
 
 
@@ -86,10 +85,10 @@ def test_one_step_matches_refdiff():
         x = rng.standard_normal((4, 3)).astype(np.float32)
         eps = rng.standard_normal((4, 3)).astype(np.float32)
         prev = sched.prev_timestep(t)
-        a = float(REF.alphas_cumprod[t])
-        a_prev = float(REF.alphas_cumprod[prev]) if prev >= 0 else 1.0
         x64, e64 = x.astype(np.float64), eps.astype(np.float64)
-        want = ddim_step(x64, x0_from_eps(REF, x64, np.full(4, t), e64), e64, a, a_prev)
+        # one step between two training timesteps, shaped like diffusers' DDIMScheduler.step
+        want = ddim_step_at(e64, int(t), prev, x64, schedule=REF).prev_sample
+        a = float(REF.alphas_cumprod[t])
         got = sched.step(eps, t, x)
         # float32 tables and arithmetic; the x0 division amplifies at small ᾱ (large t)
         tol = 64 * np.finfo(np.float32).eps * (1 + np.abs(want)) / np.sqrt(a)
