@@ -27,6 +27,9 @@ from refdiff.samplers.adapters import karras_denoiser, karras_grid
 from refdiff.samplers.karras import (sample_karras_euler, sample_karras_euler_ancestral,
                                      sample_karras_heun)
 
+#: diffusers' schedulers warn (NumPy 2 ``__array__`` copy keyword) at every step; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
 SHAPE = (2, 3, 4, 4)
 
 
@@ -250,3 +253,23 @@ def test_k_diffusion_euler_ancestral(eta):
     ours = sample_karras_euler_ancestral(_kd_denoiser, x, sigmas=sig, noise=draws, eta=eta,
                                          S_noise=0.9)
     assert _rel(ours, ref) < 1e-13
+
+
+@pytest.mark.parametrize("spacing,offset", [("leading", 1), ("trailing", 0), ("linspace", 0)])
+def test_kdpm2_discrete(spacing, offset):
+    """KDPM2DiscreteScheduler (ε) == sample_karras_dpm_2 with karras_denoiser(timestep='interp').
+
+    diffusers evaluates the second stage at the geometric midpoint √(σ_i σ_{i+1}) and calls the
+    network at its fractional timestep (log-σ interpolation, ``_sigma_to_t``), which the bridge's
+    ``timestep="interp"`` reproduces; the last step to σ = 0 is Euler in both (2N - 1 calls).
+    """
+    from refdiff.samplers.karras_dpm import sample_karras_dpm_2
+    n = 8
+    d = _diffusers("KDPM2DiscreteScheduler", timestep_spacing=spacing, steps_offset=offset)
+    sched = _schedule_of(d)
+    sig = interpolated_sigmas(sched, n, timestep_spacing=spacing, steps_offset=offset)
+    x = _start(float(sig[0]))
+    theirs = _run_diffusers(d, x, n)
+    ours = sample_karras_dpm_2(karras_denoiser(eps_np, sched, prediction_type="eps",
+                                               timestep="interp"), x, sigmas=sig)
+    assert _rel(ours, theirs) < 2e-6
