@@ -41,12 +41,12 @@ class Level(NamedTuple):
 
 
 def phi(h: float, k: int) -> float:
-    """φ_k(h)·h = (e^h − Σ_{j<k} h^j/j!)/h^(k−1), the scaled φ-function of DPM-Solver's code (k ≥ 1; series for |h| < 2)."""
+    """φ_k(h)·h = (e^h − Σ_{j<k} h^j/j!)/h^(k−1), the scaled φ-function of DPM-Solver's code (k ≥ 1; series for h > −2)."""
     if k == 1:
         return math.expm1(h)
     if h == 0.0:
         return 0.0
-    if abs(h) >= 2.0:
+    if h <= -2.0:                         # the series alternates there; the closed form does not cancel
         tail = math.expm1(h) - sum(h ** j / math.factorial(j) for j in range(1, k))
         return tail / h ** (k - 1)
     term = h / math.factorial(k)          # h^k/k! divided by h^(k-1)
