@@ -204,6 +204,10 @@ def interpolated_sigmas(alphas_cumprod, n: int, *, timestep_spacing: str = "lins
     sigmas : array of shape (n,) or (n + 1,), decreasing.
     """
     table = getattr(alphas_cumprod, "sigmas", None)
+    tmap = getattr(alphas_cumprod, "timestep_map", None)
+    if tmap is not None and not np.array_equal(np.asarray(tmap), np.arange(len(tmap))):
+        fail("alphas_cumprod", alphas_cumprod, "expected the full training schedule, not a "
+             "respaced one (the timesteps index the training table)")
     if table is None:
         ab = np.asarray(alphas_cumprod, dtype=np.float64)
         if ab.ndim != 1 or ab.size < 2 or not np.all((ab > 0) & (ab <= 1)):

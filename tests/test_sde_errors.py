@@ -248,3 +248,24 @@ def test_negative_dt():
 def test_reverse_of_something_that_is_not_an_sde():
     with raises(RefdiffValueError, "forward_sde=3 is invalid: expected an instance of refdiff.sde.SDE"):
         ReverseSDE(3, lambda x, t: x)
+
+
+def test_interpolated_and_polyexponential_grid_errors():
+    from refdiff import schedules
+    from refdiff.edm import interpolated_sigmas, polyexponential_sigmas
+    s = schedules.linear(10)
+    with raises(UnknownNameError, "timestep_spacing='karras' is not a known timestep spacing; "
+                                  "allowed: 'linspace', 'leading', 'trailing'"):
+        interpolated_sigmas(s, 4, timestep_spacing="karras")
+    with raises(RefdiffValueError, "n=11 is invalid: expected at most T = 10 noise levels"):
+        interpolated_sigmas(s, 11)
+    with raises(RefdiffValueError, "steps_offset=5 is invalid: the leading timesteps reach 10, past T-1 = 9"):
+        interpolated_sigmas(s, 2, timestep_spacing="leading", steps_offset=5)
+    with raises(RefdiffValueError, "is invalid: expected the full training schedule, not a respaced one"):
+        interpolated_sigmas(schedules.respace(s, [0, 5, 9]), 2)
+    with raises(RefdiffValueError, "is invalid: expected a Schedule or a 1-D table of ᾱ_t in (0, 1]"):
+        interpolated_sigmas([0.9, 0.0], 2)
+    with raises(RefdiffValueError, "rho=0.0 is invalid"):
+        polyexponential_sigmas(4, 0.1, 10.0, rho=0.0)
+    with raises(RefdiffValueError, "sigma_max=0.05 is invalid: expected sigma_max > sigma_min"):
+        polyexponential_sigmas(4, 0.1, 0.05)
