@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 from ._errors import RefdiffShapeError, check_choice, check_real
+from ._typing import Array
 from ._xp import append_dims, array_namespace, as_timesteps, check_same_shape
 from .parameterizations import OUTPUT_TYPES, coefficient, prediction_type, eps_from_x0, mu_from_x0, x0_from_output
 
@@ -47,7 +48,8 @@ def q_mean_variance(schedule, x0, t):
     return mean, var, log_var
 
 
-def q_sample(schedule, x0, t, *, noise, coefficients=None):
+def q_sample(schedule: Any, x0: Array, t: Any, *, noise: Array,
+             coefficients: tuple[Any, Any] | None = None) -> Array:
     """x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε with explicit noise ε (Ho et al. 2020, Eq. 4).
 
     ``coefficients`` = (√ᾱ_t, √(1 − ᾱ_t)) as host floats (a loop's step plan) skips the table

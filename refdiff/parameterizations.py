@@ -7,9 +7,10 @@ come from the schedule's tables, gathered at t and broadcast over the non-batch 
 
 from __future__ import annotations
 
-from ._errors import RefdiffValueError, UnknownNameError, fail
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from ._errors import RefdiffValueError, UnknownNameError, fail
+from ._typing import Array
 from ._xp import array_namespace, as_timesteps, check_same_shape, gather
 
 __all__ = [
@@ -245,12 +246,12 @@ class LevelCoefficients(NamedTuple):
     posterior_mean_coef2: float
 
 
-def level_coefficients(schedule, t: int) -> LevelCoefficients:
+def level_coefficients(schedule: Any, t: int) -> LevelCoefficients:
     """The tables of :class:`LevelCoefficients` read at the host integer timestep t (one read per table)."""
     return LevelCoefficients(*(float(getattr(schedule, name)[t]) for name in LevelCoefficients._fields))
 
 
-def x0_from_output_at(out, x_t, c: LevelCoefficients, mean_type: str):
+def x0_from_output_at(out: Array, x_t: Array, c: LevelCoefficients, mean_type: str) -> Array:
     """:func:`x0_from_output` with the coefficients given as host floats (the same operations in the same order)."""
     if mean_type == "eps":
         return c.sqrt_recip_alphas_cumprod * x_t - c.sqrt_recipm1_alphas_cumprod * out
@@ -266,6 +267,6 @@ def x0_from_output_at(out, x_t, c: LevelCoefficients, mean_type: str):
     return x0_from_output(None, x_t, None, out, mean_type)  # raises the unknown-name error
 
 
-def eps_from_x0_at(x_t, x0, c: LevelCoefficients):
+def eps_from_x0_at(x_t: Array, x0: Array, c: LevelCoefficients) -> Array:
     """:func:`eps_from_x0` with host-float coefficients: ε = (x_t − √ᾱ_t·x0)/√(1 − ᾱ_t) (Ho et al. 2020, Eq. 4)."""
     return (x_t - c.sqrt_alphas_cumprod * x0) / c.sqrt_one_minus_alphas_cumprod

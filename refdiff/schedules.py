@@ -483,7 +483,7 @@ _RESPACE_CACHE: OrderedDict[tuple, tuple[Any, Schedule]] = OrderedDict()
 _RESPACE_CACHE_SIZE = 64
 
 
-def _cache_key(timesteps: Any, spacing: str | None, steps_offset: int):
+def _cache_key(timesteps: Any, spacing: str | None, steps_offset: int) -> tuple | None:
     if isinstance(timesteps, (str, int, np.integer)) and not isinstance(timesteps, bool):
         spec: Any = timesteps if isinstance(timesteps, str) else int(timesteps)
     elif isinstance(timesteps, (list, tuple)) and all(
