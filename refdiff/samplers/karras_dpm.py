@@ -612,8 +612,8 @@ def sample_karras_dpmpp_3m_sde(denoiser: Callable, x, *, sigmas, noise=None, eta
     """Multistep SDE-DPM-Solver++(3M) in σ (k-diffusion sample_dpmpp_3m_sde; Lu et al. 2022b, §4 multistep with the SDE terms).
 
     x' = e^{-(1+η)h} x + (1 - e^{-(1+η)h}) D - φ2(-H) D1 - φ3(-H) D2 + σ'√(1 - e^{-2ηh}) S_noise z
-    (H = (1 + η)h; see :func:`dpmpp_multistep_sde_coefficients`); orders 1 and 2 on the first two
-    steps, D at a last σ' = 0.
+    (H = (1 + η)h; see :func:`dpmpp_multistep_sde_coefficients`); orders 1 and 2 (the φ2 form,
+    "heun") on the first two steps, D at a last σ' = 0.
 
     Parameters
     ----------
@@ -631,7 +631,7 @@ def sample_karras_dpmpp_3m_sde(denoiser: Callable, x, *, sigmas, noise=None, eta
     """
     check_choice("d2_scale", d2_scale, D2_SCALES, "multistep third-order D2 convention")
     return _multistep_sde(denoiser, x, sigmas, noise, eta, S_noise, callback, progress, order=3,
-                          d2_scale=d2_scale)
+                          solver_type="heun", d2_scale=d2_scale)
 
 
 @register_sampler("karras_lms", family="karras", stochastic=False, step=lms_step)
