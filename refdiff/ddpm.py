@@ -12,9 +12,10 @@ takes the timesteps ``t=``). Index convention: t = 0..n_steps-1, index 0 = one d
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 from ._errors import check_choice, check_int, fail
+from ._typing import Array
 from ._xp import append_dims, array_namespace, as_timesteps, check_same_shape, device_of
 from .diffusion import p_mean_variance, q_mean_variance
 from .diffusion import q_sample as _q_sample
@@ -107,7 +108,7 @@ class DenoiseDiffusion:
         return _q_sample(self.schedule, x0, t, noise=noise)
 
     # the reverse process -----------------------------------------------------------------
-    def p_mean_var(self, xt, t):
+    def p_mean_var(self, xt: Array, t: Any) -> tuple[Array, Array]:
         """(μ_θ, σ_t²) of p_θ(x_{t−1}|x_t) for the ε-model (Ho et al. 2020, Eq. 11): :func:`refdiff.diffusion.p_mean_variance`."""
         eps = self.eps_model(xt, self._t(t, xt))
         check_same_shape("eps_model output", eps, "x_t", xt)
@@ -126,7 +127,7 @@ class DenoiseDiffusion:
             std = xp.where(append_dims(tt == 0, xt.ndim), xp.zeros_like(std), std)
         return mean + std * noise
 
-    def loss(self, x0, *, t, noise):
+    def loss(self, x0: Array, *, t: Any, noise: Array) -> Array:
         """L_simple = mean ‖ε − ε_θ(√ᾱ_t x0 + √(1−ᾱ_t) ε, t)‖² over all elements (Ho et al. 2020, Eq. 14): :func:`refdiff.losses.l_simple` averaged over the batch."""
         xp = array_namespace(x0)
         xt = self.q_sample(x0, t, noise=noise)

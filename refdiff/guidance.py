@@ -21,9 +21,10 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 from ._errors import RefdiffShapeError, check_choice, check_int, check_real, fail
+from ._typing import Array
 from ._xp import array_namespace, device_of
 from .parameterizations import coefficient, mu_from_x0, x0_from_eps
 
@@ -170,11 +171,12 @@ def ilvr_refine(x_prev, y_prev, *, factor: int = 4, low_pass_fn: Callable | None
     return phi(y_prev) + x_prev - phi(x_prev)
 
 
-def ilvr_sample(model: Callable, x_T, *, schedule, reference, noise, reference_noise,
+def ilvr_sample(model: Callable, x_T: Array, *, schedule: Any, reference: Array, noise: Any,
+                reference_noise: Any,
                 factor: int = 4, low_pass_fn: Callable | None = None, range_t: int = -1,
                 mean_type: str = "eps", var_type: str = "fixed_small", clip_x0: bool = False,
                 t0: str = "clipped", callback: Callable | None = None,
-                progress: Callable | None = None):
+                progress: Callable | None = None) -> Array:
     """ILVR: DDPM ancestral sampling refined toward the low frequencies of ``reference`` (Choi et al. 2021, Algorithm 1).
 
     Parameters
@@ -250,9 +252,9 @@ def egsde_step(x, score, energy_grad, *, beta: float, noise=None):
     return out
 
 
-def egsde_sample(model: Callable, y0, *, schedule, energy_grad: Callable, t_start: int, noise,
-                 start_noise, mean_type: str = "eps", callback: Callable | None = None,
-                 progress: Callable | None = None):
+def egsde_sample(model: Callable, y0: Array, *, schedule: Any, energy_grad: Callable,
+                 t_start: int, noise: Any, start_noise: Array, mean_type: str = "eps",
+                 callback: Callable | None = None, progress: Callable | None = None) -> Array:
     """EGSDE: perturb the source y0 to t_start, then run the energy-guided reverse VP SDE to t = 0 (Zhao et al. 2022, Algorithm 1).
 
     Parameters
@@ -310,7 +312,7 @@ def egsde_sample(model: Callable, y0, *, schedule, energy_grad: Callable, t_star
 # Langevin dynamics
 # --------------------------------------------------------------------------------------------
 
-def langevin_step(x, score, *, step_size: float, noise):
+def langevin_step(x: Array, score: Array, *, step_size: float, noise: Array) -> Array:
     """x ← x + (ε/2)·∇ log p(x) + √ε·z (Song & Ermon 2019, Eq. 4; Welling & Teh 2011)."""
     eps = check_real("step_size", step_size, lo=0.0, lo_open=True)
     _same("score", score, x)
@@ -318,8 +320,8 @@ def langevin_step(x, score, *, step_size: float, noise):
     return x + (0.5 * eps) * score + math.sqrt(eps) * noise
 
 
-def langevin_dynamics(score_fn: Callable, x, *, step_size: float, n_steps: int, noise,
-                      callback: Callable | None = None, progress: Callable | None = None):
+def langevin_dynamics(score_fn: Callable, x: Array, *, step_size: float, n_steps: int, noise: Any,
+                      callback: Callable | None = None, progress: Callable | None = None) -> Array:
     """n_steps of Langevin dynamics for a time-independent score ``score_fn(x)`` (Song & Ermon 2019, Eq. 4).
 
     ``noise``: shape (n_steps,) + x.shape or a callable ``noise(k)``. As ε → 0 and n_steps → ∞ the

@@ -47,9 +47,15 @@ from .._errors import RefdiffValueError, check_choice, check_int, check_real, fa
 from .._xp import array_namespace, device_of
 from ..diffusion import T0_CONVENTIONS, VAR_TYPES, PMeanVar, p_mean_variance, split_variance_output
 from ..guidance import check_scale, condition_eps, condition_mean, condition_score
-from ..parameterizations import (LevelCoefficients, eps_from_prediction, eps_from_x0_at,
-                                 level_coefficients, prediction_type, x0_from_output_at,
-                                 x0_from_prediction)
+from ..parameterizations import (
+    LevelCoefficients,
+    eps_from_prediction,
+    eps_from_x0_at,
+    level_coefficients,
+    prediction_type,
+    x0_from_output_at,
+    x0_from_prediction,
+)
 from ..schedules import SPACINGS, Schedule, respace
 from . import register_sampler
 from ._common import StepInfo, check_eta, check_output, check_steps, draw_noise, step_reporter
@@ -117,7 +123,7 @@ def _timestep_array(xp, x, t: int, device):
     return xp.full((x.shape[0],), t, dtype=xp.int64, device=device)
 
 
-def sampling_schedule(schedule, steps=None, spacing: str = "trailing", *,
+def sampling_schedule(schedule: Schedule, steps: int | None = None, spacing: str = "trailing", *,
                       steps_offset: int = 0) -> Schedule:
     """The schedule the loop steps on: ``schedule`` itself, or it respaced to ``steps`` steps.
 
@@ -208,6 +214,8 @@ def ddpm_coefficients(schedule: Schedule, i: int, *, var_type: str = "fixed_smal
     min_log = float(log_table[i])
     beta = float(h.betas[i])
     max_log = math.log(beta)
+    var: float | None
+    log_var: float | None
     if var_type == "fixed_small":
         var, log_var = float(h.posterior_variance[i]), min_log
     elif var_type == "fixed_large":
@@ -217,11 +225,11 @@ def ddpm_coefficients(schedule: Schedule, i: int, *, var_type: str = "fixed_smal
         else:
             var, log_var = beta, max_log
     else:
-        var = log_var = None
+        var, log_var = None, None
     return DDPMCoefficients(i, level_coefficients(h, i), var, log_var, min_log, max_log)
 
 
-def ancestral_step(mean, log_variance, noise):
+def ancestral_step(mean: Array, log_variance: Array | float, noise: Array) -> Array:
     """x_{t-1} = μ_θ + exp(½ log σ_t²)·z (Ho et al. 2020, Algorithm 2, line 4); log σ² an array or a host float."""
     if isinstance(log_variance, (int, float)):
         return mean + math.exp(0.5 * log_variance) * noise
@@ -229,11 +237,11 @@ def ancestral_step(mean, log_variance, noise):
     return mean + xp.exp(0.5 * log_variance) * noise
 
 
-def p_sample(model_output, x_t, t, *, schedule, mean_type: str = "eps",
+def p_sample(model_output: Array, x_t: Array, t: Any, *, schedule: Schedule, mean_type: str = "eps",
              var_type: str = "fixed_small", clip_x0: bool = False,
-             denoised_fn: Callable | None = None, t0: str = "clipped", noise=None,
-             add_noise: bool = True, grad=None, cond_mode: str = "mean",
-             coefficients: DDPMCoefficients | None = None):
+             denoised_fn: Callable | None = None, t0: str = "clipped", noise: Array | None = None,
+             add_noise: bool = True, grad: Array | None = None, cond_mode: str = "mean",
+             coefficients: DDPMCoefficients | None = None) -> tuple[Array, PMeanVar]:
     """One DDPM ancestral step x_t -> x_{t-1} from a model output (Ho et al. 2020, Algorithm 2).
 
     Parameters
@@ -326,13 +334,14 @@ def _p_sample_tables(model_output, x_t, t, *, schedule, mean_type, var_type, cli
 
 
 @register_sampler("ddpm", family="discrete", stochastic=True, step=p_sample)
-def sample_ddpm(model: Callable, x_T, *, schedule, noise=None, mean_type: str = "eps",
+def sample_ddpm(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any = None,
+                mean_type: str = "eps",
                 var_type: str = "fixed_small", clip_x0: bool = False,
                 denoised_fn: Callable | None = None, t0: str = "clipped",
                 final_noise: str = "none", steps: int | None = None, spacing: str = "trailing",
                 steps_offset: int = 0, cond_fn: Callable | None = None, cond_mode: str = "mean",
                 cond_scale: float = 1.0, callback: Callable | None = None,
-                progress: Callable | None = None):
+                progress: Callable | None = None) -> Array:
     """DDPM ancestral sampling x_T -> x_0 (Ho et al. 2020, Algorithm 2; Nichol & Dhariwal 2021, §3–4).
 
     Parameters
@@ -378,7 +387,7 @@ def sample_ddpm(model: Callable, x_T, *, schedule, noise=None, mean_type: str = 
     n = sched.num_timesteps
     _check_namespace(sched, x_T)
     h = _Host(sched)
-    plan = []
+    plan: list[Any] = []
     for i in range(n - 1, -1, -1):
         pc = ddpm_coefficients(sched, i, var_type=var_type, t0=t0, _host=h)
         _zero_snr_check(float(h.alphas_cumprod[i]), i, mean_type)
@@ -417,8 +426,9 @@ def _ops(*vals):
     return math.sqrt, False, None
 
 
-def ddim_sigma(alpha_bar, alpha_bar_prev, *, eta: float = 0.0, one_minus_alpha_bar=None,
-               one_minus_alpha_bar_prev=None, beta=None):
+def ddim_sigma(alpha_bar: Any, alpha_bar_prev: Any, *, eta: float = 0.0,
+               one_minus_alpha_bar: Any = None, one_minus_alpha_bar_prev: Any = None,
+               beta: Any = None) -> Any:
     """σ_t(η) = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev) (Song et al. 2021, Eq. 16).
 
     The complements may be passed exactly (``one_minus_*``, ``beta`` = 1 − ᾱ_t/ᾱ_prev); otherwise
@@ -432,8 +442,9 @@ def ddim_sigma(alpha_bar, alpha_bar_prev, *, eta: float = 0.0, one_minus_alpha_b
     return eta * sqrt(omp / om * b)
 
 
-def ddim_coefficients(alpha_bar, alpha_bar_prev, *, eta: float = 0.0, one_minus_alpha_bar=None,
-                      one_minus_alpha_bar_prev=None, beta=None):
+def ddim_coefficients(alpha_bar: Any, alpha_bar_prev: Any, *, eta: float = 0.0,
+                      one_minus_alpha_bar: Any = None, one_minus_alpha_bar_prev: Any = None,
+                      beta: Any = None) -> tuple[Any, Any, Any]:
     """(√ᾱ_prev, √(1−ᾱ_prev−σ²), σ) of x_prev = √ᾱ_prev·x̂0 + √(1−ᾱ_prev−σ²)·ε̂ + σz (Song et al. 2021, Eq. 12).
 
     1 − ᾱ_prev − σ² is formed as (1−ᾱ_prev)·((1−η²) + η²·ᾱ_t(1−ᾱ_prev)/(ᾱ_prev(1−ᾱ_t))), a sum of
@@ -454,9 +465,10 @@ def ddim_coefficients(alpha_bar, alpha_bar_prev, *, eta: float = 0.0, one_minus_
     return sqrt(alpha_bar_prev), sqrt(dir2), sigma
 
 
-def ddim_step(x, pred_x0, pred_eps, alpha_bar=None, alpha_bar_prev=None, *, eta: float = 0.0,
-              noise=None, one_minus_alpha_bar=None, one_minus_alpha_bar_prev=None, beta=None,
-              coefficients: tuple | None = None):
+def ddim_step(x: Array, pred_x0: Array, pred_eps: Array, alpha_bar: Any = None,
+              alpha_bar_prev: Any = None, *, eta: float = 0.0, noise: Array | None = None,
+              one_minus_alpha_bar: Any = None, one_minus_alpha_bar_prev: Any = None,
+              beta: Any = None, coefficients: tuple | None = None) -> Array:
     """x_prev = √ᾱ_prev·x̂0 + √(1−ᾱ_prev−σ²)·ε̂ + σ·z (Song et al. 2021, Eq. 12).
 
     ``noise`` is needed only when σ > 0 (η > 0); with noise=None the σz term is left out (the
@@ -480,7 +492,8 @@ def ddim_step(x, pred_x0, pred_eps, alpha_bar=None, alpha_bar_prev=None, *, eta:
     return out
 
 
-def ddim_reverse_step(x, pred_x0, pred_eps, alpha_bar_next, *, one_minus_alpha_bar_next=None):
+def ddim_reverse_step(x: Array, pred_x0: Array, pred_eps: Array, alpha_bar_next: Any, *,
+                      one_minus_alpha_bar_next: Any = None) -> Array:
     """x_next = √ᾱ_next·x̂0 + √(1−ᾱ_next)·ε̂, one deterministic DDIM inversion step (Song et al. 2021, Eq. 13 run forward).
 
     ``one_minus_alpha_bar_next`` passes 1 − ᾱ_next exactly (otherwise formed by subtraction).
@@ -574,14 +587,15 @@ def _x0_eps(out, x, c: LevelCoefficients, xp, *, mean_type, clip_x0, denoised_fn
 
 
 @register_sampler("ddim", family="discrete", stochastic=False, order=1.0, step=ddim_step)
-def sample_ddim(model: Callable, x_T, *, schedule, noise=None, eta: float = 0.0,
+def sample_ddim(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any = None,
+                eta: float = 0.0,
                 mean_type: str = "eps", var_type: str = "fixed_small", clip_x0: bool = False,
-                denoised_fn: Callable | None = None, final_alpha_bar="one",
+                denoised_fn: Callable | None = None, final_alpha_bar: str | float = "one",
                 base_schedule: Schedule | None = None, final_noise: str = "none",
                 eps_from_clipped_x0: bool = True, prev_timestep: str = "listed",
                 steps: int | None = None, spacing: str = "trailing", steps_offset: int = 0,
                 start: int | None = None, stop: int = -1, cond_fn: Callable | None = None, cond_scale: float = 1.0,
-                callback: Callable | None = None, progress: Callable | None = None):
+                callback: Callable | None = None, progress: Callable | None = None) -> Array:
     """DDIM sampling x_T -> x_0 with noise scale η (Song et al. 2021, Eqs. 12 and 16; η = 0 is deterministic).
 
     Parameters
@@ -637,7 +651,7 @@ def sample_ddim(model: Callable, x_T, *, schedule, noise=None, eta: float = 0.0,
     final = _final_level(h, sched, final_alpha_bar, base, base_h)
     levels = range(start, stop, -1)
     prevs = _ddim_prev_levels(h, sched, levels, prev_timestep, final, base, base_h)
-    plan = []
+    plan: list[Any] = []
     for i in levels:
         cur = _level(h, i, final)
         prev, own = prevs[i]
@@ -673,8 +687,8 @@ def sample_ddim(model: Callable, x_T, *, schedule, noise=None, eta: float = 0.0,
 
 
 @register_sampler("ddim_stochastic", family="discrete", stochastic=True, step=ddim_step)
-def sample_ddim_stochastic(model: Callable, x_T, *, schedule, noise=None, eta: float = 1.0,
-                           **options):
+def sample_ddim_stochastic(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any = None,
+                           eta: float = 1.0, **options: Any) -> Array:
     """DDIM with η = 1 by default: the stochastic member of the family (Song et al. 2021, Eq. 16)."""
     return sample_ddim(model, x_T, schedule=schedule, noise=noise, eta=eta, **options)
 
@@ -686,10 +700,10 @@ class DDIMStepOutput(NamedTuple):
     pred_original_sample: Any
 
 
-def ddim_step_at(model_output, t: int, t_prev: int, x_t, *, schedule: Schedule, eta: float = 0.0,
-                 noise=None, prediction_type: str = "eps", final_alpha_bar="one",
-                 clip_x0: bool = False, clip_range: float = 1.0,
-                 denoised_fn: Callable | None = None,
+def ddim_step_at(model_output: Array, t: int, t_prev: int, x_t: Array, *, schedule: Schedule,
+                 eta: float = 0.0, noise: Array | None = None, prediction_type: str = "eps",
+                 final_alpha_bar: str | float = "one", clip_x0: bool = False,
+                 clip_range: float = 1.0, denoised_fn: Callable | None = None,
                  eps_from_clipped_x0: bool = False) -> DDIMStepOutput:
     """One DDIM step between training timesteps t -> t_prev, shaped like diffusers' ``DDIMScheduler.step`` (Song et al. 2021, Eq. 12).
 
@@ -755,14 +769,14 @@ def _canonical_prediction(value) -> str:
     return prediction_type(value, "prediction_type", ("eps", "x0", "v", "score"))
 
 
-def ddim_invert(model: Callable, x0, *, schedule, mean_type: str = "eps",
+def ddim_invert(model: Callable, x0: Array, *, schedule: Schedule, mean_type: str = "eps",
                 var_type: str = "fixed_small", clip_x0: bool = False,
-                denoised_fn: Callable | None = None, final_alpha_bar="one",
+                denoised_fn: Callable | None = None, final_alpha_bar: str | float = "one",
                 base_schedule: Schedule | None = None, model_time: str = "current",
                 prev_timestep: str = "listed", steps: int | None = None,
                 spacing: str = "trailing", steps_offset: int = 0, start: int = -1,
                 stop: int | None = None,
-                callback: Callable | None = None, progress: Callable | None = None):
+                callback: Callable | None = None, progress: Callable | None = None) -> Array:
     """Deterministic DDIM inversion x_0 -> x_T: the η = 0 update run toward more noise (Song et al. 2021, §4.3, Eq. 13).
 
     Step from level j to j+1 (level −1 = the data level of ``final_alpha_bar``):
@@ -804,12 +818,13 @@ def ddim_invert(model: Callable, x0, *, schedule, mean_type: str = "eps",
             else base_schedule if base_schedule is not None or steps is None else schedule)
     base_h = _Host(base) if base is not None else None
     final = _final_level(h, sched, final_alpha_bar, base, base_h)
-    plan = []
+    plan: list[Any] = []
     for j in range(start, stop):
         nxt = _level(h, j + 1, final)
         if prev_timestep == "listed":
             src_i, cur, src_h = j, _level(h, j, final), h
         else:
+            assert base is not None and base_h is not None  # _stride_base returned one
             T = base.num_timesteps
             src_i = min(int(h.timestep_map[j + 1]) - T // n, T - 1)
             cur, src_h = _level(base_h, src_i, final), base_h
