@@ -445,7 +445,10 @@ def _is_vp(ns: NoiseScheduleVP) -> bool:
     return ns.kind in ("linear", "discrete") or isinstance(ns.sde, VPSDE)
 
 
-def _point(ns: NoiseScheduleVP, t: float) -> SchedulePoint:
+def _point(ns: NoiseScheduleVP, t: float | None, name: str = "t") -> SchedulePoint:
+    if t is None:
+        fail(name, t, "give the times s and t, or the step's coefficients=")
+        raise AssertionError("unreachable")
     return schedule_points(ns, [float(t)])[0]
 
 
@@ -486,6 +489,7 @@ def singlestep_orders(steps: int, order: int) -> list[int]:
     if order == 1:
         return [1] * steps
     fail("order", order, "expected 1, 2 or 3")
+    raise AssertionError("unreachable")
 
 
 def multistep_step_orders(steps: int, order: int, lower_order_final: str = "dpm_solver") -> list[int]:
@@ -748,7 +752,7 @@ def dpm_solver_first_update(noise_schedule: NoiseScheduleVP | None, x: Any, s: f
     if coefficients is None:
         ns = _check_ns(noise_schedule)
         _check_alg(algorithm_type, "dpmsolver")
-        coefficients = first_order_coefficients(_point(ns, s), _point(ns, t), algorithm_type)
+        coefficients = first_order_coefficients(_point(ns, s, "s"), _point(ns, t), algorithm_type)
     return _first(x, model_s, coefficients)
 
 
@@ -770,7 +774,7 @@ def singlestep_dpm_solver_second_update(noise_schedule: NoiseScheduleVP | None,
         ns = _check_ns(noise_schedule)
         _check_alg(algorithm_type, solver_type)
         r1 = check_real("r1", r1, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-        ps, pt = _point(ns, s), _point(ns, t)
+        ps, pt = _point(ns, s, "s"), _point(ns, t)
         p1 = _point(ns, float(ns.inverse_lambda(ps.lam + r1 * (pt.lam - ps.lam))))
         c = singlestep_second_coefficients(ps, p1, pt, r1, algorithm_type=algorithm_type,
                                            solver_type=solver_type)
@@ -801,7 +805,7 @@ def singlestep_dpm_solver_third_update(noise_schedule: NoiseScheduleVP | None,
         _check_alg(algorithm_type, solver_type)
         r1 = check_real("r1", r1, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
         r2 = check_real("r2", r2, lo=r1, hi=1.0, lo_open=True, hi_open=True)
-        ps, pt = _point(ns, s), _point(ns, t)
+        ps, pt = _point(ns, s, "s"), _point(ns, t)
         h = pt.lam - ps.lam
         t12 = np.asarray(ns.inverse_lambda(np.array([ps.lam + r1 * h, ps.lam + r2 * h])))
         p1, p2 = schedule_points(ns, t12)
@@ -838,7 +842,7 @@ def singlestep_dpm_solver_update(noise_schedule: NoiseScheduleVP | None, model_f
     """
     if order == 1:
         if model_s is None:
-            model_s = model_fn(x, float(s))
+            model_s = model_fn(x, _point(_check_ns(noise_schedule), s, "s").t)
         return dpm_solver_first_update(noise_schedule, x, s, t, model_s,
                                        algorithm_type=algorithm_type,
                                        coefficients=coefficients), [model_s]
@@ -852,6 +856,7 @@ def singlestep_dpm_solver_update(noise_schedule: NoiseScheduleVP | None, model_f
             r2=2.0 / 3.0 if r2 is None else r2, model_s=model_s, algorithm_type=algorithm_type,
             solver_type=solver_type, coefficients=coefficients)
     fail("order", order, "expected 1, 2 or 3")
+    raise AssertionError("unreachable")
 
 
 def multistep_dpm_solver_second_update(noise_schedule: NoiseScheduleVP | None, x: Any,
@@ -927,6 +932,7 @@ def multistep_dpm_solver_update(noise_schedule: NoiseScheduleVP | None, x: Any,
                                                  t, algorithm_type=algorithm_type,
                                                  d2_scale=d2_scale, coefficients=coefficients)
     fail("order", order, "expected 1, 2 or 3")
+    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1024,7 +1030,7 @@ def _lambda_inner(ns: NoiseScheduleVP, outer: list[SchedulePoint], orders: list[
                   model_time: Any) -> list[list[SchedulePoint]]:
     """Intermediate points at λ_s + r h (r = 1/2; 1/3, 2/3), all blocks in one schedule evaluation."""
     fracs = {1: (), 2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
-    lams = []
+    lams: list[float] = []
     for j, o in enumerate(orders):
         s, t = outer[j], outer[j + 1]
         lams.extend(s.lam + r * (t.lam - s.lam) for r in fracs[o])
@@ -1356,7 +1362,7 @@ def _denoised(m: Any, x: Any, p: SchedulePoint, algorithm_type: str) -> Any:
 
 def _register(name: str, *, order: int, method: str, algorithm_type: str, step: Callable,
               formal_order: int | None, doc: str) -> Callable:
-    fixed = {"order": order, "method": method, "algorithm_type": algorithm_type}
+    fixed: dict[str, Any] = {"order": order, "method": method, "algorithm_type": algorithm_type}
 
     def sampler(model: Callable, x: Any, *, noise_schedule: NoiseScheduleVP,
                 steps: int | None = None, noise: Any = None, **options: Any) -> Any:
@@ -1376,7 +1382,7 @@ def _register(name: str, *, order: int, method: str, algorithm_type: str, step: 
     return sampler
 
 
-_SPECS = [
+_SPECS: list[tuple[Any, ...]] = [
     ("dpm_solver_1", 1, "singlestep_fixed", "dpmsolver", dpm_solver_first_update, 1,
      "DPM-Solver-1 (= DDIM), noise prediction (Lu et al. 2022a, Eq. 3.7)."),
     ("dpm_solver_2", 2, "singlestep_fixed", "dpmsolver", singlestep_dpm_solver_second_update, 2,
