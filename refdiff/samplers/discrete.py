@@ -562,6 +562,20 @@ def _stride_base(schedule: Schedule, steps, base_schedule):
     return schedule
 
 
+def _ddim_tables(sched: Schedule, schedule: Schedule, x: Any, *, steps: int | None,
+                 base_schedule: Schedule | None, prev_timestep: str,
+                 final_alpha_bar: Any) -> tuple[_Host, Schedule | None, _Host | None, _Level]:
+    """The host tables of the sampling schedule and of the training schedule, and the final level."""
+    _check_namespace(sched, x)
+    h = _Host(sched)
+    if prev_timestep == "stride":
+        base = _stride_base(schedule, steps, base_schedule)
+    else:
+        base = base_schedule if base_schedule is not None or steps is None else schedule
+    base_h = _Host(base) if base is not None else None
+    return h, base, base_h, _final_level(h, sched, final_alpha_bar, base, base_h)
+
+
 def _ddim_prev_levels(h, sched, levels, prev_timestep, final, base, base_h):
     """For each level i in ``levels``: (ᾱ of the level it steps to, whether that level is the schedule's own)."""
     n = sched.num_timesteps
@@ -643,12 +657,10 @@ def sample_ddim(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any =
     stop = check_int("stop", stop, minimum=-1)
     if start > n - 1 or stop >= start:
         fail("start", start, f"expected n-1 >= start > stop >= -1 with n={n} (stop={stop})")
-    _check_namespace(sched, x_T)
-    h = _Host(sched)
-    base = (_stride_base(schedule, steps, base_schedule) if prev_timestep == "stride"
-            else base_schedule if base_schedule is not None or steps is None else schedule)
-    base_h = _Host(base) if base is not None else None
-    final = _final_level(h, sched, final_alpha_bar, base, base_h)
+    h, base, base_h, final = _ddim_tables(sched, schedule, x_T, steps=steps,
+                                          base_schedule=base_schedule,
+                                          prev_timestep=prev_timestep,
+                                          final_alpha_bar=final_alpha_bar)
     levels = range(start, stop, -1)
     prevs = _ddim_prev_levels(h, sched, levels, prev_timestep, final, base, base_h)
     plan: list[Any] = []
@@ -812,12 +824,10 @@ def ddim_invert(model: Callable, x0: Array, *, schedule: Schedule, mean_type: st
     stop = n - 1 if stop is None else check_int("stop", stop, minimum=0)
     if stop > n - 1 or start >= stop:
         fail("stop", stop, f"expected -1 <= start < stop <= n-1 with n={n} (start={start})")
-    _check_namespace(sched, x0)
-    h = _Host(sched)
-    base = (_stride_base(schedule, steps, base_schedule) if prev_timestep == "stride"
-            else base_schedule if base_schedule is not None or steps is None else schedule)
-    base_h = _Host(base) if base is not None else None
-    final = _final_level(h, sched, final_alpha_bar, base, base_h)
+    h, base, base_h, final = _ddim_tables(sched, schedule, x0, steps=steps,
+                                          base_schedule=base_schedule,
+                                          prev_timestep=prev_timestep,
+                                          final_alpha_bar=final_alpha_bar)
     plan: list[Any] = []
     for j in range(start, stop):
         nxt = _level(h, j + 1, final)
