@@ -1158,6 +1158,11 @@ def sample_dpm_solver(model: Callable, x: Any, *, noise_schedule: NoiseScheduleV
                       progress: Callable | None = None) -> Any:
     """DPM-Solver / DPM-Solver++ sampling from t_start to t_end (Lu et al. 2022a, §3; 2022b, §4), as DPM-Solver's ``sample``.
 
+    With the same settings it reproduces DPM-Solver's ``DPM_Solver.sample``, except that its
+    single-step methods on a ``time_uniform`` or ``time_quadratic`` grid place the intermediate
+    points on that grid: give ``intermediate="grid"`` for those (the default puts them at the λ
+    fractions of the papers). The rows of docs/PEERS.md map diffusers' and k-diffusion's calls.
+
     Parameters
     ----------
     model : callable
