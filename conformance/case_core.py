@@ -81,6 +81,53 @@ for _n in ("x0_from_output", "eps_from_output"):
 
 
 @st.composite
+def _prediction(draw):
+    """f(out, x, α, σ, prediction) at x = α·x0 + σ·ε, with α² + σ² = 1 or σ from a VE-like scale."""
+    shape = draw(rs.batch_shapes(), label="shape")
+    alpha = draw(st.sampled_from((1.0, 0.999, 0.8, 0.3, 1e-3)), label="alpha")
+    sigma = draw(st.sampled_from(("vp", 0.05, 2.0, 80.0)), label="sigma")
+    sigma = float(np.sqrt(1.0 - alpha * alpha)) if sigma == "vp" else float(sigma)
+    if sigma == 0.0:
+        sigma = 1e-3
+    return call(draw(rs.data(shape), label="out"), draw(rs.data(shape), label="x"), alpha, sigma,
+                Raw(draw(st.sampled_from(("eps", "x0", "v", "score", "flow")), label="type")))
+
+
+for _n in ("x0_from_prediction", "eps_from_prediction"):
+    register_case(Case(f"parameterizations.{_n}", f"refdiff.parameterizations:{_n}",
+                       inputs=lambda dtype: _prediction()))
+
+
+def _level(schedule, t):
+    """The host-float coefficients of one timestep, read from the side's own tables."""
+    from refdiff.parameterizations import level_coefficients
+    return level_coefficients(schedule, t)
+
+
+@st.composite
+def _output_at(draw, eps_from_x0: bool):
+    s = draw(rs.schedules(), label="schedule")
+    shape = draw(rs.batch_shapes(), label="shape")
+    t = draw(st.integers(0, s.num_timesteps - 1), label="t")
+    c = Build(_level, (s, Raw(t)))
+    a, b = draw(rs.data(shape), label="a"), draw(rs.data(shape), label="b")
+    if eps_from_x0:
+        return call(a, b, c)
+    # "mean" is the name x0_from_output_at accepts for the posterior-mean output ("mu" elsewhere)
+    return call(a, b, c, Raw(draw(st.sampled_from(("eps", "x0", "v", "mean")),
+                                  label="mean_type")))
+
+
+register_case(Case("parameterizations.x0_from_output_at",
+                   "refdiff.parameterizations:x0_from_output_at",
+                   inputs=lambda dtype: _output_at(False), covers=(
+                       "parameterizations.level_coefficients",
+                       "parameterizations.LevelCoefficients")))
+register_case(Case("parameterizations.eps_from_x0_at", "refdiff.parameterizations:eps_from_x0_at",
+                   inputs=lambda dtype: _output_at(True)))
+
+
+@st.composite
 def _coefficient(draw):
     s, shape, t = draw(setting(), label="setting")
     name = draw(st.sampled_from(S.TABLE_NAMES), label="table")

@@ -108,6 +108,20 @@ def _round_args(dtype: str) -> list[float]:
             1e30, -1e30, 2.0 ** 40 + 0.5, -(2.0 ** 40 + 0.5)]
 
 
+def _pow_pairs(dtype: str) -> tuple[list[float], list[float]]:
+    big, _, sub, _ = limits(dtype)
+    xs = [0.0, 0.0, -0.0, 1.0, 1.0, 2.0, 2.0, 0.5, 10.0, 1e-30, math.inf, math.inf, math.nan,
+          1.0, sub, big, 3.0, 100.0, 0.25, 7.0]
+    ys = [0.0, 2.0, 0.5, math.nan, math.inf, -1.0, 0.5, 200.0, 38.0, 7.0, -1.0, 0.5, 0.0,
+          1e30, 0.5, 0.5, 1.0 / 7.0, 0.01, 0.75, -3.0]
+    return xs, ys
+
+
+def _trig_args(dtype: str) -> list[float]:
+    return [math.pi / 2, -math.pi / 2, math.pi, 2 * math.pi, 100.0, 999.0, 1000.0, 1e4, -1e4,
+            0.7853981633974483, 1e-10, -1e-10]
+
+
 def _erf(xp, x):
     from refdiff import _xp
     return _xp.erf(x)
@@ -151,7 +165,13 @@ FUNCTIONS: dict[str, EdgeFunction] = {f.name: f for f in [
     EdgeFunction("round", lambda xp, x: xp.round(x), np.round, _vals(_round_args)),
     EdgeFunction("floor", lambda xp, x: xp.floor(x), np.floor, _vals(_round_args)),
     EdgeFunction("clip", _clip, lambda x: np.clip(x, -1.0, 1.0), _vals(), signed_zero=False),
-    EdgeFunction("abs", lambda xp, x: xp.abs(x), np.abs, _vals()),
+    EdgeFunction("abs", lambda xp, x: xp.abs(x), np.abs, _vals(), signed_zero=False),
+    EdgeFunction("pow", lambda xp, x, y: xp.pow(x, y), np.power, _pow_pairs),
+    EdgeFunction("sin", lambda xp, x: xp.sin(x), np.sin, _vals(_trig_args)),
+    EdgeFunction("cos", lambda xp, x: xp.cos(x), np.cos, _vals(_trig_args)),
+    EdgeFunction("isnan", lambda xp, x: xp.isnan(x), np.isnan, _vals(), signed_zero=False),
+    EdgeFunction("isfinite", lambda xp, x: xp.isfinite(x), np.isfinite, _vals(),
+                 signed_zero=False),
 ]}
 
 

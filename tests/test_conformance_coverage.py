@@ -28,6 +28,8 @@ EXEMPT = {
     "losses.UniformSampler", "losses.LossSecondMomentResampler",
     # validation / conversion of a host float guidance weight
     "guidance.check_scale", "guidance.cfg_weight",
+    # validation of a prediction-type name (a string in, a string out)
+    "parameterizations.prediction_type",
 }
 
 
@@ -65,8 +67,11 @@ def test_a_newly_registered_sampler_is_checked_without_new_test_code():
     from refdiff.samplers import _REGISTRY, register_sampler
     from refdiff.samplers.discrete import ddim_sample, ddim_step
 
+    def sample_coverage_probe(*args, **kwargs):
+        return ddim_sample(*args, **kwargs)
+
     register_sampler("coverage_probe", family="discrete", stochastic=False,
-                     step=ddim_step)(ddim_sample)
+                     step=ddim_step)(sample_coverage_probe)
     try:
         assert "samplers.coverage_probe" in all_cases()
     finally:
@@ -80,3 +85,41 @@ def test_a_newly_registered_schedule_is_checked_without_new_test_code():
         assert "schedules.coverage_probe" in all_cases()
     finally:
         schedules._REGISTRY.pop("coverage_probe", None)
+
+
+#: Elementwise math functions of the array API standard (the ones whose edge values matter).
+ELEMENTWISE_MATH = {
+    "abs", "acos", "acosh", "asin", "asinh", "atan", "atan2", "atanh", "cbrt", "ceil", "clip",
+    "copysign", "cos", "cosh", "divide", "exp", "expm1", "floor", "floor_divide", "hypot",
+    "isfinite", "isinf", "isnan", "log", "log1p", "log2", "log10", "logaddexp", "maximum",
+    "minimum", "nextafter", "pow", "reciprocal", "remainder", "round", "sign", "signbit", "sin",
+    "sinh", "sqrt", "square", "tan", "tanh", "trunc",
+}
+
+
+def _namespace_calls() -> set[str]:
+    """Names ``xp.<name>(`` called anywhere in the reference's source."""
+    import re
+    from pathlib import Path
+
+    import refdiff
+    root = Path(refdiff.__file__).parent
+    found: set[str] = set()
+    for path in root.rglob("*.py"):
+        found.update(re.findall(r"\bxp\.([a-z_0-9]+)\(", path.read_text(encoding="utf-8")))
+    return found
+
+
+def test_every_elementwise_function_the_reference_calls_has_edge_values():
+    from refdiff.conformance.edges import FUNCTIONS
+    used = _namespace_calls() & ELEMENTWISE_MATH
+    missing = used - set(FUNCTIONS)
+    assert not missing, (f"the reference calls xp.{', xp.'.join(sorted(missing))} but "
+                         "refdiff/conformance/edges.py has no edge values for them")
+    assert {"erf", "erfc"} <= set(FUNCTIONS)           # through refdiff._xp (not xp.)
+
+
+def test_functions_listed_out_of_scope_are_never_called():
+    from tests.test_sensitivity import NEVER_CALLED
+    called = _namespace_calls() & NEVER_CALLED
+    assert not called, f"listed out of scope as never called, but the reference calls {called}"
