@@ -37,7 +37,7 @@ PREDICTION_ALIASES = {
 }
 
 #: The predictions the (α, σ) conversions accept: those of :data:`PREDICTION_TYPES` without μ, and
-#: the flow-matching velocity u = ε − x0 (Lipman et al. 2023, Eq. 23 with σ_min = 0; Liu et al.
+#: the flow-matching velocity u = ε − x0 (Lipman et al. 2023, §4.1 with σ_min = 0; Liu et al.
 #: 2023, Eq. 1: dx/dt of x_t = (1 − t)·x0 + t·ε), named "flow" (diffusers' "flow_prediction")
 #: because refdiff's "v" is Salimans & Ho's α·ε − σ·x0.
 CONTINUOUS_PREDICTION_TYPES = ("eps", "x0", "v", "score", "flow")

@@ -1,8 +1,8 @@
 """DEIS: the diffusion exponential integrator sampler with multistep polynomial extrapolation of ε̂.
 
 Zhang & Chen (2023), "Fast Sampling of Diffusion Models with Exponential Integrator"
-(arXiv:2204.13902; the exponential integrator Eq. 9 / Prop. 2, the multistep ρAB-DEIS of §4 and
-Eq. 15, where in ρ = σ_t/α_t the probability-flow ODE is dy/dρ = ε̂ for y = x/α). The model
+(arXiv:2204.13902; the exponential integrator of §3 and the multistep ρAB-DEIS of §4, where in
+ρ = σ_t/α_t the probability-flow ODE is dy/dρ = ε̂ for y = x/α). The model
 values at the last p grid points are interpolated by a polynomial and the ODE is integrated
 exactly against it:
 
@@ -53,7 +53,7 @@ def lagrange_basis(nodes) -> list[np.ndarray]:
 
 def deis_coefficients(levels: list[Level], k: int, order: int, *,
                       solver_type: str = "logrho") -> tuple[float, list[float]]:
-    """(c_x, [w_0, …, w_{p−1}]) of one DEIS-p step x_{k+1} = c_x·x_k + Σ_j w_j·ε̂_{k−j} (Zhang & Chen 2023, Eq. 15)."""
+    """(c_x, [w_0, …, w_{p−1}]) of one DEIS-p step x_{k+1} = c_x·x_k + Σ_j w_j·ε̂_{k−j} (Zhang & Chen 2023, §4)."""
     check_choice("solver_type", solver_type, SOLVER_TYPES, "DEIS solver type")
     order = check_int("order", order, minimum=1)
     if order > 3 or order > k + 1:
@@ -77,7 +77,7 @@ def deis_coefficients(levels: list[Level], k: int, order: int, *,
 
 
 def deis_update(x, c_x: float, weights, eps_list):
-    """c_x·x + Σ_j w_j·ε̂_j: one DEIS step from its host-float coefficients (Zhang & Chen 2023, Eq. 15)."""
+    """c_x·x + Σ_j w_j·ε̂_j: one DEIS step from its host-float coefficients (Zhang & Chen 2023, §4)."""
     if len(weights) != len(eps_list):
         fail("weights", weights, f"expected one weight per model value ({len(eps_list)})")
     out = x * c_x

@@ -1,11 +1,11 @@
 """Flow matching / rectified flow: the straight path x_t = (1 − t)·x0 + t·ε and its Euler and Heun samplers.
 
 Lipman, Chen, Ben-Hamu, Nickel & Le (2023), "Flow Matching for Generative Modeling"
-(arXiv:2210.02747; the conditional optimal-transport path, Eqs. 20–23, with σ_min = 0); Liu, Gong
+(arXiv:2210.02747, §4.1: the conditional optimal-transport path with σ_min = 0); Liu, Gong
 & Liu (2023), "Flow Straight and Fast: Learning to Generate and Transfer Data with Rectified
 Flow" (arXiv:2209.03003; Eq. 1: X_t = t·X1 + (1 − t)·X0 and the velocity X1 − X0, here with
 data at t = 0 and noise at t = 1 as Stable Diffusion 3); Esser et al. (2024), "Scaling Rectified
-Flow Transformers for High-Resolution Image Synthesis" (arXiv:2403.03206; §5.3.2, Eq. 23: the
+Flow Transformers for High-Resolution Image Synthesis" (arXiv:2403.03206, §5.3.2: the
 resolution-dependent timestep shift t' = s·t/(1 + (s − 1)·t)).
 
 The path is a diffusion path with α_t = 1 − t and σ_t = t, so λ_t = log((1 − t)/t) and every
@@ -62,7 +62,7 @@ MODEL_TIMES = ("continuous", "diffusers")
 # --------------------------------------------------------------------------------------------
 
 def shift_time(t, shift: float):
-    """t' = s·t/(1 + (s − 1)·t) (Esser et al. 2024, Eq. 23; diffusers' ``shift``); fixes 0 and 1."""
+    """t' = s·t/(1 + (s − 1)·t) (Esser et al. 2024, §5.3.2; diffusers' ``shift``); fixes 0 and 1."""
     s = check_real("shift", shift, lo=0.0, lo_open=True)
     a = np.asarray(t, dtype=np.float64)
     out = s * a / (1.0 + (s - 1.0) * a)
@@ -111,7 +111,7 @@ def _out(v, like):
 
 @dataclass(frozen=True, eq=False)
 class FlowSchedule:
-    """The rectified-flow path α_t = 1 − t, σ_t = t on t ∈ [0, 1] (Liu et al. 2023, Eq. 1; Lipman et al. 2023, Eq. 20 with σ_min = 0).
+    """The rectified-flow path α_t = 1 − t, σ_t = t on t ∈ [0, 1] (Liu et al. 2023, Eq. 1; Lipman et al. 2023, §4.1 with σ_min = 0).
 
     Host-side (NumPy float64) like :class:`~refdiff.samplers.dpm_solver.NoiseScheduleVP`: the
     methods take a float or a NumPy array of times and return the same. It has the marginal
@@ -191,7 +191,7 @@ def _check_fs(noise_schedule) -> FlowSchedule:
 
 def flow_time_steps(noise_schedule: FlowSchedule, steps: int, *, spacing: str = "uniform",
                     t_start: float = 1.0, t_end: float = 0.0) -> np.ndarray:
-    """steps + 1 decreasing path times: uniform in the unshifted time and shifted (Esser et al. 2024, Eq. 23), or diffusers' grids.
+    """steps + 1 decreasing path times: uniform in the unshifted time and shifted (Esser et al. 2024, §5.3.2), or diffusers' grids.
 
     See the module docstring for ``spacing``; ``t_start`` and ``t_end`` apply to "uniform".
     """
@@ -237,7 +237,7 @@ def _grid(fs: FlowSchedule, steps: int, spacing: str, t_start, t_end, timesteps)
 # --------------------------------------------------------------------------------------------
 
 def velocity_from_prediction(out, x, t: float, prediction: str = "flow"):
-    """u = ε̂ − x̂0 at path time t from a prediction of any type (Lipman et al. 2023, Eq. 23; α = 1 − t, σ = t)."""
+    """u = ε̂ − x̂0 at path time t from a prediction of any type (Lipman et al. 2023, §4.1; α = 1 − t, σ = t)."""
     prediction = prediction_type(prediction, "prediction_type", CONTINUOUS_PREDICTION_TYPES)
     if prediction == "flow":
         return out

@@ -5,11 +5,12 @@ Liu, Ren, Lin & Zhao (2022), "Pseudo Numerical Methods for Diffusion Models on M
 
     φ(x_t, ε, t, t−δ) = √(ᾱ_{t−δ}/ᾱ_t)·x_t − (ᾱ_{t−δ} − ᾱ_t)·ε / (ᾱ_t·√(1−ᾱ_{t−δ}) + √(ᾱ_t(1−ᾱ_t)ᾱ_{t−δ}))
 
-(Eq. 11, the DDIM update written without cancellation), and the *gradient part* chooses ε:
-PRK (Eq. 13) evaluates the model at t, twice at the midpoint t − δ/2 and at t − δ and uses
-ε' = (e1 + 2e2 + 2e3 + e4)/6; PLMS (Eq. 12) uses the Adams–Bashforth combination
+(Eq. 9, the DDIM update written without cancellation), and the *gradient part* chooses ε:
+PRK evaluates the model at t, twice at the midpoint t − δ/2 and at t − δ and uses
+ε' = (e1 + 2e2 + 2e3 + e4)/6; PLMS uses the Adams–Bashforth combination
 ε' = (55e_t − 59e_{t+δ} + 37e_{t+2δ} − 9e_{t+3δ})/24 of the last four model values. PNDM runs
-PRK for the first three steps and PLMS after (Alg. 2, F-PNDM's warm-up); with
+PRK for the first three steps and PLMS after (§3; the paper shows the pseudo methods converge
+with order 2, as DDIM with order 1); with
 ``skip_prk_steps`` the first step is the pseudo improved Euler step ε' = (e_t + e_{t−δ})/2 and
 the next ones Adams–Bashforth of orders 2 and 3 (diffusers' ``skip_prk_steps=True``, the PLMS
 sampler of latent diffusion). All coefficients are host floats computed once per call from the
@@ -48,7 +49,7 @@ __all__ = ["FINAL_ALPHA_BAR", "SPACINGS", "PLMS_WEIGHTS", "transfer_coefficients
 FINAL_ALPHA_BAR = ("one", "alpha_bar_0")
 SPACINGS = DIFFUSERS_SPACINGS
 #: Adams–Bashforth weights of the pseudo linear multistep method by number of model values,
-#: newest first (Liu et al. 2022, Eq. 12 and its lower-order starts).
+#: newest first (Liu et al. 2022, §3, and its lower-order starts).
 PLMS_WEIGHTS = {1: (1.0,), 2: (1.5, -0.5), 3: (23.0 / 12.0, -16.0 / 12.0, 5.0 / 12.0),
                 4: (55.0 / 24.0, -59.0 / 24.0, 37.0 / 24.0, -9.0 / 24.0)}
 
@@ -65,7 +66,7 @@ class _Lv(NamedTuple):
 def transfer_coefficients(ab_t: float, ab_prev: float, *, one_minus_ab_t: float | None = None,
                           one_minus_ab_prev: float | None = None, log_ab_t: float | None = None,
                           log_ab_prev: float | None = None) -> tuple[float, float]:
-    """(c_x, c_ε) of the transfer part x_prev = c_x·x_t − c_ε·ε (Liu et al. 2022, Eq. 11).
+    """(c_x, c_ε) of the transfer part x_prev = c_x·x_t − c_ε·ε (Liu et al. 2022, Eq. 9).
 
     c_x = √(ᾱ_prev/ᾱ_t), c_ε = (ᾱ_prev − ᾱ_t)/(ᾱ_t·√(1−ᾱ_prev) + √(ᾱ_t(1−ᾱ_t)ᾱ_prev)); the
     difference ᾱ_prev − ᾱ_t is formed as ᾱ_prev·(−expm1(log ᾱ_t − log ᾱ_prev)) when the logs
@@ -87,18 +88,18 @@ def transfer_coefficients(ab_t: float, ab_prev: float, *, one_minus_ab_t: float 
 
 
 def pndm_transfer(x, eps, c_x: float, c_eps: float):
-    """φ(x_t, ε, t, t−δ) = c_x·x_t − c_ε·ε from :func:`transfer_coefficients` (Liu et al. 2022, Eq. 11)."""
+    """φ(x_t, ε, t, t−δ) = c_x·x_t − c_ε·ε from :func:`transfer_coefficients` (Liu et al. 2022, Eq. 9)."""
     check_output(eps, x, name="eps")
     return c_x * x - c_eps * eps
 
 
 def prk_epsilon(e1, e2, e3, e4):
-    """ε' = (e1 + 2·e2 + 2·e3 + e4)/6, the pseudo Runge–Kutta combination (Liu et al. 2022, Eq. 13)."""
+    """ε' = (e1 + 2·e2 + 2·e3 + e4)/6, the pseudo Runge–Kutta combination (Liu et al. 2022, §3)."""
     return (e1 + 2.0 * (e2 + e3) + e4) * (1.0 / 6.0)
 
 
 def plms_epsilon(eps_newest_first):
-    """ε' = Σ_k w_k·e_k with the Adams–Bashforth weights of :data:`PLMS_WEIGHTS` (Liu et al. 2022, Eq. 12)."""
+    """ε' = Σ_k w_k·e_k with the Adams–Bashforth weights of :data:`PLMS_WEIGHTS` (Liu et al. 2022, §3)."""
     w = PLMS_WEIGHTS.get(len(eps_newest_first))
     if w is None:
         fail("eps_newest_first", len(eps_newest_first), "expected 1 to 4 model values")
@@ -174,7 +175,7 @@ def sample_pndm(model: Callable, x_T, *, schedule, steps: int | None = None,
                 skip_prk_steps: bool = False, final_alpha_bar="one",
                 base_schedule: Schedule | None = None, mean_type: str = "eps", noise=None,
                 callback: Callable | None = None, progress: Callable | None = None):
-    """PNDM sampling x_T -> x_0: three pseudo Runge–Kutta steps, then pseudo linear multistep (Liu et al. 2022, Alg. 2, Eqs. 11–13).
+    """PNDM sampling x_T -> x_0: three pseudo Runge–Kutta steps, then pseudo linear multistep (Liu et al. 2022, §3, Eq. 9).
 
     Parameters
     ----------
@@ -259,7 +260,7 @@ def sample_pndm(model: Callable, x_T, *, schedule, steps: int | None = None,
     for k in range(n):
         e = eps_at(x, lv[k])
         tell(k, x, e)
-        if k < n_prk:                                   # pseudo Runge–Kutta (Eq. 13)
+        if k < n_prk:                                   # pseudo Runge–Kutta
             ets.append(e)
             x1 = pndm_transfer(x, e, *mid_c[k])
             e2 = eps_at(x1, mid[k])
@@ -272,7 +273,7 @@ def sample_pndm(model: Callable, x_T, *, schedule, steps: int | None = None,
             ets.append(e)
             x1 = pndm_transfer(x, e, *step_c[0])
             x = pndm_transfer(x, 0.5 * (e + eps_at(x1, lv[1])), *step_c[0])
-        else:                                           # pseudo linear multistep (Eq. 12)
+        else:                                           # pseudo linear multistep
             ets = (ets + [e])[-4:]
             x = pndm_transfer(x, plms_epsilon(ets[::-1]), *step_c[k])
     return x
@@ -280,7 +281,7 @@ def sample_pndm(model: Callable, x_T, *, schedule, steps: int | None = None,
 
 @register_sampler("plms", family="discrete", stochastic=False, order=2.0, step=pndm_transfer)
 def sample_plms(model: Callable, x_T, *, schedule, noise=None, **options):
-    """PLMS: :func:`sample_pndm` with ``skip_prk_steps=True`` (Liu et al. 2022, Eq. 12 after one pseudo improved Euler step)."""
+    """PLMS: :func:`sample_pndm` with ``skip_prk_steps=True`` (Liu et al. 2022, §3: PLMS after one pseudo improved Euler step)."""
     if "skip_prk_steps" in options:
         fail("skip_prk_steps", options["skip_prk_steps"], "the sampler 'plms' fixes "
              "skip_prk_steps=True; call sample_pndm for the PRK warm-up")

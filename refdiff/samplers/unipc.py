@@ -1,15 +1,15 @@
 """UniPC: the unified predictor (UniP) and corrector (UniC) of Zhao et al. for the diffusion ODE in λ.
 
 Zhao, Bai, Rao, Zhou & Lu (2023), "UniPC: A Unified Predictor-Corrector Framework for Fast
-Sampling of Diffusion Models" (arXiv:2302.04867; UniC-p Alg. 1, UniP-p Alg. 2, the B(h) choices
-of §3.3 / Appendix: B1(h) = h ("bh1") and B2(h) = e^h − 1 ("bh2"), the multistep UniPC of
-Alg. 3). With h = λ_t − λ_s, r_i = (λ_{s_i} − λ_s)/h for the earlier points and
+Sampling of Diffusion Models" (arXiv:2302.04867, §3: the corrector UniC-p, the predictor UniP-p,
+their multistep combination UniPC-p, and the choices B1(h) = h ("bh1") and B2(h) = e^h − 1
+("bh2")). With h = λ_t − λ_s, r_i = (λ_{s_i} − λ_s)/h for the earlier points and
 D_i = (m_{s_i} − m_s)/r_i, one UniP-p step in the data-prediction form is
 
     x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) m_s − α_t B(h) Σ_{i<p} a_i D_i,
 
 with a = R_{p−1}^{−1} g / B(h) (R the Vandermonde matrix of the r_i, g_k = k!·φ_{k+1}(−h)·h^k
-as in Theorem 3.1) — a = 1/2 at p = 2, the peers' choice — and UniC-p recomputes the same update
+the paper's order conditions) — a = 1/2 at p = 2, the peers' choice — and UniC-p recomputes the same update
 with the model value m_t at the predicted x_t as one more point (r = 1), raising the order by one
 at no extra model evaluation. The noise-prediction form swaps (σ, −h) for (α, h). Every
 coefficient is a host float computed in float64 once per call; the loop only combines arrays.
@@ -51,7 +51,7 @@ ALGORITHM_TYPES = ("data_prediction", "noise_prediction")
 
 
 def _common(levels: list[Level], k: int, order: int, variant: str, algorithm_type: str):
-    """(c_x, K1, K, rks, b, R) of the step from level k to k+1 (Zhao et al. 2023, Alg. 1-2)."""
+    """(c_x, K1, K, rks, b, R) of the step from level k to k+1 (Zhao et al. 2023, §3)."""
     s, t = levels[k], levels[k + 1]
     data = algorithm_type == "data_prediction"
     h = t.lam - s.lam
@@ -75,7 +75,7 @@ def _to_clean(levels: list[Level], k: int, algorithm_type: str) -> tuple[float, 
 
 def unip_coefficients(levels: list[Level], k: int, order: int, *, variant: str = "bh2",
                       algorithm_type: str = "data_prediction") -> tuple[float, list[float]]:
-    """(c_x, [w_0, …, w_{p−1}]) of one UniP-p step x_{k+1} = c_x·x_k + Σ_j w_j·m_{k−j} (Zhao et al. 2023, Alg. 2).
+    """(c_x, [w_0, …, w_{p−1}]) of one UniP-p step x_{k+1} = c_x·x_k + Σ_j w_j·m_{k−j} (Zhao et al. 2023, §3, UniP-p).
 
     ``levels`` are the solver's grid (:func:`refdiff.samplers._vp_levels.vp_levels`); m_{k−j} are
     the data (or noise) predictions at the earlier levels; a = 1/2 at p = 2.
@@ -100,7 +100,7 @@ def unip_coefficients(levels: list[Level], k: int, order: int, *, variant: str =
 
 def unic_coefficients(levels: list[Level], k: int, order: int, *, variant: str = "bh2",
                       algorithm_type: str = "data_prediction") -> tuple[float, list[float]]:
-    """(c_x, [w_0, …, w_{p−1}, w_t]) of the UniC-p correction of x_{k+1} (Zhao et al. 2023, Alg. 1).
+    """(c_x, [w_0, …, w_{p−1}, w_t]) of the UniC-p correction of x_{k+1} (Zhao et al. 2023, §3, UniC-p).
 
     x^c_{k+1} = c_x·x_k + Σ_j w_j·m_{k−j} + w_t·m_{k+1}, with m_{k+1} the model value at the
     predicted x_{k+1}; a_c = R_p^{−1} g/B(h) (a_c = 1/2 at p = 1, the trapezoidal rule).
@@ -119,7 +119,7 @@ def unic_coefficients(levels: list[Level], k: int, order: int, *, variant: str =
 
 
 def unipc_update(x, c_x: float, weights, models):
-    """c_x·x + Σ_j w_j·m_j: one UniP or UniC update from its host-float coefficients (Zhao et al. 2023, Algs. 1-2)."""
+    """c_x·x + Σ_j w_j·m_j: one UniP or UniC update from its host-float coefficients (Zhao et al. 2023, §3)."""
     if len(weights) != len(models):
         fail("weights", weights, f"expected one weight per model value ({len(models)})")
     out = x * c_x if c_x != 0.0 else None
@@ -135,7 +135,7 @@ def sample_unipc(model: Callable, x, *, noise_schedule, steps: int, order: int =
                  final_sigma: str = "t_end", lower_order_final: str = "always",
                  use_corrector: bool = True, disable_corrector=(), model_time: Any = "continuous",
                  noise=None, callback: Callable | None = None, progress: Callable | None = None):
-    """Multistep UniPC-p sampling from t_start to t_end (Zhao et al. 2023, Alg. 3; UniP-p predictor, UniC-p corrector).
+    """Multistep UniPC-p sampling from t_start to t_end (Zhao et al. 2023, §3; UniP-p predictor, UniC-p corrector).
 
     Parameters
     ----------
@@ -237,7 +237,7 @@ def _variant_sampler(variant: str) -> Callable:
 
     sampler.__name__ = sampler.__qualname__ = f"sample_unipc_{variant}"
     sampler.__doc__ = (f"Multistep UniPC with B(h) = {'h' if variant == 'bh1' else 'e^h − 1'} "
-                       f"(Zhao et al. 2023, Alg. 3, {variant!r}).\n\nSee :func:`sample_unipc` for the "
+                       f"(Zhao et al. 2023, §3, {variant!r}).\n\nSee :func:`sample_unipc` for the "
                        "options (all but variant); default order 2 with UniC.")
     return sampler
 

@@ -72,7 +72,7 @@ def _poly(deg):
 @pytest.mark.parametrize("variant", U.VARIANTS)
 @pytest.mark.parametrize("p", [2, 3])
 def test_corrector_is_exact_for_degree_p(form, variant, p):
-    """UniC-p integrates model outputs that are polynomials of degree ≤ p in λ exactly (Zhao et al. 2023, Thm. 3.1)."""
+    """UniC-p integrates model outputs that are polynomials of degree ≤ p in λ exactly (Zhao et al. 2023, §3)."""
     k = 4
     poly = _poly(p)
     vals = [poly(LEVELS[k - j].lam - LEVELS[k].lam) for j in range(p)]
