@@ -468,3 +468,19 @@ def test_intermediate_points_grid_versus_lambda():
     g = D.sample_dpm_solver(model, X, skip_type="time_uniform", intermediate="grid", **kw)
     m = D.sample_dpm_solver(model, X, skip_type="time_uniform", intermediate="lambda", **kw)
     assert np.abs(g - m).max() > 1e-6
+
+
+@pytest.mark.parametrize("method", ["multistep", "singlestep"])
+def test_check_finite_stops_at_the_first_bad_step(method):
+    """check_finite() as the callback: a model that returns NaN below t = 0.5 stops the loop at that step."""
+    from refdiff._errors import RefdiffValueError
+    from refdiff.samplers import check_finite
+    good = A.vp_model(DATA, NS, "eps")
+
+    def model(x, t):
+        out = good(x, t)
+        return out * np.nan if float(t[0]) < 0.5 else out
+
+    with pytest.raises(RefdiffValueError, match=r"non-finite values in the .* at step \d+ of \d+ \(t=0\.[0-4]"):
+        D.sample_dpm_solver(model, X, noise_schedule=NS, steps=8, order=2, method=method,
+                            callback=check_finite())
