@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from . import models
 from . import strategies as rs
 from .cases import Case, register_case
-from .strategies import DEVICE, DTYPE, XP, Bind, Build, Raw, call
+from .strategies import DEVICE, DTYPE, XP, Bind, Build, HostArray, Raw, call
 
 __all__: list[str] = []
 
@@ -216,7 +216,8 @@ def _interpolated_grid(draw):
     ab = (linear if draw(st.booleans(), label="linear") else scaled_linear)(T).alphas_cumprod
     n = draw(st.sampled_from((1, 3, 7)), label="n")
     spacing = draw(st.sampled_from(("linspace", "leading", "trailing")), label="timestep_spacing")
-    return call(np.asarray(ab), n, timestep_spacing=spacing,
+    # a host table in (built on the host like every σ grid), a backend array out
+    return call(HostArray(np.asarray(ab)), n, timestep_spacing=spacing,
                 steps_offset=draw(st.sampled_from((0, 1)), label="steps_offset") if spacing == "leading" else 0,
                 append_zero=draw(st.booleans(), label="append_zero"), xp=XP, device=DEVICE,
                 dtype=DTYPE)
