@@ -443,6 +443,8 @@ def _track(it: _Item, report) -> None:
         elif report.failed:
             it.outcome, it.message = "error", _crash_message(report)
     elif report.when == "call":
+        if not it.duration_s:           # checks that do not run a Case (rng.*, edges.*, backend.*)
+            it.duration_s = float(getattr(report, "duration", 0.0) or 0.0)
         if wasx:
             it.outcome = "xfailed" if report.skipped else "xpassed"
             it.message = str(report.wasxfail)
