@@ -72,16 +72,43 @@ from . import register_sampler
 from ._common import StepInfo, batch_full, check_output, step_reporter
 
 __all__ = [
-    "NoiseScheduleVP", "LAMBDA_CLIPS", "LOWER_ORDER_FINAL", "SKIP_TYPES", "MODEL_TYPES",
-    "MODEL_TIMES", "ALGORITHM_TYPES", "SOLVER_TYPES", "METHODS", "D2_SCALES", "WARMUPS",
-    "FINAL_SIGMAS_TYPES", "TIME_UNITS", "INTERMEDIATES", "SECOND_INTERMEDIATES", "phi_1", "phi_2", "phi_3",
-    "get_time_steps", "singlestep_orders", "multistep_step_orders", "SchedulePoint",
-    "schedule_points", "first_order_coefficients", "singlestep_second_coefficients",
-    "singlestep_third_coefficients", "multistep_second_coefficients",
-    "multistep_third_coefficients", "dpm_solver_first_update", "singlestep_dpm_solver_second_update",
-    "singlestep_dpm_solver_third_update", "singlestep_dpm_solver_update",
-    "multistep_dpm_solver_second_update", "multistep_dpm_solver_third_update",
-    "multistep_dpm_solver_update", "sample_dpm_solver", "dpm_solver_sample",
+    "NoiseScheduleVP",
+    "LAMBDA_CLIPS",
+    "LOWER_ORDER_FINAL",
+    "SKIP_TYPES",
+    "MODEL_TYPES",
+    "MODEL_TIMES",
+    "ALGORITHM_TYPES",
+    "SOLVER_TYPES",
+    "METHODS",
+    "D2_SCALES",
+    "WARMUPS",
+    "FINAL_SIGMAS_TYPES",
+    "TIME_UNITS",
+    "INTERMEDIATES",
+    "SECOND_INTERMEDIATES",
+    "phi_1",
+    "phi_2",
+    "phi_3",
+    "get_time_steps",
+    "singlestep_orders",
+    "multistep_step_orders",
+    "SchedulePoint",
+    "schedule_points",
+    "first_order_coefficients",
+    "singlestep_second_coefficients",
+    "singlestep_third_coefficients",
+    "multistep_second_coefficients",
+    "multistep_third_coefficients",
+    "dpm_solver_first_update",
+    "singlestep_dpm_solver_second_update",
+    "singlestep_dpm_solver_third_update",
+    "singlestep_dpm_solver_update",
+    "multistep_dpm_solver_second_update",
+    "multistep_dpm_solver_third_update",
+    "multistep_dpm_solver_update",
+    "sample_dpm_solver",
+    "dpm_solver_sample",
 ]
 
 #: Named λ clips for discrete schedules: DPM-Solver's numerical_clip_alpha (λ ≥ -5.1).
@@ -118,14 +145,15 @@ SECOND_INTERMEDIATES = ("dpm_solver", "diffusers")
 # φ-functions (host floats, float64)
 # --------------------------------------------------------------------------------------------
 
+
 def _exp_tail(h: float, k: int) -> float:
     """(e^h - Σ_{j<k} h^j/j!) / h^(k-1) for k ≥ 1, by its series when |h| < 2 (no cancellation)."""
     term = 1.0
     for j in range(1, k):
-        term /= j                     # term = 1/(k-1)!
+        term /= j  # term = 1/(k-1)!
     total = 0.0
     j = k
-    term = term * h / k               # h^k/k! divided by h^(k-1)
+    term = term * h / k  # h^k/k! divided by h^(k-1)
     while True:
         total += term
         j += 1
@@ -160,6 +188,7 @@ def phi_3(h: float) -> float:
 # --------------------------------------------------------------------------------------------
 # The noise schedule
 # --------------------------------------------------------------------------------------------
+
 
 def _interp(x, xs: np.ndarray, ys: np.ndarray):
     """Piecewise-linear interpolation with linear extrapolation beyond both ends (DPM-Solver's interpolate_fn)."""
@@ -223,13 +252,26 @@ class NoiseScheduleVP:
     def linear(cls, beta_min: float = 0.1, beta_max: float = 20.0) -> NoiseScheduleVP:
         """The linear VP-SDE β(t) = β0 + t(β1 - β0) (Song et al. 2021, Eq. 33; DPM-Solver's 'linear'), through refdiff.sde.VPSDE."""
         from ..sde import VPSDE
+
         sde = VPSDE(beta_min=beta_min, beta_max=beta_max, N=1000)
-        return cls("linear", T=float(sde.T), total_N=1000, beta_min=sde.beta_min,
-                   beta_max=sde.beta_max, sde=sde)
+        return cls(
+            "linear",
+            T=float(sde.T),
+            total_N=1000,
+            beta_min=sde.beta_min,
+            beta_max=sde.beta_max,
+            sde=sde,
+        )
 
     @classmethod
-    def discrete(cls, schedule: Any = None, *, betas: Any = None, alphas_cumprod: Any = None,
-                 clip_lambda: str | float | None = "dpm_solver") -> NoiseScheduleVP:
+    def discrete(
+        cls,
+        schedule: Any = None,
+        *,
+        betas: Any = None,
+        alphas_cumprod: Any = None,
+        clip_lambda: str | float | None = "dpm_solver",
+    ) -> NoiseScheduleVP:
         """A discrete schedule as DPM-Solver's ``NoiseScheduleVP('discrete', ...)`` (Lu et al. 2022a, §3.4).
 
         Parameters
@@ -243,6 +285,7 @@ class NoiseScheduleVP:
             ``"dpm_solver"`` = -5.1 (DPM-Solver's numerical_clip_alpha), a float, or None.
         """
         from .. import schedules as _sched
+
         given = [v is not None for v in (schedule, betas, alphas_cumprod)]
         if sum(given) != 1:
             fail("schedule", schedule, "give exactly one of schedule=, betas=, alphas_cumprod=")
@@ -256,29 +299,40 @@ class NoiseScheduleVP:
         if isinstance(clip_lambda, str):
             clip = LAMBDA_CLIPS.get(clip_lambda)
             if clip is None:
-                raise UnknownNameError(f"clip_lambda={clip_lambda!r} is not a known λ clip; allowed: "
-                                       f"{', '.join(map(repr, LAMBDA_CLIPS))}, a float or None")
+                raise UnknownNameError(
+                    f"clip_lambda={clip_lambda!r} is not a known λ clip; allowed: "
+                    f"{', '.join(map(repr, LAMBDA_CLIPS))}, a float or None"
+                )
         elif clip_lambda is None:
             clip = None
         else:
             clip = check_real("clip_lambda", clip_lambda)
         if clip is not None:
             lam = _lambda_from_log_alpha(log_alpha)
-            drop = int(np.sum(lam < clip))   # λ decreases in n: the dropped entries are trailing
+            drop = int(np.sum(lam < clip))  # λ decreases in n: the dropped entries are trailing
             if drop >= log_alpha.size - 1:
-                fail("clip_lambda", clip_lambda, f"it leaves {log_alpha.size - drop} entries of the "
-                     "schedule; at least 2 are needed")
+                fail(
+                    "clip_lambda",
+                    clip_lambda,
+                    f"it leaves {log_alpha.size - drop} entries of the "
+                    "schedule; at least 2 are needed",
+                )
             if drop:
                 log_alpha = log_alpha[:-drop]
         if log_alpha.size < 2:
             fail("schedule", schedule, "expected at least 2 timesteps for the interpolation")
         if not np.isfinite(log_alpha[-1]):
-            fail("schedule", schedule, "its last ᾱ is 0 (zero terminal SNR): λ = -inf there; use "
-                 "clip_lambda= or start later with lambda_min=")
+            fail(
+                "schedule",
+                schedule,
+                "its last ᾱ is 0 (zero terminal SNR): λ = -inf there; use "
+                "clip_lambda= or start later with lambda_min=",
+            )
         n = log_alpha.size
         t_array = np.arange(1, n + 1, dtype=np.float64) / n
-        return cls("discrete", total_N=n, t_array=t_array, log_alpha_array=log_alpha,
-                   clip_lambda=clip)
+        return cls(
+            "discrete", total_N=n, t_array=t_array, log_alpha_array=log_alpha, clip_lambda=clip
+        )
 
     @classmethod
     def from_sde(cls, sde: Any) -> NoiseScheduleVP:
@@ -341,7 +395,7 @@ class NoiseScheduleVP:
         if self.sde is not None:
             out = np.asarray(self.sde.t_from_lambda(lam_a), dtype=np.float64)
         else:
-            la = -0.5 * np.logaddexp(0.0, -2.0 * lam_a)      # log α = -½ log(1 + e^{-2λ}) (VP)
+            la = -0.5 * np.logaddexp(0.0, -2.0 * lam_a)  # log α = -½ log(1 + e^{-2λ}) (VP)
             out = _interp(la, self.log_alpha_array[::-1].copy(), self.t_array[::-1].copy())
         return _scalar_or_array(out, lam)
 
@@ -359,8 +413,12 @@ class NoiseScheduleVP:
             la, sig, _ = self.marginals(t)
             return sig / np.exp(la)
         if self.kind != "discrete":
-            fail("model_time", convention, f"the {convention!r} discrete model time needs a "
-                 "discrete noise schedule (NoiseScheduleVP.discrete)")
+            fail(
+                "model_time",
+                convention,
+                f"the {convention!r} discrete model time needs a "
+                "discrete noise schedule (NoiseScheduleVP.discrete)",
+            )
         if convention == "dpm_solver":
             return (t - 1.0 / self.total_N) * 1000.0
         n = np.asarray(t, dtype=np.float64) * self.total_N - 1.0
@@ -370,14 +428,19 @@ class NoiseScheduleVP:
 
 def _check_ns(noise_schedule: Any) -> NoiseScheduleVP:
     if not isinstance(noise_schedule, NoiseScheduleVP):
-        fail("noise_schedule", noise_schedule, "expected a refdiff.samplers.dpm_solver."
-             "NoiseScheduleVP (NoiseScheduleVP.linear(), .discrete(schedule) or .from_sde(sde))")
+        fail(
+            "noise_schedule",
+            noise_schedule,
+            "expected a refdiff.samplers.dpm_solver."
+            "NoiseScheduleVP (NoiseScheduleVP.linear(), .discrete(schedule) or .from_sde(sde))",
+        )
     return noise_schedule
 
 
 # --------------------------------------------------------------------------------------------
 # Schedule points: the host floats a step needs at one time
 # --------------------------------------------------------------------------------------------
+
 
 class SchedulePoint(NamedTuple):
     """The schedule at one time, as host floats: t, log α, α, σ, λ, σ/α and the model's input time."""
@@ -396,7 +459,9 @@ def _zero_point() -> SchedulePoint:
     return SchedulePoint(0.0, 0.0, 1.0, 0.0, math.inf, 0.0, 0.0)
 
 
-def _model_times(ns: NoiseScheduleVP, ts: np.ndarray, sve: np.ndarray, model_time: Any) -> list[float]:
+def _model_times(
+    ns: NoiseScheduleVP, ts: np.ndarray, sve: np.ndarray, model_time: Any
+) -> list[float]:
     if callable(model_time):
         return [float(model_time(float(t))) for t in ts]
     if model_time == "sigma":
@@ -404,8 +469,13 @@ def _model_times(ns: NoiseScheduleVP, ts: np.ndarray, sve: np.ndarray, model_tim
     return [float(v) for v in np.atleast_1d(ns.model_input_time(ts, model_time))]
 
 
-def schedule_points(noise_schedule: NoiseScheduleVP, times: Any, *, model_time: Any = "continuous",
-                    sigmas: Any = None) -> list[SchedulePoint]:
+def schedule_points(
+    noise_schedule: NoiseScheduleVP,
+    times: Any,
+    *,
+    model_time: Any = "continuous",
+    sigmas: Any = None,
+) -> list[SchedulePoint]:
     """The schedule at every time of ``times`` in one vectorised evaluation (the step plan's inputs).
 
     With ``sigmas`` (σ/α on the variance-exploding scale, one per time) λ = -log σ and σ_t = α_t·σ
@@ -421,7 +491,7 @@ def schedule_points(noise_schedule: NoiseScheduleVP, times: Any, *, model_time: 
         sve = np.atleast_1d(np.asarray(sigmas, dtype=np.float64))
         with np.errstate(divide="ignore"):
             lam = -np.log(sve)
-        if _is_vp(ns):                       # α² + σ² = 1: α = (1 + σ²)^(-1/2) from the grid itself
+        if _is_vp(ns):  # α² + σ² = 1: α = (1 + σ²)^(-1/2) from the grid itself
             la = -0.5 * np.log1p(sve * sve)
             alpha = np.array([math.exp(float(v)) for v in la])
         sig = alpha * sve
@@ -434,14 +504,24 @@ def schedule_points(noise_schedule: NoiseScheduleVP, times: Any, *, model_time: 
         if sve[k] == 0.0:
             out.append(_zero_point()._replace(model_t=tin[k]))
         else:
-            out.append(SchedulePoint(float(ts[k]), float(la[k]), float(alpha[k]),
-                                     float(sig[k]), float(lam[k]), float(sve[k]), tin[k]))
+            out.append(
+                SchedulePoint(
+                    float(ts[k]),
+                    float(la[k]),
+                    float(alpha[k]),
+                    float(sig[k]),
+                    float(lam[k]),
+                    float(sve[k]),
+                    tin[k],
+                )
+            )
     return out
 
 
 def _is_vp(ns: NoiseScheduleVP) -> bool:
     """Whether α_t² + σ_t² = 1 (linear and discrete schedules, refdiff.sde.VPSDE)."""
     from ..sde import VPSDE
+
     return ns.kind in ("linear", "discrete") or isinstance(ns.sde, VPSDE)
 
 
@@ -456,8 +536,10 @@ def _point(ns: NoiseScheduleVP, t: float | None, name: str = "t") -> SchedulePoi
 # Time grids
 # --------------------------------------------------------------------------------------------
 
-def get_time_steps(noise_schedule: NoiseScheduleVP, skip_type: str, t_T: float, t_0: float,
-                   N: int) -> np.ndarray:
+
+def get_time_steps(
+    noise_schedule: NoiseScheduleVP, skip_type: str, t_T: float, t_0: float, N: int
+) -> np.ndarray:
     """N + 1 times from t_T down to t_0: uniform in t, in λ ("logSNR") or in √t (Lu et al. 2022a, §3.3)."""
     ns = _check_ns(noise_schedule)
     check_choice("skip_type", skip_type, SKIP_TYPES, "step grid")
@@ -492,7 +574,9 @@ def singlestep_orders(steps: int, order: int) -> list[int]:
     raise AssertionError("unreachable")
 
 
-def multistep_step_orders(steps: int, order: int, lower_order_final: str = "dpm_solver") -> list[int]:
+def multistep_step_orders(
+    steps: int, order: int, lower_order_final: str = "dpm_solver"
+) -> list[int]:
     """Order used at each of the ``steps`` multistep updates: warm-up 1..k-1, then k, lowered at the end by the named rule."""
     threshold = _lower_order_threshold(lower_order_final)
     orders = []
@@ -508,13 +592,21 @@ def multistep_step_orders(steps: int, order: int, lower_order_final: str = "dpm_
 
 def _lower_order_threshold(name: Any) -> float:
     if not isinstance(name, str) or name not in LOWER_ORDER_FINAL:
-        raise UnknownNameError(f"lower_order_final={name!r} is not a known rule; allowed: "
-                               f"{', '.join(map(repr, LOWER_ORDER_FINAL))}")
+        raise UnknownNameError(
+            f"lower_order_final={name!r} is not a known rule; allowed: "
+            f"{', '.join(map(repr, LOWER_ORDER_FINAL))}"
+        )
     return LOWER_ORDER_FINAL[name]
 
 
-def _explicit_grid(ns: NoiseScheduleVP, timesteps: Any, sigmas: Any, time_unit: str,
-                   final_sigmas_type: str | None, model_time: Any) -> list[SchedulePoint]:
+def _explicit_grid(
+    ns: NoiseScheduleVP,
+    timesteps: Any,
+    sigmas: Any,
+    time_unit: str,
+    final_sigmas_type: str | None,
+    model_time: Any,
+) -> list[SchedulePoint]:
     """The points of an explicit grid (``timesteps=`` or ``sigmas=``), completed by ``final_sigmas_type``."""
     check_choice("time_unit", time_unit, TIME_UNITS, "time unit")
     if final_sigmas_type is not None:
@@ -529,8 +621,12 @@ def _explicit_grid(ns: NoiseScheduleVP, timesteps: Any, sigmas: Any, time_unit: 
         lam_T = float(ns.marginal_lambda(ns.T))
         # A σ above the schedule's largest by < 1e-6 relative (its float32 copy) is taken at t = T.
         if np.any(lam[pos] < lam_T - 1e-6):
-            fail("sigmas", sigmas, f"the largest σ/α of the noise schedule is {math.exp(-lam_T)!r} "
-                 "(at t = T); every σ must lie within it")
+            fail(
+                "sigmas",
+                sigmas,
+                f"the largest σ/α of the noise schedule is {math.exp(-lam_T)!r} "
+                "(at t = T); every σ must lie within it",
+            )
         ts = np.zeros_like(s)
         ts[pos] = np.atleast_1d(ns.inverse_lambda(np.maximum(lam[pos], lam_T)))
         points = schedule_points(ns, ts, model_time=model_time, sigmas=s)
@@ -541,13 +637,24 @@ def _explicit_grid(ns: NoiseScheduleVP, timesteps: Any, sigmas: Any, time_unit: 
             fail("timesteps", timesteps, "expected a 1-D grid of times")
         if time_unit == "index":
             if ns.kind != "discrete":
-                fail("time_unit", time_unit, "integer timesteps need a discrete noise schedule "
-                     "(NoiseScheduleVP.discrete)")
+                fail(
+                    "time_unit",
+                    time_unit,
+                    "integer timesteps need a discrete noise schedule (NoiseScheduleVP.discrete)",
+                )
             n = np.asarray(raw, dtype=np.float64)
-            if not np.all(np.isfinite(n)) or np.any(n != np.round(n)) or np.any(n < 0) \
-                    or np.any(n >= ns.total_N):
-                fail("timesteps", timesteps, f"expected integer timesteps n in [0, {ns.total_N - 1}] "
-                     "of the discrete schedule (t = (n+1)/N)")
+            if (
+                not np.all(np.isfinite(n))
+                or np.any(n != np.round(n))
+                or np.any(n < 0)
+                or np.any(n >= ns.total_N)
+            ):
+                fail(
+                    "timesteps",
+                    timesteps,
+                    f"expected integer timesteps n in [0, {ns.total_N - 1}] "
+                    "of the discrete schedule (t = (n+1)/N)",
+                )
             ts = ns.t_array[n.astype(np.int64)]
         else:
             ts = np.asarray(raw, dtype=np.float64)
@@ -561,23 +668,39 @@ def _explicit_grid(ns: NoiseScheduleVP, timesteps: Any, sigmas: Any, time_unit: 
         points.extend(schedule_points(ns, [1.0 / ns.total_N], model_time=model_time))
     for k, p in enumerate(points):
         if not (math.isfinite(p.lam) or (p.sigma == 0.0 and k == len(points) - 1)):
-            fail(name, given, f"λ is {p.lam!r} at entry {k} (t = {p.t!r}); only the last point "
-                 "may be σ = 0 (or use final_sigmas_type='zero')")
+            fail(
+                name,
+                given,
+                f"λ is {p.lam!r} at entry {k} (t = {p.t!r}); only the last point "
+                "may be σ = 0 (or use final_sigmas_type='zero')",
+            )
     if len(points) < 2:
-        fail(name, given, "expected at least two points (one step); add final_sigmas_type= to "
-             "end the grid at σ = 0 or σ_min")
+        fail(
+            name,
+            given,
+            "expected at least two points (one step); add final_sigmas_type= to "
+            "end the grid at σ = 0 or σ_min",
+        )
     for k in range(1, len(points)):
         if not points[k].lam > points[k - 1].lam:
-            fail(name, given, f"the grid must run from noise to data (λ strictly increasing); entry "
-                 f"{k} (t = {points[k].t!r}) does not follow entry {k - 1} (t = {points[k - 1].t!r})"
-                 + (f" after final_sigmas_type={final_sigmas_type!r}" if k == len(points) - 1
-                    and final_sigmas_type is not None else ""))
+            fail(
+                name,
+                given,
+                f"the grid must run from noise to data (λ strictly increasing); entry "
+                f"{k} (t = {points[k].t!r}) does not follow entry {k - 1} (t = {points[k - 1].t!r})"
+                + (
+                    f" after final_sigmas_type={final_sigmas_type!r}"
+                    if k == len(points) - 1 and final_sigmas_type is not None
+                    else ""
+                ),
+            )
     return points
 
 
 # --------------------------------------------------------------------------------------------
 # Step coefficients (host floats) and step functions
 # --------------------------------------------------------------------------------------------
+
 
 def _check_alg(algorithm_type: str, solver_type: str) -> None:
     check_choice("algorithm_type", algorithm_type, ALGORITHM_TYPES, "DPM-Solver algorithm")
@@ -644,8 +767,9 @@ class SinglestepThirdCoefficients(NamedTuple):
     taylor: bool
 
 
-def first_order_coefficients(s: SchedulePoint, t: SchedulePoint, algorithm_type: str = "dpmsolver",
-                             h: float | None = None) -> FirstCoefficients:
+def first_order_coefficients(
+    s: SchedulePoint, t: SchedulePoint, algorithm_type: str = "dpmsolver", h: float | None = None
+) -> FirstCoefficients:
     """(a, b) of the first-order step x_t = a x_s - b m_s (Lu et al. 2022a, Eq. 3.7; 2022b, §4).
 
     Noise form: a = α_t/α_s, b = σ_t φ1(h); data form: a = σ_t/σ_s, b = α_t φ1(-h). A step into
@@ -672,9 +796,14 @@ def _cphi(p: SchedulePoint, phi: Callable[[float], float], h: float, pp: bool) -
     return p.alpha * phi(-h) if pp else p.sigma * phi(h)
 
 
-def multistep_second_coefficients(p1: SchedulePoint, p0: SchedulePoint, pt: SchedulePoint, *,
-                                  algorithm_type: str = "dpmsolver",
-                                  solver_type: str = "dpmsolver") -> MultistepSecondCoefficients:
+def multistep_second_coefficients(
+    p1: SchedulePoint,
+    p0: SchedulePoint,
+    pt: SchedulePoint,
+    *,
+    algorithm_type: str = "dpmsolver",
+    solver_type: str = "dpmsolver",
+) -> MultistepSecondCoefficients:
     """Coefficients of the multistep second-order update from p0 to pt with history p1 (Lu et al. 2022b, Alg. 2)."""
     h0, h = p0.lam - p1.lam, pt.lam - p0.lam
     a, b = first_order_coefficients(p0, pt, algorithm_type, h)
@@ -685,22 +814,41 @@ def multistep_second_coefficients(p1: SchedulePoint, p0: SchedulePoint, pt: Sche
     return MultistepSecondCoefficients(a, b, h / h0, c)
 
 
-def multistep_third_coefficients(p2: SchedulePoint, p1: SchedulePoint, p0: SchedulePoint,
-                                 pt: SchedulePoint, *, algorithm_type: str = "dpmsolver",
-                                 d2_scale: str = "consistent") -> MultistepThirdCoefficients:
+def multistep_third_coefficients(
+    p2: SchedulePoint,
+    p1: SchedulePoint,
+    p0: SchedulePoint,
+    pt: SchedulePoint,
+    *,
+    algorithm_type: str = "dpmsolver",
+    d2_scale: str = "consistent",
+) -> MultistepThirdCoefficients:
     """Coefficients of the multistep third-order update from p0 to pt with history p1, p2 (Lu et al. 2022b, §4, 3M)."""
     h1, h0, h = p1.lam - p2.lam, p0.lam - p1.lam, pt.lam - p0.lam
     r0, r1 = h0 / h, h1 / h
     a, b = first_order_coefficients(p0, pt, algorithm_type, h)
     pp = algorithm_type == "dpmsolver++"
     return MultistepThirdCoefficients(
-        a, b, r0, r1, r0 / (r0 + r1), (2.0 if d2_scale == "consistent" else 1.0) / (r0 + r1),
-        _cphi(pt, phi_2, h, pp), _cphi(pt, phi_3, h, pp))
+        a,
+        b,
+        r0,
+        r1,
+        r0 / (r0 + r1),
+        (2.0 if d2_scale == "consistent" else 1.0) / (r0 + r1),
+        _cphi(pt, phi_2, h, pp),
+        _cphi(pt, phi_3, h, pp),
+    )
 
 
-def singlestep_second_coefficients(ps: SchedulePoint, p1: SchedulePoint, pt: SchedulePoint,
-                                   r1: float, *, algorithm_type: str = "dpmsolver",
-                                   solver_type: str = "dpmsolver") -> SinglestepSecondCoefficients:
+def singlestep_second_coefficients(
+    ps: SchedulePoint,
+    p1: SchedulePoint,
+    pt: SchedulePoint,
+    r1: float,
+    *,
+    algorithm_type: str = "dpmsolver",
+    solver_type: str = "dpmsolver",
+) -> SinglestepSecondCoefficients:
     """Coefficients of single-step DPM-Solver-2 from ps to pt via p1 at λ_s + r1 h (Lu et al. 2022a, Alg. 1; 2022b, Alg. 1)."""
     h = pt.lam - ps.lam
     a1, b1 = first_order_coefficients(ps, p1, algorithm_type, r1 * h)
@@ -712,12 +860,18 @@ def singlestep_second_coefficients(ps: SchedulePoint, p1: SchedulePoint, pt: Sch
     return SinglestepSecondCoefficients(p1, a1, b1, a, b, c)
 
 
-def singlestep_third_coefficients(ps: SchedulePoint, p1: SchedulePoint, p2: SchedulePoint,
-                                  pt: SchedulePoint, r1: float, r2: float, *,
-                                  algorithm_type: str = "dpmsolver",
-                                  solver_type: str = "dpmsolver",
-                                  second_intermediate: str = "dpm_solver"
-                                  ) -> SinglestepThirdCoefficients:
+def singlestep_third_coefficients(
+    ps: SchedulePoint,
+    p1: SchedulePoint,
+    p2: SchedulePoint,
+    pt: SchedulePoint,
+    r1: float,
+    r2: float,
+    *,
+    algorithm_type: str = "dpmsolver",
+    solver_type: str = "dpmsolver",
+    second_intermediate: str = "dpm_solver",
+) -> SinglestepThirdCoefficients:
     """Coefficients of single-step DPM-Solver-3 from ps to pt via λ_s + r1 h and λ_s + r2 h (Lu et al. 2022a, Alg. 2).
 
     ``second_intermediate="diffusers"`` with ``solver_type="dpmsolver"`` forms u2 by the
@@ -736,13 +890,35 @@ def singlestep_third_coefficients(ps: SchedulePoint, p1: SchedulePoint, p2: Sche
         k2 = (r2 / r1) * _cphi(p2, phi_2, r2 * h, pp)
     a, b = first_order_coefficients(ps, pt, algorithm_type, h)
     c2 = _cphi(pt, phi_2, h, pp)
-    return SinglestepThirdCoefficients(p1, p2, a1, b1, a2, b2, k2, a, b, (1.0 / r2) * c2, r1, r2, c2,
-                                       _cphi(pt, phi_3, h, pp), solver_type == "taylor")
+    return SinglestepThirdCoefficients(
+        p1,
+        p2,
+        a1,
+        b1,
+        a2,
+        b2,
+        k2,
+        a,
+        b,
+        (1.0 / r2) * c2,
+        r1,
+        r2,
+        c2,
+        _cphi(pt, phi_3, h, pp),
+        solver_type == "taylor",
+    )
 
 
-def dpm_solver_first_update(noise_schedule: NoiseScheduleVP | None, x: Any, s: float | None,
-                            t: float | None, model_s: Any, *, algorithm_type: str = "dpmsolver",
-                            coefficients: FirstCoefficients | None = None) -> Any:
+def dpm_solver_first_update(
+    noise_schedule: NoiseScheduleVP | None,
+    x: Any,
+    s: float | None,
+    t: float | None,
+    model_s: Any,
+    *,
+    algorithm_type: str = "dpmsolver",
+    coefficients: FirstCoefficients | None = None,
+) -> Any:
     """DPM-Solver-1 from s to t: x_t = (α_t/α_s) x_s - σ_t φ1(h) ε̂_s (Lu et al. 2022a, Eq. 3.7 / Alg. 1, = DDIM).
 
     With ``algorithm_type="dpmsolver++"``, ``model_s`` is the data prediction x̂0 and
@@ -756,13 +932,19 @@ def dpm_solver_first_update(noise_schedule: NoiseScheduleVP | None, x: Any, s: f
     return _first(x, model_s, coefficients)
 
 
-def singlestep_dpm_solver_second_update(noise_schedule: NoiseScheduleVP | None,
-                                        model_fn: Callable, x: Any, s: float | None,
-                                        t: float | None, *, r1: float = 0.5, model_s: Any = None,
-                                        algorithm_type: str = "dpmsolver",
-                                        solver_type: str = "dpmsolver",
-                                        coefficients: SinglestepSecondCoefficients | None = None
-                                        ) -> tuple[Any, list[Any]]:
+def singlestep_dpm_solver_second_update(
+    noise_schedule: NoiseScheduleVP | None,
+    model_fn: Callable,
+    x: Any,
+    s: float | None,
+    t: float | None,
+    *,
+    r1: float = 0.5,
+    model_s: Any = None,
+    algorithm_type: str = "dpmsolver",
+    solver_type: str = "dpmsolver",
+    coefficients: SinglestepSecondCoefficients | None = None,
+) -> tuple[Any, list[Any]]:
     """Single-step DPM-Solver-2 from s to t via s1 with λ_{s1} = λ_s + r1 h (Lu et al. 2022a, Alg. 1; 2022b, Alg. 1 for ++).
 
     ``model_fn(x, t) -> prediction`` (noise, or data for "dpmsolver++"). Returns
@@ -776,8 +958,9 @@ def singlestep_dpm_solver_second_update(noise_schedule: NoiseScheduleVP | None,
         r1 = check_real("r1", r1, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
         ps, pt = _point(ns, s, "s"), _point(ns, t)
         p1 = _point(ns, float(ns.inverse_lambda(ps.lam + r1 * (pt.lam - ps.lam))))
-        c = singlestep_second_coefficients(ps, p1, pt, r1, algorithm_type=algorithm_type,
-                                           solver_type=solver_type)
+        c = singlestep_second_coefficients(
+            ps, p1, pt, r1, algorithm_type=algorithm_type, solver_type=solver_type
+        )
         if model_s is None:
             model_s = model_fn(x, ps.t)
     model_s1 = model_fn(_first(x, model_s, FirstCoefficients(c.a1, c.b1)), c.s1.t)
@@ -785,14 +968,21 @@ def singlestep_dpm_solver_second_update(noise_schedule: NoiseScheduleVP | None,
     return x_t, [model_s, model_s1]
 
 
-def singlestep_dpm_solver_third_update(noise_schedule: NoiseScheduleVP | None,
-                                       model_fn: Callable, x: Any, s: float | None,
-                                       t: float | None, *, r1: float = 1.0 / 3.0,
-                                       r2: float = 2.0 / 3.0, model_s: Any = None,
-                                       model_s1: Any = None, algorithm_type: str = "dpmsolver",
-                                       solver_type: str = "dpmsolver",
-                                       coefficients: SinglestepThirdCoefficients | None = None
-                                       ) -> tuple[Any, list[Any]]:
+def singlestep_dpm_solver_third_update(
+    noise_schedule: NoiseScheduleVP | None,
+    model_fn: Callable,
+    x: Any,
+    s: float | None,
+    t: float | None,
+    *,
+    r1: float = 1.0 / 3.0,
+    r2: float = 2.0 / 3.0,
+    model_s: Any = None,
+    model_s1: Any = None,
+    algorithm_type: str = "dpmsolver",
+    solver_type: str = "dpmsolver",
+    coefficients: SinglestepThirdCoefficients | None = None,
+) -> tuple[Any, list[Any]]:
     """Single-step DPM-Solver-3 from s to t via λ_s + r1 h and λ_s + r2 h (Lu et al. 2022a, Alg. 2; 2022b, §4 for ++).
 
     Returns (x_t, [model_s, model_s1, model_s2]). ``coefficients`` (from
@@ -809,8 +999,9 @@ def singlestep_dpm_solver_third_update(noise_schedule: NoiseScheduleVP | None,
         h = pt.lam - ps.lam
         t12 = np.asarray(ns.inverse_lambda(np.array([ps.lam + r1 * h, ps.lam + r2 * h])))
         p1, p2 = schedule_points(ns, t12)
-        c = singlestep_third_coefficients(ps, p1, p2, pt, r1, r2, algorithm_type=algorithm_type,
-                                          solver_type=solver_type)
+        c = singlestep_third_coefficients(
+            ps, p1, p2, pt, r1, r2, algorithm_type=algorithm_type, solver_type=solver_type
+        )
         if model_s is None:
             model_s = model_fn(x, ps.t)
     if model_s1 is None:
@@ -829,12 +1020,21 @@ def singlestep_dpm_solver_third_update(noise_schedule: NoiseScheduleVP | None,
     return x_t, [model_s, model_s1, model_s2]
 
 
-def singlestep_dpm_solver_update(noise_schedule: NoiseScheduleVP | None, model_fn: Callable, x: Any,
-                                 s: float | None, t: float | None, *, order: int,
-                                 algorithm_type: str = "dpmsolver", solver_type: str = "dpmsolver",
-                                 r1: float | None = None, r2: float | None = None,
-                                 model_s: Any = None, coefficients: Any = None
-                                 ) -> tuple[Any, list[Any]]:
+def singlestep_dpm_solver_update(
+    noise_schedule: NoiseScheduleVP | None,
+    model_fn: Callable,
+    x: Any,
+    s: float | None,
+    t: float | None,
+    *,
+    order: int,
+    algorithm_type: str = "dpmsolver",
+    solver_type: str = "dpmsolver",
+    r1: float | None = None,
+    r2: float | None = None,
+    model_s: Any = None,
+    coefficients: Any = None,
+) -> tuple[Any, list[Any]]:
     """One single-step DPM-Solver-k update (k = 1, 2, 3) from s to t (Lu et al. 2022a, Eq. 3.7, Algs. 1-2).
 
     Returns (x_t, model values at s and the intermediate times). ``coefficients`` is the one of
@@ -843,27 +1043,57 @@ def singlestep_dpm_solver_update(noise_schedule: NoiseScheduleVP | None, model_f
     if order == 1:
         if model_s is None:
             model_s = model_fn(x, _point(_check_ns(noise_schedule), s, "s").t)
-        return dpm_solver_first_update(noise_schedule, x, s, t, model_s,
-                                       algorithm_type=algorithm_type,
-                                       coefficients=coefficients), [model_s]
+        return dpm_solver_first_update(
+            noise_schedule,
+            x,
+            s,
+            t,
+            model_s,
+            algorithm_type=algorithm_type,
+            coefficients=coefficients,
+        ), [model_s]
     if order == 2:
         return singlestep_dpm_solver_second_update(
-            noise_schedule, model_fn, x, s, t, r1=0.5 if r1 is None else r1, model_s=model_s,
-            algorithm_type=algorithm_type, solver_type=solver_type, coefficients=coefficients)
+            noise_schedule,
+            model_fn,
+            x,
+            s,
+            t,
+            r1=0.5 if r1 is None else r1,
+            model_s=model_s,
+            algorithm_type=algorithm_type,
+            solver_type=solver_type,
+            coefficients=coefficients,
+        )
     if order == 3:
         return singlestep_dpm_solver_third_update(
-            noise_schedule, model_fn, x, s, t, r1=1.0 / 3.0 if r1 is None else r1,
-            r2=2.0 / 3.0 if r2 is None else r2, model_s=model_s, algorithm_type=algorithm_type,
-            solver_type=solver_type, coefficients=coefficients)
+            noise_schedule,
+            model_fn,
+            x,
+            s,
+            t,
+            r1=1.0 / 3.0 if r1 is None else r1,
+            r2=2.0 / 3.0 if r2 is None else r2,
+            model_s=model_s,
+            algorithm_type=algorithm_type,
+            solver_type=solver_type,
+            coefficients=coefficients,
+        )
     fail("order", order, "expected 1, 2 or 3")
     raise AssertionError("unreachable")
 
 
-def multistep_dpm_solver_second_update(noise_schedule: NoiseScheduleVP | None, x: Any,
-                                       model_prev_list: Any, t_prev_list: Any, t: float | None, *,
-                                       algorithm_type: str = "dpmsolver",
-                                       solver_type: str = "dpmsolver",
-                                       coefficients: MultistepSecondCoefficients | None = None) -> Any:
+def multistep_dpm_solver_second_update(
+    noise_schedule: NoiseScheduleVP | None,
+    x: Any,
+    model_prev_list: Any,
+    t_prev_list: Any,
+    t: float | None,
+    *,
+    algorithm_type: str = "dpmsolver",
+    solver_type: str = "dpmsolver",
+    coefficients: MultistepSecondCoefficients | None = None,
+) -> Any:
     """Multistep DPM-Solver-2 from t_prev_list[-1] to t with the last two model values (Lu et al. 2022b, Alg. 2).
 
     D1 = (m_0 - m_1)/r0 with r0 = h_0/h is the first-derivative estimate; x_t is the first-order
@@ -874,18 +1104,25 @@ def multistep_dpm_solver_second_update(noise_schedule: NoiseScheduleVP | None, x
         ns = _check_ns(noise_schedule)
         _check_alg(algorithm_type, solver_type)
         p1, p0, pt = schedule_points(ns, [t_prev_list[-2], t_prev_list[-1], t])
-        c = multistep_second_coefficients(p1, p0, pt, algorithm_type=algorithm_type,
-                                          solver_type=solver_type)
+        c = multistep_second_coefficients(
+            p1, p0, pt, algorithm_type=algorithm_type, solver_type=solver_type
+        )
     m1, m0 = model_prev_list[-2], model_prev_list[-1]
     D1 = (m0 - m1) * c.w
     return _first(x, m0, FirstCoefficients(c.a, c.b)) - c.c * D1
 
 
-def multistep_dpm_solver_third_update(noise_schedule: NoiseScheduleVP | None, x: Any,
-                                      model_prev_list: Any, t_prev_list: Any, t: float | None, *,
-                                      algorithm_type: str = "dpmsolver",
-                                      d2_scale: str = "consistent",
-                                      coefficients: MultistepThirdCoefficients | None = None) -> Any:
+def multistep_dpm_solver_third_update(
+    noise_schedule: NoiseScheduleVP | None,
+    x: Any,
+    model_prev_list: Any,
+    t_prev_list: Any,
+    t: float | None,
+    *,
+    algorithm_type: str = "dpmsolver",
+    d2_scale: str = "consistent",
+    coefficients: MultistepThirdCoefficients | None = None,
+) -> Any:
     """Multistep DPM-Solver-3 from t_prev_list[-1] to t with the last three model values (Lu et al. 2022b, §4, 3M).
 
     With D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1 (r0 = h0/h, r1 = h1/h): D1 = D1_0 + r0/(r0+r1)
@@ -901,8 +1138,9 @@ def multistep_dpm_solver_third_update(noise_schedule: NoiseScheduleVP | None, x:
         _check_alg(algorithm_type, "dpmsolver")
         check_choice("d2_scale", d2_scale, D2_SCALES, "multistep third-order D2 convention")
         p2, p1, p0, pt = schedule_points(ns, [t_prev_list[-3], t_prev_list[-2], t_prev_list[-1], t])
-        c = multistep_third_coefficients(p2, p1, p0, pt, algorithm_type=algorithm_type,
-                                         d2_scale=d2_scale)
+        c = multistep_third_coefficients(
+            p2, p1, p0, pt, algorithm_type=algorithm_type, d2_scale=d2_scale
+        )
     m2, m1, m0 = model_prev_list[-3], model_prev_list[-2], model_prev_list[-1]
     D1_0 = (m0 - m1) / c.r0
     D1_1 = (m1 - m2) / c.r1
@@ -911,26 +1149,52 @@ def multistep_dpm_solver_third_update(noise_schedule: NoiseScheduleVP | None, x:
     return _first(x, m0, FirstCoefficients(c.a, c.b)) - c.c2 * D1 - c.c3 * D2
 
 
-def multistep_dpm_solver_update(noise_schedule: NoiseScheduleVP | None, x: Any,
-                                model_prev_list: Any, t_prev_list: Any, t: float | None, *,
-                                order: int, algorithm_type: str = "dpmsolver",
-                                solver_type: str = "dpmsolver", d2_scale: str = "consistent",
-                                coefficients: Any = None) -> Any:
+def multistep_dpm_solver_update(
+    noise_schedule: NoiseScheduleVP | None,
+    x: Any,
+    model_prev_list: Any,
+    t_prev_list: Any,
+    t: float | None,
+    *,
+    order: int,
+    algorithm_type: str = "dpmsolver",
+    solver_type: str = "dpmsolver",
+    d2_scale: str = "consistent",
+    coefficients: Any = None,
+) -> Any:
     """One multistep DPM-Solver-k update (k = 1, 2, 3) from t_prev_list[-1] to t (Lu et al. 2022b, Alg. 2)."""
     if order == 1:
-        return dpm_solver_first_update(noise_schedule, x,
-                                       None if t_prev_list is None else t_prev_list[-1], t,
-                                       model_prev_list[-1], algorithm_type=algorithm_type,
-                                       coefficients=coefficients)
+        return dpm_solver_first_update(
+            noise_schedule,
+            x,
+            None if t_prev_list is None else t_prev_list[-1],
+            t,
+            model_prev_list[-1],
+            algorithm_type=algorithm_type,
+            coefficients=coefficients,
+        )
     if order == 2:
-        return multistep_dpm_solver_second_update(noise_schedule, x, model_prev_list, t_prev_list,
-                                                  t, algorithm_type=algorithm_type,
-                                                  solver_type=solver_type,
-                                                  coefficients=coefficients)
+        return multistep_dpm_solver_second_update(
+            noise_schedule,
+            x,
+            model_prev_list,
+            t_prev_list,
+            t,
+            algorithm_type=algorithm_type,
+            solver_type=solver_type,
+            coefficients=coefficients,
+        )
     if order == 3:
-        return multistep_dpm_solver_third_update(noise_schedule, x, model_prev_list, t_prev_list,
-                                                 t, algorithm_type=algorithm_type,
-                                                 d2_scale=d2_scale, coefficients=coefficients)
+        return multistep_dpm_solver_third_update(
+            noise_schedule,
+            x,
+            model_prev_list,
+            t_prev_list,
+            t,
+            algorithm_type=algorithm_type,
+            d2_scale=d2_scale,
+            coefficients=coefficients,
+        )
     fail("order", order, "expected 1, 2 or 3")
     raise AssertionError("unreachable")
 
@@ -939,32 +1203,44 @@ def multistep_dpm_solver_update(noise_schedule: NoiseScheduleVP | None, x: Any,
 # The model, as noise or data prediction
 # --------------------------------------------------------------------------------------------
 
+
 def _check_model_time(ns: NoiseScheduleVP, model_time: Any) -> None:
     if not callable(model_time):
         check_choice("model_time", model_time, MODEL_TIMES, "model time convention")
         if model_time in ("dpm_solver", "index") and ns.kind != "discrete":
-            fail("model_time", model_time, f"the {model_time!r} discrete model time needs a "
-                 "discrete noise schedule (NoiseScheduleVP.discrete)")
+            fail(
+                "model_time",
+                model_time,
+                f"the {model_time!r} discrete model time needs a "
+                "discrete noise schedule (NoiseScheduleVP.discrete)",
+            )
 
 
 def _x0_correction(correcting_x0_fn: Any, dynamic_thresholding_ratio: float) -> Callable | None:
     if isinstance(correcting_x0_fn, str):
-        check_choice("correcting_x0_fn", correcting_x0_fn, ("dynamic_thresholding",),
-                     "x0 correction")
+        check_choice(
+            "correcting_x0_fn", correcting_x0_fn, ("dynamic_thresholding",), "x0 correction"
+        )
         from ..diffusion import dynamic_threshold
+
         ratio = check_real("dynamic_thresholding_ratio", dynamic_thresholding_ratio, lo=0.0, hi=1.0)
 
         def correct(x0, t, _ratio=ratio):
             return dynamic_threshold(x0, ratio=_ratio)
+
         return correct
     if correcting_x0_fn is not None and not callable(correcting_x0_fn):
-        fail("correcting_x0_fn", correcting_x0_fn,
-             "expected None, 'dynamic_thresholding' or a callable (x0, t) -> x0")
+        fail(
+            "correcting_x0_fn",
+            correcting_x0_fn,
+            "expected None, 'dynamic_thresholding' or a callable (x0, t) -> x0",
+        )
     return correcting_x0_fn
 
 
-def _predictors(model: Callable, prediction: str, correct: Callable | None
-                ) -> tuple[Callable, Callable]:
+def _predictors(
+    model: Callable, prediction: str, correct: Callable | None
+) -> tuple[Callable, Callable]:
     """(noise_fn, data_fn): ``fn(x, point) -> ε̂ or x̂0`` from the raw model output (Lu et al. 2022b, §3; DPM-Solver's model_wrapper)."""
 
     def raw(x, p: SchedulePoint):
@@ -980,14 +1256,21 @@ def _predictors(model: Callable, prediction: str, correct: Callable | None
     return noise_fn, data_fn
 
 
-def _prediction_fns(model: Callable, ns: NoiseScheduleVP, *, model_type: str, model_time: Any,
-                    correcting_x0_fn: Any, dynamic_thresholding_ratio: float
-                    ) -> tuple[Callable, Callable]:
+def _prediction_fns(
+    model: Callable,
+    ns: NoiseScheduleVP,
+    *,
+    model_type: str,
+    model_time: Any,
+    correcting_x0_fn: Any,
+    dynamic_thresholding_ratio: float,
+) -> tuple[Callable, Callable]:
     """(noise_fn, data_fn) of host times t: ``fn(x, t) -> ε̂ or x̂0`` (one schedule evaluation per call; for checks)."""
     prediction = prediction_type(model_type, "model_type", MODEL_TYPES)
     _check_model_time(ns, model_time)
-    noise_fn, data_fn = _predictors(model, prediction,
-                                    _x0_correction(correcting_x0_fn, dynamic_thresholding_ratio))
+    noise_fn, data_fn = _predictors(
+        model, prediction, _x0_correction(correcting_x0_fn, dynamic_thresholding_ratio)
+    )
 
     def at(fn):
         return lambda x, t: fn(x, schedule_points(ns, [float(t)], model_time=model_time)[0])
@@ -999,10 +1282,16 @@ def _prediction_fns(model: Callable, ns: NoiseScheduleVP, *, model_type: str, mo
 # The step plan and the loop
 # --------------------------------------------------------------------------------------------
 
-def _time_range(ns: NoiseScheduleVP, t_start: Any, t_end: Any, lambda_min: Any) -> tuple[float, float]:
+
+def _time_range(
+    ns: NoiseScheduleVP, t_start: Any, t_end: Any, lambda_min: Any
+) -> tuple[float, float]:
     t_T = ns.T if t_start is None else check_real("t_start", t_start, lo=0.0, hi=ns.T, lo_open=True)
-    t_0 = (1.0 / ns.total_N if t_end is None
-           else check_real("t_end", t_end, lo=0.0, hi=ns.T, lo_open=True))
+    t_0 = (
+        1.0 / ns.total_N
+        if t_end is None
+        else check_real("t_end", t_end, lo=0.0, hi=ns.T, lo_open=True)
+    )
     if t_T == t_0:
         fail("t_end", t_end, f"must differ from t_start = {t_T!r}")
     if lambda_min is not None:
@@ -1010,12 +1299,19 @@ def _time_range(ns: NoiseScheduleVP, t_start: Any, t_end: Any, lambda_min: Any) 
         if t_T > t_0 and float(ns.marginal_lambda(t_T)) < lam_min:
             t_T = float(ns.inverse_lambda(lam_min))
             if not t_T > t_0:
-                fail("lambda_min", lambda_min, f"it moves the start time to {t_T!r}, not after "
-                     f"t_end = {t_0!r}")
+                fail(
+                    "lambda_min",
+                    lambda_min,
+                    f"it moves the start time to {t_T!r}, not after t_end = {t_0!r}",
+                )
     lam = ns.marginal_lambda(np.array([t_T, t_0]))
     for name, t, lt in (("t_start", t_T, lam[0]), ("t_end", t_0, lam[1])):
         if not math.isfinite(float(lt)):
-            fail(name, t, f"λ is {float(lt)!r} there (α or σ is 0); choose a time with finite log-SNR")
+            fail(
+                name,
+                t,
+                f"λ is {float(lt)!r} there (α or σ is 0); choose a time with finite log-SNR",
+            )
     return t_T, t_0
 
 
@@ -1026,25 +1322,42 @@ def _singlestep_blocks(orders: list[int], fine_len: int) -> list[int]:
     return [int(i) for i in idx]
 
 
-def _lambda_inner(ns: NoiseScheduleVP, outer: list[SchedulePoint], orders: list[int],
-                  model_time: Any) -> list[list[SchedulePoint]]:
+def _lambda_inner(
+    ns: NoiseScheduleVP, outer: list[SchedulePoint], orders: list[int], model_time: Any
+) -> list[list[SchedulePoint]]:
     """Intermediate points at λ_s + r h (r = 1/2; 1/3, 2/3), all blocks in one schedule evaluation."""
     fracs = {1: (), 2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
     lams: list[float] = []
     for j, o in enumerate(orders):
         s, t = outer[j], outer[j + 1]
         lams.extend(s.lam + r * (t.lam - s.lam) for r in fracs[o])
-    pts = (schedule_points(ns, np.atleast_1d(ns.inverse_lambda(np.array(lams))),
-                           model_time=model_time) if lams else [])
+    pts = (
+        schedule_points(ns, np.atleast_1d(ns.inverse_lambda(np.array(lams))), model_time=model_time)
+        if lams
+        else []
+    )
     out, k = [], 0
     for o in orders:
-        out.append(pts[k:k + o - 1])
+        out.append(pts[k : k + o - 1])
         k += o - 1
     return out
 
 
-def _singlestep_plan(ns, steps, order, method, skip_type, intermediate, grid, t_T, t_0,
-                     model_time, algorithm_type, solver_type, second_intermediate):
+def _singlestep_plan(
+    ns,
+    steps,
+    order,
+    method,
+    skip_type,
+    intermediate,
+    grid,
+    t_T,
+    t_0,
+    model_time,
+    algorithm_type,
+    solver_type,
+    second_intermediate,
+):
     """[(order, coefficients)] of the single-step loop and the outer points."""
     if grid is not None:
         nfe = len(grid) - 1
@@ -1052,14 +1365,18 @@ def _singlestep_plan(ns, steps, order, method, skip_type, intermediate, grid, t_
             orders = singlestep_orders(nfe, order)
         else:
             if nfe % order:
-                fail("steps", nfe, f"singlestep_fixed of order {order} needs a grid of k·{order} "
-                     "steps (one per model evaluation)")
+                fail(
+                    "steps",
+                    nfe,
+                    f"singlestep_fixed of order {order} needs a grid of k·{order} "
+                    "steps (one per model evaluation)",
+                )
             orders = [order] * (nfe // order)
-        if grid[-1].sigma == 0.0 and orders[-1] > 1:     # the step into σ = 0 is first order
+        if grid[-1].sigma == 0.0 and orders[-1] > 1:  # the step into σ = 0 is first order
             orders[-1:] = [orders[-1] - 1, 1]
         idx = _singlestep_blocks(orders, len(grid))
         outer = [grid[i] for i in idx]
-        fine_inner = [grid[idx[j] + 1:idx[j + 1]] for j in range(len(orders))]
+        fine_inner = [grid[idx[j] + 1 : idx[j + 1]] for j in range(len(orders))]
     else:
         if method == "singlestep":
             orders = singlestep_orders(steps, order)
@@ -1080,13 +1397,15 @@ def _singlestep_plan(ns, steps, order, method, skip_type, intermediate, grid, t_
             if skip_type == "logSNR":
                 fine_inner = _lambda_inner(ns, outer, orders, model_time)
             else:
-                inner_t = [get_time_steps(ns, skip_type, float(outer_t[j]), float(outer_t[j + 1]),
-                                          o)[1:-1] for j, o in enumerate(orders)]
+                inner_t = [
+                    get_time_steps(ns, skip_type, float(outer_t[j]), float(outer_t[j + 1]), o)[1:-1]
+                    for j, o in enumerate(orders)
+                ]
                 flat = np.concatenate([np.asarray(v, dtype=np.float64) for v in inner_t])
                 pts = schedule_points(ns, flat, model_time=model_time) if flat.size else []
                 fine_inner, k = [], 0
                 for o in orders:
-                    fine_inner.append(pts[k:k + o - 1])
+                    fine_inner.append(pts[k : k + o - 1])
                     k += o - 1
     if intermediate == "lambda":
         inner = _lambda_inner(ns, outer, orders, model_time)
@@ -1102,60 +1421,118 @@ def _singlestep_plan(ns, steps, order, method, skip_type, intermediate, grid, t_
             c = first_order_coefficients(ps, pt, algorithm_type)
         elif o == 2:
             r1 = 0.5 if fixed_r else (mid[0].lam - ps.lam) / h
-            c = singlestep_second_coefficients(ps, mid[0], pt, r1, algorithm_type=algorithm_type,
-                                               solver_type=solver_type)
+            c = singlestep_second_coefficients(
+                ps, mid[0], pt, r1, algorithm_type=algorithm_type, solver_type=solver_type
+            )
         else:
-            r1, r2 = ((1.0 / 3.0, 2.0 / 3.0) if fixed_r else
-                      ((mid[0].lam - ps.lam) / h, (mid[1].lam - ps.lam) / h))
-            c = singlestep_third_coefficients(ps, mid[0], mid[1], pt, r1, r2,
-                                              algorithm_type=algorithm_type,
-                                              solver_type=solver_type,
-                                              second_intermediate=second_intermediate)
+            r1, r2 = (
+                (1.0 / 3.0, 2.0 / 3.0)
+                if fixed_r
+                else ((mid[0].lam - ps.lam) / h, (mid[1].lam - ps.lam) / h)
+            )
+            c = singlestep_third_coefficients(
+                ps,
+                mid[0],
+                mid[1],
+                pt,
+                r1,
+                r2,
+                algorithm_type=algorithm_type,
+                solver_type=solver_type,
+                second_intermediate=second_intermediate,
+            )
         plan.append((o, c))
     return plan, outer
 
 
-def _multistep_plan(ns, points, order, lower_order_final, warmup, model_time, algorithm_type,
-                    solver_type, d2_scale):
+def _multistep_plan(
+    ns, points, order, lower_order_final, warmup, model_time, algorithm_type, solver_type, d2_scale
+):
     steps = len(points) - 1
     orders = multistep_step_orders(steps, order, lower_order_final)
     if points[-1].sigma == 0.0:
-        orders[-1] = 1                                   # the step into σ = 0 is first order
+        orders[-1] = 1  # the step into σ = 0 is first order
     plan = []
     for i in range(steps):
         o, pt = orders[i], points[i + 1]
         if i == 0 and order == 3 and warmup == "singlestep" and steps >= 2:
             p0 = points[0]
             mid = _lambda_inner(ns, [p0, pt], [2], model_time)[0][0]
-            plan.append(("single", 2, singlestep_second_coefficients(
-                p0, mid, pt, 0.5, algorithm_type=algorithm_type, solver_type=solver_type)))
+            plan.append(
+                (
+                    "single",
+                    2,
+                    singlestep_second_coefficients(
+                        p0, mid, pt, 0.5, algorithm_type=algorithm_type, solver_type=solver_type
+                    ),
+                )
+            )
         elif o == 1:
             plan.append(("multi", 1, first_order_coefficients(points[i], pt, algorithm_type)))
         elif o == 2:
-            plan.append(("multi", 2, multistep_second_coefficients(
-                points[i - 1], points[i], pt, algorithm_type=algorithm_type,
-                solver_type=solver_type)))
+            plan.append(
+                (
+                    "multi",
+                    2,
+                    multistep_second_coefficients(
+                        points[i - 1],
+                        points[i],
+                        pt,
+                        algorithm_type=algorithm_type,
+                        solver_type=solver_type,
+                    ),
+                )
+            )
         else:
-            plan.append(("multi", 3, multistep_third_coefficients(
-                points[i - 2], points[i - 1], points[i], pt, algorithm_type=algorithm_type,
-                d2_scale=d2_scale)))
+            plan.append(
+                (
+                    "multi",
+                    3,
+                    multistep_third_coefficients(
+                        points[i - 2],
+                        points[i - 1],
+                        points[i],
+                        pt,
+                        algorithm_type=algorithm_type,
+                        d2_scale=d2_scale,
+                    ),
+                )
+            )
     return plan
 
 
-def sample_dpm_solver(model: Callable, x: Any, *, noise_schedule: NoiseScheduleVP,
-                      steps: int | None = None, order: int = 2, method: str = "multistep",
-                      algorithm_type: str = "dpmsolver++", model_type: str = "eps",
-                      skip_type: str = "time_uniform", t_start: float | None = None,
-                      t_end: float | None = None, timesteps: Any = None, sigmas: Any = None,
-                      time_unit: str = "t", final_sigmas_type: str | None = None,
-                      intermediate: str = "lambda", second_intermediate: str = "dpm_solver",
-                      lower_order_final: str = "dpm_solver",
-                      solver_type: str = "dpmsolver", denoise_to_zero: bool = False,
-                      correcting_x0_fn: Any = None, dynamic_thresholding_ratio: float = 0.995,
-                      model_time: Any = "continuous", lambda_min: float | None = None,
-                      d2_scale: str = "consistent", warmup: str = "lower_order",
-                      noise: Any = None, callback: Callable | None = None,
-                      progress: Callable | None = None) -> Any:
+def sample_dpm_solver(
+    model: Callable,
+    x: Any,
+    *,
+    noise_schedule: NoiseScheduleVP,
+    steps: int | None = None,
+    order: int = 2,
+    method: str = "multistep",
+    algorithm_type: str = "dpmsolver++",
+    model_type: str = "eps",
+    skip_type: str = "time_uniform",
+    t_start: float | None = None,
+    t_end: float | None = None,
+    timesteps: Any = None,
+    sigmas: Any = None,
+    time_unit: str = "t",
+    final_sigmas_type: str | None = None,
+    intermediate: str = "lambda",
+    second_intermediate: str = "dpm_solver",
+    lower_order_final: str = "dpm_solver",
+    solver_type: str = "dpmsolver",
+    denoise_to_zero: bool = False,
+    correcting_x0_fn: Any = None,
+    dynamic_thresholding_ratio: float = 0.995,
+    model_time: Any = "continuous",
+    lambda_min: float | None = None,
+    d2_scale: str = "consistent",
+    warmup: str = "lower_order",
+    noise: Any = None,
+    callback: Callable | None = None,
+    progress: Callable | None = None,
+) -> Any:
     """DPM-Solver / DPM-Solver++ sampling from t_start to t_end (Lu et al. 2022a, §3; 2022b, §4), as DPM-Solver's ``sample``.
 
     With the same settings it reproduces DPM-Solver's ``DPM_Solver.sample``, except that its
@@ -1257,8 +1634,12 @@ def sample_dpm_solver(model: Callable, x: Any, *, noise_schedule: NoiseScheduleV
     _check_alg(algorithm_type, solver_type)
     check_choice("skip_type", skip_type, SKIP_TYPES, "step grid")
     check_choice("intermediate", intermediate, INTERMEDIATES, "intermediate-point placement")
-    check_choice("second_intermediate", second_intermediate, SECOND_INTERMEDIATES,
-                 "second intermediate state")
+    check_choice(
+        "second_intermediate",
+        second_intermediate,
+        SECOND_INTERMEDIATES,
+        "second intermediate state",
+    )
     check_choice("time_unit", time_unit, TIME_UNITS, "time unit")
     if final_sigmas_type is not None:
         check_choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES, "final σ")
@@ -1272,8 +1653,9 @@ def sample_dpm_solver(model: Callable, x: Any, *, noise_schedule: NoiseScheduleV
     _check_model_time(ns, model_time)
     if not callable(model):
         fail("model", model, "expected a callable model(x, t) -> prediction")
-    noise_fn, data_fn = _predictors(model, prediction,
-                                    _x0_correction(correcting_x0_fn, dynamic_thresholding_ratio))
+    noise_fn, data_fn = _predictors(
+        model, prediction, _x0_correction(correcting_x0_fn, dynamic_thresholding_ratio)
+    )
     fn = data_fn if algorithm_type == "dpmsolver++" else noise_fn
     report = step_reporter(callback, progress)
 
@@ -1283,8 +1665,11 @@ def sample_dpm_solver(model: Callable, x: Any, *, noise_schedule: NoiseScheduleV
             fail("sigmas", "...", "give timesteps= or sigmas=, not both")
         for name, v in (("t_start", t_start), ("t_end", t_end), ("lambda_min", lambda_min)):
             if v is not None:
-                fail(name, v, "not with an explicit grid (timesteps= or sigmas=): the grid fixes "
-                     "the times")
+                fail(
+                    name,
+                    v,
+                    "not with an explicit grid (timesteps= or sigmas=): the grid fixes the times",
+                )
         grid = _explicit_grid(ns, timesteps, sigmas, time_unit, final_sigmas_type, model_time)
         nfe = len(grid) - 1
         if steps is not None and check_int("steps", steps, minimum=1) != nfe:
@@ -1293,11 +1678,18 @@ def sample_dpm_solver(model: Callable, x: Any, *, noise_schedule: NoiseScheduleV
         t_T, t_0 = grid[0].t, grid[-1].t
     else:
         if final_sigmas_type is not None:
-            fail("final_sigmas_type", final_sigmas_type, "it completes an explicit grid; give "
-                 "timesteps= or sigmas=")
+            fail(
+                "final_sigmas_type",
+                final_sigmas_type,
+                "it completes an explicit grid; give timesteps= or sigmas=",
+            )
         if steps is None:
-            fail("steps", steps, "give steps= (the number of model evaluations) or an explicit "
-                 "grid (timesteps= or sigmas=)")
+            fail(
+                "steps",
+                steps,
+                "give steps= (the number of model evaluations) or an explicit "
+                "grid (timesteps= or sigmas=)",
+            )
         steps = check_int("steps", steps, minimum=1)
         t_T, t_0 = _time_range(ns, t_start, t_end, lambda_min)
 
@@ -1305,45 +1697,77 @@ def sample_dpm_solver(model: Callable, x: Any, *, noise_schedule: NoiseScheduleV
         if steps < order:
             fail("steps", steps, f"the multistep solver of order {order} needs steps >= {order}")
         if grid is None:
-            grid = schedule_points(ns, get_time_steps(ns, skip_type, t_T, t_0, steps),
-                                   model_time=model_time)
-        plan = _multistep_plan(ns, grid, order, lower_order_final, warmup, model_time,
-                               algorithm_type, solver_type, d2_scale)
+            grid = schedule_points(
+                ns, get_time_steps(ns, skip_type, t_T, t_0, steps), model_time=model_time
+            )
+        plan = _multistep_plan(
+            ns,
+            grid,
+            order,
+            lower_order_final,
+            warmup,
+            model_time,
+            algorithm_type,
+            solver_type,
+            d2_scale,
+        )
         last = grid[-1]
         by_t = _by_time(grid, plan)
-        fn_t = lambda xx, t: fn(xx, by_t[t])     # noqa: E731  (model_fn of the single-step warm-up)
+        fn_t = lambda xx, t: fn(xx, by_t[t])  # noqa: E731  (model_fn of the single-step warm-up)
         hist = [fn(x, grid[0])]
         for i, (kind, o, c) in enumerate(plan):
             p = grid[i]
             if report is not None:
-                report(StepInfo(i, steps, x, _denoised(hist[-1], x, p, algorithm_type), t=p.t,
-                                sigma=p.sigma_ve))
+                report(
+                    StepInfo(
+                        i,
+                        steps,
+                        x,
+                        _denoised(hist[-1], x, p, algorithm_type),
+                        t=p.t,
+                        sigma=p.sigma_ve,
+                    )
+                )
             if kind == "single":
-                x, _ = singlestep_dpm_solver_second_update(None, fn_t, x, None, None,
-                                                           model_s=hist[-1], coefficients=c)
+                x, _ = singlestep_dpm_solver_second_update(
+                    None, fn_t, x, None, None, model_s=hist[-1], coefficients=c
+                )
             else:
-                x = multistep_dpm_solver_update(None, x, hist, None, None, order=o,
-                                                coefficients=c)
+                x = multistep_dpm_solver_update(None, x, hist, None, None, order=o, coefficients=c)
             if i < steps - 1:
                 hist.append(fn(x, grid[i + 1]))
                 if len(hist) > order:
                     del hist[0]
     else:
-        plan, outer = _singlestep_plan(ns, steps, order, method, skip_type, intermediate,
-                                       grid, t_T, t_0, model_time, algorithm_type, solver_type,
-                                       second_intermediate)
+        plan, outer = _singlestep_plan(
+            ns,
+            steps,
+            order,
+            method,
+            skip_type,
+            intermediate,
+            grid,
+            t_T,
+            t_0,
+            model_time,
+            algorithm_type,
+            solver_type,
+            second_intermediate,
+        )
         last = outer[-1]
         by_t = _by_time(outer, [(None, o, c) for o, c in plan])
-        fn_t = lambda xx, t: fn(xx, by_t[t])     # noqa: E731
+        fn_t = lambda xx, t: fn(xx, by_t[t])  # noqa: E731
         n = len(plan)
         for j, (o, c) in enumerate(plan):
             p = outer[j]
             m_s = fn(x, p)
             if report is not None:
-                report(StepInfo(j, n, x, _denoised(m_s, x, p, algorithm_type), t=p.t,
-                                sigma=p.sigma_ve))
-            x, _ = singlestep_dpm_solver_update(None, fn_t, x, None, None, order=o, model_s=m_s,
-                                                coefficients=c)
+                report(
+                    StepInfo(j, n, x, _denoised(m_s, x, p, algorithm_type), t=p.t, sigma=p.sigma_ve)
+                )
+            x, _ = singlestep_dpm_solver_update(
+                None, fn_t, x, None, None, order=o, model_s=m_s, coefficients=c
+            )
     if denoise_to_zero:
         x = data_fn(x, last)
     return x
@@ -1362,57 +1786,158 @@ def _by_time(points: list[SchedulePoint], plan: list) -> dict[float, SchedulePoi
 
 def _denoised(m: Any, x: Any, p: SchedulePoint, algorithm_type: str) -> Any:
     """The data prediction at a step's start: the model value itself (DPM-Solver++) or x̂0 from ε̂."""
-    return m if algorithm_type == "dpmsolver++" else x0_from_prediction(m, x, p.alpha, p.sigma, "eps")
+    return (
+        m if algorithm_type == "dpmsolver++" else x0_from_prediction(m, x, p.alpha, p.sigma, "eps")
+    )
 
 
-def _register(name: str, *, order: int, method: str, algorithm_type: str, step: Callable,
-              formal_order: int | None, doc: str) -> Callable:
+def _register(
+    name: str,
+    *,
+    order: int,
+    method: str,
+    algorithm_type: str,
+    step: Callable,
+    formal_order: int | None,
+    doc: str,
+) -> Callable:
     fixed: dict[str, Any] = {"order": order, "method": method, "algorithm_type": algorithm_type}
 
-    def sampler(model: Callable, x: Any, *, noise_schedule: NoiseScheduleVP,
-                steps: int | None = None, noise: Any = None, **options: Any) -> Any:
+    def sampler(
+        model: Callable,
+        x: Any,
+        *,
+        noise_schedule: NoiseScheduleVP,
+        steps: int | None = None,
+        noise: Any = None,
+        **options: Any,
+    ) -> Any:
         for key in fixed:
             if key in options:
-                fail(key, options[key], f"the sampler {name!r} fixes {key} to "
-                     f"{fixed[key]!r}; call sample_dpm_solver for other settings")
-        return sample_dpm_solver(model, x, noise_schedule=noise_schedule, steps=steps,
-                                 noise=noise, **fixed, **options)
+                fail(
+                    key,
+                    options[key],
+                    f"the sampler {name!r} fixes {key} to "
+                    f"{fixed[key]!r}; call sample_dpm_solver for other settings",
+                )
+        return sample_dpm_solver(
+            model, x, noise_schedule=noise_schedule, steps=steps, noise=noise, **fixed, **options
+        )
 
     sampler.__name__ = "sample_" + name.replace("+", "p")
     sampler.__qualname__ = sampler.__name__
-    sampler.__doc__ = (doc + "\n\nSee :func:`sample_dpm_solver` for the options (all but order, "
-                       "method and algorithm_type).")
+    sampler.__doc__ = (
+        doc + "\n\nSee :func:`sample_dpm_solver` for the options (all but order, "
+        "method and algorithm_type)."
+    )
     register_sampler(name, family="vp", stochastic=False, order=formal_order, step=step)(sampler)
     globals()[sampler.__name__] = sampler
     return sampler
 
 
 _SPECS: list[tuple[Any, ...]] = [
-    ("dpm_solver_1", 1, "singlestep_fixed", "dpmsolver", dpm_solver_first_update, 1,
-     "DPM-Solver-1 (= DDIM), noise prediction (Lu et al. 2022a, Eq. 3.7)."),
-    ("dpm_solver_2", 2, "singlestep_fixed", "dpmsolver", singlestep_dpm_solver_second_update, 2,
-     "Single-step DPM-Solver-2, noise prediction (Lu et al. 2022a, Alg. 1, r1 = 1/2)."),
-    ("dpm_solver_3", 3, "singlestep_fixed", "dpmsolver", singlestep_dpm_solver_third_update, 3,
-     "Single-step DPM-Solver-3, noise prediction (Lu et al. 2022a, Alg. 2, r1 = 1/3, r2 = 2/3)."),
-    ("dpm_solver_fast", 3, "singlestep", "dpmsolver", singlestep_dpm_solver_update, 2,
-     "DPM-Solver-fast: orders 3, ..., 3 then 2/1 to spend exactly `steps` NFE (Lu et al. 2022a, §3.3)."),
-    ("dpm_solver_2m", 2, "multistep", "dpmsolver", multistep_dpm_solver_second_update, 2,
-     "Multistep DPM-Solver-2, noise prediction (Lu et al. 2022b, Alg. 2 in the noise form)."),
-    ("dpm_solver_3m", 3, "multistep", "dpmsolver", multistep_dpm_solver_third_update, 3,
-     "Multistep DPM-Solver-3, noise prediction (Lu et al. 2022b, §4 multistep, in the noise form)."),
-    ("dpmpp_2s", 2, "singlestep_fixed", "dpmsolver++", singlestep_dpm_solver_second_update, 2,
-     "Single-step DPM-Solver++(2S), data prediction (Lu et al. 2022b, Alg. 1)."),
-    ("dpmpp_3s", 3, "singlestep_fixed", "dpmsolver++", singlestep_dpm_solver_third_update, 3,
-     "Single-step DPM-Solver++(3S), data prediction (Lu et al. 2022b, §4)."),
-    ("dpmpp_2m", 2, "multistep", "dpmsolver++", multistep_dpm_solver_second_update, 2,
-     "Multistep DPM-Solver++(2M), data prediction (Lu et al. 2022b, Alg. 2)."),
-    ("dpmpp_3m", 3, "multistep", "dpmsolver++", multistep_dpm_solver_third_update, 3,
-     "Multistep DPM-Solver++(3M), data prediction (Lu et al. 2022b, §4 multistep, third order)."),
+    (
+        "dpm_solver_1",
+        1,
+        "singlestep_fixed",
+        "dpmsolver",
+        dpm_solver_first_update,
+        1,
+        "DPM-Solver-1 (= DDIM), noise prediction (Lu et al. 2022a, Eq. 3.7).",
+    ),
+    (
+        "dpm_solver_2",
+        2,
+        "singlestep_fixed",
+        "dpmsolver",
+        singlestep_dpm_solver_second_update,
+        2,
+        "Single-step DPM-Solver-2, noise prediction (Lu et al. 2022a, Alg. 1, r1 = 1/2).",
+    ),
+    (
+        "dpm_solver_3",
+        3,
+        "singlestep_fixed",
+        "dpmsolver",
+        singlestep_dpm_solver_third_update,
+        3,
+        "Single-step DPM-Solver-3, noise prediction (Lu et al. 2022a, Alg. 2, r1 = 1/3, r2 = 2/3).",
+    ),
+    (
+        "dpm_solver_fast",
+        3,
+        "singlestep",
+        "dpmsolver",
+        singlestep_dpm_solver_update,
+        2,
+        "DPM-Solver-fast: orders 3, ..., 3 then 2/1 to spend exactly `steps` NFE (Lu et al. 2022a, §3.3).",
+    ),
+    (
+        "dpm_solver_2m",
+        2,
+        "multistep",
+        "dpmsolver",
+        multistep_dpm_solver_second_update,
+        2,
+        "Multistep DPM-Solver-2, noise prediction (Lu et al. 2022b, Alg. 2 in the noise form).",
+    ),
+    (
+        "dpm_solver_3m",
+        3,
+        "multistep",
+        "dpmsolver",
+        multistep_dpm_solver_third_update,
+        3,
+        "Multistep DPM-Solver-3, noise prediction (Lu et al. 2022b, §4 multistep, in the noise form).",
+    ),
+    (
+        "dpmpp_2s",
+        2,
+        "singlestep_fixed",
+        "dpmsolver++",
+        singlestep_dpm_solver_second_update,
+        2,
+        "Single-step DPM-Solver++(2S), data prediction (Lu et al. 2022b, Alg. 1).",
+    ),
+    (
+        "dpmpp_3s",
+        3,
+        "singlestep_fixed",
+        "dpmsolver++",
+        singlestep_dpm_solver_third_update,
+        3,
+        "Single-step DPM-Solver++(3S), data prediction (Lu et al. 2022b, §4).",
+    ),
+    (
+        "dpmpp_2m",
+        2,
+        "multistep",
+        "dpmsolver++",
+        multistep_dpm_solver_second_update,
+        2,
+        "Multistep DPM-Solver++(2M), data prediction (Lu et al. 2022b, Alg. 2).",
+    ),
+    (
+        "dpmpp_3m",
+        3,
+        "multistep",
+        "dpmsolver++",
+        multistep_dpm_solver_third_update,
+        3,
+        "Multistep DPM-Solver++(3M), data prediction (Lu et al. 2022b, §4 multistep, third order).",
+    ),
 ]
 
 for _spec in _SPECS:
-    _register(_spec[0], order=_spec[1], method=_spec[2], algorithm_type=_spec[3], step=_spec[4],
-              formal_order=_spec[5], doc=_spec[6])
+    _register(
+        _spec[0],
+        order=_spec[1],
+        method=_spec[2],
+        algorithm_type=_spec[3],
+        step=_spec[4],
+        formal_order=_spec[5],
+        doc=_spec[6],
+    )
 del _spec
 
 

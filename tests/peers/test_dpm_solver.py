@@ -30,7 +30,7 @@ from refdiff.sde import VESDE
 SHAPE = (1, 3, 8, 8)
 _rng = np.random.default_rng(20220601)
 MU = 0.5 * _rng.standard_normal(SHAPE[1:])
-S2 = 0.25                                   # data x0 ~ N(MU, S2 I), per pixel
+S2 = 0.25  # data x0 ~ N(MU, S2 I), per pixel
 XT = _rng.standard_normal(SHAPE)
 
 
@@ -52,14 +52,18 @@ def _rel(a, b) -> float:
 # diffusers (live)
 # --------------------------------------------------------------------------------------------
 
+
 def _diffusers(name: str, **config):
-    diffusers = pytest.importorskip("diffusers", reason="diffusers (test extra) checks the live peer")
+    diffusers = pytest.importorskip(
+        "diffusers", reason="diffusers (test extra) checks the live peer"
+    )
     return getattr(diffusers, name)(num_train_timesteps=1000, beta_schedule="linear", **config)
 
 
 def _run(sched, n: int, net):
     """diffusers' loop in float32; ``net(x, t_int)`` is the float64 network; returns (sample, ᾱ table)."""
     import torch
+
     sched.set_timesteps(n)
     x = torch.from_numpy(XT.astype(np.float32))
     for t in sched.timesteps:
@@ -70,11 +74,13 @@ def _run(sched, n: int, net):
 
 def _index_eps(ac):
     """The ε-network of a discrete schedule: model(x, t) with integer t (asserted) -> exact ε at ᾱ_t."""
+
     def net(x, t):
         n = float(np.asarray(t).reshape(-1)[0])
         assert n == round(n), n
         ab = ac[int(n)]
         return eps_exact(x, math.sqrt(ab), math.sqrt(1.0 - ab))
+
     return net
 
 
@@ -85,45 +91,113 @@ def _x0_net(x, t):
 
 MULTISTEP_ROWS = [
     # (diffusers config, n, the refdiff sampler, its options)
-    ("pp2_zero", dict(algorithm_type="dpmsolver++", solver_order=2), 10, "dpmpp_2m",
-     dict(final_sigmas_type="zero", lower_order_final="diffusers")),
-    ("pp2_zero_20", dict(algorithm_type="dpmsolver++", solver_order=2), 20, "dpmpp_2m",
-     dict(final_sigmas_type="zero", lower_order_final="diffusers")),
-    ("pp3_zero", dict(algorithm_type="dpmsolver++", solver_order=3), 10, "dpmpp_3m",
-     dict(final_sigmas_type="zero", lower_order_final="diffusers", d2_scale="dpm_solver")),
-    ("pp3_zero_20", dict(algorithm_type="dpmsolver++", solver_order=3), 20, "dpmpp_3m",
-     dict(final_sigmas_type="zero", lower_order_final="diffusers", d2_scale="dpm_solver")),
-    ("pp2_sigma_min", dict(algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="sigma_min"),
-     20, "dpmpp_2m", dict(final_sigmas_type="sigma_min", lower_order_final="diffusers")),
-    ("pp2_heun", dict(algorithm_type="dpmsolver++", solver_order=2, solver_type="heun"), 10, "dpmpp_2m",
-     dict(final_sigmas_type="zero", lower_order_final="diffusers", solver_type="taylor")),
-    ("pp3_no_lower_final", dict(algorithm_type="dpmsolver++", solver_order=3, lower_order_final=False,
-                                final_sigmas_type="sigma_min"), 10, "dpmpp_3m",
-     dict(final_sigmas_type="sigma_min", lower_order_final="never", d2_scale="dpm_solver")),
-    ("eps2_sigma_min", dict(algorithm_type="dpmsolver", solver_order=2, final_sigmas_type="sigma_min"),
-     20, "dpm_solver_2m", dict(final_sigmas_type="sigma_min", lower_order_final="diffusers")),
-    ("eps3_sigma_min", dict(algorithm_type="dpmsolver", solver_order=3, final_sigmas_type="sigma_min"),
-     10, "dpm_solver_3m", dict(final_sigmas_type="sigma_min", lower_order_final="diffusers",
-                               d2_scale="dpm_solver")),
-    ("pp2_trailing", dict(algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing"),
-     10, "dpmpp_2m", dict(final_sigmas_type="zero", lower_order_final="diffusers")),
-    ("pp2_leading", dict(algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="leading",
-                         steps_offset=1), 10, "dpmpp_2m",
-     dict(final_sigmas_type="zero", lower_order_final="diffusers")),
+    (
+        "pp2_zero",
+        dict(algorithm_type="dpmsolver++", solver_order=2),
+        10,
+        "dpmpp_2m",
+        dict(final_sigmas_type="zero", lower_order_final="diffusers"),
+    ),
+    (
+        "pp2_zero_20",
+        dict(algorithm_type="dpmsolver++", solver_order=2),
+        20,
+        "dpmpp_2m",
+        dict(final_sigmas_type="zero", lower_order_final="diffusers"),
+    ),
+    (
+        "pp3_zero",
+        dict(algorithm_type="dpmsolver++", solver_order=3),
+        10,
+        "dpmpp_3m",
+        dict(final_sigmas_type="zero", lower_order_final="diffusers", d2_scale="dpm_solver"),
+    ),
+    (
+        "pp3_zero_20",
+        dict(algorithm_type="dpmsolver++", solver_order=3),
+        20,
+        "dpmpp_3m",
+        dict(final_sigmas_type="zero", lower_order_final="diffusers", d2_scale="dpm_solver"),
+    ),
+    (
+        "pp2_sigma_min",
+        dict(algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="sigma_min"),
+        20,
+        "dpmpp_2m",
+        dict(final_sigmas_type="sigma_min", lower_order_final="diffusers"),
+    ),
+    (
+        "pp2_heun",
+        dict(algorithm_type="dpmsolver++", solver_order=2, solver_type="heun"),
+        10,
+        "dpmpp_2m",
+        dict(final_sigmas_type="zero", lower_order_final="diffusers", solver_type="taylor"),
+    ),
+    (
+        "pp3_no_lower_final",
+        dict(
+            algorithm_type="dpmsolver++",
+            solver_order=3,
+            lower_order_final=False,
+            final_sigmas_type="sigma_min",
+        ),
+        10,
+        "dpmpp_3m",
+        dict(final_sigmas_type="sigma_min", lower_order_final="never", d2_scale="dpm_solver"),
+    ),
+    (
+        "eps2_sigma_min",
+        dict(algorithm_type="dpmsolver", solver_order=2, final_sigmas_type="sigma_min"),
+        20,
+        "dpm_solver_2m",
+        dict(final_sigmas_type="sigma_min", lower_order_final="diffusers"),
+    ),
+    (
+        "eps3_sigma_min",
+        dict(algorithm_type="dpmsolver", solver_order=3, final_sigmas_type="sigma_min"),
+        10,
+        "dpm_solver_3m",
+        dict(final_sigmas_type="sigma_min", lower_order_final="diffusers", d2_scale="dpm_solver"),
+    ),
+    (
+        "pp2_trailing",
+        dict(algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing"),
+        10,
+        "dpmpp_2m",
+        dict(final_sigmas_type="zero", lower_order_final="diffusers"),
+    ),
+    (
+        "pp2_leading",
+        dict(
+            algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="leading", steps_offset=1
+        ),
+        10,
+        "dpmpp_2m",
+        dict(final_sigmas_type="zero", lower_order_final="diffusers"),
+    ),
 ]
 
 
-@pytest.mark.parametrize("row,config,n,name,options", MULTISTEP_ROWS, ids=[r[0] for r in MULTISTEP_ROWS])
+@pytest.mark.parametrize(
+    "row,config,n,name,options", MULTISTEP_ROWS, ids=[r[0] for r in MULTISTEP_ROWS]
+)
 def test_diffusers_multistep(row, config, n, name, options):
     """DPMSolverMultistepScheduler(config) on its integer timesteps = one refdiff call."""
     from refdiff.samplers import get_sampler
+
     sched = _diffusers("DPMSolverMultistepScheduler", **config)
     ac = sched.alphas_cumprod.double().numpy()
     ref = _run(sched, n, _index_eps(ac))
     ns = D.NoiseScheduleVP.discrete(alphas_cumprod=ac, clip_lambda=None)
-    got = get_sampler(name).fn(_index_eps(ac), XT, noise_schedule=ns,
-                               timesteps=sched.timesteps.numpy(), time_unit="index",
-                               model_time="index", **options)
+    got = get_sampler(name).fn(
+        _index_eps(ac),
+        XT,
+        noise_schedule=ns,
+        timesteps=sched.timesteps.numpy(),
+        time_unit="index",
+        model_time="index",
+        **options,
+    )
     assert _rel(got, ref) <= 4e-6, _rel(got, ref)
 
 
@@ -131,14 +205,28 @@ def test_diffusers_multistep(row, config, n, name, options):
 def test_diffusers_multistep_karras_sigmas(order):
     """use_karras_sigmas=True: refdiff steps on diffusers' σ grid (sigmas=, λ = -log σ) to σ = 0."""
     from refdiff.samplers import get_sampler
-    sched = _diffusers("DPMSolverMultistepScheduler", algorithm_type="dpmsolver++",
-                       solver_order=order, use_karras_sigmas=True, prediction_type="sample")
+
+    sched = _diffusers(
+        "DPMSolverMultistepScheduler",
+        algorithm_type="dpmsolver++",
+        solver_order=order,
+        use_karras_sigmas=True,
+        prediction_type="sample",
+    )
     ref = _run(sched, 15, _x0_net)
-    ns = D.NoiseScheduleVP.discrete(alphas_cumprod=sched.alphas_cumprod.double().numpy(),
-                                    clip_lambda=None)
+    ns = D.NoiseScheduleVP.discrete(
+        alphas_cumprod=sched.alphas_cumprod.double().numpy(), clip_lambda=None
+    )
     got = get_sampler(f"dpmpp_{order}m").fn(
-        _x0_net, XT, noise_schedule=ns, sigmas=sched.sigmas.numpy()[:-1], final_sigmas_type="zero",
-        model_type="x0", lower_order_final="diffusers", d2_scale="dpm_solver")
+        _x0_net,
+        XT,
+        noise_schedule=ns,
+        sigmas=sched.sigmas.numpy()[:-1],
+        final_sigmas_type="zero",
+        model_type="x0",
+        lower_order_final="diffusers",
+        d2_scale="dpm_solver",
+    )
     assert _rel(got, ref) <= 4e-6, _rel(got, ref)
 
 
@@ -147,43 +235,73 @@ def test_diffusers_rejects_what_refdiff_takes_as_a_limit():
     takes the exact limit x = (α_t/α_s)(x_s - σ_s ε̂_s) = x̂0 (α_t = 1): the output is the data
     prediction reported at the last step, in both forms."""
     with pytest.raises(ValueError):
-        _diffusers("DPMSolverMultistepScheduler", algorithm_type="dpmsolver", final_sigmas_type="zero")
+        _diffusers(
+            "DPMSolverMultistepScheduler", algorithm_type="dpmsolver", final_sigmas_type="zero"
+        )
     sched = _diffusers("DPMSolverMultistepScheduler", algorithm_type="dpmsolver++", solver_order=2)
     sched.set_timesteps(10)
     ac = sched.alphas_cumprod.double().numpy()
     ns = D.NoiseScheduleVP.discrete(alphas_cumprod=ac, clip_lambda=None)
     for alg in ("dpmsolver", "dpmsolver++"):
         infos = []
-        out = D.sample_dpm_solver(_index_eps(ac), XT, noise_schedule=ns, algorithm_type=alg,
-                                  timesteps=sched.timesteps.numpy(), time_unit="index",
-                                  model_time="index", final_sigmas_type="zero", order=2,
-                                  callback=infos.append)
+        out = D.sample_dpm_solver(
+            _index_eps(ac),
+            XT,
+            noise_schedule=ns,
+            algorithm_type=alg,
+            timesteps=sched.timesteps.numpy(),
+            time_unit="index",
+            model_time="index",
+            final_sigmas_type="zero",
+            order=2,
+            callback=infos.append,
+        )
         np.testing.assert_allclose(out, infos[-1].denoised, rtol=1e-14, atol=1e-14)
 
 
 SINGLESTEP_ROWS = [
     ("o2_midpoint", 2, 9, "midpoint", dict(solver_type="dpmsolver")),
     ("o2_heun", 2, 9, "heun", dict(solver_type="taylor")),
-    ("o3_midpoint", 3, 10, "midpoint", dict(solver_type="dpmsolver", second_intermediate="diffusers")),
+    (
+        "o3_midpoint",
+        3,
+        10,
+        "midpoint",
+        dict(solver_type="dpmsolver", second_intermediate="diffusers"),
+    ),
     ("o3_heun", 3, 10, "heun", dict(solver_type="taylor")),
     ("o3_heun_11", 3, 11, "heun", dict(solver_type="taylor")),
 ]
 
 
-@pytest.mark.parametrize("row,order,n,solver_type,options", SINGLESTEP_ROWS,
-                         ids=[r[0] for r in SINGLESTEP_ROWS])
+@pytest.mark.parametrize(
+    "row,order,n,solver_type,options", SINGLESTEP_ROWS, ids=[r[0] for r in SINGLESTEP_ROWS]
+)
 def test_diffusers_singlestep(row, order, n, solver_type, options):
     """DPMSolverSinglestepScheduler: intermediate points on its grid (intermediate="grid"), final σ = 0."""
-    sched = _diffusers("DPMSolverSinglestepScheduler", algorithm_type="dpmsolver++",
-                       solver_order=order, solver_type=solver_type)
+    sched = _diffusers(
+        "DPMSolverSinglestepScheduler",
+        algorithm_type="dpmsolver++",
+        solver_order=order,
+        solver_type=solver_type,
+    )
     ac = sched.alphas_cumprod.double().numpy()
     ref = _run(sched, n, _index_eps(ac))
     ns = D.NoiseScheduleVP.discrete(alphas_cumprod=ac, clip_lambda=None)
-    got = D.sample_dpm_solver(_index_eps(ac), XT, noise_schedule=ns, method="singlestep",
-                              order=order, algorithm_type="dpmsolver++",
-                              timesteps=sched.timesteps.numpy(), time_unit="index",
-                              model_time="index", final_sigmas_type="zero", intermediate="grid",
-                              **options)
+    got = D.sample_dpm_solver(
+        _index_eps(ac),
+        XT,
+        noise_schedule=ns,
+        method="singlestep",
+        order=order,
+        algorithm_type="dpmsolver++",
+        timesteps=sched.timesteps.numpy(),
+        time_unit="index",
+        model_time="index",
+        final_sigmas_type="zero",
+        intermediate="grid",
+        **options,
+    )
     assert _rel(got, ref) <= 4e-6, _rel(got, ref)
 
 
@@ -194,9 +312,18 @@ def test_diffusers_singlestep_order3_midpoint_is_not_dpm_solver_3():
     ac = sched.alphas_cumprod.double().numpy()
     ref = _run(sched, 10, _index_eps(ac))
     ns = D.NoiseScheduleVP.discrete(alphas_cumprod=ac, clip_lambda=None)
-    got = D.sample_dpm_solver(_index_eps(ac), XT, noise_schedule=ns, method="singlestep", order=3,
-                              timesteps=sched.timesteps.numpy(), time_unit="index",
-                              model_time="index", final_sigmas_type="zero", intermediate="grid")
+    got = D.sample_dpm_solver(
+        _index_eps(ac),
+        XT,
+        noise_schedule=ns,
+        method="singlestep",
+        order=3,
+        timesteps=sched.timesteps.numpy(),
+        time_unit="index",
+        model_time="index",
+        final_sigmas_type="zero",
+        intermediate="grid",
+    )
     assert _rel(got, ref) > 1e-4
 
 
@@ -208,7 +335,7 @@ B0, B1 = 0.1, 20.0
 
 
 def _lmc(t):
-    return -0.25 * t ** 2 * (B1 - B0) - 0.5 * t * B0
+    return -0.25 * t**2 * (B1 - B0) - 0.5 * t * B0
 
 
 def _std(t):
@@ -221,7 +348,7 @@ def _lam(t):
 
 def _inv_lam(lam):
     tmp = 2.0 * (B1 - B0) * np.logaddexp(-2.0 * lam, 0.0)
-    delta = B0 ** 2 + tmp
+    delta = B0**2 + tmp
     return tmp / (np.sqrt(delta) + B0) / (B1 - B0)
 
 
@@ -230,7 +357,7 @@ def _grid(skip, t_T, t_0, n):
         return _inv_lam(np.linspace(_lam(t_T), _lam(t_0), n + 1))
     if skip == "time_uniform":
         return np.linspace(t_T, t_0, n + 1)
-    return np.linspace(t_T ** 0.5, t_0 ** 0.5, n + 1) ** 2
+    return np.linspace(t_T**0.5, t_0**0.5, n + 1) ** 2
 
 
 def _noise(x, t):
@@ -334,8 +461,13 @@ def _official_sample(x, steps, order, skip, method, pp):
     if method == "singlestep":
         if order == 3:
             K = steps // 3 + 1
-            orders = ([3] * (K - 2) + [2, 1] if steps % 3 == 0 else
-                      [3] * (K - 1) + [1] if steps % 3 == 1 else [3] * (K - 1) + [2])
+            orders = (
+                [3] * (K - 2) + [2, 1]
+                if steps % 3 == 0
+                else [3] * (K - 1) + [1]
+                if steps % 3 == 1
+                else [3] * (K - 1) + [2]
+            )
         else:
             orders = [2] * (steps // 2) + ([1] if steps % 2 else [])
         if skip == "logSNR":
@@ -363,19 +495,47 @@ OFFICIAL_ROWS = [
     ("multistep", 3, "logSNR", "dpmsolver++", 8, "dpmpp_3m", dict(d2_scale="dpm_solver")),
     ("multistep", 3, "time_uniform", "dpmsolver", 12, "dpm_solver_3m", dict(d2_scale="dpm_solver")),
     ("multistep", 2, "time_quadratic", "dpmsolver", 10, "dpm_solver_2m", {}),
-    ("singlestep", 3, "time_uniform", "dpmsolver", 10, "dpm_solver_fast", dict(intermediate="grid")),
+    (
+        "singlestep",
+        3,
+        "time_uniform",
+        "dpmsolver",
+        10,
+        "dpm_solver_fast",
+        dict(intermediate="grid"),
+    ),
     ("singlestep", 3, "logSNR", "dpmsolver", 12, "dpm_solver_fast", {}),
-    ("singlestep_fixed", 2, "time_uniform", "dpmsolver++", 10, "dpmpp_2s", dict(intermediate="grid")),
-    ("singlestep_fixed", 3, "time_quadratic", "dpmsolver", 9, "dpm_solver_3", dict(intermediate="grid")),
+    (
+        "singlestep_fixed",
+        2,
+        "time_uniform",
+        "dpmsolver++",
+        10,
+        "dpmpp_2s",
+        dict(intermediate="grid"),
+    ),
+    (
+        "singlestep_fixed",
+        3,
+        "time_quadratic",
+        "dpmsolver",
+        9,
+        "dpm_solver_3",
+        dict(intermediate="grid"),
+    ),
     ("singlestep_fixed", 3, "logSNR", "dpmsolver++", 9, "dpmpp_3s", {}),
 ]
 
 
-@pytest.mark.parametrize("method,order,skip,alg,steps,name,options", OFFICIAL_ROWS,
-                         ids=[f"{r[0]}-{r[1]}-{r[2]}-{r[3]}" for r in OFFICIAL_ROWS])
+@pytest.mark.parametrize(
+    "method,order,skip,alg,steps,name,options",
+    OFFICIAL_ROWS,
+    ids=[f"{r[0]}-{r[1]}-{r[2]}-{r[3]}" for r in OFFICIAL_ROWS],
+)
 def test_official_dpm_solver_sample(method, order, skip, alg, steps, name, options):
     """DPM_Solver(model_fn, NoiseScheduleVP('linear'), algorithm_type).sample(x, steps, order, skip_type, method)."""
     from refdiff.samplers import get_sampler
+
     ref = _official_sample(XT, steps, order, skip, method, alg == "dpmsolver++")
     ns = D.NoiseScheduleVP.linear()
 
@@ -397,13 +557,15 @@ def test_official_singlestep_time_uniform_needs_grid_placement():
         return eps_exact(x, math.exp(_lmc(tt)), float(_std(tt)))
 
     from refdiff.samplers import sample_dpmpp_2s
-    got = sample_dpmpp_2s(model, XT, noise_schedule=ns, steps=10)     # intermediate="lambda"
+
+    got = sample_dpmpp_2s(model, XT, noise_schedule=ns, steps=10)  # intermediate="lambda"
     assert _rel(got, ref) > 1e-6
 
 
 # --------------------------------------------------------------------------------------------
 # k-diffusion, re-derived (float64)
 # --------------------------------------------------------------------------------------------
+
 
 def _denoiser(x, sigma):
     """The exact VE denoiser D(x, σ) = E[x0 | x0 + σ z = x] of the Gaussian data."""
@@ -416,7 +578,10 @@ def _kdiff_dpmpp_2m(x, sigmas):
     h_last = None
     for i in range(len(sigmas) - 1):
         denoised = _denoiser(x, sigmas[i])
-        t, t_next = -math.log(sigmas[i]), (math.inf if sigmas[i + 1] == 0 else -math.log(sigmas[i + 1]))
+        t, t_next = (
+            -math.log(sigmas[i]),
+            (math.inf if sigmas[i + 1] == 0 else -math.log(sigmas[i + 1])),
+        )
         h = t_next - t
         if old is None or sigmas[i + 1] == 0:
             x = (sigmas[i + 1] / sigmas[i]) * x - math.expm1(-h) * denoised
@@ -452,16 +617,27 @@ def _kdiff_dpm_fast(x, sigma_min, sigma_max, nfe):
             s1 = t + r1 * h
             u1 = x - sig(s1) * math.expm1(r1 * h) * e
             e1 = eps(u1, s1)
-            x = x - sig(t_next) * math.expm1(h) * e - sig(t_next) / (2 * r1) * math.expm1(h) * (e1 - e)
+            x = (
+                x
+                - sig(t_next) * math.expm1(h) * e
+                - sig(t_next) / (2 * r1) * math.expm1(h) * (e1 - e)
+            )
         else:
             r1, r2 = 1 / 3, 2 / 3
             s1, s2 = t + r1 * h, t + r2 * h
             u1 = x - sig(s1) * math.expm1(r1 * h) * e
             e1 = eps(u1, s1)
-            u2 = (x - sig(s2) * math.expm1(r2 * h) * e
-                  - sig(s2) * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * (e1 - e))
+            u2 = (
+                x
+                - sig(s2) * math.expm1(r2 * h) * e
+                - sig(s2) * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * (e1 - e)
+            )
             e2 = eps(u2, s2)
-            x = x - sig(t_next) * math.expm1(h) * e - sig(t_next) / r2 * (math.expm1(h) / h - 1) * (e2 - e)
+            x = (
+                x
+                - sig(t_next) * math.expm1(h) * e
+                - sig(t_next) / r2 * (math.expm1(h) / h - 1) * (e2 - e)
+            )
     return x
 
 
@@ -469,13 +645,20 @@ def _kdiff_dpm_fast(x, sigma_min, sigma_max, nfe):
 def test_kdiffusion_dpmpp_2m_on_karras_sigmas(n):
     """sample_dpmpp_2m(model, σ_max z, get_sigmas_karras(n, 0.002, 80)) = sample_dpmpp_2m on a VE schedule with sigmas=."""
     from refdiff.samplers import sample_dpmpp_2m
+
     sigmas = karras_sigmas(n, 0.002, 80.0)
     x = XT * 80.0
     ref = _kdiff_dpmpp_2m(x, [float(s) for s in sigmas])
     ns = D.NoiseScheduleVP.from_sde(VESDE(sigma_min=0.002, sigma_max=80.0))
-    got = sample_dpmpp_2m(lambda xx, s: _denoiser(xx, float(s[0])), x, noise_schedule=ns,
-                          sigmas=sigmas, model_type="x0", model_time="sigma",
-                          lower_order_final="never")
+    got = sample_dpmpp_2m(
+        lambda xx, s: _denoiser(xx, float(s[0])),
+        x,
+        noise_schedule=ns,
+        sigmas=sigmas,
+        model_type="x0",
+        model_time="sigma",
+        lower_order_final="never",
+    )
     assert _rel(got, ref) <= 1e-13, _rel(got, ref)
 
 
@@ -483,11 +666,19 @@ def test_kdiffusion_dpmpp_2m_on_karras_sigmas(n):
 def test_kdiffusion_dpm_solver_fast(nfe):
     """DPMSolver.dpm_solver_fast(x, -log σ_max, -log σ_min, nfe) = sample_dpm_solver_fast on a VE schedule, logSNR grid."""
     from refdiff.samplers import sample_dpm_solver_fast
+
     smin, smax = 0.01, 50.0
     x = XT * smax
     ref = _kdiff_dpm_fast(x, smin, smax, nfe)
     ns = D.NoiseScheduleVP.from_sde(VESDE(sigma_min=0.002, sigma_max=smax))
-    got = sample_dpm_solver_fast(lambda xx, s: _denoiser(xx, float(s[0])), x, noise_schedule=ns,
-                                 steps=nfe, skip_type="logSNR", model_type="x0",
-                                 model_time="sigma", t_end=float(ns.inverse_lambda(-math.log(smin))))
+    got = sample_dpm_solver_fast(
+        lambda xx, s: _denoiser(xx, float(s[0])),
+        x,
+        noise_schedule=ns,
+        steps=nfe,
+        skip_type="logSNR",
+        model_type="x0",
+        model_time="sigma",
+        t_end=float(ns.inverse_lambda(-math.log(smin))),
+    )
     assert _rel(got, ref) <= 1e-12, _rel(got, ref)

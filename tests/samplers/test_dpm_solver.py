@@ -31,7 +31,12 @@ NS = D.NoiseScheduleVP.linear()
 
 def flow_map(ns, s: float, t: float):
     """Exact probability-flow map x(s) -> x(t) = M x(s) + c for DATA (closed form)."""
-    a0, s0, a1, s1 = ns.marginal_alpha(s), ns.marginal_std(s), ns.marginal_alpha(t), ns.marginal_std(t)
+    a0, s0, a1, s1 = (
+        ns.marginal_alpha(s),
+        ns.marginal_std(s),
+        ns.marginal_alpha(t),
+        ns.marginal_std(t),
+    )
     w, U = np.linalg.eigh(COV)
     M = U @ np.diag(np.sqrt((a1 * a1 * w + s1 * s1) / (a0 * a0 * w + s0 * s0))) @ U.T
     return M, a1 * MU - M @ (a0 * MU)
@@ -52,15 +57,16 @@ X = np.array([[1.0, 2.0], [-3.0, 0.5]])
 # φ-functions
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("h", [1e-12, -1e-9, 1e-6, -3e-4, 0.05, -0.7, 1.0, -1.99, 2.5, -6.0, 12.0])
 def test_phi_functions_match_mpmath(h):
     """φ1 = e^h - 1, φ2 = (e^h - 1 - h)/h, φ3 = (e^h - 1 - h - h²/2)/h², each within 8 ulp (no exp(h) - 1 cancellation)."""
     mp.mp.dps = 50
     hm = mp.mpf(h)
-    ref = [mp.expm1(hm), (mp.expm1(hm) - hm) / hm, (mp.expm1(hm) - hm - hm * hm / 2) / hm ** 2]
+    ref = [mp.expm1(hm), (mp.expm1(hm) - hm) / hm, (mp.expm1(hm) - hm - hm * hm / 2) / hm**2]
     got = [D.phi_1(h), D.phi_2(h), D.phi_3(h)]
     for g, r in zip(got, ref):
-        assert abs(mp.mpf(g) - r) <= 8 * 2.0 ** -52 * abs(r), (h, g, r)
+        assert abs(mp.mpf(g) - r) <= 8 * 2.0**-52 * abs(r), (h, g, r)
 
 
 def test_phi_at_zero_and_naive_cancellation():
@@ -75,11 +81,12 @@ def test_phi_at_zero_and_naive_cancellation():
 # The noise schedule
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("t", [1e-4, 0.01, 0.3, 0.77, 1.0])
 def test_linear_schedule_against_mpmath(t):
     mp.mp.dps = 50
     tm = mp.mpf(t)
-    log_a = -tm ** 2 * (mp.mpf(20) - mp.mpf("0.1")) / 4 - tm * mp.mpf("0.1") / 2
+    log_a = -(tm**2) * (mp.mpf(20) - mp.mpf("0.1")) / 4 - tm * mp.mpf("0.1") / 2
     sig = mp.sqrt(1 - mp.exp(2 * log_a))
     lam = log_a - mp.log(sig)
     assert NS.marginal_log_mean_coeff(t) == pytest.approx(float(log_a), rel=4e-16)
@@ -94,10 +101,13 @@ def test_discrete_schedule_interpolates_log_alpha():
     ns = D.NoiseScheduleVP.discrete(s)
     assert ns.total_N == 1000
     n = np.array([0, 1, 499, 998, 999])
-    np.testing.assert_array_equal(ns.marginal_log_mean_coeff((n + 1) / 1000.0),
-                                  0.5 * np.asarray(s.log_alphas_cumprod)[n])
+    np.testing.assert_array_equal(
+        ns.marginal_log_mean_coeff((n + 1) / 1000.0), 0.5 * np.asarray(s.log_alphas_cumprod)[n]
+    )
     mid = ns.marginal_log_mean_coeff(500.5 / 1000.0)
-    assert mid == pytest.approx(0.25 * (s.log_alphas_cumprod[499] + s.log_alphas_cumprod[500]), rel=1e-13)
+    assert mid == pytest.approx(
+        0.25 * (s.log_alphas_cumprod[499] + s.log_alphas_cumprod[500]), rel=1e-13
+    )
     # the round trip through λ
     ts = np.array([0.0013, 0.25, 0.6, 0.999])
     np.testing.assert_allclose(ns.inverse_lambda(ns.marginal_lambda(ts)), ts, rtol=1e-9)
@@ -132,21 +142,32 @@ def test_zero_terminal_snr_needs_clipping():
 # Grids and per-step orders (DPM-Solver's documented rules)
 # --------------------------------------------------------------------------------------------
 
+
 def test_time_grids():
     t = D.get_time_steps(NS, "time_uniform", 1.0, 1e-3, 4)
     np.testing.assert_allclose(t, np.linspace(1.0, 1e-3, 5), rtol=1e-15)
     t = D.get_time_steps(NS, "time_quadratic", 1.0, 1e-3, 4)
-    np.testing.assert_allclose(np.diff(np.sqrt(t)), np.full(4, (math.sqrt(1e-3) - 1) / 4), rtol=1e-12)
+    np.testing.assert_allclose(
+        np.diff(np.sqrt(t)), np.full(4, (math.sqrt(1e-3) - 1) / 4), rtol=1e-12
+    )
     t = D.get_time_steps(NS, "logSNR", 1.0, 1e-3, 4)
     lam = NS.marginal_lambda(t)
     np.testing.assert_allclose(np.diff(lam), np.full(4, (lam[-1] - lam[0]) / 4), rtol=1e-10)
     assert t[0] == 1.0 and t[-1] == 1e-3
 
 
-@pytest.mark.parametrize("steps,order,expected", [
-    (6, 3, [3, 2, 1]), (7, 3, [3, 3, 1]), (8, 3, [3, 3, 2]), (3, 3, [2, 1]),
-    (5, 2, [2, 2, 1]), (6, 2, [2, 2, 2]), (3, 1, [1, 1, 1]),
-])
+@pytest.mark.parametrize(
+    "steps,order,expected",
+    [
+        (6, 3, [3, 2, 1]),
+        (7, 3, [3, 3, 1]),
+        (8, 3, [3, 3, 2]),
+        (3, 3, [2, 1]),
+        (5, 2, [2, 2, 1]),
+        (6, 2, [2, 2, 2]),
+        (3, 1, [1, 1, 1]),
+    ],
+)
 def test_singlestep_orders(steps, order, expected):
     """DPM-Solver-fast: K = steps//3 + 1 steps of orders 3…3 then (2, 1) / 1 / 2 by steps mod 3 (Lu et al. 2022a, §3.4)."""
     orders = D.singlestep_orders(steps, order)
@@ -188,28 +209,39 @@ def test_exact_on_point_mass(name, steps):
         model = A.vp_model(POINT, NS, kind)
         out = fn(model, X, noise_schedule=NS, steps=steps, model_type=kind, skip_type="logSNR")
         t0 = 1e-3
-        exact = NS.marginal_alpha(t0) * MU + NS.marginal_std(t0) / NS.marginal_std(1.0) * (X - NS.marginal_alpha(1.0) * MU)
+        exact = NS.marginal_alpha(t0) * MU + NS.marginal_std(t0) / NS.marginal_std(1.0) * (
+            X - NS.marginal_alpha(1.0) * MU
+        )
         # The noise form recovers x̂0 = (x - σε̂)/α: a step spanning the whole range amplifies the
         # rounding of each ε̂ by up to κ = α_end/α_T ≈ 152, once per stage (three for order 3), so
         # its bound is 1e-15·κ³ ≈ 3.5e-9 (a coefficient error is off by > 1e-3); the data form
         # (DPM-Solver++) has no such amplification and is held to 1e-12.
         kappa = NS.marginal_alpha(t0) / NS.marginal_alpha(1.0)
-        atol = 1e-12 if name.startswith("dpmpp") else 1e-15 * kappa ** 3
+        atol = 1e-12 if name.startswith("dpmpp") else 1e-15 * kappa**3
         np.testing.assert_allclose(out, exact, rtol=0, atol=atol, err_msg=f"{name} {kind}")
 
 
 def test_model_types_agree_on_gaussian_data():
     """ε, x0, v and score models of the same data give the same sample (conversions of App. D.2)."""
     f = get_sampler("dpm_solver_2m").fn
-    outs = [f(A.vp_model(DATA, NS, kind), X, noise_schedule=NS, steps=10, model_type=kind)
-            for kind in ("eps", "x0", "v", "score")]
+    outs = [
+        f(A.vp_model(DATA, NS, kind), X, noise_schedule=NS, steps=10, model_type=kind)
+        for kind in ("eps", "x0", "v", "score")
+    ]
     for o in outs[1:]:
         np.testing.assert_allclose(o, outs[0], rtol=1e-12, atol=1e-12)
     # DPM-Solver's names are aliases of the same predictions: identical results
-    for kind, alias in (("eps", "noise"), ("x0", "x_start"), ("eps", "epsilon"), ("v", "v_prediction")):
+    for kind, alias in (
+        ("eps", "noise"),
+        ("x0", "x_start"),
+        ("eps", "epsilon"),
+        ("v", "v_prediction"),
+    ):
         model = A.vp_model(DATA, NS, kind)
-        assert np.array_equal(f(model, X, noise_schedule=NS, steps=10, model_type=alias),
-                              f(model, X, noise_schedule=NS, steps=10, model_type=kind))
+        assert np.array_equal(
+            f(model, X, noise_schedule=NS, steps=10, model_type=alias),
+            f(model, X, noise_schedule=NS, steps=10, model_type=kind),
+        )
 
 
 def test_inversion_round_trip_on_point_mass():
@@ -224,6 +256,7 @@ def test_inversion_round_trip_on_point_mass():
 # --------------------------------------------------------------------------------------------
 # Local orders of each update (exact starting values from the closed-form flow)
 # --------------------------------------------------------------------------------------------
+
 
 def _local_order(update, hs):
     s = 0.5
@@ -247,15 +280,17 @@ def test_singlestep_local_order(alg, solver_type, order):
     fn = x0_fn if alg == "dpmsolver++" else eps_fn
 
     def update(s, t, h):
-        return D.singlestep_dpm_solver_update(NS, fn, X, s, t, order=order, algorithm_type=alg,
-                                              solver_type=solver_type)[0]
+        return D.singlestep_dpm_solver_update(
+            NS, fn, X, s, t, order=order, algorithm_type=alg, solver_type=solver_type
+        )[0]
 
     assert abs(_local_order(update, HS) - (order + 1)) < 0.15
 
 
 @pytest.mark.parametrize("alg", ["dpmsolver", "dpmsolver++"])
-@pytest.mark.parametrize("order,d2_scale,expected", [
-    (2, "consistent", 3), (3, "consistent", 4), (3, "dpm_solver", 3)])
+@pytest.mark.parametrize(
+    "order,d2_scale,expected", [(2, "consistent", 3), (3, "consistent", 4), (3, "dpm_solver", 3)]
+)
 def test_multistep_local_order(alg, order, d2_scale, expected):
     """Multistep k with exact history errs by O(h^(k+1)); DPM-Solver's/diffusers' 3M D2 (half the
     second difference the φ3 term needs) only by O(h³), so their 3M is globally second order."""
@@ -269,8 +304,9 @@ def test_multistep_local_order(alg, order, d2_scale, expected):
             M, c = flow_map(NS, s, tt)
             xs.append(X @ M.T + c)
         ms = [fn(xx, tt) for xx, tt in zip(xs, ts)]
-        return D.multistep_dpm_solver_update(NS, X, ms, ts, t, order=order, algorithm_type=alg,
-                                             d2_scale=d2_scale)
+        return D.multistep_dpm_solver_update(
+            NS, X, ms, ts, t, order=order, algorithm_type=alg, d2_scale=d2_scale
+        )
 
     assert abs(_local_order(update, HS) - expected) < 0.15
 
@@ -278,6 +314,7 @@ def test_multistep_local_order(alg, order, d2_scale, expected):
 # --------------------------------------------------------------------------------------------
 # Options
 # --------------------------------------------------------------------------------------------
+
 
 def test_denoise_to_zero_and_x0_correction():
     model = A.vp_model(DATA, NS, "eps")
@@ -289,11 +326,11 @@ def test_denoise_to_zero_and_x0_correction():
 
     f = get_sampler("dpm_solver_2").fn
     out = f(model, X, noise_schedule=NS, steps=4, denoise_to_zero=True, correcting_x0_fn=correct)
-    assert np.all(out == 7.0) and seen == [1e-3]           # only the final data prediction
+    assert np.all(out == 7.0) and seen == [1e-3]  # only the final data prediction
     f = get_sampler("dpmpp_2s").fn
     seen.clear()
     f(model, X, noise_schedule=NS, steps=4, correcting_x0_fn=correct)
-    assert len(seen) == 4                                    # every data prediction of ++
+    assert len(seen) == 4  # every data prediction of ++
 
 
 def test_dynamic_thresholding_keeps_x0_in_range():
@@ -304,7 +341,7 @@ def test_dynamic_thresholding_keeps_x0_in_range():
     raw = D._prediction_fns(model, NS, correcting_x0_fn=None, **kw)[1](X, 0.3)
     fixed = D._prediction_fns(model, NS, correcting_x0_fn="dynamic_thresholding", **kw)[1](X, 0.3)
     assert np.abs(raw).max() > 3.0
-    s = np.quantile(np.abs(raw), 0.995, axis=1, keepdims=True)   # Imagen: clip to ±s, divide by s
+    s = np.quantile(np.abs(raw), 0.995, axis=1, keepdims=True)  # Imagen: clip to ±s, divide by s
     np.testing.assert_allclose(fixed, np.clip(raw, -s, s) / np.maximum(s, 1.0), rtol=1e-14)
 
 
@@ -321,11 +358,20 @@ def test_lambda_min_moves_the_start():
 
 def test_registered_wrappers_fix_their_settings():
     model = A.vp_model(DATA, NS, "eps")
-    with pytest.raises(ValueError, match="order=3 is invalid: the sampler .dpmpp_2m. fixes order to 2"):
+    with pytest.raises(
+        ValueError, match="order=3 is invalid: the sampler .dpmpp_2m. fixes order to 2"
+    ):
         get_sampler("dpmpp_2m").fn(model, X, noise_schedule=NS, steps=5, order=3)
     a = get_sampler("dpm_solver_3").fn(model, X, noise_schedule=NS, steps=9)
-    b = D.dpm_solver_sample(model, X, noise_schedule=NS, steps=9, order=3,
-                            method="singlestep_fixed", algorithm_type="dpmsolver")
+    b = D.dpm_solver_sample(
+        model,
+        X,
+        noise_schedule=NS,
+        steps=9,
+        order=3,
+        method="singlestep_fixed",
+        algorithm_type="dpmsolver",
+    )
     assert np.array_equal(a, b)
 
 
@@ -355,7 +401,9 @@ def _disc_model(x, t):
     return DATA.eps(x, DISC.marginal_alpha(tt), DISC.marginal_std(tt))
 
 
-@pytest.mark.parametrize("method,order", [("multistep", 3), ("singlestep", 3), ("singlestep_fixed", 2)])
+@pytest.mark.parametrize(
+    "method,order", [("multistep", 3), ("singlestep", 3), ("singlestep_fixed", 2)]
+)
 def test_schedule_is_evaluated_once_per_call(method, order, monkeypatch):
     """The step plan: the number of schedule interpolations does not grow with the step count, and the model runs exactly NFE times."""
     calls = {"interp": 0, "model": 0}
@@ -373,8 +421,15 @@ def test_schedule_is_evaluated_once_per_call(method, order, monkeypatch):
     seen = []
     for steps in (6, 30):
         calls.update(interp=0, model=0)
-        D.sample_dpm_solver(model, X, noise_schedule=DISC, steps=steps, order=order, method=method,
-                            skip_type="time_uniform")
+        D.sample_dpm_solver(
+            model,
+            X,
+            noise_schedule=DISC,
+            steps=steps,
+            order=order,
+            method=method,
+            skip_type="time_uniform",
+        )
         nfe = steps if method != "singlestep_fixed" else order * (steps // order)
         assert calls["model"] == nfe
         seen.append(calls["interp"])
@@ -387,9 +442,17 @@ def test_callback_reports_time_sigma_and_denoised(alg, method, order):
     """StepInfo before each step: the state it starts from, t, σ_t/α_t and the exact data prediction there."""
     infos, prog = [], []
     model = A.vp_model(DATA, NS, "eps")
-    out = D.sample_dpm_solver(model, X, noise_schedule=NS, steps=6, order=order, method=method,
-                              algorithm_type=alg, callback=infos.append,
-                              progress=lambda i, n: prog.append((i, n)))
+    out = D.sample_dpm_solver(
+        model,
+        X,
+        noise_schedule=NS,
+        steps=6,
+        order=order,
+        method=method,
+        algorithm_type=alg,
+        callback=infos.append,
+        progress=lambda i, n: prog.append((i, n)),
+    )
     n = len(infos)
     assert [i.i for i in infos] == list(range(n)) and all(i.n == n for i in infos)
     assert prog == [(k + 1, n) for k in range(n)]
@@ -399,25 +462,29 @@ def test_callback_reports_time_sigma_and_denoised(alg, method, order):
         assert info.sigma == pytest.approx(s / a, rel=1e-14)
         np.testing.assert_allclose(info.denoised, DATA.x0(info.x, a, s), rtol=1e-12, atol=1e-12)
     assert not np.array_equal(infos[-1].x, out)
-    assert info.t > 1e-3                       # reported before the last step
+    assert info.t > 1e-3  # reported before the last step
 
 
-@pytest.mark.parametrize("method,order", [("multistep", 2), ("multistep", 3), ("singlestep_fixed", 3),
-                                          ("singlestep", 3)])
+@pytest.mark.parametrize(
+    "method,order", [("multistep", 2), ("multistep", 3), ("singlestep_fixed", 3), ("singlestep", 3)]
+)
 def test_explicit_timesteps_equal_the_generated_grid(method, order):
     """timesteps= with the grid skip_type would build gives the same bits; sigmas= (λ = -log σ) agrees to rounding."""
     model = A.vp_model(DATA, NS, "eps")
     steps = 9
     nfe_grid = steps if method != "singlestep_fixed" else steps // order
-    skip = "time_uniform" if method == "singlestep" else "logSNR"   # DPM-Solver-fast: NFE-point grid
+    skip = "time_uniform" if method == "singlestep" else "logSNR"  # DPM-Solver-fast: NFE-point grid
     ts = D.get_time_steps(NS, skip, 1.0, 1e-3, nfe_grid)
-    gen = D.sample_dpm_solver(model, X, noise_schedule=NS, steps=steps, order=order, method=method,
-                              skip_type=skip)
+    gen = D.sample_dpm_solver(
+        model, X, noise_schedule=NS, steps=steps, order=order, method=method, skip_type=skip
+    )
     if method == "singlestep_fixed":
         # the explicit single-step grid lists every model evaluation: the λ-thirds of each step
         lam = NS.marginal_lambda(ts)
-        fine = np.concatenate([np.linspace(lam[j], lam[j + 1], order + 1)[:-1] for j in range(len(ts) - 1)]
-                              + [lam[-1:]])
+        fine = np.concatenate(
+            [np.linspace(lam[j], lam[j + 1], order + 1)[:-1] for j in range(len(ts) - 1)]
+            + [lam[-1:]]
+        )
         ts = NS.inverse_lambda(fine)
         ts[0], ts[-1] = 1.0, 1e-3
     exp = D.sample_dpm_solver(model, X, noise_schedule=NS, timesteps=ts, order=order, method=method)
@@ -426,7 +493,9 @@ def test_explicit_timesteps_equal_the_generated_grid(method, order):
     else:
         np.testing.assert_allclose(exp, gen, rtol=1e-12, atol=1e-12)
     sig = NS.marginal_std(ts) / NS.marginal_alpha(ts)
-    via_sigma = D.sample_dpm_solver(model, X, noise_schedule=NS, sigmas=sig, order=order, method=method)
+    via_sigma = D.sample_dpm_solver(
+        model, X, noise_schedule=NS, sigmas=sig, order=order, method=method
+    )
     np.testing.assert_allclose(via_sigma, exp, rtol=1e-12, atol=1e-12)
 
 
@@ -436,8 +505,17 @@ def test_final_step_to_sigma_zero_is_exact_on_a_point_mass(alg, method, order):
     """final_sigmas_type="zero": the last step (first order) lands on α·x̂0 = μ exactly (noise form included)."""
     model = A.vp_model(POINT, DISC, "eps")
     ts = np.array([999, 700, 500, 300, 200, 100, 50, 20, 5])
-    out = D.sample_dpm_solver(model, X, noise_schedule=DISC, timesteps=ts, time_unit="index",
-                              final_sigmas_type="zero", order=order, method=method, algorithm_type=alg)
+    out = D.sample_dpm_solver(
+        model,
+        X,
+        noise_schedule=DISC,
+        timesteps=ts,
+        time_unit="index",
+        final_sigmas_type="zero",
+        order=order,
+        method=method,
+        algorithm_type=alg,
+    )
     np.testing.assert_allclose(out, np.broadcast_to(MU, X.shape), rtol=0, atol=1e-9)
 
 
@@ -450,11 +528,20 @@ def test_final_sigma_min_and_index_timesteps():
         return _disc_model(x, DISC.t_array[[int(t[0])]])
 
     n = np.array([999, 749, 499, 249, 99])
-    a = D.sample_dpm_solver(model, X, noise_schedule=DISC, timesteps=n, time_unit="index",
-                            final_sigmas_type="sigma_min", model_time="index", order=2)
+    a = D.sample_dpm_solver(
+        model,
+        X,
+        noise_schedule=DISC,
+        timesteps=n,
+        time_unit="index",
+        final_sigmas_type="sigma_min",
+        model_time="index",
+        order=2,
+    )
     assert got_t == [999.0, 749.0, 499.0, 249.0, 99.0]
-    b = D.sample_dpm_solver(_disc_model, X, noise_schedule=DISC,
-                            timesteps=np.append((n + 1) / 1000.0, 1e-3), order=2)
+    b = D.sample_dpm_solver(
+        _disc_model, X, noise_schedule=DISC, timesteps=np.append((n + 1) / 1000.0, 1e-3), order=2
+    )
     np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-14)
 
 
@@ -475,12 +562,16 @@ def test_check_finite_stops_at_the_first_bad_step(method):
     """check_finite() as the callback: a model that returns NaN below t = 0.5 stops the loop at that step."""
     from refdiff._errors import RefdiffValueError
     from refdiff.samplers import check_finite
+
     good = A.vp_model(DATA, NS, "eps")
 
     def model(x, t):
         out = good(x, t)
         return out * np.nan if float(t[0]) < 0.5 else out
 
-    with pytest.raises(RefdiffValueError, match=r"non-finite values in the .* at step \d+ of \d+ \(t=0\.[0-4]"):
-        D.sample_dpm_solver(model, X, noise_schedule=NS, steps=8, order=2, method=method,
-                            callback=check_finite())
+    with pytest.raises(
+        RefdiffValueError, match=r"non-finite values in the .* at step \d+ of \d+ \(t=0\.[0-4]"
+    ):
+        D.sample_dpm_solver(
+            model, X, noise_schedule=NS, steps=8, order=2, method=method, callback=check_finite()
+        )
