@@ -130,11 +130,19 @@ def predictor_coefficients(predictor: str, sde: SDE, ts, dts=None) -> list[tuple
 
 
 def predictor_update(x, score, p: float, q: float, r: float, noise=None):
-    """x̄ = p x + q s, x = x̄ + r z (the array part of every predictor step). Returns (x, x̄)."""
+    """x̄ = p x + q s, x = x̄ + r z (the array part of every predictor step). Returns (x, x̄).
+
+    ``noise=None`` returns (x̄, x̄): no draw (the PC loop's final noise removal).
+    """
     x_mean = (x + q * score) if p == 1.0 else (p * x + q * score)
     if noise is None or r == 0.0:
         return x_mean, x_mean
     return x_mean + r * noise, x_mean
+
+
+def _need_noise(noise) -> None:
+    if noise is None:
+        fail("noise", noise, "this step adds noise: pass a standard-normal draw of x's shape")
 
 
 def _em_generic(sde: SDE, score_fn: Callable, x, t: float, dt: float, noise):
@@ -159,6 +167,7 @@ def euler_maruyama_step(sde, score_fn: Callable, x, t: float, dt: float, *, nois
     """
     _check_sde(sde)
     dt = check_real("dt", dt, hi=0.0, hi_open=True)
+    _need_noise(noise)
     if not _linear_drift(sde):
         return _em_generic(sde, score_fn, x, t, dt, noise)
     (p, q, r), = predictor_coefficients("euler_maruyama", sde, [t], [dt])
@@ -171,6 +180,7 @@ def reverse_diffusion_step(sde, score_fn: Callable, x, t: float, *, noise):
     f_i, G_i are the SDE's own discretization (DDPM chain for VP, SMLD chain for VE, Euler for
     sub-VP with dt = T/N). Returns (x, x̄).
     """
+    _need_noise(noise)
     (p, q, r), = predictor_coefficients("reverse_diffusion", _check_sde(sde), [t])
     return predictor_update(x, _score(score_fn, x, batch_full(x, t)), p, q, r, noise)
 
@@ -182,6 +192,7 @@ def ancestral_sampling_step(sde, score_fn: Callable, x, t: float, *, noise):
     VE (SMLD chain σ_i, σ_{-1} = 0): x̄ = x + (σ_i² - σ_{i-1}²) s,
     x = x̄ + √(σ_{i-1}² (σ_i² - σ_{i-1}²)/σ_i²) z. Returns (x, x̄).
     """
+    _need_noise(noise)
     (p, q, r), = predictor_coefficients("ancestral_sampling", _check_sde(sde), [t])
     return predictor_update(x, _score(score_fn, x, batch_full(x, t)), p, q, r, noise)
 

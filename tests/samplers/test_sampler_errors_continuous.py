@@ -204,3 +204,10 @@ def test_sde_inputs():
         S.sample_pc(SCORE, np.zeros(()), sde=VE, steps=3, noise=np.zeros((6,)))
     with pytest.raises(RefdiffValueError, match=r"dt=0.1 is invalid"):
         S.euler_maruyama_step(VE, SCORE, X, 0.5, 0.1, noise=X)
+
+
+def test_predictor_steps_need_a_draw():
+    for step in (S.euler_maruyama_step, S.reverse_diffusion_step, S.ancestral_sampling_step):
+        args = (VE, SCORE, X, 0.5) + ((-0.1,) if step is S.euler_maruyama_step else ())
+        with pytest.raises(RefdiffValueError, match="noise=None is invalid: this step adds noise"):
+            step(*args, noise=None)
