@@ -172,7 +172,7 @@ def _process_x0(x0, xp, clip_x0: bool, denoised_fn):
     if denoised_fn is not None:
         x0 = denoised_fn(x0)
     if clip_x0:
-        x0 = xp.clip(x0, -1.0, 1.0)
+        x0 = (array_namespace(x0) if xp is None else xp).clip(x0, -1.0, 1.0)
     return x0
 
 
@@ -205,11 +205,15 @@ def ddpm_coefficients(schedule: Schedule, i: int, *, var_type: str = "fixed_smal
     """
     check_choice("var_type", var_type, VAR_TYPES, "variance type")
     check_choice("t0", t0, T0_CONVENTIONS, "t=0 convention")
-    h = _Host(schedule) if _host is None else _host
     n = schedule.num_timesteps
     i = check_int("i", i, minimum=0)
     if i >= n:
         fail("i", i, f"expected a level in [0, {n})")
+    return _ddpm_coefficients(_Host(schedule) if _host is None else _host, n, i, var_type, t0)
+
+
+def _ddpm_coefficients(h: _Host, n: int, i: int, var_type: str, t0: str) -> DDPMCoefficients:
+    """:func:`ddpm_coefficients` for arguments already checked."""
     log_table = h.posterior_log_variance_clipped if t0 == "clipped" else h.posterior_log_variance_clamped
     min_log = float(log_table[i])
     beta = float(h.betas[i])
@@ -273,7 +277,6 @@ def p_sample(model_output: Array, x_t: Array, t: Any, *, schedule: Schedule, mea
                                 var_type=var_type, clip_x0=clip_x0, denoised_fn=denoised_fn,
                                 t0=t0, noise=noise, add_noise=add_noise, grad=grad,
                                 cond_mode=cond_mode)
-    xp = array_namespace(x_t)
     c = coefficients.level
     out, var_out = _split_output(model_output, x_t, var_type)
     if var_out is None:
@@ -285,7 +288,7 @@ def p_sample(model_output: Array, x_t: Array, t: Any, *, schedule: Schedule, mea
             frac = (var_out + 1.0) / 2.0
             log_var = frac * coefficients.max_log + (1.0 - frac) * coefficients.min_log
         var = None
-    pred_x0 = _process_x0(x0_from_output_at(out, x_t, c, mean_type), xp, clip_x0, denoised_fn)
+    pred_x0 = _process_x0(x0_from_output_at(out, x_t, c, mean_type), None, clip_x0, denoised_fn)
     pred_eps = out if mean_type == "eps" and not (clip_x0 or denoised_fn is not None) else None
     if grad is not None and cond_mode == "score":
         check_output(grad, x_t, name="classifier gradient")
@@ -300,7 +303,7 @@ def p_sample(model_output: Array, x_t: Array, t: Any, *, schedule: Schedule, mea
         check_choice("cond_mode", cond_mode, COND_MODES, "classifier-guidance mode")
         check_output(grad, x_t, name="classifier gradient")
         if var is None:
-            var = xp.exp(log_var)
+            var = array_namespace(log_var).exp(log_var)
         mean = condition_mean(mean, var, grad)
     elif grad is not None:
         check_choice("cond_mode", cond_mode, COND_MODES, "classifier-guidance mode")
@@ -380,6 +383,7 @@ def sample_ddpm(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any =
     sched = sampling_schedule(schedule, steps, spacing, steps_offset=steps_offset)
     check_choice("final_noise", final_noise, FINAL_NOISE, "final-step noise convention")
     check_choice("t0", t0, T0_CONVENTIONS, "t=0 convention")
+    check_choice("var_type", var_type, VAR_TYPES, "variance type")
     check_choice("cond_mode", cond_mode, COND_MODES, "classifier-guidance mode")
     mean_type = prediction_type(mean_type, "mean_type")
     cond_scale = check_scale(cond_scale, "cond_scale")
@@ -389,7 +393,7 @@ def sample_ddpm(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any =
     h = _Host(sched)
     plan: list[Any] = []
     for i in range(n - 1, -1, -1):
-        pc = ddpm_coefficients(sched, i, var_type=var_type, t0=t0, _host=h)
+        pc = _ddpm_coefficients(h, n, i, var_type, t0)
         _zero_snr_check(float(h.alphas_cumprod[i]), i, mean_type)
         plan.append((int(h.timestep_map[i]), pc, i > 0 or final_noise == "always"))
     xp = array_namespace(x_T)
