@@ -10,13 +10,15 @@ this module only wires a network trained on a discrete schedule to them:
   schedule, with ``steps`` model evaluations; the network sees the index-scale time
   t·N' − 1 (so t_n = (n+1)/N' maps to index n, whatever T is).
 
-Samplers of the ``"karras"`` and ``"sde"`` families take a σ-space denoiser or a score function of
-continuous time; a network trained on discrete timesteps is not wired to them here.
+* families ``"karras"`` and ``"sde"``: through ``refdiff.samplers.adapters``, the network as a
+  Karras denoiser D(x; σ) (Karras et al. 2022, Eq. 7) or as the score −ε̂/σ_t of the linear
+  VP-SDE (Song et al. 2021); ``steps`` is the number of σ levels or time steps.
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any, Callable
 
 from .._errors import RefdiffValueError, UnknownNameError, check_int, fail
@@ -33,10 +35,17 @@ def _registry():
     return samplers
 
 
+#: Sampler families a network trained on discrete timesteps can drive (the others through the
+#: bridges of ``refdiff.samplers.adapters``: Karras denoiser, score function).
+FAMILIES = ("discrete", "vp", "karras", "sde")
+#: Registered samplers of those families that a VP-trained network cannot drive.
+EXCLUDED = {"ncsn_annealed_langevin": "it runs over the noise levels of a variance-exploding SDE"}
+
+
 def available_samplers() -> list[str]:
-    """Names accepted by :func:`run_sampler`: the registry's discrete-time and VP-solver samplers."""
+    """Names accepted by :func:`run_sampler`: every registered sampler of :data:`FAMILIES`."""
     reg = _registry()
-    return sorted(set(reg.list_samplers("discrete")) | set(reg.list_samplers("vp")))
+    return sorted(n for fam in FAMILIES for n in reg.list_samplers(fam) if n not in EXCLUDED)
 
 
 def check_sampler(name: str, *, steps: int, T: int, spacing: str = "trailing") -> str:
@@ -70,6 +79,26 @@ def _accepted(fn: Callable, options: dict) -> dict:
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return options
     return {k: v for k, v in options.items() if k in params}
+
+
+#: Options a sampler may not take; dropped (at these neutral values) when a wrapper with
+#: ``**options`` passes them to a loop without them.
+_NEUTRAL = {"eta": 0.0, "callback": None, "progress": None, "clip_x0": None, "var_type": None,
+            "correcting_x0_fn": None}
+
+
+def _call(fn: Callable, *args, **options):
+    """``fn(*args, **options)``, dropping neutral options the loop turns out not to take."""
+    while True:
+        try:
+            return fn(*args, **options)
+        except TypeError as exc:
+            m = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+            key = m.group(1) if m else None
+            if key not in options or key not in _NEUTRAL or (
+                    _NEUTRAL[key] is not None and options[key] != _NEUTRAL[key]):
+                raise
+            options = {k: v for k, v in options.items() if k != key}
 
 
 def run_sampler(name: str, model: Callable, schedule, x_T, *, steps: int, noise_sampler: Callable,
@@ -121,8 +150,8 @@ def _run(spec, model, schedule, x_T, xp, *, steps, noise_sampler, eta, mean_type
         sched = host.to(xp, device=device_of(x_T), dtype=x_T.dtype)
         options = {"eta": eta, "mean_type": mean_type, "var_type": var_type, "clip_x0": clip_x0,
                    "progress": progress, "callback": callback}
-        return spec.fn(model, x_T, schedule=sched, noise=lambda k: noise_sampler(),
-                       **_accepted(spec.fn, options))
+        return _call(spec.fn, model, x_T, schedule=sched, noise=lambda k: noise_sampler(),
+                     **_accepted(spec.fn, options))
     if spec.family == "vp":
         from ..samplers.dpm_solver import NoiseScheduleVP
 
@@ -144,7 +173,20 @@ def _run(spec, model, schedule, x_T, xp, *, steps, noise_sampler, eta, mean_type
             options["callback"] = callback
         if clip_x0:
             options["correcting_x0_fn"] = lambda x0, t: xp.clip(x0, -1.0, 1.0)
-        return spec.fn(net, x_T, noise_schedule=ns, steps=steps, **_accepted(spec.fn, options))
+        if getattr(spec, "stochastic", False):
+            options["noise"] = lambda k: noise_sampler()
+        return _call(spec.fn, net, x_T, noise_schedule=ns, steps=steps,
+                     **_accepted(spec.fn, options))
+    if spec.family in ("karras", "sde"):
+        from ..samplers.adapters import sample_with_discrete_model
+
+        if mean_type not in _MODEL_TYPES:
+            raise RefdiffValueError(f"sampler={name!r} needs an eps, x0 or v network; this one predicts "
+                                    f"mean_type={mean_type!r}")
+        hooks = {k: v for k, v in (("callback", callback), ("progress", progress)) if v is not None}
+        return sample_with_discrete_model(name, model, x_T, schedule=schedule, steps=steps,
+                                          prediction_type=mean_type, noise=lambda k: noise_sampler(),
+                                          **hooks)
     raise RefdiffValueError(
         f"sampler={name!r} belongs to the {spec.family!r} family, which needs a continuous-time "
         "denoiser or score function; a network trained on discrete timesteps samples with: "
