@@ -121,6 +121,12 @@ def law_case(name, family, sde=None, eps=1e-3, **options):
             sig = karras_sigmas(n + 1, 0.05, 10.0, append_zero=False)
             run = lambda xT, nz: fn(A.karras_denoiser(DATA), xT, sigmas=sig, noise=nz, **options)
             start, end = DATA.marginal(1.0, 10.0), DATA.marginal(1.0, 0.05)
+        elif family == "vp":
+            ns = NoiseScheduleVP.linear()
+            run = lambda xT, nz: fn(A.vp_model(DATA, ns, "eps"), xT, noise_schedule=ns, steps=n,
+                                    noise=nz, t_end=eps, skip_type="logSNR", **options)
+            start = DATA.marginal(ns.marginal_alpha(1.0), ns.marginal_std(1.0))
+            end = DATA.marginal(ns.marginal_alpha(eps), ns.marginal_std(eps))
         else:
             sde = VPSDE() if sde is None else sde
             score = lambda x, t: DATA.score(x, sde.marginal_alpha(t), sde.marginal_std(t))
@@ -128,7 +134,8 @@ def law_case(name, family, sde=None, eps=1e-3, **options):
                                     **options)
             start = DATA.marginal(float(sde.marginal_alpha(1.0)), float(sde.marginal_std(1.0)))
             end = DATA.marginal(float(sde.marginal_alpha(eps)), float(sde.marginal_std(eps)))
-        law = A.linear_sampler_law(run, *start, dim=2, n_noise=n)
+        law = A.linear_sampler_law(run, *start, dim=2,
+                                   n_noise=2 * n if name == "karras_dpmpp_sde" else n)
         errs.append(float(max(np.abs(law.mean - end[0]).max(), np.abs(law.cov - end[1]).max())))
     return errs
 
@@ -190,8 +197,36 @@ def rows():
                         registered=get_sampler(name).order,
                         setting="[0.5, 1]" if family == "vp" else "t 1→0", steps=LADDER,
                         errors=errs, order=fit(LADDER, errs)))
+    # k-diffusion's σ-grid samplers with no single registered order, and the η = 0 (ODE) modes
+    # of its stochastic ones
+    kdiff = [
+        ("karras_lms", {}), ("karras_lms", {"order": 2}), ("karras_lms", {"order": 3}),
+        ("karras_dpm_2_ancestral", {"eta": 0.0}), ("karras_dpmpp_2s_ancestral", {"eta": 0.0}),
+        ("karras_dpmpp_sde", {"eta": 0.0}), ("karras_dpmpp_2m_sde", {"eta": 0.0}),
+        ("karras_dpmpp_2m_sde", {"eta": 0.0, "solver_type": "heun"}),
+        ("karras_dpmpp_3m_sde", {"eta": 0.0}),
+        ("karras_dpmpp_3m_sde", {"eta": 0.0, "d2_scale": "dpm_solver"}),
+    ]
+    for name, opts in kdiff:
+        errs = deterministic_case(name, "karras", **opts)
+        out.append(dict(sampler=name, family="karras",
+                        options=", ".join(f"{k}={v!r}" for k, v in opts.items()),
+                        registered=get_sampler(name).order, setting="σ 10→0.05", steps=LADDER,
+                        errors=errs, order=fit(LADDER, errs)))
     # stochastic samplers: convergence in law
     stoch = [
+        ("karras_dpm_2_ancestral", "karras", {}),
+        ("karras_dpmpp_2s_ancestral", "karras", {}),
+        ("karras_dpmpp_sde", "karras", {}),
+        ("karras_dpmpp_sde", "karras", {"noise_coupling": "independent"}),
+        ("karras_dpmpp_2m_sde", "karras", {}),
+        ("karras_dpmpp_2m_sde", "karras", {"solver_type": "heun"}),
+        ("karras_dpmpp_3m_sde", "karras", {}),
+        ("karras_dpmpp_3m_sde", "karras", {"d2_scale": "dpm_solver"}),
+        ("karras_dpm_2", "karras", {"S_churn": 5.0}),
+        ("sde_dpmpp_1", "vp", {}),
+        ("sde_dpmpp_2m", "vp", {}),
+        ("sde_dpmpp_2m", "vp", {"solver_type": "heun"}),
         ("karras_euler_ancestral", "karras", {}),
         ("karras_euler_churn", "karras", {"S_churn": 5.0}),
         ("karras_heun_churn", "karras", {"S_churn": 5.0}),
