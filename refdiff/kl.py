@@ -176,15 +176,15 @@ def vb_terms_bpd(schedule: Schedule, model_output: Array, x0: Array, x_t: Array,
     return xp.where(tt == 0, nll, kl), p.pred_x0
 
 
-def calc_bpd_loop(schedule: Schedule, model_fn: Callable, x0: Array, *, noise: Array, mean_type: str = "eps",
+def calc_bpd_loop(schedule: Schedule, model: Callable, x0: Array, *, noise: Array, mean_type: str = "eps",
                   var_type: str = "fixed_small", clip_x0: bool = True, t0: str = "clipped",
                   cdf: str = "tanh", map_timesteps: bool = True, progress: Callable | None = None) -> Array:
     """The full variational bound in bits/dim: Σ_t L_t + L_T over every timestep (Ho et al. 2020, Eq. 5; improved-diffusion's calc_bpd_loop).
 
     Parameters
     ----------
-    model_fn : callable
-        ``model_fn(x_t, timesteps) -> output``; with ``map_timesteps`` the model sees the
+    model : callable
+        ``model(x_t, timesteps) -> output``; with ``map_timesteps`` the model sees the
         original-schedule indices ``schedule.timestep_map[t]`` (respaced schedules).
     noise : array or callable
         The forward noise: an array of shape (T,) + x0.shape (noise[t] is used at step t), or a
@@ -210,7 +210,7 @@ def calc_bpd_loop(schedule: Schedule, model_fn: Callable, x0: Array, *, noise: A
         t = xp.full((b,), i, dtype=xp.int64, device=device_of(x0))
         x_t = q_sample(schedule, x0, t, noise=eps)
         t_model = xp.take(tmap, t, axis=0) if map_timesteps else t
-        out = model_fn(x_t, t_model)
+        out = model(x_t, t_model)
         term, pred_x0 = vb_terms_bpd(schedule, out, x0, x_t, t, mean_type=mean_type,
                                      var_type=var_type, clip_x0=clip_x0, t0=t0, cdf=cdf)
         vb.append(term)

@@ -63,7 +63,7 @@ def training_target(schedule: Schedule, x0: Array, x_t: Array, t: Array, noise: 
     return q_posterior_mean_variance(schedule, x0, x_t, t)[0]
 
 
-def training_losses(schedule: Schedule, model_fn: Callable, x0: Array, t: Array, *, noise: Array, loss_type: str = "mse",
+def training_losses(schedule: Schedule, model: Callable, x0: Array, t: Array, *, noise: Array, loss_type: str = "mse",
                     mean_type: str = "eps", var_type: str = "fixed_small",
                     lambda_vlb: float = 0.001, reduction: str = "mean", t0: str = "clipped",
                     cdf: str = "tanh", stop_gradient: Callable | None = None,
@@ -72,8 +72,8 @@ def training_losses(schedule: Schedule, model_fn: Callable, x0: Array, t: Array,
 
     Parameters
     ----------
-    model_fn : callable
-        ``model_fn(x_t, timesteps) -> output`` (twice the channels for learned variances).
+    model : callable
+        ``model(x_t, timesteps) -> output`` (twice the channels for learned variances).
         With ``map_timesteps`` the model sees ``schedule.timestep_map[t]``.
     loss_type : {"mse", "rescaled_mse", "hybrid", "kl", "rescaled_kl"}
         "mse": L_simple, plus the VLB term L_t for learned variances (unscaled, improved-diffusion's
@@ -100,7 +100,7 @@ def training_losses(schedule: Schedule, model_fn: Callable, x0: Array, t: Array,
     t = as_timesteps(t, schedule.num_timesteps, like=x0)
     x_t = q_sample(schedule, x0, t, noise=noise)
     t_model = xp.take(schedule.timestep_map, t, axis=0) if map_timesteps else t
-    output = model_fn(x_t, t_model)
+    output = model(x_t, t_model)
     T = schedule.num_timesteps
     learned = var_type in ("learned", "learned_range")
     terms = {}
