@@ -44,6 +44,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from .._errors import RefdiffValueError, check_choice, check_int, check_real, fail
+from .._typing import Array
 from .._xp import array_namespace, device_of
 from ..diffusion import T0_CONVENTIONS, VAR_TYPES, PMeanVar, p_mean_variance, split_variance_output
 from ..guidance import check_scale, condition_eps, condition_mean, condition_score
@@ -59,8 +60,6 @@ from ..parameterizations import (
 from ..schedules import SPACINGS, Schedule, respace
 from . import register_sampler
 from ._common import StepInfo, check_eta, check_output, check_steps, draw_noise, step_reporter
-
-Array = Any
 
 __all__ = [
     "FINAL_NOISE", "FINAL_ALPHA_BAR", "MODEL_TIMES", "PREV_TIMESTEPS", "SPACINGS", "COND_MODES",
