@@ -285,3 +285,30 @@ def test_guidance_bad_input_messages():
     with pytest.raises(RefdiffValueError, match=r"t_start=20 is invalid: expected an index in \[0, 20\)"):
         G.egsde_sample(lambda x, t: x, u, schedule=linear(20), energy_grad=lambda x, t: x, t_start=20,
                        noise=None, start_noise=u)
+
+
+def test_guidance_loops_report_each_step():
+    """ILVR, EGSDE and Langevin dynamics call callback(info) once per step before it, with the state it starts from."""
+    rng = np.random.default_rng(23)
+    model = A.discrete_model(A.GaussianData(np.zeros(16), 0.5), BASE)
+    xT, ref = rng.standard_normal((2, 2, 1, 4, 4))
+    nz, rn = rng.standard_normal((2, 10, 2, 1, 4, 4))
+    infos, done = [], []
+    G.ilvr_sample(model, xT, schedule=S10, reference=ref, noise=nz, reference_noise=rn, factor=2,
+                  callback=infos.append, progress=lambda k, n: done.append((k, n)))
+    assert [(i.i, i.n, i.t) for i in infos] == [(k, 10, int(S10.timestep_map[9 - k])) for k in range(10)]
+    assert done == [(k, 10) for k in range(1, 11)]
+    np.testing.assert_array_equal(infos[0].x, xT)
+    S = linear(20, 1e-3, 0.2)
+    y0, xi = rng.standard_normal((2, 3, 2))
+    infos = []
+    G.egsde_sample(A.discrete_model(A.GaussianData([0.2, -0.1], [0.4, 0.3]), S), y0, schedule=S,
+                   energy_grad=lambda x, t: np.zeros_like(x), t_start=5,
+                   noise=rng.standard_normal((6, 3, 2)), start_noise=xi, callback=infos.append)
+    assert [(i.i, i.n, i.t, i.denoised) for i in infos] == [(k, 6, 5 - k, None) for k in range(6)]
+    infos = []
+    x0 = rng.standard_normal((4, 2))
+    G.langevin_dynamics(lambda x: -x, x0, step_size=0.1, n_steps=3,
+                        noise=rng.standard_normal((3, 4, 2)), callback=infos.append)
+    assert [(i.i, i.n) for i in infos] == [(0, 3), (1, 3), (2, 3)]
+    np.testing.assert_array_equal(infos[0].x, x0)
