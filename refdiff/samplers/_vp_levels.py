@@ -10,7 +10,7 @@ a :class:`~refdiff.samplers.dpm_solver.NoiseScheduleVP` (any VP schedule, a refd
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 from collections.abc import Callable
 
 import numpy as np
@@ -59,14 +59,14 @@ def phi(h: float, k: int) -> float:
             return total + term
 
 
-def _check_ns(noise_schedule) -> NoiseScheduleVP:
+def _check_ns(noise_schedule: Any) -> NoiseScheduleVP:
     if not isinstance(noise_schedule, NoiseScheduleVP):
         fail("noise_schedule", noise_schedule, "expected a refdiff.samplers.dpm_solver.NoiseScheduleVP "
              "(NoiseScheduleVP.linear(), .discrete(schedule) or .from_sde(sde))")
     return noise_schedule
 
 
-def _model_times(ns: NoiseScheduleVP, model_time) -> Callable:
+def _model_times(ns: NoiseScheduleVP, model_time: Any) -> Callable:
     if callable(model_time):
         return model_time
     check_choice("model_time", model_time, MODEL_TIMES, "model time convention")
@@ -137,8 +137,8 @@ def prediction_fn(model: Callable, model_type: str, target: str) -> Callable:
     kind = prediction_type(model_type, "model_type", CONTINUOUS_PREDICTION_TYPES)
     convert = x0_from_prediction if target == "x0" else eps_from_prediction
 
-    def fn(x, level: Level):
-        out = check_output(model(x, batch_full(x, level.t_model)), x, name="model output")
+    def fn(x: Any, level: Level) -> Any:
+        out = check_output(model(x, batch_full(x, cast(float, level.t_model))), x, name="model output")
         if kind == target:
             return out
         return convert(out, x, level.alpha, level.sigma, kind)

@@ -29,6 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .._errors import check_choice, check_int, fail
+from .._typing import Array
 from ..parameterizations import x0_from_prediction
 from . import register_sampler
 from ._common import StepInfo, step_reporter
@@ -40,7 +41,7 @@ __all__ = ["SOLVER_TYPES", "lagrange_basis", "deis_coefficients", "deis_update",
 SOLVER_TYPES = ("logrho", "rhoab")
 
 
-def lagrange_basis(nodes) -> list[np.ndarray]:
+def lagrange_basis(nodes: Any) -> list[np.ndarray]:
     """Coefficients (increasing powers) of the Lagrange basis polynomials L_j of distinct ``nodes``."""
     nodes = [float(v) for v in nodes]
     out = []
@@ -76,7 +77,7 @@ def deis_coefficients(levels: list[Level], k: int, order: int, *,
                  for c in basis]
 
 
-def deis_update(x, c_x: float, weights, eps_list):
+def deis_update(x: Array, c_x: float, weights: list[float], eps_list: list) -> Array:
     """c_x·x + Σ_j w_j·ε̂_j: one DEIS step from its host-float coefficients (Zhang & Chen 2023, §4)."""
     if len(weights) != len(eps_list):
         fail("weights", weights, f"expected one weight per model value ({len(eps_list)})")
@@ -87,12 +88,13 @@ def deis_update(x, c_x: float, weights, eps_list):
 
 
 @register_sampler("deis", family="vp", stochastic=False, order=2.0, step=deis_update)
-def sample_deis(model: Callable, x, *, noise_schedule, steps: int, order: int = 2,
+def sample_deis(model: Callable, x: Array, *, noise_schedule: Any, steps: int, order: int = 2,
                 solver_type: str = "logrho", model_type: str = "eps",
                 skip_type: str = "time_uniform", t_start: float | None = None,
                 t_end: float | None = None, timesteps: Any = None, final_sigma: str = "t_end",
-                lower_order_final: str = "diffusers", model_time: Any = "continuous", noise=None,
-                callback: Callable | None = None, progress: Callable | None = None):
+                lower_order_final: str = "diffusers", model_time: Any = "continuous",
+                noise: Any = None, callback: Callable | None = None,
+                progress: Callable | None = None) -> Array:
     """Multistep DEIS-p sampling from t_start to t_end (Zhang & Chen 2023, §4, ρAB-DEIS; diffusers' "logrho").
 
     Parameters
@@ -125,7 +127,7 @@ def sample_deis(model: Callable, x, *, noise_schedule, steps: int, order: int = 
         orders[-1] = 1
     plan = [deis_coefficients(levels, k, orders[k], solver_type=solver_type) for k in range(steps)]
     report = step_reporter(callback, progress)
-    eps = []
+    eps: list = []
     for k in range(steps):
         lv = levels[k]
         eps = (eps + [fn(x, lv)])[-order:]

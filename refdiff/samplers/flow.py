@@ -43,6 +43,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .._errors import check_choice, check_int, check_real, fail
+from .._typing import Array
 from ..parameterizations import CONTINUOUS_PREDICTION_TYPES, eps_from_prediction, prediction_type, x0_from_prediction
 from . import register_sampler
 from ._common import StepInfo, batch_full, check_decreasing, check_output, step_reporter
@@ -61,7 +62,7 @@ MODEL_TIMES = ("continuous", "diffusers")
 # The timestep shift
 # --------------------------------------------------------------------------------------------
 
-def shift_time(t, shift: float):
+def shift_time(t: Any, shift: float) -> Any:
     """t' = s·t/(1 + (s − 1)·t) (Esser et al. 2024, §5.3.2; diffusers' ``shift``); fixes 0 and 1."""
     s = check_real("shift", shift, lo=0.0, lo_open=True)
     a = np.asarray(t, dtype=np.float64)
@@ -69,7 +70,7 @@ def shift_time(t, shift: float):
     return float(out) if np.ndim(t) == 0 else out
 
 
-def unshift_time(t, shift: float):
+def unshift_time(t: Any, shift: float) -> Any:
     """The inverse of :func:`shift_time`: t = t'/(s − (s − 1)·t')."""
     s = check_real("shift", shift, lo=0.0, lo_open=True)
     a = np.asarray(t, dtype=np.float64)
@@ -98,14 +99,14 @@ def resolution_shift(seq_len: int, *, base_seq_len: int = 256, max_seq_len: int 
 # The schedule
 # --------------------------------------------------------------------------------------------
 
-def _host(t, name: str = "t") -> np.ndarray:
+def _host(t: Any, name: str = "t") -> np.ndarray:
     a = np.asarray(t, dtype=np.float64)
     if np.any(np.isnan(a)) or not np.all((a >= 0.0) & (a <= 1.0)):
         fail(name, t, "expected path times in [0, 1]")
     return a
 
 
-def _out(v, like):
+def _out(v: Any, like: Any) -> Any:
     return float(v) if np.ndim(like) == 0 else v
 
 
@@ -131,7 +132,7 @@ class FlowSchedule:
     shift: float = 1.0
     num_train_timesteps: int = 1000
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_real("shift", self.shift, lo=0.0, lo_open=True)
         check_int("num_train_timesteps", self.num_train_timesteps, minimum=1)
 
@@ -145,21 +146,21 @@ class FlowSchedule:
         """The number of training timesteps (for ``NoiseScheduleVP.from_sde``: sampling ends at 1/N by default)."""
         return int(self.num_train_timesteps)
 
-    def marginal_log_mean_coeff(self, t):
+    def marginal_log_mean_coeff(self, t: Any) -> Any:
         """log α_t = log1p(−t)."""
         a = _host(t)
         with np.errstate(divide="ignore"):
             return _out(np.log1p(-a), t)
 
-    def marginal_alpha(self, t):
+    def marginal_alpha(self, t: Any) -> Any:
         """α_t = 1 − t."""
         return _out(1.0 - _host(t), t)
 
-    def marginal_std(self, t):
+    def marginal_std(self, t: Any) -> Any:
         """σ_t = t."""
         return _out(_host(t) * 1.0, t)
 
-    def lambda_(self, t):
+    def lambda_(self, t: Any) -> Any:
         """λ_t = log(α_t/σ_t) = log1p(−t) − log t (+inf at t = 0, −inf at t = 1)."""
         a = _host(t)
         with np.errstate(divide="ignore"):
@@ -167,7 +168,7 @@ class FlowSchedule:
 
     marginal_lambda = lambda_
 
-    def t_from_lambda(self, lam):
+    def t_from_lambda(self, lam: Any) -> Any:
         """The t with λ_t = lam: t = 1/(1 + e^λ), formed without overflow."""
         lam_a = np.asarray(lam, dtype=np.float64)
         if np.any(np.isnan(lam_a)):
@@ -179,7 +180,7 @@ class FlowSchedule:
     inverse_lambda = t_from_lambda
 
 
-def _check_fs(noise_schedule) -> FlowSchedule:
+def _check_fs(noise_schedule: Any) -> FlowSchedule:
     if not isinstance(noise_schedule, FlowSchedule):
         fail("noise_schedule", noise_schedule, "expected a refdiff.samplers.flow.FlowSchedule")
     return noise_schedule
@@ -217,7 +218,8 @@ def flow_time_steps(noise_schedule: FlowSchedule, steps: int, *, spacing: str = 
     return ts
 
 
-def _grid(fs: FlowSchedule, steps: int, spacing: str, t_start, t_end, timesteps) -> list[float]:
+def _grid(fs: FlowSchedule, steps: int, spacing: str, t_start: float, t_end: float,
+          timesteps: Any) -> list[float]:
     if timesteps is None:
         return [float(t) for t in flow_time_steps(fs, steps, spacing=spacing, t_start=t_start,
                                                   t_end=t_end)]
@@ -236,7 +238,7 @@ def _grid(fs: FlowSchedule, steps: int, spacing: str, t_start, t_end, timesteps)
 # Steps
 # --------------------------------------------------------------------------------------------
 
-def velocity_from_prediction(out, x, t: float, prediction: str = "flow"):
+def velocity_from_prediction(out: Array, x: Array, t: float, prediction: str = "flow") -> Array:
     """u = ε̂ − x̂0 at path time t from a prediction of any type (Lipman et al. 2023, §4.1; α = 1 − t, σ = t)."""
     prediction = prediction_type(prediction, "prediction_type", CONTINUOUS_PREDICTION_TYPES)
     if prediction == "flow":
@@ -245,20 +247,21 @@ def velocity_from_prediction(out, x, t: float, prediction: str = "flow"):
     return eps_from_prediction(out, x, a, s, prediction) - x0_from_prediction(out, x, a, s, prediction)
 
 
-def flow_euler_step(x, u, dt: float):
+def flow_euler_step(x: Array, u: Array, dt: float) -> Array:
     """x_{t+dt} = x_t + dt·u(x_t, t) (Euler on dx/dt = u, Liu et al. 2023, Eq. 1; dt < 0 when sampling)."""
     check_output(u, x, name="velocity")
     return x + dt * u
 
 
-def flow_heun_step(x, u, u_next, dt: float):
+def flow_heun_step(x: Array, u: Array, u_next: Array, dt: float) -> Array:
     """x_{t+dt} = x_t + dt·(u(x_t, t) + u(x̃, t + dt))/2 with x̃ the Euler point (Heun; Karras et al. 2022, Alg. 1 in t)."""
     check_output(u, x, name="velocity")
     check_output(u_next, x, name="velocity")
     return x + (0.5 * dt) * (u + u_next)
 
 
-def _velocity_fn(model: Callable, fs: FlowSchedule, prediction: str, model_time):
+def _velocity_fn(model: Callable, fs: FlowSchedule, prediction: str,
+                 model_time: Any) -> tuple[Callable, Callable, str]:
     """(velocity(x, t, t_model) -> u, t -> model time, canonical prediction type)."""
     if not callable(model):
         fail("model", model, "expected a callable model(x, t) -> prediction")
@@ -270,15 +273,16 @@ def _velocity_fn(model: Callable, fs: FlowSchedule, prediction: str, model_time)
         scale = 1.0 if model_time == "continuous" else float(fs.num_train_timesteps)
         to_model = lambda t: scale * t  # noqa: E731
 
-    def velocity(x, t: float, tin: float):
+    def velocity(x: Array, t: float, tin: float) -> Array:
         out = check_output(model(x, batch_full(x, tin)), x, name="model output")
         return velocity_from_prediction(out, x, t, pred)
 
     return velocity, to_model, pred
 
 
-def _plan(model, x, noise_schedule, steps, spacing, t_start, t_end, timesteps, prediction,
-          model_time):
+def _plan(model: Callable, x: Array, noise_schedule: Any, steps: int, spacing: str,
+          t_start: float, t_end: float, timesteps: Any, prediction: str,
+          model_time: Any) -> tuple[Callable, list[float], list[float]]:
     fs = _check_fs(noise_schedule)
     if getattr(x, "ndim", 0) < 1:
         fail("x", x, "expected an array with the batch axis first (ndim >= 1)")
@@ -292,16 +296,17 @@ def _plan(model, x, noise_schedule, steps, spacing, t_start, t_end, timesteps, p
     return velocity, ts, tin
 
 
-def _denoised(x, u, t: float):
+def _denoised(x: Array, u: Array, t: float) -> Array:
     return x - t * u                   # x̂0 = x − σ·u on α + σ = 1
 
 
 @register_sampler("flow_euler", family="flow", stochastic=False, order=1.0, step=flow_euler_step)
-def sample_flow_euler(model: Callable, x, *, noise_schedule: FlowSchedule | None = None,
+def sample_flow_euler(model: Callable, x: Array, *, noise_schedule: FlowSchedule | None = None,
                       steps: int, spacing: str = "uniform", t_start: float = 1.0,
-                      t_end: float = 0.0, timesteps=None, prediction_type: str = "flow",
-                      model_time: Any = "continuous", noise=None, callback: Callable | None = None,
-                      progress: Callable | None = None):
+                      t_end: float = 0.0, timesteps: Any = None, prediction_type: str = "flow",
+                      model_time: Any = "continuous", noise: Any = None,
+                      callback: Callable | None = None,
+                      progress: Callable | None = None) -> Array:
     """Euler sampling of the flow ODE dx/dt = u(x, t) from t_start to t_end (Liu et al. 2023, Eq. 1; diffusers' FlowMatchEulerDiscreteScheduler).
 
     Parameters
@@ -353,11 +358,12 @@ def _sigma_ve(t: float) -> float:
 
 
 @register_sampler("flow_heun", family="flow", stochastic=False, order=2.0, step=flow_heun_step)
-def sample_flow_heun(model: Callable, x, *, noise_schedule: FlowSchedule | None = None,
+def sample_flow_heun(model: Callable, x: Array, *, noise_schedule: FlowSchedule | None = None,
                      steps: int, spacing: str = "uniform", t_start: float = 1.0,
-                     t_end: float = 0.0, timesteps=None, prediction_type: str = "flow",
-                     model_time: Any = "continuous", noise=None, callback: Callable | None = None,
-                     progress: Callable | None = None):
+                     t_end: float = 0.0, timesteps: Any = None, prediction_type: str = "flow",
+                     model_time: Any = "continuous", noise: Any = None,
+                     callback: Callable | None = None,
+                     progress: Callable | None = None) -> Array:
     """Heun sampling of the flow ODE; the step that ends at t = 0 is an Euler step (Karras et al. 2022, Alg. 1; diffusers' FlowMatchHeunDiscreteScheduler).
 
     Two model evaluations per step (one for a step ending at t = 0): 2·steps − 1 with the

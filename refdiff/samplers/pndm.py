@@ -31,12 +31,13 @@ for DDIM.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from collections.abc import Callable
 
 import numpy as np
 
 from .._errors import RefdiffValueError, check_choice, check_int, check_real, fail
+from .._typing import Array
 from .._xp import array_namespace, device_of
 from ..parameterizations import PREDICTION_TYPES, eps_from_prediction, prediction_type
 from ..schedules import DIFFUSERS_SPACINGS, Schedule, spaced_timesteps
@@ -87,22 +88,22 @@ def transfer_coefficients(ab_t: float, ab_prev: float, *, one_minus_ab_t: float 
     return math.sqrt(ab_prev / ab_t), diff / denom
 
 
-def pndm_transfer(x, eps, c_x: float, c_eps: float):
+def pndm_transfer(x: Array, eps: Array, c_x: float, c_eps: float) -> Array:
     """φ(x_t, ε, t, t−δ) = c_x·x_t − c_ε·ε from :func:`transfer_coefficients` (Liu et al. 2022, Eq. 9)."""
     check_output(eps, x, name="eps")
     return c_x * x - c_eps * eps
 
 
-def prk_epsilon(e1, e2, e3, e4):
+def prk_epsilon(e1: Array, e2: Array, e3: Array, e4: Array) -> Array:
     """ε' = (e1 + 2·e2 + 2·e3 + e4)/6, the pseudo Runge–Kutta combination (Liu et al. 2022, §3)."""
     return (e1 + 2.0 * (e2 + e3) + e4) * (1.0 / 6.0)
 
 
-def plms_epsilon(eps_newest_first):
+def plms_epsilon(eps_newest_first: list) -> Array:
     """ε' = Σ_k w_k·e_k with the Adams–Bashforth weights of :data:`PLMS_WEIGHTS` (Liu et al. 2022, §3)."""
-    w = PLMS_WEIGHTS.get(len(eps_newest_first))
-    if w is None:
+    if len(eps_newest_first) not in PLMS_WEIGHTS:
         fail("eps_newest_first", len(eps_newest_first), "expected 1 to 4 model values")
+    w = PLMS_WEIGHTS[len(eps_newest_first)]
     out = w[0] * eps_newest_first[0]
     for wk, e in zip(w[1:], eps_newest_first[1:]):
         out = out + wk * e
@@ -113,7 +114,8 @@ def plms_epsilon(eps_newest_first):
 # Levels
 # --------------------------------------------------------------------------------------------
 
-def _indices(schedule: Schedule, steps, spacing: str, steps_offset: int, timesteps) -> list[int]:
+def _indices(schedule: Schedule, steps: int | None, spacing: str, steps_offset: int,
+             timesteps: Any) -> list[int]:
     """The sampling levels as ascending indices of ``schedule``."""
     T = schedule.num_timesteps
     if timesteps is not None:
@@ -143,7 +145,7 @@ def _level(schedule: Schedule, i: int) -> _Lv:
                float(schedule.log_alphas_cumprod[i]), int(schedule.timestep_map[i]))
 
 
-def _final(schedule: Schedule, final_alpha_bar, base_schedule) -> _Lv:
+def _final(schedule: Schedule, final_alpha_bar: Any, base_schedule: Schedule | None) -> _Lv:
     if isinstance(final_alpha_bar, str):
         check_choice("final_alpha_bar", final_alpha_bar, FINAL_ALPHA_BAR, "final ᾱ_prev convention")
         if final_alpha_bar == "one":
@@ -170,11 +172,11 @@ def _coef(a: _Lv, b: _Lv) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------
 
 @register_sampler("pndm", family="discrete", stochastic=False, order=2.0, step=pndm_transfer)
-def sample_pndm(model: Callable, x_T, *, schedule, steps: int | None = None,
-                spacing: str = "trailing", steps_offset: int = 0, timesteps=None,
-                skip_prk_steps: bool = False, final_alpha_bar="one",
-                base_schedule: Schedule | None = None, mean_type: str = "eps", noise=None,
-                callback: Callable | None = None, progress: Callable | None = None):
+def sample_pndm(model: Callable, x_T: Array, *, schedule: Schedule, steps: int | None = None,
+                spacing: str = "trailing", steps_offset: int = 0, timesteps: Any = None,
+                skip_prk_steps: bool = False, final_alpha_bar: Any = "one",
+                base_schedule: Schedule | None = None, mean_type: str = "eps", noise: Any = None,
+                callback: Callable | None = None, progress: Callable | None = None) -> Array:
     """PNDM sampling x_T -> x_0: three pseudo Runge–Kutta steps, then pseudo linear multistep (Liu et al. 2022, §3, Eq. 9).
 
     Parameters
@@ -240,7 +242,7 @@ def sample_pndm(model: Callable, x_T, *, schedule, steps: int | None = None,
     dev = device_of(x_T)
     B = x_T.shape[0]
 
-    def eps_at(x, level: _Lv):
+    def eps_at(x: Array, level: _Lv) -> Array:
         t = xp.full((B,), level.t_model, dtype=xp.int64, device=dev)
         out = check_output(model(x, t), x, name="model output")
         if kind == "eps":
@@ -249,7 +251,7 @@ def sample_pndm(model: Callable, x_T, *, schedule, steps: int | None = None,
 
     report = step_reporter(callback, progress)
 
-    def tell(k, x, e):
+    def tell(k: int, x: Array, e: Array) -> None:
         if report is not None:
             a = lv[k]
             x0 = (x - math.sqrt(a.om) * e) * (1.0 / math.sqrt(a.ab))
@@ -280,7 +282,8 @@ def sample_pndm(model: Callable, x_T, *, schedule, steps: int | None = None,
 
 
 @register_sampler("plms", family="discrete", stochastic=False, order=2.0, step=pndm_transfer)
-def sample_plms(model: Callable, x_T, *, schedule, noise=None, **options):
+def sample_plms(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any = None,
+                **options: Any) -> Array:
     """PLMS: :func:`sample_pndm` with ``skip_prk_steps=True`` (Liu et al. 2022, §3: PLMS after one pseudo improved Euler step)."""
     if "skip_prk_steps" in options:
         fail("skip_prk_steps", options["skip_prk_steps"], "the sampler 'plms' fixes "

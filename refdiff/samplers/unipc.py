@@ -37,6 +37,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .._errors import check_choice, check_int, fail
+from .._typing import Array
 from ..parameterizations import x0_from_prediction
 from . import register_sampler
 from ._common import StepInfo, step_reporter
@@ -50,7 +51,8 @@ VARIANTS = ("bh1", "bh2")
 ALGORITHM_TYPES = ("data_prediction", "noise_prediction")
 
 
-def _common(levels: list[Level], k: int, order: int, variant: str, algorithm_type: str):
+def _common(levels: list[Level], k: int, order: int, variant: str,
+            algorithm_type: str) -> tuple[float, float, float, list[float], np.ndarray, np.ndarray]:
     """(c_x, K1, K, rks, b, R) of the step from level k to k+1 (Zhao et al. 2023, §3)."""
     s, t = levels[k], levels[k + 1]
     data = algorithm_type == "data_prediction"
@@ -118,7 +120,7 @@ def unic_coefficients(levels: list[Level], k: int, order: int, *, variant: str =
     return c_x, [w0] + [-K * rho[i] / rks[i] for i in range(order - 1)] + [-K * rho[-1]]
 
 
-def unipc_update(x, c_x: float, weights, models):
+def unipc_update(x: Array, c_x: float, weights: list[float], models: list) -> Array:
     """c_x·x + Σ_j w_j·m_j: one UniP or UniC update from its host-float coefficients (Zhao et al. 2023, §3)."""
     if len(weights) != len(models):
         fail("weights", weights, f"expected one weight per model value ({len(models)})")
@@ -128,13 +130,14 @@ def unipc_update(x, c_x: float, weights, models):
     return out
 
 
-def sample_unipc(model: Callable, x, *, noise_schedule, steps: int, order: int = 2,
+def sample_unipc(model: Callable, x: Array, *, noise_schedule: Any, steps: int, order: int = 2,
                  variant: str = "bh2", algorithm_type: str = "data_prediction",
                  model_type: str = "eps", skip_type: str = "time_uniform",
                  t_start: float | None = None, t_end: float | None = None, timesteps: Any = None,
                  final_sigma: str = "t_end", lower_order_final: str = "always",
-                 use_corrector: bool = True, disable_corrector=(), model_time: Any = "continuous",
-                 noise=None, callback: Callable | None = None, progress: Callable | None = None):
+                 use_corrector: bool = True, disable_corrector: Any = (),
+                 model_time: Any = "continuous", noise: Any = None,
+                 callback: Callable | None = None, progress: Callable | None = None) -> Array:
     """Multistep UniPC-p sampling from t_start to t_end (Zhao et al. 2023, §3; UniP-p predictor, UniC-p corrector).
 
     Parameters
@@ -218,8 +221,9 @@ def sample_unipc(model: Callable, x, *, noise_schedule, steps: int, order: int =
             x = x_pred
             break
         m_new = fn(x_pred, levels[k + 1])
-        if corr[k] is not None:
-            c_x, w = corr[k]
+        ck = corr[k]
+        if ck is not None:
+            c_x, w = ck
             x = unipc_update(x, c_x, w, models[::-1][:len(w) - 1] + [m_new])
         else:
             x = x_pred
@@ -228,7 +232,8 @@ def sample_unipc(model: Callable, x, *, noise_schedule, steps: int, order: int =
 
 
 def _variant_sampler(variant: str) -> Callable:
-    def sampler(model: Callable, x, *, noise_schedule, steps: int, noise=None, **options):
+    def sampler(model: Callable, x: Array, *, noise_schedule: Any, steps: int, noise: Any = None,
+                **options: Any) -> Array:
         if "variant" in options:
             fail("variant", options["variant"], f"the sampler 'unipc_{variant}' fixes variant to "
                  f"{variant!r}; call sample_unipc for the other")
