@@ -293,8 +293,8 @@ def _apply_lists(st: _State, config, items) -> None:
             item.add_marker(mark(reason="; ".join(reasons), **kw))
     unused = [e for e in skips + xfails if e not in used]
     if unused and not _narrowed(config):
-        text = (f"{len(unused)} refdiff skip/xfail entries match no collected check (a typo, "
-                "or a check that was renamed or removed): " + ", ".join(unused))
+        text = (f"{len(unused)} refdiff skip/xfail entries match no collected check: "
+                + ", ".join(unused) + " (a typo, or a check that was renamed or removed?)")
         st.warnings.append(text)
         warnings.warn(pytest.PytestWarning(text), stacklevel=1)
 
