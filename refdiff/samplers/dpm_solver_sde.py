@@ -23,7 +23,8 @@ quantity (α, σ, λ, the step coefficients) is a host float computed in float64
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .._errors import check_choice, check_int, check_real, fail
 from .._xp import array_namespace

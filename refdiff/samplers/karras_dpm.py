@@ -24,7 +24,8 @@ Registered here: ``karras_dpm_2``, ``karras_dpm_2_ancestral``, ``karras_dpmpp_2s
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

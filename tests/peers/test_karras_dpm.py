@@ -358,7 +358,7 @@ class BrownianPath:
     """A Brownian motion W(σ) sampled at given points (independent Gaussian increments)."""
 
     def __init__(self, points, seed=2):
-        self.p = np.array(sorted(set(float(v) for v in points)))
+        self.p = np.array(sorted({float(v) for v in points}))
         rng = np.random.default_rng(seed)
         inc = rng.standard_normal((len(self.p), B, D)) * np.sqrt(np.diff(self.p, prepend=0.0))[:, None, None]
         self.W = np.cumsum(inc, axis=0)
