@@ -14,13 +14,16 @@ and the model sees k through ``model_time="dpm_solver"``; the flow schedulers fe
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from refdiff import schedules
 from refdiff.samplers.deis import sample_deis
 from refdiff.samplers.dpm_solver import NoiseScheduleVP
-from refdiff.samplers.flow import FlowSchedule, resolution_shift, sample_flow_euler, sample_flow_heun
+from refdiff.samplers.flow import (FlowSchedule, resolution_shift, sample_flow_euler, sample_flow_heun,
+                                  shift_time)
 from refdiff.samplers.pndm import sample_pndm
 from refdiff.samplers.unipc import sample_unipc
 
@@ -225,3 +228,21 @@ def test_the_named_options_matter():
     ref = _run(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), x, n)
     assert _rel(sample_flow_euler(net, x, noise_schedule=FlowSchedule(shift=3.0), steps=n,
                                   model_time="diffusers"), ref) > 100 * TOL
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_unipc_on_flow_sigmas_matches_diffusers(shift):
+    """UniPC on the rectified-flow path (diffusers' use_flow_sigmas, flow_prediction): refdiff runs
+    it as the VP-style solver on ``NoiseScheduleVP.from_sde(FlowSchedule())`` with the flow
+    velocity as ``model_type``; diffusers feeds the network ⌊N·σ⌋ (its int64 timesteps)."""
+    n = 10
+    sched = diffusers.UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=shift,
+                                              prediction_type="flow_prediction")
+    x = _x_T(8)
+    ref = _run(sched, x, n)
+    sigmas = shift_time(np.linspace(1, 1 / 1000, n + 1)[:-1], shift)
+    sigmas[0] -= 1e-6                          # diffusers keeps the first σ below 1 (λ finite)
+    out = sample_unipc(net, x, noise_schedule=NoiseScheduleVP.from_sde(FlowSchedule()), steps=n,
+                       model_type="flow", timesteps=sigmas, final_sigma="zero",
+                       model_time=lambda t: math.floor(1000 * t))
+    assert _rel(out, ref) < TOL
