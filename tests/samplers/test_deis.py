@@ -132,3 +132,12 @@ def test_bad_input_messages():
         E.deis_coefficients(LEVELS, 1, 3)
     with pytest.raises(RefdiffValueError, match=r"x=.* is invalid: expected an array with the batch axis"):
         E.sample_deis(EPS_MODEL, np.float64(1.0), **kw)
+
+
+def test_final_sigma_zero_returns_the_last_data_prediction():
+    seen = []
+    x = np.random.default_rng(3).standard_normal((4, 2))
+    out = E.sample_deis(EPS_MODEL, x, noise_schedule=NS, steps=6, order=3, final_sigma="zero",
+                        callback=seen.append)
+    assert len(seen) == 6
+    assert np.allclose(out, seen[-1].denoised, rtol=1e-14, atol=1e-15)
