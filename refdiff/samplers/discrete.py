@@ -123,18 +123,28 @@ def _timestep_array(xp, x, t: int, device):
 
 
 def sampling_schedule(schedule: Schedule, steps: int | None = None, spacing: str = "trailing", *,
-                      steps_offset: int = 0) -> Schedule:
+                      steps_offset: int = 0, timesteps: Any = None) -> Schedule:
     """The schedule the loop steps on: ``schedule`` itself, or it respaced to ``steps`` steps.
 
     ``spacing`` is one of :data:`refdiff.schedules.SPACINGS`: "trailing" (default; starts at T-1,
     Lin et al. 2023), "leading", "linspace" (diffusers, no ``steps_offset``), "ddim"
     (improved-diffusion's ``"ddimN"`` = range(0, T, stride)) or "sections" (improved-diffusion's
     one-section ``"N"``). ``steps_offset`` shifts the "leading" grid (diffusers' option of the
-    same name). Respaced schedules are cached per (schedule, steps, spacing).
+    same name). ``timesteps`` instead gives the grid itself: distinct training timesteps in any
+    order (diffusers' ``set_timesteps(timesteps=[...])``). Respaced schedules are cached per
+    (schedule, steps or timesteps, spacing).
     """
     if not isinstance(schedule, Schedule):
         fail("schedule", schedule, "expected a refdiff.schedules.Schedule")
     steps_offset = check_int("steps_offset", steps_offset, minimum=0)
+    if timesteps is not None:
+        if steps is not None or steps_offset:
+            fail("timesteps", timesteps, "give either timesteps= (the grid) or steps= (and "
+                 "spacing=, steps_offset=), not both")
+        if isinstance(timesteps, str) or not hasattr(timesteps, "__len__"):
+            fail("timesteps", timesteps, "expected a sequence of distinct integer training timesteps")
+        return respace(schedule, sorted(int(check_int("timesteps[i]", v, minimum=0))
+                                        for v in _host_table(timesteps)))
     if steps is None:
         if steps_offset:
             fail("steps_offset", steps_offset, "needs steps= (it shifts a respaced grid)")
@@ -341,7 +351,8 @@ def sample_ddpm(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any =
                 var_type: str = "fixed_small", clip_x0: bool = False,
                 denoised_fn: Callable | None = None, t0: str = "clipped",
                 final_noise: str = "none", steps: int | None = None, spacing: str = "trailing",
-                steps_offset: int = 0, cond_fn: Callable | None = None, cond_mode: str = "mean",
+                steps_offset: int = 0, timesteps: Any = None, cond_fn: Callable | None = None,
+                cond_mode: str = "mean",
                 cond_scale: float = 1.0, callback: Callable | None = None,
                 progress: Callable | None = None) -> Array:
     """DDPM ancestral sampling x_T -> x_0 (Ho et al. 2020, Algorithm 2; Nichol & Dhariwal 2021, §3–4).
@@ -363,8 +374,9 @@ def sample_ddpm(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any =
         Imagen's dynamic thresholding).
     final_noise : {"none", "always"}
         Whether the last step adds noise (module docstring).
-    steps, spacing, steps_offset
-        Respace ``schedule`` to ``steps`` steps first (see :func:`sampling_schedule`).
+    steps, spacing, steps_offset, timesteps
+        Respace ``schedule`` to ``steps`` steps first, or to the explicit grid ``timesteps`` of
+        training timesteps (see :func:`sampling_schedule`).
     cond_fn, cond_mode, cond_scale
         Classifier guidance: ``cond_fn(x, t) -> ∇ log p(y|x_t)``, multiplied by ``cond_scale``,
         applied by mean shift ("mean", improved-diffusion ``p_sample``) or by score ("score").
@@ -379,7 +391,8 @@ def sample_ddpm(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any =
     array
         x_0, the shape of x_T.
     """
-    sched = sampling_schedule(schedule, steps, spacing, steps_offset=steps_offset)
+    sched = sampling_schedule(schedule, steps, spacing, steps_offset=steps_offset,
+                              timesteps=timesteps)
     check_choice("final_noise", final_noise, FINAL_NOISE, "final-step noise convention")
     check_choice("t0", t0, T0_CONVENTIONS, "t=0 convention")
     check_choice("var_type", var_type, VAR_TYPES, "variance type")
@@ -550,9 +563,9 @@ def _beta_between(h: _Host, i: int, prev: _Level, cur: _Level, own: bool) -> flo
     return -math.expm1(cur.log - prev.log)
 
 
-def _stride_base(schedule: Schedule, steps, base_schedule):
+def _stride_base(schedule: Schedule, respaced: bool, base_schedule):
     """The training schedule the "stride" rule reads (T and ᾱ at t − T//n)."""
-    if steps is not None:
+    if respaced:
         return schedule
     if base_schedule is not None:
         if not isinstance(base_schedule, Schedule):
@@ -565,16 +578,16 @@ def _stride_base(schedule: Schedule, steps, base_schedule):
     return schedule
 
 
-def _ddim_tables(sched: Schedule, schedule: Schedule, x: Any, *, steps: int | None,
+def _ddim_tables(sched: Schedule, schedule: Schedule, x: Any, *, respaced: bool,
                  base_schedule: Schedule | None, prev_timestep: str,
                  final_alpha_bar: Any) -> tuple[_Host, Schedule | None, _Host | None, _Level]:
     """The host tables of the sampling schedule and of the training schedule, and the final level."""
     _check_namespace(sched, x)
     h = _Host(sched)
     if prev_timestep == "stride":
-        base = _stride_base(schedule, steps, base_schedule)
+        base = _stride_base(schedule, respaced, base_schedule)
     else:
-        base = base_schedule if base_schedule is not None or steps is None else schedule
+        base = base_schedule if base_schedule is not None or not respaced else schedule
     base_h = _Host(base) if base is not None else None
     return h, base, base_h, _final_level(h, sched, final_alpha_bar, base, base_h)
 
@@ -611,7 +624,7 @@ def sample_ddim(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any =
                 base_schedule: Schedule | None = None, final_noise: str = "none",
                 eps_from_clipped_x0: bool = True, prev_timestep: str = "listed",
                 steps: int | None = None, spacing: str = "trailing", steps_offset: int = 0,
-                start: int | None = None, stop: int = -1, cond_fn: Callable | None = None, cond_scale: float = 1.0,
+                timesteps: Any = None, start: int | None = None, stop: int = -1, cond_fn: Callable | None = None, cond_scale: float = 1.0,
                 callback: Callable | None = None, progress: Callable | None = None) -> Array:
     """DDIM sampling x_T -> x_0 with noise scale η (Song et al. 2021, Eqs. 12 and 16; η = 0 is deterministic).
 
@@ -635,9 +648,10 @@ def sample_ddim(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any =
         The level each step moves to: the next level of the schedule, or diffusers'
         ``DDIMScheduler`` rule t − T//n on the training schedule (``base_schedule``, or
         ``schedule`` itself when ``steps`` is given); below 0 it is the final level.
-    steps, spacing, steps_offset
+    steps, spacing, steps_offset, timesteps
         Respace first (see :func:`sampling_schedule`); ``schedule`` is then the training
-        schedule, also for ``final_alpha_bar="alpha_bar_0"`` and ``prev_timestep="stride"``.
+        schedule, also for ``final_alpha_bar="alpha_bar_0"`` and ``prev_timestep="stride"``
+        (with ``steps``).
     start, stop : int
         Run from level ``start`` (default n−1, x_T) down to level ``stop`` (default −1, the data
         level); the partial chain pairs with :func:`ddim_invert`.
@@ -647,7 +661,8 @@ def sample_ddim(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any =
     callback, progress
         Per-step hooks (:func:`sample_ddpm`).
     """
-    sched = sampling_schedule(schedule, steps, spacing, steps_offset=steps_offset)
+    sched = sampling_schedule(schedule, steps, spacing, steps_offset=steps_offset,
+                              timesteps=timesteps)
     eta = check_eta(eta)
     cond_scale = check_scale(cond_scale, "cond_scale")
     mean_type = prediction_type(mean_type, "mean_type")
@@ -660,7 +675,8 @@ def sample_ddim(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any =
     stop = check_int("stop", stop, minimum=-1)
     if start > n - 1 or stop >= start:
         fail("start", start, f"expected n-1 >= start > stop >= -1 with n={n} (stop={stop})")
-    h, base, base_h, final = _ddim_tables(sched, schedule, x_T, steps=steps,
+    h, base, base_h, final = _ddim_tables(sched, schedule, x_T,
+                                          respaced=steps is not None or timesteps is not None,
                                           base_schedule=base_schedule,
                                           prev_timestep=prev_timestep,
                                           final_alpha_bar=final_alpha_bar)
@@ -789,8 +805,8 @@ def ddim_invert(model: Callable, x0: Array, *, schedule: Schedule, mean_type: st
                 denoised_fn: Callable | None = None, final_alpha_bar: str | float = "one",
                 base_schedule: Schedule | None = None, model_time: str = "current",
                 prev_timestep: str = "listed", steps: int | None = None,
-                spacing: str = "trailing", steps_offset: int = 0, start: int = -1,
-                stop: int | None = None,
+                spacing: str = "trailing", steps_offset: int = 0, timesteps: Any = None,
+                start: int = -1, stop: int | None = None,
                 callback: Callable | None = None, progress: Callable | None = None) -> Array:
     """Deterministic DDIM inversion x_0 -> x_T: the η = 0 update run toward more noise (Song et al. 2021, §4.3, Eq. 13).
 
@@ -816,7 +832,8 @@ def ddim_invert(model: Callable, x0: Array, *, schedule: Schedule, mean_type: st
     array
         x at level ``stop`` (x_T by default).
     """
-    sched = sampling_schedule(schedule, steps, spacing, steps_offset=steps_offset)
+    sched = sampling_schedule(schedule, steps, spacing, steps_offset=steps_offset,
+                              timesteps=timesteps)
     check_choice("model_time", model_time, MODEL_TIMES, "inversion model-time convention")
     check_choice("prev_timestep", prev_timestep, PREV_TIMESTEPS, "previous-timestep rule")
     check_choice("var_type", var_type, VAR_TYPES, "variance type")
@@ -827,7 +844,8 @@ def ddim_invert(model: Callable, x0: Array, *, schedule: Schedule, mean_type: st
     stop = n - 1 if stop is None else check_int("stop", stop, minimum=0)
     if stop > n - 1 or start >= stop:
         fail("stop", stop, f"expected -1 <= start < stop <= n-1 with n={n} (start={start})")
-    h, base, base_h, final = _ddim_tables(sched, schedule, x0, steps=steps,
+    h, base, base_h, final = _ddim_tables(sched, schedule, x0,
+                                          respaced=steps is not None or timesteps is not None,
                                           base_schedule=base_schedule,
                                           prev_timestep=prev_timestep,
                                           final_alpha_bar=final_alpha_bar)

@@ -133,6 +133,24 @@ def test_ddpm_scheduler(config, opts, variance_type, var_type, prediction):
     np.testing.assert_allclose(got, x.numpy(), rtol=0, atol=ATOL)
 
 
+@pytest.mark.parametrize("grid,final_noise", [([999, 850, 600, 400, 250, 120, 40, 0], "none"),
+                                              ([990, 700, 333, 97, 7], "always")])
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large"])
+def test_ddpm_scheduler_custom_timesteps(grid, final_noise, variance_type):
+    """DDPMScheduler.set_timesteps(timesteps=grid) loop == sample_ddpm(timesteps=grid, t0="clamped", final_noise=...)."""
+    sched, torch = _scheduler("DDPMScheduler", variance_type=variance_type, clip_sample=False)
+    sched.set_timesteps(timesteps=grid)
+    x = torch.from_numpy(_x_T(9))
+    gen = torch.Generator().manual_seed(7)
+    for t in sched.timesteps:
+        x = sched.step(torch.from_numpy(_eps_np(x.numpy(), int(t))), t, x, generator=gen).prev_sample
+    twin = torch.Generator().manual_seed(7)
+    got = sample_ddpm(_refdiff_model("epsilon"), _x_T(9), schedule=S, timesteps=grid,
+                      var_type=variance_type, t0="clamped", final_noise=final_noise,
+                      noise=lambda k: torch.randn(SHAPE, generator=twin, dtype=torch.float64).numpy())
+    np.testing.assert_allclose(got, x.numpy(), rtol=0, atol=ATOL)
+
+
 @pytest.mark.parametrize("ratio,max_value", [(0.995, 2.0), (0.9, 1.5)])
 def test_ddpm_scheduler_thresholding(ratio, max_value):
     """DDPMScheduler(thresholding=True) == sample_ddpm(denoised_fn=partial(dynamic_threshold, ratio=..., max_value=sample_max_value))."""

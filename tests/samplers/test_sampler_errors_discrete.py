@@ -156,3 +156,15 @@ def test_prev_timestep_steps_offset_and_ddim_step_at_arguments():
         ddim_step_at(X, 50, 40, X, schedule=B, prediction_type="mean")
     with pytest.raises(RefdiffShapeError, match=r"model output has shape \(3,\) but x has shape"):
         ddim_step_at(np.zeros(3), 50, 40, X, schedule=B)
+
+
+def test_explicit_timesteps_arguments():
+    B = linear(100)
+    with pytest.raises(RefdiffValueError, match=r"timesteps=.*\[50, 10\] is invalid: give either timesteps= \(the grid\) or steps="):
+        ddim_sample(GOOD, X, schedule=B, timesteps=[50, 10], steps=2)
+    with pytest.raises(RefdiffValueError, match=r"timesteps='50' is invalid: expected a sequence of distinct integer training timesteps"):
+        ddim_sample(GOOD, X, schedule=B, timesteps="50")
+    with pytest.raises(RefdiffValueError, match=r"indices must be distinct"):
+        ddim_sample(GOOD, X, schedule=B, timesteps=[50, 50, 10])
+    with pytest.raises(RefdiffValueError, match=r"indices must lie in \[0, 100\)"):
+        ddim_sample(GOOD, X, schedule=B, timesteps=[100, 10])
