@@ -12,12 +12,17 @@ Only finite inputs are supported; callers patch singular entries (zero, infinity
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
+
+from ._typing import Array
 
 _SPLITTER = 134217729.0  # 2**27 + 1, Veltkamp splitting constant for binary64
 
 
-def _two_sum(a, b):
+def _two_sum(a: Array, b: Array) -> tuple[Array, Array]:
     """Error-free a + b = s + e (Knuth's TwoSum)."""
     s = a + b
     bb = s - a
@@ -25,21 +30,21 @@ def _two_sum(a, b):
     return s, e
 
 
-def _quick_two_sum(a, b):
+def _quick_two_sum(a: Array, b: Array) -> tuple[Array, Array]:
     """Error-free a + b = s + e, assuming |a| >= |b| or a == 0 (Dekker's FastTwoSum)."""
     s = a + b
     e = b - (s - a)
     return s, e
 
 
-def _split(a):
+def _split(a: Array) -> tuple[Array, Array]:
     """Veltkamp split of a into two 26-bit halves, a = hi + lo exactly."""
     t = _SPLITTER * a
     hi = t - (t - a)
     return hi, a - hi
 
 
-def _two_prod(a, b):
+def _two_prod(a: Array, b: Array) -> tuple[Array, Array]:
     """Error-free a * b = p + e (Dekker's TwoProduct, no FMA needed)."""
     p = a * b
     ah, al = _split(a)
@@ -53,16 +58,16 @@ class DD:
 
     __slots__ = ("hi", "lo")
 
-    def __init__(self, hi, lo=None):
+    def __init__(self, hi: npt.ArrayLike, lo: npt.ArrayLike | None = None) -> None:
         self.hi = np.asarray(hi, dtype=np.float64)
         self.lo = np.zeros_like(self.hi) if lo is None else np.asarray(lo, dtype=np.float64)
 
     # -- construction helpers -------------------------------------------------------------
     @staticmethod
-    def _coerce(x) -> "DD":
+    def _coerce(x: DD | npt.ArrayLike) -> "DD":
         return x if isinstance(x, DD) else DD(x)
 
-    def __getitem__(self, idx) -> "DD":
+    def __getitem__(self, idx: Any) -> "DD":
         return DD(self.hi[idx], self.lo[idx])
 
     def __len__(self) -> int:
@@ -76,7 +81,7 @@ class DD:
     def __neg__(self) -> "DD":
         return DD(-self.hi, -self.lo)
 
-    def __add__(self, other) -> "DD":
+    def __add__(self, other: DD | npt.ArrayLike) -> "DD":
         b = DD._coerce(other)
         s, e = _two_sum(self.hi, b.hi)
         t, f = _two_sum(self.lo, b.lo)
@@ -88,13 +93,13 @@ class DD:
 
     __radd__ = __add__
 
-    def __sub__(self, other) -> "DD":
+    def __sub__(self, other: DD | npt.ArrayLike) -> "DD":
         return self + (-DD._coerce(other))
 
-    def __rsub__(self, other) -> "DD":
+    def __rsub__(self, other: DD | npt.ArrayLike) -> "DD":
         return DD._coerce(other) + (-self)
 
-    def __mul__(self, other) -> "DD":
+    def __mul__(self, other: DD | npt.ArrayLike) -> "DD":
         b = DD._coerce(other)
         p, e = _two_prod(self.hi, b.hi)
         e = e + (self.hi * b.lo + self.lo * b.hi)
@@ -103,7 +108,7 @@ class DD:
 
     __rmul__ = __mul__
 
-    def __truediv__(self, other) -> "DD":
+    def __truediv__(self, other: DD | npt.ArrayLike) -> "DD":
         b = DD._coerce(other)
         q1 = self.hi / b.hi
         r = self - b * q1
@@ -113,10 +118,10 @@ class DD:
         s, e = _quick_two_sum(q1, q2)
         return DD(s, e) + q3
 
-    def __rtruediv__(self, other) -> "DD":
+    def __rtruediv__(self, other: DD | npt.ArrayLike) -> "DD":
         return DD._coerce(other) / self
 
-    def ldexp(self, k) -> "DD":
+    def ldexp(self, k: int | npt.NDArray[np.int64]) -> "DD":
         """Exact scaling by 2**k."""
         return DD(np.ldexp(self.hi, k), np.ldexp(self.lo, k))
 

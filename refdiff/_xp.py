@@ -10,23 +10,29 @@ import array_api_compat as _compat
 from array_api_compat import array_namespace, device as _device, is_array_api_obj
 
 from ._errors import RefdiffShapeError, fail
+from ._typing import Array, Device, DType, Namespace
 
 __all__ = ["array_namespace", "device_of", "append_dims", "gather", "as_timesteps",
            "trusted_timesteps", "check_same_shape", "check_broadcast", "as_float_array",
            "check_leading_axes", "erf", "erfc", "register_special", "is_numpy"]
 
 
-def device_of(x):
+def _is_array(x: object) -> bool:
+    """Whether x is an array of an array-API namespace (a plain bool: arrays stay ``Array`` to the type checker)."""
+    return is_array_api_obj(x)
+
+
+def device_of(x: Array) -> Device:
     """The device an array lives on (array_api_compat.device)."""
     return _device(x)
 
 
-def is_numpy(xp) -> bool:
+def is_numpy(xp: Namespace) -> bool:
     """True for NumPy or its array-api-compat wrapper."""
     return _compat.is_numpy_namespace(xp)
 
 
-def append_dims(a, ndim: int):
+def append_dims(a: Array, ndim: int) -> Array:
     """Reshape ``a`` to ``a.shape + (1,) * (ndim - a.ndim)`` so it broadcasts against an ndim array."""
     xp = array_namespace(a)
     if a.ndim > ndim:
@@ -39,17 +45,17 @@ def append_dims(a, ndim: int):
     return a[(...,) + (None,) * (ndim - a.ndim)]
 
 
-_VALIDATED: list = []  # (weakref to a validated timestep array, T): skip re-checking the same array
+_VALIDATED: list[tuple[weakref.ref[Any], int]] = []  # (weakref to a validated timestep array, T): skip re-checking the same array
 
 
-def _already_validated(t, num_timesteps: int) -> bool:
+def _already_validated(t: Array, num_timesteps: int) -> bool:
     for ref, T in _VALIDATED:
         if ref() is t and T == num_timesteps:
             return True
     return False
 
 
-def _remember_validated(t, num_timesteps: int) -> None:
+def _remember_validated(t: Array, num_timesteps: int) -> None:
     try:
         ref = weakref.ref(t)
     except TypeError:  # an array type without weak references: just re-check next time
@@ -58,7 +64,7 @@ def _remember_validated(t, num_timesteps: int) -> None:
     del _VALIDATED[:-8]
 
 
-def trusted_timesteps(t, num_timesteps: int):
+def trusted_timesteps(t: Array, num_timesteps: int) -> Array:
     """Mark an integer timestep array that the caller drew in [0, num_timesteps) as validated.
 
     For code that cannot read the array back, e.g. a training step being captured as a CUDA
@@ -68,7 +74,7 @@ def trusted_timesteps(t, num_timesteps: int):
     return t
 
 
-def as_timesteps(t, num_timesteps: int, *, like, name: str = "t"):
+def as_timesteps(t: Array, num_timesteps: int, *, like: Array, name: str = "t") -> Array:
     """Validate integer timesteps in [0, num_timesteps) and return them as an array next to ``like``.
 
     The value check reads the array back (one device synchronisation on a GPU); an array already
@@ -76,7 +82,7 @@ def as_timesteps(t, num_timesteps: int, *, like, name: str = "t"):
     one check, not one each. (Mutating a validated array in place defeats this cache.)
     """
     xp = array_namespace(like)
-    if not is_array_api_obj(t):
+    if not _is_array(t):
         if isinstance(t, bool) or not isinstance(t, (int, np.integer)) and not (
                 isinstance(t, (list, tuple)) and all(isinstance(v, (int, np.integer)) for v in t)):
             fail(name, t, f"expected integer timesteps in [0, {num_timesteps})")
@@ -94,7 +100,7 @@ def as_timesteps(t, num_timesteps: int, *, like, name: str = "t"):
     return t
 
 
-def gather(table, t, ndim: int):
+def gather(table: Array, t: Array, ndim: int) -> Array:
     """table[t] reshaped to broadcast against data with ``ndim`` dimensions (batch axes first)."""
     xp = array_namespace(table, t)
     if t.ndim == 1:                     # take's own shape: valid while the length is still lazy
@@ -106,7 +112,7 @@ def gather(table, t, ndim: int):
     return append_dims(vals, ndim)
 
 
-def check_same_shape(name_a: str, a, name_b: str, b) -> None:
+def check_same_shape(name_a: str, a: Array, name_b: str, b: Array) -> None:
     """Raise unless ``a`` and ``b`` have the same shape."""
     if tuple(a.shape) != tuple(b.shape):
         raise RefdiffShapeError(
@@ -114,7 +120,7 @@ def check_same_shape(name_a: str, a, name_b: str, b) -> None:
             "they must match")
 
 
-def check_broadcast(*named) -> tuple:
+def check_broadcast(*named: tuple[str, Array]) -> tuple[int, ...]:
     """Raise unless the shapes of the (name, array) pairs broadcast; return the broadcast shape."""
     shapes = [tuple(getattr(a, "shape", ())) for _, a in named]
     try:
@@ -124,10 +130,10 @@ def check_broadcast(*named) -> tuple:
         raise RefdiffShapeError(f"shapes do not broadcast: {desc}") from None
 
 
-def as_float_array(value, name: str, *, like=None) -> tuple[Any, Any]:
+def as_float_array(value: Array, name: str, *, like: Array | None = None) -> tuple[Namespace, Array]:
     """(xp, ``value`` as a real floating array): a Python/NumPy real becomes a 0-d float64 NumPy array,
     or a 0-d array in ``like``'s namespace, dtype and device; an array is cast to ``like``'s dtype."""
-    if is_array_api_obj(value):
+    if _is_array(value):
         xp = array_namespace(value) if like is None else array_namespace(like, value)
         if not xp.isdtype(value.dtype, "real floating"):
             fail(name, value, f"expected a real floating-point array, got dtype {value.dtype}")
@@ -147,7 +153,7 @@ def as_float_array(value, name: str, *, like=None) -> tuple[Any, Any]:
     return xp, xp.asarray(value, dtype=like.dtype, device=_device(like))
 
 
-def check_leading_axes(name: str, a, x) -> None:
+def check_leading_axes(name: str, a: Array, x: Array) -> None:
     """Raise unless ``a`` (0-d or shape (B,)) matches the leading axes of ``x`` (batch first)."""
     if not (a.ndim <= x.ndim and all(n in (1, m) for n, m in zip(a.shape, x.shape))):
         raise RefdiffShapeError(
@@ -155,15 +161,15 @@ def check_leading_axes(name: str, a, x) -> None:
             f"shape {tuple(x.shape)}; expected a 0-d array or shape (B,) with B = x.shape[0]")
 
 
-_SPECIAL: dict[tuple[str, str], Callable] = {}
+_SPECIAL: dict[tuple[str, str], Callable[[Array], Array]] = {}
 
 
-def register_special(op: str, namespace_name: str, fn: Callable) -> None:
+def register_special(op: str, namespace_name: str, fn: Callable[[Array], Array]) -> None:
     """Register a special function (e.g. ``erf``) for a namespace whose ``__name__`` ends in ``namespace_name``."""
     _SPECIAL[(op, namespace_name)] = fn
 
 
-def _special(op: str, x):
+def _special(op: str, x: Array) -> Array:
     xp = array_namespace(x)
     name = getattr(xp, "__name__", "")
     for (o, ns), fn in _SPECIAL.items():
@@ -189,17 +195,17 @@ def _special(op: str, x):
         f"{name!r}; register one with refdiff._xp.register_special({op!r}, {short!r}, fn)")
 
 
-def erf(x):
+def erf(x: Array) -> Array:
     """The error function, dispatched on the array's namespace (not part of the array API standard)."""
     return _special("erf", x)
 
 
-def erfc(x):
+def erfc(x: Array) -> Array:
     """The complementary error function 1 - erf(x), accurate in the tails; dispatched like :func:`erf`."""
     return _special("erfc", x)
 
 
-def float_dtype_of(x) -> Any:
+def float_dtype_of(x: Array) -> DType:
     """The floating dtype of x, or the namespace's default float64 if x is an integer array."""
     xp = array_namespace(x)
     return x.dtype if xp.isdtype(x.dtype, "real floating") else xp.float64

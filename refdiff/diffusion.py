@@ -10,12 +10,15 @@ posterior variance is 0; its logarithm follows a named convention ``t0``:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from ._errors import RefdiffShapeError, check_choice, check_real
 from ._typing import Array
 from ._xp import append_dims, array_namespace, as_timesteps, check_same_shape
 from .parameterizations import OUTPUT_TYPES, coefficient, prediction_type, eps_from_x0, mu_from_x0, x0_from_output
+
+if TYPE_CHECKING:
+    from .schedules import Schedule
 
 __all__ = [
     "MEAN_TYPES", "VAR_TYPES", "T0_CONVENTIONS", "PMeanVar", "q_mean_variance", "q_sample",
@@ -31,14 +34,14 @@ T0_CONVENTIONS = ("clipped", "clamped")
 class PMeanVar(NamedTuple):
     """The model's reverse-step Gaussian p_θ(x_{t-1}|x_t) and its implied predictions."""
 
-    mean: Any
-    variance: Any
-    log_variance: Any
-    pred_x0: Any
-    pred_eps: Any
+    mean: Array
+    variance: Array
+    log_variance: Array
+    pred_x0: Array
+    pred_eps: Array
 
 
-def q_mean_variance(schedule, x0, t):
+def q_mean_variance(schedule: Schedule, x0: Array, t: Array | int) -> tuple[Array, Array, Array]:
     """Mean √ᾱ_t·x0, variance 1 − ᾱ_t and log-variance of q(x_t|x_0) (Ho et al. 2020, Eq. 4)."""
     xp = array_namespace(x0)
     mean = coefficient(schedule, "sqrt_alphas_cumprod", t, x0) * x0
@@ -48,8 +51,8 @@ def q_mean_variance(schedule, x0, t):
     return mean, var, log_var
 
 
-def q_sample(schedule: Any, x0: Array, t: Any, *, noise: Array,
-             coefficients: tuple[Any, Any] | None = None) -> Array:
+def q_sample(schedule: Schedule, x0: Array, t: Array | int, *, noise: Array,
+             coefficients: tuple[Array | float, Array | float] | None = None) -> Array:
     """x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε with explicit noise ε (Ho et al. 2020, Eq. 4).
 
     ``coefficients`` = (√ᾱ_t, √(1 − ᾱ_t)) as host floats (a loop's step plan) skips the table
@@ -68,7 +71,7 @@ def _posterior_log_variance_table(t0: str) -> str:
     return "posterior_log_variance_clipped" if t0 == "clipped" else "posterior_log_variance_clamped"
 
 
-def q_posterior_mean_variance(schedule, x0, x_t, t, *, t0: str = "clipped"):
+def q_posterior_mean_variance(schedule: Schedule, x0: Array, x_t: Array, t: Array | int, *, t0: str = "clipped") -> tuple[Array, Array, Array]:
     """Mean μ̃_t, variance β̃_t and log-variance of q(x_{t-1}|x_t, x0) (Ho et al. 2020, Eqs. 6–7)."""
     xp = array_namespace(x0, x_t)
     check_same_shape("x0", x0, "x_t", x_t)
@@ -79,7 +82,7 @@ def q_posterior_mean_variance(schedule, x0, x_t, t, *, t0: str = "clipped"):
     return mean, var, log_var
 
 
-def learned_range_log_variance(schedule, t, v, *, t0: str = "clipped"):
+def learned_range_log_variance(schedule: Schedule, t: Array | int, v: Array, *, t0: str = "clipped") -> Array:
     """log Σ_θ = f·log β_t + (1 − f)·log β̃_t with f = (v + 1)/2 (Nichol & Dhariwal 2021, Eq. 15)."""
     xp = array_namespace(v)
     min_log = coefficient(schedule, _posterior_log_variance_table(t0), t, v)
@@ -88,7 +91,7 @@ def learned_range_log_variance(schedule, t, v, *, t0: str = "clipped"):
     return frac * max_log + (1.0 - frac) * min_log
 
 
-def fixed_variance(schedule, t, x, *, var_type: str, t0: str = "clipped"):
+def fixed_variance(schedule: Schedule, t: Array | int, x: Array, *, var_type: str, t0: str = "clipped") -> tuple[Array, Array]:
     """(variance, log-variance) of the fixed choices σ_t² = β̃_t ("fixed_small") or β_t ("fixed_large") (Ho et al. 2020, §3.2)."""
     xp = array_namespace(x)
     check_choice("var_type", var_type, ("fixed_small", "fixed_large"), "fixed variance type")
@@ -110,7 +113,7 @@ def fixed_variance(schedule, t, x, *, var_type: str, t0: str = "clipped"):
     return xp.broadcast_to(var, shape), xp.broadcast_to(log_var, shape)
 
 
-def split_variance_output(model_output, x_t):
+def split_variance_output(model_output: Array, x_t: Array) -> tuple[Array, Array]:
     """Split a learned-variance output (B, 2C, ...) into the mean part and the variance part (channel axis 1)."""
     c = x_t.shape[1] if x_t.ndim > 1 else None
     if c is None or model_output.ndim != x_t.ndim or model_output.shape[1] != 2 * c \
@@ -123,7 +126,7 @@ def split_variance_output(model_output, x_t):
     return model_output[:, :c, ...], model_output[:, c:, ...]
 
 
-def dynamic_threshold(x0, *, ratio: float = 0.995, max_value: float | None = None):
+def dynamic_threshold(x0: Array, *, ratio: float = 0.995, max_value: float | None = None) -> Array:
     """Per-sample quantile clipping: s = max(quantile(|x0|, ratio), 1), x0 ← clip(x0, −s, s)/s (Saharia et al. 2022, §2.3).
 
     ``max_value`` caps s from above (diffusers' ``sample_max_value``, whose default 1.0 turns this
@@ -147,9 +150,9 @@ def dynamic_threshold(x0, *, ratio: float = 0.995, max_value: float | None = Non
     return xp.clip(x0, -s, s) / s
 
 
-def p_mean_variance(schedule, model_output, x_t, t, *, mean_type: str = "eps",
+def p_mean_variance(schedule: Schedule, model_output: Array, x_t: Array, t: Array | int, *, mean_type: str = "eps",
                     var_type: str = "fixed_small", clip_x0: bool = False,
-                    denoised_fn: Callable | None = None, t0: str = "clipped") -> PMeanVar:
+                    denoised_fn: Callable[[Array], Array] | None = None, t0: str = "clipped") -> PMeanVar:
     """p_θ(x_{t-1}|x_t) from a model output, for every mean type × variance type (Ho et al. 2020, Eqs. 1, 11; Nichol & Dhariwal 2021, §3.1).
 
     Parameters

@@ -7,11 +7,14 @@ come from the schedule's tables, gathered at t and broadcast over the non-batch 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Sequence, cast
 
 from ._errors import RefdiffValueError, UnknownNameError, fail
 from ._typing import Array
 from ._xp import array_namespace, as_timesteps, check_same_shape, gather
+
+if TYPE_CHECKING:
+    from .schedules import Schedule
 
 __all__ = [
     "coefficient", "x0_from_eps", "eps_from_x0", "v_from_x0_eps", "x0_from_v", "eps_from_v",
@@ -46,7 +49,7 @@ CONTINUOUS_PREDICTION_TYPES = ("eps", "x0", "v", "score", "flow")
 OUTPUT_TYPES = PREDICTION_TYPES
 
 
-def prediction_type(value, name: str = "prediction_type", allowed=PREDICTION_TYPES) -> str:
+def prediction_type(value: str, name: str = "prediction_type", allowed: Sequence[str] = PREDICTION_TYPES) -> str:
     """The canonical name of a prediction type (an upstream alias maps to it); raise for an unknown one.
 
     Examples
@@ -62,7 +65,7 @@ def prediction_type(value, name: str = "prediction_type", allowed=PREDICTION_TYP
     return canonical
 
 
-def coefficient(schedule, name: str, t, x):
+def coefficient(schedule: Schedule, name: str, t: Array | int, x: Array) -> Array:
     """Schedule table ``name`` gathered at t and shaped to broadcast against x (improved-diffusion's _extract_into_tensor)."""
     table = getattr(schedule, name)
     try:
@@ -74,7 +77,7 @@ def coefficient(schedule, name: str, t, x):
     return gather(table, t, x.ndim)
 
 
-def _check_finite_snr(schedule, t, x, what: str) -> None:
+def _check_finite_snr(schedule: Schedule, t: Array | int, x: Array, what: str) -> None:
     if not schedule.zero_terminal_snr:
         return
     xp = array_namespace(x)
@@ -85,7 +88,7 @@ def _check_finite_snr(schedule, t, x, what: str) -> None:
             "there; use a v- or x0-prediction model at the terminal step (Lin et al. 2023, §3.2)")
 
 
-def x0_from_eps(schedule, x_t, t, eps):
+def x0_from_eps(schedule: Schedule, x_t: Array, t: Array | int, eps: Array) -> Array:
     """x̂0 = x_t/√ᾱ_t − √(1/ᾱ_t − 1)·ε (Ho et al. 2020, Eq. 4 solved for x0)."""
     check_same_shape("x_t", x_t, "eps", eps)
     _check_finite_snr(schedule, t, x_t, "x0 from eps")
@@ -93,66 +96,66 @@ def x0_from_eps(schedule, x_t, t, eps):
             - coefficient(schedule, "sqrt_recipm1_alphas_cumprod", t, x_t) * eps)
 
 
-def eps_from_x0(schedule, x_t, t, x0):
+def eps_from_x0(schedule: Schedule, x_t: Array, t: Array | int, x0: Array) -> Array:
     """ε = (x_t − √ᾱ_t·x0)/√(1 − ᾱ_t) (Ho et al. 2020, Eq. 4 solved for ε)."""
     check_same_shape("x_t", x_t, "x0", x0)
     return ((x_t - coefficient(schedule, "sqrt_alphas_cumprod", t, x_t) * x0)
             / coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t))
 
 
-def v_from_x0_eps(schedule, x0, t, eps):
+def v_from_x0_eps(schedule: Schedule, x0: Array, t: Array | int, eps: Array) -> Array:
     """v = √ᾱ_t·ε − √(1 − ᾱ_t)·x0 (Salimans & Ho 2022, §4)."""
     check_same_shape("x0", x0, "eps", eps)
     return (coefficient(schedule, "sqrt_alphas_cumprod", t, x0) * eps
             - coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x0) * x0)
 
 
-def x0_from_v(schedule, x_t, t, v):
+def x0_from_v(schedule: Schedule, x_t: Array, t: Array | int, v: Array) -> Array:
     """x0 = √ᾱ_t·x_t − √(1 − ᾱ_t)·v (Salimans & Ho 2022, §4)."""
     check_same_shape("x_t", x_t, "v", v)
     return (coefficient(schedule, "sqrt_alphas_cumprod", t, x_t) * x_t
             - coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t) * v)
 
 
-def eps_from_v(schedule, x_t, t, v):
+def eps_from_v(schedule: Schedule, x_t: Array, t: Array | int, v: Array) -> Array:
     """ε = √(1 − ᾱ_t)·x_t + √ᾱ_t·v (Salimans & Ho 2022, §4)."""
     check_same_shape("x_t", x_t, "v", v)
     return (coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t) * x_t
             + coefficient(schedule, "sqrt_alphas_cumprod", t, x_t) * v)
 
 
-def v_from_x0(schedule, x_t, t, x0):
+def v_from_x0(schedule: Schedule, x_t: Array, t: Array | int, x0: Array) -> Array:
     """v = (√ᾱ_t·x_t − x0)/√(1 − ᾱ_t) (Salimans & Ho 2022, §4, solved for v)."""
     check_same_shape("x_t", x_t, "x0", x0)
     return ((coefficient(schedule, "sqrt_alphas_cumprod", t, x_t) * x_t - x0)
             / coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t))
 
 
-def score_from_eps(schedule, t, eps):
+def score_from_eps(schedule: Schedule, t: Array | int, eps: Array) -> Array:
     """∇ log q(x_t) ≈ −ε/√(1 − ᾱ_t) (Song et al. 2021, §3.3; Vincent 2011)."""
     return -eps / coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, eps)
 
 
-def eps_from_score(schedule, t, score):
+def eps_from_score(schedule: Schedule, t: Array | int, score: Array) -> Array:
     """ε = −√(1 − ᾱ_t)·score (Song et al. 2021, §3.3)."""
     return -coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, score) * score
 
 
-def mu_from_x0(schedule, x_t, t, x0):
+def mu_from_x0(schedule: Schedule, x_t: Array, t: Array | int, x0: Array) -> Array:
     """μ̃_t(x_t, x0) = coef1·x0 + coef2·x_t (Ho et al. 2020, Eq. 7)."""
     check_same_shape("x_t", x_t, "x0", x0)
     return (coefficient(schedule, "posterior_mean_coef1", t, x_t) * x0
             + coefficient(schedule, "posterior_mean_coef2", t, x_t) * x_t)
 
 
-def x0_from_mu(schedule, x_t, t, mu):
+def x0_from_mu(schedule: Schedule, x_t: Array, t: Array | int, mu: Array) -> Array:
     """x0 = (μ − coef2·x_t)/coef1, inverting Ho et al. 2020, Eq. 7 (improved-diffusion's μ-prediction)."""
     check_same_shape("x_t", x_t, "mu", mu)
     return ((mu - coefficient(schedule, "posterior_mean_coef2", t, x_t) * x_t)
             / coefficient(schedule, "posterior_mean_coef1", t, x_t))
 
 
-def x0_from_output(schedule, x_t, t, out, mean_type: str):
+def x0_from_output(schedule: Schedule, x_t: Array, t: Array | int, out: Array, mean_type: str) -> Array:
     """x̂0 implied by a network output of the given prediction type (ε, x0, v, score or μ)."""
     mean_type = prediction_type(mean_type, "mean_type")
     if mean_type == "eps":
@@ -168,7 +171,7 @@ def x0_from_output(schedule, x_t, t, out, mean_type: str):
     return x0_from_mu(schedule, x_t, t, out)
 
 
-def eps_from_output(schedule, x_t, t, out, mean_type: str):
+def eps_from_output(schedule: Schedule, x_t: Array, t: Array | int, out: Array, mean_type: str) -> Array:
     """ε̂ implied by a network output of the given prediction type (ε, x0, v, score or μ)."""
     mean_type = prediction_type(mean_type, "mean_type")
     if mean_type == "eps":
@@ -186,7 +189,7 @@ def eps_from_output(schedule, x_t, t, out, mean_type: str):
 # The same conversions on (α_t, σ_t) of x_t = α_t·x0 + σ_t·ε (continuous time, any SDE family)
 # --------------------------------------------------------------------------------------------
 
-def x0_from_prediction(out, x, alpha, sigma, prediction: str):
+def x0_from_prediction(out: Array, x: Array, alpha: Array | float, sigma: Array | float, prediction: str) -> Array:
     """x̂0 from a prediction at x = α·x0 + σ·ε (Kingma et al. 2021, Eq. 1; v of Salimans & Ho 2022, §4).
 
     ``alpha`` and ``sigma`` are host floats or arrays broadcasting against x. ε: (x − σε)/α;
@@ -214,7 +217,7 @@ def x0_from_prediction(out, x, alpha, sigma, prediction: str):
     return (x + (sigma * sigma) * out) / alpha
 
 
-def eps_from_prediction(out, x, alpha, sigma, prediction: str):
+def eps_from_prediction(out: Array, x: Array, alpha: Array | float, sigma: Array | float, prediction: str) -> Array:
     """ε̂ from a prediction at x = α·x0 + σ·ε (the inverse relations of :func:`x0_from_prediction`).
 
     x0: (x − α·x0)/σ; v: (σ·x + α·v)/(α² + σ²); score: −σ·s; flow u = ε − x0: (x + α·u)/(α + σ).
@@ -246,7 +249,7 @@ class LevelCoefficients(NamedTuple):
     posterior_mean_coef2: float
 
 
-def level_coefficients(schedule: Any, t: int) -> LevelCoefficients:
+def level_coefficients(schedule: Schedule, t: int) -> LevelCoefficients:
     """The tables of :class:`LevelCoefficients` read at the host integer timestep t (one read per table)."""
     return LevelCoefficients(*(float(getattr(schedule, name)[t]) for name in LevelCoefficients._fields))
 
@@ -264,7 +267,7 @@ def x0_from_output_at(out: Array, x_t: Array, c: LevelCoefficients, mean_type: s
         return c.sqrt_recip_alphas_cumprod * x_t - c.sqrt_recipm1_alphas_cumprod * eps
     if mean_type == "mean":
         return (out - c.posterior_mean_coef2 * x_t) / c.posterior_mean_coef1
-    return x0_from_output(None, x_t, None, out, mean_type)  # raises the unknown-name error
+    return x0_from_output(cast("Schedule", None), x_t, None, out, mean_type)  # raises the unknown-name error
 
 
 def eps_from_x0_at(x_t: Array, x0: Array, c: LevelCoefficients) -> Array:

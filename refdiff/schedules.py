@@ -22,6 +22,7 @@ import numpy as np
 from . import _dd
 from ._dd import DD
 from ._errors import UnknownNameError, check_choice, check_int, check_real, fail
+from ._typing import Array, Device, DType, Namespace
 
 __all__ = [
     "Schedule", "from_betas", "from_alphas_cumprod", "linear", "scaled_linear", "quadratic",
@@ -63,27 +64,27 @@ class Schedule:
 
     name: str
     num_timesteps: int
-    timestep_map: Any
-    betas: Any
-    alphas: Any
-    alphas_cumprod: Any
-    alphas_cumprod_prev: Any
-    alphas_cumprod_next: Any
-    one_minus_alphas_cumprod: Any
-    sqrt_alphas_cumprod: Any
-    sqrt_one_minus_alphas_cumprod: Any
-    log_alphas_cumprod: Any
-    log_one_minus_alphas_cumprod: Any
-    sqrt_recip_alphas_cumprod: Any
-    sqrt_recipm1_alphas_cumprod: Any
-    posterior_variance: Any
-    posterior_log_variance_clipped: Any
-    posterior_log_variance_clamped: Any
-    posterior_mean_coef1: Any
-    posterior_mean_coef2: Any
-    log_snr: Any
-    lambdas: Any
-    xp: Any = None
+    timestep_map: Array
+    betas: Array
+    alphas: Array
+    alphas_cumprod: Array
+    alphas_cumprod_prev: Array
+    alphas_cumprod_next: Array
+    one_minus_alphas_cumprod: Array
+    sqrt_alphas_cumprod: Array
+    sqrt_one_minus_alphas_cumprod: Array
+    log_alphas_cumprod: Array
+    log_one_minus_alphas_cumprod: Array
+    sqrt_recip_alphas_cumprod: Array
+    sqrt_recipm1_alphas_cumprod: Array
+    posterior_variance: Array
+    posterior_log_variance_clipped: Array
+    posterior_log_variance_clamped: Array
+    posterior_mean_coef1: Array
+    posterior_mean_coef2: Array
+    log_snr: Array
+    lambdas: Array
+    xp: Namespace | None = None
     _beta_dd: Any = field(default=None, repr=False)
     _ab_dd: Any = field(default=None, repr=False)
 
@@ -93,7 +94,7 @@ class Schedule:
         return self.num_timesteps
 
     @property
-    def sigmas(self):
+    def sigmas(self) -> Array:
         """Karras/k-diffusion noise levels σ_t = √((1-ᾱ_t)/ᾱ_t) (Karras et al. 2022, Eq. 7 with s=1)."""
         return self.sqrt_recipm1_alphas_cumprod
 
@@ -106,7 +107,7 @@ class Schedule:
         """All tables as a name -> array dict."""
         return {n: getattr(self, n) for n in TABLE_NAMES}
 
-    def to(self, xp, *, device=None, dtype=None) -> "Schedule":
+    def to(self, xp: Namespace, *, device: Device | None = None, dtype: DType | None = None) -> "Schedule":
         """Copy the float64 tables into namespace ``xp`` (cast once to ``dtype``, on ``device``)."""
         _check_host(self, "Schedule.to")
         dtype = xp.float64 if dtype is None else dtype
@@ -207,14 +208,14 @@ def _from_beta_dd(name: str, beta: DD) -> Schedule:
 MAX_T = 100_000
 
 
-def _check_T(T) -> int:
+def _check_T(T: object) -> int:
     T = check_int("T", T, minimum=1)
     if T > MAX_T:
         fail("T", T, f"expected an integer in [1, {MAX_T}] (refdiff.schedules.MAX_T)")
     return T
 
 
-def _is_real_floating(xp, dtype) -> bool:
+def _is_real_floating(xp: Namespace, dtype: DType) -> bool:
     """Whether ``dtype`` of namespace ``xp`` is a real floating dtype (array API ``isdtype``)."""
     from ._xp import array_namespace
     try:
@@ -360,7 +361,7 @@ def list_schedules() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_schedule(name: str, T: int, **kwargs) -> Schedule:
+def get_schedule(name: str, T: int, **kwargs: Any) -> Schedule:
     """Build a registered schedule by name ("linear", "cosine", ...; diffusers' "squaredcos_cap_v2" too)."""
     key = _ALIASES.get(name, name)
     if key not in _REGISTRY:

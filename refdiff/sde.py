@@ -28,13 +28,14 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from array_api_compat import is_array_api_obj
 
 from . import _dd
 from ._errors import RefdiffShapeError, check_choice, check_int, check_real, fail
+from ._typing import Array, Namespace
 from ._xp import append_dims, array_namespace, as_float_array, check_leading_axes, device_of
 
 __all__ = ["SDE", "ReverseSDE", "VPSDE", "SubVPSDE", "VESDE", "probability_flow_drift",
@@ -52,20 +53,20 @@ _LOG_2PI = math.log(2.0 * math.pi)
 # Input handling
 # --------------------------------------------------------------------------------------------
 
-def _range_error(name: str, xp, a, interval: str) -> None:
+def _range_error(name: str, xp: Namespace, a: Array, interval: str) -> None:
     if a.ndim == 0:
         fail(name, a, f"expected a value in {interval}")
     lo, hi = float(xp.min(a)), float(xp.max(a))
     fail(name, a, f"expected values in {interval}; got values from {lo!r} to {hi!r}")
 
 
-def _check_in(name: str, xp, a, lo: float, hi: float) -> None:
+def _check_in(name: str, xp: Namespace, a: Array, lo: float, hi: float) -> None:
     """Raise unless every element of ``a`` lies in [lo, hi] (NaN is outside)."""
     if not bool(xp.all((a >= lo) & (a <= hi))):
         _range_error(name, xp, a, f"[{lo!r}, {hi!r}]")
 
 
-def _full_like(xp, a, value: float):
+def _full_like(xp: Namespace, a: Array, value: float) -> Array:
     return xp.full(a.shape, value, dtype=a.dtype, device=device_of(a))
 
 
@@ -83,6 +84,12 @@ class SDE(abc.ABC):
 
     #: Number of discretization steps (score_sde's ``N``).
     N: int
+    #: How a continuous t maps to a discrete chain index (one of :data:`INDEX_ROUNDINGS`).
+    index_rounding: str
+
+    if TYPE_CHECKING:  # defined by every concrete family
+        def marginal_log_mean_coeff(self, t: Array | float) -> Array: ...
+        def log_snr(self, t: Array | float) -> Array: ...
 
     @property
     @abc.abstractmethod
@@ -90,23 +97,23 @@ class SDE(abc.ABC):
         """End time of the SDE."""
 
     @abc.abstractmethod
-    def sde(self, x, t) -> tuple[Any, Any]:
+    def sde(self, x: Array, t: Array | float) -> tuple[Array, Array]:
         """(drift f(x, t) shaped like x, diffusion g(t) shaped like t) (Song et al. 2021, Eq. 5)."""
 
     @abc.abstractmethod
-    def marginal_prob(self, x, t) -> tuple[Any, Any]:
+    def marginal_prob(self, x: Array, t: Array | float) -> tuple[Array, Array]:
         """(mean shaped like x, std shaped like t) of the perturbation kernel p_0t(x(t) | x(0) = x)."""
 
     @abc.abstractmethod
-    def prior_sampling(self, shape, *, noise):
+    def prior_sampling(self, shape: Sequence[int], *, noise: Array) -> Array:
         """A sample of the prior p_T built from standard-normal ``noise`` of the given shape."""
 
     @abc.abstractmethod
-    def prior_logp(self, z):
+    def prior_logp(self, z: Array) -> Array:
         """log p_T(z) per sample, summed over all non-batch axes."""
 
     # -- helpers shared by subclasses --------------------------------------------------------
-    def _time(self, t, *, like=None):
+    def _time(self, t: Array | float, *, like: Array | None = None) -> tuple[Namespace, Array]:
         """Validated times: a float array in ``like``'s namespace/dtype, every value in [0, T]."""
         xp, t = as_float_array(t, "t", like=like)
         if like is not None:
@@ -114,7 +121,7 @@ class SDE(abc.ABC):
         _check_in("t", xp, t, 0.0, float(self.T))
         return xp, t
 
-    def _index(self, xp, t):
+    def _index(self, xp: Namespace | None, t: Array | float) -> Array | int:
         """The index i = round/floor(t (N-1)/T) of the discrete chain (``index_rounding``), as floats.
 
         With ``xp=None`` and a host float ``t`` it is the Python int (the samplers' step plan).
@@ -128,7 +135,7 @@ class SDE(abc.ABC):
         """The discrete-chain index of a host time t ∈ [0, T] (same rule as the array methods)."""
         return self._index(None, check_real("t", t, lo=0.0, hi=float(self.T)))
 
-    def _check_noise(self, shape, noise):
+    def _check_noise(self, shape: Sequence[int], noise: Array) -> Namespace:
         if not is_array_api_obj(noise):
             fail("noise", noise, "expected an array of standard-normal draws")
         if tuple(noise.shape) != tuple(shape):
@@ -141,7 +148,7 @@ class SDE(abc.ABC):
         return xp
 
     # -- discretizations ---------------------------------------------------------------------
-    def euler_discretize(self, x, t, *, dt=None) -> tuple[Any, Any]:
+    def euler_discretize(self, x: Array, t: Array | float, *, dt: float | None = None) -> tuple[Array, Array]:
         """Euler–Maruyama step x_{t+dt} = x + f + G z with f = f(x, t) dt, G = g(t) √dt.
 
         Parameters
@@ -160,29 +167,29 @@ class SDE(abc.ABC):
         drift, diffusion = self.sde(x, t)
         return drift * dt, diffusion * math.sqrt(dt)
 
-    def discretize(self, x, t, *, dt=None) -> tuple[Any, Any]:
+    def discretize(self, x: Array, t: Array | float, *, dt: float | None = None) -> tuple[Array, Array]:
         """Discretization x_{i+1} = x_i + f_i(x_i) + G_i z_i (Song et al. 2021, App. E); Euler by default."""
         return self.euler_discretize(x, t, dt=dt)
 
-    def reverse(self, score_fn: Callable, *, probability_flow: bool = False) -> ReverseSDE:
+    def reverse(self, score_fn: Callable[..., Array], *, probability_flow: bool = False) -> ReverseSDE:
         """The reverse-time SDE (Eq. 6) or, with ``probability_flow=True``, the probability-flow ODE (Eq. 13)."""
         return ReverseSDE(self, score_fn, probability_flow=probability_flow)
 
     # -- marginals shared by every family ----------------------------------------------------
-    def marginal_std(self, t):
+    def marginal_std(self, t: Array | float) -> Array:
         """σ_t, the std of the perturbation kernel (the std of :meth:`marginal_prob`)."""
         raise NotImplementedError(f"{type(self).__name__} does not define marginal_std")
 
-    def marginal_alpha(self, t):
+    def marginal_alpha(self, t: Array | float) -> Array:
         """Mean coefficient α_t = exp(log α_t) of the perturbation kernel (1 for VE)."""
         lmc = self.marginal_log_mean_coeff(t)
         return array_namespace(lmc).exp(lmc)
 
-    def lambda_(self, t):
+    def lambda_(self, t: Array | float) -> Array:
         """Half log-SNR λ_t = log α_t - log σ_t (Lu et al. 2022, DPM-Solver, Sec. 3.1)."""
         return self.log_snr(t) * 0.5
 
-    def marginal_lambda(self, t):
+    def marginal_lambda(self, t: Array | float) -> Array:
         """Alias of :meth:`lambda_` (DPM-Solver's ``NoiseScheduleVP.marginal_lambda``)."""
         return self.lambda_(t)
 
@@ -231,10 +238,10 @@ class ReverseSDE:
     """
 
     forward_sde: SDE
-    score_fn: Callable
+    score_fn: Callable[..., Array]
     probability_flow: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.forward_sde, SDE):
             fail("forward_sde", self.forward_sde, "expected an instance of refdiff.sde.SDE")
         if not callable(self.score_fn):
@@ -255,7 +262,7 @@ class ReverseSDE:
     def _factor(self) -> float:
         return 0.5 if self.probability_flow else 1.0
 
-    def _score(self, x, t):
+    def _score(self, x: Array, t: Array | float) -> Array:
         score = self.score_fn(x, t)
         if tuple(score.shape) != tuple(x.shape):
             raise RefdiffShapeError(
@@ -263,7 +270,7 @@ class ReverseSDE:
                 "they must match")
         return score
 
-    def sde(self, x, t) -> tuple[Any, Any]:
+    def sde(self, x: Array, t: Array | float) -> tuple[Array, Array]:
         """(f - g² s, g), or (f - ½ g² s, 0) for the ODE (Song et al. 2021, Eqs. 6 and 13)."""
         xp = array_namespace(x)
         drift, diffusion = self.forward_sde.sde(x, t)
@@ -273,7 +280,7 @@ class ReverseSDE:
             diffusion = xp.zeros_like(diffusion)
         return drift, diffusion
 
-    def discretize(self, x, t, *, dt=None) -> tuple[Any, Any]:
+    def discretize(self, x: Array, t: Array | float, *, dt: float | None = None) -> tuple[Array, Array]:
         """Reverse discretization x_{i-1} = x_i - rev_f + rev_G z: rev_f = f - G² s (½ G² s for the ODE).
 
         Song et al. 2021, Eq. 46 (reverse diffusion predictor); rev_G = G, or 0 for the ODE.
@@ -288,7 +295,7 @@ class ReverseSDE:
         return rev_f, rev_G
 
 
-def probability_flow_drift(sde: SDE, score_fn: Callable, x, t):
+def probability_flow_drift(sde: SDE, score_fn: Callable[..., Array], x: Array, t: Array | float) -> Array:
     """Drift f(x, t) - ½ g(t)² ∇ log p_t(x) of the probability-flow ODE (Song et al. 2021, Eq. 13)."""
     return ReverseSDE(sde, score_fn, probability_flow=True).sde(x, t)[0]
 
@@ -311,7 +318,7 @@ def _smld_sigmas(sigma_min: float, sigma_max: float, N: int) -> np.ndarray:
     return out
 
 
-def _standard_normal_logp(z, scale: float):
+def _standard_normal_logp(z: Array, scale: float) -> Array:
     """Σ over non-batch axes of log N(z; 0, scale²) (one value per sample)."""
     if not is_array_api_obj(z):
         fail("z", z, "expected an array with a batch axis first")
@@ -330,7 +337,7 @@ def _standard_normal_logp(z, scale: float):
 # VP and sub-VP
 # --------------------------------------------------------------------------------------------
 
-def _rationalised_root(L, beta_0: float, delta: float, xp):
+def _rationalised_root(L: Array, beta_0: float, delta: float, xp: Namespace) -> Array:
     """The t >= 0 with Δ t²/2 + β0 t = L, as 2L / (β0 + √(β0² + 2ΔL)) (no cancellation)."""
     pos = L > 0
     safe = xp.where(pos, L, xp.ones_like(L))
@@ -344,6 +351,11 @@ class _LinearBeta(SDE):
     beta_min: float
     beta_max: float
     index_rounding: str
+
+    if TYPE_CHECKING:  # defined by VPSDE and SubVPSDE
+        def _std(self, xp: Namespace, lmc: Array) -> Array: ...
+        def _diffusion(self, xp: Namespace, t: Array, beta: Array) -> Array: ...
+        def _neg2_lmc_from_lambda(self, xp: Namespace, lam: Array) -> Array: ...
 
     def _validate(self) -> None:
         b0 = check_real("beta_min", self.beta_min, lo=0.0)
@@ -365,30 +377,30 @@ class _LinearBeta(SDE):
     def _delta(self) -> float:
         return self.beta_max - self.beta_min
 
-    def _beta(self, t):
+    def _beta(self, t: Array) -> Array:
         return self.beta_min + t * self._delta
 
-    def _lmc(self, t):
+    def _lmc(self, t: Array) -> Array:
         # log mean coeff = -∫_0^t β(s) ds / 2 = -t²(β1-β0)/4 - t β0/2
         return t * (t * self._delta + 2.0 * self.beta_min) * -0.25
 
     # -- public scalar functions of t ----------------------------------------------------------
-    def beta(self, t):
+    def beta(self, t: Array | float) -> Array:
         """β(t) = β0 + t (β1 - β0) (Song et al. 2021, Eq. 32 / App. B)."""
         _, t = self._time(t)
         return self._beta(t)
 
-    def marginal_log_mean_coeff(self, t):
+    def marginal_log_mean_coeff(self, t: Array | float) -> Array:
         """log α_t = -¼ t² (β1 - β0) - ½ t β0 = -½ ∫_0^t β(s) ds (Song et al. 2021, Eq. 33)."""
         _, t = self._time(t)
         return self._lmc(t)
 
-    def marginal_std(self, t):
+    def marginal_std(self, t: Array | float) -> Array:
         """σ_t, the std of the perturbation kernel (VP: √(1 - α_t²); sub-VP: 1 - α_t²)."""
         xp, t = self._time(t)
         return self._std(xp, self._lmc(t))
 
-    def t_from_lambda(self, lam):
+    def t_from_lambda(self, lam: Array | float) -> Array:
         """The t ∈ [0, T] with λ_t = lam (closed form, Lu et al. 2022, App. for the linear VP schedule).
 
         Solves Δ t²/2 + β0 t = L, L = -2 log α_t, by the cancellation-free root
@@ -404,19 +416,19 @@ class _LinearBeta(SDE):
         return xp.minimum(t, _full_like(xp, t, float(self.T)))
 
     # -- the DDPM chain of the same β's (VP: its discretization; both: score_sde's Langevin α_i) --
-    def _beta_i(self, i):
+    def _beta_i(self, i: Array) -> Array:
         """β_i = (β_min + i (β_max - β_min)/(N - 1)) / N, i.e. linspace(β_min/N, β_max/N, N)."""
         if self.N == 1:
             return i * 0.0 + self.beta_min
         return (self.beta_min + i * (self._delta / (self.N - 1))) / self.N
 
     @property
-    def discrete_betas(self):
+    def discrete_betas(self) -> np.ndarray:
         """The DDPM β_i = linspace(β_min/N, β_max/N, N) as float64 NumPy (correctly rounded)."""
         return _ddpm_betas(self.beta_min, self.beta_max, self.N).copy()
 
     @property
-    def alphas(self):
+    def alphas(self) -> np.ndarray:
         """1 - β_i for the DDPM chain, float64 NumPy."""
         return 1.0 - self.discrete_betas
 
@@ -430,13 +442,13 @@ class _LinearBeta(SDE):
         t = np.asarray([check_real("t", v, lo=0.0, hi=float(self.T)) for v in ts], dtype=np.float64)
         return t
 
-    def drift_coefficients(self, ts):
+    def drift_coefficients(self, ts: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
         """(a, g) = (-½ β(t), g(t)) with f(x, t) = a x (Song et al. 2021, Eqs. 11 and 12)."""
         t = self._host_times(ts)
         beta = self._beta(t)
         return beta * -0.5, self._diffusion(np, t, beta)
 
-    def langevin_alpha(self, ts):
+    def langevin_alpha(self, ts: Sequence[float]) -> np.ndarray:
         """α_i = 1 - β_i of the DDPM chain of the same β's (score_sde ``LangevinCorrector`` for VP).
 
         score_sde's corrector reads ``sde.alphas``, which its sub-VP SDE does not define (it fails
@@ -446,26 +458,26 @@ class _LinearBeta(SDE):
         betas = _ddpm_betas(self.beta_min, self.beta_max, self.N)
         return 1.0 - betas[[self.chain_index(t) for t in ts]]
 
-    def sde(self, x, t):
+    def sde(self, x: Array, t: Array | float) -> tuple[Array, Array]:
         """(-½ β(t) x, g(t)) with g² = β(t) (VP, Eq. 11) or β(t)(1 - e^{-2∫β}) (sub-VP, Eq. 12)."""
         xp, t = self._time(t, like=x)
         beta = self._beta(t)
         drift = append_dims(beta * -0.5, x.ndim) * x
         return drift, self._diffusion(xp, t, beta)
 
-    def marginal_prob(self, x, t):
+    def marginal_prob(self, x: Array, t: Array | float) -> tuple[Array, Array]:
         """(α_t x, σ_t) with α_t = exp(-½ ∫_0^t β) (Song et al. 2021, Eqs. 29 and 33)."""
         xp, t = self._time(t, like=x)
         lmc = self._lmc(t)
         mean = append_dims(xp.exp(lmc), x.ndim) * x
         return mean, self._std(xp, lmc)
 
-    def prior_sampling(self, shape, *, noise):
+    def prior_sampling(self, shape: Sequence[int], *, noise: Array) -> Array:
         """The prior N(0, I) sample: ``noise`` itself (checked against ``shape``)."""
         self._check_noise(shape, noise)
         return noise
 
-    def prior_logp(self, z):
+    def prior_logp(self, z: Array) -> Array:
         """log N(z; 0, I) summed over non-batch axes: -D/2 log 2π - ‖z‖²/2."""
         return _standard_normal_logp(z, 1.0)
 
@@ -485,16 +497,16 @@ class VPSDE(_LinearBeta):
     N: int = 1000
     index_rounding: str = "round"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self._validate()
 
-    def _std(self, xp, lmc):
+    def _std(self, xp: Namespace, lmc: Array) -> Array:
         return xp.sqrt(-xp.expm1(2.0 * lmc))
 
-    def _diffusion(self, xp, t, beta):
+    def _diffusion(self, xp: Namespace, t: Array, beta: Array) -> Array:
         return xp.sqrt(beta)
 
-    def log_snr(self, t):
+    def log_snr(self, t: Array | float) -> Array:
         """log(α_t²/σ_t²) = -log(expm1(∫_0^t β)) (no cancellation); +∞ at t = 0."""
         xp, t = self._time(t)
         a = self._lmc(t) * -2.0
@@ -502,11 +514,11 @@ class VPSDE(_LinearBeta):
         safe = xp.where(pos, a, xp.ones_like(a))
         return xp.where(pos, -xp.log(xp.expm1(safe)), _full_like(xp, a, math.inf))
 
-    def _neg2_lmc_from_lambda(self, xp, lam):
+    def _neg2_lmc_from_lambda(self, xp: Namespace, lam: Array) -> Array:
         # α²/σ² = 1/(e^L - 1) = e^{2λ}  =>  L = log(1 + e^{-2λ})
         return xp.logaddexp(xp.zeros_like(lam), lam * -2.0)
 
-    def discretize(self, x, t, *, dt=None):
+    def discretize(self, x: Array, t: Array | float, *, dt: float | None = None) -> tuple[Array, Array]:
         """DDPM step x_{i+1} = √(1-β_i) x_i + √β_i z: f = (√(1-β_i) - 1) x, G = √β_i (Eq. 47).
 
         i = round(t (N-1)/T) (or floor, see ``index_rounding``). √(1-β) - 1 is formed as
@@ -522,13 +534,13 @@ class VPSDE(_LinearBeta):
         f = append_dims(-beta / (1.0 + xp.sqrt(1.0 - beta)), x.ndim) * x
         return f, xp.sqrt(beta)
 
-    def reverse_diffusion_coefficients(self, ts):
+    def reverse_diffusion_coefficients(self, ts: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
         """(c, G) of the DDPM step (:meth:`discretize`): f_i = c x with c = -β_i/(1 + √(1-β_i)), G = √β_i."""
         self.check_ddpm_chain("DDPM chain (N = steps)", "; use more steps")
         beta = self._beta_i(np.asarray([float(self.chain_index(t)) for t in ts]))
         return -beta / (1.0 + np.sqrt(1.0 - beta)), np.sqrt(beta)
 
-    def ancestral_coefficients(self, ts):
+    def ancestral_coefficients(self, ts: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """DDPM ancestral step x̄ = (x + β_i s)/√(1 - β_i), std √β_i (Ho et al. 2020, Eq. 11; Song et al. 2021, App. F)."""
         self.check_ddpm_chain("DDPM chain (N = steps)", "; use more steps")
         beta = _ddpm_betas(self.beta_min, self.beta_max, self.N)[[self.chain_index(t) for t in ts]]
@@ -549,17 +561,17 @@ class SubVPSDE(_LinearBeta):
     N: int = 1000
     index_rounding: str = "round"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self._validate()
 
-    def _std(self, xp, lmc):
+    def _std(self, xp: Namespace, lmc: Array) -> Array:
         return -xp.expm1(2.0 * lmc)
 
-    def _diffusion(self, xp, t, beta):
+    def _diffusion(self, xp: Namespace, t: Array, beta: Array) -> Array:
         # 1 - exp(-2β0 t - (β1-β0) t²) = -expm1(4 lmc)
         return xp.sqrt(beta * -xp.expm1(4.0 * self._lmc(t)))
 
-    def log_snr(self, t):
+    def log_snr(self, t: Array | float) -> Array:
         """log(α_t²/σ_t²) = -2 log(2 sinh(½ ∫_0^t β)) (no cancellation); +∞ at t = 0."""
         xp, t = self._time(t)
         b = self._lmc(t) * -1.0
@@ -567,7 +579,7 @@ class SubVPSDE(_LinearBeta):
         safe = xp.where(pos, b, xp.ones_like(b))
         return xp.where(pos, -2.0 * xp.log(2.0 * xp.sinh(safe)), _full_like(xp, b, math.inf))
 
-    def _neg2_lmc_from_lambda(self, xp, lam):
+    def _neg2_lmc_from_lambda(self, xp: Namespace, lam: Array) -> Array:
         # α/σ = 1/(2 sinh(b)) = e^λ with b = -log α  =>  b = asinh(e^{-λ}/2), L = 2b
         return 2.0 * xp.asinh(0.5 * xp.exp(-lam))
 
@@ -597,7 +609,7 @@ class VESDE(SDE):
     marginal: str = "score_sde"
     index_rounding: str = "round"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         smin = check_real("sigma_min", self.sigma_min, lo=0.0, lo_open=True)
         smax = check_real("sigma_max", self.sigma_max, lo=0.0, lo_open=True)
         if not smax > smin:
@@ -617,11 +629,11 @@ class VESDE(SDE):
     def _log_ratio(self) -> float:
         return math.log(self.sigma_max / self.sigma_min)
 
-    def _sigma(self, xp, t):
+    def _sigma(self, xp: Namespace, t: Array) -> Array:
         ratio = xp.asarray(self.sigma_max / self.sigma_min, dtype=t.dtype, device=device_of(t))
         return self.sigma_min * xp.pow(ratio, t)
 
-    def _std(self, xp, t):
+    def _std(self, xp: Namespace, t: Array) -> Array:
         if self.marginal == "score_sde":
             return self._sigma(xp, t)
         a = t * (2.0 * self._log_ratio)
@@ -631,22 +643,22 @@ class VESDE(SDE):
         via_squares = xp.sqrt((s - self.sigma_min) * (s + self.sigma_min))
         return xp.where(small, via_expm1, via_squares)
 
-    def sigma(self, t):
+    def sigma(self, t: Array | float) -> Array:
         """σ(t) = σ_min (σ_max/σ_min)^t (Song et al. 2021, App. C)."""
         xp, t = self._time(t)
         return self._sigma(xp, t)
 
-    def marginal_log_mean_coeff(self, t):
+    def marginal_log_mean_coeff(self, t: Array | float) -> Array:
         """log of the mean coefficient: 0 (VE keeps the mean)."""
         xp, t = self._time(t)
         return xp.zeros_like(t)
 
-    def marginal_std(self, t):
+    def marginal_std(self, t: Array | float) -> Array:
         """σ_t under the ``marginal`` convention (σ(t), or √(σ(t)² - σ_min²))."""
         xp, t = self._time(t)
         return self._std(xp, t)
 
-    def log_snr(self, t):
+    def log_snr(self, t: Array | float) -> Array:
         """log(1/σ_t²): -2 log σ_min - 2 t log(σ_max/σ_min) ("score_sde"), or -log(σ(t)² - σ_min²) ("exact", +∞ at t=0)."""
         xp, t = self._time(t)
         k = self._log_ratio
@@ -657,7 +669,7 @@ class VESDE(SDE):
         val = -2.0 * xp.log(self._std(xp, safe_t))
         return xp.where(pos, val, _full_like(xp, t, math.inf))
 
-    def t_from_lambda(self, lam):
+    def t_from_lambda(self, lam: Array | float) -> Array:
         """The t ∈ [0, T] with λ_t = lam: (-lam - log σ_min)/log(σ_max/σ_min), or for "exact"
         log1p(e^{-2 lam}/σ_min²) / (2 log(σ_max/σ_min)). ``lam`` must lie in [λ_T, λ_0]."""
         xp, lam = as_float_array(lam, "lam")
@@ -673,31 +685,31 @@ class VESDE(SDE):
             t = xp.logaddexp(xp.zeros_like(lam), lam * -2.0 - 2.0 * math.log(self.sigma_min)) * (0.5 / k)
         return xp.minimum(t, _full_like(xp, t, float(self.T)))
 
-    def sde(self, x, t):
+    def sde(self, x: Array, t: Array | float) -> tuple[Array, Array]:
         """(0, σ(t) √(2 log(σ_max/σ_min))) (Song et al. 2021, Eq. 9 with σ(t) geometric)."""
         xp, t = self._time(t, like=x)
         return xp.zeros_like(x), self._sigma(xp, t) * math.sqrt(2.0 * self._log_ratio)
 
-    def marginal_prob(self, x, t):
+    def marginal_prob(self, x: Array, t: Array | float) -> tuple[Array, Array]:
         """(x, σ_t) with σ_t under the ``marginal`` convention (Eq. 29/30)."""
         xp, t = self._time(t, like=x)
         return x, self._std(xp, t)
 
-    def prior_sampling(self, shape, *, noise):
+    def prior_sampling(self, shape: Sequence[int], *, noise: Array) -> Array:
         """The prior N(0, σ_max² I) sample σ_max · noise."""
         self._check_noise(shape, noise)
         return noise * self.sigma_max
 
-    def prior_logp(self, z):
+    def prior_logp(self, z: Array) -> Array:
         """log N(z; 0, σ_max² I) summed over non-batch axes."""
         return _standard_normal_logp(z, self.sigma_max)
 
     @property
-    def discrete_sigmas(self):
+    def discrete_sigmas(self) -> np.ndarray:
         """SMLD noise levels σ_i = exp(linspace(log σ_min, log σ_max, N)), float64 NumPy (correctly rounded)."""
         return _smld_sigmas(self.sigma_min, self.sigma_max, self.N).copy()
 
-    def discretize(self, x, t, *, dt=None):
+    def discretize(self, x: Array, t: Array | float, *, dt: float | None = None) -> tuple[Array, Array]:
         """SMLD step x_i = x_{i-1} + √(σ_i² - σ_{i-1}²) z (σ_{-1} = 0): f = 0, G = √(σ_i² - σ_{i-1}²) (Eq. 45).
 
         σ_i = σ_min (σ_max/σ_min)^{i/(N-1)}; G is formed as σ_i √(-expm1(-2 log(σ_max/σ_min)/(N-1)))
@@ -715,12 +727,12 @@ class VESDE(SDE):
         step = math.sqrt(-math.expm1(-2.0 * self._log_ratio / (self.N - 1)))
         return f, xp.where(i > 0, sigma_i * step, sigma_i)
 
-    def drift_coefficients(self, ts):
+    def drift_coefficients(self, ts: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
         """(0, σ(t) √(2 log(σ_max/σ_min))): f = 0 (Song et al. 2021, Eq. 9)."""
         t = np.asarray([check_real("t", v, lo=0.0, hi=float(self.T)) for v in ts], dtype=np.float64)
         return np.zeros_like(t), self._sigma(np, t) * math.sqrt(2.0 * self._log_ratio)
 
-    def reverse_diffusion_coefficients(self, ts):
+    def reverse_diffusion_coefficients(self, ts: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
         """(0, G_i) of the SMLD step (:meth:`discretize`)."""
         i = np.asarray([float(self.chain_index(t)) for t in ts])
         if self.N == 1:
@@ -729,7 +741,7 @@ class VESDE(SDE):
         step = math.sqrt(-math.expm1(-2.0 * self._log_ratio / (self.N - 1)))
         return np.zeros_like(i), np.where(i > 0, sigma_i * step, sigma_i)
 
-    def ancestral_coefficients(self, ts):
+    def ancestral_coefficients(self, ts: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """SMLD ancestral step x̄ = x + (σ_i² - σ_{i-1}²) s, std σ_{i-1} √(σ_i² - σ_{i-1}²)/σ_i, σ_{-1} = 0 (Song et al. 2021, App. F)."""
         table = _smld_sigmas(self.sigma_min, self.sigma_max, self.N)
         idx = [self.chain_index(t) for t in ts]
