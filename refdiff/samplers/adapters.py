@@ -69,12 +69,16 @@ class _Table:
         self.values = np.ascontiguousarray(values, dtype=np.float64)
         self._moved: dict = {}
 
-    def like(self, x: Array) -> Array:
-        key = (array_namespace(x).__name__, str(device_of(x)), str(x.dtype))
-        if key not in self._moved:
-            xp = array_namespace(x)
-            self._moved[key] = xp.asarray(self.values, dtype=x.dtype, device=device_of(x))
-        return self._moved[key]
+    def like(self, x: Array, xp: Namespace) -> Array:
+        try:
+            key = (xp, x.dtype, device_of(x))
+            hash(key)
+        except TypeError:  # an unhashable device or dtype object: key on its text
+            key = (xp, str(x.dtype), str(device_of(x)))
+        table = self._moved.get(key)
+        if table is None:
+            table = self._moved[key] = xp.asarray(self.values, dtype=x.dtype, device=device_of(x))
+        return table
 
 
 def _index_from_log(log_value: Array, log_table: Array, mode: str, xp: Namespace) -> Array:
@@ -120,14 +124,13 @@ def karras_denoiser(model: Callable, schedule: Schedule, *, prediction_type: str
     log_sigmas = _Table(np.log(np.asarray(sched.sigmas, dtype=np.float64)))
 
     def denoiser(x: Array, sigma: Array) -> Array:
-        xp = array_namespace(x, sigma)
+        xp = array_namespace(x)
         if sigma.ndim != 1 or sigma.shape[0] != x.shape[0]:
             fail("sigma", sigma, f"expected shape ({x.shape[0]},) (one σ per sample)")
-        t = _index_from_log(xp.log(sigma), log_sigmas.like(sigma), timestep, xp)
-        c_in = 1.0 / xp.sqrt(1.0 + sigma * sigma)
-        c_in_b = append_dims(c_in, x.ndim)
+        t = _index_from_log(xp.log(sigma), log_sigmas.like(sigma, xp), timestep, xp)
+        sig_b = xp.reshape(sigma, (x.shape[0],) + (1,) * (x.ndim - 1))
+        c_in_b = 1.0 / xp.sqrt(1.0 + sig_b * sig_b)
         out = _drop_variance(model(x * c_in_b, t), x)
-        sig_b = append_dims(sigma, x.ndim)
         if pt == "eps":
             return x - sig_b * out
         return x0_from_prediction(out, x * c_in_b, c_in_b, sig_b * c_in_b, pt)
@@ -201,8 +204,8 @@ def score_fn(model: Callable, schedule: Schedule, *, prediction_type: str = "eps
         xp = array_namespace(x, t)
         i = xp.astype(xp.floor(t * n1), xp.int64)
         out = _drop_variance(model(x, i), x)
-        a = append_dims(xp.take(sqrt_ab.like(x), i, axis=0), x.ndim)
-        s = append_dims(xp.take(sqrt_1m.like(x), i, axis=0), x.ndim)
+        a = append_dims(xp.take(sqrt_ab.like(x, xp), i, axis=0), x.ndim)
+        s = append_dims(xp.take(sqrt_1m.like(x, xp), i, axis=0), x.ndim)
         if pt == "score":
             return out
         return -eps_from_prediction(out, x, a, s, pt) / s
