@@ -14,10 +14,10 @@ from ._typing import Array, Device, DType, Namespace
 
 __all__ = ["array_namespace", "device_of", "append_dims", "gather", "as_timesteps",
            "trusted_timesteps", "check_same_shape", "check_broadcast", "as_float_array",
-           "check_leading_axes", "erf", "erfc", "register_special", "is_numpy"]
+           "check_leading_axes", "erf", "erfc", "register_special", "is_numpy", "is_array"]
 
 
-def _is_array(x: object) -> bool:
+def is_array(x: object) -> bool:
     """Whether x is an array of an array-API namespace (a plain bool: arrays stay ``Array`` to the type checker)."""
     return is_array_api_obj(x)
 
@@ -82,7 +82,7 @@ def as_timesteps(t: Array, num_timesteps: int, *, like: Array, name: str = "t") 
     one check, not one each. (Mutating a validated array in place defeats this cache.)
     """
     xp = array_namespace(like)
-    if not _is_array(t):
+    if not is_array(t):
         if isinstance(t, bool) or not isinstance(t, (int, np.integer)) and not (
                 isinstance(t, (list, tuple)) and all(isinstance(v, (int, np.integer)) for v in t)):
             fail(name, t, f"expected integer timesteps in [0, {num_timesteps})")
@@ -133,7 +133,7 @@ def check_broadcast(*named: tuple[str, Array]) -> tuple[int, ...]:
 def as_float_array(value: Array, name: str, *, like: Array | None = None) -> tuple[Namespace, Array]:
     """(xp, ``value`` as a real floating array): a Python/NumPy real becomes a 0-d float64 NumPy array,
     or a 0-d array in ``like``'s namespace, dtype and device; an array is cast to ``like``'s dtype."""
-    if _is_array(value):
+    if is_array(value):
         xp = array_namespace(value) if like is None else array_namespace(like, value)
         if not xp.isdtype(value.dtype, "real floating"):
             fail(name, value, f"expected a real floating-point array, got dtype {value.dtype}")

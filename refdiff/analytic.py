@@ -47,14 +47,18 @@ eigendecompositions are precomputed on the host in float64):
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol
 
 import numpy as np
-from array_api_compat import is_array_api_obj
+import numpy.typing as npt
 
 from ._errors import RefdiffShapeError, RefdiffValueError, check_choice, check_int, fail
-from ._xp import array_namespace, device_of
+from ._typing import Array, Device, Namespace
+from ._xp import array_namespace, device_of, is_array
 from .parameterizations import PREDICTION_TYPES, prediction_type
+
+if TYPE_CHECKING:
+    from .schedules import Schedule
 
 __all__ = ["GaussianData", "GaussianMixtureData", "discrete_model", "karras_denoiser",
            "vp_model", "linear_sampler_law", "LinearLaw", "gaussian_kl", "MODEL_KINDS"]
@@ -69,7 +73,7 @@ MODEL_KINDS = PREDICTION_TYPES
 # Host-side helpers
 # --------------------------------------------------------------------------------------------
 
-def _host_mean(mean, name: str) -> np.ndarray:
+def _host_mean(mean: npt.ArrayLike, name: str) -> np.ndarray:
     m = np.asarray(mean, dtype=np.float64)
     if m.ndim == 0:
         m = m.reshape(1)
@@ -80,7 +84,7 @@ def _host_mean(mean, name: str) -> np.ndarray:
     return m
 
 
-def _host_cov(cov, d: int, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _host_cov(cov: npt.ArrayLike, d: int, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(Σ, eigenvalues λ ≥ 0, orthonormal eigenvectors U) of a symmetric PSD matrix."""
     c = np.asarray(cov, dtype=np.float64)
     if c.ndim == 0:
@@ -103,15 +107,15 @@ def _host_cov(cov, d: int, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return c, lam, U
 
 
-def _ns_const(xp, a: np.ndarray, like):
+def _ns_const(xp: Namespace, a: np.ndarray, like: Array) -> Array:
     """A host constant as an array next to ``like`` (same namespace, device, dtype)."""
     return xp.asarray(a, dtype=like.dtype, device=device_of(like))
 
 
-def _flat(x, d: int):
+def _flat(x: Array, d: int) -> Array:
     """x (B, \\*event) -> (B, d), with an error naming the shape when prod(event) != d."""
     xp = array_namespace(x)
-    if not is_array_api_obj(x) or x.ndim < 2 or math.prod(tuple(x.shape[1:])) != d:
+    if not is_array(x) or x.ndim < 2 or math.prod(tuple(x.shape[1:])) != d:
         raise RefdiffShapeError(
             f"x has shape {tuple(getattr(x, 'shape', ()))} but the data are {d}-dimensional: "
             f"expected (B, *event) with prod(event) = {d}")
@@ -120,11 +124,11 @@ def _flat(x, d: int):
     return xp.reshape(x, (x.shape[0], d))
 
 
-def _coef(value, name: str, x):
+def _coef(value: Array, name: str, x: Array) -> Array:
     """alpha / sigma as an array of shape (B, 1) or (1, 1) in x's namespace and dtype."""
     xp = array_namespace(x)
     b = x.shape[0]
-    if is_array_api_obj(value):
+    if is_array(value):
         a = xp.astype(value, x.dtype) if value.dtype != x.dtype else value
         if a.ndim == 0:
             a = xp.reshape(a, (1, 1))
@@ -147,7 +151,7 @@ def _coef(value, name: str, x):
     return a
 
 
-def _host_coef(value, name: str) -> float:
+def _host_coef(value: float, name: str) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -166,7 +170,11 @@ class _Data:
 
     dim: int
 
-    def v(self, x, alpha, sigma):
+    if TYPE_CHECKING:  # given by every data law
+        def x0(self, x: Array, alpha: Array | float, sigma: Array | float) -> Array: ...
+        def eps(self, x: Array, alpha: Array | float, sigma: Array | float) -> Array: ...
+
+    def v(self, x: Array, alpha: Array | float, sigma: Array | float) -> Array:
         """v = α·ε − σ·x0 (Salimans & Ho 2022, §4)."""
         xp = array_namespace(x)
         xf = _flat(x, self.dim)
@@ -187,7 +195,7 @@ class GaussianData(_Data):
         (times the identity). Σ = 0 is a point mass, for which x0(x) = μ at every σ > 0.
     """
 
-    def __init__(self, mean, cov):
+    def __init__(self, mean: npt.ArrayLike, cov: npt.ArrayLike) -> None:
         self.mean = _host_mean(mean, "mean")
         self.dim = int(self.mean.size)
         self.cov, self.eigvals, self.eigvecs = _host_cov(cov, self.dim, "cov")
@@ -196,7 +204,7 @@ class GaussianData(_Data):
         return f"GaussianData(dim={self.dim})"
 
     # -- array-API pieces --------------------------------------------------------------------
-    def _parts(self, x, alpha, sigma):
+    def _parts(self, x: Array, alpha: Array | float, sigma: Array | float) -> tuple[Namespace, Array, Array, Array, Array, Array, Array, Array, Array]:
         xp = array_namespace(x)
         xf = _flat(x, self.dim)
         a = _coef(alpha, "alpha", xf)
@@ -208,7 +216,7 @@ class GaussianData(_Data):
         z = (xf - a * mu) @ U                            # coordinates of x − αμ in the eigenbasis
         return xp, xf, a, s, mu, U, lam, denom, z
 
-    def x0(self, x, alpha, sigma):
+    def x0(self, x: Array, alpha: Array | float, sigma: Array | float) -> Array:
         """E[x0 | x_t = x] = μ + αΣ(α²Σ + σ²I)⁻¹(x − αμ) (Gaussian conditioning; the ideal denoiser)."""
         xp, xf, a, s, mu, U, lam, denom, z = self._parts(x, alpha, sigma)
         pos = denom > 0
@@ -219,7 +227,7 @@ class GaussianData(_Data):
         out = mu + (gain * z) @ xp.matrix_transpose(U)
         return xp.reshape(out, tuple(x.shape))
 
-    def score(self, x, alpha, sigma):
+    def score(self, x: Array, alpha: Array | float, sigma: Array | float) -> Array:
         """∇ log p_t(x) = −(α²Σ + σ²I)⁻¹(x − αμ) (Song et al. 2021, §3.3)."""
         xp, xf, a, s, mu, U, lam, denom, z = self._parts(x, alpha, sigma)
         if bool(xp.any(denom <= 0)):
@@ -227,7 +235,7 @@ class GaussianData(_Data):
         out = -(z / denom) @ xp.matrix_transpose(U)
         return xp.reshape(out, tuple(x.shape))
 
-    def eps(self, x, alpha, sigma):
+    def eps(self, x: Array, alpha: Array | float, sigma: Array | float) -> Array:
         """E[z | x_t = x] = (x − α·E[x0|x])/σ = −σ·score (Ho et al. 2020, Eq. 4; Tweedie)."""
         xp, xf, a, s, mu, U, lam, denom, z = self._parts(x, alpha, sigma)
         if bool(xp.any(s <= 0)):
@@ -235,7 +243,7 @@ class GaussianData(_Data):
         out = (s * z / denom) @ xp.matrix_transpose(U)
         return xp.reshape(out, tuple(x.shape))
 
-    def logpdf(self, x, alpha, sigma):
+    def logpdf(self, x: Array, alpha: Array | float, sigma: Array | float) -> Array:
         """log N(x; αμ, α²Σ + σ²I) per sample, shape (B,)."""
         xp, xf, a, s, mu, U, lam, denom, z = self._parts(x, alpha, sigma)
         if bool(xp.any(denom <= 0)):
@@ -244,7 +252,7 @@ class GaussianData(_Data):
         logdet = xp.sum(xp.log(denom), axis=1)
         return -0.5 * (quad + logdet + self.dim * _LOG_2PI)
 
-    def posterior_var(self, x, alpha, sigma):
+    def posterior_var(self, x: Array, alpha: Array | float, sigma: Array | float) -> Array:
         """diag Var[x0 | x_t] = diag(U diag(λσ²/(α²λ + σ²)) Uᵀ), broadcast to x's shape."""
         xp, xf, a, s, mu, U, lam, denom, z = self._parts(x, alpha, sigma)
         pos = denom > 0
@@ -254,7 +262,7 @@ class GaussianData(_Data):
         diag = diag + xp.zeros_like(xf)
         return xp.reshape(diag, tuple(x.shape))
 
-    def sample(self, noise):
+    def sample(self, noise: Array) -> Array:
         """x0 = μ + Σ^{1/2}·noise with the symmetric root Σ^{1/2} = U diag(√λ) Uᵀ (noise: (B, \\*event))."""
         xp = array_namespace(noise)
         nf = _flat(noise, self.dim)
@@ -263,12 +271,12 @@ class GaussianData(_Data):
         return xp.reshape(out, tuple(noise.shape))
 
     # -- host-side moments -------------------------------------------------------------------
-    def marginal(self, alpha, sigma) -> tuple[np.ndarray, np.ndarray]:
+    def marginal(self, alpha: float, sigma: float) -> tuple[np.ndarray, np.ndarray]:
         """(αμ, α²Σ + σ²I) of x_t as NumPy float64 (Ho et al. 2020, Eq. 4)."""
         a, s = _host_coef(alpha, "alpha"), _host_coef(sigma, "sigma")
         return a * self.mean, a * a * self.cov + s * s * np.eye(self.dim)
 
-    def posterior_cov(self, alpha, sigma) -> np.ndarray:
+    def posterior_cov(self, alpha: float, sigma: float) -> np.ndarray:
         """Var[x0 | x_t] = Σ − α²Σ(α²Σ + σ²I)⁻¹Σ = U diag(λσ²/(α²λ + σ²)) Uᵀ, NumPy (d, d)."""
         a, s = _host_coef(alpha, "alpha"), _host_coef(sigma, "sigma")
         lam = self.eigvals
@@ -276,7 +284,7 @@ class GaussianData(_Data):
         g = np.where(denom > 0, lam * s * s / np.where(denom > 0, denom, 1.0), 0.0)
         return (self.eigvecs * g) @ self.eigvecs.T
 
-    def denoiser_matrix(self, alpha, sigma) -> tuple[np.ndarray, np.ndarray]:
+    def denoiser_matrix(self, alpha: float, sigma: float) -> tuple[np.ndarray, np.ndarray]:
         """(A, b) with E[x0 | x_t = x] = A x + b, NumPy."""
         a, s = _host_coef(alpha, "alpha"), _host_coef(sigma, "sigma")
         lam = self.eigvals
@@ -304,7 +312,7 @@ class GaussianMixtureData(_Data):
         forms. A 2-D array with K = d is ambiguous and rejected.
     """
 
-    def __init__(self, weights, means, covs):
+    def __init__(self, weights: npt.ArrayLike, means: npt.ArrayLike, covs: Any) -> None:
         w = np.asarray(weights, dtype=np.float64).reshape(-1)
         if w.size == 0 or not np.all(np.isfinite(w)) or np.any(w <= 0):
             fail("weights", weights, "expected positive finite mixture weights")
@@ -337,7 +345,7 @@ class GaussianMixtureData(_Data):
     def __repr__(self) -> str:
         return f"GaussianMixtureData(K={self.K}, dim={self.dim})"
 
-    def _resp(self, x, alpha, sigma):
+    def _resp(self, x: Array, alpha: Array | float, sigma: Array | float) -> tuple[Array, Array]:
         """(log p_t(x) shape (B,), responsibilities r (B, K)) via a stable log-sum-exp."""
         xp = array_namespace(x)
         xf = _flat(x, self.dim)
@@ -349,7 +357,7 @@ class GaussianMixtureData(_Data):
         tot = xp.sum(e, axis=1, keepdims=True)
         return xp.reshape(mx, (-1,)) + xp.log(xp.reshape(tot, (-1,))), e / tot
 
-    def _combine(self, x, alpha, sigma, what: str):
+    def _combine(self, x: Array, alpha: Array | float, sigma: Array | float, what: str) -> Array:
         xp = array_namespace(x)
         xf = _flat(x, self.dim)
         _, r = self._resp(xf, alpha, sigma)
@@ -358,39 +366,39 @@ class GaussianMixtureData(_Data):
             out = out + r[:, k:k + 1] * getattr(comp, what)(xf, alpha, sigma)
         return xp.reshape(out, tuple(x.shape))
 
-    def x0(self, x, alpha, sigma):
+    def x0(self, x: Array, alpha: Array | float, sigma: Array | float) -> Array:
         """E[x0 | x_t = x] = Σ_k r_k(x) E_k[x0 | x] with responsibilities r_k ∝ π_k N_k(x)."""
         return self._combine(x, alpha, sigma, "x0")
 
-    def score(self, x, alpha, sigma):
+    def score(self, x: Array, alpha: Array | float, sigma: Array | float) -> Array:
         """∇ log p_t(x) = Σ_k r_k(x) ∇ log N_k(x) (Song et al. 2021, §3.3)."""
         return self._combine(x, alpha, sigma, "score")
 
-    def eps(self, x, alpha, sigma):
+    def eps(self, x: Array, alpha: Array | float, sigma: Array | float) -> Array:
         """E[z | x_t = x] = Σ_k r_k(x) E_k[z | x] = −σ·score."""
         return self._combine(x, alpha, sigma, "eps")
 
-    def logpdf(self, x, alpha, sigma):
+    def logpdf(self, x: Array, alpha: Array | float, sigma: Array | float) -> Array:
         """log Σ_k π_k N(x; αμ_k, α²Σ_k + σ²I) per sample, shape (B,)."""
         return self._resp(x, alpha, sigma)[0]
 
-    def responsibilities(self, x, alpha, sigma):
+    def responsibilities(self, x: Array, alpha: Array | float, sigma: Array | float) -> Array:
         """r_k(x) = P(component k | x_t = x), shape (B, K)."""
         return self._resp(x, alpha, sigma)[1]
 
-    def components(self, alpha, sigma) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def components(self, alpha: float, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(π, αμ_k, α²Σ_k + σ²I) of x_t's mixture law, NumPy."""
         mc = [c.marginal(alpha, sigma) for c in self.components_]
         return self.weights.copy(), np.stack([m for m, _ in mc]), np.stack([c for _, c in mc])
 
-    def marginal(self, alpha, sigma) -> tuple[np.ndarray, np.ndarray]:
+    def marginal(self, alpha: float, sigma: float) -> tuple[np.ndarray, np.ndarray]:
         """Overall (mean, covariance) of x_t (law of total variance), NumPy."""
         w, m, c = self.components(alpha, sigma)
         mean = w @ m
         dm = m - mean
         return mean, np.einsum("k,kij->ij", w, c) + np.einsum("k,ki,kj->ij", w, dm, dm)
 
-    def sample(self, noise, u):
+    def sample(self, noise: Array, u: Array) -> Array:
         """x0 draws: component k = #{j < K-1 : u ≥ cumsum(π)_j}, then μ_k + Σ_k^{1/2}·noise."""
         xp = array_namespace(noise, u)
         nf = _flat(noise, self.dim)
@@ -408,15 +416,22 @@ class GaussianMixtureData(_Data):
         return xp.reshape(out, tuple(noise.shape))
 
 
+class _Marginals(Protocol):
+    """A continuous family with α_t and σ_t (an SDE of refdiff.sde or a VP noise schedule)."""
+
+    def marginal_alpha(self, t: Array) -> Array: ...
+    def marginal_std(self, t: Array) -> Array: ...
+
+
 # --------------------------------------------------------------------------------------------
 # Adapters: exact models in each family's calling convention
 # --------------------------------------------------------------------------------------------
 
-def _take(table: np.ndarray, t, x):
+def _take(table: np.ndarray, t: Array, x: Array) -> Array:
     """table[t] as a (B,) or 0-d array next to x (t: int, or an integer array)."""
     xp = array_namespace(x)
     tab = _ns_const(xp, np.array(table, dtype=np.float64), x)
-    if is_array_api_obj(t):
+    if is_array(t):
         if not xp.isdtype(t.dtype, "integral"):
             fail("t", t, "expected integer timesteps")
         n = table.shape[0]
@@ -430,15 +445,15 @@ def _take(table: np.ndarray, t, x):
     return tab[ti]
 
 
-def _bcast(c, x):
+def _bcast(c: Array, x: Array) -> Array:
     xp = array_namespace(x)
     if c.ndim == 0:
         return c
     return xp.reshape(c, (-1,) + (1,) * (x.ndim - 1))
 
 
-def discrete_model(data, schedule, mean_type: str = "eps", *, sampling_schedule=None,
-                   var_type: str | None = None) -> Callable:
+def discrete_model(data: GaussianData | GaussianMixtureData, schedule: Schedule, mean_type: str = "eps", *, sampling_schedule: Schedule | None = None,
+                   var_type: str | None = None) -> Callable[[Array, Array], Array]:
     """The exact ``model(x, t)`` of a discrete schedule: ε, x0, v, score or μ at original index t (Ho et al. 2020, Eq. 4).
 
     Parameters
@@ -477,7 +492,7 @@ def discrete_model(data, schedule, mean_type: str = "eps", *, sampling_schedule=
         pv[tmap] = np.asarray(ss.posterior_variance, dtype=np.float64)
         pc1[tmap] = np.asarray(ss.posterior_mean_coef1, dtype=np.float64)
 
-    def model(x, t):
+    def model(x: Array, t: Array | int) -> Array:
         xp = array_namespace(x)
         a = _take(sa, t, x)
         s = _take(so, t, x)
@@ -497,6 +512,7 @@ def discrete_model(data, schedule, mean_type: str = "eps", *, sampling_schedule=
         ct = _bcast(_take(pc1, t, x), x)
         if bool(xp.any(xp.isnan(bt))):
             fail("t", t, "is not a step of sampling_schedule (its timestep_map)")
+        assert isinstance(data, GaussianData)  # checked above: var_type needs GaussianData
         var = bt + ct * ct * data.posterior_var(x, a, s)
         if bool(xp.any(var <= 0)):
             fail("data", data, "the exact reverse variance is 0 here (degenerate Σ at the final "
@@ -506,16 +522,16 @@ def discrete_model(data, schedule, mean_type: str = "eps", *, sampling_schedule=
     return model
 
 
-def karras_denoiser(data) -> Callable:
+def karras_denoiser(data: GaussianData | GaussianMixtureData) -> Callable[[Array, Array | float], Array]:
     """The ideal denoiser D(x, σ) = E[x0 | x0 + σz = x] (Karras et al. 2022, Eq. 3 minimiser)."""
 
-    def denoiser(x, sigma):
+    def denoiser(x: Array, sigma: Array | float) -> Array:
         return data.x0(x, 1.0, sigma)
 
     return denoiser
 
 
-def vp_model(data, noise_schedule_or_sde, kind: str = "eps") -> Callable:
+def vp_model(data: GaussianData | GaussianMixtureData, noise_schedule_or_sde: _Marginals, kind: str = "eps") -> Callable[[Array, Array | float], Array]:
     """The exact continuous-time ``model(x, t)``: ε, x0, v or score with α_t, σ_t of an SDE / VP noise schedule (Song et al. 2021, Eq. 29)."""
     kind = prediction_type(kind, "kind", PREDICTION_TYPES[:4])
     ns = noise_schedule_or_sde
@@ -523,9 +539,9 @@ def vp_model(data, noise_schedule_or_sde, kind: str = "eps") -> Callable:
         fail("noise_schedule_or_sde", ns, "expected an object with marginal_alpha(t) and "
              "marginal_std(t) (refdiff.sde.VPSDE/SubVPSDE/VESDE or a VP noise schedule)")
 
-    def model(x, t):
+    def model(x: Array, t: Array | float) -> Array:
         xp = array_namespace(x)
-        if not is_array_api_obj(t):
+        if not is_array(t):
             t = xp.asarray(float(t), dtype=x.dtype, device=device_of(x))
         a = ns.marginal_alpha(t)
         s = ns.marginal_std(t)
@@ -548,16 +564,16 @@ class LinearLaw(NamedTuple):
     c: np.ndarray
 
 
-def _to_host(a) -> np.ndarray:
+def _to_host(a: Array) -> np.ndarray:
     try:
         return np.asarray(a, dtype=np.float64)
     except (TypeError, RuntimeError, ValueError):
         return np.asarray(np.from_dlpack(a), dtype=np.float64)
 
 
-def linear_sampler_law(run: Callable, mean_T, cov_T, *, dim: int, n_noise: int,
-                       check: bool = True, rtol: float = 1e-9, xp: Any = None,
-                       device: Any = None) -> LinearLaw:
+def linear_sampler_law(run: Callable[[Array, Array], Array], mean_T: npt.ArrayLike, cov_T: npt.ArrayLike, *, dim: int, n_noise: int,
+                       check: bool = True, rtol: float = 1e-9, xp: Namespace | None = None,
+                       device: Device | None = None) -> LinearLaw:
     """Exact output law of a sampler affine in (x_T, noise), found by running it on basis vectors.
 
     Parameters
@@ -625,7 +641,7 @@ def linear_sampler_law(run: Callable, mean_T, cov_T, *, dim: int, n_noise: int,
     return LinearLaw(mean, (cov + cov.T) / 2.0, M, N, c)
 
 
-def gaussian_kl(mean0, cov0, mean1, cov1) -> float:
+def gaussian_kl(mean0: npt.ArrayLike, cov0: npt.ArrayLike, mean1: npt.ArrayLike, cov1: npt.ArrayLike) -> float:
     """KL(N(m0, S0) ‖ N(m1, S1)) in nats, NumPy (for comparing an exact sampler law with the data law)."""
     m0, m1 = np.asarray(mean0, float), np.asarray(mean1, float)
     S0, S1 = np.asarray(cov0, float), np.asarray(cov1, float)

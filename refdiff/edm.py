@@ -22,6 +22,7 @@ from array_api_compat import is_array_api_obj
 
 from . import _dd
 from ._errors import RefdiffShapeError, check_choice, check_int, check_real, fail
+from ._typing import Array, Device, DType, Namespace
 from ._xp import append_dims, array_namespace, as_float_array, check_leading_axes, device_of
 
 __all__ = [
@@ -49,8 +50,8 @@ VP_M = 1000
 # Input handling
 # --------------------------------------------------------------------------------------------
 
-def _as_sigma(sigma, *, like=None, name: str = "sigma", positive: bool = False,
-              allow_inf: bool = False, why: str = ""):
+def _as_sigma(sigma: Array | float, *, like: Array | None = None, name: str = "sigma", positive: bool = False,
+              allow_inf: bool = False, why: str = "") -> tuple[Namespace, Array]:
     """(xp, σ as a floating array) with every σ >= 0 (or > 0), finite unless ``allow_inf``."""
     xp, sigma = as_float_array(sigma, name, like=like)
     if like is not None:
@@ -69,7 +70,7 @@ def _as_sigma(sigma, *, like=None, name: str = "sigma", positive: bool = False,
     return xp, sigma
 
 
-def _check_sigma_range(sigma_min, sigma_max) -> tuple[float, float]:
+def _check_sigma_range(sigma_min: float, sigma_max: float) -> tuple[float, float]:
     smin = check_real("sigma_min", sigma_min, lo=0.0, lo_open=True)
     smax = check_real("sigma_max", sigma_max, lo=0.0, lo_open=True)
     if not smax > smin:
@@ -77,7 +78,7 @@ def _check_sigma_range(sigma_min, sigma_max) -> tuple[float, float]:
     return smin, smax
 
 
-def _finish(values: np.ndarray, append_zero: bool, xp, device, dtype):
+def _finish(values: np.ndarray, append_zero: bool, xp: Namespace | None, device: Device | None, dtype: DType | None) -> Array:
     """Append the final 0, then move the float64 host table to ``xp`` (one cast)."""
     if append_zero:
         values = np.concatenate([values, np.zeros(1)])
@@ -100,7 +101,7 @@ def _ramp(n: int) -> _dd.DD:
 # --------------------------------------------------------------------------------------------
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, *,
-                  append_zero: bool = True, xp=None, device=None, dtype=None):
+                  append_zero: bool = True, xp: Namespace | None = None, device: Device | None = None, dtype: DType | None = None) -> Array:
     """Karras et al. (2022), Eq. 5: σ_i = (σ_max^{1/ρ} + i/(n-1) (σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ.
 
     Parameters
@@ -139,7 +140,7 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, 
 
 
 def exponential_sigmas(n: int, sigma_min: float, sigma_max: float, *, append_zero: bool = True,
-                       xp=None, device=None, dtype=None):
+                       xp: Namespace | None = None, device: Device | None = None, dtype: DType | None = None) -> Array:
     """Log-uniform noise levels σ_i = exp(linspace(log σ_max, log σ_min, n)) (k-diffusion's exponential schedule).
 
     Same parameters and return as :func:`karras_sigmas` (this is its ρ → ∞ limit).
@@ -155,7 +156,7 @@ def exponential_sigmas(n: int, sigma_min: float, sigma_max: float, *, append_zer
 
 
 def polyexponential_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0, *,
-                           append_zero: bool = True, xp=None, device=None, dtype=None):
+                           append_zero: bool = True, xp: Namespace | None = None, device: Device | None = None, dtype: DType | None = None) -> Array:
     """σ_i = exp(log σ_min + r_i^ρ (log σ_max - log σ_min)), r_i = 1 - i/(n-1) (k-diffusion's polyexponential schedule).
 
     ρ = 1 is :func:`exponential_sigmas` (log-uniform); ρ > 1 puts more levels at small σ. Same
@@ -174,9 +175,9 @@ def polyexponential_sigmas(n: int, sigma_min: float, sigma_max: float, rho: floa
     return _finish(sig, append_zero, xp, device, dtype)
 
 
-def interpolated_sigmas(alphas_cumprod, n: int, *, timestep_spacing: str = "linspace",
-                        steps_offset: int = 0, append_zero: bool = True, xp=None, device=None,
-                        dtype=None):
+def interpolated_sigmas(alphas_cumprod: Array, n: int, *, timestep_spacing: str = "linspace",
+                        steps_offset: int = 0, append_zero: bool = True, xp: Namespace | None = None, device: Device | None = None,
+                        dtype: DType | None = None) -> Array:
     """diffusers' Euler/Heun σ grid: σ(t) = √((1-ᾱ_t)/ᾱ_t) linearly interpolated at n (fractional) timesteps t.
 
     The timesteps follow diffusers' ``timestep_spacing`` (Lin et al. 2023, Table 2), decreasing:
@@ -236,7 +237,7 @@ def interpolated_sigmas(alphas_cumprod, n: int, *, timestep_spacing: str = "lins
     return _finish(sig, append_zero, xp, device, dtype)
 
 
-def _check_vp_params(beta_d, beta_min) -> tuple[float, float]:
+def _check_vp_params(beta_d: float, beta_min: float) -> tuple[float, float]:
     bd = check_real("beta_d", beta_d, lo=0.0)
     bm = check_real("beta_min", beta_min, lo=0.0)
     if bd + bm == 0.0:
@@ -245,7 +246,7 @@ def _check_vp_params(beta_d, beta_min) -> tuple[float, float]:
 
 
 def vp_sigmas(n: int, beta_d: float = VP_BETA_D, beta_min: float = VP_BETA_MIN,
-              eps_s: float = 1e-3, *, append_zero: bool = True, xp=None, device=None, dtype=None):
+              eps_s: float = 1e-3, *, append_zero: bool = True, xp: Namespace | None = None, device: Device | None = None, dtype: DType | None = None) -> Array:
     """Karras et al. (2022), Table 1 (VP): σ(t_i) = √(exp(½ β_d t_i² + β_min t_i) - 1), t_i = linspace(1, ε_s, n).
 
     Parameters
@@ -270,7 +271,7 @@ def vp_sigmas(n: int, beta_d: float = VP_BETA_D, beta_min: float = VP_BETA_MIN,
     return _finish(sig, append_zero, xp, device, dtype)
 
 
-def vp_sigma(t, beta_d: float = VP_BETA_D, beta_min: float = VP_BETA_MIN):
+def vp_sigma(t: Array | float, beta_d: float = VP_BETA_D, beta_min: float = VP_BETA_MIN) -> Array:
     """Karras et al. (2022), Table 1 (VP): σ(t) = √(expm1(½ β_d t² + β_min t)) for t ∈ [0, 1]."""
     bd, bm = _check_vp_params(beta_d, beta_min)
     xp, t = _as_sigma(t, name="t")
@@ -279,7 +280,7 @@ def vp_sigma(t, beta_d: float = VP_BETA_D, beta_min: float = VP_BETA_MIN):
     return xp.sqrt(xp.expm1(t * (t * (0.5 * bd) + bm)))
 
 
-def vp_sigma_inv(sigma, beta_d: float = VP_BETA_D, beta_min: float = VP_BETA_MIN):
+def vp_sigma_inv(sigma: Array | float, beta_d: float = VP_BETA_D, beta_min: float = VP_BETA_MIN) -> Array:
     """Karras et al. (2022), Table 1 (VP): σ⁻¹(σ) = 2 log1p(σ²) / (β_min + √(β_min² + 2 β_d log1p(σ²)))."""
     bd, bm = _check_vp_params(beta_d, beta_min)
     xp, sigma = _as_sigma(sigma)
@@ -294,39 +295,39 @@ def vp_sigma_inv(sigma, beta_d: float = VP_BETA_D, beta_min: float = VP_BETA_MIN
 # Preconditioning (Table 1)
 # --------------------------------------------------------------------------------------------
 
-def _check_sigma_data(sigma_data) -> float:
+def _check_sigma_data(sigma_data: float) -> float:
     return check_real("sigma_data", sigma_data, lo=0.0, lo_open=True)
 
 
-def c_skip(sigma, sigma_data: float = 0.5):
+def c_skip(sigma: Array | float, sigma_data: float = 0.5) -> Array:
     """Karras et al. (2022), Table 1 (EDM): c_skip(σ) = σ_data² / (σ² + σ_data²)."""
     sd = _check_sigma_data(sigma_data)
     _, sigma = _as_sigma(sigma)
     return (sd * sd) / (sigma * sigma + sd * sd)
 
 
-def c_out(sigma, sigma_data: float = 0.5):
+def c_out(sigma: Array | float, sigma_data: float = 0.5) -> Array:
     """Karras et al. (2022), Table 1 (EDM): c_out(σ) = σ σ_data / √(σ² + σ_data²)."""
     sd = _check_sigma_data(sigma_data)
     xp, sigma = _as_sigma(sigma)
     return sigma * sd / xp.sqrt(sigma * sigma + sd * sd)
 
 
-def c_in(sigma, sigma_data: float = 0.5):
+def c_in(sigma: Array | float, sigma_data: float = 0.5) -> Array:
     """Karras et al. (2022), Table 1 (EDM): c_in(σ) = 1 / √(σ² + σ_data²)."""
     sd = _check_sigma_data(sigma_data)
     xp, sigma = _as_sigma(sigma)
     return 1.0 / xp.sqrt(sigma * sigma + sd * sd)
 
 
-def c_noise(sigma):
+def c_noise(sigma: Array | float) -> Array:
     """Karras et al. (2022), Table 1 (EDM): c_noise(σ) = ¼ ln σ (σ > 0)."""
     xp, sigma = _as_sigma(sigma, positive=True, why="c_noise = ¼ ln σ is -inf at σ = 0")
     return xp.log(sigma) * 0.25
 
 
-def preconditioning(sigma, kind: str = "edm", *, sigma_data: float = 0.5,
-                    beta_d: float = VP_BETA_D, beta_min: float = VP_BETA_MIN, M: int = VP_M):
+def preconditioning(sigma: Array | float, kind: str = "edm", *, sigma_data: float = 0.5,
+                    beta_d: float = VP_BETA_D, beta_min: float = VP_BETA_MIN, M: int = VP_M) -> tuple[Array, Array, Array, Array]:
     """(c_skip, c_out, c_in, c_noise) of one column of Karras et al. (2022), Table 1.
 
     Parameters
@@ -365,17 +366,17 @@ class EDMDenoiser:
     ``raw_fn(x_in, c_noise)`` is the raw network F; ``c_noise`` has the shape of σ.
     """
 
-    raw_fn: Callable
+    raw_fn: Callable[[Array, Array], Array]
     sigma_data: float = 0.5
     kind: str = "edm"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not callable(self.raw_fn):
             fail("raw_fn", self.raw_fn, "expected a callable raw_fn(x_in, c_noise)")
         object.__setattr__(self, "sigma_data", _check_sigma_data(self.sigma_data))
         check_choice("kind", self.kind, PRECONDITIONINGS, "preconditioning")
 
-    def __call__(self, x, sigma):
+    def __call__(self, x: Array, sigma: Array | float) -> Array:
         """The denoised estimate D(x; σ), shaped like x (σ of shape (B,) or 0-d)."""
         xp, sigma = _as_sigma(sigma, like=x, positive=self.kind != "vp",
                               why="D is never evaluated at σ = 0, where c_noise is -inf; D(x; 0) = x")
@@ -388,19 +389,19 @@ class EDMDenoiser:
         return append_dims(cs, x.ndim) * x + append_dims(co, x.ndim) * F
 
 
-def denoiser_from_raw(raw_fn: Callable, sigma_data: float = 0.5, kind: str = "edm") -> EDMDenoiser:
+def denoiser_from_raw(raw_fn: Callable[[Array, Array], Array], sigma_data: float = 0.5, kind: str = "edm") -> EDMDenoiser:
     """The preconditioned denoiser D(x; σ) = c_skip x + c_out F(c_in x; c_noise) (Karras et al. 2022, Eq. 7)."""
     return EDMDenoiser(raw_fn, sigma_data=sigma_data, kind=kind)
 
 
-def edm_loss_weight(sigma, sigma_data: float = 0.5):
+def edm_loss_weight(sigma: Array | float, sigma_data: float = 0.5) -> Array:
     """Karras et al. (2022), Table 1: λ(σ) = (σ² + σ_data²) / (σ σ_data)² = 1 / c_out(σ)² (σ > 0)."""
     sd = _check_sigma_data(sigma_data)
     _, sigma = _as_sigma(sigma, positive=True, why="λ(σ) = 1/c_out(σ)² is +inf at σ = 0")
     return (sigma * sigma + sd * sd) / ((sigma * sd) * (sigma * sd))
 
 
-def edm_sigma_from_normal(z, P_mean: float = -1.2, P_std: float = 1.2):
+def edm_sigma_from_normal(z: Array, P_mean: float = -1.2, P_std: float = 1.2) -> Array:
     """Karras et al. (2022), Table 1 training σ: ln σ ~ N(P_mean, P_std²), i.e. σ = exp(P_mean + P_std z) for z ~ N(0, 1)."""
     pm = check_real("P_mean", P_mean)
     ps = check_real("P_std", P_std, lo=0.0)
@@ -416,7 +417,7 @@ def edm_sigma_from_normal(z, P_mean: float = -1.2, P_std: float = 1.2):
 # σ ↔ ᾱ (Karras et al. 2022, Eq. 7 / App. C.3: x_VE = x_VP / √ᾱ with σ = √((1-ᾱ)/ᾱ))
 # --------------------------------------------------------------------------------------------
 
-def sigma_from_alpha_bar(alpha_bar):
+def sigma_from_alpha_bar(alpha_bar: Array | float) -> Array:
     """σ = √((1 - ᾱ)/ᾱ) for ᾱ ∈ [0, 1] (Karras et al. 2022, App. C.3); σ = +∞ at ᾱ = 0."""
     xp, ab = _as_sigma(alpha_bar, name="alpha_bar")
     if not bool(xp.all(ab <= 1.0)):
@@ -427,7 +428,7 @@ def sigma_from_alpha_bar(alpha_bar):
                                                                      device=device_of(ab)))
 
 
-def sigma_from_log_alpha_bar(log_alpha_bar):
+def sigma_from_log_alpha_bar(log_alpha_bar: Array | float) -> Array:
     """σ = √(expm1(-log ᾱ)) for log ᾱ ≤ 0 (accurate where ᾱ is near 1); +∞ at log ᾱ = -∞."""
     xp, la = as_float_array(log_alpha_bar, "log_alpha_bar")
     if not bool(xp.all(la <= 0.0)):
@@ -438,7 +439,7 @@ def sigma_from_log_alpha_bar(log_alpha_bar):
                     xp.full(la.shape, math.inf, dtype=la.dtype, device=device_of(la)))
 
 
-def alpha_bar_from_sigma(sigma):
+def alpha_bar_from_sigma(sigma: Array | float) -> Array:
     """ᾱ = 1 / (1 + σ²) for σ ∈ [0, ∞] (inverse of :func:`sigma_from_alpha_bar`); 0 at σ = ∞."""
     xp, s = _as_sigma(sigma, allow_inf=True)
     fin = s < math.inf
@@ -446,7 +447,7 @@ def alpha_bar_from_sigma(sigma):
     return xp.where(fin, 1.0 / (1.0 + safe * safe), xp.zeros_like(s))
 
 
-def scale_model_input(x, sigma):
+def scale_model_input(x: Array, sigma: Array | float) -> Array:
     """x / √(σ² + 1): the VE-space sample rescaled to the VP input √ᾱ x (k-diffusion/diffusers convention)."""
     xp, s = _as_sigma(sigma, like=x, allow_inf=True)
     fin = s < math.inf

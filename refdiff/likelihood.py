@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from ._errors import RefdiffShapeError, check_choice, check_int, check_real, fail
+from ._typing import Array
 from .kl import calc_bpd_loop
 from .sde import SDE
 
@@ -53,7 +55,7 @@ class ODELikelihood(NamedTuple):
     nfe: int                     # number of drift evaluations (each includes its divergence)
 
 
-def _check_numpy(name: str, x) -> np.ndarray:
+def _check_numpy(name: str, x: Any) -> np.ndarray:
     if not isinstance(x, np.ndarray):
         fail(name, type(x).__name__, "the ODE likelihood is oracle-side: expected a NumPy array "
              "(SciPy integrates on the host)")
@@ -66,7 +68,7 @@ def _t_vec(x: np.ndarray, t: float) -> np.ndarray:
     return np.full((x.shape[0],), float(t))
 
 
-def _drift(sde, score_fn: Callable, x: np.ndarray, t: float) -> np.ndarray:
+def _drift(sde: SDE, score_fn: Callable[..., Array], x: np.ndarray, t: float) -> np.ndarray:
     """F(x, t) = f - ½ g² s (Song et al. 2021, Eq. 13)."""
     s = score_fn(x, _t_vec(x, t))
     if tuple(np.shape(s)) != x.shape:
@@ -81,8 +83,8 @@ def _fd_step(x: np.ndarray) -> float:
     return float(np.finfo(np.float64).eps ** (1.0 / 3.0)) * max(1.0, float(np.max(np.abs(x))))
 
 
-def drift_jvp(sde, score_fn: Callable, x: np.ndarray, t: float, v: np.ndarray, *,
-              jvp: Callable | None = None, fd_step: float | None = None) -> np.ndarray:
+def drift_jvp(sde: SDE, score_fn: Callable[..., Array], x: np.ndarray, t: float, v: np.ndarray, *,
+              jvp: Callable[..., Array] | None = None, fd_step: float | None = None) -> np.ndarray:
     """(∂F/∂x) v: from ``jvp(x, t, v) -> (∂s/∂x) v`` of the score, or by central differences of F.
 
     The drift's linear part f(x, t) = a(t) x (VP, sub-VP, VE) is applied exactly as f(v, t) when
@@ -99,8 +101,8 @@ def drift_jvp(sde, score_fn: Callable, x: np.ndarray, t: float, v: np.ndarray, *
     return (_drift(sde, score_fn, x + h * v, t) - _drift(sde, score_fn, x - h * v, t)) / (2.0 * h)
 
 
-def exact_divergence(sde, score_fn: Callable, x: np.ndarray, t: float, *,
-                     jvp: Callable | None = None, fd_step: float | None = None) -> np.ndarray:
+def exact_divergence(sde: SDE, score_fn: Callable[..., Array], x: np.ndarray, t: float, *,
+                     jvp: Callable[..., Array] | None = None, fd_step: float | None = None) -> np.ndarray:
     """∇·F(x, t) = Σ_i e_iᵀ (∂F/∂x) e_i from d directional derivatives (batched), shape (B,)."""
     b = x.shape[0]
     d = int(np.prod(x.shape[1:], dtype=np.int64))
@@ -111,8 +113,8 @@ def exact_divergence(sde, score_fn: Callable, x: np.ndarray, t: float, *,
     return np.sum((jv * vs).reshape(b, d, d), axis=(1, 2))
 
 
-def hutchinson_divergence(sde, score_fn: Callable, x: np.ndarray, t: float, probe: np.ndarray, *,
-                          jvp: Callable | None = None, fd_step: float | None = None) -> np.ndarray:
+def hutchinson_divergence(sde: SDE, score_fn: Callable[..., Array], x: np.ndarray, t: float, probe: np.ndarray, *,
+                          jvp: Callable[..., Array] | None = None, fd_step: float | None = None) -> np.ndarray:
     """Hutchinson's estimate vᵀ (∂F/∂x) v of ∇·F, unbiased for E[v vᵀ] = I (Hutchinson 1989; Grathwohl et al. 2019, §3.1)."""
     jv = drift_jvp(sde, score_fn, x, t, probe, jvp=jvp, fd_step=fd_step)
     return np.sum((jv * probe).reshape(x.shape[0], -1), axis=1)
@@ -127,11 +129,11 @@ def draw_probes(kind: str, *, noise: np.ndarray) -> np.ndarray:
     return np.where(noise >= 0, 1.0, -1.0)
 
 
-def ode_log_likelihood(score_fn: Callable, x, *, sde, divergence: str = "exact",
-                       probe: str = "rademacher", probe_noise=None, eps: float = 1e-5,
+def ode_log_likelihood(score_fn: Callable[..., Array], x: np.ndarray, *, sde: SDE, divergence: str = "exact",
+                       probe: str = "rademacher", probe_noise: npt.ArrayLike | None = None, eps: float = 1e-5,
                        rtol: float = 1e-5, atol: float = 1e-5, method: str = "RK45",
-                       jvp: Callable | None = None, fd_step: float | None = None,
-                       prior_logp: Callable | None = None) -> ODELikelihood:
+                       jvp: Callable[..., Array] | None = None, fd_step: float | None = None,
+                       prior_logp: Callable[[np.ndarray], Array] | None = None) -> ODELikelihood:
     """log p_eps(x) through the probability-flow ODE (Song et al. 2021, §4.3, App. D.2; score_sde likelihood.py).
 
     Parameters
@@ -195,7 +197,7 @@ def ode_log_likelihood(score_fn: Callable, x, *, sde, divergence: str = "exact",
     n = x.size
     nfe = [0]
 
-    def rhs(t, y):
+    def rhs(t: float, y: np.ndarray) -> np.ndarray:
         nfe[0] += 1
         xt = y[:n].reshape(shape)
         dx = _drift(sde, score_fn, xt, t)
@@ -228,8 +230,8 @@ def bpd_offset(offset: str = "score_sde", *, centered: bool = True) -> float:
     return 7.0 - inverse_scaler_at_minus_one
 
 
-def bits_per_dim(log_likelihood, *, num_dims: int, offset: str = "score_sde",
-                 centered: bool = True):
+def bits_per_dim(log_likelihood: npt.ArrayLike, *, num_dims: int, offset: str = "score_sde",
+                 centered: bool = True) -> np.ndarray:
     """-log p/(d ln 2) + offset (score_sde likelihood evaluation; Theis et al. 2016 for dequantization).
 
     Parameters
@@ -249,7 +251,7 @@ def bits_per_dim(log_likelihood, *, num_dims: int, offset: str = "score_sde",
         offset, centered=centered)
 
 
-def uniform_dequantize(x01, *, noise):
+def uniform_dequantize(x01: npt.ArrayLike, *, noise: npt.ArrayLike) -> np.ndarray:
     """(x·255 + u)/256 for x ∈ {0, 1/255, ..., 1} and u ~ U[0, 1) (score_sde's likelihood evaluation data)."""
     x = np.asarray(x01, dtype=np.float64)
     u = np.asarray(noise, dtype=np.float64)
