@@ -79,13 +79,22 @@ def _model_fns(model: Callable, ns: NoiseScheduleVP, model_type: str, model_time
         tin = model_time(t) if callable(model_time) else ns.model_input_time(t, model_time)
         return check_output(model(x, batch_full(x, float(tin))), x, name="model output")
 
+    cache: dict[float, tuple[float, float, float]] = {}
+
+    def levels(t: float) -> tuple[float, float, float]:
+        if t not in cache:               # each grid time's (α, σ, λ) is formed once per call
+            cache[t] = _levels(ns, t)
+        return cache[t]
+
     def noise_fn(x, t: float):
-        a, s, _ = _levels(ns, t)
+        a, s, _ = levels(t)
         return eps_from_prediction(out(x, t), x, a, s, kind)
 
     def data_fn(x, t: float):
-        a, s, _ = _levels(ns, t)
+        a, s, _ = levels(t)
         return x0_from_prediction(out(x, t), x, a, s, kind)
+
+    noise_fn.levels = data_fn.levels = levels          # type: ignore[attr-defined]
 
     return noise_fn, data_fn
 
@@ -228,7 +237,7 @@ def sample_dpm_solver_adaptive(model: Callable, x, *, noise_schedule: NoiseSched
     def start(x, s: float):
         model_s = fn(x, s)
         if report is not None:
-            a, sg, _ = _levels(ns, s)
+            a, sg, _ = fn.levels(s)
             x0 = model_s if algorithm_type == "dpmsolver++" else (x - sg * model_s) / a
             report(StepInfo(info["steps"], 0 if adaptive else n_fixed, x, x0, t=s, sigma=sg / a))
         return model_s
@@ -340,7 +349,7 @@ def _sde_loop(model, x, ns, steps, noise, *, order, solver_type, lower_order_fin
     for i in range(n):
         x0 = data_fn(x, ts[i])
         if report is not None:
-            a, sg, _ = _levels(ns, ts[i])
+            a, sg, _ = data_fn.levels(ts[i])
             report(StepInfo(i, n, x, x0, t=ts[i], sigma=sg / a))
         x = sde_dpmpp_step(x, x0, plan[i], x0_prev=x0_prev, noise=draw_noise(noise, i, x))
         x0_prev = x0
