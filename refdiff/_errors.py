@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, NoReturn
 
 import numpy as np
 
@@ -41,7 +41,7 @@ def _show(value: Any) -> str:
     return f"array of shape {arr.shape} [{head}{', ...' if flat.size > 6 else ''}]"
 
 
-def fail(name: str, value: Any, allowed: str, cls: type[Exception] = RefdiffValueError) -> None:
+def fail(name: str, value: Any, allowed: str, cls: type[Exception] = RefdiffValueError) -> NoReturn:
     """Raise ``cls`` with the uniform message: argument, value, what is allowed."""
     raise cls(f"{name}={_show(value)} is invalid: {allowed}")
 

@@ -7,7 +7,7 @@ come from the schedule's tables, gathered at t and broadcast over the non-batch 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple, Sequence, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence, cast
 
 from ._errors import RefdiffValueError, UnknownNameError, fail
 from ._typing import Array
@@ -249,7 +249,7 @@ class LevelCoefficients(NamedTuple):
     posterior_mean_coef2: float
 
 
-def level_coefficients(schedule: Schedule, t: int) -> LevelCoefficients:
+def level_coefficients(schedule: Any, t: int) -> LevelCoefficients:
     """The tables of :class:`LevelCoefficients` read at the host integer timestep t (one read per table)."""
     return LevelCoefficients(*(float(getattr(schedule, name)[t]) for name in LevelCoefficients._fields))
 

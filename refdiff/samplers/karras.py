@@ -18,10 +18,10 @@ no noise draws nothing, so the draw index is always the step index.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from .._errors import check_real, fail
+from .._typing import Array, Noise
 from . import register_sampler, sampler_function_name
 from ._common import (
     StepInfo,
@@ -50,7 +50,7 @@ EDM_CHURN_DEFAULTS = {"S_churn": 40.0, "S_tmin": 0.0, "S_tmax": math.inf, "S_noi
 # Input handling
 # --------------------------------------------------------------------------------------------
 
-def _sigma_list(sigmas) -> list[float]:
+def _sigma_list(sigmas: Sequence[float] | Array) -> list[float]:
     """The σ grid as host floats: strictly decreasing, finite, last entry >= 0."""
     try:
         values = [float(s) for s in sigmas]
@@ -62,12 +62,12 @@ def _sigma_list(sigmas) -> list[float]:
     return values
 
 
-def _check_x(x) -> None:
+def _check_x(x: Array) -> None:
     if getattr(x, "ndim", 0) < 1:
         fail("x", x, "expected an array with the batch axis first (ndim >= 1)")
 
 
-def _denoise(denoiser: Callable, x, sigma: float):
+def _denoise(denoiser: Callable[[Array, Array], Array], x: Array, sigma: float) -> Array:
     """D(x; σ) with σ broadcast to shape (B,) in x's namespace, dtype and device; shape-checked."""
     return check_output(denoiser(x, batch_full(x, sigma)), x, name="denoiser output")
 
@@ -76,12 +76,12 @@ def _denoise(denoiser: Callable, x, sigma: float):
 # Step functions
 # --------------------------------------------------------------------------------------------
 
-def to_d(x, sigma: float, denoised):
+def to_d(x: Array, sigma: float, denoised: Array) -> Array:
     """The ODE derivative dx/dσ = (x - D(x; σ))/σ (Karras et al. 2022, Eqs. 1 and 3 with σ(t) = t)."""
     return (x - denoised) / sigma
 
 
-def karras_euler_step(x, sigma: float, sigma_next: float, denoised):
+def karras_euler_step(x: Array, sigma: float, sigma_next: float, denoised: Array) -> Array:
     """Euler step x' = x + (σ' - σ)(x - D)/σ = D + (σ'/σ)(x - D) (Karras et al. 2022, Alg. 1 line 5).
 
     The second form is the same number with σ' = 0 giving D exactly (the final denoising step).
@@ -89,7 +89,7 @@ def karras_euler_step(x, sigma: float, sigma_next: float, denoised):
     return denoised + (sigma_next / sigma) * (x - denoised)
 
 
-def karras_heun_step(denoiser: Callable, x, sigma: float, sigma_next: float, *, denoised=None):
+def karras_heun_step(denoiser: Callable[[Array, Array], Array], x: Array, sigma: float, sigma_next: float, *, denoised: Array | None = None) -> tuple[Array, int]:
     """Heun step (Karras et al. 2022, Alg. 1 lines 5-8): Euler, then the trapezoidal correction if σ' > 0.
 
     Returns (x_next, number of denoiser evaluations made).
@@ -114,7 +114,7 @@ def churn_gamma(sigma: float, num_steps: int, *, S_churn: float, S_tmin: float,
     return min(S_churn / num_steps, math.sqrt(2.0) - 1.0)
 
 
-def churn_step(x, sigma: float, gamma: float, *, noise, S_noise: float = 1.0):
+def churn_step(x: Array, sigma: float, gamma: float, *, noise: Array, S_noise: float = 1.0) -> tuple[Array, float]:
     """x̂ = x + √(σ̂² - σ²) S_noise ε with σ̂ = σ(1 + γ) (Karras et al. 2022, Alg. 2 lines 5-6).
 
     √(σ̂² - σ²) is formed as σ √(γ(2 + γ)) (no cancellation). Returns (x̂, σ̂).
@@ -138,8 +138,8 @@ def ancestral_sigmas(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple
     return down, up
 
 
-def euler_ancestral_step(x, sigma: float, sigma_next: float, denoised, *, eta: float = 1.0,
-                         noise=None, S_noise: float = 1.0):
+def euler_ancestral_step(x: Array, sigma: float, sigma_next: float, denoised: Array, *, eta: float = 1.0,
+                         noise: Array | None = None, S_noise: float = 1.0) -> Array:
     """Euler step to σ_down, then add σ_up S_noise ε (k-diffusion sample_euler_ancestral; DDIM-η on the σ scale).
 
     No noise is added (and ``noise`` may be None) when σ_up = 0, e.g. at σ' = 0 or η = 0.
@@ -148,8 +148,8 @@ def euler_ancestral_step(x, sigma: float, sigma_next: float, denoised, *, eta: f
     return ancestral_update(x, sigma, down, up, denoised, noise=noise, S_noise=S_noise)
 
 
-def ancestral_update(x, sigma: float, sigma_down: float, sigma_up: float, denoised, *,
-                     noise=None, S_noise: float = 1.0):
+def ancestral_update(x: Array, sigma: float, sigma_down: float, sigma_up: float, denoised: Array, *,
+                     noise: Array | None = None, S_noise: float = 1.0) -> Array:
     """x' = D + (σ_down/σ)(x - D) + σ_up S_noise ε: :func:`euler_ancestral_step` given (σ_down, σ_up) of :func:`ancestral_sigmas`."""
     x = karras_euler_step(x, sigma, sigma_down, denoised)
     if sigma_up > 0.0:
@@ -163,7 +163,7 @@ def ancestral_update(x, sigma: float, sigma_down: float, sigma_up: float, denois
 # Loops
 # --------------------------------------------------------------------------------------------
 
-def _check_churn(S_churn, S_tmin, S_tmax, S_noise) -> tuple[float, float, float, float]:
+def _check_churn(S_churn: float, S_tmin: float, S_tmax: float, S_noise: float) -> tuple[float, float, float, float]:
     S_churn = check_real("S_churn", S_churn, lo=0.0)
     S_tmin = check_real("S_tmin", S_tmin, lo=0.0)
     try:
@@ -184,8 +184,8 @@ def _churn_plan(sig: list[float], S_churn: float, S_tmin: float,
                                                S_tmax=S_tmax)) for i in range(n)]
 
 
-def _karras_loop(denoiser, x, sigmas, noise, S_churn, S_tmin, S_tmax, S_noise, callback,
-                 progress, heun):
+def _karras_loop(denoiser: Callable[[Array, Array], Array], x: Array, sigmas: Sequence[float] | Array, noise: Noise, S_churn: float, S_tmin: float, S_tmax: float, S_noise: float, callback: Callable[[StepInfo], object] | None,
+                 progress: Callable[[int, int], object] | None, heun: bool) -> Array:
     _check_x(x)
     sig = _sigma_list(sigmas)
     S_churn, S_tmin, S_tmax, S_noise = _check_churn(S_churn, S_tmin, S_tmax, S_noise)
@@ -235,13 +235,13 @@ _LOOP_DOC = """{summary}
     """
 
 
-def _karras_sampler(name: str, *, heun: bool, churn: dict, summary: str, notes: str = ""):
+def _karras_sampler(name: str, *, heun: bool, churn: dict[str, float], summary: str, notes: str = "") -> Callable[..., Array]:
     """Register one Euler/Heun loop of the Karras family with its churn defaults (one pattern)."""
 
-    def sampler(denoiser: Callable, x: Any, *, sigmas: Any, noise: Any = None,
+    def sampler(denoiser: Callable[[Array, Array], Array], x: Array, *, sigmas: Sequence[float] | Array, noise: Noise = None,
                 S_churn: float = churn["S_churn"], S_tmin: float = churn["S_tmin"],
                 S_tmax: float = churn["S_tmax"], S_noise: float = churn["S_noise"],
-                callback: Callable | None = None, progress: Callable | None = None) -> Any:
+                callback: Callable[[StepInfo], object] | None = None, progress: Callable[[int, int], object] | None = None) -> Array:
         return _karras_loop(denoiser, x, sigmas, noise, S_churn, S_tmin, S_tmax, S_noise,
                             callback, progress, heun=heun)
 
@@ -288,10 +288,10 @@ def _ancestral_plan(sig: list[float], eta: float) -> list[tuple[float, float, fl
 
 @register_sampler("karras_euler_ancestral", family="karras", stochastic=True,
                   step=euler_ancestral_step)
-def sample_karras_euler_ancestral(denoiser: Callable, x: Any, *, sigmas: Any, noise: Any = None,
+def sample_karras_euler_ancestral(denoiser: Callable[[Array, Array], Array], x: Array, *, sigmas: Sequence[float] | Array, noise: Noise = None,
                                   eta: float = 1.0, S_noise: float = 1.0,
-                                  callback: Callable | None = None,
-                                  progress: Callable | None = None) -> Any:
+                                  callback: Callable[[StepInfo], object] | None = None,
+                                  progress: Callable[[int, int], object] | None = None) -> Array:
     """Ancestral Euler sampler with η (k-diffusion sample_euler_ancestral; DDIM-η, Song et al. 2021a, Eq. 16, on the σ scale).
 
     Parameters

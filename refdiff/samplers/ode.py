@@ -14,12 +14,12 @@ deterministic and ignore ``noise``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from .._errors import check_int, check_real, fail
+from .._typing import Array, Noise
 from .._xp import array_namespace, is_numpy
 from ..sde import SDE
 from . import register_sampler
@@ -42,11 +42,11 @@ __all__ = ["probability_flow", "probability_flow_coefficients", "ode_euler_step"
 _IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 
 
-def _score(score_fn: Callable, x, t: float):
+def _score(score_fn: Callable[[Array, Array], Array], x: Array, t: float) -> Array:
     return check_output(score_fn(x, batch_full(x, t)), x, name="score_fn output")
 
 
-def probability_flow_coefficients(sde: SDE, ts) -> list[tuple[float, float]] | None:
+def probability_flow_coefficients(sde: SDE, ts: Sequence[float]) -> list[tuple[float, float]] | None:
     """(a, h) per time with F(x, t) = a x - h s(x, t), h = ½ g² (Song et al. 2021, Eq. 13), host floats.
 
     None for an SDE whose drift is not linear in x (then :func:`probability_flow` evaluates
@@ -58,60 +58,60 @@ def probability_flow_coefficients(sde: SDE, ts) -> list[tuple[float, float]] | N
     return [(float(ai), float(hi)) for ai, hi in zip(a, g * g * 0.5)]
 
 
-def _flow(x, score, a: float, h: float):
+def _flow(x: Array, score: Array, a: float, h: float) -> Array:
     """F = a x - h s (the array part of the probability-flow drift)."""
     return (a * x - h * score) if a != 0.0 else (-h) * score
 
 
-def _flow_at(sde: SDE, score_fn: Callable, x, t: float, coef):
+def _flow_at(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, coef: tuple[float, float] | None) -> Array:
     if coef is None:
-        def checked(x_, t_):
+        def checked(x_: Array, t_: Array) -> Array:
             return check_output(score_fn(x_, t_), x_, name="score_fn output")
         return sde.reverse(checked, probability_flow=True).sde(x, batch_full(x, t))[0]
     return _flow(x, _score(score_fn, x, t), *coef)
 
 
-def probability_flow(sde, score_fn: Callable, x, t: float):
+def probability_flow(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float) -> Array:
     """dx/dt = f(x, t) - ½ g(t)² s(x, t) at the scalar time t (Song et al. 2021, Eq. 13)."""
     coef = probability_flow_coefficients(_check_sde(sde), [float(t)])
     return _flow_at(sde, score_fn, x, float(t), None if coef is None else coef[0])
 
 
-def _euler(sde, score_fn, x, t, dt, c1):
+def _euler(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, dt: float, c1: tuple[float, float] | None) -> Array:
     return x + _flow_at(sde, score_fn, x, t, c1) * dt
 
 
-def _heun(sde, score_fn, x, t, dt, c1, c2):
+def _heun(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, dt: float, c1: tuple[float, float] | None, c2: tuple[float, float] | None) -> Array:
     d1 = _flow_at(sde, score_fn, x, t, c1)
     x_euler = x + d1 * dt
     d2 = _flow_at(sde, score_fn, x_euler, t + dt, c2)
     return x + (d1 + d2) * (0.5 * dt)
 
 
-def _coefs(sde, ts):
+def _coefs(sde: SDE, ts: Sequence[float]) -> Sequence[tuple[float, float] | None]:
     coef = probability_flow_coefficients(sde, ts)
     return [None] * len(ts) if coef is None else coef
 
 
-def ode_euler_step(sde, score_fn: Callable, x, t: float, dt: float):
+def ode_euler_step(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, dt: float) -> Array:
     """Euler step x + F(x, t) dt on the probability-flow ODE (dt < 0 when sampling)."""
     c1, = _coefs(_check_sde(sde), [float(t)])
     return _euler(sde, score_fn, x, float(t), dt, c1)
 
 
-def ode_heun_step(sde, score_fn: Callable, x, t: float, dt: float):
+def ode_heun_step(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, dt: float) -> Array:
     """Heun (explicit trapezoidal) step x + ½[F(x, t) + F(x + F dt, t + dt)] dt (Karras et al. 2022, Alg. 1 in t)."""
     c1, c2 = _coefs(_check_sde(sde), [float(t), float(t) + dt])
     return _heun(sde, score_fn, x, float(t), dt, c1, c2)
 
 
-def denoise_step(sde, score_fn: Callable, x, t: float):
+def denoise_step(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float) -> Array:
     """One noise-free reverse-diffusion step at t (score_sde's ODE-sampler ``denoise``: x - f_i + G_i² s)."""
     (p, q, _), = predictor_coefficients("reverse_diffusion", _check_sde(sde), [float(t)])
     return predictor_update(x, _score(score_fn, x, float(t)), p, q, 0.0)[0]
 
 
-def ode_time_grid(sde, steps: int, *, eps: float = 1e-3) -> list[float]:
+def ode_time_grid(sde: SDE, steps: int, *, eps: float = 1e-3) -> list[float]:
     """The N + 1 times linspace(T, eps, N + 1) as host floats."""
     steps = check_int("steps", steps, minimum=1)
     T = float(sde.T)
@@ -121,7 +121,7 @@ def ode_time_grid(sde, steps: int, *, eps: float = 1e-3) -> list[float]:
     return [float(v) for v in ts]
 
 
-def _fixed_step(heun, score_fn, x_T, sde, steps, eps, denoise, callback, progress):
+def _fixed_step(heun: bool, score_fn: Callable[[Array, Array], Array], x_T: Array, sde: SDE, steps: int, eps: float, denoise: bool, callback: Callable[[StepInfo], object] | None, progress: Callable[[int, int], object] | None) -> Array:
     _check_sde(sde)
     _check_x_T(x_T)
     _check_bool("denoise", denoise)
@@ -136,6 +136,7 @@ def _fixed_step(heun, score_fn, x_T, sde, steps, eps, denoise, callback, progres
         if report is not None:
             report(StepInfo(i, n, x, None, t=ts[i]))
         if heun:
+            assert c2 is not None
             x = _heun(sde, score_fn, x, ts[i], dts[i], c1[i], c2[i])
         else:
             x = _euler(sde, score_fn, x, ts[i], dts[i], c1[i])
@@ -174,17 +175,17 @@ _FIXED_DOC = """
 
 
 @register_sampler("ode_euler", family="sde", stochastic=False, order=1, step=ode_euler_step)
-def sample_ode_euler(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int, noise: Any = None,
-                     eps: float = 1e-3, denoise: bool = False, callback: Callable | None = None,
-                     progress: Callable | None = None) -> Any:
+def sample_ode_euler(score_fn: Callable[[Array, Array], Array], x_T: Array, *, sde: SDE, steps: int, noise: Noise = None,
+                     eps: float = 1e-3, denoise: bool = False, callback: Callable[[StepInfo], object] | None = None,
+                     progress: Callable[[int, int], object] | None = None) -> Array:
     """Euler's method on the probability-flow ODE from T to eps (Song et al. 2021, Eq. 13)."""
     return _fixed_step(False, score_fn, x_T, sde, steps, eps, denoise, callback, progress)
 
 
 @register_sampler("ode_heun", family="sde", stochastic=False, order=2, step=ode_heun_step)
-def sample_ode_heun(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int, noise: Any = None,
-                    eps: float = 1e-3, denoise: bool = False, callback: Callable | None = None,
-                    progress: Callable | None = None) -> Any:
+def sample_ode_heun(score_fn: Callable[[Array, Array], Array], x_T: Array, *, sde: SDE, steps: int, noise: Noise = None,
+                    eps: float = 1e-3, denoise: bool = False, callback: Callable[[StepInfo], object] | None = None,
+                    progress: Callable[[int, int], object] | None = None) -> Array:
     """Heun's method (2 score evaluations per step) on the probability-flow ODE (Song et al. 2021, Eq. 13)."""
     return _fixed_step(True, score_fn, x_T, sde, steps, eps, denoise, callback, progress)
 
@@ -194,10 +195,10 @@ sample_ode_heun.__doc__ += _FIXED_DOC
 
 
 @register_sampler("ode_rk45", family="sde", stochastic=False, step=probability_flow)
-def sample_ode_rk45(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int | None = None,
-                    noise: Any = None, eps: float = 1e-3, rtol: float = 1e-5, atol: float = 1e-5,
+def sample_ode_rk45(score_fn: Callable[[Array, Array], Array], x_T: Array, *, sde: SDE, steps: int | None = None,
+                    noise: Noise = None, eps: float = 1e-3, rtol: float = 1e-5, atol: float = 1e-5,
                     method: str = "RK45", denoise: bool = False, return_nfe: bool = False,
-                    callback: Callable | None = None, progress: Callable | None = None) -> Any:
+                    callback: Callable[[StepInfo], object] | None = None, progress: Callable[[int, int], object] | None = None) -> Array | tuple[Array, int]:
     """Adaptive RK45 (Dormand–Prince) on the probability-flow ODE via scipy.integrate.solve_ivp (score_sde get_ode_sampler).
 
     Oracle-side: ``x_T`` must be a NumPy array (SciPy integrates on the host); the state is
@@ -240,7 +241,7 @@ def sample_ode_rk45(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int | None
     shape, dtype = x_T.shape, x_T.dtype
     nfe = [0]
 
-    def rhs(t, y):
+    def rhs(t: float, y: np.ndarray) -> np.ndarray:
         nfe[0] += 1
         x = np.asarray(y, dtype=dtype).reshape(shape)
         return np.asarray(probability_flow(sde, score_fn, x, t), dtype=np.float64).reshape(-1)

@@ -43,12 +43,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import numpy as np
 
 from .._errors import RefdiffValueError, check_choice, check_int, check_real, fail
+from .._typing import Array, Namespace, Noise
 from .._xp import append_dims, array_namespace
 from ..guidance import langevin_step
 from ..sde import SDE, VESDE
@@ -81,7 +82,7 @@ def _check_sde(sde: Any) -> SDE:
     return sde
 
 
-def _check_x_T(x_T: Any) -> None:
+def _check_x_T(x_T: Array) -> None:
     if getattr(x_T, "ndim", 0) < 1:
         fail("x_T", x_T, "expected an array with the batch axis first (ndim >= 1)")
 
@@ -92,11 +93,11 @@ def _check_bool(name: str, value: Any) -> bool:
     return value
 
 
-def _score(score_fn: Callable, x, t_arr):
+def _score(score_fn: Callable[[Array, Array], Array], x: Array, t_arr: Array) -> Array:
     return check_output(score_fn(x, t_arr), x, name="score_fn output")
 
 
-def _norms(x, xp):
+def _norms(x: Array, xp: Namespace) -> Array:
     """Per-sample Euclidean norms over all non-batch axes, shape (B,)."""
     flat = xp.reshape(x, (x.shape[0], -1))
     return xp.sqrt(xp.sum(flat * flat, axis=1))
@@ -106,7 +107,7 @@ def _norms(x, xp):
 # Predictors: host coefficients (p, q, r) per step, then x̄ = p x + q s, x = x̄ + r z
 # --------------------------------------------------------------------------------------------
 
-def predictor_coefficients(predictor: str, sde: SDE, ts, dts=None) -> list[tuple[float, float, float]]:
+def predictor_coefficients(predictor: str, sde: SDE, ts: Sequence[float], dts: Sequence[float] | None = None) -> list[tuple[float, float, float]]:
     """(p, q, r) per time with x̄ = p x + q s(x, t), x = x̄ + r z, as host floats (Song et al. 2021).
 
     * ``"euler_maruyama"`` (Eq. 6, step dt < 0): p = 1 + a dt, q = -g² dt, r = g √(-dt), with
@@ -129,7 +130,7 @@ def predictor_coefficients(predictor: str, sde: SDE, ts, dts=None) -> list[tuple
     return [(float(p), float(q), float(r)) for p, q, r in zip(1.0 / d, b / d, std)]
 
 
-def predictor_update(x, score, p: float, q: float, r: float, noise=None):
+def predictor_update(x: Array, score: Array, p: float, q: float, r: float, noise: Array | None = None) -> tuple[Array, Array]:
     """x̄ = p x + q s, x = x̄ + r z (the array part of every predictor step). Returns (x, x̄).
 
     ``noise=None`` returns (x̄, x̄): no draw (the PC loop's final noise removal).
@@ -140,12 +141,12 @@ def predictor_update(x, score, p: float, q: float, r: float, noise=None):
     return x_mean + r * noise, x_mean
 
 
-def _need_noise(noise) -> None:
+def _need_noise(noise: Array | None) -> None:
     if noise is None:
         fail("noise", noise, "this step adds noise: pass a standard-normal draw of x's shape")
 
 
-def _em_generic(sde: SDE, score_fn: Callable, x, t: float, dt: float, noise):
+def _em_generic(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, dt: float, noise: Array) -> tuple[Array, Array]:
     """Euler–Maruyama for an SDE whose drift is not linear in x: x̄ = x + [f - g² s] dt."""
     drift, diffusion = sde.reverse(score_fn).sde(x, batch_full(x, t))
     x_mean = x + drift * dt
@@ -160,7 +161,7 @@ def _linear_drift(sde: SDE) -> bool:
     return True
 
 
-def euler_maruyama_step(sde, score_fn: Callable, x, t: float, dt: float, *, noise):
+def euler_maruyama_step(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, dt: float, *, noise: Array) -> tuple[Array, Array]:
     """Reverse-SDE Euler–Maruyama: x̄ = x + [f - g² s] dt, x = x̄ + g √(-dt) z, dt < 0 (Song et al. 2021, Eq. 6).
 
     Returns (x, x̄).
@@ -174,7 +175,7 @@ def euler_maruyama_step(sde, score_fn: Callable, x, t: float, dt: float, *, nois
     return predictor_update(x, _score(score_fn, x, batch_full(x, t)), p, q, r, noise)
 
 
-def reverse_diffusion_step(sde, score_fn: Callable, x, t: float, *, noise):
+def reverse_diffusion_step(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, *, noise: Array) -> tuple[Array, Array]:
     """Reverse diffusion predictor x̄ = x - f_i + G_i² s, x = x̄ + G_i z (Song et al. 2021, App. E, Eq. 46).
 
     f_i, G_i are the SDE's own discretization (DDPM chain for VP, SMLD chain for VE, Euler for
@@ -185,7 +186,7 @@ def reverse_diffusion_step(sde, score_fn: Callable, x, t: float, *, noise):
     return predictor_update(x, _score(score_fn, x, batch_full(x, t)), p, q, r, noise)
 
 
-def ancestral_sampling_step(sde, score_fn: Callable, x, t: float, *, noise):
+def ancestral_sampling_step(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, *, noise: Array) -> tuple[Array, Array]:
     """Ancestral sampling predictor (Song et al. 2021, App. F; Ho et al. 2020, Eq. 11 / Song & Ermon 2019 read backwards).
 
     VP (DDPM chain β_i): x̄ = (x + β_i s)/√(1 - β_i), x = x̄ + √β_i z.
@@ -201,8 +202,8 @@ def ancestral_sampling_step(sde, score_fn: Callable, x, t: float, *, noise):
 # Correctors
 # --------------------------------------------------------------------------------------------
 
-def langevin_step_size(score, noise, *, snr: float, alpha: float = 1.0,
-                       norm: str = "batch_mean"):
+def langevin_step_size(score: Array, noise: Array, *, snr: float, alpha: float = 1.0,
+                       norm: str = "batch_mean") -> Array:
     """ε = 2α (r ‖z‖/‖s‖)² (Song et al. 2021, Alg. 4 / 5); norms batch-averaged (score_sde) or per sample.
 
     Returns a 0-d array ("batch_mean") or shape (B,) ("per_sample"). A zero score norm makes ε
@@ -213,7 +214,7 @@ def langevin_step_size(score, noise, *, snr: float, alpha: float = 1.0,
     return _step_size(score, noise, snr, alpha, norm, array_namespace(score, noise))
 
 
-def _step_size(score, noise, snr: float, alpha: float, norm: str, xp):
+def _step_size(score: Array, noise: Array, snr: float, alpha: float, norm: str, xp: Namespace) -> Array:
     g, n = _norms(score, xp), _norms(noise, xp)
     if norm == "batch_mean":
         g, n = xp.mean(g), xp.mean(n)
@@ -224,7 +225,7 @@ def _step_size(score, noise, snr: float, alpha: float, norm: str, xp):
     return 2.0 * alpha * r * r
 
 
-def _corrector_update(x, score, eps, noise, xp=None):
+def _corrector_update(x: Array, score: Array, eps: float | Array, noise: Array, xp: Namespace | None = None) -> tuple[Array, Array]:
     """x̄ = x + ε s, x = x̄ + √(2ε) z (Song et al. 2021, Alg. 4 / 5) for a host-float or array ε. Returns (x, x̄)."""
     if isinstance(eps, float):
         x_mean = x + eps * score
@@ -235,8 +236,8 @@ def _corrector_update(x, score, eps, noise, xp=None):
     return x_mean + xp.sqrt(2.0 * eps) * noise, x_mean
 
 
-def langevin_corrector_step(sde, score_fn: Callable, x, t: float, *, snr: float, noise,
-                            norm: str = "batch_mean"):
+def langevin_corrector_step(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, *, snr: float, noise: Array,
+                            norm: str = "batch_mean") -> tuple[Array, Array]:
     """Langevin corrector x̄ = x + ε s, x = x̄ + √(2ε) z with the SNR step size (Song et al. 2021, Alg. 4 / 5).
 
     Returns (x, x̄).
@@ -247,14 +248,14 @@ def langevin_corrector_step(sde, score_fn: Callable, x, t: float, *, snr: float,
                              noise)
 
 
-def _ald_step_sizes(sde: SDE, ts, snr: float) -> list[float]:
+def _ald_step_sizes(sde: SDE, ts: Sequence[float], snr: float) -> list[float]:
     """ε_i = 2 α_i (r σ_{t_i})² of score_sde's annealed Langevin corrector, host floats."""
     alpha = sde.langevin_alpha(ts)
     std = np.asarray(sde.marginal_std(np.asarray(ts, dtype=np.float64)), dtype=np.float64)
     return [float(v) for v in 2.0 * alpha * (snr * std) ** 2]
 
 
-def annealed_langevin_step(sde, score_fn: Callable, x, t: float, *, snr: float, noise):
+def annealed_langevin_step(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, *, snr: float, noise: Array) -> tuple[Array, Array]:
     """score_sde's annealed Langevin corrector: ε = 2α (r σ_t)², x̄ = x + ε s, x = x̄ + √(2ε) z (Song et al. 2021, App. G).
 
     σ_t is the perturbation std of ``sde.marginal_prob``. Returns (x, x̄).
@@ -268,7 +269,7 @@ def annealed_langevin_step(sde, score_fn: Callable, x, t: float, *, snr: float, 
 # The predictor–corrector driver
 # --------------------------------------------------------------------------------------------
 
-def pc_time_grid(sde, steps: int, *, eps: float = 1e-3, time_grid: str = "score_sde"):
+def pc_time_grid(sde: SDE, steps: int, *, eps: float = 1e-3, time_grid: str = "score_sde") -> tuple[list[float], list[float]]:
     """(times, dts) of the N steps as host floats, per the named ``time_grid`` convention (Song et al. 2021, Alg. 1)."""
     steps = check_int("steps", steps, minimum=1)
     check_choice("time_grid", time_grid, TIME_GRIDS, "time grid")
@@ -281,18 +282,18 @@ def pc_time_grid(sde, steps: int, *, eps: float = 1e-3, time_grid: str = "score_
     return [float(v) for v in ts[:-1]], [float(ts[i + 1] - ts[i]) for i in range(steps)]
 
 
-def _chain_sde(sde, steps: int):
+def _chain_sde(sde: SDE, steps: int) -> SDE:
     """The SDE with N = steps (its discrete chains then have one step per grid point)."""
-    return sde if sde.N == steps else dataclasses.replace(sde, N=steps)
+    return sde if sde.N == steps else dataclasses.replace(cast(Any, sde), N=steps)  # every SDE is a dataclass
 
 
 @register_sampler("sde_pc", family="sde", stochastic=True, step=langevin_corrector_step)
-def sample_sde_pc(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int, noise: Any = None,
+def sample_sde_pc(score_fn: Callable[[Array, Array], Array], x_T: Array, *, sde: SDE, steps: int, noise: Noise = None,
                   predictor: str = "reverse_diffusion", corrector: str = "langevin",
                   snr: float = 0.16, n_corrector_steps: int = 1, eps: float = 1e-3,
                   denoise: bool = True, time_grid: str = "score_sde",
-                  langevin_norm: str = "batch_mean", callback: Callable | None = None,
-                  progress: Callable | None = None) -> Any:
+                  langevin_norm: str = "batch_mean", callback: Callable[[StepInfo], object] | None = None,
+                  progress: Callable[[int, int], object] | None = None) -> Array:
     """Predictor–corrector sampling (Song et al. 2021, Alg. 1; score_sde ``get_pc_sampler``).
 
     Parameters
@@ -374,10 +375,10 @@ def sample_sde_pc(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int, noise: 
     return x_mean if denoise else x
 
 
-def _predictor_only(name: str, predictor: str, step: Callable, doc: str):
-    def sampler(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int, noise: Any = None,
+def _predictor_only(name: str, predictor: str, step: Callable[..., tuple[Array, Array]], doc: str) -> Callable[..., Array]:
+    def sampler(score_fn: Callable[[Array, Array], Array], x_T: Array, *, sde: SDE, steps: int, noise: Noise = None,
                 eps: float = 1e-3, denoise: bool = True, time_grid: str = "score_sde",
-                callback: Callable | None = None, progress: Callable | None = None) -> Any:
+                callback: Callable[[StepInfo], object] | None = None, progress: Callable[[int, int], object] | None = None) -> Array:
         return sample_sde_pc(score_fn, x_T, sde=sde, steps=steps, noise=noise,
                              predictor=predictor, corrector="none", eps=eps, denoise=denoise,
                              time_grid=time_grid, callback=callback, progress=progress)
@@ -410,7 +411,7 @@ def ncsn_step_size(sigma: float, sigma_last: float, step_lr: float) -> float:
     return step_lr * (sigma / sigma_last) ** 2
 
 
-def ncsn_langevin_step(score, x, step_size: float, *, noise):
+def ncsn_langevin_step(score: Array, x: Array, step_size: float, *, noise: Array) -> Array:
     """x ← x + (α/2) s + √α z (Song & Ermon 2019, Alg. 1 line 6): :func:`refdiff.guidance.langevin_step`.
 
     Kept with NCSN's argument order (score first) for one release; new code calls
@@ -421,11 +422,11 @@ def ncsn_langevin_step(score, x, step_size: float, *, noise):
 
 @register_sampler("ncsn_annealed_langevin", family="sde", stochastic=True,
                   step=langevin_step)
-def sample_ncsn_annealed_langevin(score_fn: Callable, x_T: Any, *, sde: SDE, steps: int,
-                                  noise: Any = None, n_steps_each: int = 100,
+def sample_ncsn_annealed_langevin(score_fn: Callable[[Array, Array], Array], x_T: Array, *, sde: SDE, steps: int,
+                                  noise: Noise = None, n_steps_each: int = 100,
                                   step_lr: float = 2e-5, denoise: bool = False,
-                                  callback: Callable | None = None,
-                                  progress: Callable | None = None) -> Any:
+                                  callback: Callable[[StepInfo], object] | None = None,
+                                  progress: Callable[[int, int], object] | None = None) -> Array:
     """Annealed Langevin dynamics over `steps` geometric noise levels (Song & Ermon 2019, Alg. 1).
 
     Parameters
