@@ -379,3 +379,57 @@ def test_bad_grid_and_denoiser_are_refused(name):
         fn(None, X, sigmas=[2.0, 1.0, 0.0])
     with pytest.raises(Exception, match=r"denoiser output has shape \(1, 3\) but x has shape \(1, 2\)"):
         fn(lambda x, s: np.zeros((1, 3)), X, sigmas=[2.0, 1.0, 0.0], noise=np.zeros((4, 1, 2)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Local error of the multistep updates, given exact history (the order once started)
+# ---------------------------------------------------------------------------------------------
+
+X0 = np.array([[2.5, -1.5]])
+
+
+def exact_state(sigma: float):
+    """x(σ) on the exact probability-flow trajectory through X0 at σ = S_MAX."""
+    M, c = flow_map(S_MAX, sigma)
+    return X0 @ M.T + c
+
+
+def den_at(sigma: float):
+    return DEN(exact_state(sigma), np.full(1, sigma))
+
+
+def local_slope(err_of_h, hs=(0.08, 0.04, 0.02)) -> float:
+    errs = [err_of_h(h) for h in hs]
+    return float(np.polyfit(np.log(hs), np.log(errs), 1)[0])
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_lms_local_error_once_started(order):
+    """One LMS(k) step from exact history on a geometric grid has local error O(h^{k+1})."""
+    s0 = 1.0
+
+    def err(h):
+        sig = [s0 * (1.0 + h) ** j for j in range(order - 1, -1, -1)] + [s0 / (1.0 + h)]
+        i = order - 1
+        c = KD.lms_coefficients(sig, i, order)
+        ds_prev = [(exact_state(s) - den_at(s)) / s for s in sig[:i]]
+        x = KD.lms_step(exact_state(sig[i]), den_at(sig[i]), ds_prev, 1.0 + c[0] / sig[i],
+                        -c[0] / sig[i], c[1:])
+        return float(np.abs(x - exact_state(sig[i + 1])).max())
+    assert abs(local_slope(err) - (order + 1)) < 0.3
+
+
+@pytest.mark.parametrize("d2_scale,expected", [("consistent", 4.0), ("dpm_solver", 3.0)])
+def test_3m_local_error_once_started(d2_scale, expected):
+    """The 3M update (η = 0) from exact history: local error O(h⁴) with the consistent D2, O(h³)
+    with k-diffusion's (= DPM-Solver's) D2."""
+    s0 = 1.0
+
+    def err(h):
+        sig = [s0 * math.exp(2 * h), s0 * math.exp(h), s0, s0 * math.exp(-h)]
+        c = KD.dpmpp_multistep_sde_coefficients(sig[2], sig[3], [h, h], eta=0.0, order=3,
+                                                 d2_scale=d2_scale)
+        x = KD.dpmpp_multistep_sde_step(exact_state(sig[2]), den_at(sig[2]),
+                                        [den_at(sig[0]), den_at(sig[1])], c)
+        return float(np.abs(x - exact_state(sig[3])).max())
+    assert abs(local_slope(err, hs=(0.02, 0.01, 0.005)) - expected) < 0.2
