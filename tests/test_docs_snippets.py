@@ -22,8 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Pages whose Python blocks are examples that must run (the UNet page trains no network but
 #: runs a few forwards and the torch twin's comparison: seconds, so it is marked slow).
-RUNNABLE_PAGES = ["README.md", "docs/api/core.md",
-                  pytest.param("docs/api/unet.md", marks=pytest.mark.slow)]
+RUNNABLE_PAGES = [
+    "README.md",
+    "docs/api/core.md",
+    pytest.param("docs/api/unet.md", marks=pytest.mark.slow),
+]
 #: Narrative pages whose cross-references must resolve.
 LINKED_PAGES = ["docs/index.md", "docs/API.md", "docs/api/core.md", "docs/api/unet.md"]
 
@@ -31,8 +34,12 @@ NOT_RUN = "<!-- snippet: not run"
 _FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 _ROLE = re.compile(r"\{py:(func|class|meth|data|mod|attr|obj|exc)\}`([^`]+)`")
 #: Reference pages conf.py leaves out (their modules import a GPU framework).
-_UNDOCUMENTED = ("refdiff.backends.torch", "refdiff.backends.cupy", "refdiff.backends.jax",
-                 "refdiff.backends.dask")
+_UNDOCUMENTED = (
+    "refdiff.backends.torch",
+    "refdiff.backends.cupy",
+    "refdiff.backends.jax",
+    "refdiff.backends.dask",
+)
 
 
 def python_blocks(text: str) -> list[tuple[int, str, bool]]:
@@ -40,7 +47,7 @@ def python_blocks(text: str) -> list[tuple[int, str, bool]]:
     blocks = []
     for m in _FENCE.finditer(text):
         line = text.count("\n", 0, m.start()) + 1
-        before = text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1].strip()
+        before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1].strip()
         blocks.append((line, m.group(1), not before.startswith(NOT_RUN)))
     return blocks
 
@@ -68,13 +75,15 @@ def resolve_documented(target: str):
         except ModuleNotFoundError:
             k -= 1
     assert module is not None, f"{target}: no importable module"
-    assert not module.__name__.startswith(_UNDOCUMENTED), \
+    assert not module.__name__.startswith(_UNDOCUMENTED), (
         f"{target}: {module.__name__} has no generated reference page (it imports a GPU framework)"
+    )
     rest = parts[k:]
     if not rest:
         return module
-    assert rest[0] in getattr(module, "__all__", ()), \
+    assert rest[0] in getattr(module, "__all__", ()), (
         f"{target}: {rest[0]} is not in {module.__name__}.__all__, so the reference does not document it"
+    )
     obj = module
     for name in rest:
         assert hasattr(obj, name), f"{target}: {name} does not exist"
@@ -83,11 +92,15 @@ def resolve_documented(target: str):
 
 
 def test_block_extraction_honours_the_not_run_comment():
-    text = ("```python\na = 1\n```\n\n<!-- snippet: not run (needs a GPU) -->\n```python\nb = 2\n```\n"
-            "```bash\nc\n```\n")
+    text = (
+        "```python\na = 1\n```\n\n<!-- snippet: not run (needs a GPU) -->\n```python\nb = 2\n```\n"
+        "```bash\nc\n```\n"
+    )
     assert python_blocks(text) == [(1, "a = 1\n", True), (6, "b = 2\n", False)]
     assert role_targets("{py:func}`~refdiff.a.b` and {py:meth}`x <refdiff.c.D.e>`") == [
-        ("func", "refdiff.a.b"), ("meth", "refdiff.c.D.e")]
+        ("func", "refdiff.a.b"),
+        ("meth", "refdiff.c.D.e"),
+    ]
 
 
 @pytest.mark.parametrize("page", RUNNABLE_PAGES)
@@ -95,7 +108,7 @@ def test_python_blocks_run(page, tmp_path, monkeypatch):
     blocks = python_blocks((ROOT / page).read_text(encoding="utf-8"))
     runnable = [(line, code) for line, code, runs in blocks if runs]
     assert runnable, f"{page} has no runnable python block"
-    monkeypatch.chdir(tmp_path)          # a snippet that writes files writes them here
+    monkeypatch.chdir(tmp_path)  # a snippet that writes files writes them here
     namespace: dict = {"__name__": f"snippets_{Path(page).stem}"}
     for line, code in runnable:
         if re.search(r"^\s*import torch\b|^\s*from torch\b", code, re.M):
@@ -129,6 +142,5 @@ def test_resolver_rejects_missing_and_undocumented_names():
     with pytest.raises(AssertionError, match="private"):
         resolve_documented("refdiff._typing.Array")
     with pytest.raises(AssertionError, match="not in"):
-        resolve_documented("refdiff.samplers.discrete.math")    # imported, not documented
+        resolve_documented("refdiff.samplers.discrete.math")  # imported, not documented
     assert resolve_documented("refdiff.schedules.Schedule.to") is not None
-
