@@ -59,14 +59,15 @@ class Counted:
         return self.fn(*args, **kwargs)
 
 
-def run_samplers(data, n: int, steps: int, seed: int, nfe: dict[str, int] | None = None
-                 ) -> dict[str, np.ndarray]:
+def run_samplers(
+    data, n: int, steps: int, seed: int, nfe: dict[str, int] | None = None
+) -> dict[str, np.ndarray]:
     """Run each sampler from its own prior with seeded, explicit noise (NFE per sampler into ``nfe``)."""
     rng = np.random.default_rng(seed)
     out = {}
     nfe = {} if nfe is None else nfe
     sigma_max = 40.0
-    sig = karras_sigmas(steps, 0.002, sigma_max)                     # steps levels + final 0
+    sig = karras_sigmas(steps, 0.002, sigma_max)  # steps levels + final 0
     counted = []
 
     def count(fn):
@@ -80,24 +81,41 @@ def run_samplers(data, n: int, steps: int, seed: int, nfe: dict[str, int] | None
         return x
 
     denoiser = A.karras_denoiser(data)
-    out["karras_heun"] = sample("karras_heun", denoiser, sigma_max * rng.standard_normal((n, 2)),
-                                sigmas=sig)
+    out["karras_heun"] = sample(
+        "karras_heun", denoiser, sigma_max * rng.standard_normal((n, 2)), sigmas=sig
+    )
     out["karras_euler_ancestral"] = sample(
-        "karras_euler_ancestral", denoiser, sigma_max * rng.standard_normal((n, 2)), sigmas=sig,
-        noise=rng.standard_normal((steps, n, 2)))
+        "karras_euler_ancestral",
+        denoiser,
+        sigma_max * rng.standard_normal((n, 2)),
+        sigmas=sig,
+        noise=rng.standard_normal((steps, n, 2)),
+    )
     ns = NoiseScheduleVP.linear()
     eps_model = A.vp_model(data, ns, "eps")
     for name in ("dpmpp_2m", "dpm_solver_3"):
-        out[name] = sample(name, eps_model, rng.standard_normal((n, 2)), noise_schedule=ns,
-                           steps=steps, skip_type="logSNR")       # DPM-Solver's advice for small data
+        out[name] = sample(
+            name,
+            eps_model,
+            rng.standard_normal((n, 2)),
+            noise_schedule=ns,
+            steps=steps,
+            skip_type="logSNR",
+        )  # DPM-Solver's advice for small data
     sde = VPSDE()
     score = A.vp_model(data, sde, "score")
     em_steps = 10 * steps
-    out["sde_euler_maruyama"] = sample("sde_euler_maruyama", score, rng.standard_normal((n, 2)),
-                                       sde=sde, steps=em_steps,
-                                       noise=rng.standard_normal((em_steps, n, 2)))
-    out["ode_rk45"] = sample("ode_rk45", score, rng.standard_normal((n, 2)), sde=sde, rtol=1e-6,
-                             atol=1e-6)
+    out["sde_euler_maruyama"] = sample(
+        "sde_euler_maruyama",
+        score,
+        rng.standard_normal((n, 2)),
+        sde=sde,
+        steps=em_steps,
+        noise=rng.standard_normal((em_steps, n, 2)),
+    )
+    out["ode_rk45"] = sample(
+        "ode_rk45", score, rng.standard_normal((n, 2)), sde=sde, rtol=1e-6, atol=1e-6
+    )
     return out
 
 
@@ -129,20 +147,48 @@ def tv_distance(points: np.ndarray, probs: np.ndarray) -> float:
 
 # A 3 × 5 pixel font: each glyph is five rows of three bits.
 _FONT = {
-    "A": "010 101 111 101 101", "B": "110 101 110 101 110", "C": "011 100 100 100 011",
-    "D": "110 101 101 101 110", "E": "111 100 110 100 111", "F": "111 100 110 100 100",
-    "G": "011 100 101 101 011", "H": "101 101 111 101 101", "I": "111 010 010 010 111",
-    "J": "001 001 001 101 010", "K": "101 101 110 101 101", "L": "100 100 100 100 111",
-    "M": "101 111 111 101 101", "N": "110 101 101 101 101", "O": "010 101 101 101 010",
-    "P": "110 101 110 100 100", "Q": "010 101 101 111 011", "R": "110 101 110 101 101",
-    "S": "011 100 010 001 110", "T": "111 010 010 010 010", "U": "101 101 101 101 111",
-    "V": "101 101 101 101 010", "W": "101 101 111 111 101", "X": "101 101 010 101 101",
-    "Y": "101 101 010 010 010", "Z": "111 001 010 100 111", "0": "111 101 101 101 111",
-    "1": "010 110 010 010 111", "2": "110 001 010 100 111", "3": "110 001 010 001 110",
-    "4": "101 101 111 001 001", "5": "111 100 110 001 110", "6": "011 100 111 101 111",
-    "7": "111 001 010 010 010", "8": "111 101 111 101 111", "9": "111 101 111 001 110",
-    "_": "000 000 000 000 111", ".": "000 000 000 000 010", "=": "000 111 000 111 000",
-    "-": "000 000 111 000 000", " ": "000 000 000 000 000", ":": "000 010 000 010 000",
+    "A": "010 101 111 101 101",
+    "B": "110 101 110 101 110",
+    "C": "011 100 100 100 011",
+    "D": "110 101 101 101 110",
+    "E": "111 100 110 100 111",
+    "F": "111 100 110 100 100",
+    "G": "011 100 101 101 011",
+    "H": "101 101 111 101 101",
+    "I": "111 010 010 010 111",
+    "J": "001 001 001 101 010",
+    "K": "101 101 110 101 101",
+    "L": "100 100 100 100 111",
+    "M": "101 111 111 101 101",
+    "N": "110 101 101 101 101",
+    "O": "010 101 101 101 010",
+    "P": "110 101 110 100 100",
+    "Q": "010 101 101 111 011",
+    "R": "110 101 110 101 101",
+    "S": "011 100 010 001 110",
+    "T": "111 010 010 010 010",
+    "U": "101 101 101 101 111",
+    "V": "101 101 101 101 010",
+    "W": "101 101 111 111 101",
+    "X": "101 101 010 101 101",
+    "Y": "101 101 010 010 010",
+    "Z": "111 001 010 100 111",
+    "0": "111 101 101 101 111",
+    "1": "010 110 010 010 111",
+    "2": "110 001 010 100 111",
+    "3": "110 001 010 001 110",
+    "4": "101 101 111 001 001",
+    "5": "111 100 110 001 110",
+    "6": "011 100 111 101 111",
+    "7": "111 001 010 010 010",
+    "8": "111 101 111 101 111",
+    "9": "111 101 111 001 110",
+    "_": "000 000 000 000 111",
+    ".": "000 000 000 000 010",
+    "=": "000 111 000 111 000",
+    "-": "000 000 111 000 000",
+    " ": "000 000 000 000 000",
+    ":": "000 010 000 010 000",
 }
 
 
@@ -158,15 +204,16 @@ def draw_text(img: np.ndarray, text: str, row: int, col: int = 2) -> None:
             for c, bit in enumerate(bits):
                 if bit == "1":
                     y, x = row + r * scale, col + (4 * i + c) * scale
-                    img[max(y - 1, 0):y + scale + 1, max(x - 1, 0):x + scale + 1] = np.minimum(
-                        img[max(y - 1, 0):y + scale + 1, max(x - 1, 0):x + scale + 1], 40)
+                    img[max(y - 1, 0) : y + scale + 1, max(x - 1, 0) : x + scale + 1] = np.minimum(
+                        img[max(y - 1, 0) : y + scale + 1, max(x - 1, 0) : x + scale + 1], 40
+                    )
     for i, ch in enumerate(text):
         rows = _FONT.get(ch, _FONT[" "]).split()
         for r, bits in enumerate(rows):
             for c, bit in enumerate(bits):
                 if bit == "1":
                     y, x = row + r * scale, col + (4 * i + c) * scale
-                    img[y:y + scale, x:x + scale] = 255
+                    img[y : y + scale, x : x + scale] = 255
 
 
 def titled(panel: np.ndarray, lines: list[str]) -> np.ndarray:
@@ -183,9 +230,10 @@ def titled(panel: np.ndarray, lines: list[str]) -> np.ndarray:
 
 
 def histogram(points: np.ndarray, size: int) -> np.ndarray:
-    h, _, _ = np.histogram2d(points[:, 1], points[:, 0], bins=size,
-                             range=[[-EXTENT, EXTENT], [-EXTENT, EXTENT]])
-    return h[::-1]                                                    # y up
+    h, _, _ = np.histogram2d(
+        points[:, 1], points[:, 0], bins=size, range=[[-EXTENT, EXTENT], [-EXTENT, EXTENT]]
+    )
+    return h[::-1]  # y up
 
 
 def density_panel(data, size: int) -> np.ndarray:
@@ -199,7 +247,9 @@ def colorize(a: np.ndarray) -> np.ndarray:
     """Map a non-negative image to RGB (black -> blue -> orange -> white), scaled by its 99.5th percentile."""
     top = np.quantile(a[a > 0], 0.995) if np.any(a > 0) else 1.0
     v = np.clip(a / top, 0.0, 1.0) ** 0.5
-    anchors = np.array([[0, 0, 0], [30, 60, 160], [240, 140, 30], [255, 255, 255]], dtype=np.float64)
+    anchors = np.array(
+        [[0, 0, 0], [30, 60, 160], [240, 140, 30], [255, 255, 255]], dtype=np.float64
+    )
     pos = v * (len(anchors) - 1)
     i = np.minimum(pos.astype(int), len(anchors) - 2)
     f = (pos - i)[..., None]
@@ -231,24 +281,44 @@ def main(argv=None) -> int:
     probs = bin_probabilities(data)
     floor = tv_distance(exact_draws(data, args.n, args.seed), probs)
     stats = {}
-    print(f"{'sampler':<24} {'family':<7} {'NFE':>5} {'TV':>7} {'|mean err|':>10} {'|cov err|':>10}")
+    print(
+        f"{'sampler':<24} {'family':<7} {'NFE':>5} {'TV':>7} {'|mean err|':>10} {'|cov err|':>10}"
+    )
     print(f"{'(exact draws)':<24} {'':<7} {'':>5} {floor:7.4f}")
     for name, x in samples.items():
         me = float(np.abs(x.mean(axis=0) - m_true).max())
         ce = float(np.abs(np.cov(x.T) - c_true).max())
         tv = tv_distance(x, probs)
-        stats[name] = {"family": get_sampler(name).family, "nfe": nfe[name], "tv": tv,
-                       "mean_error": me, "cov_error": ce}
-        print(f"{name:<24} {stats[name]['family']:<7} {nfe[name]:5d} {tv:7.4f} {me:10.4f} {ce:10.4f}")
-    panels = [titled(colorize(density_panel(data, args.size)),
-                     ["exact density", f"tv floor {floor:.3f}"])]
-    panels += [titled(colorize(histogram(x, args.size)),
-                      [name, f"nfe {nfe[name]} tv {stats[name]['tv']:.3f}"])
-               for name, x in samples.items()]
+        stats[name] = {
+            "family": get_sampler(name).family,
+            "nfe": nfe[name],
+            "tv": tv,
+            "mean_error": me,
+            "cov_error": ce,
+        }
+        print(
+            f"{name:<24} {stats[name]['family']:<7} {nfe[name]:5d} {tv:7.4f} {me:10.4f} {ce:10.4f}"
+        )
+    panels = [
+        titled(colorize(density_panel(data, args.size)), ["exact density", f"tv floor {floor:.3f}"])
+    ]
+    panels += [
+        titled(
+            colorize(histogram(x, args.size)), [name, f"nfe {nfe[name]} tv {stats[name]['tv']:.3f}"]
+        )
+        for name, x in samples.items()
+    ]
     out = Path(args.out)
     png = write_png(out / "gmm_samplers.png", side_by_side(panels))
-    meta = {"panels": ["exact density"] + list(samples), "n": args.n, "steps": args.steps,
-            "seed": args.seed, "tv_floor": floor, "tv_bins": TV_BINS, "stats": stats}
+    meta = {
+        "panels": ["exact density"] + list(samples),
+        "n": args.n,
+        "steps": args.steps,
+        "seed": args.seed,
+        "tv_floor": floor,
+        "tv_bins": TV_BINS,
+        "stats": stats,
+    }
     (out / "gmm_samplers.json").write_text(json.dumps(meta, indent=1))
     print(f"wrote {png} (panels: {', '.join(meta['panels'])})")
     return 0

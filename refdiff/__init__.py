@@ -19,8 +19,22 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "schedules", "diffusion", "parameterizations", "kl", "losses", "sde", "edm", "samplers",
-    "guidance", "analytic", "likelihood", "ddpm", "unet", "train", "backends", "conformance",
+    "schedules",
+    "diffusion",
+    "parameterizations",
+    "kl",
+    "losses",
+    "sde",
+    "edm",
+    "samplers",
+    "guidance",
+    "analytic",
+    "likelihood",
+    "ddpm",
+    "unet",
+    "train",
+    "backends",
+    "conformance",
 )
 _FUNCTIONS = {
     "verify": ("refdiff._verify", "verify"),

@@ -18,7 +18,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
 from .conformance._options import VERIFY_PROFILE, resolve_profile, split_list
 from .conformance.report import CheckResult, VerifyReport
@@ -47,6 +48,7 @@ def resolve_backends(backend, device=None) -> list[tuple[str, Any, bool]]:
     """
     from .backends import Backend, get_backend
     from .backends._registry import _BUILTINS, register_backend
+
     out = []
     for i, b in enumerate(_as_list(backend) or ["numpy"]):
         if isinstance(b, Backend):
@@ -64,18 +66,20 @@ class _Collector:
 
     def __init__(self, progress: Callable | None, stdout=None):
         self.progress = progress
-        self.stdout = stdout or sys.stdout       # the caller's stdout, outside the capture
+        self.stdout = stdout or sys.stdout  # the caller's stdout, outside the capture
         self.report: VerifyReport | None = None
         self.total = 0
         self.done = 0
 
     def pytest_collection_finish(self, session) -> None:
         from .conformance.plugin import STATE_KEY
+
         st = session.config.stash.get(STATE_KEY, None)
         self.total = len(st.items) if st is not None else 0
 
     def pytest_runtest_logfinish(self, nodeid, location) -> None:
         from .conformance.plugin import STATE_KEY, _short_nodeid
+
         if self.progress is None or self._config is None:
             return
         st = self._config.stash.get(STATE_KEY, None)
@@ -84,9 +88,22 @@ class _Collector:
             return
         self.done += 1
         with contextlib.redirect_stdout(self.stdout):
-            self.progress(CheckResult(it.check, it.backend, it.dtype, it.outcome, it.ratio,
-                                      it.worst_output, it.examples, it.duration_s, it.message,
-                                      _short_nodeid(nodeid)), self.done, self.total)
+            self.progress(
+                CheckResult(
+                    it.check,
+                    it.backend,
+                    it.dtype,
+                    it.outcome,
+                    it.ratio,
+                    it.worst_output,
+                    it.examples,
+                    it.duration_s,
+                    it.message,
+                    _short_nodeid(nodeid),
+                ),
+                self.done,
+                self.total,
+            )
 
     _config = None
 
@@ -95,6 +112,7 @@ class _Collector:
 
     def pytest_sessionfinish(self, session, exitstatus) -> None:
         from .conformance.plugin import build_report
+
         self.report = build_report(session.config, int(exitstatus))
 
 
@@ -114,13 +132,39 @@ def _isolated_env(disable_autoload: bool):
             os.environ[key] = old
 
 
-def _pytest_args(specs: list[str], dtypes, device, profile, max_examples, skips, xfails,
-                 ini: str, extra_args: Sequence[str]) -> list[str]:
+def _pytest_args(
+    specs: list[str],
+    dtypes,
+    device,
+    profile,
+    max_examples,
+    skips,
+    xfails,
+    ini: str,
+    extra_args: Sequence[str],
+) -> list[str]:
     import refdiff.conformance as conf
-    args = ["--pyargs", "refdiff.conformance", "-p", "no:refdiff",
-            "-p", "refdiff.conformance.plugin", "-p", "no:cacheprovider", "-c", ini,
-            "--rootdir", str(Path(conf.__file__).parent), "-q", "-rN",
-            "--refdiff-backend", ",".join(specs), "--refdiff-profile", profile]
+
+    args = [
+        "--pyargs",
+        "refdiff.conformance",
+        "-p",
+        "no:refdiff",
+        "-p",
+        "refdiff.conformance.plugin",
+        "-p",
+        "no:cacheprovider",
+        "-c",
+        ini,
+        "--rootdir",
+        str(Path(conf.__file__).parent),
+        "-q",
+        "-rN",
+        "--refdiff-backend",
+        ",".join(specs),
+        "--refdiff-profile",
+        profile,
+    ]
     if dtypes:
         args += ["--refdiff-dtypes", ",".join(dtypes)]
     if device is not None:
@@ -134,13 +178,22 @@ def _pytest_args(specs: list[str], dtypes, device, profile, max_examples, skips,
     return args + [str(a) for a in extra_args]
 
 
-def verify(backend: Any = "numpy", dtypes: str | Iterable[str] | None = None, device: Any = None,
-           profile: str = VERIFY_PROFILE, max_examples: int | None = None,
-           json_path: str | os.PathLike | None = None, extra_args: Sequence[str] = (), *,
-           skips: str | None = None, xfails: str | None = None,
-           progress: Callable[[CheckResult, int, int], None] | None = None,
-           shrink: bool = True, capture: bool = True,
-           autoload_plugins: bool = False) -> VerifyReport:
+def verify(
+    backend: Any = "numpy",
+    dtypes: str | Iterable[str] | None = None,
+    device: Any = None,
+    profile: str = VERIFY_PROFILE,
+    max_examples: int | None = None,
+    json_path: str | os.PathLike | None = None,
+    extra_args: Sequence[str] = (),
+    *,
+    skips: str | None = None,
+    xfails: str | None = None,
+    progress: Callable[[CheckResult, int, int], None] | None = None,
+    shrink: bool = True,
+    capture: bool = True,
+    autoload_plugins: bool = False,
+) -> VerifyReport:
     """Run the conformance suite on one or more backends and return the report.
 
     Parameters
@@ -194,12 +247,14 @@ def verify(backend: Any = "numpy", dtypes: str | Iterable[str] | None = None, de
     from .backends._registry import unregister_backend
     from .conformance.tolerances import EPS
     from ._errors import check_int
+
     profile = resolve_profile(profile)
     dts = _as_list(dtypes)
     for d in dts:
         if d not in EPS:
-            raise ValueError(f"dtypes: {d!r} is not a float dtype the suite knows; allowed: "
-                             f"{', '.join(EPS)}")
+            raise ValueError(
+                f"dtypes: {d!r} is not a float dtype the suite knows; allowed: {', '.join(EPS)}"
+            )
     if max_examples is not None:
         max_examples = check_int("max_examples", max_examples, minimum=1)
     if json_path is not None:
@@ -214,22 +269,22 @@ def verify(backend: Any = "numpy", dtypes: str | Iterable[str] | None = None, de
         ini = os.path.join(tmp, "pytest.ini")
         with open(ini, "w", encoding="utf-8") as fh:
             fh.write("[pytest]\n")
-        args = _pytest_args(specs, dts, device, profile, max_examples, skips, xfails, ini,
-                            extra_args) + ([] if shrink else ["--refdiff-no-shrink"])
+        args = _pytest_args(
+            specs, dts, device, profile, max_examples, skips, xfails, ini, extra_args
+        ) + ([] if shrink else ["--refdiff-no-shrink"])
         redirect = contextlib.redirect_stdout(out) if capture else contextlib.nullcontext()
         try:
             with _isolated_env(not autoload_plugins), redirect:
                 code = int(pytest.main(args, plugins=[collector]))
-        except SystemExit as exc:       # a plugin calling sys.exit must not end the caller
+        except SystemExit as exc:  # a plugin calling sys.exit must not end the caller
             code = int(exc.code) if isinstance(exc.code, int) else 3
         finally:
             for s, _, registered in resolved:
                 if registered:
                     unregister_backend(s)
     report = collector.report
-    if report is None:          # the session never started (e.g. a usage error)
-        report = VerifyReport(ok=False, profile=profile, dtypes=dts,
-                              errors=[_tail(out.getvalue())])
+    if report is None:  # the session never started (e.g. a usage error)
+        report = VerifyReport(ok=False, profile=profile, dtypes=dts, errors=[_tail(out.getvalue())])
     report.exit_code = code
     report.log = out.getvalue()
     report.duration_s = time.time() - started
@@ -255,29 +310,38 @@ def _unchecked(report: VerifyReport, specs: list[str], dtypes: list[str]) -> lis
         mine = [r for r in report.checks if r.backend == spec]
         if mine and not any(r.outcome in _RAN for r in mine):
             why = sorted({r.message.strip().splitlines()[0] for r in mine if r.message.strip()})
-            errors.append(f"nothing was checked on backend {spec!r}: all {len(mine)} checks were "
-                          "skipped" + (f" ({'; '.join(why[:3])})" if why else ""))
+            errors.append(
+                f"nothing was checked on backend {spec!r}: all {len(mine)} checks were "
+                "skipped" + (f" ({'; '.join(why[:3])})" if why else "")
+            )
     for d in dtypes:
         mine = [r for r in report.checks if r.dtype == d]
         if not any(r.outcome in _RAN for r in mine) and not any(
-                e.startswith("nothing was checked on backend") for e in errors):
-            errors.append(f"nothing was checked at dtype {d!r}: "
-                          + (f"all {len(mine)} checks were skipped" if mine else
-                             "no check ran at this dtype") + "; drop it from dtypes or use a "
-                          "backend that supports it")
+            e.startswith("nothing was checked on backend") for e in errors
+        ):
+            errors.append(
+                f"nothing was checked at dtype {d!r}: "
+                + (f"all {len(mine)} checks were skipped" if mine else "no check ran at this dtype")
+                + "; drop it from dtypes or use a "
+                "backend that supports it"
+            )
     return errors
 
 
 def _check_writable(name: str, path: str | os.PathLike) -> None:
     """Raise before a long run if a report could not be written to ``path``."""
     from ._errors import fail
+
     p = Path(os.fspath(path))
     parent = p.parent if str(p.parent) else Path(".")
     if p.is_dir():
         fail(name, os.fspath(path), "expected a file path; this is a folder")
     if not parent.is_dir():
-        fail(name, os.fspath(path), f"expected a file in an existing folder; {str(parent)!r} "
-             "does not exist")
+        fail(
+            name,
+            os.fspath(path),
+            f"expected a file in an existing folder; {str(parent)!r} does not exist",
+        )
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         fail(name, os.fspath(path), "expected a writable file path; permission denied")
 
@@ -288,9 +352,11 @@ def _require_test_tools():
         import hypothesis
         import pytest
     except ImportError as exc:
-        raise ImportError(f"refdiff.verify runs the conformance suite with pytest and hypothesis, "
-                          f"and {exc.name!r} is not installed: pip install pytest hypothesis "
-                          "(or pip install 'refdiff[test]')") from exc
+        raise ImportError(
+            f"refdiff.verify runs the conformance suite with pytest and hypothesis, "
+            f"and {exc.name!r} is not installed: pip install pytest hypothesis "
+            "(or pip install 'refdiff[test]')"
+        ) from exc
     del hypothesis
     return pytest
 

@@ -16,8 +16,9 @@ from .test_verify import broken_backend
 
 def test_verify_prints_progress_table_and_writes_json(tmp_path, capsys):
     path = tmp_path / "out.json"
-    code = main(["verify", "-k", "schedules.linear or q_sample", "--max-examples", "2",
-                 "--json", str(path)])
+    code = main(
+        ["verify", "-k", "schedules.linear or q_sample", "--max-examples", "2", "--json", str(path)]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "refdiff 0.1.0 verify: backends numpy; profile refdiff-ci" in out
@@ -36,15 +37,28 @@ def test_verify_unknown_backend_exits_2(capsys):
 def test_verify_failure_exits_1_with_the_mismatch(capsys):
     register_backend("cli_broken", broken_backend("cli_broken"))
     try:
-        code = main(["verify", "--backend", "cli_broken", "-k", "diffusion.q_sample",
-                     "--dtypes", "float64", "--max-examples", "2", "-q", "--no-shrink"])
+        code = main(
+            [
+                "verify",
+                "--backend",
+                "cli_broken",
+                "-k",
+                "diffusion.q_sample",
+                "--dtypes",
+                "float64",
+                "--max-examples",
+                "2",
+                "-q",
+                "--no-shrink",
+            ]
+        )
     finally:
         unregister_backend("cli_broken")
     out = capsys.readouterr().out
     assert code == 1
     assert "--- cli_broken diffusion.q_sample[float64] FAILED" in out
     assert "mismatches the oracle" in out and "FAILED: 0 passed, 1 failed" in out
-    assert "[1/1]" not in out                           # -q: no progress lines
+    assert "[1/1]" not in out  # -q: no progress lines
 
 
 def test_backends_lists_every_backend(capsys):
@@ -67,11 +81,30 @@ def test_python_m_refdiff(argv):
 
 
 def test_verify_all_checks_every_installed_backend():
-    res = subprocess.run([sys.executable, "-m", "refdiff", "verify", "--all", "-k",
-                          "schedules.linear", "--max-examples", "1", "--dtypes", "float64"],
-                         capture_output=True, text=True)
+    import os
+
+    env = {**os.environ, "JAX_ENABLE_X64": "1"}  # the jax backend checks float64 in 64-bit mode
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "refdiff",
+            "verify",
+            "--all",
+            "-k",
+            "schedules.linear",
+            "--max-examples",
+            "1",
+            "--dtypes",
+            "float64",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     from refdiff.backends import list_backends
+
     for info in list_backends():
         if info.available and info.name != "cupy":
             assert f"{info.name} schedules.linear[float64] ok" in res.stdout, res.stdout
@@ -80,7 +113,9 @@ def test_verify_all_checks_every_installed_backend():
 
 def test_verify_that_skips_everything_fails(tmp_path, capsys):
     path = tmp_path / "r.json"
-    code = main(["verify", "--dtypes", "float16", "-k", "schedules.linear", "-q", "--json", str(path)])
+    code = main(
+        ["verify", "--dtypes", "float16", "-k", "schedules.linear", "-q", "--json", str(path)]
+    )
     out = capsys.readouterr().out
     assert code == 1
     assert "ERROR: nothing was checked on backend 'numpy': all 1 checks were skipped" in out
@@ -102,12 +137,15 @@ def test_verify_rejects_non_positive_max_examples(n, capsys):
     assert f"refdiff verify: error: --max-examples={n} is invalid: expected an integer >= 1" in err
 
 
-@pytest.mark.parametrize("where, message", [
-    ("missing/r.json", "is invalid: expected a file in an existing folder"),
-    (".", "is invalid: expected a file path; this is a folder"),
-])
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("missing/r.json", "is invalid: expected a file in an existing folder"),
+        (".", "is invalid: expected a file path; this is a folder"),
+    ],
+)
 def test_verify_json_path_checked_before_the_run(tmp_path, where, message, capsys):
     assert main(["verify", "--json", str(tmp_path / where), "-k", "schedules.linear"]) == 2
     captured = capsys.readouterr()
     assert "refdiff verify: error: --json=" in captured.err and message in captured.err
-    assert "[1/" not in captured.out                      # nothing ran
+    assert "[1/" not in captured.out  # nothing ran

@@ -67,20 +67,27 @@ def places(tmp_path_factory):
     first = sorted(nan_params)[0]
     nan_params[first].reshape(-1)[0] = np.nan
     common = dict(optimizer=ck.optimizer, rng=ck.rng, step=ck.step, config=ck.config)
-    save_checkpoint(root / "nan.safetensors", params=nan_params, ema=nan_params, state=ck.state,
-                    **common)
+    save_checkpoint(
+        root / "nan.safetensors", params=nan_params, ema=nan_params, state=ck.state, **common
+    )
     save_checkpoint(root / "nostate.safetensors", params=ck.params, ema=ck.ema, state={}, **common)
     flipped = root / "flipped.safetensors"
     shutil.copy(ck_path, flipped)
     data = bytearray(flipped.read_bytes())
-    data[-5] ^= 0x10                       # one bit in the last tensor's bytes
+    data[-5] ^= 0x10  # one bit in the last tensor's bytes
     flipped.write_bytes(bytes(data))
     (root / "file.txt").write_text("not a checkpoint\n")
     (root / "empty").mkdir()
-    return {"RUN": str(run), "NAN_CKPT": str(root / "nan.safetensors"),
-            "NOSTATE_CKPT": str(root / "nostate.safetensors"), "FLIPPED_CKPT": str(flipped),
-            "FILE": str(root / "file.txt"), "DIR": str(root / "empty"),
-            "MISSING": str(root / "missing"), "NEW": str(root / "new")}
+    return {
+        "RUN": str(run),
+        "NAN_CKPT": str(root / "nan.safetensors"),
+        "NOSTATE_CKPT": str(root / "nostate.safetensors"),
+        "FLIPPED_CKPT": str(flipped),
+        "FILE": str(root / "file.txt"),
+        "DIR": str(root / "empty"),
+        "MISSING": str(root / "missing"),
+        "NEW": str(root / "new"),
+    }
 
 
 def substitute(text: str, places: dict[str, str]) -> str:
@@ -98,11 +105,24 @@ def _namespace(places: dict[str, str]) -> dict:
 
     s = schedules.linear(10)
     x = np.zeros((2, 1, 4, 4))
-    ns = dict(np=np, refdiff=refdiff, schedules=schedules, diffusion=diffusion, kl=kl,
-              losses=losses, edm=edm, sde=sde, samplers=samplers, TrainConfig=TrainConfig,
-              train=train, load_checkpoint=load_checkpoint, s=s, x=x,
-              model=lambda x_t, t: np.zeros_like(x_t),
-              nan_model=lambda x_t, t: np.full_like(x_t, np.nan))
+    ns = dict(
+        np=np,
+        refdiff=refdiff,
+        schedules=schedules,
+        diffusion=diffusion,
+        kl=kl,
+        losses=losses,
+        edm=edm,
+        sde=sde,
+        samplers=samplers,
+        TrainConfig=TrainConfig,
+        train=train,
+        load_checkpoint=load_checkpoint,
+        s=s,
+        x=x,
+        model=lambda x_t, t: np.zeros_like(x_t),
+        nan_model=lambda x_t, t: np.full_like(x_t, np.nan),
+    )
     ns.update(places)
     return ns
 
@@ -117,7 +137,7 @@ def run_row(given: str, places: dict[str, str]) -> tuple[bool, str]:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = main(argv)
-            except SystemExit as exc:          # argparse usage errors
+            except SystemExit as exc:  # argparse usage errors
                 code = exc.code
         return code not in (0, None), out.getvalue() + err.getvalue()
     try:

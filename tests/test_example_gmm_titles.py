@@ -36,8 +36,8 @@ def test_panels_carry_sampler_nfe_and_tv(tmp_path):
     assert st["sde_euler_maruyama"]["tv"] < 2 * meta["tv_floor"] + 0.02 < st["dpm_solver_3"]["tv"]
     img = read_png(tmp_path / "gmm_samplers.png")
     for k in range(len(meta["panels"])):
-        top = img[:14, k * 100:k * 100 + 96]
-        assert (top == 255).all(axis=-1).sum() > 20, meta["panels"][k]     # white title pixels
+        top = img[:14, k * 100 : k * 100 + 96]
+        assert (top == 255).all(axis=-1).sum() > 20, meta["panels"][k]  # white title pixels
 
 
 def test_font_draws_the_glyph_bits():
@@ -47,5 +47,5 @@ def test_font_draws_the_glyph_bits():
     white = (img == 255).all(axis=-1)
     # "1" at scale 2: rows 010 110 010 010 111 -> the top row lights pixels x = 4..5 only
     assert white[2:4, 4:6].all() and not white[2:4, 2:4].any() and not white[2:4, 6:8].any()
-    assert white[10:12, 2:8].all() and white.sum() == 4 * (1 + 2 + 1 + 1 + 3)   # bottom row 111
+    assert white[10:12, 2:8].all() and white.sum() == 4 * (1 + 2 + 1 + 1 + 3)  # bottom row 111
     assert mod.tv_distance(np.full((10, 2), 10.0), np.full((4, 4), 1 / 16)) == 1.0

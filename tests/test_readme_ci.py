@@ -26,8 +26,9 @@ def _training_commands() -> list[str]:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Train, sample, bits/dim", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```bash\n(.*?)\n```", section, flags=re.S).group(1)
-    return [line.split("#")[0].strip() for line in block.splitlines()
-            if line.startswith("refdiff ")]
+    return [
+        line.split("#")[0].strip() for line in block.splitlines() if line.startswith("refdiff ")
+    ]
 
 
 def test_readme_training_commands_are_valid_before_running():

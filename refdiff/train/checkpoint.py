@@ -26,15 +26,26 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 
 from .._errors import RefdiffValueError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointError", "save_checkpoint",
-           "load_checkpoint", "read_metadata", "load_params", "check_params", "tensor_digest",
-           "remove_partial_writes"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_metadata",
+    "load_params",
+    "check_params",
+    "tensor_digest",
+    "remove_partial_writes",
+]
 
 FORMAT = "refdiff-checkpoint"
 FORMAT_VERSION = 1
@@ -50,8 +61,10 @@ def _safetensors_numpy():
         import safetensors  # noqa: F401
         import safetensors.numpy as stn
     except ImportError:
-        raise CheckpointError("checkpoints are safetensors files; install safetensors with: "
-                              "pip install 'refdiff[train]'") from None
+        raise CheckpointError(
+            "checkpoints are safetensors files; install safetensors with: "
+            "pip install 'refdiff[train]'"
+        ) from None
     return stn
 
 
@@ -75,10 +88,12 @@ class Checkpoint:
 
 def _contiguous(name: str, a) -> np.ndarray:
     arr = np.asarray(a)
-    if not arr.flags.c_contiguous:          # (np.ascontiguousarray would turn 0-d into 1-d)
+    if not arr.flags.c_contiguous:  # (np.ascontiguousarray would turn 0-d into 1-d)
         arr = arr.copy(order="C")
     if arr.dtype.kind not in "biuf":
-        raise CheckpointError(f"checkpoint array {name!r} has dtype {arr.dtype}; expected a numeric array")
+        raise CheckpointError(
+            f"checkpoint array {name!r} has dtype {arr.dtype}; expected a numeric array"
+        )
     return arr
 
 
@@ -115,10 +130,17 @@ def remove_partial_writes(path: str | os.PathLike) -> list[tuple[Path, int]]:
     return removed
 
 
-def save_checkpoint(path: str | os.PathLike, *, params: Mapping[str, Any], step: int,
-                    config: Mapping[str, Any], ema: Mapping[str, Any] | None = None,
-                    optimizer: Mapping[str, Any] | None = None, rng: Mapping[str, Any] | None = None,
-                    state: Mapping[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    params: Mapping[str, Any],
+    step: int,
+    config: Mapping[str, Any],
+    ema: Mapping[str, Any] | None = None,
+    optimizer: Mapping[str, Any] | None = None,
+    rng: Mapping[str, Any] | None = None,
+    state: Mapping[str, Any] | None = None,
+) -> Path:
     """Write a checkpoint atomically (temporary file in the same folder, fsync, ``os.replace``).
 
     Parameters
@@ -134,8 +156,10 @@ def save_checkpoint(path: str | os.PathLike, *, params: Mapping[str, Any], step:
     tensors: dict[str, np.ndarray] = {}
     for name, a in params.items():
         if "/" in name:
-            raise CheckpointError(f"parameter name {name!r} contains '/', which checkpoints reserve "
-                                  "for the ema/, optim/ and rng/ sections")
+            raise CheckpointError(
+                f"parameter name {name!r} contains '/', which checkpoints reserve "
+                "for the ema/, optim/ and rng/ sections"
+            )
         tensors[name] = _contiguous(name, a)
     for prefix, d in (("ema/", ema), ("optim/", optimizer), ("rng/", rng)):
         for name, a in (d or {}).items():
@@ -180,32 +204,46 @@ def _open(path: Path):
     if not path.exists():
         raise CheckpointError(f"checkpoint={str(path)!r}: no such file")
     if path.is_dir():
-        raise CheckpointError(f"checkpoint={str(path)!r} is a folder; pass the .safetensors file "
-                              "(a training run writes DIR/checkpoint.safetensors)")
+        raise CheckpointError(
+            f"checkpoint={str(path)!r} is a folder; pass the .safetensors file "
+            "(a training run writes DIR/checkpoint.safetensors)"
+        )
     try:
         return safetensors.safe_open(str(path), framework="numpy")
     except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...
-        raise CheckpointError(f"checkpoint={str(path)!r} is not a readable safetensors file "
-                              f"({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(
+            f"checkpoint={str(path)!r} is not a readable safetensors file "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _parse_metadata(path: Path, meta: Mapping[str, str] | None) -> dict[str, Any]:
     meta = dict(meta or {})
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint={str(path)!r} is a safetensors file but not a refdiff "
-                              f"checkpoint (metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r})")
+        raise CheckpointError(
+            f"checkpoint={str(path)!r} is a safetensors file but not a refdiff "
+            f"checkpoint (metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r})"
+        )
     try:
         version = int(meta.get("format_version", "0"))
     except ValueError:
         version = -1
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint={str(path)!r} has format_version {meta.get('format_version')!r}; "
-                              f"this refdiff reads version {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"checkpoint={str(path)!r} has format_version {meta.get('format_version')!r}; "
+            f"this refdiff reads version {FORMAT_VERSION}"
+        )
     try:
-        return {"step": int(meta["step"]), "config": json.loads(meta["config"]),
-                "state": json.loads(meta.get("state", "{}")), "sha256": meta.get("sha256")}
+        return {
+            "step": int(meta["step"]),
+            "config": json.loads(meta["config"]),
+            "state": json.loads(meta.get("state", "{}")),
+            "sha256": meta.get("sha256"),
+        }
     except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint={str(path)!r} has corrupt metadata ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(
+            f"checkpoint={str(path)!r} has corrupt metadata ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -227,13 +265,18 @@ def load_checkpoint(path: str | os.PathLike, *, check: bool = True) -> Checkpoin
         try:
             arrays = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"checkpoint={str(path)!r} is truncated or corrupt "
-                                  f"({type(exc).__name__}: {exc})") from None
+            raise CheckpointError(
+                f"checkpoint={str(path)!r} is truncated or corrupt ({type(exc).__name__}: {exc})"
+            ) from None
     if meta["sha256"] is not None and tensor_digest(arrays) != meta["sha256"]:
-        raise CheckpointError(f"checkpoint={str(path)!r} is corrupt: its tensors do not match the "
-                              "SHA-256 digest stored when it was written (flipped bits or a damaged "
-                              "copy); use another copy or an earlier checkpoint")
-    ck = Checkpoint(params={}, step=meta["step"], config=meta["config"], state=meta["state"], path=path)
+        raise CheckpointError(
+            f"checkpoint={str(path)!r} is corrupt: its tensors do not match the "
+            "SHA-256 digest stored when it was written (flipped bits or a damaged "
+            "copy); use another copy or an earlier checkpoint"
+        )
+    ck = Checkpoint(
+        params={}, step=meta["step"], config=meta["config"], state=meta["state"], path=path
+    )
     ema: dict[str, np.ndarray] = {}
     for k, a in arrays.items():
         if k.startswith("ema/"):
@@ -248,36 +291,54 @@ def load_checkpoint(path: str | os.PathLike, *, check: bool = True) -> Checkpoin
     if check and isinstance(ck.config.get("unet"), dict):
         check_params(ck.params, ck.config["unet"], source=f"checkpoint={str(path)!r}")
         if ck.ema is not None:
-            check_params(ck.ema, ck.config["unet"], source=f"checkpoint={str(path)!r} (EMA weights)")
+            check_params(
+                ck.ema, ck.config["unet"], source=f"checkpoint={str(path)!r} (EMA weights)"
+            )
     return ck
 
 
-def check_params(params: Mapping[str, Any], unet_config: Mapping[str, Any] | Any, *,
-                 source: str = "params") -> None:
+def check_params(
+    params: Mapping[str, Any], unet_config: Mapping[str, Any] | Any, *, source: str = "params"
+) -> None:
     """Raise :class:`CheckpointError` unless ``params`` has exactly the names and shapes of the config."""
     try:
         from ..unet.config import UNetConfig
         from ..unet.params import param_shapes
     except ImportError:  # the reference UNet is not installed: nothing to check against
         return
-    cfg = unet_config if isinstance(unet_config, UNetConfig) else UNetConfig.from_dict(dict(unet_config))
+    cfg = (
+        unet_config
+        if isinstance(unet_config, UNetConfig)
+        else UNetConfig.from_dict(dict(unet_config))
+    )
     want = param_shapes(cfg)
     missing = [k for k in want if k not in params]
     extra = [k for k in params if k not in want]
-    wrong = [f"{k}: {tuple(np.shape(params[k]))} != {tuple(want[k])}" for k in want
-             if k in params and tuple(np.shape(params[k])) != tuple(want[k])]
+    wrong = [
+        f"{k}: {tuple(np.shape(params[k]))} != {tuple(want[k])}"
+        for k in want
+        if k in params and tuple(np.shape(params[k])) != tuple(want[k])
+    ]
     if missing or extra or wrong:
         parts = []
         if missing:
-            parts.append(f"missing {len(missing)} ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")
+            parts.append(
+                f"missing {len(missing)} ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})"
+            )
         if extra:
-            parts.append(f"unexpected {len(extra)} ({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''})")
+            parts.append(
+                f"unexpected {len(extra)} ({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''})"
+            )
         if wrong:
-            parts.append(f"wrong shapes ({'; '.join(wrong[:5])}{'; ...' if len(wrong) > 5 else ''})")
+            parts.append(
+                f"wrong shapes ({'; '.join(wrong[:5])}{'; ...' if len(wrong) > 5 else ''})"
+            )
         raise CheckpointError(f"{source} does not match its UNet config: " + ", ".join(parts))
 
 
-def load_params(path: str | os.PathLike, *, ema: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def load_params(
+    path: str | os.PathLike, *, ema: bool = True
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The weights (EMA by default, when present) and the config of a checkpoint.
 
     ``params`` feeds ``refdiff.unet.model.unet_apply(params, UNetConfig.from_dict(config["unet"]), ...)``

@@ -16,15 +16,27 @@ import pickle
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
 from .._errors import RefdiffValueError, check_int, fail
 
-__all__ = ["ImageDataset", "ArrayDataset", "DigitsDataset", "DataStream", "load_data", "digits",
-           "load_cifar10", "load_image_folder", "load_npy", "to_model_range", "DIGIT_GLYPHS",
-           "IMAGE_SUFFIXES"]
+__all__ = [
+    "ImageDataset",
+    "ArrayDataset",
+    "DigitsDataset",
+    "DataStream",
+    "load_data",
+    "digits",
+    "load_cifar10",
+    "load_image_folder",
+    "load_npy",
+    "to_model_range",
+    "DIGIT_GLYPHS",
+    "IMAGE_SUFFIXES",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -45,8 +57,9 @@ _GLYPH_ROWS = {
     8: [".###.", "#...#", "#...#", ".###.", "#...#", "#...#", ".###."],
     9: [".###.", "#...#", "#...#", ".####", "....#", "...#.", ".##.."],
 }
-DIGIT_GLYPHS = np.array([[[c == "#" for c in row] for row in _GLYPH_ROWS[d]] for d in range(10)],
-                        dtype=bool)  # (10, 7, 5)
+DIGIT_GLYPHS = np.array(
+    [[[c == "#" for c in row] for row in _GLYPH_ROWS[d]] for d in range(10)], dtype=bool
+)  # (10, 7, 5)
 _GLYPH_H, _GLYPH_W = DIGIT_GLYPHS.shape[1:]
 
 
@@ -75,8 +88,9 @@ class ImageDataset:
         """Images at ``indices`` in storage form (uint8 0..255 or float in [-1, 1]) and labels."""
         raise NotImplementedError
 
-    def batch(self, indices, *, dtype=np.float32, flip: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray | None]:
+    def batch(
+        self, indices, *, dtype=np.float32, flip: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Images at ``indices`` scaled to [-1, 1] as ``dtype`` (optionally mirrored where ``flip``)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
@@ -101,8 +115,14 @@ class ImageDataset:
 class ArrayDataset(ImageDataset):
     """Images held in memory as an (N, C, H, W) array: uint8, or float already in [-1, 1]."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None, *,
-                 name: str = "array", num_classes: int | None = None):
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | None = None,
+        *,
+        name: str = "array",
+        num_classes: int | None = None,
+    ):
         images = np.asarray(images)
         if images.ndim != 4:
             fail("images", images.shape, "expected an (N, C, H, W) array")
@@ -144,8 +164,15 @@ class DigitsDataset(ImageDataset):
     ``seed``; images are rendered on demand and cached, anti-aliased and quantised to 8 bits.
     """
 
-    def __init__(self, n: int = 10000, *, image_size: int = 16, channels: int = 1, seed: int = 0,
-                 name: str = "digits"):
+    def __init__(
+        self,
+        n: int = 10000,
+        *,
+        image_size: int = 16,
+        channels: int = 1,
+        seed: int = 0,
+        name: str = "digits",
+    ):
         self.n = check_int("n", n, minimum=1)
         self.size = check_int("image_size", image_size, minimum=4)
         self.channels = check_int("channels", channels, minimum=1)
@@ -155,12 +182,12 @@ class DigitsDataset(ImageDataset):
         rng = np.random.default_rng([0x6469676974, self.seed])  # "digit"
         n = self.n
         self.labels = rng.integers(0, 10, size=n)
-        self.height = rng.uniform(1.05, 1.45, size=n)            # glyph height in canvas units (canvas = 2)
-        self.aspect = rng.uniform(0.85, 1.15, size=n)            # width stretch
-        self.angle = rng.uniform(-0.26, 0.26, size=n)             # about +-15 degrees
+        self.height = rng.uniform(1.05, 1.45, size=n)  # glyph height in canvas units (canvas = 2)
+        self.aspect = rng.uniform(0.85, 1.15, size=n)  # width stretch
+        self.angle = rng.uniform(-0.26, 0.26, size=n)  # about +-15 degrees
         self.shear = rng.uniform(-0.25, 0.25, size=n)
         self.shift = rng.uniform(-0.18, 0.18, size=(n, 2))
-        self.radius = rng.uniform(0.62, 0.9, size=n)             # dot radius in glyph cells
+        self.radius = rng.uniform(0.62, 0.9, size=n)  # dot radius in glyph cells
         self.ink = rng.uniform(0.75, 1.0, size=n)
         if self.channels == 1:
             self.fg = self.ink[:, None] * np.ones((n, 1))
@@ -168,7 +195,9 @@ class DigitsDataset(ImageDataset):
         else:
             hue = rng.uniform(0.0, 1.0, size=n)
             self.fg = _colour(hue, self.channels) * self.ink[:, None]
-            self.bg = _colour(np.mod(hue + 0.5, 1.0), self.channels) * rng.uniform(0.0, 0.25, size=(n, 1))
+            self.bg = _colour(np.mod(hue + 0.5, 1.0), self.channels) * rng.uniform(
+                0.0, 0.25, size=(n, 1)
+            )
         self._cache = np.zeros((n, self.channels, self.size, self.size), dtype=np.uint8)
         self._done = np.zeros(n, dtype=bool)
 
@@ -182,7 +211,7 @@ class DigitsDataset(ImageDataset):
     def raw(self, indices):
         todo = np.unique(indices[~self._done[indices]])
         for start in range(0, todo.size, 512):
-            chunk = todo[start:start + 512]
+            chunk = todo[start : start + 512]
             self._cache[chunk] = self._render(chunk)
             self._done[chunk] = True
         return self._cache[indices], self.labels[indices]
@@ -193,18 +222,20 @@ class DigitsDataset(ImageDataset):
         # pixel centres in canvas coordinates [-1, 1], y pointing down
         c = (np.arange(s) + 0.5) / s * 2.0 - 1.0
         py, px = np.meshgrid(c, c, indexing="ij")
-        p = np.stack([px.ravel(), py.ravel()], axis=-1)[None] - self.shift[idx][:, None, :]  # (B, P, 2)
+        p = (
+            np.stack([px.ravel(), py.ravel()], axis=-1)[None] - self.shift[idx][:, None, :]
+        )  # (B, P, 2)
         # inverse affine map: canvas -> glyph cell coordinates
         ang, sh = self.angle[idx][:, None], self.shear[idx][:, None]
         cos, sin = np.cos(ang), np.sin(ang)
         u = cos * p[..., 0] + sin * p[..., 1]
         v = -sin * p[..., 0] + cos * p[..., 1]
         u = u - sh * v
-        cell = self.height[idx][:, None] / _GLYPH_H                 # canvas units per glyph cell (height)
+        cell = self.height[idx][:, None] / _GLYPH_H  # canvas units per glyph cell (height)
         gx = u / (cell * self.aspect[idx][:, None]) + _GLYPH_W / 2.0
         gy = v / cell + _GLYPH_H / 2.0
         dist = _glyph_distance(self.labels[idx], gx, gy)
-        pixel = (2.0 / s) / cell                                     # one pixel in glyph cells
+        pixel = (2.0 / s) / cell  # one pixel in glyph cells
         cover = np.clip((self.radius[idx][:, None] - dist) / pixel + 0.5, 0.0, 1.0)  # (B, P)
         fg, bg = self.fg[idx][:, :, None], self.bg[idx][:, :, None]
         img = bg + (fg - bg) * cover[:, None, :]
@@ -212,8 +243,8 @@ class DigitsDataset(ImageDataset):
         return img.reshape(idx.size, self.channels, s, s)
 
 
-_FIELD_RES = 16        # distance-field samples per glyph cell
-_FIELD_PAD = 2         # cells of margin around the glyph
+_FIELD_RES = 16  # distance-field samples per glyph cell
+_FIELD_PAD = 2  # cells of margin around the glyph
 _FIELD: np.ndarray | None = None
 
 
@@ -221,7 +252,10 @@ def _distance_fields() -> np.ndarray:
     """Per digit, the distance (in cells) to the nearest inked cell centre on a fine grid (cached)."""
     global _FIELD
     if _FIELD is None:
-        ny, nx = (_GLYPH_H + 2 * _FIELD_PAD) * _FIELD_RES + 1, (_GLYPH_W + 2 * _FIELD_PAD) * _FIELD_RES + 1
+        ny, nx = (
+            (_GLYPH_H + 2 * _FIELD_PAD) * _FIELD_RES + 1,
+            (_GLYPH_W + 2 * _FIELD_PAD) * _FIELD_RES + 1,
+        )
         yy = np.arange(ny) / _FIELD_RES - _FIELD_PAD
         xx = np.arange(nx) / _FIELD_RES - _FIELD_PAD
         fields = np.empty((10, ny, nx))
@@ -243,9 +277,15 @@ def _glyph_distance(labels: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.nd
     x0, y0 = np.floor(fx).astype(np.int64), np.floor(fy).astype(np.int64)
     wx, wy = fx - x0, fy - y0
     d = labels[:, None]
-    inside = (gx > -_FIELD_PAD) & (gx < _GLYPH_W + _FIELD_PAD) & (gy > -_FIELD_PAD) & (gy < _GLYPH_H + _FIELD_PAD)
-    v = ((1 - wy) * ((1 - wx) * f[d, y0, x0] + wx * f[d, y0, x0 + 1])
-         + wy * ((1 - wx) * f[d, y0 + 1, x0] + wx * f[d, y0 + 1, x0 + 1]))
+    inside = (
+        (gx > -_FIELD_PAD)
+        & (gx < _GLYPH_W + _FIELD_PAD)
+        & (gy > -_FIELD_PAD)
+        & (gy < _GLYPH_H + _FIELD_PAD)
+    )
+    v = (1 - wy) * ((1 - wx) * f[d, y0, x0] + wx * f[d, y0, x0 + 1]) + wy * (
+        (1 - wx) * f[d, y0 + 1, x0] + wx * f[d, y0 + 1, x0 + 1]
+    )
     return np.where(inside, v, np.inf)
 
 
@@ -258,7 +298,9 @@ def _colour(hue: np.ndarray, channels: int) -> np.ndarray:
     return np.tile(rgb, (1, reps))[:, :channels]
 
 
-def digits(n: int = 10000, *, image_size: int = 16, channels: int = 1, seed: int = 0) -> DigitsDataset:
+def digits(
+    n: int = 10000, *, image_size: int = 16, channels: int = 1, seed: int = 0
+) -> DigitsDataset:
     """The embedded procedural digits dataset (see :class:`DigitsDataset`)."""
     return DigitsDataset(n, image_size=image_size, channels=channels, seed=seed)
 
@@ -267,6 +309,7 @@ def digits(n: int = 10000, *, image_size: int = 16, channels: int = 1, seed: int
 # Loaders for files on disk
 # --------------------------------------------------------------------------------------------
 
+
 def _exists(path: Path, what: str) -> None:
     if not path.exists():
         fail("data", str(path), f"no such file or directory (expected {what})")
@@ -274,21 +317,36 @@ def _exists(path: Path, what: str) -> None:
 
 def _cifar_dict(obj: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(obj, dict):
-        fail("data", source, "is not a CIFAR-10 python batch (expected a pickled dict with 'data' "
-             "and 'labels')")
+        fail(
+            "data",
+            source,
+            "is not a CIFAR-10 python batch (expected a pickled dict with 'data' and 'labels')",
+        )
     d = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
     if "data" not in d or ("labels" not in d and "fine_labels" not in d):
-        fail("data", source, "is not a CIFAR-10 python batch (the pickled dict lacks 'data' or "
-             f"'labels'; keys: {sorted(map(str, d))})")
+        fail(
+            "data",
+            source,
+            "is not a CIFAR-10 python batch (the pickled dict lacks 'data' or "
+            f"'labels'; keys: {sorted(map(str, d))})",
+        )
     data = np.asarray(d["data"])
     labels = np.asarray(d.get("labels", d.get("fine_labels")), dtype=np.int64).reshape(-1)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] % 3 != 0:
-        fail("data", source, f"is not a CIFAR-10 python batch ('data' must be uint8 of shape (N, 3*H*W), "
-             f"got {data.dtype} {data.shape})")
+        fail(
+            "data",
+            source,
+            f"is not a CIFAR-10 python batch ('data' must be uint8 of shape (N, 3*H*W), "
+            f"got {data.dtype} {data.shape})",
+        )
     side = int(round((data.shape[1] // 3) ** 0.5))
     if 3 * side * side != data.shape[1]:
-        fail("data", source, f"is not a CIFAR-10 python batch (rows of {data.shape[1]} values are not "
-             "3 square colour planes)")
+        fail(
+            "data",
+            source,
+            f"is not a CIFAR-10 python batch (rows of {data.shape[1]} values are not "
+            "3 square colour planes)",
+        )
     if labels.shape[0] != data.shape[0]:
         fail("data", source, f"has {data.shape[0]} images but {labels.shape[0]} labels")
     return data.reshape(-1, 3, side, side), labels
@@ -298,7 +356,11 @@ def _unpickle(fileobj, source: str):
     try:
         return pickle.load(fileobj, encoding="bytes")
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a format error
-        fail("data", source, f"is not a CIFAR-10 python batch (unpickling failed: {type(exc).__name__})")
+        fail(
+            "data",
+            source,
+            f"is not a CIFAR-10 python batch (unpickling failed: {type(exc).__name__})",
+        )
 
 
 _CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
@@ -320,8 +382,12 @@ def load_cifar10(path: str | os.PathLike, *, split: str = "train") -> ArrayDatas
         if not files and (path / "cifar-10-batches-py").is_dir():
             return load_cifar10(path / "cifar-10-batches-py", split=split)
         if not files:
-            fail("data", str(path), f"holds no CIFAR-10 batch files for split {split!r} "
-                 f"(expected {', '.join(names[split])})")
+            fail(
+                "data",
+                str(path),
+                f"holds no CIFAR-10 batch files for split {split!r} "
+                f"(expected {', '.join(names[split])})",
+            )
         for f in files:
             with open(f, "rb") as fh:
                 parts.append(_cifar_dict(_unpickle(fh, str(f)), str(f)))
@@ -330,7 +396,11 @@ def load_cifar10(path: str | os.PathLike, *, split: str = "train") -> ArrayDatas
             members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
             wanted = [n for n in names[split] if n in members]
             if not wanted:
-                fail("data", str(path), f"is an archive without CIFAR-10 batch files for split {split!r}")
+                fail(
+                    "data",
+                    str(path),
+                    f"is an archive without CIFAR-10 batch files for split {split!r}",
+                )
             for n in wanted:
                 fh = tar.extractfile(members[n])
                 parts.append(_cifar_dict(_unpickle(fh, f"{path}:{n}"), f"{path}:{n}"))
@@ -355,8 +425,12 @@ def load_npy(path: str | os.PathLike) -> ArrayDataset:
     except Exception as exc:  # noqa: BLE001
         fail("data", str(path), f"is not a readable .npy array ({type(exc).__name__}: {exc})")
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "uif" or arr.ndim not in (3, 4):
-        fail("data", str(path), "must hold a numeric array of shape (N, C, H, W), (N, H, W, C) or "
-             f"(N, H, W); got {getattr(arr, 'dtype', type(arr))} {getattr(arr, 'shape', '')}")
+        fail(
+            "data",
+            str(path),
+            "must hold a numeric array of shape (N, C, H, W), (N, H, W, C) or "
+            f"(N, H, W); got {getattr(arr, 'dtype', type(arr))} {getattr(arr, 'shape', '')}",
+        )
     if arr.ndim == 3:
         arr = arr[:, None]
     elif arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
@@ -378,13 +452,18 @@ def load_npy(path: str | os.PathLike) -> ArrayDataset:
             return ArrayDataset(np.ascontiguousarray(a.astype(np.uint8)), name=f"npy:{path}")
         a = a / 127.5 - 1.0
     else:
-        fail("data", str(path), f"has values in [{lo:g}, {hi:g}]; expected uint8, or floats in "
-             "[0, 1], [-1, 1] or [0, 255]")
+        fail(
+            "data",
+            str(path),
+            f"has values in [{lo:g}, {hi:g}]; expected uint8, or floats in "
+            "[0, 1], [-1, 1] or [0, 255]",
+        )
     return ArrayDataset(np.ascontiguousarray(a.astype(np.float32)), name=f"npy:{path}")
 
 
-def load_image_folder(path: str | os.PathLike, *, image_size: int | None = None,
-                      channels: int | None = None) -> ArrayDataset:
+def load_image_folder(
+    path: str | os.PathLike, *, image_size: int | None = None, channels: int | None = None
+) -> ArrayDataset:
     """Every image file under ``path`` (recursively, sorted), read with Pillow.
 
     Images are converted to grayscale (``channels=1``) or RGB (default), center-cropped to a square
@@ -401,8 +480,10 @@ def load_image_folder(path: str | os.PathLike, *, image_size: int | None = None,
     try:
         from PIL import Image  # lazy: only image folders need Pillow
     except ImportError:
-        raise RefdiffValueError(f"data={str(path)!r}: reading a folder of images needs Pillow; "
-                                "install it with: pip install 'refdiff[train]'") from None
+        raise RefdiffValueError(
+            f"data={str(path)!r}: reading a folder of images needs Pillow; "
+            "install it with: pip install 'refdiff[train]'"
+        ) from None
     mode = "L" if channels == 1 else "RGB"
     if channels not in (None, 1, 3):
         fail("channels", channels, "image folders give 1 (grayscale) or 3 (RGB) channels")
@@ -423,8 +504,12 @@ def load_image_folder(path: str | os.PathLike, *, image_size: int | None = None,
             fail("data", str(f), f"is not a readable image ({type(exc).__name__}: {exc})")
         a = a[None] if a.ndim == 2 else np.transpose(a, (2, 0, 1))
         if out and a.shape != out[0].shape:
-            fail("data", str(f), f"has size {a.shape[2]}x{a.shape[1]} but {files[0]} has "
-                 f"{out[0].shape[2]}x{out[0].shape[1]}; pass an image size to resize them all")
+            fail(
+                "data",
+                str(f),
+                f"has size {a.shape[2]}x{a.shape[1]} but {files[0]} has "
+                f"{out[0].shape[2]}x{out[0].shape[1]}; pass an image size to resize them all",
+            )
         out.append(a)
     rel_dirs = [f.parent.relative_to(path).parts[:1] for f in files]
     classes = sorted({d[0] for d in rel_dirs if d})
@@ -432,8 +517,12 @@ def load_image_folder(path: str | os.PathLike, *, image_size: int | None = None,
     if len(classes) >= 2 and all(rel_dirs):
         index = {c: i for i, c in enumerate(classes)}
         labels = np.array([index[d[0]] for d in rel_dirs], dtype=np.int64)
-    ds = ArrayDataset(np.stack(out), labels, name=f"folder:{path}",
-                      num_classes=len(classes) if labels is not None else None)
+    ds = ArrayDataset(
+        np.stack(out),
+        labels,
+        name=f"folder:{path}",
+        num_classes=len(classes) if labels is not None else None,
+    )
     ds.class_names = classes if labels is not None else None  # type: ignore[attr-defined]
     return ds
 
@@ -441,9 +530,15 @@ def load_image_folder(path: str | os.PathLike, *, image_size: int | None = None,
 DATA_KINDS = ("digits", "cifar10", "folder", "npy")
 
 
-def load_data(spec: str, *, split: str = "train", image_size: int | None = None,
-              channels: int | None = None, seed: int = 0, digits_size: int | None = None
-              ) -> ImageDataset:
+def load_data(
+    spec: str,
+    *,
+    split: str = "train",
+    image_size: int | None = None,
+    channels: int | None = None,
+    seed: int = 0,
+    digits_size: int | None = None,
+) -> ImageDataset:
     """Open a dataset from a spec string.
 
     ``spec`` is ``digits`` (embedded), or ``KIND:PATH`` with KIND in ``cifar10``, ``folder``, ``npy``,
@@ -454,7 +549,11 @@ def load_data(spec: str, *, split: str = "train", image_size: int | None = None,
     already match (the caller checks).
     """
     if not isinstance(spec, str) or not spec:
-        fail("data", spec, "expected 'digits' or a path (optionally prefixed with cifar10:, folder:, npy:)")
+        fail(
+            "data",
+            spec,
+            "expected 'digits' or a path (optionally prefixed with cifar10:, folder:, npy:)",
+        )
     if split not in ("train", "test"):
         fail("split", split, "expected 'train' or 'test'")
     kind, _, rest = spec.partition(":")
@@ -467,9 +566,13 @@ def load_data(spec: str, *, split: str = "train", image_size: int | None = None,
                 fail("data", spec, "expected 'digits' or 'digits:N' with N the number of images")
         if n is None:
             n = 10000 if split == "train" else 1000
-        return DigitsDataset(n, image_size=image_size or 16, channels=channels or 1,
-                             seed=seed if split == "train" else seed + 1_000_003,
-                             name=f"digits-{split}")
+        return DigitsDataset(
+            n,
+            image_size=image_size or 16,
+            channels=channels or 1,
+            seed=seed if split == "train" else seed + 1_000_003,
+            name=f"digits-{split}",
+        )
     if kind in ("cifar10", "folder", "npy") and rest:
         path = Path(rest).expanduser()
     else:
@@ -478,16 +581,24 @@ def load_data(spec: str, *, split: str = "train", image_size: int | None = None,
         _exists(path, "'digits', a .npy file, a CIFAR-10 batch folder/file or a folder of images")
         if path.is_file() and path.suffix == ".npy":
             kind = "npy"
-        elif path.is_dir() and (any((path / n).is_file() for n in _CIFAR_TRAIN + _CIFAR_TEST)
-                                or (path / "cifar-10-batches-py").is_dir()):
+        elif path.is_dir() and (
+            any((path / n).is_file() for n in _CIFAR_TRAIN + _CIFAR_TEST)
+            or (path / "cifar-10-batches-py").is_dir()
+        ):
             kind = "cifar10"
-        elif path.is_file() and (path.name in _CIFAR_TRAIN + _CIFAR_TEST or tarfile.is_tarfile(path)):
+        elif path.is_file() and (
+            path.name in _CIFAR_TRAIN + _CIFAR_TEST or tarfile.is_tarfile(path)
+        ):
             kind = "cifar10"
         elif path.is_dir():
             kind = "folder"
         else:
-            fail("data", str(path), "is not a recognised dataset (expected a .npy file, CIFAR-10 python "
-                 "batches, or a folder of images; prefix with cifar10:, folder: or npy: to choose)")
+            fail(
+                "data",
+                str(path),
+                "is not a recognised dataset (expected a .npy file, CIFAR-10 python "
+                "batches, or a folder of images; prefix with cifar10:, folder: or npy: to choose)",
+            )
     if kind == "npy":
         return load_npy(path)
     if kind == "cifar10":
@@ -498,6 +609,7 @@ def load_data(spec: str, *, split: str = "train", image_size: int | None = None,
 # --------------------------------------------------------------------------------------------
 # The order of visits
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class DataStream:
@@ -533,7 +645,7 @@ class DataStream:
         while filled < batch:
             epoch, off = divmod(pos + filled, self.size)
             take = min(batch - filled, self.size - off)
-            out[filled:filled + take] = self._permutation(epoch)[off:off + take]
+            out[filled : filled + take] = self._permutation(epoch)[off : off + take]
             filled += take
         return out
 
@@ -552,14 +664,20 @@ class DataStream:
 
     def state(self) -> dict:
         """JSON-able state (what a checkpoint stores)."""
-        return {"size": self.size, "seed": self.seed, "position": self.position, "hflip": self.hflip}
+        return {
+            "size": self.size,
+            "seed": self.seed,
+            "position": self.position,
+            "hflip": self.hflip,
+        }
 
     def load_state(self, state: dict) -> None:
         """Restore :meth:`state` (refuses a stream over a dataset of another size)."""
         if int(state["size"]) != self.size:
             raise RefdiffValueError(
                 f"data stream state is for a dataset of {state['size']} images, but this dataset has "
-                f"{self.size}; resume with the same data")
+                f"{self.size}; resume with the same data"
+            )
         self.seed = int(state["seed"])
         self.position = int(state["position"])
         self.hflip = bool(state.get("hflip", self.hflip))
@@ -568,18 +686,28 @@ class DataStream:
 def describe_dataset(ds: ImageDataset) -> dict:
     """A small JSON-able description for configs and logs."""
     c, h, w = ds.image_shape
-    return {"name": ds.name, "size": len(ds), "channels": c, "height": h, "width": w,
-            "num_classes": ds.num_classes, "8bit": ds.is_8bit}
+    return {
+        "name": ds.name,
+        "size": len(ds),
+        "channels": c,
+        "height": h,
+        "width": w,
+        "num_classes": ds.num_classes,
+        "8bit": ds.is_8bit,
+    }
 
 
-def check_matches(ds: ImageDataset, *, image_size: int, channels: int, source: str = "data") -> None:
+def check_matches(
+    ds: ImageDataset, *, image_size: int, channels: int, source: str = "data"
+) -> None:
     """Raise unless the dataset's images are ``channels x image_size x image_size``."""
     c, h, w = ds.image_shape
     if (c, h, w) != (channels, image_size, image_size):
         raise RefdiffValueError(
             f"{source}={ds.name!r} has images of {c}x{h}x{w} (channels x height x width) but the model "
             f"expects {channels}x{image_size}x{image_size}; choose --image-size/--channels to match "
-            "(or resize the data)")
+            "(or resize the data)"
+        )
 
 
 def stack_batches(parts: Sequence[np.ndarray]) -> np.ndarray:

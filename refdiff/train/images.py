@@ -16,11 +16,19 @@ import numpy as np
 
 from .._errors import RefdiffValueError, fail
 
-__all__ = ["to_uint8", "make_grid", "encode_png", "decode_png", "write_png", "read_png", "save_grid",
-           "atomic_write_bytes"]
+__all__ = [
+    "to_uint8",
+    "make_grid",
+    "encode_png",
+    "decode_png",
+    "write_png",
+    "read_png",
+    "save_grid",
+    "atomic_write_bytes",
+]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_COLOR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}   # channels -> PNG colour type (gray, gray+alpha, RGB, RGBA)
+_COLOR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type (gray, gray+alpha, RGB, RGBA)
 _CHANNELS = {v: k for k, v in _COLOR_TYPE.items()}
 
 
@@ -48,7 +56,9 @@ def to_uint8(images) -> np.ndarray:
     return np.rint(np.clip((x + 1.0) * 127.5, 0.0, 255.0)).astype(np.uint8)
 
 
-def make_grid(images, *, nrow: int | None = None, padding: int = 1, pad_value: int = 0) -> np.ndarray:
+def make_grid(
+    images, *, nrow: int | None = None, padding: int = 1, pad_value: int = 0
+) -> np.ndarray:
     """Tile images (N, C, H, W) — uint8, or float in [-1, 1] — into one (H', W', C) uint8 image.
 
     ``nrow`` images per row (default: ceil(sqrt(N))); ``padding`` pixels of ``pad_value`` between
@@ -73,12 +83,17 @@ def make_grid(images, *, nrow: int | None = None, padding: int = 1, pad_value: i
     for i in range(n):
         r, q = divmod(i, ncol)
         y0, x0 = p + r * (h + p), p + q * (w + p)
-        grid[y0:y0 + h, x0:x0 + w] = np.transpose(a[i], (1, 2, 0))
+        grid[y0 : y0 + h, x0 : x0 + w] = np.transpose(a[i], (1, 2, 0))
     return grid
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data))
+        + kind
+        + data
+        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def encode_png(image, *, level: int = 6) -> bytes:
@@ -92,9 +107,15 @@ def encode_png(image, *, level: int = 6) -> bytes:
         fail("image", a.dtype, "expected uint8 pixels (use to_uint8 for images in [-1, 1])")
     h, w, c = a.shape
     header = struct.pack(">IIBBBBB", w, h, 8, _COLOR_TYPE[c], 0, 0, 0)
-    rows = np.concatenate([np.zeros((h, 1), np.uint8), np.ascontiguousarray(a).reshape(h, w * c)], axis=1)
-    return (_PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows.tobytes(), level))
-            + _chunk(b"IEND", b""))
+    rows = np.concatenate(
+        [np.zeros((h, 1), np.uint8), np.ascontiguousarray(a).reshape(h, w * c)], axis=1
+    )
+    return (
+        _PNG_SIGNATURE
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(rows.tobytes(), level))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def _paeth(a: int, b: int, c: int) -> int:
@@ -111,10 +132,10 @@ def decode_png(data: bytes) -> np.ndarray:
         raise RefdiffValueError("not a PNG file (bad signature)")
     pos, idat, hdr = 8, [], None
     while pos + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind = data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
         if zlib.crc32(kind + body) & 0xFFFFFFFF != crc:
             raise RefdiffValueError(f"corrupt PNG: bad CRC in chunk {kind!r}")
         if kind == b"IHDR":
@@ -128,8 +149,10 @@ def decode_png(data: bytes) -> np.ndarray:
         raise RefdiffValueError("corrupt PNG: no IHDR chunk")
     w, h, depth, ctype, _, _, interlace = hdr
     if depth != 8 or ctype not in _CHANNELS or interlace != 0:
-        raise RefdiffValueError(f"unsupported PNG (bit depth {depth}, colour type {ctype}, interlace "
-                                f"{interlace}); only 8-bit non-interlaced gray/RGB(A) is read here")
+        raise RefdiffValueError(
+            f"unsupported PNG (bit depth {depth}, colour type {ctype}, interlace "
+            f"{interlace}); only 8-bit non-interlaced gray/RGB(A) is read here"
+        )
     c = _CHANNELS[ctype]
     raw = zlib.decompress(b"".join(idat))
     stride = w * c
@@ -137,7 +160,9 @@ def decode_png(data: bytes) -> np.ndarray:
     prev = np.zeros(stride, dtype=np.int64)
     for y in range(h):
         ftype = raw[y * (stride + 1)]
-        line = np.frombuffer(raw, dtype=np.uint8, count=stride, offset=y * (stride + 1) + 1).astype(np.int64)
+        line = np.frombuffer(raw, dtype=np.uint8, count=stride, offset=y * (stride + 1) + 1).astype(
+            np.int64
+        )
         if ftype == 0:
             cur = line
         elif ftype == 2:
@@ -171,6 +196,8 @@ def read_png(path: str | os.PathLike) -> np.ndarray:
     return decode_png(Path(path).read_bytes())
 
 
-def save_grid(path: str | os.PathLike, images, *, nrow: int | None = None, padding: int = 1) -> Path:
+def save_grid(
+    path: str | os.PathLike, images, *, nrow: int | None = None, padding: int = 1
+) -> Path:
     """Tile ``images`` (N, C, H, W; uint8 or float in [-1, 1]) with :func:`make_grid` and write a PNG."""
     return write_png(path, make_grid(images, nrow=nrow, padding=padding))

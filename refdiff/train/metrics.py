@@ -50,7 +50,7 @@ class MetricsWriter:
             self._fh.close()
             self._fh = None
 
-    def __enter__(self) -> "MetricsWriter":
+    def __enter__(self) -> MetricsWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -81,9 +81,20 @@ class ProgressBar:
     seconds, so logs stay readable. ``enabled=False`` makes every call a no-op.
     """
 
-    def __init__(self, total: int, *, initial: int = 0, desc: str = "train", unit: str = "step",
-                 stream: TextIO | None = None, width: int = 24, enabled: bool = True,
-                 min_interval: float = 0.1, line_interval: float = 10.0, clock=time.monotonic):
+    def __init__(
+        self,
+        total: int,
+        *,
+        initial: int = 0,
+        desc: str = "train",
+        unit: str = "step",
+        stream: TextIO | None = None,
+        width: int = 24,
+        enabled: bool = True,
+        min_interval: float = 0.1,
+        line_interval: float = 10.0,
+        clock=time.monotonic,
+    ):
         self.total = int(total)
         self.n = self.start_n = int(initial)
         self.desc, self.unit, self.width = desc, unit, int(width)
@@ -110,8 +121,10 @@ class ProgressBar:
         eta = (self.total - self.n) / rate if done > 0 and rate > 0 else float("nan")
         rate_s = f"{rate:.2f} {self.unit}/s" if math.isfinite(rate) else f"? {self.unit}/s"
         post = " ".join(f"{k}={_fmt(v)}" for k, v in self.postfix.items())
-        line = (f"{self.desc} {frac * 100:3.0f}%|{bar}| {self.n}/{self.total} "
-                f"[{format_duration(elapsed)}<{format_duration(eta)}, {rate_s}]")
+        line = (
+            f"{self.desc} {frac * 100:3.0f}%|{bar}| {self.n}/{self.total} "
+            f"[{format_duration(elapsed)}<{format_duration(eta)}, {rate_s}]"
+        )
         return f"{line} {post}" if post else line
 
     def _draw(self, force: bool = False) -> None:
@@ -171,7 +184,7 @@ class ProgressBar:
             self.stream.flush()
         self._closed = True
 
-    def __enter__(self) -> "ProgressBar":
+    def __enter__(self) -> ProgressBar:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from .._errors import RefdiffValueError, UnknownNameError, check_int, fail
 
@@ -51,15 +52,23 @@ def available_samplers() -> list[str]:
 def check_sampler(name: str, *, steps: int, T: int, spacing: str = "trailing") -> str:
     """Raise unless ``name``, ``steps`` and ``spacing`` can sample a network trained on T steps."""
     if name not in available_samplers():
-        raise UnknownNameError(f"sampler={name!r} is not a sampler for a network trained on discrete "
-                               f"timesteps; allowed: {', '.join(map(repr, available_samplers()))}")
+        raise UnknownNameError(
+            f"sampler={name!r} is not a sampler for a network trained on discrete "
+            f"timesteps; allowed: {', '.join(map(repr, available_samplers()))}"
+        )
     steps = check_int("steps", steps, minimum=1)
     if steps > T:
-        fail("steps", steps, f"expected at most T={T} sampler steps (the diffusion steps the network "
-             "was trained with)")
+        fail(
+            "steps",
+            steps,
+            f"expected at most T={T} sampler steps (the diffusion steps the network "
+            "was trained with)",
+        )
     if spacing not in SPACINGS:
-        raise UnknownNameError(f"spacing={spacing!r} is not a known timestep spacing; allowed: "
-                               f"{', '.join(map(repr, SPACINGS))}")
+        raise UnknownNameError(
+            f"spacing={spacing!r} is not a known timestep spacing; allowed: "
+            f"{', '.join(map(repr, SPACINGS))}"
+        )
     return name
 
 
@@ -70,7 +79,9 @@ def _respaced(schedule, steps: int, spacing: str):
     from ..samplers.discrete import sampling_schedule
 
     if spacing == "sections":
-        return schedule if steps == schedule.num_timesteps else schedules.respace(schedule, str(steps))
+        return (
+            schedule if steps == schedule.num_timesteps else schedules.respace(schedule, str(steps))
+        )
     return sampling_schedule(schedule, steps, spacing)
 
 
@@ -83,8 +94,14 @@ def _accepted(fn: Callable, options: dict) -> dict:
 
 #: Options a sampler may not take; dropped (at these neutral values) when a wrapper with
 #: ``**options`` passes them to a loop without them.
-_NEUTRAL = {"eta": 0.0, "callback": None, "progress": None, "clip_x0": None, "var_type": None,
-            "correcting_x0_fn": None}
+_NEUTRAL = {
+    "eta": 0.0,
+    "callback": None,
+    "progress": None,
+    "clip_x0": None,
+    "var_type": None,
+    "correcting_x0_fn": None,
+}
 
 
 def _call(fn: Callable, *args, **options):
@@ -95,17 +112,32 @@ def _call(fn: Callable, *args, **options):
         except TypeError as exc:
             m = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
             key = m.group(1) if m else None
-            if key not in options or key not in _NEUTRAL or (
-                    _NEUTRAL[key] is not None and options[key] != _NEUTRAL[key]):
+            if (
+                key not in options
+                or key not in _NEUTRAL
+                or (_NEUTRAL[key] is not None and options[key] != _NEUTRAL[key])
+            ):
                 raise
             options = {k: v for k, v in options.items() if k != key}
 
 
-def run_sampler(name: str, model: Callable, schedule, x_T, *, steps: int, noise_sampler: Callable,
-                eta: float = 0.0, mean_type: str = "eps", var_type: str = "fixed_small",
-                clip_x0: bool = True, spacing: str = "trailing",
-                progress: Callable | None = None, callback: Callable | None = None,
-                require_finite: bool = True) -> Any:
+def run_sampler(
+    name: str,
+    model: Callable,
+    schedule,
+    x_T,
+    *,
+    steps: int,
+    noise_sampler: Callable,
+    eta: float = 0.0,
+    mean_type: str = "eps",
+    var_type: str = "fixed_small",
+    clip_x0: bool = True,
+    spacing: str = "trailing",
+    progress: Callable | None = None,
+    callback: Callable | None = None,
+    require_finite: bool = True,
+) -> Any:
     """Sample from ``model(x_t, t)`` (t: the network's timestep indices) starting at ``x_T``.
 
     Parameters
@@ -128,45 +160,92 @@ def run_sampler(name: str, model: Callable, schedule, x_T, *, steps: int, noise_
     from .._xp import array_namespace
 
     reg = _registry()
-    spec = reg.get_sampler(name)            # UnknownNameError lists the registered ones
+    spec = reg.get_sampler(name)  # UnknownNameError lists the registered ones
     check_sampler(name, steps=steps, T=schedule.num_timesteps, spacing=spacing)
     xp = array_namespace(x_T)
-    out = _run(spec, model, schedule, x_T, xp, steps=steps, noise_sampler=noise_sampler, eta=eta,
-               mean_type=mean_type, var_type=var_type, clip_x0=clip_x0, spacing=spacing,
-               progress=progress, callback=callback)
+    out = _run(
+        spec,
+        model,
+        schedule,
+        x_T,
+        xp,
+        steps=steps,
+        noise_sampler=noise_sampler,
+        eta=eta,
+        mean_type=mean_type,
+        var_type=var_type,
+        clip_x0=clip_x0,
+        spacing=spacing,
+        progress=progress,
+        callback=callback,
+    )
     if require_finite and not bool(xp.all(xp.isfinite(out))):
-        raise RefdiffValueError(f"sampler={name!r} returned non-finite values (NaN or inf): the "
-                                "network's output is not finite; check the checkpoint's weights")
+        raise RefdiffValueError(
+            f"sampler={name!r} returned non-finite values (NaN or inf): the "
+            "network's output is not finite; check the checkpoint's weights"
+        )
     return out
 
 
-def _run(spec, model, schedule, x_T, xp, *, steps, noise_sampler, eta, mean_type, var_type,
-         clip_x0, spacing, progress, callback):
+def _run(
+    spec,
+    model,
+    schedule,
+    x_T,
+    xp,
+    *,
+    steps,
+    noise_sampler,
+    eta,
+    mean_type,
+    var_type,
+    clip_x0,
+    spacing,
+    progress,
+    callback,
+):
     from .._xp import device_of
 
     name = spec.name if hasattr(spec, "name") else "sampler"
     if spec.family == "discrete":
         host = _respaced(schedule, steps, spacing)
         sched = host.to(xp, device=device_of(x_T), dtype=x_T.dtype)
-        options = {"eta": eta, "mean_type": mean_type, "var_type": var_type, "clip_x0": clip_x0,
-                   "progress": progress, "callback": callback}
-        return _call(spec.fn, model, x_T, schedule=sched, noise=lambda k: noise_sampler(),
-                     **_accepted(spec.fn, options))
+        options = {
+            "eta": eta,
+            "mean_type": mean_type,
+            "var_type": var_type,
+            "clip_x0": clip_x0,
+            "progress": progress,
+            "callback": callback,
+        }
+        return _call(
+            spec.fn,
+            model,
+            x_T,
+            schedule=sched,
+            noise=lambda k: noise_sampler(),
+            **_accepted(spec.fn, options),
+        )
     if spec.family == "vp":
         from ..samplers.dpm_solver import NoiseScheduleVP
 
         if mean_type not in _MODEL_TYPES:
-            raise RefdiffValueError(f"sampler={name!r} needs an eps, x0 or v network; this one predicts "
-                                    f"mean_type={mean_type!r}")
+            raise RefdiffValueError(
+                f"sampler={name!r} needs an eps, x0 or v network; this one predicts "
+                f"mean_type={mean_type!r}"
+            )
         ns = NoiseScheduleVP.discrete(schedule)
         channels = x_T.shape[1]
 
         def net(x, t):
             out = model(x, t)
-            return out[:, :channels] if out.shape[1] != channels else out   # drop variance channels
+            return out[:, :channels] if out.shape[1] != channels else out  # drop variance channels
 
-        options = {"model_type": _MODEL_TYPES[mean_type], "model_time": lambda t: t * ns.total_N - 1.0,
-                   "progress": progress}
+        options = {
+            "model_type": _MODEL_TYPES[mean_type],
+            "model_time": lambda t: t * ns.total_N - 1.0,
+            "progress": progress,
+        }
         from ..samplers.dpm_solver import sample_dpm_solver
 
         if callback is not None and "callback" in inspect.signature(sample_dpm_solver).parameters:
@@ -175,19 +254,30 @@ def _run(spec, model, schedule, x_T, xp, *, steps, noise_sampler, eta, mean_type
             options["correcting_x0_fn"] = lambda x0, t: xp.clip(x0, -1.0, 1.0)
         if getattr(spec, "stochastic", False):
             options["noise"] = lambda k: noise_sampler()
-        return _call(spec.fn, net, x_T, noise_schedule=ns, steps=steps,
-                     **_accepted(spec.fn, options))
+        return _call(
+            spec.fn, net, x_T, noise_schedule=ns, steps=steps, **_accepted(spec.fn, options)
+        )
     if spec.family in ("karras", "sde"):
         from ..samplers.adapters import sample_with_discrete_model
 
         if mean_type not in _MODEL_TYPES:
-            raise RefdiffValueError(f"sampler={name!r} needs an eps, x0 or v network; this one predicts "
-                                    f"mean_type={mean_type!r}")
+            raise RefdiffValueError(
+                f"sampler={name!r} needs an eps, x0 or v network; this one predicts "
+                f"mean_type={mean_type!r}"
+            )
         hooks = {k: v for k, v in (("callback", callback), ("progress", progress)) if v is not None}
-        return sample_with_discrete_model(name, model, x_T, schedule=schedule, steps=steps,
-                                          prediction_type=mean_type, noise=lambda k: noise_sampler(),
-                                          **hooks)
+        return sample_with_discrete_model(
+            name,
+            model,
+            x_T,
+            schedule=schedule,
+            steps=steps,
+            prediction_type=mean_type,
+            noise=lambda k: noise_sampler(),
+            **hooks,
+        )
     raise RefdiffValueError(
         f"sampler={name!r} belongs to the {spec.family!r} family, which needs a continuous-time "
         "denoiser or score function; a network trained on discrete timesteps samples with: "
-        + ", ".join(available_samplers()))
+        + ", ".join(available_samplers())
+    )

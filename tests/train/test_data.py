@@ -10,8 +10,18 @@ import numpy as np
 import pytest
 
 from refdiff._errors import RefdiffValueError
-from refdiff.train.data import (DIGIT_GLYPHS, ArrayDataset, DataStream, DigitsDataset, check_matches,
-                                load_cifar10, load_data, load_image_folder, load_npy, to_model_range)
+from refdiff.train.data import (
+    DIGIT_GLYPHS,
+    ArrayDataset,
+    DataStream,
+    DigitsDataset,
+    check_matches,
+    load_cifar10,
+    load_data,
+    load_image_folder,
+    load_npy,
+    to_model_range,
+)
 from refdiff.train.images import write_png
 
 
@@ -49,7 +59,7 @@ def test_digit_glyph_is_drawn_where_the_bitmap_says():
     ds.fg[:] = 1.0
     ds.bg[:] = 0.0
     img = ds.raw(np.arange(n))[0][:, 0].astype(np.float64) / 255.0
-    cell = 1.4 / 7                                     # canvas units per glyph cell
+    cell = 1.4 / 7  # canvas units per glyph cell
     for d in range(10):
         for r in range(7):
             for c in range(5):
@@ -78,8 +88,11 @@ def _fake_batch(path, n, seed, *, str_keys=False):
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
     labels = rng.integers(0, 10, size=n).tolist()
-    d = {"data": data, "labels": labels} if str_keys else {b"data": data, b"labels": labels,
-                                                            b"batch_label": b"fake"}
+    d = (
+        {"data": data, "labels": labels}
+        if str_keys
+        else {b"data": data, b"labels": labels, b"batch_label": b"fake"}
+    )
     with open(path, "wb") as fh:
         pickle.dump(d, fh)
     return data, labels
@@ -99,7 +112,7 @@ def test_cifar10_batches_folder_file_and_archive(tmp_path):
     assert x[1, c, h, w] == d2[1, c * 1024 + h * 32 + w] / 127.5 - 1.0
     assert x[0, 0, 0, 0] == d1[0, 0] / 127.5 - 1.0
     assert y.tolist() == [l1[0], l2[1]]
-    te = load_data(f"cifar10:{tmp_path}", split="test")          # the parent folder works too
+    te = load_data(f"cifar10:{tmp_path}", split="test")  # the parent folder works too
     assert len(te) == 4 and te.labels.tolist() == lt
     single = load_cifar10(root / "test_batch")
     np.testing.assert_array_equal(single.images.reshape(4, -1), dt)
@@ -114,12 +127,20 @@ def test_cifar10_bad_files_name_the_path(tmp_path):
     bad = tmp_path / "data_batch_1"
     with open(bad, "wb") as fh:
         pickle.dump([1, 2, 3], fh)
-    with pytest.raises(RefdiffValueError, match=re.escape(f"data='{bad}' is invalid: is not a CIFAR-10 "
-                                                          "python batch (expected a pickled dict")):
+    with pytest.raises(
+        RefdiffValueError,
+        match=re.escape(
+            f"data='{bad}' is invalid: is not a CIFAR-10 python batch (expected a pickled dict"
+        ),
+    ):
         load_cifar10(bad)
     bad.write_bytes(b"not a pickle at all")
-    with pytest.raises(RefdiffValueError, match=re.escape(f"data='{bad}' is invalid: is not a CIFAR-10 "
-                                                          "python batch (unpickling failed")):
+    with pytest.raises(
+        RefdiffValueError,
+        match=re.escape(
+            f"data='{bad}' is invalid: is not a CIFAR-10 python batch (unpickling failed"
+        ),
+    ):
         load_cifar10(bad)
     with open(bad, "wb") as fh:
         pickle.dump({b"data": np.zeros((2, 3072), np.uint8)}, fh)
@@ -145,8 +166,12 @@ def test_npy_layouts_and_ranges(tmp_path):
     assert load_npy(tmp_path / "gray.npy").image_shape == (1, 5, 5)
     f01 = rng.random((2, 1, 4, 4))
     np.save(tmp_path / "f01.npy", f01)
-    np.testing.assert_allclose(load_npy(tmp_path / "f01.npy").batch([0, 1], dtype=np.float64)[0],
-                               2 * f01 - 1, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        load_npy(tmp_path / "f01.npy").batch([0, 1], dtype=np.float64)[0],
+        2 * f01 - 1,
+        rtol=1e-6,
+        atol=1e-6,
+    )
     fpm = f01 * 2 - 1
     fpm[0, 0, 0, 0] = -1.0
     np.save(tmp_path / "fpm.npy", fpm)
@@ -160,14 +185,20 @@ def test_npy_layouts_and_ranges(tmp_path):
 def test_npy_errors_name_the_path(tmp_path):
     p = tmp_path / "bad.npy"
     np.save(p, np.full((2, 1, 3, 3), 300.5))
-    with pytest.raises(RefdiffValueError, match=re.escape(f"data='{p}' is invalid: has values in [300.5, 300.5]")):
+    with pytest.raises(
+        RefdiffValueError, match=re.escape(f"data='{p}' is invalid: has values in [300.5, 300.5]")
+    ):
         load_npy(p)
     np.save(p, np.zeros((3, 3)))
-    with pytest.raises(RefdiffValueError, match=re.escape(f"data='{p}' is invalid: must hold a numeric array "
-                                                          "of shape (N, C, H, W)")):
+    with pytest.raises(
+        RefdiffValueError,
+        match=re.escape(f"data='{p}' is invalid: must hold a numeric array of shape (N, C, H, W)"),
+    ):
         load_npy(p)
     p.write_bytes(b"garbage")
-    with pytest.raises(RefdiffValueError, match=re.escape(f"data='{p}' is invalid: is not a readable .npy array")):
+    with pytest.raises(
+        RefdiffValueError, match=re.escape(f"data='{p}' is invalid: is not a readable .npy array")
+    ):
         load_npy(p)
     arr = np.zeros((1, 1, 2, 2))
     arr[0, 0, 0, 0] = np.nan
@@ -199,32 +230,44 @@ def test_image_folder_errors(tmp_path):
     pytest.importorskip("PIL")
     write_png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
     write_png(tmp_path / "b.png", np.zeros((5, 5, 3), np.uint8))
-    with pytest.raises(RefdiffValueError, match=re.escape(f"data='{tmp_path / 'b.png'}' is invalid: has size "
-                                                          "5x5 but")):
+    with pytest.raises(
+        RefdiffValueError,
+        match=re.escape(f"data='{tmp_path / 'b.png'}' is invalid: has size 5x5 but"),
+    ):
         load_image_folder(tmp_path)
     assert load_image_folder(tmp_path, image_size=4).image_shape == (3, 4, 4)
     (tmp_path / "c.png").write_bytes(b"not a png")
-    with pytest.raises(RefdiffValueError, match=re.escape(f"data='{tmp_path / 'c.png'}' is invalid: is not a "
-                                                          "readable image")):
+    with pytest.raises(
+        RefdiffValueError,
+        match=re.escape(f"data='{tmp_path / 'c.png'}' is invalid: is not a readable image"),
+    ):
         load_image_folder(tmp_path, image_size=4)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(RefdiffValueError, match=re.escape(f"data='{empty}' is invalid: holds no image files")):
+    with pytest.raises(
+        RefdiffValueError, match=re.escape(f"data='{empty}' is invalid: holds no image files")
+    ):
         load_data(f"folder:{empty}")
 
 
 # ---------------------------------------------------------------------------------- specs
 def test_bad_specs_name_the_path(tmp_path):
     missing = tmp_path / "nope"
-    with pytest.raises(RefdiffValueError, match=re.escape(f"data='{missing}' is invalid: no such file or "
-                                                          "directory")):
+    with pytest.raises(
+        RefdiffValueError,
+        match=re.escape(f"data='{missing}' is invalid: no such file or directory"),
+    ):
         load_data(str(missing))
     txt = tmp_path / "notes.txt"
     txt.write_text("hello")
-    with pytest.raises(RefdiffValueError, match=re.escape(f"data='{txt}' is invalid: is not a recognised dataset")):
+    with pytest.raises(
+        RefdiffValueError, match=re.escape(f"data='{txt}' is invalid: is not a recognised dataset")
+    ):
         load_data(str(txt))
-    with pytest.raises(RefdiffValueError, match=re.escape("data='digits:x' is invalid: expected 'digits' or "
-                                                          "'digits:N'")):
+    with pytest.raises(
+        RefdiffValueError,
+        match=re.escape("data='digits:x' is invalid: expected 'digits' or 'digits:N'"),
+    ):
         load_data("digits:x")
     with pytest.raises(RefdiffValueError, match="split='val' is invalid"):
         load_data("digits", split="val")
@@ -232,8 +275,13 @@ def test_bad_specs_name_the_path(tmp_path):
 
 def test_check_matches_message():
     ds = ArrayDataset(np.zeros((1, 3, 32, 32), np.uint8), name="x")
-    with pytest.raises(RefdiffValueError, match=re.escape("data='x' has images of 3x32x32 (channels x height x "
-                                                          "width) but the model expects 1x16x16")):
+    with pytest.raises(
+        RefdiffValueError,
+        match=re.escape(
+            "data='x' has images of 3x32x32 (channels x height x "
+            "width) but the model expects 1x16x16"
+        ),
+    ):
         check_matches(ds, image_size=16, channels=1)
 
 
@@ -245,7 +293,7 @@ def test_to_model_range_endpoints():
 # ---------------------------------------------------------------------------------- stream
 def test_stream_visits_every_image_once_per_epoch_and_is_a_function_of_position():
     s = DataStream(10, seed=3)
-    first = np.concatenate([s.next(4)[0] for _ in range(5)])       # 20 samples = 2 epochs
+    first = np.concatenate([s.next(4)[0] for _ in range(5)])  # 20 samples = 2 epochs
     assert sorted(first[:10]) == list(range(10)) and sorted(first[10:]) == list(range(10))
     assert not np.array_equal(first[:10], first[10:])
     r = DataStream(10, seed=3)

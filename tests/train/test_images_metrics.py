@@ -10,7 +10,15 @@ import zlib
 import numpy as np
 import pytest
 
-from refdiff.train.images import decode_png, encode_png, make_grid, read_png, save_grid, to_uint8, write_png
+from refdiff.train.images import (
+    decode_png,
+    encode_png,
+    make_grid,
+    read_png,
+    save_grid,
+    to_uint8,
+    write_png,
+)
 from refdiff.train.metrics import MetricsWriter, ProgressBar, format_duration, read_metrics
 
 
@@ -32,8 +40,8 @@ def test_png_structure_is_valid():
     assert (w, h, depth, ctype) == (2, 2, 8, 2)
     # IDAT holds filter byte 0 + raw RGB rows
     i = data.index(b"IDAT")
-    (n,) = struct.unpack(">I", data[i - 4:i])
-    raw = zlib.decompress(data[i + 4:i + 4 + n])
+    (n,) = struct.unpack(">I", data[i - 4 : i])
+    raw = zlib.decompress(data[i + 4 : i + 4 + n])
     assert raw == b"\x00" + a[0].tobytes() + b"\x00" + a[1].tobytes()
     assert data.endswith(b"IEND\xaeB`\x82")
 
@@ -45,7 +53,9 @@ def test_png_agrees_with_pillow_both_ways(tmp_path):
     with Image.open(tmp_path / "ours.png") as im:
         np.testing.assert_array_equal(np.asarray(im), a)
     # Pillow picks adaptive row filters (sub/up/average/paeth); our reader must undo them all
-    smooth = np.clip(np.add.outer(np.arange(40), np.arange(50))[:, :, None] * [1, 2, 3], 0, 255).astype(np.uint8)
+    smooth = np.clip(
+        np.add.outer(np.arange(40), np.arange(50))[:, :, None] * [1, 2, 3], 0, 255
+    ).astype(np.uint8)
     for arr in (a, smooth, smooth[:, :, 0]):
         Image.fromarray(arr).save(tmp_path / "pil.png", optimize=True)
         back = read_png(tmp_path / "pil.png")
@@ -76,9 +86,9 @@ def test_grid_layout(tmp_path):
         imgs[i] = 10 * (i + 1)
     g = make_grid(imgs, nrow=3, padding=1, pad_value=7)
     assert g.shape == (2 * 3 + 1, 3 * 4 + 1, 1)
-    assert g[0, 0, 0] == 7 and g[1, 1, 0] == 10                   # tile 0 at (1, 1)
-    assert g[1, 1 + 4, 0] == 20 and g[1 + 3, 1 + 4, 0] == 50      # tile 1 right of it, tile 4 below
-    assert g[4, 9, 0] == 7                                         # empty 6th slot stays padding
+    assert g[0, 0, 0] == 7 and g[1, 1, 0] == 10  # tile 0 at (1, 1)
+    assert g[1, 1 + 4, 0] == 20 and g[1 + 3, 1 + 4, 0] == 50  # tile 1 right of it, tile 4 below
+    assert g[4, 9, 0] == 7  # empty 6th slot stays padding
     path = save_grid(tmp_path / "g.png", (imgs.astype(np.float64) / 127.5) - 1.0, nrow=3)
     assert read_png(path).shape == g.shape
 
@@ -88,7 +98,7 @@ def test_metrics_jsonl(tmp_path):
     with MetricsWriter(p, append=False) as w:
         w.write({"step": 1, "loss": 0.5, "lr": np.float32(0.25)})
         w.write({"step": 2, "loss": float("nan"), "grad_norm": float("inf")})
-    with MetricsWriter(p) as w:       # append
+    with MetricsWriter(p) as w:  # append
         w.write({"step": 3, "loss": 0.125})
     lines = p.read_text().splitlines()
     assert len(lines) == 3 and all(json.loads(line) for line in lines)
@@ -113,10 +123,10 @@ def test_progress_bar_lines_on_a_log():
         clock.t += 1.0
         bar.update(1, loss=0.123456)
     clock.t += 2.0
-    bar.update(1)                      # 6 s since the first line: print
+    bar.update(1)  # 6 s since the first line: print
     for _ in range(5):
         clock.t += 1.0
-        bar.update(1)                  # reaching the total always prints
+        bar.update(1)  # reaching the total always prints
     bar.close()
     lines = buf.getvalue().splitlines()
     assert lines[0].startswith("train   0%|..........| 0/10 [00:00<?")
@@ -164,11 +174,17 @@ def _filtered_png(a: np.ndarray, ftypes) -> bytes:
         out += bytes([ft]) + bytes(line)
 
     def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     ctype = {1: 0, 2: 4, 3: 2, 4: 6}[c]
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, ctype, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(bytes(out))) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, ctype, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(bytes(out)))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("channels", [1, 3, 4])

@@ -21,8 +21,9 @@ from refdiff.train.checkpoint import load_checkpoint
 from refdiff.train.metrics import read_metrics
 
 # float64, dropout on, a checkpoint and a metrics record every step
-CFG = dict(preset="tiny", batch=4, T=10, dtype="float64", ema=0.9, log_every=1, ckpt_every=1,
-           n_samples=0)
+CFG = dict(
+    preset="tiny", batch=4, T=10, dtype="float64", ema=0.9, log_every=1, ckpt_every=1, n_samples=0
+)
 STEPS, KILL_AT = 5, 3
 
 # The child trains; while writing the checkpoint of step KILL_AT it stops between writing the
@@ -56,9 +57,13 @@ D.train(D.TrainConfig(steps=steps, **cfg), out, resume=resume or None, progress=
 
 def _child(out, steps: int, kill_at: int, *resume: str) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(out), str(steps), str(kill_at),
-                             json.dumps(CFG), *resume], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(out), str(steps), str(kill_at), json.dumps(CFG), *resume],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(p: subprocess.Popen) -> str:
@@ -69,7 +74,7 @@ def _finish(p: subprocess.Popen) -> str:
 
 def test_kill_during_checkpoint_write_then_resume_is_bit_exact(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    ref = _child(straight, STEPS, -1)                   # the uninterrupted run, alongside
+    ref = _child(straight, STEPS, -1)  # the uninterrupted run, alongside
     victim = _child(killed, STEPS, KILL_AT)
     marker = killed / "WRITING"
     deadline = time.monotonic() + 120
@@ -85,10 +90,15 @@ def test_kill_during_checkpoint_write_then_resume_is_bit_exact(tmp_path):
     tmp = killed / os.path.basename(marker.read_text())
     assert tmp.name.startswith(".checkpoint.safetensors.tmp-") and tmp.stat().st_size > 0
     assert load_checkpoint(killed / "checkpoint.safetensors").step == KILL_AT - 1
-    assert [r["step"] for r in read_metrics(killed / "metrics.jsonl")] == list(range(1, KILL_AT + 1))
+    assert [r["step"] for r in read_metrics(killed / "metrics.jsonl")] == list(
+        range(1, KILL_AT + 1)
+    )
 
     err = _finish(_child(killed, STEPS, -1, "resume"))
-    assert f"removed {tmp.name} (" in err and "a checkpoint write an interrupted run left behind" in err
+    assert (
+        f"removed {tmp.name} (" in err
+        and "a checkpoint write an interrupted run left behind" in err
+    )
     assert f"dropped 1 metrics records after step {KILL_AT - 1}" in err
     assert not tmp.exists() and not list(killed.glob(".checkpoint.safetensors.tmp-*"))
     assert [r["step"] for r in read_metrics(killed / "metrics.jsonl")] == list(range(1, STEPS + 1))
