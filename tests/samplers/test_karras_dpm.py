@@ -433,3 +433,21 @@ def test_3m_local_error_once_started(d2_scale, expected):
                                         [den_at(sig[0]), den_at(sig[1])], c)
         return float(np.abs(x - exact_state(sig[3])).max())
     assert abs(local_slope(err, hs=(0.02, 0.01, 0.005)) - expected) < 0.2
+
+
+@pytest.mark.parametrize("name,options", [
+    ("karras_dpm_2_ancestral", {}), ("karras_dpm_2_ancestral", {"eta": 0.5}),
+    ("karras_dpmpp_2s_ancestral", {}), ("karras_dpmpp_sde", {}), ("karras_dpmpp_sde", {"eta": 0.4, "r": 0.3}),
+    ("karras_dpmpp_2m_sde", {}), ("karras_dpmpp_3m_sde", {"eta": 0.7}), ("karras_dpm_2", {"S_churn": 3.0}),
+    ("karras_dpm_fast", {"eta": 1.0}),
+])
+@pytest.mark.parametrize("n", [2, 5])
+def test_exact_in_law_on_a_point_mass(name, options, n):
+    """Point-mass data (D ≡ μ): every step is an exact transition, so x_σ ~ N(μ, σ²I) at σ_N for any N."""
+    point = A.GaussianData(MU, np.zeros((2, 2)))
+    fn = get_sampler(name).fn
+    sig = grid(n)
+    law = A.linear_sampler_law(lambda xT, nz: fn(A.karras_denoiser(point), xT, sigmas=sig, noise=nz, **options),
+                               *point.marginal(1.0, S_MAX), dim=2, n_noise=n_draws(name, n))
+    np.testing.assert_allclose(law.mean, MU, atol=1e-12)
+    np.testing.assert_allclose(law.cov, S_MIN ** 2 * np.eye(2), rtol=1e-10, atol=1e-14)
