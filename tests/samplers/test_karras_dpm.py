@@ -76,6 +76,7 @@ def test_convergence_order(name, options, expected):
     assert abs(order - expected) < 0.15, (order, errs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,options", [("karras_lms", {}), ("karras_dpmpp_3m_sde", {"eta": 0.0})])
 def test_lower_order_start_caps_the_multistep_order_at_two(name, options):
     """k-diffusion starts LMS(k) and 3M with steps of orders 1, 2, ...: the first step's O(h²) local
