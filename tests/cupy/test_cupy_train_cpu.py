@@ -28,7 +28,7 @@ SCHED = build_schedule("linear", 1000)
 
 def _cfg(**kw):
     base = dict(backend="cupy", preset="tiny", batch=2, device="cpu", dtype="float64", lr=1e-3,
-                grad_clip=1.0, ema=0.99, seed=3)
+                grad_clip=1.0, ema=0.99, ema_warmup=False, seed=3)
     base.update(kw)
     return TrainConfig(**base)
 
