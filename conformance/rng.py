@@ -8,6 +8,8 @@ ideal generator, by a tail inequality that is exact or rigorous, never a normal 
 * the mean of n exact N(0, 1) draws is N(0, 1/n): threshold z·n^-½ with 2·Q(z) = α;
 * Σ z² of n N(0, 1) draws is χ²(n): Laurent–Massart, P(S − n ≥ 2√(nx) + 2x) ≤ e^-x and
   P(n − S ≥ 2√(nx)) ≤ e^-x, with x = ln(2/α);
+* the sum of n products a·b of independent N(0, 1) pairs (serial correlation of disjoint pairs):
+  Chernoff with E[exp(λab)] = (1 − λ²)^(−1/2);
 * a mean of bounded variables (uniform moments, indicator counts: tails, bins, sign agreement):
   Bernstein, P(|mean − μ| ≥ t) ≤ 2·exp(−n t² / (2v + 2ct/3)) with v the variance and c a bound on
   |X − μ|; a family of k bins shares α (Bonferroni, α/k per bin).
@@ -40,6 +42,7 @@ __all__ = [
     "chi2_bounds",
     "find_repeat",
     "gaussian_mean_threshold",
+    "product_threshold",
     "normal_statistics",
     "stream_statistics",
     "uniform_statistics",
@@ -101,6 +104,28 @@ def bernstein_threshold(n: int, var: float, c: float, alpha: float = ALPHA) -> f
     L = math.log(2.0 / alpha)
     b = 2.0 * c * L / 3.0
     return (b + math.sqrt(b * b + 8.0 * n * L * var)) / (2.0 * n)
+
+
+def product_threshold(n: int, alpha: float = ALPHA) -> float:
+    """t with P(|Σ a_i b_i| ≥ t) ≤ alpha for n independent products of independent N(0, 1) pairs.
+
+    Chernoff: E[exp(λab)] = (1 − λ²)^(−1/2), so P(Σ ≥ t) ≤ exp(−λt)·(1 − λ²)^(−n/2) at the
+    optimal λ = (√(n² + 4t²) − n)/(2t); t is found by bisection for alpha/2 per side.
+    """
+    target = math.log(alpha / 2.0)
+
+    def log_bound(t: float) -> float:
+        lam = (math.sqrt(n * n + 4.0 * t * t) - n) / (2.0 * t)
+        return -lam * t - 0.5 * n * math.log1p(-lam * lam)
+
+    lo, hi = 0.0, 10.0 * math.sqrt(n) + 100.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if log_bound(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def find_repeat(h: np.ndarray, window: np.ndarray, skip: int | None = None) -> int | None:
@@ -192,7 +217,8 @@ def normal_statistics(draw, dtype: str) -> list[Stat]:
     fine = dtype in _FINE
     bins = np.zeros(66, dtype=np.int64)
     tails = dict.fromkeys(_TAILS, 0)
-    s1 = s2 = 0.0
+    s1 = s2 = sp = 0.0
+    pairs = 0
     bad = n = n_mean = 0
     reps = _Repeats()
     for c in range(N_NORMAL_MEAN // CHUNK):
@@ -211,6 +237,9 @@ def normal_statistics(draw, dtype: str) -> list[Stat]:
         if stats_chunk:
             n += h.size
             s2 += float(np.dot(h, h))
+            m = h.size // 2
+            pairs += m
+            sp += float(np.dot(h[0:2 * m:2], h[1:2 * m:2]))
             reps.scan(h, f"draw {c}")
             if fine:
                 bins += _normal_bins(h)
@@ -224,6 +253,8 @@ def normal_statistics(draw, dtype: str) -> list[Stat]:
            Stat("mean", s1 / n_mean, gaussian_mean_threshold(n_mean) + slack,
                 f"mean of {n_mean} draws"),
            Stat("variance", m2, (hi if m2 > 0 else lo) + slack, f"mean of z² over {n} draws"),
+           Stat("serial correlation", sp / pairs, product_threshold(pairs) / pairs + slack,
+                f"mean of z_2i·z_2i+1 over {pairs} disjoint pairs"),
            reps.stat()]
     if fine:
         p = _normal_bin_probabilities()
@@ -237,8 +268,8 @@ def normal_statistics(draw, dtype: str) -> list[Stat]:
 def uniform_statistics(draw, dtype: str) -> list[Stat]:
     """Every statistic of U[0, 1) draws; ``draw()`` returns the next CHUNK draws as a host array."""
     fine = dtype in _FINE
-    s1 = s2 = 0.0
-    bad = out_of_range = n = 0
+    s1 = s2 = sp = 0.0
+    bad = out_of_range = n = pairs = 0
     low = high = 0
     bins = np.zeros(_BINS, dtype=np.int64)
     reps = _Repeats()
@@ -252,6 +283,9 @@ def uniform_statistics(draw, dtype: str) -> list[Stat]:
         d = h - 0.5
         s1 += float(np.sum(d))
         s2 += float(np.dot(d, d))
+        m = d.size // 2
+        pairs += m
+        sp += float(np.dot(d[0:2 * m:2], d[1:2 * m:2]))
         n += h.size
         reps.scan(h, f"draw {c}")
         if fine:
@@ -267,6 +301,9 @@ def uniform_statistics(draw, dtype: str) -> list[Stat]:
            Stat("variance", s2 / n - 1.0 / 12.0,
                 bernstein_threshold(n, 1.0 / 80.0 - 1.0 / 144.0, 1.0 / 6.0) + slack,
                 f"mean of (u − 1/2)² over {n} draws, expected 1/12"),
+           Stat("serial correlation", sp / pairs,
+                bernstein_threshold(pairs, 1.0 / 144.0, 0.25) + slack,
+                f"mean of (u_2i − 1/2)(u_2i+1 − 1/2) over {pairs} disjoint pairs"),
            reps.stat()]
     if fine:
         out.append(_count_stat("draws below 2^-10", low, n, edge))

@@ -284,6 +284,15 @@ def _repeat_second_half(z):
     return np.concatenate([z[:h], z[:h]]).astype(z.dtype)
 
 
+def _ar1(rho: float):
+    """Each draw mixed with the previous one (a generator whose outputs are not independent)."""
+    def fix(z):
+        out = z.copy()
+        out[1:] = (z[1:] + rho * z[:-1]) / math.sqrt(1.0 + rho * rho)
+        return out.astype(z.dtype)
+    return fix
+
+
 class _Restarting:
     """A 'generator' that is only a seed: every draw restarts the stream (state not advanced)."""
 
@@ -403,6 +412,8 @@ PLANTED: list[Planted] = [
     Planted("normal-second-half-repeats", _rng("rng_half", normal_fix=_repeat_second_half),
             "rng.normal", ("rng.normal[float64]",), dtypes="float64",
             says="repeated block:"),
+    Planted("normal-serially-correlated", _rng("rng_ar1", normal_fix=_ar1(0.02)), "rng.normal",
+            ("rng.normal[float64]",), dtypes="float64", says="serial correlation:"),
     Planted("normal-ignores-seed",
             _rng("rng_noseed", make_rng=lambda seed: np.random.default_rng(0)),
             "rng.normal", ("rng.normal[float32]",), dtypes="float32",
