@@ -397,7 +397,7 @@ def _model_for(args, params, unet_cfg, dtype: str):
         def fn(x, t, y=None):
             return unet_apply(p64, unet_cfg, x, t, y=y)
 
-        return fn, xp, "cpu", xp.float64
+        return fn, xp, "cpu", np.float64
     from .driver import resolve_backend
 
     return resolve_backend("torch").inference_fn(params, unet_cfg, device=args.device, dtype=dtype)
@@ -504,7 +504,7 @@ def run_sample(args) -> int:
                     y=y,
                     eta=args.eta,
                     mean_type=cfg.mean_type,
-                    var_type=cfg.var_type,
+                    var_type=str(cfg.var_type),
                     clip_x0=not args.no_clip,
                     spacing=args.spacing,
                     progress=prog,
@@ -626,7 +626,7 @@ def run_bpd(args) -> int:
                 seed=args.seed + i,
                 y_host=y,
                 mean_type=cfg.mean_type,
-                var_type=cfg.var_type,
+                var_type=str(cfg.var_type),
                 progress=prog,
             )
             if not np.all(np.isfinite(res["total_bpd"])):

@@ -402,8 +402,8 @@ def load_cifar10(path: str | os.PathLike, *, split: str = "train") -> ArrayDatas
                     f"is an archive without CIFAR-10 batch files for split {split!r}",
                 )
             for n in wanted:
-                fh = tar.extractfile(members[n])
-                parts.append(_cifar_dict(_unpickle(fh, f"{path}:{n}"), f"{path}:{n}"))
+                member = tar.extractfile(members[n])
+                parts.append(_cifar_dict(_unpickle(member, f"{path}:{n}"), f"{path}:{n}"))
     else:
         with open(path, "rb") as fh:
             parts.append(_cifar_dict(_unpickle(fh, str(path)), str(path)))
@@ -487,18 +487,18 @@ def load_image_folder(
     mode = "L" if channels == 1 else "RGB"
     if channels not in (None, 1, 3):
         fail("channels", channels, "image folders give 1 (grayscale) or 3 (RGB) channels")
-    out = []
+    out: list[np.ndarray] = []
     for f in files:
         try:
-            with Image.open(f) as im:
-                im = im.convert(mode)
+            with Image.open(f) as opened:
+                im = opened.convert(mode)
                 if image_size is not None:
                     w, h = im.size
                     side = min(w, h)
                     left, top = (w - side) // 2, (h - side) // 2
                     im = im.crop((left, top, left + side, top + side))
                     if side != image_size:
-                        im = im.resize((image_size, image_size), Image.BICUBIC)
+                        im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
                 a = np.asarray(im, dtype=np.uint8)
         except Exception as exc:  # noqa: BLE001
             fail("data", str(f), f"is not a readable image ({type(exc).__name__}: {exc})")

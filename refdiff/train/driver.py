@@ -541,7 +541,7 @@ def sample_with(
         y=y,
         eta=eta,
         mean_type=run_cfg.mean_type,
-        var_type=run_cfg.var_type,
+        var_type=str(run_cfg.var_type),
         progress=progress,
     )
 
@@ -903,7 +903,7 @@ def _loop(
                         rec[k] = v
                 t_last, imgs_since = now, 0
                 last_stats = rec
-                if main:  # every collection is a record (log, checkpoint, grid)
+                if metrics is not None:  # main rank: every collection is a record
                     metrics.write(rec)
                 bar.set_postfix(
                     loss=rec["loss"],
