@@ -203,9 +203,3 @@ def erf(x: Array) -> Array:
 def erfc(x: Array) -> Array:
     """The complementary error function 1 - erf(x), accurate in the tails; dispatched like :func:`erf`."""
     return _special("erfc", x)
-
-
-def float_dtype_of(x: Array) -> DType:
-    """The floating dtype of x, or the namespace's default float64 if x is an integer array."""
-    xp = array_namespace(x)
-    return x.dtype if xp.isdtype(x.dtype, "real floating") else xp.float64

@@ -244,8 +244,7 @@ def _check_betas_dd(name: str, beta: DD) -> DD:
 
 def from_betas(betas: Sequence[float], *, name: str = "custom") -> Schedule:
     """Schedule from β_1..β_T (Ho et al. 2020, Eq. 2); the last β may be exactly 1 (zero terminal SNR)."""
-    b = np.asarray(betas, dtype=np.float64) if not hasattr(betas, "__array_namespace__") else np.asarray(betas)
-    b = np.array(b, dtype=np.float64)
+    b = np.array(betas, dtype=np.float64)       # a host float64 copy: the tables are built from it
     if b.ndim != 1 or b.size < 1:
         fail("betas", b, "expected a 1-D array with at least one value (T >= 1)")
     head = b[:-1] if b[-1] == 1.0 and b.size > 1 else b

@@ -161,9 +161,3 @@ def batch_full(x: Array, value: float, *, dtype: DType | None = None) -> Array:
     xp = array_namespace(x)
     return xp.full((x.shape[0],), value, dtype=x.dtype if dtype is None else dtype,
                    device=device_of(x))
-
-
-def call_progress(progress: Callable | None, i: int, n: int) -> None:
-    """Report step i of n to an optional progress callback (superseded by :func:`step_reporter`)."""
-    if progress is not None:
-        progress(i, n)
