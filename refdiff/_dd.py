@@ -64,10 +64,10 @@ class DD:
 
     # -- construction helpers -------------------------------------------------------------
     @staticmethod
-    def _coerce(x: DD | npt.ArrayLike) -> "DD":
+    def _coerce(x: DD | npt.ArrayLike) -> DD:
         return x if isinstance(x, DD) else DD(x)
 
-    def __getitem__(self, idx: Any) -> "DD":
+    def __getitem__(self, idx: Any) -> DD:
         return DD(self.hi[idx], self.lo[idx])
 
     def __len__(self) -> int:
@@ -78,10 +78,10 @@ class DD:
         return self.hi + self.lo
 
     # -- arithmetic -----------------------------------------------------------------------
-    def __neg__(self) -> "DD":
+    def __neg__(self) -> DD:
         return DD(-self.hi, -self.lo)
 
-    def __add__(self, other: DD | npt.ArrayLike) -> "DD":
+    def __add__(self, other: DD | npt.ArrayLike) -> DD:
         b = DD._coerce(other)
         s, e = _two_sum(self.hi, b.hi)
         t, f = _two_sum(self.lo, b.lo)
@@ -93,13 +93,13 @@ class DD:
 
     __radd__ = __add__
 
-    def __sub__(self, other: DD | npt.ArrayLike) -> "DD":
+    def __sub__(self, other: DD | npt.ArrayLike) -> DD:
         return self + (-DD._coerce(other))
 
-    def __rsub__(self, other: DD | npt.ArrayLike) -> "DD":
+    def __rsub__(self, other: DD | npt.ArrayLike) -> DD:
         return DD._coerce(other) + (-self)
 
-    def __mul__(self, other: DD | npt.ArrayLike) -> "DD":
+    def __mul__(self, other: DD | npt.ArrayLike) -> DD:
         b = DD._coerce(other)
         p, e = _two_prod(self.hi, b.hi)
         e = e + (self.hi * b.lo + self.lo * b.hi)
@@ -108,7 +108,7 @@ class DD:
 
     __rmul__ = __mul__
 
-    def __truediv__(self, other: DD | npt.ArrayLike) -> "DD":
+    def __truediv__(self, other: DD | npt.ArrayLike) -> DD:
         b = DD._coerce(other)
         q1 = self.hi / b.hi
         r = self - b * q1
@@ -118,10 +118,10 @@ class DD:
         s, e = _quick_two_sum(q1, q2)
         return DD(s, e) + q3
 
-    def __rtruediv__(self, other: DD | npt.ArrayLike) -> "DD":
+    def __rtruediv__(self, other: DD | npt.ArrayLike) -> DD:
         return DD._coerce(other) / self
 
-    def ldexp(self, k: int | npt.NDArray[np.int64]) -> "DD":
+    def ldexp(self, k: int | npt.NDArray[np.int64]) -> DD:
         """Exact scaling by 2**k."""
         return DD(np.ldexp(self.hi, k), np.ldexp(self.lo, k))
 

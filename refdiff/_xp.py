@@ -10,7 +10,7 @@ import array_api_compat as _compat
 from array_api_compat import array_namespace, device as _device, is_array_api_obj
 
 from ._errors import RefdiffShapeError, fail
-from ._typing import Array, Device, DType, Namespace
+from ._typing import Array, Device, Namespace
 
 __all__ = ["array_namespace", "device_of", "append_dims", "gather", "as_timesteps",
            "trusted_timesteps", "check_same_shape", "check_broadcast", "as_float_array",

@@ -47,7 +47,8 @@ eigendecompositions are precomputed on the host in float64):
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt

@@ -10,7 +10,8 @@ posterior variance is 0; its logarithm follows a named convention ``t0``:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable
 
 from ._errors import RefdiffShapeError, check_choice, check_real
 from ._typing import Array

@@ -7,7 +7,8 @@ come from the schedule's tables, gathered at t and broadcast over the non-batch 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from ._errors import RefdiffValueError, UnknownNameError, fail
 from ._typing import Array

@@ -15,7 +15,8 @@ import dataclasses
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -107,7 +108,7 @@ class Schedule:
         """All tables as a name -> array dict."""
         return {n: getattr(self, n) for n in TABLE_NAMES}
 
-    def to(self, xp: Namespace, *, device: Device | None = None, dtype: DType | None = None) -> "Schedule":
+    def to(self, xp: Namespace, *, device: Device | None = None, dtype: DType | None = None) -> Schedule:
         """Copy the float64 tables into namespace ``xp`` (cast once to ``dtype``, on ``device``)."""
         _check_host(self, "Schedule.to")
         dtype = xp.float64 if dtype is None else dtype

@@ -61,15 +61,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
-from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
+from collections.abc import Callable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from .._errors import UnknownNameError, check_choice, check_int, check_real, fail
+from .._typing import Array, Noise
 from ..parameterizations import eps_from_prediction, prediction_type, x0_from_prediction
 from . import register_sampler
 from ._common import StepInfo, batch_full, check_output, step_reporter
+
+#: A host time or log-SNR: a float, or a NumPy float64 array (methods return the same kind).
+_HT = TypeVar("_HT", float, np.ndarray)
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from ..schedules import Schedule
+    from ..sde import SDE
+
+    #: The model's time input: a named convention (:data:`MODEL_TIMES`) or a map t -> model time.
+    ModelTime: TypeAlias = str | Callable[[float], float]
 
 __all__ = [
     "NoiseScheduleVP",
@@ -190,7 +204,7 @@ def phi_3(h: float) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _interp(x, xs: np.ndarray, ys: np.ndarray):
+def _interp(x: npt.ArrayLike, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Piecewise-linear interpolation with linear extrapolation beyond both ends (DPM-Solver's interpolate_fn)."""
     x = np.asarray(x, dtype=np.float64)
     idx = np.clip(np.searchsorted(xs, x, side="left"), 1, len(xs) - 1)
@@ -198,12 +212,12 @@ def _interp(x, xs: np.ndarray, ys: np.ndarray):
     return y0 + (x - x0) * ((y1 - y0) / (x1 - x0))
 
 
-def _log_sigma_from_log_alpha(la):
+def _log_sigma_from_log_alpha(la: np.ndarray) -> np.ndarray:
     """log σ = ½ log(1 - α²) = ½ log(-expm1(2 log α)) (VP: α² + σ² = 1)."""
     return 0.5 * np.log(-np.expm1(2.0 * la))
 
 
-def _lambda_from_log_alpha(la):
+def _lambda_from_log_alpha(la: npt.ArrayLike) -> np.ndarray:
     """λ = log α - log σ of a VP schedule (+inf where α = 1)."""
     la = np.asarray(la, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -211,8 +225,8 @@ def _lambda_from_log_alpha(la):
     return np.where(la == 0.0, np.inf, out)
 
 
-def _scalar_or_array(v, like):
-    return float(v) if np.ndim(like) == 0 else np.asarray(v, dtype=np.float64)
+def _scalar_or_array(v: float | np.ndarray, like: _HT) -> _HT:
+    return cast(_HT, float(v) if np.ndim(like) == 0 else np.asarray(v, dtype=np.float64))
 
 
 @dataclass(frozen=True, eq=False)
@@ -242,10 +256,10 @@ class NoiseScheduleVP:
     total_N: int = 1000
     beta_min: float | None = None
     beta_max: float | None = None
-    t_array: Any = None
-    log_alpha_array: Any = None
+    t_array: np.ndarray | None = None
+    log_alpha_array: np.ndarray | None = None
     clip_lambda: float | None = None
-    sde: Any = None
+    sde: SDE | None = None
 
     # -- constructors ------------------------------------------------------------------------
     @classmethod
@@ -266,10 +280,10 @@ class NoiseScheduleVP:
     @classmethod
     def discrete(
         cls,
-        schedule: Any = None,
+        schedule: Schedule | None = None,
         *,
-        betas: Any = None,
-        alphas_cumprod: Any = None,
+        betas: Sequence[float] | None = None,
+        alphas_cumprod: Sequence[float] | None = None,
         clip_lambda: str | float | None = "dpm_solver",
     ) -> NoiseScheduleVP:
         """A discrete schedule as DPM-Solver's ``NoiseScheduleVP('discrete', ...)`` (Lu et al. 2022a, §3.4).
@@ -295,6 +309,7 @@ class NoiseScheduleVP:
             schedule = _sched.from_alphas_cumprod(alphas_cumprod)
         if not hasattr(schedule, "log_alphas_cumprod"):
             fail("schedule", schedule, "expected a refdiff.schedules.Schedule")
+        assert schedule is not None
         log_alpha = 0.5 * np.array(schedule.log_alphas_cumprod, dtype=np.float64)
         if isinstance(clip_lambda, str):
             clip = LAMBDA_CLIPS.get(clip_lambda)
@@ -335,7 +350,7 @@ class NoiseScheduleVP:
         )
 
     @classmethod
-    def from_sde(cls, sde: Any) -> NoiseScheduleVP:
+    def from_sde(cls, sde: SDE) -> NoiseScheduleVP:
         """The marginal schedule of a refdiff continuous SDE (refdiff.sde: VPSDE, SubVPSDE, VESDE).
 
         α_t, σ_t and λ_t come from the SDE's closed forms (sub-VP and VE are not variance
@@ -347,13 +362,13 @@ class NoiseScheduleVP:
         return cls("sde", T=float(sde.T), total_N=int(sde.N), sde=sde)
 
     # -- marginals ---------------------------------------------------------------------------
-    def _check_t(self, t):
+    def _check_t(self, t: npt.ArrayLike) -> np.ndarray:
         a = np.asarray(t, dtype=np.float64)
         if not np.all((a >= 0.0) & (a <= self.T)):
             fail("t", t, f"expected times in [0, {self.T!r}]")
         return a
 
-    def marginals(self, t: Any) -> tuple[Any, Any, Any]:
+    def marginals(self, t: _HT) -> tuple[_HT, _HT, _HT]:
         """(log α_t, σ_t, λ_t) in one evaluation of the schedule (host floats or NumPy arrays)."""
         a = self._check_t(t)
         if self.sde is not None:
@@ -361,33 +376,35 @@ class NoiseScheduleVP:
             sig = np.asarray(self.sde.marginal_std(a), dtype=np.float64)
             lam = np.asarray(self.sde.lambda_(a), dtype=np.float64)
         else:
+            assert self.t_array is not None and self.log_alpha_array is not None  # a discrete schedule
             la = _interp(a, self.t_array, self.log_alpha_array)
             sig = np.sqrt(-np.expm1(2.0 * la))
             lam = _lambda_from_log_alpha(la)
         return _scalar_or_array(la, t), _scalar_or_array(sig, t), _scalar_or_array(lam, t)
 
-    def marginal_log_mean_coeff(self, t: Any) -> Any:
+    def marginal_log_mean_coeff(self, t: _HT) -> _HT:
         """log α_t (the SDE's closed form; discrete: piecewise-linear in t)."""
         a = self._check_t(t)
         if self.sde is not None:
             out = self.sde.marginal_log_mean_coeff(a)
         else:
+            assert self.t_array is not None and self.log_alpha_array is not None  # a discrete schedule
             out = _interp(a, self.t_array, self.log_alpha_array)
         return _scalar_or_array(out, t)
 
-    def marginal_alpha(self, t: Any) -> Any:
+    def marginal_alpha(self, t: _HT) -> _HT:
         """α_t = exp(log α_t)."""
         return _scalar_or_array(np.exp(self.marginal_log_mean_coeff(t)), t)
 
-    def marginal_std(self, t: Any) -> Any:
+    def marginal_std(self, t: _HT) -> _HT:
         """σ_t: the SDE's, or √(-expm1(2 log α_t)) (discrete VP)."""
         return self.marginals(t)[1]
 
-    def marginal_lambda(self, t: Any) -> Any:
+    def marginal_lambda(self, t: _HT) -> _HT:
         """λ_t = log α_t - log σ_t (+inf where σ_t = 0)."""
         return self.marginals(t)[2]
 
-    def inverse_lambda(self, lam: Any) -> Any:
+    def inverse_lambda(self, lam: _HT) -> _HT:
         """The t with λ_t = lam (the SDE's closed form; discrete: interpolation of t in log α)."""
         lam_a = np.asarray(lam, dtype=np.float64)
         if np.any(np.isnan(lam_a)):
@@ -395,11 +412,12 @@ class NoiseScheduleVP:
         if self.sde is not None:
             out = np.asarray(self.sde.t_from_lambda(lam_a), dtype=np.float64)
         else:
+            assert self.t_array is not None and self.log_alpha_array is not None  # a discrete schedule
             la = -0.5 * np.logaddexp(0.0, -2.0 * lam_a)  # log α = -½ log(1 + e^{-2λ}) (VP)
             out = _interp(la, self.log_alpha_array[::-1].copy(), self.t_array[::-1].copy())
         return _scalar_or_array(out, lam)
 
-    def model_input_time(self, t: Any, convention: str = "continuous") -> Any:
+    def model_input_time(self, t: _HT, convention: str = "continuous") -> _HT:
         """The time fed to the model: t itself, DPM-Solver's discrete input (t - 1/N)·1000, or the discrete index t·N - 1.
 
         ``"index"`` rounds t·N - 1 to the integer n where it is within 1e-9 of it (the knots
@@ -426,7 +444,7 @@ class NoiseScheduleVP:
         return _scalar_or_array(np.where(np.abs(n - r) <= 1e-9, r, n), t)
 
 
-def _check_ns(noise_schedule: Any) -> NoiseScheduleVP:
+def _check_ns(noise_schedule: object) -> NoiseScheduleVP:
     if not isinstance(noise_schedule, NoiseScheduleVP):
         fail(
             "noise_schedule",
@@ -460,7 +478,7 @@ def _zero_point() -> SchedulePoint:
 
 
 def _model_times(
-    ns: NoiseScheduleVP, ts: np.ndarray, sve: np.ndarray, model_time: Any
+    ns: NoiseScheduleVP, ts: np.ndarray, sve: np.ndarray, model_time: ModelTime
 ) -> list[float]:
     if callable(model_time):
         return [float(model_time(float(t))) for t in ts]
@@ -471,10 +489,10 @@ def _model_times(
 
 def schedule_points(
     noise_schedule: NoiseScheduleVP,
-    times: Any,
+    times: npt.ArrayLike,
     *,
-    model_time: Any = "continuous",
-    sigmas: Any = None,
+    model_time: ModelTime = "continuous",
+    sigmas: npt.ArrayLike | None = None,
 ) -> list[SchedulePoint]:
     """The schedule at every time of ``times`` in one vectorised evaluation (the step plan's inputs).
 
@@ -590,7 +608,7 @@ def multistep_step_orders(
     return orders
 
 
-def _lower_order_threshold(name: Any) -> float:
+def _lower_order_threshold(name: object) -> float:
     if not isinstance(name, str) or name not in LOWER_ORDER_FINAL:
         raise UnknownNameError(
             f"lower_order_final={name!r} is not a known rule; allowed: "
@@ -601,16 +619,17 @@ def _lower_order_threshold(name: Any) -> float:
 
 def _explicit_grid(
     ns: NoiseScheduleVP,
-    timesteps: Any,
-    sigmas: Any,
+    timesteps: npt.ArrayLike | None,
+    sigmas: npt.ArrayLike | None,
     time_unit: str,
     final_sigmas_type: str | None,
-    model_time: Any,
+    model_time: ModelTime,
 ) -> list[SchedulePoint]:
     """The points of an explicit grid (``timesteps=`` or ``sigmas=``), completed by ``final_sigmas_type``."""
     check_choice("time_unit", time_unit, TIME_UNITS, "time unit")
     if final_sigmas_type is not None:
         check_choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES, "final σ")
+    given: npt.ArrayLike | None  # the grid argument named in error messages
     if sigmas is not None:
         s = np.asarray(sigmas, dtype=np.float64)
         if s.ndim != 1 or s.size < 1 or not np.all(np.isfinite(s)) or np.any(s < 0.0):
@@ -655,6 +674,7 @@ def _explicit_grid(
                     f"expected integer timesteps n in [0, {ns.total_N - 1}] "
                     "of the discrete schedule (t = (n+1)/N)",
                 )
+            assert ns.t_array is not None  # a discrete schedule (checked above)
             ts = ns.t_array[n.astype(np.int64)]
         else:
             ts = np.asarray(raw, dtype=np.float64)
@@ -786,7 +806,7 @@ def first_order_coefficients(
     return FirstCoefficients(a, t.sigma * phi_1(h))
 
 
-def _first(x, m, c: FirstCoefficients):
+def _first(x: Array, m: Array, c: FirstCoefficients) -> Array:
     """The first-order term a·x - b·m (every update starts from it)."""
     return c.a * x - c.b * m
 
@@ -911,14 +931,14 @@ def singlestep_third_coefficients(
 
 def dpm_solver_first_update(
     noise_schedule: NoiseScheduleVP | None,
-    x: Any,
+    x: Array,
     s: float | None,
     t: float | None,
-    model_s: Any,
+    model_s: Array,
     *,
     algorithm_type: str = "dpmsolver",
     coefficients: FirstCoefficients | None = None,
-) -> Any:
+) -> Array:
     """DPM-Solver-1 from s to t: x_t = (α_t/α_s) x_s - σ_t φ1(h) ε̂_s (Lu et al. 2022a, Eq. 3.7 / Alg. 1, = DDIM).
 
     With ``algorithm_type="dpmsolver++"``, ``model_s`` is the data prediction x̂0 and
@@ -934,17 +954,17 @@ def dpm_solver_first_update(
 
 def singlestep_dpm_solver_second_update(
     noise_schedule: NoiseScheduleVP | None,
-    model_fn: Callable,
-    x: Any,
+    model_fn: Callable[[Array, float], Array],
+    x: Array,
     s: float | None,
     t: float | None,
     *,
     r1: float = 0.5,
-    model_s: Any = None,
+    model_s: Array | None = None,
     algorithm_type: str = "dpmsolver",
     solver_type: str = "dpmsolver",
     coefficients: SinglestepSecondCoefficients | None = None,
-) -> tuple[Any, list[Any]]:
+) -> tuple[Array, list[Array]]:
     """Single-step DPM-Solver-2 from s to t via s1 with λ_{s1} = λ_s + r1 h (Lu et al. 2022a, Alg. 1; 2022b, Alg. 1 for ++).
 
     ``model_fn(x, t) -> prediction`` (noise, or data for "dpmsolver++"). Returns
@@ -970,19 +990,19 @@ def singlestep_dpm_solver_second_update(
 
 def singlestep_dpm_solver_third_update(
     noise_schedule: NoiseScheduleVP | None,
-    model_fn: Callable,
-    x: Any,
+    model_fn: Callable[[Array, float], Array],
+    x: Array,
     s: float | None,
     t: float | None,
     *,
     r1: float = 1.0 / 3.0,
     r2: float = 2.0 / 3.0,
-    model_s: Any = None,
-    model_s1: Any = None,
+    model_s: Array | None = None,
+    model_s1: Array | None = None,
     algorithm_type: str = "dpmsolver",
     solver_type: str = "dpmsolver",
     coefficients: SinglestepThirdCoefficients | None = None,
-) -> tuple[Any, list[Any]]:
+) -> tuple[Array, list[Array]]:
     """Single-step DPM-Solver-3 from s to t via λ_s + r1 h and λ_s + r2 h (Lu et al. 2022a, Alg. 2; 2022b, §4 for ++).
 
     Returns (x_t, [model_s, model_s1, model_s2]). ``coefficients`` (from
@@ -1022,8 +1042,8 @@ def singlestep_dpm_solver_third_update(
 
 def singlestep_dpm_solver_update(
     noise_schedule: NoiseScheduleVP | None,
-    model_fn: Callable,
-    x: Any,
+    model_fn: Callable[[Array, float], Array],
+    x: Array,
     s: float | None,
     t: float | None,
     *,
@@ -1032,9 +1052,9 @@ def singlestep_dpm_solver_update(
     solver_type: str = "dpmsolver",
     r1: float | None = None,
     r2: float | None = None,
-    model_s: Any = None,
-    coefficients: Any = None,
-) -> tuple[Any, list[Any]]:
+    model_s: Array | None = None,
+    coefficients: FirstCoefficients | SinglestepSecondCoefficients | SinglestepThirdCoefficients | None = None,
+) -> tuple[Array, list[Array]]:
     """One single-step DPM-Solver-k update (k = 1, 2, 3) from s to t (Lu et al. 2022a, Eq. 3.7, Algs. 1-2).
 
     Returns (x_t, model values at s and the intermediate times). ``coefficients`` is the one of
@@ -1050,7 +1070,7 @@ def singlestep_dpm_solver_update(
             t,
             model_s,
             algorithm_type=algorithm_type,
-            coefficients=coefficients,
+            coefficients=cast("FirstCoefficients | None", coefficients),
         ), [model_s]
     if order == 2:
         return singlestep_dpm_solver_second_update(
@@ -1063,7 +1083,7 @@ def singlestep_dpm_solver_update(
             model_s=model_s,
             algorithm_type=algorithm_type,
             solver_type=solver_type,
-            coefficients=coefficients,
+            coefficients=cast("SinglestepSecondCoefficients | None", coefficients),
         )
     if order == 3:
         return singlestep_dpm_solver_third_update(
@@ -1077,7 +1097,7 @@ def singlestep_dpm_solver_update(
             model_s=model_s,
             algorithm_type=algorithm_type,
             solver_type=solver_type,
-            coefficients=coefficients,
+            coefficients=cast("SinglestepThirdCoefficients | None", coefficients),
         )
     fail("order", order, "expected 1, 2 or 3")
     raise AssertionError("unreachable")
@@ -1085,15 +1105,15 @@ def singlestep_dpm_solver_update(
 
 def multistep_dpm_solver_second_update(
     noise_schedule: NoiseScheduleVP | None,
-    x: Any,
-    model_prev_list: Any,
-    t_prev_list: Any,
+    x: Array,
+    model_prev_list: Sequence[Array],
+    t_prev_list: Sequence[float] | None,
     t: float | None,
     *,
     algorithm_type: str = "dpmsolver",
     solver_type: str = "dpmsolver",
     coefficients: MultistepSecondCoefficients | None = None,
-) -> Any:
+) -> Array:
     """Multistep DPM-Solver-2 from t_prev_list[-1] to t with the last two model values (Lu et al. 2022b, Alg. 2).
 
     D1 = (m_0 - m_1)/r0 with r0 = h_0/h is the first-derivative estimate; x_t is the first-order
@@ -1103,7 +1123,8 @@ def multistep_dpm_solver_second_update(
     if c is None:
         ns = _check_ns(noise_schedule)
         _check_alg(algorithm_type, solver_type)
-        p1, p0, pt = schedule_points(ns, [t_prev_list[-2], t_prev_list[-1], t])
+        tp = cast("Sequence[float]", t_prev_list)  # given whenever coefficients= is not
+        p1, p0, pt = schedule_points(ns, [tp[-2], tp[-1], cast(float, t)])
         c = multistep_second_coefficients(
             p1, p0, pt, algorithm_type=algorithm_type, solver_type=solver_type
         )
@@ -1114,15 +1135,15 @@ def multistep_dpm_solver_second_update(
 
 def multistep_dpm_solver_third_update(
     noise_schedule: NoiseScheduleVP | None,
-    x: Any,
-    model_prev_list: Any,
-    t_prev_list: Any,
+    x: Array,
+    model_prev_list: Sequence[Array],
+    t_prev_list: Sequence[float] | None,
     t: float | None,
     *,
     algorithm_type: str = "dpmsolver",
     d2_scale: str = "consistent",
     coefficients: MultistepThirdCoefficients | None = None,
-) -> Any:
+) -> Array:
     """Multistep DPM-Solver-3 from t_prev_list[-1] to t with the last three model values (Lu et al. 2022b, §4, 3M).
 
     With D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1 (r0 = h0/h, r1 = h1/h): D1 = D1_0 + r0/(r0+r1)
@@ -1137,7 +1158,8 @@ def multistep_dpm_solver_third_update(
         ns = _check_ns(noise_schedule)
         _check_alg(algorithm_type, "dpmsolver")
         check_choice("d2_scale", d2_scale, D2_SCALES, "multistep third-order D2 convention")
-        p2, p1, p0, pt = schedule_points(ns, [t_prev_list[-3], t_prev_list[-2], t_prev_list[-1], t])
+        tp = cast("Sequence[float]", t_prev_list)  # given whenever coefficients= is not
+        p2, p1, p0, pt = schedule_points(ns, [tp[-3], tp[-2], tp[-1], cast(float, t)])
         c = multistep_third_coefficients(
             p2, p1, p0, pt, algorithm_type=algorithm_type, d2_scale=d2_scale
         )
@@ -1151,17 +1173,17 @@ def multistep_dpm_solver_third_update(
 
 def multistep_dpm_solver_update(
     noise_schedule: NoiseScheduleVP | None,
-    x: Any,
-    model_prev_list: Any,
-    t_prev_list: Any,
+    x: Array,
+    model_prev_list: Sequence[Array],
+    t_prev_list: Sequence[float] | None,
     t: float | None,
     *,
     order: int,
     algorithm_type: str = "dpmsolver",
     solver_type: str = "dpmsolver",
     d2_scale: str = "consistent",
-    coefficients: Any = None,
-) -> Any:
+    coefficients: FirstCoefficients | MultistepSecondCoefficients | MultistepThirdCoefficients | None = None,
+) -> Array:
     """One multistep DPM-Solver-k update (k = 1, 2, 3) from t_prev_list[-1] to t (Lu et al. 2022b, Alg. 2)."""
     if order == 1:
         return dpm_solver_first_update(
@@ -1171,7 +1193,7 @@ def multistep_dpm_solver_update(
             t,
             model_prev_list[-1],
             algorithm_type=algorithm_type,
-            coefficients=coefficients,
+            coefficients=cast("FirstCoefficients | None", coefficients),
         )
     if order == 2:
         return multistep_dpm_solver_second_update(
@@ -1182,7 +1204,7 @@ def multistep_dpm_solver_update(
             t,
             algorithm_type=algorithm_type,
             solver_type=solver_type,
-            coefficients=coefficients,
+            coefficients=cast("MultistepSecondCoefficients | None", coefficients),
         )
     if order == 3:
         return multistep_dpm_solver_third_update(
@@ -1193,7 +1215,7 @@ def multistep_dpm_solver_update(
             t,
             algorithm_type=algorithm_type,
             d2_scale=d2_scale,
-            coefficients=coefficients,
+            coefficients=cast("MultistepThirdCoefficients | None", coefficients),
         )
     fail("order", order, "expected 1, 2 or 3")
     raise AssertionError("unreachable")
@@ -1204,7 +1226,7 @@ def multistep_dpm_solver_update(
 # --------------------------------------------------------------------------------------------
 
 
-def _check_model_time(ns: NoiseScheduleVP, model_time: Any) -> None:
+def _check_model_time(ns: NoiseScheduleVP, model_time: ModelTime) -> None:
     if not callable(model_time):
         check_choice("model_time", model_time, MODEL_TIMES, "model time convention")
         if model_time in ("dpm_solver", "index") and ns.kind != "discrete":
@@ -1216,7 +1238,7 @@ def _check_model_time(ns: NoiseScheduleVP, model_time: Any) -> None:
             )
 
 
-def _x0_correction(correcting_x0_fn: Any, dynamic_thresholding_ratio: float) -> Callable | None:
+def _x0_correction(correcting_x0_fn: str | Callable[[Array, float], Array] | None, dynamic_thresholding_ratio: float) -> Callable[[Array, float], Array] | None:
     if isinstance(correcting_x0_fn, str):
         check_choice(
             "correcting_x0_fn", correcting_x0_fn, ("dynamic_thresholding",), "x0 correction"
@@ -1225,7 +1247,7 @@ def _x0_correction(correcting_x0_fn: Any, dynamic_thresholding_ratio: float) -> 
 
         ratio = check_real("dynamic_thresholding_ratio", dynamic_thresholding_ratio, lo=0.0, hi=1.0)
 
-        def correct(x0, t, _ratio=ratio):
+        def correct(x0: Array, t: float, _ratio: float = ratio) -> Array:
             return dynamic_threshold(x0, ratio=_ratio)
 
         return correct
@@ -1239,17 +1261,17 @@ def _x0_correction(correcting_x0_fn: Any, dynamic_thresholding_ratio: float) -> 
 
 
 def _predictors(
-    model: Callable, prediction: str, correct: Callable | None
-) -> tuple[Callable, Callable]:
+    model: Callable[[Array, Array], Array], prediction: str, correct: Callable[[Array, float], Array] | None
+) -> tuple[Callable[[Array, SchedulePoint], Array], Callable[[Array, SchedulePoint], Array]]:
     """(noise_fn, data_fn): ``fn(x, point) -> ε̂ or x̂0`` from the raw model output (Lu et al. 2022b, §3; DPM-Solver's model_wrapper)."""
 
-    def raw(x, p: SchedulePoint):
+    def raw(x: Array, p: SchedulePoint) -> Array:
         return check_output(model(x, batch_full(x, p.model_t)), x, name="model output")
 
-    def noise_fn(x, p: SchedulePoint):
+    def noise_fn(x: Array, p: SchedulePoint) -> Array:
         return eps_from_prediction(raw(x, p), x, p.alpha, p.sigma, prediction)
 
-    def data_fn(x, p: SchedulePoint):
+    def data_fn(x: Array, p: SchedulePoint) -> Array:
         x0 = x0_from_prediction(raw(x, p), x, p.alpha, p.sigma, prediction)
         return x0 if correct is None else correct(x0, p.t)
 
@@ -1257,14 +1279,14 @@ def _predictors(
 
 
 def _prediction_fns(
-    model: Callable,
+    model: Callable[[Array, Array], Array],
     ns: NoiseScheduleVP,
     *,
     model_type: str,
-    model_time: Any,
-    correcting_x0_fn: Any,
+    model_time: ModelTime,
+    correcting_x0_fn: str | Callable[[Array, float], Array] | None,
     dynamic_thresholding_ratio: float,
-) -> tuple[Callable, Callable]:
+) -> tuple[Callable[[Array, float], Array], Callable[[Array, float], Array]]:
     """(noise_fn, data_fn) of host times t: ``fn(x, t) -> ε̂ or x̂0`` (one schedule evaluation per call; for checks)."""
     prediction = prediction_type(model_type, "model_type", MODEL_TYPES)
     _check_model_time(ns, model_time)
@@ -1272,7 +1294,7 @@ def _prediction_fns(
         model, prediction, _x0_correction(correcting_x0_fn, dynamic_thresholding_ratio)
     )
 
-    def at(fn):
+    def at(fn: Callable[[Array, SchedulePoint], Array]) -> Callable[[Array, float], Array]:
         return lambda x, t: fn(x, schedule_points(ns, [float(t)], model_time=model_time)[0])
 
     return at(noise_fn), at(data_fn)
@@ -1284,7 +1306,7 @@ def _prediction_fns(
 
 
 def _time_range(
-    ns: NoiseScheduleVP, t_start: Any, t_end: Any, lambda_min: Any
+    ns: NoiseScheduleVP, t_start: float | None, t_end: float | None, lambda_min: float | None
 ) -> tuple[float, float]:
     t_T = ns.T if t_start is None else check_real("t_start", t_start, lo=0.0, hi=ns.T, lo_open=True)
     t_0 = (
@@ -1323,7 +1345,7 @@ def _singlestep_blocks(orders: list[int], fine_len: int) -> list[int]:
 
 
 def _lambda_inner(
-    ns: NoiseScheduleVP, outer: list[SchedulePoint], orders: list[int], model_time: Any
+    ns: NoiseScheduleVP, outer: list[SchedulePoint], orders: list[int], model_time: ModelTime
 ) -> list[list[SchedulePoint]]:
     """Intermediate points at λ_s + r h (r = 1/2; 1/3, 2/3), all blocks in one schedule evaluation."""
     fracs = {1: (), 2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
@@ -1344,20 +1366,20 @@ def _lambda_inner(
 
 
 def _singlestep_plan(
-    ns,
-    steps,
-    order,
-    method,
-    skip_type,
-    intermediate,
-    grid,
-    t_T,
-    t_0,
-    model_time,
-    algorithm_type,
-    solver_type,
-    second_intermediate,
-):
+    ns: NoiseScheduleVP,
+    steps: int,
+    order: int,
+    method: str,
+    skip_type: str,
+    intermediate: str,
+    grid: list[SchedulePoint] | None,
+    t_T: float,
+    t_0: float,
+    model_time: ModelTime,
+    algorithm_type: str,
+    solver_type: str,
+    second_intermediate: str,
+) -> tuple[list[tuple[int, Any]], list[SchedulePoint]]:
     """[(order, coefficients)] of the single-step loop and the outer points."""
     if grid is not None:
         nfe = len(grid) - 1
@@ -1411,12 +1433,13 @@ def _singlestep_plan(
         inner = _lambda_inner(ns, outer, orders, model_time)
         fixed_r = True
     else:
-        inner = fine_inner
+        inner = cast("list[list[SchedulePoint]]", fine_inner)  # built above for "grid"
         fixed_r = False
-    plan = []
+    plan: list[tuple[int, Any]] = []
     for j, o in enumerate(orders):
         ps, pt, mid = outer[j], outer[j + 1], inner[j]
         h = pt.lam - ps.lam
+        c: FirstCoefficients | SinglestepSecondCoefficients | SinglestepThirdCoefficients
         if o == 1:
             c = first_order_coefficients(ps, pt, algorithm_type)
         elif o == 2:
@@ -1446,13 +1469,13 @@ def _singlestep_plan(
 
 
 def _multistep_plan(
-    ns, points, order, lower_order_final, warmup, model_time, algorithm_type, solver_type, d2_scale
-):
+    ns: NoiseScheduleVP, points: list[SchedulePoint], order: int, lower_order_final: str, warmup: str, model_time: ModelTime, algorithm_type: str, solver_type: str, d2_scale: str
+) -> list[tuple[str, int, Any]]:
     steps = len(points) - 1
     orders = multistep_step_orders(steps, order, lower_order_final)
     if points[-1].sigma == 0.0:
         orders[-1] = 1  # the step into σ = 0 is first order
-    plan = []
+    plan: list[tuple[str, int, Any]] = []
     for i in range(steps):
         o, pt = orders[i], points[i + 1]
         if i == 0 and order == 3 and warmup == "singlestep" and steps >= 2:
@@ -1502,8 +1525,8 @@ def _multistep_plan(
 
 
 def sample_dpm_solver(
-    model: Callable,
-    x: Any,
+    model: Callable[[Array, Array], Array],
+    x: Array,
     *,
     noise_schedule: NoiseScheduleVP,
     steps: int | None = None,
@@ -1514,8 +1537,8 @@ def sample_dpm_solver(
     skip_type: str = "time_uniform",
     t_start: float | None = None,
     t_end: float | None = None,
-    timesteps: Any = None,
-    sigmas: Any = None,
+    timesteps: npt.ArrayLike | None = None,
+    sigmas: npt.ArrayLike | None = None,
     time_unit: str = "t",
     final_sigmas_type: str | None = None,
     intermediate: str = "lambda",
@@ -1523,16 +1546,16 @@ def sample_dpm_solver(
     lower_order_final: str = "dpm_solver",
     solver_type: str = "dpmsolver",
     denoise_to_zero: bool = False,
-    correcting_x0_fn: Any = None,
+    correcting_x0_fn: str | Callable[[Array, float], Array] | None = None,
     dynamic_thresholding_ratio: float = 0.995,
-    model_time: Any = "continuous",
+    model_time: ModelTime = "continuous",
     lambda_min: float | None = None,
     d2_scale: str = "consistent",
     warmup: str = "lower_order",
-    noise: Any = None,
-    callback: Callable | None = None,
-    progress: Callable | None = None,
-) -> Any:
+    noise: Noise = None,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """DPM-Solver / DPM-Solver++ sampling from t_start to t_end (Lu et al. 2022a, §3; 2022b, §4), as DPM-Solver's ``sample``.
 
     With the same settings it reproduces DPM-Solver's ``DPM_Solver.sample``, except that its
@@ -1700,7 +1723,7 @@ def sample_dpm_solver(
             grid = schedule_points(
                 ns, get_time_steps(ns, skip_type, t_T, t_0, steps), model_time=model_time
             )
-        plan = _multistep_plan(
+        plan: list[Any] = _multistep_plan(
             ns,
             grid,
             order,
@@ -1773,7 +1796,7 @@ def sample_dpm_solver(
     return x
 
 
-def _by_time(points: list[SchedulePoint], plan: list) -> dict[float, SchedulePoint]:
+def _by_time(points: list[SchedulePoint], plan: Sequence[tuple[object, int, NamedTuple]]) -> dict[float, SchedulePoint]:
     """Every point the plan's updates evaluate the model at, keyed by its time."""
     out = {p.t: p for p in points}
     for _, _, c in plan:
@@ -1784,7 +1807,7 @@ def _by_time(points: list[SchedulePoint], plan: list) -> dict[float, SchedulePoi
     return out
 
 
-def _denoised(m: Any, x: Any, p: SchedulePoint, algorithm_type: str) -> Any:
+def _denoised(m: Array, x: Array, p: SchedulePoint, algorithm_type: str) -> Array:
     """The data prediction at a step's start: the model value itself (DPM-Solver++) or x̂0 from ε̂."""
     return (
         m if algorithm_type == "dpmsolver++" else x0_from_prediction(m, x, p.alpha, p.sigma, "eps")
@@ -1797,21 +1820,21 @@ def _register(
     order: int,
     method: str,
     algorithm_type: str,
-    step: Callable,
+    step: Callable[..., object],
     formal_order: int | None,
     doc: str,
-) -> Callable:
+) -> Callable[..., Array]:
     fixed: dict[str, Any] = {"order": order, "method": method, "algorithm_type": algorithm_type}
 
     def sampler(
-        model: Callable,
-        x: Any,
+        model: Callable[[Array, Array], Array],
+        x: Array,
         *,
         noise_schedule: NoiseScheduleVP,
         steps: int | None = None,
-        noise: Any = None,
+        noise: Noise = None,
         **options: Any,
-    ) -> Any:
+    ) -> Array:
         for key in fixed:
             if key in options:
                 fail(
