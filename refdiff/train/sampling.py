@@ -85,6 +85,12 @@ def _respaced(schedule, steps: int, spacing: str):
     return sampling_schedule(schedule, steps, spacing)
 
 
+def respaced(schedule: Any, steps: int, spacing: str = "trailing") -> Any:
+    """Deprecated: the host schedule respaced to ``steps`` steps; use
+    ``refdiff.samplers.discrete.sampling_schedule`` (kept for one release)."""
+    return _respaced(schedule, steps, spacing)
+
+
 def _accepted(fn: Callable, options: dict) -> dict:
     params = inspect.signature(fn).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
