@@ -11,7 +11,7 @@ write one — float32 tables, ``set_timesteps`` + ``step``). These tests check i
    dropped term);
 3. the stochastic loop (η = 1) as a distribution: with Gaussian data the whole loop is affine in
    (x_T, noise), so ``refdiff.analytic.linear_sampler_law`` gives its exact output mean and
-   covariance — compare yours with refdiff's ``ddim_sample`` run on the same schedule (this
+   covariance — compare yours with refdiff's ``sample_ddim`` run on the same schedule (this
    catches a wrong previous-timestep rule, such as ``t - T // n`` with linspace spacing).
 
 Run: ``python examples/oracle_in_your_tests.py`` (runs pytest on this file), or copy the test
@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 import refdiff.analytic as A
-from refdiff.samplers.discrete import ddim_sample, ddim_step_at
+from refdiff.samplers.discrete import ddim_step_at, sample_ddim
 from refdiff.schedules import linear, respace
 
 
@@ -119,7 +119,7 @@ def test_stochastic_loop_has_refdiffs_output_law():
         return sched.sample(f, x_T.astype(np.float32), eta=1.0, noise=noise.astype(np.float32))
 
     def oracle(x_T, noise):
-        return ddim_sample(model, x_T, schedule=S, eta=1.0, noise=noise)
+        return sample_ddim(model, x_T, schedule=S, eta=1.0, noise=noise)
 
     m, c = data.marginal(np.sqrt(REF.alphas_cumprod[-1]), np.sqrt(1 - REF.alphas_cumprod[-1]))
     law_mine = A.linear_sampler_law(mine, m, c, dim=3, n_noise=n, check=False)
