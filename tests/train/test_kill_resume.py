@@ -78,11 +78,15 @@ def test_kill_during_checkpoint_write_then_resume_is_bit_exact(tmp_path):
     victim = _child(killed, STEPS, KILL_AT)
     marker = killed / "WRITING"
     deadline = time.monotonic() + 120
-    while not marker.exists():
-        assert victim.poll() is None, victim.communicate()
-        assert time.monotonic() < deadline, "the child never reached the checkpoint write"
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
+    try:
+        while not marker.exists():
+            assert victim.poll() is None, victim.communicate()
+            assert time.monotonic() < deadline, "the child never reached the checkpoint write"
+            time.sleep(0.05)
+    finally:  # never leave a child behind, whatever happened
+        for p in (victim,) if marker.exists() else (victim, ref):
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
     victim.communicate(timeout=60)
     assert victim.returncode == -signal.SIGKILL
 

@@ -19,7 +19,7 @@ from refdiff.train.metrics import read_metrics
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
-    """The issue's command: refdiff train --backend torch --preset tiny --steps 20 --out DIR (defaults otherwise)."""
+    """The smoke command: refdiff train --backend torch --preset tiny --steps 20 --out DIR (defaults otherwise)."""
     out = tmp_path_factory.mktemp("cli_default")
     rc = main(
         [
