@@ -5,6 +5,12 @@ chunks along their first axis (when it has two or more entries), so every check 
 chunk boundary; nothing is computed until a result is copied back to the host. Where Dask itself
 departs from the array API standard, the deviation is declared in :data:`KNOWN_FAILURES` with the
 upstream behaviour it comes from.
+
+Inputs get unique graph names (``from_array(..., name=False)``). Dask's default name is a hash of
+the content, and integer-array indexing builds an internal chunk-offset array ``[0]`` the same
+way: an index array equal to ``[0]`` then shares its name, and ``take(table, t)`` declares the
+table's shape instead of t's (https://github.com/dask/dask/issues/6709; the computed values are
+right). Unique names keep that collision out of the suite, which checks the reference.
 """
 
 from __future__ import annotations

@@ -173,7 +173,10 @@ def test_from_namespace_wraps_raw_modules():
 
 
 @pytest.mark.parametrize("name", ["numpy", "array_api_strict",
-                                  pytest.param("torch", marks=needs_torch)])
+                                  pytest.param("torch", marks=needs_torch),
+                                  pytest.param("dask", marks=pytest.mark.skipif(
+                                      importlib.util.find_spec("dask") is None,
+                                      reason="dask is not installed"))])
 def test_builtin_protocol(name):
     b = get_backend(name)
     for dt in ("float64", "float32"):

@@ -164,8 +164,8 @@ def test_dask_inputs_cross_a_chunk_boundary_and_stay_lazy():
 def test_gather_at_a_zero_index_has_the_index_shape():
     """Dask names an array built from NumPy data after its content; the index array [0] and the
     chunk-offset array [0] Dask builds inside integer-array indexing then share a name and the
-    result claims the table's shape. The backend's inputs get unique names, so gathers see
-    the shape of t."""
+    result claims the table's shape (https://github.com/dask/dask/issues/6709). The backend's
+    inputs get unique names, so gathers see the shape of t."""
     b = get_backend("dask")
     table = b.asarray(np.linspace(0.0, 1.0, 7), "float64")
     for tv in ([0], [0, 0], 0, [[0, 3]]):
@@ -212,3 +212,31 @@ def test_conformance_suite_passes(backend):
     rep = refdiff.verify(backend=backend, dtypes="float64,float32", max_examples=4)
     assert rep.ok, rep.format()
     assert rep.counts["passed"] > 250 and not rep.counts["skipped"], rep.counts
+
+
+def test_spec_records_what_get_backend_was_given():
+    """A reproduce line must name what resolves to the backend again, not its display name."""
+    assert get_backend("numpy@cpu").spec == "numpy"
+    b = get_backend("refdiff.backends.numpy:NumpyBackend")
+    assert b.name == "numpy" and b.spec == "refdiff.backends.numpy:NumpyBackend"
+    from refdiff.backends.numpy import NumpyBackend
+    assert NumpyBackend().spec is None
+
+
+@needs_jax
+def test_jax_cpu_declares_the_upstream_log1p_inaccuracy():
+    """The declared failure is real: float64 log1p on the CPU misses mpmath by far more than the
+    suite's 8 eps near x = 1/sqrt(2) - 1 (checked here in a fresh 64-bit process)."""
+    b = get_backend("jax@cpu")
+    reason = b.known_failures["tables.log_one_minus_alphas_cumprod_log1p[float64]"]
+    assert "jax-ml/jax/issues/39707" in reason
+    out = _run("import jax; jax.config.update('jax_enable_x64', True)\n"
+               "import numpy as np, jax.numpy as jnp\n"
+               "x = np.linspace(-0.45, -0.38, 2001)\n"
+               "print(','.join(repr(float(v)) for v in np.asarray(jnp.log1p(x))))")
+    import mpmath
+    x = np.linspace(-0.45, -0.38, 2001)
+    got = np.array([float(v) for v in out.split(",")])
+    exact = np.array([float(mpmath.log1p(mpmath.mpf(float(v)))) for v in x])
+    ulps = np.abs(got - exact) / np.spacing(np.abs(exact))
+    assert ulps.max() > 16, ulps.max()
