@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from .._errors import RefdiffValueError, UnknownNameError, check_int, check_real, fail
 
@@ -177,7 +178,7 @@ class UNetConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "UNetConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> UNetConfig:
         """Rebuild a config from :meth:`to_dict` output; unknown keys raise."""
         if not isinstance(d, Mapping):
             fail("d", d, "expected a mapping of UNetConfig fields")
@@ -192,7 +193,7 @@ class UNetConfig:
                 kw[k] = tuple(kw[k])
         return cls(**kw)
 
-    def replace(self, **changes: Any) -> "UNetConfig":
+    def replace(self, **changes: Any) -> UNetConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import math
 from types import MappingProxyType, SimpleNamespace
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
 
 from .._errors import RefdiffShapeError, UnknownNameError, check_int, fail
+from .._typing import Array, Namespace
 from .._xp import array_namespace, device_of
 
 __all__ = [
@@ -39,17 +41,17 @@ __all__ = [
 GN_EPS = 1e-5
 
 
-def shape_fail(name: str, shape, allowed: str, cls: type[Exception] = RefdiffShapeError) -> None:
+def shape_fail(name: str, shape: tuple[int, ...], allowed: str, cls: type[Exception] = RefdiffShapeError) -> NoReturn:
     """Raise ``cls`` naming an array argument, its shape and what is allowed."""
     raise cls(f"{name} of shape {tuple(shape)} is invalid: {allowed}")
 
 
-def _zeros(xp, shape, like):
+def _zeros(xp: Namespace, shape: tuple[int, ...], like: Array) -> Array:
     return xp.zeros(shape, dtype=like.dtype, device=device_of(like))
 
 
 # ----------------------------------------------------------------------------- convolution
-def pad2d(x, top: int, bottom: int, left: int, right: int):
+def pad2d(x: Array, top: int, bottom: int, left: int, right: int) -> Array:
     """Zero-pad the last two axes of x (built with concat: the standard has no pad)."""
     xp = array_namespace(x)
     lead = tuple(x.shape[:-2])
@@ -66,7 +68,7 @@ def pad2d(x, top: int, bottom: int, left: int, right: int):
     return x
 
 
-def dilate2d(x, stride: int):
+def dilate2d(x: Array, stride: int) -> Array:
     """Insert ``stride - 1`` zeros between neighbouring entries of the last two axes (size (n-1)·s+1)."""
     if stride == 1:
         return x
@@ -86,7 +88,7 @@ def _out_size(n: int, k: int, stride: int, padding: int) -> int:
     return (n + 2 * padding - k) // stride + 1
 
 
-def im2col(x, k: int, *, stride: int = 1, padding: int = 0):
+def im2col(x: Array, k: int, *, stride: int = 1, padding: int = 0) -> Array:
     """Patches of x (B, C, H, W) as columns (B, C·k·k, Ho·Wo), ordered (c, i, j) to match OIHW weights."""
     xp = array_namespace(x)
     b, c, h, w = x.shape
@@ -99,7 +101,7 @@ def im2col(x, k: int, *, stride: int = 1, padding: int = 0):
     return xp.reshape(xp.stack(taps, axis=2), (b, c * k * k, ho * wo))
 
 
-def _check_conv(x, w, b, stride, padding):
+def _check_conv(x: Array, w: Array, b: Array | None, stride: int, padding: int | None) -> tuple[int, int]:
     if x.ndim != 4:
         shape_fail("x", x.shape, "conv2d expects an NCHW array with 4 dimensions", RefdiffShapeError)
     if w.ndim != 4 or w.shape[2] != w.shape[3]:
@@ -118,7 +120,7 @@ def _check_conv(x, w, b, stride, padding):
     return stride, padding
 
 
-def conv2d(x, w, b=None, *, stride: int = 1, padding: int | None = None):
+def conv2d(x: Array, w: Array, b: Array | None = None, *, stride: int = 1, padding: int | None = None) -> Array:
     """2-D cross-correlation y = W ⋆ x + b (NCHW, OIHW); ``padding`` defaults to k//2 ("same" at stride 1)."""
     xp = array_namespace(x, w)
     stride, padding = _check_conv(x, w, b, stride, padding)
@@ -132,7 +134,7 @@ def conv2d(x, w, b=None, *, stride: int = 1, padding: int | None = None):
     return y
 
 
-def conv2d_backward(g, x, w, *, stride: int = 1, padding: int | None = None):
+def conv2d_backward(g: Array, x: Array, w: Array, *, stride: int = 1, padding: int | None = None) -> tuple[Array, Array, Array]:
     """Gradients (gx, gw, gb) of :func:`conv2d` given g = ∂L/∂y."""
     xp = array_namespace(g, x, w)
     stride, padding = _check_conv(x, w, None, stride, padding)
@@ -154,7 +156,7 @@ def conv2d_backward(g, x, w, *, stride: int = 1, padding: int | None = None):
 
 
 # ----------------------------------------------------------------------------- normalisation
-def _group_stats(x, groups: int, eps: float):
+def _group_stats(x: Array, groups: int, eps: float) -> tuple[Array, Array]:
     xp = array_namespace(x)
     bsz, c = x.shape[0], x.shape[1]
     if c % groups:
@@ -167,12 +169,12 @@ def _group_stats(x, groups: int, eps: float):
     return xc * rstd, rstd
 
 
-def _channel(v, ndim: int):
+def _channel(v: Array, ndim: int) -> Array:
     xp = array_namespace(v)
     return xp.reshape(v, (1, v.shape[0]) + (1,) * (ndim - 2))
 
 
-def group_norm(x, gamma, beta, *, groups: int, eps: float = GN_EPS):
+def group_norm(x: Array, gamma: Array, beta: Array, *, groups: int, eps: float = GN_EPS) -> Array:
     """GroupNorm: (x − μ_g)/√(σ²_g + ε)·γ + β over each group of channels (Wu & He 2018, Eq. 1)."""
     xp = array_namespace(x, gamma, beta)
     if tuple(gamma.shape) != (x.shape[1],) or tuple(beta.shape) != (x.shape[1],):
@@ -183,7 +185,7 @@ def group_norm(x, gamma, beta, *, groups: int, eps: float = GN_EPS):
     return xhat * _channel(gamma, x.ndim) + _channel(beta, x.ndim)
 
 
-def group_norm_backward(g, x, gamma, *, groups: int, eps: float = GN_EPS):
+def group_norm_backward(g: Array, x: Array, gamma: Array, *, groups: int, eps: float = GN_EPS) -> tuple[Array, Array, Array]:
     """Gradients (gx, gγ, gβ) of :func:`group_norm` (statistics recomputed from x)."""
     xp = array_namespace(g, x, gamma)
     xhat, rstd = _group_stats(x, groups, eps)
@@ -196,37 +198,37 @@ def group_norm_backward(g, x, gamma, *, groups: int, eps: float = GN_EPS):
     return xp.reshape(gx, x.shape), g_gamma, g_beta
 
 
-def group_norm_silu(x, gamma, beta, *, groups: int, eps: float = GN_EPS):
+def group_norm_silu(x: Array, gamma: Array, beta: Array, *, groups: int, eps: float = GN_EPS) -> Array:
     """SiLU(GroupNorm(x)), the pre-activation of every residual block (Ho et al. 2020, App. B; one op so a backend can fuse it)."""
     return silu(group_norm(x, gamma, beta, groups=groups, eps=eps))
 
 
-def group_norm_silu_backward(g, x, gamma, beta, *, groups: int, eps: float = GN_EPS):
+def group_norm_silu_backward(g: Array, x: Array, gamma: Array, beta: Array, *, groups: int, eps: float = GN_EPS) -> tuple[Array, Array, Array]:
     """Gradients (gx, gγ, gβ) of :func:`group_norm_silu` given g = ∂L/∂out (the normalised x recomputed)."""
     n = group_norm(x, gamma, beta, groups=groups, eps=eps)
     return group_norm_backward(silu_backward(g, n), x, gamma, groups=groups, eps=eps)
 
 
 # ----------------------------------------------------------------------------- activations
-def sigmoid(x):
+def sigmoid(x: Array) -> Array:
     """σ(x) = 1/(1 + e^(−x)), evaluated without overflow for either sign."""
     xp = array_namespace(x)
     e = xp.exp(-xp.abs(x))
     return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def silu(x):
+def silu(x: Array) -> Array:
     """SiLU / swish: x·σ(x) (Elfwing et al. 2018; Ramachandran et al. 2017)."""
     return x * sigmoid(x)
 
 
-def silu_backward(g, x):
+def silu_backward(g: Array, x: Array) -> Array:
     """∂L/∂x of SiLU: g·σ(x)·(1 + x·(1 − σ(x)))."""
     s = sigmoid(x)
     return g * s * (1.0 + x * (1.0 - s))
 
 
-def linear(x, w, b=None):
+def linear(x: Array, w: Array, b: Array | None = None) -> Array:
     """Dense layer y = x Wᵀ + b on the last axis (W is (out, in))."""
     xp = array_namespace(x, w)
     if x.shape[-1] != w.shape[1]:
@@ -236,33 +238,33 @@ def linear(x, w, b=None):
     return y if b is None else y + b
 
 
-def linear_backward(g, x, w):
+def linear_backward(g: Array, x: Array, w: Array) -> tuple[Array, Array, Array]:
     """Gradients (gx, gW, gb) of :func:`linear` for 2-D x (batch, in)."""
     xp = array_namespace(g, x, w)
     return xp.matmul(g, w), xp.matmul(xp.permute_dims(g, (1, 0)), x), xp.sum(g, axis=0)
 
 
-def softmax(s, axis: int = -1):
+def softmax(s: Array, axis: int = -1) -> Array:
     """softmax(s)_j = exp(s_j − max s)/Σ_k exp(s_k − max s) along ``axis``."""
     xp = array_namespace(s)
     e = xp.exp(s - xp.max(s, axis=axis, keepdims=True))
     return e / xp.sum(e, axis=axis, keepdims=True)
 
 
-def softmax_backward(g, p, axis: int = -1):
+def softmax_backward(g: Array, p: Array, axis: int = -1) -> Array:
     """∂L/∂s of softmax given its output p: p·(g − Σ g·p)."""
     xp = array_namespace(g, p)
     return p * (g - xp.sum(g * p, axis=axis, keepdims=True))
 
 
 # ----------------------------------------------------------------------------- attention
-def _heads(a, nh: int):
+def _heads(a: Array, nh: int) -> Array:
     xp = array_namespace(a)
     b, c, n = a.shape
     return xp.reshape(a, (b, nh, c // nh, n))
 
 
-def _attention_core(h, w_qkv, b_qkv, num_heads: int):
+def _attention_core(h: Array, w_qkv: Array, b_qkv: Array, num_heads: int) -> tuple[Array, Array, Array, Array, Array, Array, float]:
     xp = array_namespace(h, w_qkv, b_qkv)
     bsz, c = h.shape[0], h.shape[1]
     if c % num_heads:
@@ -278,7 +280,7 @@ def _attention_core(h, w_qkv, b_qkv, num_heads: int):
     return hf, q, k, v, p, xp.reshape(a, (bsz, c, -1)), scale
 
 
-def self_attention(h, w_qkv, b_qkv, w_proj, b_proj, *, num_heads: int):
+def self_attention(h: Array, w_qkv: Array, b_qkv: Array, w_proj: Array, b_proj: Array, *, num_heads: int) -> Array:
     """Multi-head self-attention over the H·W positions, softmax(QᵀK/√d)V then a projection (Vaswani et al. 2017, Eq. 1).
 
     ``h`` is the normalised input (B, C, H, W); returns the projected attention output of the same
@@ -290,7 +292,7 @@ def self_attention(h, w_qkv, b_qkv, w_proj, b_proj, *, num_heads: int):
     return xp.reshape(out, h.shape)
 
 
-def self_attention_backward(g, h, w_qkv, b_qkv, w_proj, *, num_heads: int):
+def self_attention_backward(g: Array, h: Array, w_qkv: Array, b_qkv: Array, w_proj: Array, *, num_heads: int) -> tuple[Array, Array, Array, Array, Array]:
     """Gradients (gh, gW_qkv, gb_qkv, gW_proj, gb_proj) of :func:`self_attention` (attention recomputed)."""
     xp = array_namespace(g, h, w_qkv, w_proj)
     bsz, c = h.shape[0], h.shape[1]
@@ -312,7 +314,7 @@ def self_attention_backward(g, h, w_qkv, b_qkv, w_proj, *, num_heads: int):
 
 
 # ----------------------------------------------------------------------------- resampling
-def upsample_nearest2x(x):
+def upsample_nearest2x(x: Array) -> Array:
     """Nearest-neighbour ×2 upsampling of the last two axes."""
     xp = array_namespace(x)
     b, c, h, w = x.shape
@@ -320,14 +322,14 @@ def upsample_nearest2x(x):
     return xp.reshape(y, (b, c, 2 * h, 2 * w))
 
 
-def upsample_nearest2x_backward(g):
+def upsample_nearest2x_backward(g: Array) -> Array:
     """∂L/∂x of nearest ×2 upsampling: the sum over each 2×2 block."""
     xp = array_namespace(g)
     b, c, h2, w2 = g.shape
     return xp.sum(xp.reshape(g, (b, c, h2 // 2, 2, w2 // 2, 2)), axis=(3, 5))
 
 
-def avg_pool2x(x):
+def avg_pool2x(x: Array) -> Array:
     """2×2 average pooling with stride 2 (BigGAN / ADM down-sampling without a conv)."""
     xp = array_namespace(x)
     b, c, h, w = x.shape
@@ -336,13 +338,13 @@ def avg_pool2x(x):
     return xp.mean(xp.reshape(x, (b, c, h // 2, 2, w // 2, 2)), axis=(3, 5))
 
 
-def avg_pool2x_backward(g):
+def avg_pool2x_backward(g: Array) -> Array:
     """∂L/∂x of 2×2 average pooling: g/4 spread over each block."""
     return upsample_nearest2x(g) * 0.25
 
 
 # ----------------------------------------------------------------------------- embeddings, dropout
-def timestep_embedding(t, dim: int, *, max_period: float = 10000.0):
+def timestep_embedding(t: Array, dim: int, *, max_period: float = 10000.0) -> Array:
     """Sinusoidal embedding [sin(t·ω_k), cos(t·ω_k)], ω_k = P^(−k/(d/2−1)) (Vaswani et al. 2017, §3.5; Ho et al. 2020's get_timestep_embedding).
 
     ``t`` has shape (B,), in any real or integer dtype; the result is (B, dim) in float64 (zero
@@ -363,7 +365,7 @@ def timestep_embedding(t, dim: int, *, max_period: float = 10000.0):
     return xp.concat(parts, axis=1)
 
 
-def dropout(x, mask):
+def dropout(x: Array, mask: Array) -> Array:
     """Inverted dropout with an explicit mask: x·m, m ∈ {0, 1/(1−p)} (Srivastava et al. 2014)."""
     if tuple(mask.shape) != tuple(x.shape):
         raise RefdiffShapeError(f"dropout mask has shape {tuple(mask.shape)} but the activation "
@@ -371,18 +373,18 @@ def dropout(x, mask):
     return x * mask
 
 
-def dropout_backward(g, mask):
+def dropout_backward(g: Array, mask: Array) -> Array:
     """∂L/∂x of :func:`dropout`: g·m."""
     return g * mask
 
 
-def embedding(y, table):
+def embedding(y: Array, table: Array) -> Array:
     """Rows of ``table`` selected by the integer labels y (a learned class embedding)."""
     xp = array_namespace(y, table)
     return xp.take(table, y, axis=0)
 
 
-def embedding_backward(g, y, num_rows: int):
+def embedding_backward(g: Array, y: Array, num_rows: int) -> Array:
     """∂L/∂table of :func:`embedding`: Σ over the batch of g scattered to rows y (via a one-hot matmul)."""
     xp = array_namespace(g, y)
     rows = xp.arange(num_rows, dtype=y.dtype, device=device_of(y))

@@ -19,13 +19,15 @@ Structure (Ho et al. 2020, App. B; Dhariwal & Nichol 2021, §3):
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Callable, Mapping
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
-from array_api_compat import is_array_api_obj
 
 from .._errors import RefdiffShapeError, RefdiffValueError, check_int, fail
-from .._xp import array_namespace, device_of
+from .._typing import Array, Device, DType, Namespace
+from .._xp import array_namespace, device_of, is_array
 from . import layers as L
 from .config import UNetConfig
 from .layers import shape_fail
@@ -36,7 +38,7 @@ __all__ = ["unet_forward", "unet_backward", "unet_vjp", "unet_apply", "dropout_m
 
 
 # ----------------------------------------------------------------------------- validation
-def check_params(params: Mapping[str, Any], config: UNetConfig) -> None:
+def check_params(params: Mapping[str, Array], config: UNetConfig) -> None:
     """Raise unless ``params`` holds exactly the names and shapes of :func:`param_shapes`."""
     if not isinstance(config, UNetConfig):
         fail("config", config, "expected a refdiff.unet.UNetConfig (see get_preset)")
@@ -55,7 +57,7 @@ def check_params(params: Mapping[str, Any], config: UNetConfig) -> None:
                                     f"needs {s}")
 
 
-def _check_inputs(params, config, x, t, y):
+def _check_inputs(params: Mapping[str, Array], config: UNetConfig, x: Array, t: Array, y: Array | None) -> tuple[Namespace, Array, Array | None]:
     check_params(params, config)
     xp = array_namespace(x, *params.values())
     cfg = config
@@ -64,7 +66,7 @@ def _check_inputs(params, config, x, t, y):
         shape_fail("x", x.shape, f"expected shape (batch, {cfg.in_channels}, {cfg.image_size}, "
              f"{cfg.image_size}) for this config", RefdiffShapeError)
     bsz = x.shape[0]
-    if not is_array_api_obj(t):
+    if not is_array(t):
         t = xp.asarray(t, device=device_of(x))
     if t.ndim == 0:
         t = xp.broadcast_to(xp.reshape(t, (1,)), (bsz,))
@@ -81,7 +83,7 @@ def _check_inputs(params, config, x, t, y):
         if y is None:
             fail("y", None, f"class labels are required (num_classes={cfg.num_classes}); pass "
                  f"y={cfg.num_classes} (the null label) for unconditional outputs")
-        if not is_array_api_obj(y):
+        if not is_array(y):
             y = xp.asarray(y, device=device_of(x))
         if y.ndim == 0:
             y = xp.broadcast_to(xp.reshape(y, (1,)), (bsz,))
@@ -104,8 +106,8 @@ def dropout_shapes(config: UNetConfig, batch: int) -> dict[str, tuple[int, ...]]
             for b in layout(config) if b.kind == "res"}
 
 
-def dropout_masks(config: UNetConfig, batch: int, rng, *, xp=None, dtype=None,
-                  device=None) -> dict[str, Any]:
+def dropout_masks(config: UNetConfig, batch: int, rng: np.random.Generator | int, *, xp: Namespace | None = None, dtype: DType | None = None,
+                  device: Device | None = None) -> dict[str, Array]:
     """Explicit inverted-dropout masks m ∈ {0, 1/(1−p)} for every residual block (Srivastava et al. 2014).
 
     Parameters
@@ -137,15 +139,15 @@ def dropout_masks(config: UNetConfig, batch: int, rng, *, xp=None, dtype=None,
 # ----------------------------------------------------------------------------- blocks
 # Every layer is called through the operation table ``O`` (refdiff.unet.layers.resolve_ops), so a
 # backend can replace hot operations by fused kernels while this code stays the same.
-def _resample_fwd(O, kind: str, x):
+def _resample_fwd(O: SimpleNamespace, kind: str, x: Array) -> Array:
     return O.avg_pool2x(x) if kind == "down" else O.upsample_nearest2x(x)
 
 
-def _resample_bwd(O, kind: str, g):
+def _resample_bwd(O: SimpleNamespace, kind: str, g: Array) -> Array:
     return O.avg_pool2x_backward(g) if kind == "down" else O.upsample_nearest2x_backward(g)
 
 
-def _res_forward(O, params, cfg: UNetConfig, b: Block, x, emb_act, mask):
+def _res_forward(O: SimpleNamespace, params: Mapping[str, Array], cfg: UNetConfig, b: Block, x: Array, emb_act: Array, mask: Array | None) -> tuple[Array, dict[str, Any]]:
     xp = array_namespace(x)
     n, G = b.name, cfg.num_groups
     h1 = O.group_norm_silu(x, params[f"{n}.norm1.weight"], params[f"{n}.norm1.bias"], groups=G)
@@ -178,7 +180,7 @@ def _res_forward(O, params, cfg: UNetConfig, b: Block, x, emb_act, mask):
     return skip + c2, cache
 
 
-def _res_backward(O, params, cfg: UNetConfig, b: Block, c, g, grads):
+def _res_backward(O: SimpleNamespace, params: Mapping[str, Array], cfg: UNetConfig, b: Block, c: Mapping[str, Any], g: Array, grads: dict[str, Array]) -> tuple[Array, Array]:
     xp = array_namespace(g)
     n, G = b.name, cfg.num_groups
     # residual branch
@@ -216,7 +218,7 @@ def _res_backward(O, params, cfg: UNetConfig, b: Block, c, g, grads):
     return gx + gxs, gemb
 
 
-def _attn_forward(O, params, cfg: UNetConfig, b: Block, x):
+def _attn_forward(O: SimpleNamespace, params: Mapping[str, Array], cfg: UNetConfig, b: Block, x: Array) -> tuple[Array, dict[str, Any]]:
     n = b.name
     h = O.group_norm(x, params[f"{n}.norm.weight"], params[f"{n}.norm.bias"], groups=cfg.num_groups)
     a = O.self_attention(h, params[f"{n}.qkv.weight"], params[f"{n}.qkv.bias"],
@@ -224,7 +226,7 @@ def _attn_forward(O, params, cfg: UNetConfig, b: Block, x):
     return x + a, dict(x=x, h=h)
 
 
-def _attn_backward(O, params, cfg: UNetConfig, b: Block, c, g, grads):
+def _attn_backward(O: SimpleNamespace, params: Mapping[str, Array], cfg: UNetConfig, b: Block, c: Mapping[str, Any], g: Array, grads: dict[str, Array]) -> Array:
     n = b.name
     gh, grads[f"{n}.qkv.weight"], grads[f"{n}.qkv.bias"], grads[f"{n}.proj.weight"], \
         grads[f"{n}.proj.bias"] = O.self_attention_backward(
@@ -235,13 +237,13 @@ def _attn_backward(O, params, cfg: UNetConfig, b: Block, c, g, grads):
     return g + gx
 
 
-def _down_forward(O, params, b: Block, x):
+def _down_forward(O: SimpleNamespace, params: Mapping[str, Array], b: Block, x: Array) -> tuple[Array, dict[str, Any]]:
     if b.conv:
         return O.conv2d(x, params[f"{b.name}.weight"], params[f"{b.name}.bias"], stride=2), dict(x=x)
     return O.avg_pool2x(x), dict(x=x)
 
 
-def _down_backward(O, params, b: Block, c, g, grads):
+def _down_backward(O: SimpleNamespace, params: Mapping[str, Array], b: Block, c: Mapping[str, Any], g: Array, grads: dict[str, Array]) -> Array:
     if b.conv:
         gx, grads[f"{b.name}.weight"], grads[f"{b.name}.bias"] = O.conv2d_backward(
             g, c["x"], params[f"{b.name}.weight"], stride=2)
@@ -249,14 +251,14 @@ def _down_backward(O, params, b: Block, c, g, grads):
     return O.avg_pool2x_backward(g)
 
 
-def _up_forward(O, params, b: Block, x):
+def _up_forward(O: SimpleNamespace, params: Mapping[str, Array], b: Block, x: Array) -> tuple[Array, dict[str, Any]]:
     u = O.upsample_nearest2x(x)
     if b.conv:
         return O.conv2d(u, params[f"{b.name}.weight"], params[f"{b.name}.bias"]), dict(u=u)
     return u, dict(u=u)
 
 
-def _up_backward(O, params, b: Block, c, g, grads):
+def _up_backward(O: SimpleNamespace, params: Mapping[str, Array], b: Block, c: Mapping[str, Any], g: Array, grads: dict[str, Array]) -> Array:
     if b.conv:
         g, grads[f"{b.name}.weight"], grads[f"{b.name}.bias"] = O.conv2d_backward(
             g, c["u"], params[f"{b.name}.weight"])
@@ -264,7 +266,7 @@ def _up_backward(O, params, b: Block, c, g, grads):
 
 
 # ----------------------------------------------------------------------------- network
-def _check_masks(masks, config, batch, train):
+def _check_masks(masks: Mapping[str, Array] | None, config: UNetConfig, batch: int, train: bool) -> Mapping[str, Array] | None:
     if not train or config.dropout == 0.0:
         return None
     if masks is None:
@@ -282,9 +284,9 @@ def _check_masks(masks, config, batch, train):
     return masks
 
 
-def unet_forward(params: Mapping[str, Any], config: UNetConfig, x, t, *, y=None,
-                 dropout_masks: Mapping[str, Any] | None = None, train: bool = False,
-                 ops: Mapping[str, Any] | None = None):
+def unet_forward(params: Mapping[str, Array], config: UNetConfig, x: Array, t: Array, *, y: Array | None = None,
+                 dropout_masks: Mapping[str, Array] | None = None, train: bool = False,
+                 ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None = None) -> tuple[Array, dict[str, Any]]:
     """The UNet ε_θ(x_t, t[, y]) and a cache for :func:`unet_backward` (Ho et al. 2020, App. B).
 
     Parameters
@@ -356,8 +358,8 @@ def unet_forward(params: Mapping[str, Any], config: UNetConfig, x, t, *, y=None,
     return out, cache
 
 
-def unet_vjp(params: Mapping[str, Any], config: UNetConfig, cache: Mapping[str, Any], grad_out,
-             *, ops: Mapping[str, Any] | None = None):
+def unet_vjp(params: Mapping[str, Array], config: UNetConfig, cache: Mapping[str, Any], grad_out: Array,
+             *, ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None = None) -> tuple[dict[str, Array], Array]:
     """Gradients of a scalar loss with respect to the parameters and the input x, given ∂L/∂out.
 
     ``ops`` replaces layer operations as in :func:`unet_forward`; by default the backward uses
@@ -379,7 +381,7 @@ def unet_vjp(params: Mapping[str, Any], config: UNetConfig, cache: Mapping[str, 
     g, grads["norm_out.weight"], grads["norm_out.bias"] = O.group_norm_silu_backward(
         g, cache["h"], p["norm_out.weight"], p["norm_out.bias"], groups=G)
     g_emb_act = xp.zeros_like(cache["emb_act"])
-    g_kept = []
+    g_kept: list[Array] = []
     plan = layout(cfg)
     for b, c in zip(reversed(plan), reversed(cache["blocks"])):
         if b.push:
@@ -412,8 +414,8 @@ def unet_vjp(params: Mapping[str, Any], config: UNetConfig, cache: Mapping[str, 
     return {k: grads[k] for k in params}, gx
 
 
-def unet_backward(params: Mapping[str, Any], config: UNetConfig, cache: Mapping[str, Any],
-                  grad_out, *, ops: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def unet_backward(params: Mapping[str, Array], config: UNetConfig, cache: Mapping[str, Any],
+                  grad_out: Array, *, ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None = None) -> dict[str, Array]:
     """Hand-written backward of :func:`unet_forward`: ∂L/∂θ for every parameter, given ∂L/∂out.
 
     Parameters
@@ -435,15 +437,15 @@ def unet_backward(params: Mapping[str, Any], config: UNetConfig, cache: Mapping[
     return unet_vjp(params, config, cache, grad_out, ops=ops)[0]
 
 
-def unet_apply(params: Mapping[str, Any], config: UNetConfig, x, t, *, y=None,
-               ops: Mapping[str, Any] | None = None):
+def unet_apply(params: Mapping[str, Array], config: UNetConfig, x: Array, t: Array, *, y: Array | None = None,
+               ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None = None) -> Array:
     """Inference forward (no dropout); the model function ε_θ(x_t, t[, y]) for samplers."""
     return unet_forward(params, config, x, t, y=y, train=False, ops=ops)[0]
 
 
-def loss_and_grad(params: Mapping[str, Any], config: UNetConfig, x_t, t, eps, *, y=None,
-                  dropout_masks: Mapping[str, Any] | None = None, train: bool = False,
-                  ops: Mapping[str, Any] | None = None):
+def loss_and_grad(params: Mapping[str, Array], config: UNetConfig, x_t: Array, t: Array, eps: Array, *, y: Array | None = None,
+                  dropout_masks: Mapping[str, Array] | None = None, train: bool = False,
+                  ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None = None) -> tuple[Array, dict[str, Array]]:
     """L_simple = mean‖ε − ε_θ(x_t, t)‖² and its parameter gradients (Ho et al. 2020, Eq. 14).
 
     With a learned variance only the first half of the output channels (the ε prediction)

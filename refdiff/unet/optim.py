@@ -8,16 +8,18 @@ backend that trains with those matches the reference to rounding.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .._errors import RefdiffValueError, check_int, check_real, fail
+from .._typing import Array
 from .._xp import array_namespace
 
 __all__ = ["init_adam_state", "adam_step", "adamw_step", "ema_update", "clip_grad_norm",
            "warmup_lr"]
 
 
-def init_adam_state(params: Mapping[str, Any]) -> dict[str, Any]:
+def init_adam_state(params: Mapping[str, Array]) -> dict[str, Any]:
     """Zero first and second moments and step 0: ``{"step": 0, "m": {...}, "v": {...}}``."""
     m = {}
     for k, p in params.items():
@@ -26,7 +28,7 @@ def init_adam_state(params: Mapping[str, Any]) -> dict[str, Any]:
     return {"step": 0, "m": m, "v": {k: array_namespace(a).zeros_like(a) for k, a in m.items()}}
 
 
-def _check_same_keys(params, grads):
+def _check_same_keys(params: Mapping[str, Array], grads: Mapping[str, Array]) -> None:
     if list(params) != list(grads) and set(params) != set(grads):
         missing = [k for k in params if k not in grads]
         extra = [k for k in grads if k not in params]
@@ -34,7 +36,7 @@ def _check_same_keys(params, grads):
                                 f"{extra[:5]}")
 
 
-def _adam(params, grads, state, *, lr, betas, eps, weight_decay, decoupled):
+def _adam(params: Mapping[str, Array], grads: Mapping[str, Array], state: Mapping[str, Any] | None, *, lr: float, betas: Sequence[float], eps: float, weight_decay: float, decoupled: bool) -> tuple[dict[str, Array], dict[str, Any]]:
     lr = check_real("lr", lr, lo=0.0)
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
         fail("betas", betas, "expected a pair (beta1, beta2)")
@@ -65,8 +67,8 @@ def _adam(params, grads, state, *, lr, betas, eps, weight_decay, decoupled):
     return new_p, {"step": step, "m": new_m, "v": new_v}
 
 
-def adam_step(params: Mapping[str, Any], grads: Mapping[str, Any], state: Mapping[str, Any] | None,
-              *, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+def adam_step(params: Mapping[str, Array], grads: Mapping[str, Array], state: Mapping[str, Any] | None,
+              *, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> tuple[dict[str, Array], dict[str, Any]]:
     """One Adam update with bias correction (Kingma & Ba 2015, Alg. 1); weight decay as an L2 term in g.
 
     Parameters
@@ -87,21 +89,21 @@ def adam_step(params: Mapping[str, Any], grads: Mapping[str, Any], state: Mappin
                  decoupled=False)
 
 
-def adamw_step(params: Mapping[str, Any], grads: Mapping[str, Any], state: Mapping[str, Any] | None,
-               *, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+def adamw_step(params: Mapping[str, Array], grads: Mapping[str, Array], state: Mapping[str, Any] | None,
+               *, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> tuple[dict[str, Array], dict[str, Any]]:
     """One AdamW update: θ ← θ(1 − lr·λ), then Adam without L2 (Loshchilov & Hutter 2019, Alg. 2)."""
     return _adam(params, grads, state, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                  decoupled=True)
 
 
-def ema_update(ema: Mapping[str, Any], params: Mapping[str, Any], decay: float) -> dict[str, Any]:
+def ema_update(ema: Mapping[str, Array], params: Mapping[str, Array], decay: float) -> dict[str, Array]:
     """Exponential moving average θ̄ ← decay·θ̄ + (1 − decay)·θ (Ho et al. 2020, App. B: decay 0.9999)."""
     decay = check_real("decay", decay, lo=0.0, hi=1.0)
     _check_same_keys(ema, params)
     return {k: decay * ema[k] + (1.0 - decay) * params[k] for k in ema}
 
 
-def clip_grad_norm(grads: Mapping[str, Any], max_norm: float):
+def clip_grad_norm(grads: Mapping[str, Array], max_norm: float) -> tuple[dict[str, Array], Array]:
     """Scale all gradients by min(1, max_norm/(‖g‖₂ + 1e-6)), ‖g‖₂ over all entries (as torch's ``clip_grad_norm_``).
 
     Returns

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._errors import check_int, fail
+from .._typing import Array, Device, DType, Namespace
 from .config import UNetConfig
 
 __all__ = ["Block", "layout", "param_shapes", "count_params", "init_params", "random_params",
@@ -164,7 +165,7 @@ def _fan(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[1] * receptive, shape[0] * receptive
 
 
-def _draw(rng: np.random.Generator, shape, kind: str, *, zero_init: bool) -> np.ndarray:
+def _draw(rng: np.random.Generator, shape: tuple[int, ...], kind: str, *, zero_init: bool) -> np.ndarray:
     if kind == "zero":
         return np.zeros(shape)
     if kind == "one":
@@ -180,7 +181,7 @@ def _draw(rng: np.random.Generator, shape, kind: str, *, zero_init: bool) -> np.
     return rng.uniform(-limit, limit, size=shape)
 
 
-def _move(arrays: dict[str, np.ndarray], xp, dtype, device) -> dict[str, Any]:
+def _move(arrays: dict[str, np.ndarray], xp: Namespace | None, dtype: DType | None, device: Device | None) -> dict[str, Array]:
     if xp is None:
         if dtype is None:
             return arrays
@@ -190,8 +191,8 @@ def _move(arrays: dict[str, np.ndarray], xp, dtype, device) -> dict[str, Any]:
     return {k: xp.asarray(v, dtype=dtype, **kw) for k, v in arrays.items()}
 
 
-def init_params(config: UNetConfig, seed: int = 0, *, xp=None, dtype=None, device=None,
-                zero_init: bool = True) -> dict[str, Any]:
+def init_params(config: UNetConfig, seed: int = 0, *, xp: Namespace | None = None, dtype: DType | None = None, device: Device | None = None,
+                zero_init: bool = True) -> dict[str, Array]:
     """Deterministic initial parameters (Ho et al. 2020's ``default_init``: variance scaling, fan_avg, uniform).
 
     Weights are uniform in ±√(3/fan_avg); biases 0; GroupNorm scales 1; the label embedding N(0, 1);
@@ -223,8 +224,8 @@ def init_params(config: UNetConfig, seed: int = 0, *, xp=None, dtype=None, devic
     return _move(arrays, xp, dtype, device)
 
 
-def random_params(config: UNetConfig, seed: int = 0, *, xp=None, dtype=None, device=None,
-                  spread: float = 0.2) -> dict[str, Any]:
+def random_params(config: UNetConfig, seed: int = 0, *, xp: Namespace | None = None, dtype: DType | None = None, device: Device | None = None,
+                  spread: float = 0.2) -> dict[str, Array]:
     """Parameters with every entry random (no zeros, no ones): for gradient and backend checks.
 
     Weights as :func:`init_params` with ``zero_init=False``; biases, GroupNorm shifts and the
