@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import TextIO
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from ._verify import CheckResult
 
 __all__ = ["main", "build_parser"]
 
@@ -21,7 +24,7 @@ __all__ = ["main", "build_parser"]
 EXTENSIONS = ("refdiff.train.cli",)
 
 
-def _add_verify(sub) -> None:
+def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "verify",
         help="run the conformance suite on a backend",
@@ -77,7 +80,7 @@ def _add_verify(sub) -> None:
     p.set_defaults(func=run_verify)
 
 
-def _add_backends(sub) -> None:
+def _add_backends(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("backends", help="list the backends and whether they are installed")
     p.set_defaults(func=run_backends)
 
@@ -121,7 +124,7 @@ def _all_backends(out: TextIO) -> list[str]:
     return specs
 
 
-def _progress(out: TextIO):
+def _progress(out: TextIO) -> Callable[[CheckResult, int, int], None]:
     mark = {
         "passed": "ok",
         "failed": "FAIL",
@@ -131,7 +134,7 @@ def _progress(out: TextIO):
         "xpassed": "XPASS",
     }
 
-    def show(result, done: int, total: int) -> None:
+    def show(result: CheckResult, done: int, total: int) -> None:
         ratio = "" if result.ratio is None else f"  worst error/allowed {result.ratio:.3g}"
         width = len(str(total))
         print(
@@ -144,7 +147,7 @@ def _progress(out: TextIO):
     return show
 
 
-def _header(specs: list[str], device, out: TextIO) -> None:
+def _header(specs: list[str], device: str | None, out: TextIO) -> None:
     from .backends import get_backend
 
     for spec in specs:
@@ -159,7 +162,7 @@ def _header(specs: list[str], device, out: TextIO) -> None:
             print(f"  TF32 flags outside checks: {d['tf32']} (checks run with TF32 off)", file=out)
 
 
-def run_verify(args, out: TextIO | None = None) -> int:
+def run_verify(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """``refdiff verify``: exit 0 if every check passed, 1 if any failed, 2 on usage errors."""
     from . import __version__
     from .backends import BackendUnavailableError, UnknownBackendError
@@ -208,7 +211,7 @@ def run_verify(args, out: TextIO | None = None) -> int:
     return 0 if report.ok else 1
 
 
-def run_backends(args, out: TextIO | None = None) -> int:
+def run_backends(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """``refdiff backends``: one line per backend with its availability or install hint."""
     from .backends import list_backends
 
