@@ -104,7 +104,7 @@ class Schedule:
         """True when ᾱ_{T-1} = 0 exactly (Lin et al. 2023)."""
         return float(self.alphas_cumprod[-1]) == 0.0
 
-    def tables(self) -> dict[str, Any]:
+    def tables(self) -> dict[str, Array]:
         """All tables as a name -> array dict."""
         return {n: getattr(self, n) for n in TABLE_NAMES}
 
