@@ -47,6 +47,13 @@ def _write_reference() -> None:
     for name in names:
         title = f"``{name}``"
         (ref / f"{name}.rst").write_text(f"{title}\n{'=' * len(title)}\n\n.. automodule:: {name}\n")
+    (ref / "refdiff.verify.rst").write_text(
+        "``refdiff.verify``\n==================\n\n.. autofunction:: refdiff.verify\n\n"
+        ".. autoclass:: refdiff.VerifyReport\n   :members:\n")
+    (ref / "refdiff._typing.rst").write_text(
+        "Types (``refdiff._typing``)\n===========================\n\n.. automodule:: refdiff._typing\n"
+        "   :members:\n   :undoc-members:\n")
+    names = ["refdiff.verify", "refdiff._typing", *names]
     index = ["API reference", "=============", "", "Generated from the docstrings.", "",
              ".. toctree::", "   :maxdepth: 1", ""] + [f"   {n}" for n in names]
     (ref / "index.rst").write_text("\n".join(index) + "\n")
