@@ -95,6 +95,7 @@ class DenoiseDiffusion:
 
     def to(self, xp, *, device=None, dtype=None) -> "DenoiseDiffusion":
         """The same object with its schedule moved to namespace ``xp`` (see Schedule.to)."""
+        assert self.schedule is not None  # set by __post_init__
         return dataclasses.replace(self, schedule=self.schedule.to(xp, device=device, dtype=dtype))
 
     # the forward process -----------------------------------------------------------------
@@ -112,6 +113,7 @@ class DenoiseDiffusion:
         """(μ_θ, σ_t²) of p_θ(x_{t−1}|x_t) for the ε-model (Ho et al. 2020, Eq. 11): :func:`refdiff.diffusion.p_mean_variance`."""
         eps = self.eps_model(xt, self._t(t, xt))
         check_same_shape("eps_model output", eps, "x_t", xt)
+        assert self.schedule is not None  # set by __post_init__
         out = p_mean_variance(self.schedule, eps, xt, t, mean_type="eps", var_type=self.var_type,
                               t0=self.t0)
         return out.mean, out.variance

@@ -34,9 +34,10 @@ spelled ``p``), and every one is importable from here: ``from refdiff.samplers i
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 from .._errors import RefdiffError, UnknownNameError
+from .._typing import Array
 from ._common import StepInfo, check_finite
 
 __all__ = ["SamplerSpec", "FAMILIES", "register_sampler", "get_sampler", "list_samplers", "sample",
@@ -62,7 +63,7 @@ _REGISTRY: dict[str, SamplerSpec] = {}
 
 
 def register_sampler(name: str, *, family: str, stochastic: bool, order: float | None = None,
-                     step: Callable | None = None):
+                     step: Callable | None = None) -> Callable[[Callable], Callable]:
     """Decorator registering a sampler loop under ``name`` (``order``: its convergence order, if deterministic)."""
     if family not in FAMILIES:
         raise UnknownNameError(f"family={family!r} is not a known sampler family; allowed: "
@@ -99,7 +100,7 @@ def get_sampler(name: str) -> SamplerSpec:
     return _REGISTRY[name]
 
 
-def sample(name: str, model: Callable, x, **kwargs):
+def sample(name: str, model: Callable, x: Array, **kwargs: Any) -> Array:
     """Run the registered sampler ``name`` (see the family conventions in the module docstring)."""
     return get_sampler(name).fn(model, x, **kwargs)
 

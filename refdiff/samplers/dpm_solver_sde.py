@@ -429,5 +429,5 @@ def sample_sde_dpmpp_2m(model: Callable, x, *, noise_schedule: NoiseScheduleVP, 
                      progress=progress)
 
 
-sample_sde_dpmpp_1.__doc__ += "\n" + _SDE_DOC
-sample_sde_dpmpp_2m.__doc__ += "\n" + _SDE_DOC
+sample_sde_dpmpp_1.__doc__ = (sample_sde_dpmpp_1.__doc__ or "") + "\n" + _SDE_DOC
+sample_sde_dpmpp_2m.__doc__ = (sample_sde_dpmpp_2m.__doc__ or "") + "\n" + _SDE_DOC

@@ -190,8 +190,8 @@ def sample_ode_heun(score_fn: Callable[[Array, Array], Array], x_T: Array, *, sd
     return _fixed_step(True, score_fn, x_T, sde, steps, eps, denoise, callback, progress)
 
 
-sample_ode_euler.__doc__ += _FIXED_DOC
-sample_ode_heun.__doc__ += _FIXED_DOC
+sample_ode_euler.__doc__ = (sample_ode_euler.__doc__ or "") + _FIXED_DOC
+sample_ode_heun.__doc__ = (sample_ode_heun.__doc__ or "") + _FIXED_DOC
 
 
 @register_sampler("ode_rk45", family="sde", stochastic=False, step=probability_flow)
