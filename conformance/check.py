@@ -335,7 +335,7 @@ def compare(actual: np.ndarray, expected: np.ndarray, tol: _tol.Tolerance,
 def default_scale(inputs: list[np.ndarray], ref: np.ndarray,
                   sensitivity: np.ndarray | None = None) -> np.ndarray:
     """The condition-aware scale of an output: elementwise max of |ref| and the sensitivity
-    estimate Σ_k |x_k·∂f/∂x_k| (see :class:`_LazySensitivity`).
+    estimate, max(Σ_k |x_k·∂f/∂x_k|, |f32 − f64|/eps32) (see :class:`_LazySensitivity`).
 
     The magnitude of the inputs does not enter: an output that is small because the function is
     well conditioned there (t ≈ 1e-3 from λ ≈ 9) gets an allowance relative to itself, so an
@@ -517,7 +517,9 @@ class _LazySensitivity:
     they cancel in the result; (b) max over two runs of |f(every leaf × (1 ± eps), random signs)
     − f|. A backward-stable computation in the dtype under test errs by about eps times this,
     which makes it the natural atol scale of composite operations: a value obtained by
-    cancellation between large terms gets an allowance proportional to the terms.
+    cancellation between large terms gets an allowance proportional to the terms. A third
+    estimate, |f32 − f64|/eps32 from the same formula evaluated in float32 NumPy, covers the
+    rounding of intermediate results that cancel exactly in the oracle.
     """
 
     RANDOM_RUNS = 2

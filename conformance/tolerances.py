@@ -8,7 +8,9 @@ quantised inputs) when, elementwise,
 with ``eps`` the machine epsilon of the dtype under test and ``scale`` the condition-aware
 magnitude of ``r``: by default, elementwise, the larger of |r| and Σ_k |x_k·∂r/∂x_k| over every
 float input x_k (estimated by rerunning the oracle with each input moved by one eps), so that
-``atol·scale`` is ``k_a`` times the error the rounding of the inputs alone would cause. The
+``atol·scale`` is ``k_a`` times the error the rounding of the inputs alone would cause, and
+|r_f32 − r|/eps_f32, the same formula evaluated in float32 NumPy (the rounding of intermediate
+results that cancel exactly in the oracle, e.g. b + w·(a − b) at w = 1). The
 inputs' own magnitude does not enter: a small output of a well-conditioned function (t ≈ 1e-3
 from λ ≈ 9) is held to its own precision. A check whose formula cancels internally may supply
 the magnitude of its terms instead (e.g. Σ|terms| for a reduction). Both rtol and atol are always
