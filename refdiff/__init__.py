@@ -47,7 +47,7 @@ _FUNCTIONS = {
 __all__ = ["__version__", *_SUBMODULES, *_FUNCTIONS]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _FUNCTIONS:
         module, attr = _FUNCTIONS[name]
         value = getattr(importlib.import_module(module), attr)
@@ -59,5 +59,5 @@ def __getattr__(name: str):
     return value
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))

@@ -12,10 +12,10 @@ takes the timesteps ``t=``). Index convention: t = 0..n_steps-1, index 0 = one d
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
 
 from ._errors import check_choice, check_int, fail
-from ._typing import Array
+from ._typing import Array, DType, Device, Namespace, Noise
 from ._xp import append_dims, array_namespace, as_timesteps, check_same_shape, device_of
 from .diffusion import p_mean_variance, q_mean_variance
 from .diffusion import q_sample as _q_sample
@@ -46,14 +46,14 @@ class DenoiseDiffusion:
         Whether ``p_sample`` adds noise at t = 0 (labml: always).
     """
 
-    eps_model: Callable
+    eps_model: Callable[[Array, Array], Array]
     n_steps: int = 1000
     schedule: Schedule | None = None
     var_type: str = "fixed_large"
     t0: str = "clamped"
     final_noise: str = "always"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not callable(self.eps_model):
             fail("eps_model", self.eps_model, "expected a callable eps_model(x_t, t)")
         check_choice("var_type", self.var_type, ("fixed_large", "fixed_small"), "variance type")
@@ -64,28 +64,33 @@ class DenoiseDiffusion:
             object.__setattr__(self, "schedule", linear(n, 1e-4, 0.02))
         elif not isinstance(self.schedule, Schedule):
             fail("schedule", self.schedule, "expected a refdiff.schedules.Schedule")
+        assert self.schedule is not None  # set just above
         object.__setattr__(self, "n_steps", self.schedule.num_timesteps)
 
     # labml's attribute names -------------------------------------------------------------
     @property
-    def beta(self):
+    def beta(self) -> Array:
         """β_t."""
+        assert self.schedule is not None  # set by __post_init__
         return self.schedule.betas
 
     @property
-    def alpha(self):
+    def alpha(self) -> Array:
         """α_t = 1 − β_t."""
+        assert self.schedule is not None  # set by __post_init__
         return self.schedule.alphas
 
     @property
-    def alpha_bar(self):
+    def alpha_bar(self) -> Array:
         """ᾱ_t = Π_{s≤t} α_s."""
+        assert self.schedule is not None  # set by __post_init__
         return self.schedule.alphas_cumprod
 
     @property
-    def sigma2(self):
+    def sigma2(self) -> Array:
         """σ_t² of the reverse step: β_t ("fixed_large"; β̃_1 at t = 0 with t0="clipped") or β̃_t ("fixed_small")."""
         sch = self.schedule
+        assert sch is not None  # set by __post_init__
         if self.var_type == "fixed_small":
             return sch.posterior_variance
         if self.t0 == "clamped" or self.n_steps < 2:
@@ -93,23 +98,25 @@ class DenoiseDiffusion:
         xp = array_namespace(sch.betas)
         return xp.concat([sch.posterior_variance[1:2], sch.betas[1:]])
 
-    def to(self, xp, *, device=None, dtype=None) -> "DenoiseDiffusion":
+    def to(self, xp: Namespace, *, device: Device | None = None, dtype: DType | None = None) -> DenoiseDiffusion:
         """The same object with its schedule moved to namespace ``xp`` (see Schedule.to)."""
         assert self.schedule is not None  # set by __post_init__
         return dataclasses.replace(self, schedule=self.schedule.to(xp, device=device, dtype=dtype))
 
     # the forward process -----------------------------------------------------------------
-    def q_xt_x0(self, x0, t):
+    def q_xt_x0(self, x0: Array, t: Array | int) -> tuple[Array, Array]:
         """(√ᾱ_t·x0, 1 − ᾱ_t) of q(x_t | x0) (Ho et al. 2020, Eq. 4)."""
+        assert self.schedule is not None  # set by __post_init__
         mean, var, _ = q_mean_variance(self.schedule, x0, t)
         return mean, var
 
-    def q_sample(self, x0, t, *, noise):
+    def q_sample(self, x0: Array, t: Array | int, *, noise: Array) -> Array:
         """x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε (Ho et al. 2020, Eq. 4)."""
+        assert self.schedule is not None  # set by __post_init__
         return _q_sample(self.schedule, x0, t, noise=noise)
 
     # the reverse process -----------------------------------------------------------------
-    def p_mean_var(self, xt: Array, t: Any) -> tuple[Array, Array]:
+    def p_mean_var(self, xt: Array, t: Array | int) -> tuple[Array, Array]:
         """(μ_θ, σ_t²) of p_θ(x_{t−1}|x_t) for the ε-model (Ho et al. 2020, Eq. 11): :func:`refdiff.diffusion.p_mean_variance`."""
         eps = self.eps_model(xt, self._t(t, xt))
         check_same_shape("eps_model output", eps, "x_t", xt)
@@ -118,7 +125,7 @@ class DenoiseDiffusion:
                               t0=self.t0)
         return out.mean, out.variance
 
-    def p_sample(self, xt, t, *, noise):
+    def p_sample(self, xt: Array, t: Array | int, *, noise: Array) -> Array:
         """x_{t−1} = μ_θ(x_t, t) + σ_t·z (Ho et al. 2020, Algorithm 2, line 4); no noise at t = 0 if final_noise="none"."""
         xp = array_namespace(xt)
         check_same_shape("noise", noise, "x_t", xt)
@@ -129,7 +136,7 @@ class DenoiseDiffusion:
             std = xp.where(append_dims(tt == 0, xt.ndim), xp.zeros_like(std), std)
         return mean + std * noise
 
-    def loss(self, x0: Array, *, t: Any, noise: Array) -> Array:
+    def loss(self, x0: Array, *, t: Array | int, noise: Array) -> Array:
         """L_simple = mean ‖ε − ε_θ(√ᾱ_t x0 + √(1−ᾱ_t) ε, t)‖² over all elements (Ho et al. 2020, Eq. 14): :func:`refdiff.losses.l_simple` averaged over the batch."""
         xp = array_namespace(x0)
         xt = self.q_sample(x0, t, noise=noise)
@@ -137,7 +144,7 @@ class DenoiseDiffusion:
         check_same_shape("eps_model output", eps, "x_t", xt)
         return xp.mean(l_simple(eps, noise))
 
-    def sample(self, x_T, *, noise):
+    def sample(self, x_T: Array, *, noise: Noise) -> Array:
         """Run p_sample from t = T−1 down to 0 (labml's sampling loop); noise: (T,) + x_T.shape or a callable."""
         from .samplers._common import draw_noise
         x = x_T
@@ -145,7 +152,7 @@ class DenoiseDiffusion:
             x = self.p_sample(x, i, noise=draw_noise(noise, k, x))
         return x
 
-    def _t(self, t, like):
+    def _t(self, t: Array | int, like: Array) -> Array:
         xp = array_namespace(like)
         tt = as_timesteps(t, self.n_steps, like=like)
         if tt.ndim == 0:

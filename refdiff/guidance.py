@@ -21,12 +21,18 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ._errors import RefdiffShapeError, check_choice, check_int, check_real, fail
-from ._typing import Array
+from ._typing import Array, Noise
 from ._xp import array_namespace, device_of
 from .parameterizations import coefficient, mu_from_x0, x0_from_eps
+
+if TYPE_CHECKING:
+    from .diffusion import PMeanVar
+    from .samplers._common import StepInfo
+    from .schedules import Schedule
 
 __all__ = [
     "CFG_CONVENTIONS", "check_scale", "condition_mean", "condition_score", "condition_eps",
@@ -38,14 +44,14 @@ __all__ = [
 CFG_CONVENTIONS = ("guidance_scale", "ho_salimans")
 
 
-def check_scale(value, name: str = "guidance_scale") -> float:
+def check_scale(value: float, name: str = "guidance_scale") -> float:
     """A finite real guidance scale (any sign), or a clear error naming it."""
     if isinstance(value, bool):
         fail(name, value, "expected a finite real number")
     return check_real(name, value)
 
 
-def _same(name: str, a, x) -> None:
+def _same(name: str, a: Array, x: Array) -> None:
     if tuple(getattr(a, "shape", ())) != tuple(x.shape):
         raise RefdiffShapeError(f"{name} has shape {tuple(getattr(a, 'shape', ()))} but x has "
                                 f"shape {tuple(x.shape)}; they must match")
@@ -55,21 +61,24 @@ def _same(name: str, a, x) -> None:
 # Classifier guidance
 # --------------------------------------------------------------------------------------------
 
-def condition_mean(mean, variance, grad, *, scale: float = 1.0):
+def condition_mean(mean: Array, variance: Array | float, grad: Array, *,
+                   scale: float = 1.0) -> Array:
     """μ̂ = μ + s·Σ·∇_x log p(y|x_t) (Dhariwal & Nichol 2021, Algorithm 1)."""
     scale = check_scale(scale, "scale")
     _same("grad", grad, mean)
     return mean + variance * (grad * scale if scale != 1.0 else grad)
 
 
-def condition_eps(pred_eps, grad, sigma, *, scale: float = 1.0):
+def condition_eps(pred_eps: Array, grad: Array, sigma: Array | float, *,
+                  scale: float = 1.0) -> Array:
     """ε̂ = ε − σ_t·s·∇_x log p(y|x_t) (Dhariwal & Nichol 2021, Algorithm 2; σ_t = √(1−ᾱ_t))."""
     scale = check_scale(scale, "scale")
     _same("grad", grad, pred_eps)
     return pred_eps - sigma * (grad * scale if scale != 1.0 else grad)
 
 
-def condition_score(schedule, p_mean_var, x_t, t, grad, *, scale: float = 1.0):
+def condition_score(schedule: Schedule, p_mean_var: PMeanVar, x_t: Array, t: Array | int,
+                    grad: Array, *, scale: float = 1.0) -> PMeanVar:
     """Guide a discrete step by score: ε̂ = ε(x̂0) − √(1−ᾱ_t)·s·g, then x̂0 and μ from ε̂ (Dhariwal & Nichol 2021, Alg. 2).
 
     ``p_mean_var`` is a :class:`refdiff.diffusion.PMeanVar` at sampling index t; its ``pred_eps``
@@ -87,14 +96,15 @@ def condition_score(schedule, p_mean_var, x_t, t, grad, *, scale: float = 1.0):
 # Classifier-free guidance
 # --------------------------------------------------------------------------------------------
 
-def cfg_weight(scale, convention: str = "guidance_scale") -> float:
+def cfg_weight(scale: float, convention: str = "guidance_scale") -> float:
     """The guidance_scale s equivalent to ``scale`` under ``convention`` (s = 1 + w for "ho_salimans")."""
     check_choice("convention", convention, CFG_CONVENTIONS, "classifier-free guidance convention")
     scale = check_scale(scale)
     return scale if convention == "guidance_scale" else 1.0 + scale
 
 
-def cfg_combine(uncond, cond, scale, *, convention: str = "guidance_scale"):
+def cfg_combine(uncond: Array, cond: Array, scale: float, *,
+                convention: str = "guidance_scale") -> Array:
     """Classifier-free guidance: ε_u + s(ε_c − ε_u) or (1 + w)ε_c − wε_u (Ho & Salimans 2021, Eq. 6)."""
     check_choice("convention", convention, CFG_CONVENTIONS, "classifier-free guidance convention")
     scale = check_scale(scale)
@@ -104,7 +114,7 @@ def cfg_combine(uncond, cond, scale, *, convention: str = "guidance_scale"):
     return cond + w * (cond - uncond)
 
 
-def rescale_cfg(guided, cond, *, phi: float):
+def rescale_cfg(guided: Array, cond: Array, *, phi: float) -> Array:
     """x = φ·guided·std(cond)/std(guided) + (1 − φ)·guided, std per sample (Lin et al. 2023, Eqs. 15–16).
 
     The std is taken over all non-batch axes; its normalisation (N or N−1) cancels in the ratio.
@@ -120,14 +130,15 @@ def rescale_cfg(guided, cond, *, phi: float):
     return phi * (guided * (std_c / std_g)) + (1.0 - phi) * guided
 
 
-def cfg_model(model: Callable, *, cond, uncond, scale, convention: str = "guidance_scale",
-              rescale: float = 0.0) -> Callable:
+def cfg_model(model: Callable[[Array, Array, Any], Array], *, cond: object, uncond: object,
+              scale: float, convention: str = "guidance_scale",
+              rescale: float = 0.0) -> Callable[[Array, Array], Array]:
     """Wrap ``model(x, t, c)`` into a guided ``model(x, t)`` (Ho & Salimans 2021; rescale: Lin et al. 2023)."""
     check_choice("convention", convention, CFG_CONVENTIONS, "classifier-free guidance convention")
     scale = check_scale(scale)
     rescale = check_real("rescale", rescale, lo=0.0, hi=1.0)
 
-    def guided(x, t):
+    def guided(x: Array, t: Array) -> Array:
         e_c = model(x, t, cond)
         e_u = model(x, t, uncond)
         out = cfg_combine(e_u, e_c, scale, convention=convention)
@@ -140,7 +151,7 @@ def cfg_model(model: Callable, *, cond, uncond, scale, convention: str = "guidan
 # ILVR
 # --------------------------------------------------------------------------------------------
 
-def low_pass(x, factor: int):
+def low_pass(x: Array, factor: int) -> Array:
     """φ_N(x): block-average down by N on every spatial axis (axes 2…), then nearest-neighbour up (a projection, φ∘φ = φ).
 
     ILVR uses a bicubic resizer; any linear projection fits Algorithm 1 (pass ``low_pass=`` to
@@ -164,19 +175,20 @@ def low_pass(x, factor: int):
     return xp.reshape(xp.broadcast_to(m, blocked), tuple(x.shape))
 
 
-def ilvr_refine(x_prev, y_prev, *, factor: int = 4, low_pass_fn: Callable | None = None):
+def ilvr_refine(x_prev: Array, y_prev: Array, *, factor: int = 4,
+                low_pass_fn: Callable[[Array], Array] | None = None) -> Array:
     """x_{t−1} = φ_N(y_{t−1}) + x'_{t−1} − φ_N(x'_{t−1}) (Choi et al. 2021, Algorithm 1)."""
     _same("y_prev", y_prev, x_prev)
     phi = (lambda a: low_pass(a, factor)) if low_pass_fn is None else low_pass_fn
     return phi(y_prev) + x_prev - phi(x_prev)
 
 
-def ilvr_sample(model: Callable, x_T: Array, *, schedule: Any, reference: Array, noise: Any,
-                reference_noise: Any,
-                factor: int = 4, low_pass_fn: Callable | None = None, range_t: int = -1,
+def ilvr_sample(model: Callable[[Array, Array], Array], x_T: Array, *, schedule: Schedule, reference: Array,
+                noise: Noise, reference_noise: Noise,
+                factor: int = 4, low_pass_fn: Callable[[Array], Array] | None = None, range_t: int = -1,
                 mean_type: str = "eps", var_type: str = "fixed_small", clip_x0: bool = False,
-                t0: str = "clipped", callback: Callable | None = None,
-                progress: Callable | None = None) -> Array:
+                t0: str = "clipped", callback: Callable[[StepInfo], object] | None = None,
+                progress: Callable[[int, int], object] | None = None) -> Array:
     """ILVR: DDPM ancestral sampling refined toward the low frequencies of ``reference`` (Choi et al. 2021, Algorithm 1).
 
     Parameters
@@ -235,13 +247,14 @@ def ilvr_sample(model: Callable, x_T: Array, *, schedule: Any, reference: Array,
 # EGSDE
 # --------------------------------------------------------------------------------------------
 
-def egsde_score(score, energy_grad):
+def egsde_score(score: Array, energy_grad: Array) -> Array:
     """s̃(x, t) = s(x, t) − ∇_x E(x, y0, t) (Zhao et al. 2022, Eq. 7)."""
     _same("energy_grad", energy_grad, score)
     return score - energy_grad
 
 
-def egsde_step(x, score, energy_grad, *, beta: float, noise=None):
+def egsde_step(x: Array, score: Array, energy_grad: Array, *, beta: float,
+               noise: Array | None = None) -> Array:
     """x_{t−1} = (x + β_t·s̃)/√(1−β_t) + √β_t·z: the VP ancestral predictor (Song et al. 2021, Eq. 47) with s̃ = s − ∇E (Zhao et al. 2022, Eq. 7)."""
     beta = check_real("beta", beta, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     s = egsde_score(score, energy_grad)
@@ -252,9 +265,10 @@ def egsde_step(x, score, energy_grad, *, beta: float, noise=None):
     return out
 
 
-def egsde_sample(model: Callable, y0: Array, *, schedule: Any, energy_grad: Callable,
-                 t_start: int, noise: Any, start_noise: Array, mean_type: str = "eps",
-                 callback: Callable | None = None, progress: Callable | None = None) -> Array:
+def egsde_sample(model: Callable[[Array, Array], Array], y0: Array, *, schedule: Schedule,
+                 energy_grad: Callable[[Array, Array], Array], t_start: int, noise: Noise, start_noise: Array,
+                 mean_type: str = "eps", callback: Callable[[StepInfo], object] | None = None,
+                 progress: Callable[[int, int], object] | None = None) -> Array:
     """EGSDE: perturb the source y0 to t_start, then run the energy-guided reverse VP SDE to t = 0 (Zhao et al. 2022, Algorithm 1).
 
     Parameters
@@ -320,8 +334,9 @@ def langevin_step(x: Array, score: Array, *, step_size: float, noise: Array) -> 
     return x + (0.5 * eps) * score + math.sqrt(eps) * noise
 
 
-def langevin_dynamics(score_fn: Callable, x: Array, *, step_size: float, n_steps: int, noise: Any,
-                      callback: Callable | None = None, progress: Callable | None = None) -> Array:
+def langevin_dynamics(score_fn: Callable[[Array], Array], x: Array, *, step_size: float,
+                      n_steps: int, noise: Noise, callback: Callable[[StepInfo], object] | None = None,
+                      progress: Callable[[int, int], object] | None = None) -> Array:
     """n_steps of Langevin dynamics for a time-independent score ``score_fn(x)`` (Song & Ermon 2019, Eq. 4).
 
     ``noise``: shape (n_steps,) + x.shape or a callable ``noise(k)``. As ε → 0 and n_steps → ∞ the

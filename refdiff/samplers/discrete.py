@@ -39,12 +39,13 @@ host floats, before its first model call; a step then does only array arithmetic
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .._errors import RefdiffValueError, check_choice, check_int, check_real, fail
-from .._typing import Array
+from .._typing import Array, Device, Namespace, Noise
 from .._xp import array_namespace, device_of
 from ..diffusion import T0_CONVENTIONS, VAR_TYPES, PMeanVar, p_mean_variance, split_variance_output
 from ..guidance import check_scale, condition_eps, condition_mean, condition_score
@@ -79,7 +80,7 @@ COND_MODES = ("mean", "score")
 # Small helpers
 # --------------------------------------------------------------------------------------------
 
-def _host_table(table) -> np.ndarray:
+def _host_table(table: Array) -> np.ndarray:
     """A schedule table as a host NumPy array: one transfer for a table moved with ``Schedule.to``."""
     if isinstance(table, np.ndarray):
         return table
@@ -97,10 +98,10 @@ def _host_table(table) -> np.ndarray:
 class _Host:
     """The tables of a schedule read to the host once each, on first use (for the step plans)."""
 
-    def __init__(self, schedule: Schedule):
+    def __init__(self, schedule: Schedule) -> None:
         self._schedule = schedule
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> np.ndarray:
         if name.startswith("_"):
             raise AttributeError(name)
         arr = _host_table(getattr(self._schedule, name))
@@ -108,7 +109,7 @@ class _Host:
         return arr
 
 
-def _check_namespace(schedule: Schedule, x) -> None:
+def _check_namespace(schedule: Schedule, x: Array) -> None:
     """Raise unless the schedule's tables live in x's array namespace (as the table conversions do)."""
     table = schedule.alphas_cumprod
     try:
@@ -118,12 +119,12 @@ def _check_namespace(schedule: Schedule, x) -> None:
              f"{type(x).__module__} array; move them once with schedule.to(xp, device=..., dtype=...)")
 
 
-def _timestep_array(xp, x, t: int, device):
+def _timestep_array(xp: Namespace, x: Array, t: int, device: Device) -> Array:
     return xp.full((x.shape[0],), t, dtype=xp.int64, device=device)
 
 
 def sampling_schedule(schedule: Schedule, steps: int | None = None, spacing: str = "trailing", *,
-                      steps_offset: int = 0, timesteps: Any = None) -> Schedule:
+                      steps_offset: int = 0, timesteps: Sequence[int] | Array | None = None) -> Schedule:
     """The schedule the loop steps on: ``schedule`` itself, or it respaced to ``steps`` steps.
 
     ``spacing`` is one of :data:`refdiff.schedules.SPACINGS`: "trailing" (default; starts at T-1,
@@ -169,7 +170,7 @@ def _zero_snr_check(ab: float, i: int, mean_type: str) -> None:
             "a v- or x0-prediction model at the terminal step (Lin et al. 2023, §3.2)")
 
 
-def _split_output(out, x, var_type: str):
+def _split_output(out: Array, x: Array, var_type: str) -> tuple[Array, Array | None]:
     """The mean part of a model output (the variance channels dropped for learned variances)."""
     if var_type in ("fixed_small", "fixed_large"):
         check_output(out, x)
@@ -177,7 +178,7 @@ def _split_output(out, x, var_type: str):
     return split_variance_output(out, x)
 
 
-def _process_x0(x0, xp, clip_x0: bool, denoised_fn):
+def _process_x0(x0: Array, xp: Namespace | None, clip_x0: bool, denoised_fn: Callable[[Array], Array] | None) -> Array:
     if denoised_fn is not None:
         x0 = denoised_fn(x0)
     if clip_x0:
@@ -206,7 +207,7 @@ class DDPMCoefficients(NamedTuple):
 
 
 def ddpm_coefficients(schedule: Schedule, i: int, *, var_type: str = "fixed_small",
-                      t0: str = "clipped", _host: Any = None) -> DDPMCoefficients:
+                      t0: str = "clipped", _host: _Host | None = None) -> DDPMCoefficients:
     """The coefficients of the DDPM step at level i as host floats (Ho et al. 2020, Eqs. 7, 11; Nichol & Dhariwal 2021, §3.1).
 
     The same table entries :func:`refdiff.diffusion.p_mean_variance` gathers, read once: pass the
@@ -250,9 +251,9 @@ def ancestral_step(mean: Array, log_variance: Array | float, noise: Array) -> Ar
     return mean + xp.exp(0.5 * log_variance) * noise
 
 
-def p_sample(model_output: Array, x_t: Array, t: Any, *, schedule: Schedule, mean_type: str = "eps",
-             var_type: str = "fixed_small", clip_x0: bool = False,
-             denoised_fn: Callable | None = None, t0: str = "clipped", noise: Array | None = None,
+def p_sample(model_output: Array, x_t: Array, t: Array | int, *, schedule: Schedule,
+             mean_type: str = "eps", var_type: str = "fixed_small", clip_x0: bool = False,
+             denoised_fn: Callable[[Array], Array] | None = None, t0: str = "clipped", noise: Array | None = None,
              add_noise: bool = True, grad: Array | None = None, cond_mode: str = "mean",
              coefficients: DDPMCoefficients | None = None) -> tuple[Array, PMeanVar]:
     """One DDPM ancestral step x_t -> x_{t-1} from a model output (Ho et al. 2020, Algorithm 2).
@@ -325,8 +326,10 @@ def p_sample(model_output: Array, x_t: Array, t: Any, *, schedule: Schedule, mea
     return ancestral_step(mean, log_var, noise), pmv
 
 
-def _p_sample_tables(model_output, x_t, t, *, schedule, mean_type, var_type, clip_x0,
-                     denoised_fn, t0, noise, add_noise, grad, cond_mode):
+def _p_sample_tables(model_output: Array, x_t: Array, t: Array | int, *, schedule: Schedule,
+                     mean_type: str, var_type: str, clip_x0: bool, denoised_fn: Callable[[Array], Array] | None, t0: str,
+                     noise: Array | None, add_noise: bool, grad: Array | None,
+                     cond_mode: str) -> tuple[Array, PMeanVar]:
     """:func:`p_sample` with per-batch timesteps t, through :func:`refdiff.diffusion.p_mean_variance`."""
     out = p_mean_variance(schedule, model_output, x_t, t, mean_type=mean_type, var_type=var_type,
                           clip_x0=clip_x0, denoised_fn=denoised_fn, t0=t0)
@@ -346,15 +349,15 @@ def _p_sample_tables(model_output, x_t, t, *, schedule, mean_type, var_type, cli
 
 
 @register_sampler("ddpm", family="discrete", stochastic=True, step=p_sample)
-def sample_ddpm(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any = None,
+def sample_ddpm(model: Callable[[Array, Array], Array], x_T: Array, *, schedule: Schedule, noise: Noise = None,
                 mean_type: str = "eps",
                 var_type: str = "fixed_small", clip_x0: bool = False,
-                denoised_fn: Callable | None = None, t0: str = "clipped",
+                denoised_fn: Callable[[Array], Array] | None = None, t0: str = "clipped",
                 final_noise: str = "none", steps: int | None = None, spacing: str = "trailing",
-                steps_offset: int = 0, timesteps: Any = None, cond_fn: Callable | None = None,
-                cond_mode: str = "mean",
-                cond_scale: float = 1.0, callback: Callable | None = None,
-                progress: Callable | None = None) -> Array:
+                steps_offset: int = 0, timesteps: Sequence[int] | Array | None = None,
+                cond_fn: Callable[[Array, Array], Array] | None = None, cond_mode: str = "mean",
+                cond_scale: float = 1.0, callback: Callable[[StepInfo], object] | None = None,
+                progress: Callable[[int, int], object] | None = None) -> Array:
     """DDPM ancestral sampling x_T -> x_0 (Ho et al. 2020, Algorithm 2; Nichol & Dhariwal 2021, §3–4).
 
     Parameters
@@ -403,7 +406,7 @@ def sample_ddpm(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any =
     n = sched.num_timesteps
     _check_namespace(sched, x_T)
     h = _Host(sched)
-    plan: list[Any] = []
+    plan: list[tuple[int, DDPMCoefficients, bool]] = []
     for i in range(n - 1, -1, -1):
         pc = _ddpm_coefficients(h, n, i, var_type, t0)
         _zero_snr_check(float(h.alphas_cumprod[i]), i, mean_type)
@@ -433,7 +436,7 @@ def sample_ddpm(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any =
 # DDIM
 # --------------------------------------------------------------------------------------------
 
-def _ops(*vals):
+def _ops(*vals: Array | float) -> tuple[Callable[[Any], Any], bool, Namespace]:
     """(sqrt, is_array, xp) for coefficients given as Python numbers or arrays."""
     arrs = [v for v in vals if not isinstance(v, (int, float)) and hasattr(v, "shape")]
     if arrs:
@@ -442,9 +445,10 @@ def _ops(*vals):
     return math.sqrt, False, None
 
 
-def ddim_sigma(alpha_bar: Any, alpha_bar_prev: Any, *, eta: float = 0.0,
-               one_minus_alpha_bar: Any = None, one_minus_alpha_bar_prev: Any = None,
-               beta: Any = None) -> Any:
+def ddim_sigma(alpha_bar: Array | float, alpha_bar_prev: Array | float, *, eta: float = 0.0,
+               one_minus_alpha_bar: Array | float | None = None,
+               one_minus_alpha_bar_prev: Array | float | None = None,
+               beta: Array | float | None = None) -> Array | float:
     """σ_t(η) = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev) (Song et al. 2021, Eq. 16).
 
     The complements may be passed exactly (``one_minus_*``, ``beta`` = 1 − ᾱ_t/ᾱ_prev); otherwise
@@ -458,9 +462,10 @@ def ddim_sigma(alpha_bar: Any, alpha_bar_prev: Any, *, eta: float = 0.0,
     return eta * sqrt(omp / om * b)
 
 
-def ddim_coefficients(alpha_bar: Any, alpha_bar_prev: Any, *, eta: float = 0.0,
-                      one_minus_alpha_bar: Any = None, one_minus_alpha_bar_prev: Any = None,
-                      beta: Any = None) -> tuple[Any, Any, Any]:
+def ddim_coefficients(alpha_bar: Array | float, alpha_bar_prev: Array | float, *, eta: float = 0.0,
+                      one_minus_alpha_bar: Array | float | None = None,
+                      one_minus_alpha_bar_prev: Array | float | None = None,
+                      beta: Array | float | None = None) -> tuple[Array | float, Array | float, Array | float]:
     """(√ᾱ_prev, √(1−ᾱ_prev−σ²), σ) of x_prev = √ᾱ_prev·x̂0 + √(1−ᾱ_prev−σ²)·ε̂ + σz (Song et al. 2021, Eq. 12).
 
     1 − ᾱ_prev − σ² is formed as (1−ᾱ_prev)·((1−η²) + η²·ᾱ_t(1−ᾱ_prev)/(ᾱ_prev(1−ᾱ_t))), a sum of
@@ -481,10 +486,11 @@ def ddim_coefficients(alpha_bar: Any, alpha_bar_prev: Any, *, eta: float = 0.0,
     return sqrt(alpha_bar_prev), sqrt(dir2), sigma
 
 
-def ddim_step(x: Array, pred_x0: Array, pred_eps: Array, alpha_bar: Any = None,
-              alpha_bar_prev: Any = None, *, eta: float = 0.0, noise: Array | None = None,
-              one_minus_alpha_bar: Any = None, one_minus_alpha_bar_prev: Any = None,
-              beta: Any = None, coefficients: tuple | None = None) -> Array:
+def ddim_step(x: Array, pred_x0: Array, pred_eps: Array, alpha_bar: Array | float | None = None,
+              alpha_bar_prev: Array | float | None = None, *, eta: float = 0.0,
+              noise: Array | None = None, one_minus_alpha_bar: Array | float | None = None,
+              one_minus_alpha_bar_prev: Array | float | None = None, beta: Array | float | None = None,
+              coefficients: tuple[Array | float, Array | float, Array | float] | None = None) -> Array:
     """x_prev = √ᾱ_prev·x̂0 + √(1−ᾱ_prev−σ²)·ε̂ + σ·z (Song et al. 2021, Eq. 12).
 
     ``noise`` is needed only when σ > 0 (η > 0); with noise=None the σz term is left out (the
@@ -508,8 +514,8 @@ def ddim_step(x: Array, pred_x0: Array, pred_eps: Array, alpha_bar: Any = None,
     return out
 
 
-def ddim_reverse_step(x: Array, pred_x0: Array, pred_eps: Array, alpha_bar_next: Any, *,
-                      one_minus_alpha_bar_next: Any = None) -> Array:
+def ddim_reverse_step(x: Array, pred_x0: Array, pred_eps: Array, alpha_bar_next: Array | float, *,
+                      one_minus_alpha_bar_next: Array | float | None = None) -> Array:
     """x_next = √ᾱ_next·x̂0 + √(1−ᾱ_next)·ε̂, one deterministic DDIM inversion step (Song et al. 2021, Eq. 13 run forward).
 
     ``one_minus_alpha_bar_next`` passes 1 − ᾱ_next exactly (otherwise formed by subtraction).
@@ -529,8 +535,8 @@ class _Level(NamedTuple):
     log: float
 
 
-def _final_level(h: _Host, schedule: Schedule, final_alpha_bar, base: Schedule | None,
-                 base_h: _Host | None) -> _Level:
+def _final_level(h: _Host, schedule: Schedule, final_alpha_bar: str | float,
+                 base: Schedule | None, base_h: _Host | None) -> _Level:
     """The level below step 0 under the final_alpha_bar convention."""
     if isinstance(final_alpha_bar, str):
         check_choice("final_alpha_bar", final_alpha_bar, FINAL_ALPHA_BAR, "final ᾱ_prev convention")
@@ -563,7 +569,7 @@ def _beta_between(h: _Host, i: int, prev: _Level, cur: _Level, own: bool) -> flo
     return -math.expm1(cur.log - prev.log)
 
 
-def _stride_base(schedule: Schedule, respaced: bool, base_schedule):
+def _stride_base(schedule: Schedule, respaced: bool, base_schedule: Schedule | None) -> Schedule:
     """The training schedule the "stride" rule reads (T and ᾱ at t − T//n)."""
     if respaced:
         return schedule
@@ -578,12 +584,13 @@ def _stride_base(schedule: Schedule, respaced: bool, base_schedule):
     return schedule
 
 
-def _ddim_tables(sched: Schedule, schedule: Schedule, x: Any, *, respaced: bool,
+def _ddim_tables(sched: Schedule, schedule: Schedule, x: Array, *, respaced: bool,
                  base_schedule: Schedule | None, prev_timestep: str,
-                 final_alpha_bar: Any) -> tuple[_Host, Schedule | None, _Host | None, _Level]:
+                 final_alpha_bar: str | float) -> tuple[_Host, Schedule | None, _Host | None, _Level]:
     """The host tables of the sampling schedule and of the training schedule, and the final level."""
     _check_namespace(sched, x)
     h = _Host(sched)
+    base: Schedule | None
     if prev_timestep == "stride":
         base = _stride_base(schedule, respaced, base_schedule)
     else:
@@ -592,21 +599,25 @@ def _ddim_tables(sched: Schedule, schedule: Schedule, x: Any, *, respaced: bool,
     return h, base, base_h, _final_level(h, sched, final_alpha_bar, base, base_h)
 
 
-def _ddim_prev_levels(h, sched, levels, prev_timestep, final, base, base_h):
+def _ddim_prev_levels(h: _Host, sched: Schedule, levels: range, prev_timestep: str,
+                      final: _Level, base: Schedule | None,
+                      base_h: _Host | None) -> dict[int, tuple[_Level, bool]]:
     """For each level i in ``levels``: (ᾱ of the level it steps to, whether that level is the schedule's own)."""
     n = sched.num_timesteps
-    out = {}
+    out: dict[int, tuple[_Level, bool]] = {}
     for i in levels:
         if prev_timestep == "listed":
             out[i] = (_level(h, i - 1, final), True)
         else:
+            assert base is not None and base_h is not None  # _stride_base returned one
             tp = int(h.timestep_map[i]) - base.num_timesteps // n
             out[i] = (_level(base_h, tp, final), False)
     return out
 
 
-def _x0_eps(out, x, c: LevelCoefficients, xp, *, mean_type, clip_x0, denoised_fn,
-            eps_from_clipped_x0: bool):
+def _x0_eps(out: Array, x: Array, c: LevelCoefficients, xp: Namespace | None, *,
+            mean_type: str, clip_x0: bool, denoised_fn: Callable[[Array], Array] | None,
+            eps_from_clipped_x0: bool) -> tuple[Array, Array]:
     """(x̂0, ε̂) from a model output at one level: x̂0 processed, ε̂ from it or from the raw output."""
     raw = x0_from_output_at(out, x, c, mean_type)
     processed = clip_x0 or denoised_fn is not None
@@ -617,15 +628,17 @@ def _x0_eps(out, x, c: LevelCoefficients, xp, *, mean_type, clip_x0, denoised_fn
 
 
 @register_sampler("ddim", family="discrete", stochastic=False, order=1.0, step=ddim_step)
-def sample_ddim(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any = None,
+def sample_ddim(model: Callable[[Array, Array], Array], x_T: Array, *, schedule: Schedule, noise: Noise = None,
                 eta: float = 0.0,
                 mean_type: str = "eps", var_type: str = "fixed_small", clip_x0: bool = False,
-                denoised_fn: Callable | None = None, final_alpha_bar: str | float = "one",
+                denoised_fn: Callable[[Array], Array] | None = None, final_alpha_bar: str | float = "one",
                 base_schedule: Schedule | None = None, final_noise: str = "none",
                 eps_from_clipped_x0: bool = True, prev_timestep: str = "listed",
                 steps: int | None = None, spacing: str = "trailing", steps_offset: int = 0,
-                timesteps: Any = None, start: int | None = None, stop: int = -1, cond_fn: Callable | None = None, cond_scale: float = 1.0,
-                callback: Callable | None = None, progress: Callable | None = None) -> Array:
+                timesteps: Sequence[int] | Array | None = None, start: int | None = None, stop: int = -1,
+                cond_fn: Callable[[Array, Array], Array] | None = None, cond_scale: float = 1.0,
+                callback: Callable[[StepInfo], object] | None = None,
+                progress: Callable[[int, int], object] | None = None) -> Array:
     """DDIM sampling x_T -> x_0 with noise scale η (Song et al. 2021, Eqs. 12 and 16; η = 0 is deterministic).
 
     Parameters
@@ -682,7 +695,8 @@ def sample_ddim(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any =
                                           final_alpha_bar=final_alpha_bar)
     levels = range(start, stop, -1)
     prevs = _ddim_prev_levels(h, sched, levels, prev_timestep, final, base, base_h)
-    plan: list[Any] = []
+    plan: list[tuple[int, LevelCoefficients, tuple[Array | float, Array | float, Array | float],
+               bool]] = []
     for i in levels:
         cur = _level(h, i, final)
         prev, own = prevs[i]
@@ -718,8 +732,8 @@ def sample_ddim(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any =
 
 
 @register_sampler("ddim_stochastic", family="discrete", stochastic=True, step=ddim_step)
-def sample_ddim_stochastic(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any = None,
-                           eta: float = 1.0, **options: Any) -> Array:
+def sample_ddim_stochastic(model: Callable[[Array, Array], Array], x_T: Array, *, schedule: Schedule,
+                           noise: Noise = None, eta: float = 1.0, **options: Any) -> Array:
     """DDIM with η = 1 by default: the stochastic member of the family (Song et al. 2021, Eq. 16)."""
     return sample_ddim(model, x_T, schedule=schedule, noise=noise, eta=eta, **options)
 
@@ -727,14 +741,14 @@ def sample_ddim_stochastic(model: Callable, x_T: Array, *, schedule: Schedule, n
 class DDIMStepOutput(NamedTuple):
     """One DDIM step's result, named as diffusers' ``DDIMSchedulerOutput``."""
 
-    prev_sample: Any
-    pred_original_sample: Any
+    prev_sample: Array
+    pred_original_sample: Array
 
 
 def ddim_step_at(model_output: Array, t: int, t_prev: int, x_t: Array, *, schedule: Schedule,
                  eta: float = 0.0, noise: Array | None = None, prediction_type: str = "eps",
                  final_alpha_bar: str | float = "one", clip_x0: bool = False,
-                 clip_range: float = 1.0, denoised_fn: Callable | None = None,
+                 clip_range: float = 1.0, denoised_fn: Callable[[Array], Array] | None = None,
                  eps_from_clipped_x0: bool = False) -> DDIMStepOutput:
     """One DDIM step between training timesteps t -> t_prev, shaped like diffusers' ``DDIMScheduler.step`` (Song et al. 2021, Eq. 12).
 
@@ -796,18 +810,19 @@ def ddim_step_at(model_output: Array, t: int, t_prev: int, x_t: Array, *, schedu
     return DDIMStepOutput(x_prev, x0)
 
 
-def _canonical_prediction(value) -> str:
+def _canonical_prediction(value: str) -> str:
     return prediction_type(value, "prediction_type", ("eps", "x0", "v", "score"))
 
 
-def ddim_invert(model: Callable, x0: Array, *, schedule: Schedule, mean_type: str = "eps",
+def ddim_invert(model: Callable[[Array, Array], Array], x0: Array, *, schedule: Schedule, mean_type: str = "eps",
                 var_type: str = "fixed_small", clip_x0: bool = False,
-                denoised_fn: Callable | None = None, final_alpha_bar: str | float = "one",
+                denoised_fn: Callable[[Array], Array] | None = None, final_alpha_bar: str | float = "one",
                 base_schedule: Schedule | None = None, model_time: str = "current",
                 prev_timestep: str = "listed", steps: int | None = None,
-                spacing: str = "trailing", steps_offset: int = 0, timesteps: Any = None,
+                spacing: str = "trailing", steps_offset: int = 0, timesteps: Sequence[int] | Array | None = None,
                 start: int = -1, stop: int | None = None,
-                callback: Callable | None = None, progress: Callable | None = None) -> Array:
+                callback: Callable[[StepInfo], object] | None = None,
+                progress: Callable[[int, int], object] | None = None) -> Array:
     """Deterministic DDIM inversion x_0 -> x_T: the η = 0 update run toward more noise (Song et al. 2021, §4.3, Eq. 13).
 
     Step from level j to j+1 (level −1 = the data level of ``final_alpha_bar``):
@@ -849,7 +864,7 @@ def ddim_invert(model: Callable, x0: Array, *, schedule: Schedule, mean_type: st
                                           base_schedule=base_schedule,
                                           prev_timestep=prev_timestep,
                                           final_alpha_bar=final_alpha_bar)
-    plan: list[Any] = []
+    plan: list[tuple[int, LevelCoefficients, bool, tuple[float, float] | None, _Level]] = []
     for j in range(start, stop):
         nxt = _level(h, j + 1, final)
         if prev_timestep == "listed":
@@ -881,6 +896,7 @@ def ddim_invert(model: Callable, x0: Array, *, schedule: Schedule, mean_type: st
         if model_next:
             eps = out if mean_type == "eps" else eps_from_x0_at(
                 x, x0_from_output_at(out, x, c, mean_type), c)
+            assert cur_as is not None  # planned with the level it steps from
             pred_x0 = x0_from_prediction(eps, x, cur_as[0], cur_as[1], "eps")
             pred_x0 = _process_x0(pred_x0, xp, clip_x0, denoised_fn)
         else:

@@ -23,10 +23,11 @@ quantity (α, σ, λ, the step coefficients) is a host float computed in float64
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .._errors import check_choice, check_int, check_real, fail
+from .._typing import Array, Noise
 from .._xp import array_namespace
 from ..parameterizations import PREDICTION_TYPES, eps_from_prediction, prediction_type, x0_from_prediction
 from . import register_sampler
@@ -34,6 +35,17 @@ from ._common import StepInfo, batch_full, check_output, draw_noise, step_report
 from .dpm_solver import (ALGORITHM_TYPES, SKIP_TYPES, SOLVER_TYPES, NoiseScheduleVP,
                          dpm_solver_first_update, get_time_steps, multistep_step_orders, phi_2,
                          singlestep_dpm_solver_second_update, singlestep_dpm_solver_third_update)
+
+if TYPE_CHECKING:
+    from .dpm_solver import ModelTime
+
+    class _ModelFn(Protocol):
+        """A prediction ``fn(x, t)`` carrying ``fn.levels(t) -> (α_t, σ_t, λ_t)``."""
+
+        levels: Callable[[float], tuple[float, float, float]]
+
+        def __call__(self, x: Array, t: float, /) -> Array: ...
+
 
 __all__ = ["sde_dpmpp_coefficients", "sde_dpmpp_step", "sample_dpm_solver_adaptive",
            "sample_sde_dpmpp_1", "sample_sde_dpmpp_2m", "SDE_SOLVER_TYPES"]
@@ -47,14 +59,14 @@ _MODEL_TIMES = ("continuous", "dpm_solver")
 # Inputs: the model as noise / data prediction, the time range
 # --------------------------------------------------------------------------------------------
 
-def _check_ns(noise_schedule) -> NoiseScheduleVP:
+def _check_ns(noise_schedule: object) -> NoiseScheduleVP:
     if not isinstance(noise_schedule, NoiseScheduleVP):
         fail("noise_schedule", noise_schedule, "expected a refdiff.samplers.dpm_solver."
              "NoiseScheduleVP (NoiseScheduleVP.linear(), .discrete(schedule) or .from_sde(sde))")
     return noise_schedule
 
 
-def _check_x(x) -> None:
+def _check_x(x: Array) -> None:
     if getattr(x, "ndim", 0) < 1:
         fail("x", x, "expected an array with the batch axis first (ndim >= 1)")
 
@@ -64,7 +76,8 @@ def _levels(ns: NoiseScheduleVP, t: float) -> tuple[float, float, float]:
     return float(ns.marginal_alpha(t)), float(ns.marginal_std(t)), float(ns.marginal_lambda(t))
 
 
-def _model_fns(model: Callable, ns: NoiseScheduleVP, model_type: str, model_time):
+def _model_fns(model: Callable[[Array, Array], Array], ns: NoiseScheduleVP, model_type: str,
+               model_time: ModelTime) -> tuple[_ModelFn, _ModelFn]:
     """(noise_fn, data_fn): ``fn(x, t) -> ε̂ or x̂0`` from the model output (Lu et al. 2022b, §3)."""
     if not callable(model):
         fail("model", model, "expected a callable model(x, t) -> prediction")
@@ -75,7 +88,7 @@ def _model_fns(model: Callable, ns: NoiseScheduleVP, model_type: str, model_time
             fail("model_time", model_time, "the 'dpm_solver' discrete model time needs a "
                  "discrete noise schedule (NoiseScheduleVP.discrete)")
 
-    def out(x, t: float):
+    def out(x: Array, t: float) -> Array:
         tin = model_time(t) if callable(model_time) else ns.model_input_time(t, model_time)
         return check_output(model(x, batch_full(x, float(tin))), x, name="model output")
 
@@ -86,20 +99,21 @@ def _model_fns(model: Callable, ns: NoiseScheduleVP, model_type: str, model_time
             cache[t] = _levels(ns, t)
         return cache[t]
 
-    def noise_fn(x, t: float):
+    def noise_fn(x: Array, t: float) -> Array:
         a, s, _ = levels(t)
         return eps_from_prediction(out(x, t), x, a, s, kind)
 
-    def data_fn(x, t: float):
+    def data_fn(x: Array, t: float) -> Array:
         a, s, _ = levels(t)
         return x0_from_prediction(out(x, t), x, a, s, kind)
 
     noise_fn.levels = data_fn.levels = levels          # type: ignore[attr-defined]
 
-    return noise_fn, data_fn
+    return cast("_ModelFn", noise_fn), cast("_ModelFn", data_fn)
 
 
-def _time_range(ns: NoiseScheduleVP, t_start, t_end) -> tuple[float, float]:
+def _time_range(ns: NoiseScheduleVP, t_start: float | None,
+                t_end: float | None) -> tuple[float, float]:
     t_T = ns.T if t_start is None else check_real("t_start", t_start, lo=0.0, hi=ns.T, lo_open=True)
     t_0 = (1.0 / ns.total_N if t_end is None
            else check_real("t_end", t_end, lo=0.0, hi=ns.T, lo_open=True))
@@ -112,10 +126,12 @@ def _time_range(ns: NoiseScheduleVP, t_start, t_end) -> tuple[float, float]:
     return t_T, t_0
 
 
-def _grid(ns: NoiseScheduleVP, time_grid, skip_type: str, t_T: float, t_0: float, steps: int) -> list[float]:
+def _grid(ns: NoiseScheduleVP, time_grid: Sequence[float] | Array | None, skip_type: str, t_T: float, t_0: float,
+          steps: int | None) -> list[float]:
     """The times t_0 > ... > t_N: ``time_grid`` as given, or DPM-Solver's grid of ``steps`` steps."""
     if time_grid is None:
         check_choice("skip_type", skip_type, SKIP_TYPES, "step grid")
+        assert steps is not None  # the callers check steps when there is no time_grid
         return [float(t) for t in get_time_steps(ns, skip_type, t_T, t_0, steps)]
     try:
         ts = [float(t) for t in time_grid]
@@ -131,7 +147,7 @@ def _grid(ns: NoiseScheduleVP, time_grid, skip_type: str, t_T: float, t_0: float
     return ts
 
 
-def _bool(name: str, value) -> bool:
+def _bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         fail(name, value, "expected True or False")
     return value
@@ -143,17 +159,19 @@ def _bool(name: str, value) -> bool:
 
 @register_sampler("dpm_solver_adaptive", family="vp", stochastic=False,
                   step=singlestep_dpm_solver_third_update)
-def sample_dpm_solver_adaptive(model: Callable, x, *, noise_schedule: NoiseScheduleVP,
-                               steps: int | None = None, noise=None, order: int = 3,
+def sample_dpm_solver_adaptive(model: Callable[[Array, Array], Array], x: Array, *, noise_schedule: NoiseScheduleVP,
+                               steps: int | None = None, noise: Noise = None, order: int = 3,
                                algorithm_type: str = "dpmsolver++", solver_type: str = "dpmsolver",
                                model_type: str = "noise", t_start: float | None = None,
                                t_end: float | None = None, atol: float = 0.0078,
                                rtol: float = 0.05, h_init: float = 0.05, theta: float = 0.9,
-                               t_err: float = 1e-5, adaptive: bool = True, time_grid=None,
-                               skip_type: str = "logSNR", model_time="continuous",
+                               t_err: float = 1e-5, adaptive: bool = True,
+                               time_grid: Sequence[float] | Array | None = None,
+                               skip_type: str = "logSNR", model_time: ModelTime = "continuous",
                                return_info: bool = False, max_steps: int = 10000,
-                               callback: Callable | None = None,
-                               progress: Callable | None = None):
+                               callback: Callable[[StepInfo], object] | None = None,
+                               progress: Callable[[int, int], object] | None = None
+                               ) -> Array | tuple[Array, dict[str, Any]]:
     """DPM-Solver-12 / 23 with adaptive step size in λ (Lu et al. 2022a, §3.3 and App. C; DPM-Solver's ``method="adaptive"``).
 
     From λ_s an attempt goes to t with λ_t = λ_s + h: x_low is DPM-Solver-1 (order 2) or
@@ -218,7 +236,7 @@ def sample_dpm_solver_adaptive(model: Callable, x, *, noise_schedule: NoiseSched
     r1 = 0.5 if order == 2 else 1.0 / 3.0
     info: dict[str, Any] = {"nfe": 0, "steps": 0, "n_accept": 0, "n_reject": 0, "t": [t_T]}
 
-    def pair(x, s: float, t: float, model_s):
+    def pair(x: Array, s: float, t: float, model_s: Array) -> tuple[Array, Array]:
         """(x_low, x_high) of the embedded pair from s to t."""
         if order == 2:
             x_low = dpm_solver_first_update(ns, x, s, t, model_s, algorithm_type=algorithm_type)
@@ -234,7 +252,7 @@ def sample_dpm_solver_adaptive(model: Callable, x, *, noise_schedule: NoiseSched
             algorithm_type=algorithm_type, solver_type=solver_type)
         return x_low, x_high
 
-    def start(x, s: float):
+    def start(x: Array, s: float) -> Array:
         model_s = fn(x, s)
         if report is not None:
             a, sg, _ = fn.levels(s)
@@ -311,7 +329,8 @@ def sde_dpmpp_coefficients(ns: NoiseScheduleVP, s: float, t: float, *, h_prev: f
     return out
 
 
-def sde_dpmpp_step(x, x0, c: dict[str, float], *, x0_prev=None, noise=None):
+def sde_dpmpp_step(x: Array, x0: Array, c: dict[str, float], *, x0_prev: Array | None = None,
+                   noise: Array | None = None) -> Array:
     """x_t = a x_s + b x̂0_s [+ c (x̂0_s - x̂0_prev)] + n z with coefficients from :func:`sde_dpmpp_coefficients`."""
     if noise is None:
         fail("noise", noise, "SDE-DPM-Solver++ adds noise at every step: pass a standard-normal draw")
@@ -323,9 +342,11 @@ def sde_dpmpp_step(x, x0, c: dict[str, float], *, x0_prev=None, noise=None):
     return out + c["n"] * noise
 
 
-def _sde_loop(model, x, ns, steps, noise, *, order, solver_type, lower_order_final, model_type,
-              skip_type, t_start, t_end, time_grid, model_time, denoise_to_zero, callback,
-              progress):
+def _sde_loop(model: Callable[[Array, Array], Array], x: Array, ns: NoiseScheduleVP, steps: int | None, noise: Noise, *,
+              order: int, solver_type: str, lower_order_final: str, model_type: str,
+              skip_type: str, t_start: float | None, t_end: float | None, time_grid: Sequence[float] | Array | None,
+              model_time: ModelTime, denoise_to_zero: bool, callback: Callable[[StepInfo], object] | None,
+              progress: Callable[[int, int], object] | None) -> Array:
     ns = _check_ns(ns)
     _check_x(x)
     check_choice("solver_type", solver_type, SDE_SOLVER_TYPES, "SDE-DPM-Solver++ solver type")
@@ -345,7 +366,7 @@ def _sde_loop(model, x, ns, steps, noise, *, order, solver_type, lower_order_fin
         plan.append(sde_dpmpp_coefficients(ns, ts[i], ts[i + 1], h_prev=h_prev,
                                            solver_type=solver_type))
     report = step_reporter(callback, progress)
-    x0_prev = None
+    x0_prev: Array | None = None
     for i in range(n):
         x0 = data_fn(x, ts[i])
         if report is not None:
@@ -394,11 +415,13 @@ _SDE_DOC = """
 
 
 @register_sampler("sde_dpmpp_1", family="vp", stochastic=True, step=sde_dpmpp_step)
-def sample_sde_dpmpp_1(model: Callable, x, *, noise_schedule: NoiseScheduleVP, steps: int | None = None,
-                       noise=None, model_type: str = "noise", skip_type: str = "time_uniform",
-                       t_start: float | None = None, t_end: float | None = None, time_grid=None,
-                       model_time="continuous", denoise_to_zero: bool = False,
-                       callback: Callable | None = None, progress: Callable | None = None):
+def sample_sde_dpmpp_1(model: Callable[[Array, Array], Array], x: Array, *, noise_schedule: NoiseScheduleVP,
+                       steps: int | None = None, noise: Noise = None, model_type: str = "noise",
+                       skip_type: str = "time_uniform", t_start: float | None = None,
+                       t_end: float | None = None, time_grid: Sequence[float] | Array | None = None,
+                       model_time: ModelTime = "continuous", denoise_to_zero: bool = False,
+                       callback: Callable[[StepInfo], object] | None = None,
+                       progress: Callable[[int, int], object] | None = None) -> Array:
     """SDE-DPM-Solver++1: x_t = (σ_t/σ_s)e^{-h} x_s + α_t(1 - e^{-2h}) x̂0 + σ_t√(1 - e^{-2h}) z (Lu et al. 2022b, App.; diffusers "sde-dpmsolver++", solver_order=1)."""
     return _sde_loop(model, x, noise_schedule, steps, noise, order=1, solver_type="midpoint",
                      lower_order_final="never", model_type=model_type, skip_type=skip_type,
@@ -407,13 +430,14 @@ def sample_sde_dpmpp_1(model: Callable, x, *, noise_schedule: NoiseScheduleVP, s
 
 
 @register_sampler("sde_dpmpp_2m", family="vp", stochastic=True, step=sde_dpmpp_step)
-def sample_sde_dpmpp_2m(model: Callable, x, *, noise_schedule: NoiseScheduleVP, steps: int | None = None,
-                        noise=None, solver_type: str = "midpoint",
+def sample_sde_dpmpp_2m(model: Callable[[Array, Array], Array], x: Array, *, noise_schedule: NoiseScheduleVP,
+                        steps: int | None = None, noise: Noise = None, solver_type: str = "midpoint",
                         lower_order_final: str = "diffusers", model_type: str = "noise",
                         skip_type: str = "time_uniform", t_start: float | None = None,
-                        t_end: float | None = None, time_grid=None, model_time="continuous",
-                        denoise_to_zero: bool = False, callback: Callable | None = None,
-                        progress: Callable | None = None):
+                        t_end: float | None = None, time_grid: Sequence[float] | Array | None = None,
+                        model_time: ModelTime = "continuous", denoise_to_zero: bool = False,
+                        callback: Callable[[StepInfo], object] | None = None,
+                        progress: Callable[[int, int], object] | None = None) -> Array:
     """Multistep SDE-DPM-Solver++(2M) (Lu et al. 2022b, App.; diffusers "sde-dpmsolver++", solver_order=2).
 
     Step 0 is SDE-DPM-Solver++1; later steps add α_t c (x̂0_s - x̂0_prev)/r (see

@@ -24,12 +24,13 @@ Registered here: ``karras_dpm_2``, ``karras_dpm_2_ancestral``, ``karras_dpmpp_2s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from .._errors import check_choice, check_int, check_real, fail
+from .._typing import Array, Noise
 from .._xp import array_namespace
 from . import register_sampler
 from ._common import (StepInfo, batch_full, check_decreasing, check_eta, check_output,
@@ -60,7 +61,7 @@ NOISE_COUPLINGS = ("brownian", "independent")
 # Input handling
 # --------------------------------------------------------------------------------------------
 
-def _sigma_list(sigmas) -> list[float]:
+def _sigma_list(sigmas: Sequence[float] | Array) -> list[float]:
     """The σ grid as host floats: strictly decreasing, finite, last entry >= 0."""
     try:
         values = [float(s) for s in sigmas]
@@ -72,24 +73,24 @@ def _sigma_list(sigmas) -> list[float]:
     return values
 
 
-def _check_x(x) -> None:
+def _check_x(x: Array) -> None:
     if getattr(x, "ndim", 0) < 1:
         fail("x", x, "expected an array with the batch axis first (ndim >= 1)")
     if not callable(getattr(x, "__add__", None)):
         fail("x", x, "expected an array")
 
 
-def _check_denoiser(denoiser) -> None:
+def _check_denoiser(denoiser: object) -> None:
     if not callable(denoiser):
         fail("denoiser", denoiser, "expected a callable denoiser(x, sigma) -> D(x; σ)")
 
 
-def _denoise(denoiser: Callable, x, sigma: float):
+def _denoise(denoiser: Callable[[Array, Array], Array], x: Array, sigma: float) -> Array:
     """D(x; σ) with σ broadcast to shape (B,) in x's namespace, dtype and device; shape-checked."""
     return check_output(denoiser(x, batch_full(x, sigma)), x, name="denoiser output")
 
 
-def _s_noise(S_noise) -> float:
+def _s_noise(S_noise: float) -> float:
     return check_real("S_noise", S_noise, lo=0.0)
 
 
@@ -97,7 +98,8 @@ def _s_noise(S_noise) -> float:
 # Step functions (host-float coefficients in, array arithmetic only)
 # --------------------------------------------------------------------------------------------
 
-def dpm_2_step(denoiser: Callable, x, sigma: float, sigma_next: float, denoised):
+def dpm_2_step(denoiser: Callable[[Array, Array], Array], x: Array, sigma: float, sigma_next: float,
+               denoised: Array) -> Array:
     """DPM-Solver-2 in σ (k-diffusion sample_dpm_2): Euler to σ_mid = √(σσ'), then x' = x + (σ' - σ)(x_2 - D(x_2; σ_mid))/σ_mid.
 
     σ_mid is the midpoint in log σ (Lu et al. 2022a, Alg. 1 with r1 = 1/2 in λ = -log σ); the
@@ -112,7 +114,8 @@ def dpm_2_step(denoiser: Callable, x, sigma: float, sigma_next: float, denoised)
     return x + ((sigma_next - sigma) / sigma_mid) * (x_2 - denoised_2)
 
 
-def dpmpp_2s_step(denoiser: Callable, x, sigma: float, sigma_next: float, denoised):
+def dpmpp_2s_step(denoiser: Callable[[Array, Array], Array], x: Array, sigma: float, sigma_next: float,
+                  denoised: Array) -> Array:
     """DPM-Solver++(2S) from σ to σ' (Lu et al. 2022b, Alg. 1, r = 1/2, α = 1; k-diffusion's step of sample_dpmpp_2s_ancestral).
 
     With h = log(σ/σ') and σ_s = √(σσ'): x_2 = (σ_s/σ) x - expm1(-h/2) D,
@@ -145,8 +148,9 @@ def dpmpp_sde_coefficients(sigma: float, sigma_next: float, *, eta: float = 1.0,
             "fac": 1.0 / (2.0 * r), "a": math.sqrt(rho), "b": math.sqrt(1.0 - rho)}
 
 
-def dpmpp_sde_step(denoiser: Callable, x, sigma: float, denoised, c: dict[str, float], *,
-                   noise_a=None, noise_b=None, S_noise: float = 1.0):
+def dpmpp_sde_step(denoiser: Callable[[Array, Array], Array], x: Array, sigma: float, denoised: Array,
+                   c: dict[str, float], *, noise_a: Array | None = None,
+                   noise_b: Array | None = None, S_noise: float = 1.0) -> Array:
     """One k-diffusion dpmpp_sde step with coefficients ``c`` from :func:`dpmpp_sde_coefficients`.
 
     x_2 = D + (σ_down1/σ)(x - D) + σ_up1 S_noise z1 (a data-prediction first-order step, Lu et al.
@@ -200,8 +204,8 @@ def dpmpp_multistep_sde_coefficients(sigma: float, sigma_next: float, h_prev: li
     return out
 
 
-def dpmpp_multistep_sde_step(x, denoised, history: list, c: dict[str, Any], *, noise=None,
-                             S_noise: float = 1.0):
+def dpmpp_multistep_sde_step(x: Array, denoised: Array, history: list[Array], c: dict[str, Any], *,
+                             noise: Array | None = None, S_noise: float = 1.0) -> Array:
     """One multistep SDE-DPM-Solver++ step with coefficients from :func:`dpmpp_multistep_sde_coefficients`.
 
     ``history`` holds the previous data predictions, most recent last (1 entry used at order 2,
@@ -245,7 +249,8 @@ def lms_coefficients(sigmas: list[float], i: int, order: int) -> list[float]:
     return out
 
 
-def lms_step(x, denoised, ds_prev: list, a: float, b: float, coeffs_prev: list[float]):
+def lms_step(x: Array, denoised: Array, ds_prev: list[Array], a: float, b: float,
+             coeffs_prev: list[float]) -> Array:
     """x' = x + Σ_j c_j d_{i-j} (linear multistep in σ on dx/dσ = (x - D)/σ), with the current term written as a x + b D.
 
     a = 1 + c_0/σ_i and b = -c_0/σ_i (host floats) fold c_0 d_i = c_0 (x - D)/σ_i into x without
@@ -283,7 +288,8 @@ def dpm_solver_step_coefficients(lam: float, lam_next: float, order: int, *, r1:
     return c
 
 
-def dpm_solver_k_step(denoiser: Callable, x, denoised, c: dict[str, Any], *, cache: dict | None = None):
+def dpm_solver_k_step(denoiser: Callable[[Array, Array], Array], x: Array, denoised: Array, c: dict[str, Any], *,
+                      cache: dict[tuple[str, float], Array] | None = None) -> Array:
     """One DPM-Solver-k step in λ = -log σ with the noise prediction ε̂ = (x - D)/σ (Lu et al. 2022a, Eq. 3.7, Algs. 1-2; k-diffusion DPMSolver).
 
     Order 1: x' = x - σ' expm1(h) ε̂. Order 2: u1 = x - σ_{s1} expm1(r1 h) ε̂,
@@ -326,7 +332,7 @@ class PIDStepSizeController:
     """
 
     def __init__(self, h: float, pcoeff: float, icoeff: float, dcoeff: float, order: float = 1.0,
-                 accept_safety: float = 0.81, eps: float = 1e-8):
+                 accept_safety: float = 0.81, eps: float = 1e-8) -> None:
         self.h = h
         self.b1 = (pcoeff + icoeff + dcoeff) / order
         self.b2 = -(pcoeff + 2.0 * dcoeff) / order
@@ -360,14 +366,17 @@ class PIDStepSizeController:
 # Loops
 # --------------------------------------------------------------------------------------------
 
-def _setup(denoiser, x, sigmas, callback, progress):
+def _setup(denoiser: Callable[[Array, Array], Array], x: Array, sigmas: Sequence[float] | Array,
+           callback: Callable[[StepInfo], object] | None, progress: Callable[[int, int], object] | None
+           ) -> tuple[list[float], int, Callable[[StepInfo], object] | None]:
     _check_denoiser(denoiser)
     _check_x(x)
     sig = _sigma_list(sigmas)
     return sig, len(sig) - 1, step_reporter(callback, progress)
 
 
-def _check_churn(S_churn, S_tmin, S_tmax, S_noise) -> tuple[float, float, float, float]:
+def _check_churn(S_churn: float, S_tmin: float, S_tmax: float,
+                 S_noise: float) -> tuple[float, float, float, float]:
     S_churn = check_real("S_churn", S_churn, lo=0.0)
     S_tmin = check_real("S_tmin", S_tmin, lo=0.0)
     try:
@@ -380,9 +389,11 @@ def _check_churn(S_churn, S_tmin, S_tmax, S_noise) -> tuple[float, float, float,
 
 
 @register_sampler("karras_dpm_2", family="karras", stochastic=False, order=2, step=dpm_2_step)
-def sample_karras_dpm_2(denoiser: Callable, x, *, sigmas, noise=None, S_churn: float = 0.0,
+def sample_karras_dpm_2(denoiser: Callable[[Array, Array], Array], x: Array, *, sigmas: Sequence[float] | Array,
+                        noise: Noise = None, S_churn: float = 0.0,
                         S_tmin: float = 0.0, S_tmax: float = math.inf, S_noise: float = 1.0,
-                        callback: Callable | None = None, progress: Callable | None = None):
+                        callback: Callable[[StepInfo], object] | None = None,
+                        progress: Callable[[int, int], object] | None = None) -> Array:
     """DPM-Solver-2 steps in σ with optional churn (k-diffusion sample_dpm_2: Lu et al. 2022a, Alg. 1, with Karras et al. 2022, Alg. 2).
 
     Parameters
@@ -421,9 +432,11 @@ def sample_karras_dpm_2(denoiser: Callable, x, *, sigmas, noise=None, S_churn: f
 
 
 @register_sampler("karras_dpm_2_ancestral", family="karras", stochastic=True, step=dpm_2_step)
-def sample_karras_dpm_2_ancestral(denoiser: Callable, x, *, sigmas, noise=None, eta: float = 1.0,
-                                  S_noise: float = 1.0, callback: Callable | None = None,
-                                  progress: Callable | None = None):
+def sample_karras_dpm_2_ancestral(denoiser: Callable[[Array, Array], Array], x: Array, *,
+                                  sigmas: Sequence[float] | Array, noise: Noise = None,
+                                  eta: float = 1.0, S_noise: float = 1.0,
+                                  callback: Callable[[StepInfo], object] | None = None,
+                                  progress: Callable[[int, int], object] | None = None) -> Array:
     """Ancestral DPM-Solver-2 (k-diffusion sample_dpm_2_ancestral): a DPM-Solver-2 step to σ_down, then σ_up S_noise z.
 
     (σ_down, σ_up) are k-diffusion's get_ancestral_step (:func:`refdiff.samplers.karras.ancestral_sigmas`;
@@ -456,10 +469,11 @@ def sample_karras_dpm_2_ancestral(denoiser: Callable, x, *, sigmas, noise=None, 
 
 
 @register_sampler("karras_dpmpp_2s_ancestral", family="karras", stochastic=True, step=dpmpp_2s_step)
-def sample_karras_dpmpp_2s_ancestral(denoiser: Callable, x, *, sigmas, noise=None,
+def sample_karras_dpmpp_2s_ancestral(denoiser: Callable[[Array, Array], Array], x: Array, *,
+                                     sigmas: Sequence[float] | Array, noise: Noise = None,
                                      eta: float = 1.0, S_noise: float = 1.0,
-                                     callback: Callable | None = None,
-                                     progress: Callable | None = None):
+                                     callback: Callable[[StepInfo], object] | None = None,
+                                     progress: Callable[[int, int], object] | None = None) -> Array:
     """Ancestral DPM-Solver++(2S) (k-diffusion sample_dpmpp_2s_ancestral; Lu et al. 2022b, Alg. 1, to σ_down, then σ_up S_noise z).
 
     Parameters
@@ -486,10 +500,12 @@ def sample_karras_dpmpp_2s_ancestral(denoiser: Callable, x, *, sigmas, noise=Non
 
 
 @register_sampler("karras_dpmpp_sde", family="karras", stochastic=True, step=dpmpp_sde_step)
-def sample_karras_dpmpp_sde(denoiser: Callable, x, *, sigmas, noise=None, eta: float = 1.0,
+def sample_karras_dpmpp_sde(denoiser: Callable[[Array, Array], Array], x: Array, *, sigmas: Sequence[float] | Array,
+                            noise: Noise = None, eta: float = 1.0,
                             S_noise: float = 1.0, r: float = 0.5,
-                            noise_coupling: str = "brownian", callback: Callable | None = None,
-                            progress: Callable | None = None):
+                            noise_coupling: str = "brownian",
+                            callback: Callable[[StepInfo], object] | None = None,
+                            progress: Callable[[int, int], object] | None = None) -> Array:
     """Stochastic DPM-Solver++ with an intermediate point (k-diffusion sample_dpmpp_sde; Lu et al. 2022b, SDE-DPM-Solver++).
 
     Per step from σ to σ' > 0: an ancestral data-prediction step to σ_s = σ^{1-r}σ'^r, one more
@@ -544,12 +560,15 @@ def sample_karras_dpmpp_sde(denoiser: Callable, x, *, sigmas, noise=None, eta: f
     return x
 
 
-def _multistep_sde(denoiser, x, sigmas, noise, eta, S_noise, callback, progress, *, order,
-                   solver_type="midpoint", d2_scale="consistent"):
+def _multistep_sde(denoiser: Callable[[Array, Array], Array], x: Array, sigmas: Sequence[float] | Array,
+                   noise: Noise, eta: float, S_noise: float, callback: Callable[[StepInfo], object] | None,
+                   progress: Callable[[int, int], object] | None, *, order: int, solver_type: str = "midpoint",
+                   d2_scale: str = "consistent") -> Array:
     sig, n, report = _setup(denoiser, x, sigmas, callback, progress)
     eta, S_noise = check_eta(eta), _s_noise(S_noise)
-    plan: list = []
+    plan: list[dict[str, Any] | None] = []
     hs: list[float] = []
+    c: dict[str, Any] | None
     for i in range(n):
         if sig[i + 1] == 0.0:
             plan.append(None)
@@ -559,7 +578,7 @@ def _multistep_sde(denoiser, x, sigmas, noise, eta, S_noise, callback, progress,
                                              d2_scale=d2_scale)
         hs = hs + [c["h"]]
         plan.append(c)
-    history: list = []
+    history: list[Array] = []
     for i in range(n):
         denoised = _denoise(denoiser, x, sig[i])
         if report is not None:
@@ -576,9 +595,12 @@ def _multistep_sde(denoiser, x, sigmas, noise, eta, S_noise, callback, progress,
 
 @register_sampler("karras_dpmpp_2m_sde", family="karras", stochastic=True,
                   step=dpmpp_multistep_sde_step)
-def sample_karras_dpmpp_2m_sde(denoiser: Callable, x, *, sigmas, noise=None, eta: float = 1.0,
-                               S_noise: float = 1.0, solver_type: str = "midpoint",
-                               callback: Callable | None = None, progress: Callable | None = None):
+def sample_karras_dpmpp_2m_sde(denoiser: Callable[[Array, Array], Array], x: Array, *,
+                               sigmas: Sequence[float] | Array, noise: Noise = None,
+                               eta: float = 1.0, S_noise: float = 1.0,
+                               solver_type: str = "midpoint",
+                               callback: Callable[[StepInfo], object] | None = None,
+                               progress: Callable[[int, int], object] | None = None) -> Array:
     """Multistep SDE-DPM-Solver++(2M) in σ (k-diffusion sample_dpmpp_2m_sde; Lu et al. 2022b, App., and diffusers' "sde-dpmsolver++").
 
     x' = (σ'/σ)e^{-ηh} x + (1 - e^{-(1+η)h}) D + c1 (D - D_prev)/r + σ'√(1 - e^{-2ηh}) S_noise z
@@ -607,9 +629,12 @@ def sample_karras_dpmpp_2m_sde(denoiser: Callable, x, *, sigmas, noise=None, eta
 
 @register_sampler("karras_dpmpp_3m_sde", family="karras", stochastic=True,
                   step=dpmpp_multistep_sde_step)
-def sample_karras_dpmpp_3m_sde(denoiser: Callable, x, *, sigmas, noise=None, eta: float = 1.0,
-                               S_noise: float = 1.0, d2_scale: str = "consistent",
-                               callback: Callable | None = None, progress: Callable | None = None):
+def sample_karras_dpmpp_3m_sde(denoiser: Callable[[Array, Array], Array], x: Array, *,
+                               sigmas: Sequence[float] | Array, noise: Noise = None,
+                               eta: float = 1.0, S_noise: float = 1.0,
+                               d2_scale: str = "consistent",
+                               callback: Callable[[StepInfo], object] | None = None,
+                               progress: Callable[[int, int], object] | None = None) -> Array:
     """Multistep SDE-DPM-Solver++(3M) in σ (k-diffusion sample_dpmpp_3m_sde; Lu et al. 2022b, §4 multistep with the SDE terms).
 
     x' = e^{-(1+η)h} x + (1 - e^{-(1+η)h}) D - φ2(-H) D1 - φ3(-H) D2 + σ'√(1 - e^{-2ηh}) S_noise z
@@ -636,8 +661,10 @@ def sample_karras_dpmpp_3m_sde(denoiser: Callable, x, *, sigmas, noise=None, eta
 
 
 @register_sampler("karras_lms", family="karras", stochastic=False, step=lms_step)
-def sample_karras_lms(denoiser: Callable, x, *, sigmas, noise=None, order: int = 4,
-                      callback: Callable | None = None, progress: Callable | None = None):
+def sample_karras_lms(denoiser: Callable[[Array, Array], Array], x: Array, *, sigmas: Sequence[float] | Array,
+                      noise: Noise = None, order: int = 4,
+                      callback: Callable[[StepInfo], object] | None = None,
+                      progress: Callable[[int, int], object] | None = None) -> Array:
     """Linear multistep (variable-step Adams–Bashforth in σ) on dx/dσ = (x - D)/σ (k-diffusion sample_lms; Karras et al. 2022, Eq. 3).
 
     Step i uses the last k = min(i + 1, order) derivatives d_j = (x_j - D(x_j; σ_j))/σ_j with the
@@ -664,7 +691,7 @@ def sample_karras_lms(denoiser: Callable, x, *, sigmas, noise=None, order: int =
     for i in range(n):
         c = lms_coefficients(sig, i, order)
         plan.append((1.0 + c[0] / sig[i], -c[0] / sig[i], c[1:]))
-    ds: list = []
+    ds: list[Array] = []
     for i in range(n):
         denoised = _denoise(denoiser, x, sig[i])
         if report is not None:
@@ -696,9 +723,11 @@ def _ancestral_target(lam: float, lam_next: float, lam_end: float, eta: float) -
 
 @register_sampler("karras_dpm_fast", family="karras", stochastic=False, order=2,
                   step=dpm_solver_k_step)
-def sample_karras_dpm_fast(denoiser: Callable, x, *, sigmas, noise=None, nfe: int | None = None,
+def sample_karras_dpm_fast(denoiser: Callable[[Array, Array], Array], x: Array, *, sigmas: Sequence[float] | Array,
+                           noise: Noise = None, nfe: int | None = None,
                            eta: float = 0.0, S_noise: float = 1.0,
-                           callback: Callable | None = None, progress: Callable | None = None):
+                           callback: Callable[[StepInfo], object] | None = None,
+                           progress: Callable[[int, int], object] | None = None) -> Array:
     """DPM-Solver-fast in λ = -log σ (k-diffusion sample_dpm_fast; Lu et al. 2022a, §3.3 and Algs. 1-2).
 
     ``nfe`` evaluations spent as orders 3, ..., 3 then (2, 1) / 1 / 2 on a grid uniform in λ from
@@ -746,14 +775,16 @@ def sample_karras_dpm_fast(denoiser: Callable, x, *, sigmas, noise=None, nfe: in
 
 @register_sampler("karras_dpm_adaptive", family="karras", stochastic=False,
                   step=dpm_solver_k_step)
-def sample_karras_dpm_adaptive(denoiser: Callable, x, *, sigmas, noise=None, order: int = 3,
+def sample_karras_dpm_adaptive(denoiser: Callable[[Array, Array], Array], x: Array, *, sigmas: Sequence[float] | Array,
+                               noise: Noise = None, order: int = 3,
                                rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
                                pcoeff: float = 0.0, icoeff: float = 1.0, dcoeff: float = 0.0,
                                accept_safety: float = 0.81, eta: float = 0.0,
                                S_noise: float = 1.0, adaptive: bool = True,
                                return_info: bool = False, max_steps: int = 10000,
-                               callback: Callable | None = None,
-                               progress: Callable | None = None):
+                               callback: Callable[[StepInfo], object] | None = None,
+                               progress: Callable[[int, int], object] | None = None
+                               ) -> Array | tuple[Array, dict[str, Any]]:
     """Adaptive DPM-Solver-12 / 23 in λ = -log σ with PID step-size control (k-diffusion sample_dpm_adaptive; Lu et al. 2022a, §3.3 and App. C).
 
     Each attempt from λ_s takes h = the controller's step (to at most λ_end) and forms a low-order
@@ -814,7 +845,7 @@ def sample_karras_dpm_adaptive(denoiser: Callable, x, *, sigmas, noise=None, ord
     info: dict[str, Any] = {"steps": 0, "nfe": 0, "n_accept": 0, "n_reject": 0, "sigmas": [s_max]}
     r_low = 0.5 if order == 2 else 1.0 / 3.0
 
-    def attempt(x, lam, lam_next):
+    def attempt(x: Array, lam: float, lam_next: float) -> tuple[float, float, Array]:
         target, up = _ancestral_target(lam, lam_next, lam_end, eta)
         sigma = math.exp(-lam)
         denoised = _denoise(denoiser, x, sigma)
@@ -848,7 +879,7 @@ def sample_karras_dpm_adaptive(denoiser: Callable, x, *, sigmas, noise=None, ord
                      "raise max_steps")
             t = min(lam_end, s + pid.h)
             target, up, denoised = attempt(x, s, t)
-            cache: dict = {}
+            cache: dict[tuple[str, float], Array] = {}
             x_low = dpm_solver_k_step(denoiser, x, denoised, dpm_solver_step_coefficients(
                 s, target, order - 1, r1=r_low), cache=cache)
             x_high = dpm_solver_k_step(denoiser, x, denoised, dpm_solver_step_coefficients(
