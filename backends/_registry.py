@@ -128,9 +128,20 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 
 def _load(target: str) -> Any:
-    """Import "pkg.mod:attr" (or "pkg.mod" for a module)."""
+    """Import "pkg.mod:attr" (or "pkg.mod" for a module); a module not found on sys.path is
+    looked for in the current directory too, as ``python -m`` would (the ``refdiff`` script does
+    not put the current directory on sys.path)."""
+    import os
+    import sys
     module, _, attr = target.partition(":")
-    obj = importlib.import_module(module)
+    try:
+        obj = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        cwd = os.getcwd()
+        if exc.name != module.split(".")[0] or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        obj = importlib.import_module(module)
     for part in filter(None, attr.split(".")):
         obj = getattr(obj, part)
     return obj

@@ -240,3 +240,60 @@ def test_jax_cpu_declares_the_upstream_log1p_inaccuracy():
     exact = np.array([float(mpmath.log1p(mpmath.mpf(float(v)))) for v in x])
     ulps = np.abs(got - exact) / np.spacing(np.abs(exact))
     assert ulps.max() > 16, ulps.max()
+
+
+# --------------------------------------------------------------------------------------------
+# A reproduce line printed for a backend given as "pkg.mod:factory" runs when pasted
+# --------------------------------------------------------------------------------------------
+
+_BROKEN = '''
+from refdiff.diffusion import q_sample
+
+
+def _off(schedule, x0, t, *, noise):
+    return q_sample(schedule, x0, t, noise=noise) * 1.001
+
+
+def make(device=None):
+    import numpy as np
+    from refdiff.backends import from_namespace
+    return from_namespace(np, name="broken", device=device,
+                          overrides={"diffusion.q_sample": _off})
+
+
+def make_jax(device=None):
+    from refdiff.backends.jax import JaxBackend
+    return JaxBackend(device, x64=True, overrides={"diffusion.q_sample": _off})
+'''
+
+
+def _refdiff_script() -> str:
+    import shutil
+    from pathlib import Path
+    here = Path(sys.executable).with_name("refdiff")
+    return str(here) if here.exists() else (shutil.which("refdiff") or "refdiff")
+
+
+@pytest.mark.parametrize("factory", ["make", pytest.param("make_jax", marks=[needs_jax,
+                                                                              pytest.mark.slow])])
+def test_reproduce_line_of_an_import_string_backend_runs_when_pasted(tmp_path, factory):
+    import os
+    import shlex
+    (tmp_path / "broken_backend_mod.py").write_text(_BROKEN)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "JAX_ENABLE_X64")}
+    script = _refdiff_script()
+    first = subprocess.run([script, "verify", "--backend", f"broken_backend_mod:{factory}",
+                            "--dtypes", "float64", "--max-examples", "3", "--no-shrink",
+                            "-k", "diffusion.q_sample"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert first.returncode == 1, first.stdout + first.stderr
+    lines = [ln for ln in first.stdout.splitlines() if ln.startswith("reproduce: refdiff verify")]
+    assert lines, first.stdout
+    command = lines[0].removeprefix("reproduce: ").split("   (or:")[0]
+    assert f"broken_backend_mod:{factory}" in command
+    argv = shlex.split(command)
+    again = subprocess.run([script, *argv[1:]], capture_output=True, text=True, cwd=tmp_path,
+                           env=env)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "diffusion.q_sample[float64] FAIL" in again.stdout, again.stdout
+    assert "mismatches the oracle" in again.stdout
