@@ -10,15 +10,19 @@ a :class:`~refdiff.samplers.dpm_solver.NoiseScheduleVP` (any VP schedule, a refd
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, cast
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import numpy as np
 
 from .._errors import check_choice, check_int, check_real, fail
+from .._typing import Array
 from ..parameterizations import CONTINUOUS_PREDICTION_TYPES, eps_from_prediction, prediction_type, x0_from_prediction
 from ._common import batch_full, check_decreasing, check_output
 from .dpm_solver import SKIP_TYPES, NoiseScheduleVP, get_time_steps
+
+if TYPE_CHECKING:
+    from .dpm_solver import ModelTime
 
 __all__ = ["Level", "FINAL_SIGMAS", "MODEL_TIMES", "vp_levels", "prediction_fn", "phi"]
 
@@ -59,14 +63,14 @@ def phi(h: float, k: int) -> float:
             return total + term
 
 
-def _check_ns(noise_schedule: Any) -> NoiseScheduleVP:
+def _check_ns(noise_schedule: object) -> NoiseScheduleVP:
     if not isinstance(noise_schedule, NoiseScheduleVP):
         fail("noise_schedule", noise_schedule, "expected a refdiff.samplers.dpm_solver.NoiseScheduleVP "
              "(NoiseScheduleVP.linear(), .discrete(schedule) or .from_sde(sde))")
     return noise_schedule
 
 
-def _model_times(ns: NoiseScheduleVP, model_time: Any) -> Callable:
+def _model_times(ns: NoiseScheduleVP, model_time: ModelTime) -> Callable[[float], float]:
     if callable(model_time):
         return model_time
     check_choice("model_time", model_time, MODEL_TIMES, "model time convention")
@@ -76,7 +80,7 @@ def _model_times(ns: NoiseScheduleVP, model_time: Any) -> Callable:
     return lambda t: ns.model_input_time(t, model_time)
 
 
-def _level(ns: NoiseScheduleVP, t: float, to_model: Callable) -> Level:
+def _level(ns: NoiseScheduleVP, t: float, to_model: Callable[[float], float]) -> Level:
     la = float(ns.marginal_log_mean_coeff(t))
     sigma = float(ns.marginal_std(t))
     lam = float(ns.marginal_lambda(t))
@@ -86,8 +90,9 @@ def _level(ns: NoiseScheduleVP, t: float, to_model: Callable) -> Level:
 
 
 def vp_levels(noise_schedule: NoiseScheduleVP, steps: int, *, skip_type: str = "time_uniform",
-              t_start: float | None = None, t_end: float | None = None, timesteps: Any = None,
-              final_sigma: str = "t_end", model_time: Any = "continuous") -> list[Level]:
+              t_start: float | None = None, t_end: float | None = None,
+              timesteps: Sequence[float] | Array | None = None, final_sigma: str = "t_end",
+              model_time: ModelTime = "continuous") -> list[Level]:
     """The steps + 1 levels of a multistep solver: a DPM-Solver grid (Lu et al. 2022a, §3.3) or ``timesteps``, optionally ending on clean data.
 
     ``timesteps`` gives the times explicitly: steps + 1 decreasing times, or ``steps`` with
@@ -130,14 +135,15 @@ def vp_levels(noise_schedule: NoiseScheduleVP, steps: int, *, skip_type: str = "
     return levels
 
 
-def prediction_fn(model: Callable, model_type: str, target: str) -> Callable:
+def prediction_fn(model: Callable[[Array, Array], Array], model_type: str,
+                  target: str) -> Callable[[Array, Level], Array]:
     """``fn(x, level) -> x̂0`` (target "x0") or ``ε̂`` (target "eps") from ``model(x, t_model)`` of any prediction type (Lu et al. 2022b, §3)."""
     if not callable(model):
         fail("model", model, "expected a callable model(x, t) -> prediction")
     kind = prediction_type(model_type, "model_type", CONTINUOUS_PREDICTION_TYPES)
     convert = x0_from_prediction if target == "x0" else eps_from_prediction
 
-    def fn(x: Any, level: Level) -> Any:
+    def fn(x: Array, level: Level) -> Array:
         out = check_output(model(x, batch_full(x, cast(float, level.t_model))), x, name="model output")
         if kind == target:
             return out

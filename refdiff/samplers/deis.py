@@ -23,25 +23,28 @@ progress=None, **options)``; the options shared with UniPC (grid, ``timesteps=``
 from __future__ import annotations
 
 import math
-from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .._errors import check_choice, check_int, fail
-from .._typing import Array
+from .._typing import Array, Noise
 from ..parameterizations import x0_from_prediction
 from . import register_sampler
 from ._common import StepInfo, step_reporter
 from ._vp_levels import Level, phi, prediction_fn, vp_levels
-from .dpm_solver import multistep_step_orders
+from .dpm_solver import NoiseScheduleVP, multistep_step_orders
+
+if TYPE_CHECKING:
+    from .dpm_solver import ModelTime
 
 __all__ = ["SOLVER_TYPES", "lagrange_basis", "deis_coefficients", "deis_update", "sample_deis"]
 
 SOLVER_TYPES = ("logrho", "rhoab")
 
 
-def lagrange_basis(nodes: Any) -> list[np.ndarray]:
+def lagrange_basis(nodes: Sequence[float] | np.ndarray) -> list[np.ndarray]:
     """Coefficients (increasing powers) of the Lagrange basis polynomials L_j of distinct ``nodes``."""
     nodes = [float(v) for v in nodes]
     out = []
@@ -77,7 +80,7 @@ def deis_coefficients(levels: list[Level], k: int, order: int, *,
                  for c in basis]
 
 
-def deis_update(x: Array, c_x: float, weights: list[float], eps_list: list) -> Array:
+def deis_update(x: Array, c_x: float, weights: list[float], eps_list: list[Array]) -> Array:
     """c_x·x + Σ_j w_j·ε̂_j: one DEIS step from its host-float coefficients (Zhang & Chen 2023, §4)."""
     if len(weights) != len(eps_list):
         fail("weights", weights, f"expected one weight per model value ({len(eps_list)})")
@@ -88,13 +91,14 @@ def deis_update(x: Array, c_x: float, weights: list[float], eps_list: list) -> A
 
 
 @register_sampler("deis", family="vp", stochastic=False, order=2.0, step=deis_update)
-def sample_deis(model: Callable, x: Array, *, noise_schedule: Any, steps: int, order: int = 2,
-                solver_type: str = "logrho", model_type: str = "eps",
+def sample_deis(model: Callable[[Array, Array], Array], x: Array, *, noise_schedule: NoiseScheduleVP, steps: int,
+                order: int = 2, solver_type: str = "logrho", model_type: str = "eps",
                 skip_type: str = "time_uniform", t_start: float | None = None,
-                t_end: float | None = None, timesteps: Any = None, final_sigma: str = "t_end",
-                lower_order_final: str = "diffusers", model_time: Any = "continuous",
-                noise: Any = None, callback: Callable | None = None,
-                progress: Callable | None = None) -> Array:
+                t_end: float | None = None, timesteps: Sequence[float] | Array | None = None,
+                final_sigma: str = "t_end", lower_order_final: str = "diffusers",
+                model_time: ModelTime = "continuous", noise: Noise = None,
+                callback: Callable[[StepInfo], object] | None = None,
+                progress: Callable[[int, int], object] | None = None) -> Array:
     """Multistep DEIS-p sampling from t_start to t_end (Zhang & Chen 2023, §4, ρAB-DEIS; diffusers' "logrho").
 
     Parameters
@@ -127,7 +131,7 @@ def sample_deis(model: Callable, x: Array, *, noise_schedule: Any, steps: int, o
         orders[-1] = 1
     plan = [deis_coefficients(levels, k, orders[k], solver_type=solver_type) for k in range(steps)]
     report = step_reporter(callback, progress)
-    eps: list = []
+    eps: list[Array] = []
     for k in range(steps):
         lv = levels[k]
         eps = (eps + [fn(x, lv)])[-order:]

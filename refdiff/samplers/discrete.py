@@ -436,7 +436,7 @@ def sample_ddpm(model: Callable[[Array, Array], Array], x_T: Array, *, schedule:
 # DDIM
 # --------------------------------------------------------------------------------------------
 
-def _ops(*vals: Array | float) -> tuple[Callable[[Any], Any], bool, Namespace]:
+def _ops(*vals: Array | float) -> tuple[Callable[[Array | float], Array | float], bool, Namespace]:
     """(sqrt, is_array, xp) for coefficients given as Python numbers or arrays."""
     arrs = [v for v in vals if not isinstance(v, (int, float)) and hasattr(v, "shape")]
     if arrs:

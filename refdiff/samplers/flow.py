@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from .._errors import check_choice, check_int, check_real, fail
-from .._typing import Array
+from .._typing import Array, Noise
 from ..parameterizations import CONTINUOUS_PREDICTION_TYPES, eps_from_prediction, prediction_type, x0_from_prediction
 from . import register_sampler
 from ._common import StepInfo, batch_full, check_decreasing, check_output, step_reporter
@@ -57,25 +58,28 @@ __all__ = [
 SPACINGS = ("uniform", "diffusers", "diffusers_dynamic")
 MODEL_TIMES = ("continuous", "diffusers")
 
+#: A host time: a float or a NumPy float64 array (the functions return the same kind).
+_HT = TypeVar("_HT", float, np.ndarray)
+
 
 # --------------------------------------------------------------------------------------------
 # The timestep shift
 # --------------------------------------------------------------------------------------------
 
-def shift_time(t: Any, shift: float) -> Any:
+def shift_time(t: _HT, shift: float) -> _HT:
     """t' = s·t/(1 + (s − 1)·t) (Esser et al. 2024, §5.3.2; diffusers' ``shift``); fixes 0 and 1."""
     s = check_real("shift", shift, lo=0.0, lo_open=True)
     a = np.asarray(t, dtype=np.float64)
     out = s * a / (1.0 + (s - 1.0) * a)
-    return float(out) if np.ndim(t) == 0 else out
+    return cast(_HT, float(out) if np.ndim(t) == 0 else out)
 
 
-def unshift_time(t: Any, shift: float) -> Any:
+def unshift_time(t: _HT, shift: float) -> _HT:
     """The inverse of :func:`shift_time`: t = t'/(s − (s − 1)·t')."""
     s = check_real("shift", shift, lo=0.0, lo_open=True)
     a = np.asarray(t, dtype=np.float64)
     out = a / (s - (s - 1.0) * a)
-    return float(out) if np.ndim(t) == 0 else out
+    return cast(_HT, float(out) if np.ndim(t) == 0 else out)
 
 
 def resolution_shift(seq_len: int, *, base_seq_len: int = 256, max_seq_len: int = 4096,
@@ -99,15 +103,15 @@ def resolution_shift(seq_len: int, *, base_seq_len: int = 256, max_seq_len: int 
 # The schedule
 # --------------------------------------------------------------------------------------------
 
-def _host(t: Any, name: str = "t") -> np.ndarray:
+def _host(t: npt.ArrayLike, name: str = "t") -> np.ndarray:
     a = np.asarray(t, dtype=np.float64)
     if np.any(np.isnan(a)) or not np.all((a >= 0.0) & (a <= 1.0)):
         fail(name, t, "expected path times in [0, 1]")
     return a
 
 
-def _out(v: Any, like: Any) -> Any:
-    return float(v) if np.ndim(like) == 0 else v
+def _out(v: float | np.ndarray, like: _HT) -> _HT:
+    return cast(_HT, float(v) if np.ndim(like) == 0 else v)
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,21 +150,21 @@ class FlowSchedule:
         """The number of training timesteps (for ``NoiseScheduleVP.from_sde``: sampling ends at 1/N by default)."""
         return int(self.num_train_timesteps)
 
-    def marginal_log_mean_coeff(self, t: Any) -> Any:
+    def marginal_log_mean_coeff(self, t: _HT) -> _HT:
         """log α_t = log1p(−t)."""
         a = _host(t)
         with np.errstate(divide="ignore"):
             return _out(np.log1p(-a), t)
 
-    def marginal_alpha(self, t: Any) -> Any:
+    def marginal_alpha(self, t: _HT) -> _HT:
         """α_t = 1 − t."""
         return _out(1.0 - _host(t), t)
 
-    def marginal_std(self, t: Any) -> Any:
+    def marginal_std(self, t: _HT) -> _HT:
         """σ_t = t."""
         return _out(_host(t) * 1.0, t)
 
-    def lambda_(self, t: Any) -> Any:
+    def lambda_(self, t: _HT) -> _HT:
         """λ_t = log(α_t/σ_t) = log1p(−t) − log t (+inf at t = 0, −inf at t = 1)."""
         a = _host(t)
         with np.errstate(divide="ignore"):
@@ -168,7 +172,7 @@ class FlowSchedule:
 
     marginal_lambda = lambda_
 
-    def t_from_lambda(self, lam: Any) -> Any:
+    def t_from_lambda(self, lam: _HT) -> _HT:
         """The t with λ_t = lam: t = 1/(1 + e^λ), formed without overflow."""
         lam_a = np.asarray(lam, dtype=np.float64)
         if np.any(np.isnan(lam_a)):
@@ -180,7 +184,7 @@ class FlowSchedule:
     inverse_lambda = t_from_lambda
 
 
-def _check_fs(noise_schedule: Any) -> FlowSchedule:
+def _check_fs(noise_schedule: object) -> FlowSchedule:
     if not isinstance(noise_schedule, FlowSchedule):
         fail("noise_schedule", noise_schedule, "expected a refdiff.samplers.flow.FlowSchedule")
     return noise_schedule
@@ -219,7 +223,7 @@ def flow_time_steps(noise_schedule: FlowSchedule, steps: int, *, spacing: str = 
 
 
 def _grid(fs: FlowSchedule, steps: int, spacing: str, t_start: float, t_end: float,
-          timesteps: Any) -> list[float]:
+          timesteps: Sequence[float] | Array | None) -> list[float]:
     if timesteps is None:
         return [float(t) for t in flow_time_steps(fs, steps, spacing=spacing, t_start=t_start,
                                                   t_end=t_end)]
@@ -260,8 +264,8 @@ def flow_heun_step(x: Array, u: Array, u_next: Array, dt: float) -> Array:
     return x + (0.5 * dt) * (u + u_next)
 
 
-def _velocity_fn(model: Callable, fs: FlowSchedule, prediction: str,
-                 model_time: Any) -> tuple[Callable, Callable, str]:
+def _velocity_fn(model: Callable[[Array, Array], Array], fs: FlowSchedule, prediction: str, model_time: str | Callable[[float], float]
+                 ) -> tuple[Callable[[Array, float, float], Array], Callable[[float], float], str]:
     """(velocity(x, t, t_model) -> u, t -> model time, canonical prediction type)."""
     if not callable(model):
         fail("model", model, "expected a callable model(x, t) -> prediction")
@@ -280,9 +284,9 @@ def _velocity_fn(model: Callable, fs: FlowSchedule, prediction: str,
     return velocity, to_model, pred
 
 
-def _plan(model: Callable, x: Array, noise_schedule: Any, steps: int, spacing: str,
-          t_start: float, t_end: float, timesteps: Any, prediction: str,
-          model_time: Any) -> tuple[Callable, list[float], list[float]]:
+def _plan(model: Callable[[Array, Array], Array], x: Array, noise_schedule: FlowSchedule, steps: int, spacing: str,
+          t_start: float, t_end: float, timesteps: Sequence[float] | Array | None, prediction: str,
+          model_time: str | Callable[[float], float]) -> tuple[Callable[[Array, float, float], Array], list[float], list[float]]:
     fs = _check_fs(noise_schedule)
     if getattr(x, "ndim", 0) < 1:
         fail("x", x, "expected an array with the batch axis first (ndim >= 1)")
@@ -301,12 +305,12 @@ def _denoised(x: Array, u: Array, t: float) -> Array:
 
 
 @register_sampler("flow_euler", family="flow", stochastic=False, order=1.0, step=flow_euler_step)
-def sample_flow_euler(model: Callable, x: Array, *, noise_schedule: FlowSchedule | None = None,
+def sample_flow_euler(model: Callable[[Array, Array], Array], x: Array, *, noise_schedule: FlowSchedule | None = None,
                       steps: int, spacing: str = "uniform", t_start: float = 1.0,
-                      t_end: float = 0.0, timesteps: Any = None, prediction_type: str = "flow",
-                      model_time: Any = "continuous", noise: Any = None,
-                      callback: Callable | None = None,
-                      progress: Callable | None = None) -> Array:
+                      t_end: float = 0.0, timesteps: Sequence[float] | Array | None = None,
+                      prediction_type: str = "flow", model_time: str | Callable[[float], float] = "continuous",
+                      noise: Noise = None, callback: Callable[[StepInfo], object] | None = None,
+                      progress: Callable[[int, int], object] | None = None) -> Array:
     """Euler sampling of the flow ODE dx/dt = u(x, t) from t_start to t_end (Liu et al. 2023, Eq. 1; diffusers' FlowMatchEulerDiscreteScheduler).
 
     Parameters
@@ -358,12 +362,12 @@ def _sigma_ve(t: float) -> float:
 
 
 @register_sampler("flow_heun", family="flow", stochastic=False, order=2.0, step=flow_heun_step)
-def sample_flow_heun(model: Callable, x: Array, *, noise_schedule: FlowSchedule | None = None,
+def sample_flow_heun(model: Callable[[Array, Array], Array], x: Array, *, noise_schedule: FlowSchedule | None = None,
                      steps: int, spacing: str = "uniform", t_start: float = 1.0,
-                     t_end: float = 0.0, timesteps: Any = None, prediction_type: str = "flow",
-                     model_time: Any = "continuous", noise: Any = None,
-                     callback: Callable | None = None,
-                     progress: Callable | None = None) -> Array:
+                     t_end: float = 0.0, timesteps: Sequence[float] | Array | None = None,
+                     prediction_type: str = "flow", model_time: str | Callable[[float], float] = "continuous",
+                     noise: Noise = None, callback: Callable[[StepInfo], object] | None = None,
+                     progress: Callable[[int, int], object] | None = None) -> Array:
     """Heun sampling of the flow ODE; the step that ends at t = 0 is an Euler step (Karras et al. 2022, Alg. 1; diffusers' FlowMatchHeunDiscreteScheduler).
 
     Two model evaluations per step (one for a step ending at t = 0): 2·steps − 1 with the

@@ -175,7 +175,7 @@ def dpmpp_sde_step(denoiser: Callable[[Array, Array], Array], x: Array, sigma: f
 
 def dpmpp_multistep_sde_coefficients(sigma: float, sigma_next: float, h_prev: list[float], *,
                                      eta: float, order: int, solver_type: str = "midpoint",
-                                     d2_scale: str = "consistent") -> dict[str, Any]:
+                                     d2_scale: str = "consistent") -> dict[str, float]:
     """Host floats of one multistep SDE-DPM-Solver++ step in σ (k-diffusion dpmpp_2m_sde / dpmpp_3m_sde; Lu et al. 2022b, App. and §4).
 
     With h = log(σ/σ') and H = (1 + η) h: x' = e^{-H} x + (1 - e^{-H}) D + [higher-order terms]
@@ -189,7 +189,7 @@ def dpmpp_multistep_sde_coefficients(sigma: float, sigma_next: float, h_prev: li
     """
     h = math.log(sigma / sigma_next)
     H = (1.0 + eta) * h
-    out: dict[str, Any] = {"a": math.exp(-H), "b": -math.expm1(-H),
+    out: dict[str, float] = {"a": math.exp(-H), "b": -math.expm1(-H),
                            "noise": sigma_next * math.sqrt(-math.expm1(-2.0 * eta * h)), "h": h}
     k = min(order, len(h_prev) + 1)
     out["k"] = k
@@ -204,7 +204,7 @@ def dpmpp_multistep_sde_coefficients(sigma: float, sigma_next: float, h_prev: li
     return out
 
 
-def dpmpp_multistep_sde_step(x: Array, denoised: Array, history: list[Array], c: dict[str, Any], *,
+def dpmpp_multistep_sde_step(x: Array, denoised: Array, history: list[Array], c: dict[str, float], *,
                              noise: Array | None = None, S_noise: float = 1.0) -> Array:
     """One multistep SDE-DPM-Solver++ step with coefficients from :func:`dpmpp_multistep_sde_coefficients`.
 
@@ -264,7 +264,7 @@ def lms_step(x: Array, denoised: Array, ds_prev: list[Array], a: float, b: float
 
 
 def dpm_solver_step_coefficients(lam: float, lam_next: float, order: int, *, r1: float | None = None,
-                                 r2: float = 2.0 / 3.0) -> dict[str, Any]:
+                                 r2: float = 2.0 / 3.0) -> dict[str, float]:
     """Host floats of one DPM-Solver-k step (noise form, α = 1, σ = e^{-λ}) from λ to λ' (Lu et al. 2022a, Eq. 3.7, Algs. 1-2).
 
     k-diffusion's DPMSolver.dpm_solver_{1,2,3}_step: r1 = 1/2 (order 2) or 1/3 (order 3), r2 = 2/3.
@@ -273,7 +273,7 @@ def dpm_solver_step_coefficients(lam: float, lam_next: float, order: int, *, r1:
     """
     h = lam_next - lam
     s_next = math.exp(-lam_next)
-    c: dict[str, Any] = {"order": order, "sigma": math.exp(-lam), "h": h,
+    c: dict[str, float] = {"order": order, "sigma": math.exp(-lam), "h": h,
                          "a": math.exp(-h), "b": -math.expm1(-h)}
     if order == 2:
         r1 = 0.5 if r1 is None else r1
@@ -288,7 +288,7 @@ def dpm_solver_step_coefficients(lam: float, lam_next: float, order: int, *, r1:
     return c
 
 
-def dpm_solver_k_step(denoiser: Callable[[Array, Array], Array], x: Array, denoised: Array, c: dict[str, Any], *,
+def dpm_solver_k_step(denoiser: Callable[[Array, Array], Array], x: Array, denoised: Array, c: dict[str, float], *,
                       cache: dict[tuple[str, float], Array] | None = None) -> Array:
     """One DPM-Solver-k step in λ = -log σ with the noise prediction ε̂ = (x - D)/σ (Lu et al. 2022a, Eq. 3.7, Algs. 1-2; k-diffusion DPMSolver).
 
@@ -566,9 +566,9 @@ def _multistep_sde(denoiser: Callable[[Array, Array], Array], x: Array, sigmas: 
                    d2_scale: str = "consistent") -> Array:
     sig, n, report = _setup(denoiser, x, sigmas, callback, progress)
     eta, S_noise = check_eta(eta), _s_noise(S_noise)
-    plan: list[dict[str, Any] | None] = []
+    plan: list[dict[str, float] | None] = []
     hs: list[float] = []
-    c: dict[str, Any] | None
+    c: dict[str, float] | None
     for i in range(n):
         if sig[i + 1] == 0.0:
             plan.append(None)

@@ -31,13 +31,13 @@ for DDIM.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
-from collections.abc import Callable
 
 import numpy as np
 
 from .._errors import RefdiffValueError, check_choice, check_int, check_real, fail
-from .._typing import Array
+from .._typing import Array, Noise
 from .._xp import array_namespace, device_of
 from ..parameterizations import PREDICTION_TYPES, eps_from_prediction, prediction_type
 from ..schedules import DIFFUSERS_SPACINGS, Schedule, spaced_timesteps
@@ -99,7 +99,7 @@ def prk_epsilon(e1: Array, e2: Array, e3: Array, e4: Array) -> Array:
     return (e1 + 2.0 * (e2 + e3) + e4) * (1.0 / 6.0)
 
 
-def plms_epsilon(eps_newest_first: list) -> Array:
+def plms_epsilon(eps_newest_first: list[Array]) -> Array:
     """ε' = Σ_k w_k·e_k with the Adams–Bashforth weights of :data:`PLMS_WEIGHTS` (Liu et al. 2022, §3)."""
     if len(eps_newest_first) not in PLMS_WEIGHTS:
         fail("eps_newest_first", len(eps_newest_first), "expected 1 to 4 model values")
@@ -115,7 +115,7 @@ def plms_epsilon(eps_newest_first: list) -> Array:
 # --------------------------------------------------------------------------------------------
 
 def _indices(schedule: Schedule, steps: int | None, spacing: str, steps_offset: int,
-             timesteps: Any) -> list[int]:
+             timesteps: Sequence[int] | Array | None) -> list[int]:
     """The sampling levels as ascending indices of ``schedule``."""
     T = schedule.num_timesteps
     if timesteps is not None:
@@ -145,7 +145,8 @@ def _level(schedule: Schedule, i: int) -> _Lv:
                float(schedule.log_alphas_cumprod[i]), int(schedule.timestep_map[i]))
 
 
-def _final(schedule: Schedule, final_alpha_bar: Any, base_schedule: Schedule | None) -> _Lv:
+def _final(schedule: Schedule, final_alpha_bar: str | float,
+           base_schedule: Schedule | None) -> _Lv:
     if isinstance(final_alpha_bar, str):
         check_choice("final_alpha_bar", final_alpha_bar, FINAL_ALPHA_BAR, "final ᾱ_prev convention")
         if final_alpha_bar == "one":
@@ -172,11 +173,13 @@ def _coef(a: _Lv, b: _Lv) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------
 
 @register_sampler("pndm", family="discrete", stochastic=False, order=2.0, step=pndm_transfer)
-def sample_pndm(model: Callable, x_T: Array, *, schedule: Schedule, steps: int | None = None,
-                spacing: str = "trailing", steps_offset: int = 0, timesteps: Any = None,
-                skip_prk_steps: bool = False, final_alpha_bar: Any = "one",
-                base_schedule: Schedule | None = None, mean_type: str = "eps", noise: Any = None,
-                callback: Callable | None = None, progress: Callable | None = None) -> Array:
+def sample_pndm(model: Callable[[Array, Array], Array], x_T: Array, *, schedule: Schedule, steps: int | None = None,
+                spacing: str = "trailing", steps_offset: int = 0,
+                timesteps: Sequence[int] | Array | None = None, skip_prk_steps: bool = False,
+                final_alpha_bar: str | float = "one", base_schedule: Schedule | None = None,
+                mean_type: str = "eps", noise: Noise = None,
+                callback: Callable[[StepInfo], object] | None = None,
+                progress: Callable[[int, int], object] | None = None) -> Array:
     """PNDM sampling x_T -> x_0: three pseudo Runge–Kutta steps, then pseudo linear multistep (Liu et al. 2022, §3, Eq. 9).
 
     Parameters
@@ -233,7 +236,8 @@ def sample_pndm(model: Callable, x_T: Array, *, schedule: Schedule, steps: int |
     # host-float plan: transfer coefficients of every move the loop makes
     step_c = [_coef(lv[k], lv[k + 1]) for k in range(n)]
     n_prk = 0 if skip_prk_steps else min(3, n - 1)       # the step onto the final level is PLMS
-    mid, mid_c = [], []
+    mid: list[_Lv] = []
+    mid_c: list[tuple[float, float]] = []
     for k in range(n_prk):
         m = _level(schedule, down[k] - (down[k] - down[k + 1]) // 2)
         mid.append(m)
@@ -258,7 +262,7 @@ def sample_pndm(model: Callable, x_T: Array, *, schedule: Schedule, steps: int |
             report(StepInfo(k, n, x, x0, t=a.t_model, sigma=math.sqrt(a.om / a.ab)))
 
     x = x_T
-    ets: list = []
+    ets: list[Array] = []
     for k in range(n):
         e = eps_at(x, lv[k])
         tell(k, x, e)
@@ -282,7 +286,7 @@ def sample_pndm(model: Callable, x_T: Array, *, schedule: Schedule, steps: int |
 
 
 @register_sampler("plms", family="discrete", stochastic=False, order=2.0, step=pndm_transfer)
-def sample_plms(model: Callable, x_T: Array, *, schedule: Schedule, noise: Any = None,
+def sample_plms(model: Callable[[Array, Array], Array], x_T: Array, *, schedule: Schedule, noise: Noise = None,
                 **options: Any) -> Array:
     """PLMS: :func:`sample_pndm` with ``skip_prk_steps=True`` (Liu et al. 2022, §3: PLMS after one pseudo improved Euler step)."""
     if "skip_prk_steps" in options:

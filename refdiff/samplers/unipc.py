@@ -31,18 +31,21 @@ Named conventions
 from __future__ import annotations
 
 import math
-from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._errors import check_choice, check_int, fail
-from .._typing import Array
+from .._typing import Array, Noise
 from ..parameterizations import x0_from_prediction
 from . import register_sampler
 from ._common import StepInfo, step_reporter
 from ._vp_levels import Level, phi, prediction_fn, vp_levels
-from .dpm_solver import multistep_step_orders
+from .dpm_solver import NoiseScheduleVP, multistep_step_orders
+
+if TYPE_CHECKING:
+    from .dpm_solver import ModelTime
 
 __all__ = ["VARIANTS", "ALGORITHM_TYPES", "unip_coefficients", "unic_coefficients", "unipc_update",
            "sample_unipc", "sample_unipc_bh1", "sample_unipc_bh2"]
@@ -120,7 +123,7 @@ def unic_coefficients(levels: list[Level], k: int, order: int, *, variant: str =
     return c_x, [w0] + [-K * rho[i] / rks[i] for i in range(order - 1)] + [-K * rho[-1]]
 
 
-def unipc_update(x: Array, c_x: float, weights: list[float], models: list) -> Array:
+def unipc_update(x: Array, c_x: float, weights: list[float], models: list[Array]) -> Array:
     """c_x·x + Σ_j w_j·m_j: one UniP or UniC update from its host-float coefficients (Zhao et al. 2023, §3)."""
     if len(weights) != len(models):
         fail("weights", weights, f"expected one weight per model value ({len(models)})")
@@ -130,14 +133,15 @@ def unipc_update(x: Array, c_x: float, weights: list[float], models: list) -> Ar
     return out
 
 
-def sample_unipc(model: Callable, x: Array, *, noise_schedule: Any, steps: int, order: int = 2,
-                 variant: str = "bh2", algorithm_type: str = "data_prediction",
+def sample_unipc(model: Callable[[Array, Array], Array], x: Array, *, noise_schedule: NoiseScheduleVP, steps: int,
+                 order: int = 2, variant: str = "bh2", algorithm_type: str = "data_prediction",
                  model_type: str = "eps", skip_type: str = "time_uniform",
-                 t_start: float | None = None, t_end: float | None = None, timesteps: Any = None,
-                 final_sigma: str = "t_end", lower_order_final: str = "always",
-                 use_corrector: bool = True, disable_corrector: Any = (),
-                 model_time: Any = "continuous", noise: Any = None,
-                 callback: Callable | None = None, progress: Callable | None = None) -> Array:
+                 t_start: float | None = None, t_end: float | None = None,
+                 timesteps: Sequence[float] | Array | None = None, final_sigma: str = "t_end",
+                 lower_order_final: str = "always", use_corrector: bool = True,
+                 disable_corrector: Iterable[int] = (), model_time: ModelTime = "continuous",
+                 noise: Noise = None, callback: Callable[[StepInfo], object] | None = None,
+                 progress: Callable[[int, int], object] | None = None) -> Array:
     """Multistep UniPC-p sampling from t_start to t_end (Zhao et al. 2023, §3; UniP-p predictor, UniC-p corrector).
 
     Parameters
@@ -231,9 +235,9 @@ def sample_unipc(model: Callable, x: Array, *, noise_schedule: Any, steps: int, 
     return x
 
 
-def _variant_sampler(variant: str) -> Callable:
-    def sampler(model: Callable, x: Array, *, noise_schedule: Any, steps: int, noise: Any = None,
-                **options: Any) -> Array:
+def _variant_sampler(variant: str) -> Callable[..., Array]:
+    def sampler(model: Callable[[Array, Array], Array], x: Array, *, noise_schedule: NoiseScheduleVP, steps: int,
+                noise: Noise = None, **options: Any) -> Array:
         if "variant" in options:
             fail("variant", options["variant"], f"the sampler 'unipc_{variant}' fixes variant to "
                  f"{variant!r}; call sample_unipc for the other")
