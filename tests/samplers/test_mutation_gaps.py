@@ -134,3 +134,17 @@ def test_pndm_prk_with_an_odd_stride_matches_diffusers():
     got = sample_pndm(net, x, schedule=base, steps=n, spacing="leading",
                       final_alpha_bar="alpha_bar_0", skip_prk_steps=False)
     assert np.max(np.abs(got - ref)) / np.max(np.abs(ref)) < 5e-6
+
+
+# -- Karras churn: the interval [S_tmin, S_tmax] is closed ----------------------------------------
+
+def test_churn_gamma_includes_both_ends_of_the_interval():
+    """Karras et al. (2022), Alg. 2 line 4 (and k-diffusion): γ_i > 0 iff S_tmin ≤ σ_i ≤ S_tmax."""
+    from refdiff.samplers.karras import churn_gamma
+
+    kw = dict(S_churn=4.0, S_tmin=0.5, S_tmax=2.0)
+    want = min(4.0 / 10, 2.0 ** 0.5 - 1.0)
+    assert churn_gamma(0.5, 10, **kw) == want
+    assert churn_gamma(2.0, 10, **kw) == want
+    assert churn_gamma(np.nextafter(0.5, 0.0), 10, **kw) == 0.0
+    assert churn_gamma(np.nextafter(2.0, 3.0), 10, **kw) == 0.0
