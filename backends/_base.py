@@ -16,14 +16,22 @@ import contextlib
 import importlib
 import platform
 from types import MappingProxyType
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
 from refdiff._errors import RefdiffError, UnknownNameError
 
-__all__ = ["Backend", "BackendUnavailableError", "UnknownBackendError", "from_namespace",
-           "DTYPE_NAMES", "quantise", "SCHEDULE_TO"]
+__all__ = [
+    "Backend",
+    "BackendUnavailableError",
+    "UnknownBackendError",
+    "from_namespace",
+    "DTYPE_NAMES",
+    "quantise",
+    "SCHEDULE_TO",
+]
 
 #: Floating dtypes the harness knows by name, most to least precise.
 DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16")
@@ -96,11 +104,17 @@ class Backend:
     install_hint: str = ""
     default_dtypes: tuple[str, ...] = ("float64", "float32")
 
-    def __init__(self, xp, *, name: str | None = None, device: Any = None,
-                 overrides: Mapping[str, Callable] | None = None,
-                 known_failures: Mapping[str, str] | None = None,
-                 specials: Mapping[str, Callable] | None = None,
-                 dtypes: tuple[str, ...] | None = None):
+    def __init__(
+        self,
+        xp,
+        *,
+        name: str | None = None,
+        device: Any = None,
+        overrides: Mapping[str, Callable] | None = None,
+        known_failures: Mapping[str, str] | None = None,
+        specials: Mapping[str, Callable] | None = None,
+        dtypes: tuple[str, ...] | None = None,
+    ):
         self.xp = xp
         if name is not None:
             self.name = name
@@ -137,7 +151,8 @@ class Backend:
         except AttributeError:
             raise UnknownNameError(
                 f"dtype={name!r} is not available in backend {self.name!r}; "
-                f"its float dtypes: {', '.join(self.float_dtypes)}") from None
+                f"its float dtypes: {', '.join(self.float_dtypes)}"
+            ) from None
 
     def dtype_name(self, dtype) -> str:
         """The name of a namespace dtype object (inverse of :meth:`dtype`)."""
@@ -154,8 +169,10 @@ class Backend:
         """Why ``dtype`` is not checked on this backend, for skip messages ("" if it is supported)."""
         if self.supports(dtype):
             return ""
-        return (f"backend {self.name} on {self.device} does not support {dtype} "
-                f"(it has {', '.join(self.float_dtypes)})")
+        return (
+            f"backend {self.name} on {self.device} does not support {dtype} "
+            f"(it has {', '.join(self.float_dtypes)})"
+        )
 
     # -- host <-> backend (harness only) ---------------------------------------------------
 
@@ -175,11 +192,13 @@ class Backend:
     def device_of(self, x):
         """The device an array of this backend lives on."""
         from refdiff._xp import device_of
+
         return device_of(x)
 
     def is_native(self, x) -> bool:
         """True if ``x`` is an array of this backend's namespace (not a silent NumPy fallback)."""
         from array_api_compat import array_namespace
+
         try:
             ns = array_namespace(x)
         except TypeError:
@@ -201,8 +220,9 @@ class Backend:
         """Uniform [0, 1) draws of ``shape`` and ``dtype`` on the device, from ``rng``."""
         host = rng.random(tuple(shape))
         # the largest value below 1 in ``dtype`` (rounding may carry a draw up to 1.0 otherwise)
-        below_one = 1.0 - {"float32": 2.0 ** -24, "float16": 2.0 ** -11,
-                           "bfloat16": 2.0 ** -8}.get(dtype, 2.0 ** -53)
+        below_one = 1.0 - {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}.get(
+            dtype, 2.0**-53
+        )
         return self.asarray(np.minimum(quantise(host, dtype), below_one), dtype)
 
     # -- special functions, capabilities -----------------------------------------------------
@@ -212,6 +232,7 @@ class Backend:
         if not self._specials:
             return
         from refdiff._xp import register_special
+
         short = getattr(self.xp, "__name__", self.name)
         for op, fn in self._specials.items():
             register_special(op, short, fn)
@@ -227,6 +248,7 @@ class Backend:
     def _probe(self, capability: str) -> bool:
         if capability in ("erf", "erfc"):
             from refdiff import _xp
+
             dt = "float64" if self.supports("float64") else self.float_dtypes[0]
             try:
                 getattr(_xp, capability)(self.asarray(np.zeros(1), dt))
@@ -244,8 +266,9 @@ class Backend:
     def move_schedule(self, schedule, dtype: str):
         """A host float64 schedule moved onto this backend, cast once to ``dtype`` (overridable)."""
         generic = _generic_schedule_to
-        return self.op(SCHEDULE_TO, generic)(schedule, self.xp, device=self.device,
-                                            dtype=self.dtype(dtype))
+        return self.op(SCHEDULE_TO, generic)(
+            schedule, self.xp, device=self.device, dtype=self.dtype(dtype)
+        )
 
     @contextlib.contextmanager
     def checking(self) -> Iterator[None]:
@@ -270,6 +293,7 @@ class Backend:
         import array_api_compat
 
         import refdiff
+
         return {
             "backend": self.name,
             "namespace": getattr(self.xp, "__name__", repr(self.xp)),
@@ -296,6 +320,7 @@ def _generic_schedule_to(schedule, xp, *, device, dtype):
 def _compat_namespace(xp, device):
     """array-api-compat's wrapper for a raw NumPy/PyTorch/CuPy module; other namespaces as given."""
     import array_api_compat
+
     name = getattr(xp, "__name__", "")
     if name in ("numpy", "torch", "cupy", "dask.array"):
         probe = xp.asarray([0.0]) if device is None else xp.asarray([0.0], device=device)
@@ -303,11 +328,16 @@ def _compat_namespace(xp, device):
     return xp
 
 
-def from_namespace(xp, *, name: str | None = None, device: Any = None,
-                   overrides: Mapping[str, Callable] | None = None,
-                   known_failures: Mapping[str, str] | None = None,
-                   specials: Mapping[str, Callable] | None = None,
-                   dtypes: tuple[str, ...] | None = None) -> Backend:
+def from_namespace(
+    xp,
+    *,
+    name: str | None = None,
+    device: Any = None,
+    overrides: Mapping[str, Callable] | None = None,
+    known_failures: Mapping[str, str] | None = None,
+    specials: Mapping[str, Callable] | None = None,
+    dtypes: tuple[str, ...] | None = None,
+) -> Backend:
     """A backend from any array-API namespace (noise is drawn on the host and copied over).
 
     Parameters
@@ -335,8 +365,15 @@ def from_namespace(xp, *, name: str | None = None, device: Any = None,
     source = "given"
     if device is None:
         device, source = default_device(ns)
-    b = Backend(ns, name=nm, device=device, overrides=overrides,
-                known_failures=known_failures, specials=specials, dtypes=dtypes)
+    b = Backend(
+        ns,
+        name=nm,
+        device=device,
+        overrides=overrides,
+        known_failures=known_failures,
+        specials=specials,
+        dtypes=dtypes,
+    )
     b.device_source = source
     return b
 
@@ -355,6 +392,7 @@ def default_device(xp: Any) -> tuple[Any, str]:
     if dev is not None:
         return dev, "__array_namespace_info__().default_device()"
     from array_api_compat import device as _device
+
     try:
         return _device(xp.asarray(0.0)), "device of a freshly created array (xp.asarray(0.0))"
     except Exception:  # noqa: BLE001 - a namespace without devices: report None

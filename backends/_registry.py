@@ -20,12 +20,21 @@ import importlib.metadata
 import importlib.util
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from ._base import Backend, BackendUnavailableError, UnknownBackendError, from_namespace
 
-__all__ = ["BackendInfo", "get_backend", "list_backends", "register_backend",
-           "unregister_backend", "refresh_backends", "ENTRY_POINT_GROUP", "parse_spec"]
+__all__ = [
+    "BackendInfo",
+    "get_backend",
+    "list_backends",
+    "register_backend",
+    "unregister_backend",
+    "refresh_backends",
+    "ENTRY_POINT_GROUP",
+    "parse_spec",
+]
 
 #: The entry-point group third-party backends register in.
 ENTRY_POINT_GROUP = "refdiff.backends"
@@ -33,24 +42,39 @@ ENTRY_POINT_GROUP = "refdiff.backends"
 
 @dataclass(frozen=True)
 class _Builtin:
-    module: str          # the library whose presence makes the backend available
-    target: str          # "module:attribute" of the backend class
-    hint: str            # how to install the library
+    module: str  # the library whose presence makes the backend available
+    target: str  # "module:attribute" of the backend class
+    hint: str  # how to install the library
 
 
 _BUILTINS: dict[str, _Builtin] = {
     "numpy": _Builtin("numpy", "refdiff.backends.numpy:NumpyBackend", "pip install numpy"),
-    "array_api_strict": _Builtin("array_api_strict", "refdiff.backends.strict:StrictBackend",
-                                 "pip install array-api-strict (or pip install 'refdiff[test]')"),
-    "torch": _Builtin("torch", "refdiff.backends.torch:TorchBackend",
-                      "pip install torch (CPU-only: --index-url https://download.pytorch.org/whl/cpu)"
-                      ", or pip install 'refdiff[torch]'"),
-    "cupy": _Builtin("cupy", "refdiff.backends.cupy:CupyBackend",
-                     "pip install cupy-cuda12x (or cupy-cuda13x), or pip install 'refdiff[cupy]'"),
-    "jax": _Builtin("jax", "refdiff.backends.jax:JaxBackend",
-                    "pip install jax (CPU), or pip install 'refdiff[jax]'"),
-    "dask": _Builtin("dask", "refdiff.backends.dask:DaskBackend",
-                     "pip install 'dask[array]', or pip install 'refdiff[dask]'"),
+    "array_api_strict": _Builtin(
+        "array_api_strict",
+        "refdiff.backends.strict:StrictBackend",
+        "pip install array-api-strict (or pip install 'refdiff[test]')",
+    ),
+    "torch": _Builtin(
+        "torch",
+        "refdiff.backends.torch:TorchBackend",
+        "pip install torch (CPU-only: --index-url https://download.pytorch.org/whl/cpu)"
+        ", or pip install 'refdiff[torch]'",
+    ),
+    "cupy": _Builtin(
+        "cupy",
+        "refdiff.backends.cupy:CupyBackend",
+        "pip install cupy-cuda12x (or cupy-cuda13x), or pip install 'refdiff[cupy]'",
+    ),
+    "jax": _Builtin(
+        "jax",
+        "refdiff.backends.jax:JaxBackend",
+        "pip install jax (CPU), or pip install 'refdiff[jax]'",
+    ),
+    "dask": _Builtin(
+        "dask",
+        "refdiff.backends.dask:DaskBackend",
+        "pip install 'dask[array]', or pip install 'refdiff[dask]'",
+    ),
 }
 _ALIASES = {"strict": "array_api_strict", "np": "numpy", "pytorch": "torch"}
 _RUNTIME: dict[str, Any] = {}
@@ -61,10 +85,10 @@ class BackendInfo:
     """One row of :func:`list_backends`."""
 
     name: str
-    available: bool      # its library is importable (a GPU backend may still lack a device)
-    source: str          # "builtin", "registered" or "entry point"
-    target: str          # what gets imported / called
-    hint: str            # install hint when unavailable, else ""
+    available: bool  # its library is importable (a GPU backend may still lack a device)
+    source: str  # "builtin", "registered" or "entry point"
+    target: str  # what gets imported / called
+    hint: str  # install hint when unavailable, else ""
 
     def __str__(self) -> str:
         state = "available" if self.available else f"not installed: {self.hint}"
@@ -110,6 +134,7 @@ def register_backend(name: str, factory: Callable[..., Any] | Backend | str) -> 
     """Register a backend: a factory ``f(device=None) -> Backend``, an instance, or an import string."""
     if not isinstance(name, str) or not name or "@" in name or "," in name:
         from refdiff._errors import fail
+
         fail("name", name, "expected a non-empty backend name without '@' or ','")
     _RUNTIME[name] = factory
 
@@ -133,6 +158,7 @@ def _load(target: str) -> Any:
     not put the current directory on sys.path)."""
     import os
     import sys
+
     module, _, attr = target.partition(":")
     try:
         obj = importlib.import_module(module)
@@ -152,6 +178,7 @@ def _instantiate(obj: Any, name: str, device: Any) -> Backend:
     if isinstance(obj, Backend):
         if device is not None and str(device) != str(obj.device):
             from refdiff._errors import fail
+
             fail("device", device, f"backend {name!r} is a fixed instance on {obj.device}")
         return obj
     if callable(obj) and not _is_namespace(obj):
@@ -160,8 +187,10 @@ def _instantiate(obj: Any, name: str, device: Any) -> Backend:
             return obj
     if _is_namespace(obj):
         return from_namespace(obj, name=name, device=device)
-    raise TypeError(f"backend {name!r} resolved to {obj!r}, which is neither a refdiff Backend "
-                    "nor an array-API namespace")
+    raise TypeError(
+        f"backend {name!r} resolved to {obj!r}, which is neither a refdiff Backend "
+        "nor an array-API namespace"
+    )
 
 
 def _is_namespace(obj: Any) -> bool:
@@ -182,7 +211,8 @@ def _from_builtin(name: str, device: Any) -> Backend:
     b = _BUILTINS[name]
     if not _importable(b.module):
         raise BackendUnavailableError(
-            f"backend {name!r} needs the {b.module!r} package, which is not installed: {b.hint}")
+            f"backend {name!r} needs the {b.module!r} package, which is not installed: {b.hint}"
+        )
     return _instantiate(_load(b.target), name, device)
 
 
@@ -192,10 +222,14 @@ def _from_entry_point(name: str, device: Any) -> Backend | None:
             try:
                 obj = ep.load()
             except Exception as exc:  # noqa: BLE001 - a broken plugin: warn, then report unknown
-                warnings.warn(f"refdiff backend entry point {name!r} ({ep.value}) failed to load: "
-                              f"{exc!r}", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"refdiff backend entry point {name!r} ({ep.value}) failed to load: {exc!r}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
                 raise BackendUnavailableError(
-                    f"backend {name!r} (entry point {ep.value}) failed to load: {exc!r}") from exc
+                    f"backend {name!r} (entry point {ep.value}) failed to load: {exc!r}"
+                ) from exc
             return _instantiate(obj, name, device)
     return None
 
@@ -227,7 +261,7 @@ def get_backend(name: str | Backend = "numpy", *, device: Any = None) -> Backend
         raise UnknownBackendError(f"backend={name!r} is not a backend name; {_available_text()}")
     base, dev = parse_spec(name)
     backend = _resolve(base, device if device is not None else dev)
-    backend.spec = base     # what resolves to it again: a reproduce line names this, not .name
+    backend.spec = base  # what resolves to it again: a reproduce line names this, not .name
     return backend
 
 
@@ -247,6 +281,7 @@ def _resolve(base: str, device: Any) -> Backend:
         except (ImportError, AttributeError) as exc:
             raise UnknownBackendError(
                 f"backend={base!r} looks like an import string but could not be loaded "
-                f"({exc}); {_available_text()}") from exc
+                f"({exc}); {_available_text()}"
+            ) from exc
         return _instantiate(obj, base.rpartition(":")[2] or base, device)
     raise UnknownBackendError(f"backend={base!r} is not a known backend; {_available_text()}")

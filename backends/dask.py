@@ -16,7 +16,8 @@ right). Unique names keep that collision out of the suite, which checks the refe
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -35,7 +36,8 @@ def _import_dask_array():
         return importlib.import_module("dask.array")
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"backend 'dask' needs dask.array, which is not installed: {INSTALL_HINT}") from exc
+            f"backend 'dask' needs dask.array, which is not installed: {INSTALL_HINT}"
+        ) from exc
 
 
 class DaskKeys:
@@ -65,20 +67,27 @@ class DaskBackend(Backend):
     name = "dask"
     install_hint = INSTALL_HINT
 
-    def __init__(self, device: Any = None, *, chunks: str = "split",
-                 overrides: Mapping[str, Callable] | None = None,
-                 known_failures: Mapping[str, str] | None = None, name: str | None = None):
+    def __init__(
+        self,
+        device: Any = None,
+        *,
+        chunks: str = "split",
+        overrides: Mapping[str, Callable] | None = None,
+        known_failures: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ):
         from refdiff._errors import check_choice, fail
+
         self._da = _import_dask_array()
         import array_api_compat.dask.array as xp
+
         if device not in (None, "cpu"):
             fail("device", device, "the dask backend runs on the host CPU only: use None or 'cpu'")
         check_choice("chunks", chunks, ("split", "auto"))
         self.chunks = chunks
         failures = dict(KNOWN_FAILURES)
         failures.update(known_failures or {})
-        super().__init__(xp, name=name, device="cpu", overrides=overrides,
-                         known_failures=failures)
+        super().__init__(xp, name=name, device="cpu", overrides=overrides, known_failures=failures)
         if device is None:
             self.device_source = "backend default"
 
@@ -117,6 +126,7 @@ class DaskBackend(Backend):
     def device_of(self, x):
         """Dask arrays of NumPy chunks live on the host: "cpu"."""
         from refdiff._xp import device_of
+
         return device_of(x)
 
     def make_rng(self, seed: int) -> DaskKeys:

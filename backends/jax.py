@@ -11,7 +11,8 @@ explicit keys: a seed gives a key, and every draw splits off a fresh subkey.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -21,9 +22,11 @@ __all__ = ["JaxBackend", "JaxKeys", "INSTALL_HINT", "KNOWN_FAILURES_CPU", "with_
 
 INSTALL_HINT = "pip install jax (CPU), or pip install 'refdiff[jax]'"
 
-X64_HINT = ("JAX computes in float32 unless its 64-bit mode is on: build the backend with "
-            "JaxBackend(x64=True), use --backend refdiff.backends.jax:with_x64, or set "
-            "JAX_ENABLE_X64=1 before starting Python")
+X64_HINT = (
+    "JAX computes in float32 unless its 64-bit mode is on: build the backend with "
+    "JaxBackend(x64=True), use --backend refdiff.backends.jax:with_x64, or set "
+    "JAX_ENABLE_X64=1 before starting Python"
+)
 
 
 def _import_jax():
@@ -31,7 +34,8 @@ def _import_jax():
         return importlib.import_module("jax")
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"backend 'jax' needs JAX, which is not installed: {INSTALL_HINT}") from exc
+            f"backend 'jax' needs JAX, which is not installed: {INSTALL_HINT}"
+        ) from exc
 
 
 def _resolve_device(jax: Any, device: Any) -> Any:
@@ -48,32 +52,36 @@ def _resolve_device(jax: Any, device: Any) -> Any:
     except RuntimeError as exc:
         raise BackendUnavailableError(
             f"device={device!r} was requested for backend 'jax' but JAX has no {platform!r} "
-            f"platform here ({exc}); its devices: {', '.join(map(str, jax.devices()))}") from None
+            f"platform here ({exc}); its devices: {', '.join(map(str, jax.devices()))}"
+        ) from None
     try:
         i = int(index) if index else 0
     except ValueError:
         from refdiff._errors import fail
+
         fail("device", device, "expected 'cpu', 'gpu', 'tpu', 'platform:index' or a jax Device")
     if not 0 <= i < len(devices):
         raise BackendUnavailableError(
-            f"device={device!r}: JAX sees {len(devices)} {platform} device(s)")
+            f"device={device!r}: JAX sees {len(devices)} {platform} device(s)"
+        )
     return devices[i]
 
 
-_DAZ = ("XLA on CPU treats subnormal inputs as zero (denormals-are-zero, by design: "
-        "https://github.com/jax-ml/jax/issues/16200, https://github.com/jax-ml/jax/issues/37762; "
-        "no switch to turn it off: https://github.com/openxla/xla/issues/22858)")
+_DAZ = (
+    "XLA on CPU treats subnormal inputs as zero (denormals-are-zero, by design: "
+    "https://github.com/jax-ml/jax/issues/16200, https://github.com/jax-ml/jax/issues/37762; "
+    "no switch to turn it off: https://github.com/openxla/xla/issues/22858)"
+)
 
 #: Check -> the upstream JAX behaviour that fails it, on the CPU platform.
 KNOWN_FAILURES_CPU: dict[str, str] = {
-    "tables.log_one_minus_alphas_cumprod_log1p[float64]":
-        "XLA's float64 log1p on CPU is up to 129 ulp off for x in about (-0.53, -0.28), worst "
-        "near 1/sqrt(2) - 1 (https://github.com/jax-ml/jax/issues/39707)",
+    "tables.log_one_minus_alphas_cumprod_log1p[float64]": "XLA's float64 log1p on CPU is up to 129 ulp off for x in about (-0.53, -0.28), worst "
+    "near 1/sqrt(2) - 1 (https://github.com/jax-ml/jax/issues/39707)",
     "edges.log": f"log of a subnormal is -inf and of a negative subnormal -inf, not NaN: {_DAZ}",
     "edges.sqrt": f"sqrt of a subnormal is 0 and of a negative subnormal -0, not NaN: {_DAZ}",
     "edges.floor": f"floor of a negative subnormal is -0, not -1: {_DAZ}",
     "edges.sinh": "jnp.sinh near the overflow threshold (87 <= |x| <= 89) is about 8.2-8.8 eps "
-                  "off in float64 and 12-13 eps in float32, above the suite's 8 eps",
+    "off in float64 and 12-13 eps in float32, above the suite's 8 eps",
 }
 
 
@@ -112,18 +120,26 @@ class JaxBackend(Backend):
     name = "jax"
     install_hint = INSTALL_HINT
 
-    def __init__(self, device: Any = None, *, x64: bool | None = None,
-                 compilation_cache: str | bool | None = None,
-                 overrides: Mapping[str, Callable] | None = None,
-                 known_failures: Mapping[str, str] | None = None, name: str | None = None):
+    def __init__(
+        self,
+        device: Any = None,
+        *,
+        x64: bool | None = None,
+        compilation_cache: str | bool | None = None,
+        overrides: Mapping[str, Callable] | None = None,
+        known_failures: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ):
         jax = _import_jax()
         if x64 is not None and not isinstance(x64, bool):
             from refdiff._errors import fail
+
             fail("x64", x64, "expected True, False or None")
         if x64:
             jax.config.update("jax_enable_x64", True)
         self.compilation_cache = _use_compilation_cache(jax, compilation_cache)
         import jax.numpy as jnp
+
         self._jax = jax
         ops = {SCHEDULE_TO: _schedule_to}
         ops.update(overrides or {})
@@ -222,6 +238,7 @@ class JaxBackend(Backend):
 def _use_compilation_cache(jax: Any, choice: str | bool | None) -> str | None:
     """Point JAX's persistent compilation cache at a directory (see JaxBackend); return it."""
     import os
+
     if choice is False:
         return None
     current = jax.config.jax_compilation_cache_dir
@@ -229,10 +246,14 @@ def _use_compilation_cache(jax: Any, choice: str | bool | None) -> str | None:
         env = os.environ.get("REFDIFF_JAX_CACHE", "")
         if current or (choice is None and env == "0"):
             return current or None
-        choice = env if env not in ("", "0", "1") else os.path.join(
-            os.path.expanduser("~"), ".cache", "refdiff", "jax")
+        choice = (
+            env
+            if env not in ("", "0", "1")
+            else os.path.join(os.path.expanduser("~"), ".cache", "refdiff", "jax")
+        )
     if not isinstance(choice, (str, os.PathLike)):
         from refdiff._errors import fail
+
         fail("compilation_cache", choice, "expected a directory, True, False or None")
     path = os.fspath(choice)
     jax.config.update("jax_compilation_cache_dir", path)
@@ -253,9 +274,11 @@ def _schedule_to(schedule, xp, *, device, dtype):
     import jax
 
     from refdiff.schedules import TABLE_NAMES
-    host = schedule.to(cnp)                           # validated float64 host copies
-    tables = {n: jax.device_put(np.asarray(getattr(host, n)).astype(dtype), device)
-              for n in TABLE_NAMES}
+
+    host = schedule.to(cnp)  # validated float64 host copies
+    tables = {
+        n: jax.device_put(np.asarray(getattr(host, n)).astype(dtype), device) for n in TABLE_NAMES
+    }
     tmap = jax.device_put(np.asarray(host.timestep_map), device)
     return dataclasses.replace(host, xp=xp, timestep_map=tmap, **tables)
 

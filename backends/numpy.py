@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -21,14 +22,23 @@ class NumpyBackend(Backend):
     name = "numpy"
     install_hint = "pip install numpy"
 
-    def __init__(self, device: Any = None, *, overrides: Mapping[str, Callable] | None = None,
-                 known_failures: Mapping[str, str] | None = None, name: str | None = None):
+    def __init__(
+        self,
+        device: Any = None,
+        *,
+        overrides: Mapping[str, Callable] | None = None,
+        known_failures: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ):
         import array_api_compat.numpy as xp
+
         if device not in (None, "cpu"):
             from refdiff._errors import fail
+
             fail("device", device, "the numpy backend runs on the host only: use None or 'cpu'")
-        super().__init__(xp, name=name, device="cpu", overrides=overrides,
-                         known_failures=known_failures)
+        super().__init__(
+            xp, name=name, device="cpu", overrides=overrides, known_failures=known_failures
+        )
 
     @property
     def float_dtypes(self) -> tuple[str, ...]:

@@ -9,7 +9,8 @@ stay on the input's device.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -26,13 +27,25 @@ class StrictBackend(Backend):
     name = "array_api_strict"
     install_hint = "pip install array-api-strict"
 
-    def __init__(self, device: Any = None, *, overrides: Mapping[str, Callable] | None = None,
-                 known_failures: Mapping[str, str] | None = None, name: str | None = None):
+    def __init__(
+        self,
+        device: Any = None,
+        *,
+        overrides: Mapping[str, Callable] | None = None,
+        known_failures: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ):
         import array_api_strict as xp
+
         dev = _strict_device(xp, DEFAULT_DEVICE if device is None else device)
-        super().__init__(xp, name=name, device=dev, overrides=overrides,
-                         known_failures=known_failures,
-                         specials={"erf": _host_special("erf"), "erfc": _host_special("erfc")})
+        super().__init__(
+            xp,
+            name=name,
+            device=dev,
+            overrides=overrides,
+            known_failures=known_failures,
+            specials={"erf": _host_special("erf"), "erfc": _host_special("erfc")},
+        )
 
     def to_numpy(self, x) -> np.ndarray:
         """Copy to the strict CPU device first (strict refuses NumPy conversion elsewhere)."""
@@ -59,6 +72,7 @@ def _strict_device(xp, device):
         return xp.Device(str(device))
     except ValueError:
         from refdiff._errors import fail
+
         names = [str(d) for d in xp.__array_namespace_info__().devices()]
         fail("device", device, f"array_api_strict devices are {', '.join(names)}")
 
@@ -69,6 +83,7 @@ def _host_special(op: str):
     def special(x):
         import array_api_strict as xp
         from scipy import special as sp
+
         host = np.asarray(x.to_device(xp.Device("CPU_DEVICE")))
         return xp.asarray(getattr(sp, op)(host), dtype=x.dtype, device=x.device)
 

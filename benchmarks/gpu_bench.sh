@@ -40,7 +40,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
         && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 # refdiff itself from the checkout (editable: refdiff.backends maps to backends/)
-"$PY" -c "import refdiff.backends.torch_fast" 2>/dev/null \
+"$PY" -c "import refdiff.backends.torch.fast" 2>/dev/null \
     || "$PY" -m pip install -q --no-deps --no-build-isolation -e . \
     || { echo "cannot install refdiff from $PWD" >&2; exit 1; }
 

@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 
 import refdiff.backends as B
-from refdiff.backends import (Backend, BackendUnavailableError, UnknownBackendError,
-                              from_namespace, get_backend, list_backends, quantise)
+from refdiff.backends import (
+    Backend,
+    BackendUnavailableError,
+    UnknownBackendError,
+    from_namespace,
+    get_backend,
+    list_backends,
+    quantise,
+)
 from refdiff.backends import _registry
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -23,29 +30,37 @@ needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
 # Lazy imports
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("stmt", [
-    "import refdiff",
-    "import refdiff.backends",
-    "import refdiff.backends as b; b.list_backends(); b.get_backend('numpy'); "
-    "b.get_backend('array_api_strict')",
-    "import refdiff.conformance.plugin",
-    "import refdiff.cli; refdiff.cli.build_parser()",
-])
+
+@pytest.mark.parametrize(
+    "stmt",
+    [
+        "import refdiff",
+        "import refdiff.backends",
+        "import refdiff.backends as b; b.list_backends(); b.get_backend('numpy'); "
+        "b.get_backend('array_api_strict')",
+        "import refdiff.conformance.plugin",
+        "import refdiff.cli; refdiff.cli.build_parser()",
+    ],
+)
 def test_imports_do_not_load_torch_or_cupy(stmt):
-    code = f"{stmt}; import sys; " \
-           "bad = [m for m in ('torch', 'cupy', 'jax', 'dask') if m in sys.modules]; " \
-           "assert not bad, bad"
+    code = (
+        f"{stmt}; import sys; "
+        "bad = [m for m in ('torch', 'cupy', 'jax', 'dask') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
 
 
 def test_plugin_module_imports_only_pytest_and_stdlib():
     """Loaded into every pytest session of every project that installs refdiff: keep it cheap."""
-    code = ("import sys, pytest, refdiff; before = set(sys.modules); "
-            "import refdiff.conformance.plugin; "
-            "new = {m for m in set(sys.modules) - before if not m.startswith('refdiff.conformance')}; "
-            "bad = {m for m in new if m.split('.')[0] not in sys.stdlib_module_names}; "
-            "assert not bad, bad")
+    code = (
+        "import sys, pytest, refdiff; before = set(sys.modules); "
+        "import refdiff.conformance.plugin; "
+        "new = {m for m in set(sys.modules) - before if not m.startswith('refdiff.conformance')}; "
+        "bad = {m for m in new if m.split('.')[0] not in sys.stdlib_module_names}; "
+        "assert not bad, bad"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
 
@@ -53,6 +68,7 @@ def test_plugin_module_imports_only_pytest_and_stdlib():
 # --------------------------------------------------------------------------------------------
 # Resolution and errors
 # --------------------------------------------------------------------------------------------
+
 
 def test_list_backends_has_builtins_with_hints():
     rows = {r.name: r for r in list_backends()}
@@ -63,18 +79,26 @@ def test_list_backends_has_builtins_with_hints():
 
 
 def test_unknown_name_lists_available_backends():
-    with pytest.raises(UnknownBackendError, match=r"backend='nope' is not a known backend; "
-                                                  r"available: 'numpy', 'array_api_strict'"):
+    with pytest.raises(
+        UnknownBackendError,
+        match=r"backend='nope' is not a known backend; "
+        r"available: 'numpy', 'array_api_strict'",
+    ):
         get_backend("nope")
     assert issubclass(UnknownBackendError, KeyError) and issubclass(UnknownBackendError, ValueError)
 
 
 def test_missing_library_gives_install_hint(monkeypatch):
-    monkeypatch.setitem(_registry._BUILTINS, "fancy",
-                        _registry._Builtin("refdiff_no_such_lib", "x:y", "pip install fancy-lib"))
-    with pytest.raises(BackendUnavailableError,
-                       match=r"backend 'fancy' needs the 'refdiff_no_such_lib' package, which is "
-                             r"not installed: pip install fancy-lib"):
+    monkeypatch.setitem(
+        _registry._BUILTINS,
+        "fancy",
+        _registry._Builtin("refdiff_no_such_lib", "x:y", "pip install fancy-lib"),
+    )
+    with pytest.raises(
+        BackendUnavailableError,
+        match=r"backend 'fancy' needs the 'refdiff_no_such_lib' package, which is "
+        r"not installed: pip install fancy-lib",
+    ):
         get_backend("fancy")
     row = {r.name: r for r in list_backends()}["fancy"]
     assert not row.available and row.hint == "pip install fancy-lib"
@@ -89,11 +113,14 @@ def test_cupy_missing_says_how_to_install():
 @needs_torch
 def test_cuda_without_gpu_is_a_clear_error():
     import torch
+
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(BackendUnavailableError,
-                       match=r"device='cuda' was requested for backend 'torch' but no CUDA GPU "
-                             r"is available"):
+    with pytest.raises(
+        BackendUnavailableError,
+        match=r"device='cuda' was requested for backend 'torch' but no CUDA GPU "
+        r"is available",
+    ):
         get_backend("torch", device="cuda")
     with pytest.raises(BackendUnavailableError, match="no CUDA GPU"):
         get_backend("torch@cuda:0")
@@ -111,8 +138,11 @@ def test_specs_aliases_and_devices():
 def test_import_string_and_register():
     b = get_backend("refdiff.backends.numpy:NumpyBackend")
     assert b.name == "numpy" and b.device == "cpu"
-    with pytest.raises(UnknownBackendError, match=r"looks like an import string but could not "
-                                                  r"be loaded"):
+    with pytest.raises(
+        UnknownBackendError,
+        match=r"looks like an import string but could not "
+        r"be loaded",
+    ):
         get_backend("no_such_pkg.mod:factory")
     inst = from_namespace(np, name="mine")
     B.register_backend("mine", inst)
@@ -126,10 +156,12 @@ def test_import_string_and_register():
 
 
 def test_entry_points_are_found_and_broken_ones_warn(monkeypatch):
-    good = importlib.metadata.EntryPoint("epgood", "refdiff.backends.numpy:NumpyBackend",
-                                         _registry.ENTRY_POINT_GROUP)
-    broken = importlib.metadata.EntryPoint("epbroken", "refdiff_no_such_mod:make",
-                                           _registry.ENTRY_POINT_GROUP)
+    good = importlib.metadata.EntryPoint(
+        "epgood", "refdiff.backends.numpy:NumpyBackend", _registry.ENTRY_POINT_GROUP
+    )
+    broken = importlib.metadata.EntryPoint(
+        "epbroken", "refdiff_no_such_mod:make", _registry.ENTRY_POINT_GROUP
+    )
     monkeypatch.setattr(_registry, "_entry_points", lambda: (good, broken))
     assert {"epgood", "epbroken"} <= {r.name for r in list_backends()}
     assert isinstance(get_backend("epgood"), Backend)
@@ -140,6 +172,7 @@ def test_entry_points_are_found_and_broken_ones_warn(monkeypatch):
 
 def test_factory_returning_a_namespace_is_wrapped():
     import array_api_strict
+
     B.register_backend("ns_factory", lambda device=None: array_api_strict)
     try:
         b = get_backend("ns_factory")
@@ -152,8 +185,10 @@ def test_factory_returning_a_namespace_is_wrapped():
 # from_namespace and the protocol
 # --------------------------------------------------------------------------------------------
 
+
 def test_from_namespace_strict_keeps_device_and_dtypes():
     import array_api_strict as xp
+
     b = from_namespace(xp, name="strict1", device=xp.Device("device1"))
     assert b.float_dtypes == ("float64", "float32")
     host = quantise(np.linspace(-3, 3, 7), "float32")
@@ -169,14 +204,24 @@ def test_from_namespace_strict_keeps_device_and_dtypes():
 
 def test_from_namespace_wraps_raw_modules():
     import array_api_compat.numpy as cnp
+
     assert from_namespace(np).xp is cnp
 
 
-@pytest.mark.parametrize("name", ["numpy", "array_api_strict",
-                                  pytest.param("torch", marks=needs_torch),
-                                  pytest.param("dask", marks=pytest.mark.skipif(
-                                      importlib.util.find_spec("dask") is None,
-                                      reason="dask is not installed"))])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "numpy",
+        "array_api_strict",
+        pytest.param("torch", marks=needs_torch),
+        pytest.param(
+            "dask",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("dask") is None, reason="dask is not installed"
+            ),
+        ),
+    ],
+)
 def test_builtin_protocol(name):
     b = get_backend(name)
     for dt in ("float64", "float32"):
@@ -206,6 +251,7 @@ def test_strict_erf_is_scipys_on_the_same_device():
     from scipy.special import erf as sp_erf
 
     from refdiff import _xp
+
     b = get_backend("array_api_strict")
     host = np.linspace(-4, 4, 17)
     out = _xp.erf(b.asarray(host, "float64"))
@@ -219,6 +265,7 @@ def test_torch_checking_turns_tf32_off_and_restores():
     import torch
 
     from refdiff.backends.torch import _tf32_flags
+
     b = get_backend("torch")
     before = _tf32_flags(torch)
     with b.checking():
@@ -231,8 +278,10 @@ def test_torch_checking_turns_tf32_off_and_restores():
 @needs_torch
 def test_quantise_matches_torch_rounding():
     import torch
+
     a = np.random.default_rng(11).standard_normal(2000) * np.exp(
-        np.random.default_rng(12).uniform(-20, 20, 2000))
+        np.random.default_rng(12).uniform(-20, 20, 2000)
+    )
     for name in ("bfloat16", "float16", "float32"):
         want = torch.tensor(a).to(getattr(torch, name)).double().numpy()
         with warnings.catch_warnings():

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
-                                reason="jax is not installed")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None, reason="jax is not installed"
+)
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "CONFORMANCE.md"
 MODULE = "my_jax_backend"
@@ -41,6 +42,7 @@ def test_example_resolves_as_the_text_says(example, factory):
     import jax
 
     from refdiff.backends import get_backend
+
     b = get_backend(f"{MODULE}:{factory}")
     assert b.device == jax.devices()[0]
     x = b.asarray(np.array([1.5, -2.0]), "float32")
@@ -51,7 +53,7 @@ def test_example_resolves_as_the_text_says(example, factory):
     else:
         rng = b.make_rng(0)
         a, c = (np.asarray(b.normal(rng, (4,), "float32")) for _ in range(2))
-        assert not np.array_equal(a, c)             # a fresh key per draw
+        assert not np.array_equal(a, c)  # a fresh key per draw
         np.testing.assert_array_equal(a, np.asarray(b.normal(b.make_rng(0), (4,), "float32")))
 
 
@@ -59,8 +61,12 @@ def test_example_resolves_as_the_text_says(example, factory):
 def test_example_passes_conformance_checks(example, factory):
     """A slice of the suite (RNG, host copies, a gather, a sampler, erf) on float32."""
     import refdiff
-    rep = refdiff.verify(backend=f"{MODULE}:{factory}", dtypes="float32", max_examples=3,
-                         extra_args=["-k", "backend. or diffusion.q_sample or kl.vb_terms_bpd "
-                                           "or samplers.ddim"])
+
+    rep = refdiff.verify(
+        backend=f"{MODULE}:{factory}",
+        dtypes="float32",
+        max_examples=3,
+        extra_args=["-k", "backend. or diffusion.q_sample or kl.vb_terms_bpd or samplers.ddim"],
+    )
     assert rep.ok, rep.format()
     assert rep.counts["passed"] >= 6, rep.counts

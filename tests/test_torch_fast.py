@@ -26,14 +26,24 @@ torch = pytest.importorskip("torch")
 
 from refdiff._errors import RefdiffValueError  # noqa: E402
 from refdiff.backends.torch import fast as tf  # noqa: E402
-from refdiff.backends.torch.unet import (TorchUNet, compare_with_reference, fast_paths,  # noqa: E402
-                                         from_config)
+from refdiff.backends.torch.unet import (  # noqa: E402
+    TorchUNet,
+    compare_with_reference,
+    fast_paths,
+    from_config,
+)
 from refdiff.unet import get_preset, random_params  # noqa: E402
 
 needs_triton = pytest.mark.skipif(not tf.triton_available(), reason="needs the triton package")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-MICRO = get_preset("tiny", channel_mult=(1,), attention_resolutions=(4,), model_channels=16,
-                   num_groups=4, image_size=4)
+MICRO = get_preset(
+    "tiny",
+    channel_mult=(1,),
+    attention_resolutions=(4,),
+    model_channels=16,
+    num_groups=4,
+    image_size=4,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -73,8 +83,12 @@ def _check_op(n, c, h, w, groups, dtype, channels_last, with_add, act, device, s
     assert y.dtype == dtype and y.shape == x.shape
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     assert y.is_contiguous(memory_format=fmt)
-    errs = {"y": _rel(y.detach().cpu(), yr.detach()), "dx": _rel(xs.grad.cpu(), xr.grad),
-            "dw": _rel(ws.grad.cpu(), wr.grad), "db": _rel(bss.grad.cpu(), br.grad)}
+    errs = {
+        "y": _rel(y.detach().cpu(), yr.detach()),
+        "dx": _rel(xs.grad.cpu(), xr.grad),
+        "dw": _rel(ws.grad.cpu(), wr.grad),
+        "db": _rel(bss.grad.cpu(), br.grad),
+    }
     if with_add:
         errs["de"] = _rel(es.grad.cpu(), er.grad)
     return errs
@@ -107,14 +121,21 @@ def _unet_check() -> dict:
     yb = b(x, t)
     yb.square().sum().backward()
     out = {"out": _rel(ya, yb.double())}
-    out.update({name: _rel(pa.grad, pb.grad.double())
-                for (name, pa), pb in zip(a.named_parameters(), b.parameters())})
+    out.update(
+        {
+            name: _rel(pa.grad, pb.grad.double())
+            for (name, pa), pb in zip(a.named_parameters(), b.parameters())
+        }
+    )
     return out
 
 
 def _interpreter_checks() -> dict:
     """Every interpreter check; run in a fresh process (triton reads TRITON_INTERPRET at import)."""
-    out = {_case_id(c): _check_op(*c[:5], torch.float32, *c[5:], "cpu", seed=i) for i, c in enumerate(CASES)}
+    out = {
+        _case_id(c): _check_op(*c[:5], torch.float32, *c[5:], "cpu", seed=i)
+        for i, c in enumerate(CASES)
+    }
     out["bf16"] = _check_op(2, 48, 6, 6, 4, torch.bfloat16, True, True, "silu", "cpu", seed=3)
     out["unet"] = _unet_check()
     return out
@@ -126,11 +147,14 @@ def interpreted():
     if not tf.triton_available():
         pytest.skip("needs the triton package")
     root = Path(__file__).resolve().parent.parent
-    code = ("import json, torch; torch.set_num_threads(1); "
-            "from tests.test_torch_fast import _interpreter_checks as f; print('RESULT' + json.dumps(f()))")
+    code = (
+        "import json, torch; torch.set_num_threads(1); "
+        "from tests.test_torch_fast import _interpreter_checks as f; print('RESULT' + json.dumps(f()))"
+    )
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
-                       timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=900
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     return json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("RESULT")][-1][6:])
 
@@ -139,7 +163,7 @@ def interpreted():
 def test_fused_group_norm_act_float32_matches_float64_torch(case, interpreted):
     errs = interpreted[_case_id(case)]
     assert max(errs.values()) < 2e-6, errs
-    assert max(errs.values()) > 0, errs            # really float32 arithmetic
+    assert max(errs.values()) > 0, errs  # really float32 arithmetic
 
 
 def test_fused_group_norm_act_bfloat16_is_bfloat16_accurate(interpreted):
@@ -160,16 +184,25 @@ def test_fused_op_rejects_what_it_cannot_do(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     x = torch.randn(1, 8, 2, 2)
     w, b = torch.ones(8), torch.zeros(8)
-    with pytest.raises(RefdiffValueError, match=r"x.device='cpu' is invalid: the fused GroupNorm runs on CUDA"):
+    with pytest.raises(
+        RefdiffValueError, match=r"x.device='cpu' is invalid: the fused GroupNorm runs on CUDA"
+    ):
         tf.fused_group_norm_act(x, w, b, 4)
-    with pytest.raises(RefdiffValueError, match=r"x.dtype='float64' is invalid: the fused GroupNorm computes in float32"):
+    with pytest.raises(
+        RefdiffValueError,
+        match=r"x.dtype='float64' is invalid: the fused GroupNorm computes in float32",
+    ):
         tf.fused_group_norm_act(x.double(), w, b, 4)
     with pytest.raises(KeyError, match=r"act='relu' is not a known activation"):
         tf.fused_group_norm_act(x, w, b, 4, act="relu")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    with pytest.raises(RefdiffValueError, match=r"num_groups=3 is invalid: must divide the 8 channels"):
+    with pytest.raises(
+        RefdiffValueError, match=r"num_groups=3 is invalid: must divide the 8 channels"
+    ):
         tf.fused_group_norm_act(x, w, b, 3)
-    with pytest.raises(RefdiffValueError, match=r"add.shape='\(1, 4\)' is invalid: expected shape \(1, 8\)"):
+    with pytest.raises(
+        RefdiffValueError, match=r"add.shape='\(1, 4\)' is invalid: expected shape \(1, 8\)"
+    ):
         tf.fused_group_norm_act(x, w, b, 4, add=torch.zeros(1, 4))
 
 
@@ -181,6 +214,7 @@ def test_fast_path_switches():
         with fast_paths(fused_norm="x"):
             pass
     from refdiff.backends.torch import unet as tu
+
     assert tu._FAST_DEFAULTS["fused_norm"] == "torch"
     with fast_paths(fused_norm="auto"):
         assert tu._FAST_DEFAULTS["fused_norm"] == "auto"
@@ -196,7 +230,12 @@ def test_fast_path_switches():
 def test_channels_last_model_matches_nchw_model():
     p = random_params(MICRO, 2)
     a = from_config(MICRO, dtype=torch.float64).load_params(p).eval()
-    b = from_config(MICRO, dtype=torch.float64).load_params(p).eval().to(memory_format=torch.channels_last)
+    b = (
+        from_config(MICRO, dtype=torch.float64)
+        .load_params(p)
+        .eval()
+        .to(memory_format=torch.channels_last)
+    )
     x, t = torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.tensor([5, 900])
     ya, yb = a(x, t), b(x, t)
     assert yb.is_contiguous(memory_format=torch.channels_last)
@@ -218,7 +257,7 @@ def _manual_step(model, x0, t, w, sched, lr, decay):
     opt = torch.optim.Adam(model.parameters(), lr=lr, foreach=False)
     before = [p.detach().clone() for p in model.parameters()]
     loss.backward()
-    gnorm = math.sqrt(sum(float(torch.sum(p.grad ** 2)) for p in model.parameters()))
+    gnorm = math.sqrt(sum(float(torch.sum(p.grad**2)) for p in model.parameters()))
     opt.step()
     ema = [decay * b + (1 - decay) * p.detach() for b, p in zip(before, model.parameters())]
     return loss.detach(), ema, gnorm
@@ -238,7 +277,7 @@ def test_train_step_equals_a_hand_written_step():
     w = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
     torch.manual_seed(11)
     loss = step(x0, t, w)
-    torch.manual_seed(11)                          # the same ε and dropout draws
+    torch.manual_seed(11)  # the same ε and dropout draws
     loss_ref, ema_ref, gnorm_ref = _manual_step(b, x0, t, w, sched, 1e-3, 0.9)
     assert loss.ndim == 0 and abs(float(loss) - float(loss_ref)) <= 1e-13 * float(loss_ref)
     assert float(step.grad_norm) == pytest.approx(gnorm_ref, rel=1e-12)
@@ -248,14 +287,16 @@ def test_train_step_equals_a_hand_written_step():
     for e, r in zip(step.ema, ema_ref):
         torch.testing.assert_close(e, r, rtol=1e-12, atol=1e-14)
     moved = max(float((pa - torch.as_tensor(p[n])).abs().max()) for n, pa in a.named_parameters())
-    assert 0.5e-3 < moved <= 1.01e-3               # one Adam step moves by about lr
+    assert 0.5e-3 < moved <= 1.01e-3  # one Adam step moves by about lr
     assert step.steps == 1
 
 
 def test_train_step_trains_with_bf16_channels_last_and_drawn_timesteps():
     cfg = MICRO
     m = from_config(cfg, seed=0)
-    step = tf.make_train_step(m, bf16=True, channels_last=True, lr=3e-3, ema_decay=0.5, grad_clip=1.0)
+    step = tf.make_train_step(
+        m, bf16=True, channels_last=True, lr=3e-3, ema_decay=0.5, grad_clip=1.0
+    )
     torch.manual_seed(0)
     x0 = torch.rand(8, 3, 4, 4) * 2 - 1
     losses = [float(step(x0)) for _ in range(30)]
@@ -289,13 +330,20 @@ def test_snapshot_restore_undoes_warmup_steps():
 
 def test_train_step_rejects_bad_options():
     m = from_config(MICRO)
-    with pytest.raises(RefdiffValueError, match=r"cuda_graphs=True is invalid: CUDA graphs need a model on a CUDA device"):
+    with pytest.raises(
+        RefdiffValueError,
+        match=r"cuda_graphs=True is invalid: CUDA graphs need a model on a CUDA device",
+    ):
         tf.make_train_step(m, cuda_graphs=True)
     with pytest.raises(RefdiffValueError, match=r"compile_mode='fast' is invalid"):
         tf.make_train_step(m, compile_mode="fast")
-    with pytest.raises(KeyError, match=r"optimizer='sgd' is not a known optimizer; allowed: 'adam', 'adamw'"):
+    with pytest.raises(
+        KeyError, match=r"optimizer='sgd' is not a known optimizer; allowed: 'adam', 'adamw'"
+    ):
         tf.make_train_step(m, optimizer="sgd")
-    with pytest.raises(RefdiffValueError, match=r"fused_norm='triton' is invalid: only a refdiff TorchUNet"):
+    with pytest.raises(
+        RefdiffValueError, match=r"fused_norm='triton' is invalid: only a refdiff TorchUNet"
+    ):
         tf.prepare_model(torch.nn.Linear(2, 2), fused_norm="triton")
 
 
@@ -317,8 +365,11 @@ def test_inference_fn_matches_eval_forward():
 @pytest.mark.gpu
 @needs_cuda
 @needs_triton
-@pytest.mark.parametrize("case", CASES + [(128, 384, 32, 32, 32, True, True, "silu"),
-                                          (128, 256, 16, 16, 32, False, False, "none")])
+@pytest.mark.parametrize(
+    "case",
+    CASES
+    + [(128, 384, 32, 32, 32, True, True, "silu"), (128, 256, 16, 16, 32, False, False, "none")],
+)
 def test_cuda_fused_group_norm_act(case):
     n, c, h, w, g, cl, add, act = case
     errs = _check_op(n, c, h, w, g, torch.float32, cl, add, act, "cuda", seed=1)
@@ -332,9 +383,19 @@ def test_cuda_fused_group_norm_act(case):
 @needs_triton
 @pytest.mark.parametrize("name", ["tiny", "tiny-adm"])
 def test_cuda_conformance_with_the_fused_kernel(name):
-    cfg = get_preset("tiny") if name == "tiny" else get_preset(
-        "tiny", num_head_channels=8, attention_resolutions=(8, 4), use_scale_shift_norm=True,
-        resblock_updown=True, num_classes=5, learn_sigma=True)
+    cfg = (
+        get_preset("tiny")
+        if name == "tiny"
+        else get_preset(
+            "tiny",
+            num_head_channels=8,
+            attention_resolutions=(8, 4),
+            use_scale_shift_norm=True,
+            resblock_updown=True,
+            num_classes=5,
+            learn_sigma=True,
+        )
+    )
     with fast_paths(fused_norm="triton"):
         r = compare_with_reference(cfg, torch.float32, "cuda", 0)
     assert r["max_rel_err_out"] < 1e-5 and r["max_rel_err_grad"] < 1e-5, r
@@ -346,14 +407,16 @@ def test_cuda_graphed_train_step_takes_exactly_one_step_per_call():
     cfg = get_preset("tiny")
     m = from_config(cfg, seed=0, device="cuda")
     p0 = [q.detach().clone() for q in m.parameters()]
-    step = tf.make_train_step(m, bf16=True, channels_last=True, cuda_graphs=True, lr=1e-3, ema_decay=0.9)
+    step = tf.make_train_step(
+        m, bf16=True, channels_last=True, cuda_graphs=True, lr=1e-3, ema_decay=0.9
+    )
     x0 = torch.rand(16, 3, 8, 8, device="cuda") * 2 - 1
-    loss = step(x0)                                 # warm-up, restore, capture, one replay
+    loss = step(x0)  # warm-up, restore, capture, one replay
     assert math.isfinite(float(loss))
     for q in m.parameters():
         assert float(step.optimizer.state[q]["step"]) == 1
     moved = max(float((q - r).abs().max()) for q, r in zip(m.parameters(), p0))
-    assert 0.5e-3 < moved <= 1.01e-3                # one Adam step, not warm-up + one
+    assert 0.5e-3 < moved <= 1.01e-3  # one Adam step, not warm-up + one
     for e, q, r in zip(step.ema, m.parameters(), p0):
         torch.testing.assert_close(e, 0.9 * r + 0.1 * q, rtol=1e-5, atol=1e-7)
     losses = [float(step(x0)) for _ in range(40)]

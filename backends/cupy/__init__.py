@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -23,7 +24,8 @@ def _import_cupy():
         return importlib.import_module("cupy")
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"backend 'cupy' needs CuPy, which is not installed: {INSTALL_HINT}") from exc
+            f"backend 'cupy' needs CuPy, which is not installed: {INSTALL_HINT}"
+        ) from exc
 
 
 def _device_index(device) -> int:
@@ -38,9 +40,10 @@ def _device_index(device) -> int:
     if text in ("cuda", "gpu"):
         return 0
     for prefix in ("cuda:", "gpu:"):
-        if text.startswith(prefix) and text[len(prefix):].isdigit():
-            return int(text[len(prefix):])
+        if text.startswith(prefix) and text[len(prefix) :].isdigit():
+            return int(text[len(prefix) :])
     from refdiff._errors import fail
+
     fail("device", device, "the cupy backend takes a CUDA device index, 'cuda' or 'cuda:N'")
 
 
@@ -51,10 +54,12 @@ def _resolve_device(cupy, device):
     except Exception as exc:  # noqa: BLE001 - CUDARuntimeError and driver errors alike
         raise BackendUnavailableError(
             f"CuPy {cupy.__version__} is installed but no CUDA GPU is usable ({exc}); the cupy "
-            "backend needs an NVIDIA GPU and a matching driver") from exc
+            "backend needs an NVIDIA GPU and a matching driver"
+        ) from exc
     if index >= count:
         raise BackendUnavailableError(
-            f"device={device!r} was requested but only {count} CUDA device(s) are visible")
+            f"device={device!r} was requested but only {count} CUDA device(s) are visible"
+        )
     return cupy.cuda.Device(index)
 
 
@@ -64,14 +69,22 @@ class CupyBackend(Backend):
     name = "cupy"
     install_hint = INSTALL_HINT
 
-    def __init__(self, device: Any = None, *, overrides: Mapping[str, Callable] | None = None,
-                 known_failures: Mapping[str, str] | None = None, name: str | None = None):
+    def __init__(
+        self,
+        device: Any = None,
+        *,
+        overrides: Mapping[str, Callable] | None = None,
+        known_failures: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ):
         cupy = _import_cupy()
         dev = _resolve_device(cupy, device)
         import array_api_compat.cupy as xp
+
         self._cupy = cupy
-        super().__init__(xp, name=name, device=dev, overrides=overrides,
-                         known_failures=known_failures)
+        super().__init__(
+            xp, name=name, device=dev, overrides=overrides, known_failures=known_failures
+        )
 
     @property
     def float_dtypes(self) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -36,8 +36,17 @@ from refdiff._errors import RefdiffError
 from ._kernel_ref import cublas_gemm
 from .unet import KERNELS, KernelDevice, KernelSpec, marshal_args
 
-__all__ = ["SHIM", "EmulatedDevice", "build", "compiler", "nvcc_compile", "EmulationError",
-           "EMULATOR_TILING", "host_source", "run_kernel"]
+__all__ = [
+    "SHIM",
+    "EmulatedDevice",
+    "build",
+    "compiler",
+    "nvcc_compile",
+    "EmulationError",
+    "EMULATOR_TILING",
+    "host_source",
+    "run_kernel",
+]
 
 
 class EmulationError(RefdiffError, RuntimeError):
@@ -116,9 +125,13 @@ static void refdiff_run(refdiff_dim3 grid, refdiff_dim3 block, bool syncs, F bod
 
 #: Small tiles for the emulator, so tiny test arrays cross several tiles and blocks.
 EMULATOR_TILING: Mapping[str, Mapping[str, int]] = {
-    "pack": {"tile": 4, "rows": 2}, "unpack": {"tile": 4, "rows": 2},
-    "gn_forward": {"block": 16}, "gn_backward": {"block": 16}, "adam_ema": {},
-    "sumsq": {"block": 8}}
+    "pack": {"tile": 4, "rows": 2},
+    "unpack": {"tile": 4, "rows": 2},
+    "gn_forward": {"block": 16},
+    "gn_backward": {"block": 16},
+    "adam_ema": {},
+    "sumsq": {"block": 8},
+}
 
 _CT = {"float32": "float", "float64": "double"}
 
@@ -143,7 +156,8 @@ def host_source(specs: Iterable[KernelSpec]) -> str:
             f"{params})\n{{\n"
             f"    refdiff_run(refdiff_dim3{{refdiff_gx, refdiff_gy, refdiff_gz}}, "
             f"refdiff_dim3{{refdiff_bx, refdiff_by, refdiff_bz}}, "
-            f"{'true' if sp.syncs else 'false'}, [=]() {{ refdiff_k{n}::{sp.name}({names}); }});\n}}\n")
+            f"{'true' if sp.syncs else 'false'}, [=]() {{ refdiff_k{n}::{sp.name}({names}); }});\n}}\n"
+        )
     return "\n".join(out)
 
 
@@ -156,7 +170,10 @@ def compiler() -> str | None:
 
 
 def _cache_dir() -> Path:
-    d = Path(tempfile.gettempdir()) / f"refdiff_cuda_emu_{os.getuid() if hasattr(os, 'getuid') else 0}"
+    d = (
+        Path(tempfile.gettempdir())
+        / f"refdiff_cuda_emu_{os.getuid() if hasattr(os, 'getuid') else 0}"
+    )
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -166,8 +183,9 @@ def build(specs: Iterable[KernelSpec]) -> ctypes.CDLL:
     specs = list(specs)
     cxx = compiler()
     if cxx is None:
-        raise EmulationError("emulating the CUDA kernels needs a C++20 compiler (g++ or clang++; "
-                             "set CXX)")
+        raise EmulationError(
+            "emulating the CUDA kernels needs a C++20 compiler (g++ or clang++; set CXX)"
+        )
     src = host_source(specs)
     key = hashlib.sha256((cxx + src).encode()).hexdigest()[:20]
     lib = _cache_dir() / f"kernels_{key}.so"
@@ -178,14 +196,18 @@ def build(specs: Iterable[KernelSpec]) -> ctypes.CDLL:
         cmd = [cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-o", str(tmp), str(cpp)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
-            raise EmulationError(f"the generated kernels do not compile on the host ({' '.join(cmd)}):"
-                                 f"\n{res.stderr[-4000:]}")
+            raise EmulationError(
+                f"the generated kernels do not compile on the host ({' '.join(cmd)}):"
+                f"\n{res.stderr[-4000:]}"
+            )
         os.replace(tmp, lib)
         cpp.unlink(missing_ok=True)
     return ctypes.CDLL(str(lib))
 
 
-def nvcc_compile(specs: Iterable[KernelSpec], *, arch: str = "sm_90", nvcc: str | None = None) -> str:
+def nvcc_compile(
+    specs: Iterable[KernelSpec], *, arch: str = "sm_90", nvcc: str | None = None
+) -> str:
     """Compile the kernel sources with ``nvcc`` for ``arch`` (to PTX; no GPU needed); returns the PTX.
 
     Each source goes in its own namespace of one translation unit. Raises
@@ -203,13 +225,18 @@ def nvcc_compile(specs: Iterable[KernelSpec], *, arch: str = "sm_90", nvcc: str 
         cmd = [nvcc, f"-arch={arch}", "--std=c++14", "-ptx", "-o", str(out), str(cu)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
-            raise EmulationError(f"nvcc rejected the generated kernels ({' '.join(cmd)}):\n"
-                                 f"{res.stderr[-4000:]}")
+            raise EmulationError(
+                f"nvcc rejected the generated kernels ({' '.join(cmd)}):\n{res.stderr[-4000:]}"
+            )
         return out.read_text()
 
 
-_ARGT = {np.int32: ctypes.c_int, np.int64: ctypes.c_longlong, np.float32: ctypes.c_float,
-         np.float64: ctypes.c_double}
+_ARGT = {
+    np.int32: ctypes.c_int,
+    np.int64: ctypes.c_longlong,
+    np.float32: ctypes.c_float,
+    np.float64: ctypes.c_double,
+}
 
 
 def run_kernel(lib: ctypes.CDLL, spec: KernelSpec, grid, block, vals) -> None:
@@ -240,8 +267,11 @@ class EmulatedDevice(KernelDevice):
         self.tiling = dict(EMULATOR_TILING if tiling is None else tiling)
         specs = [KERNELS[k](dt, **self.tiling[k]) for k in KERNELS for dt in ("float32", "float64")]
         self._lib = build(specs)
-        self._specs = {(k, dt): KERNELS[k](dt, **self.tiling[k])
-                       for k in KERNELS for dt in ("float32", "float64")}
+        self._specs = {
+            (k, dt): KERNELS[k](dt, **self.tiling[k])
+            for k in KERNELS
+            for dt in ("float32", "float64")
+        }
         self.launches: dict[str, int] = {}
 
     def launch(self, spec: KernelSpec, grid, block, args) -> None:
@@ -250,9 +280,26 @@ class EmulatedDevice(KernelDevice):
         run_kernel(self._lib, spec, grid, block, vals)
         self.launches[spec.name] = self.launches.get(spec.name, 0) + 1
 
-    def gemm(self, transa, transb, m, n, k, A, a_off, lda, B, b_off, ldb, beta, C, c_off,
-             ldc) -> None:
+    def gemm(
+        self, transa, transb, m, n, k, A, a_off, lda, B, b_off, ldb, beta, C, c_off, ldc
+    ) -> None:
         """The NumPy cuBLAS emulation (:func:`~refdiff.backends.cupy._kernel_ref.cublas_gemm`)."""
-        cublas_gemm(transa, transb, m, n, k, 1.0, A, a_off, lda, B, b_off, ldb, beta, C, c_off,
-                    ldc, precision=self.precision)
-
+        cublas_gemm(
+            transa,
+            transb,
+            m,
+            n,
+            k,
+            1.0,
+            A,
+            a_off,
+            lda,
+            B,
+            b_off,
+            ldb,
+            beta,
+            C,
+            c_off,
+            ldc,
+            precision=self.precision,
+        )

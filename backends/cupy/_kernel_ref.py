@@ -18,7 +18,8 @@ on it with
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -58,13 +59,29 @@ def round_operand(a: np.ndarray, precision: str) -> np.ndarray:
 def _colmajor(buf: np.ndarray, off: int, rows: int, cols: int, ld: int, *, writeable=False):
     flat = buf.reshape(-1)
     isz = flat.itemsize
-    return as_strided(flat[off:], shape=(rows, cols), strides=(isz, ld * isz),
-                      writeable=writeable)
+    return as_strided(flat[off:], shape=(rows, cols), strides=(isz, ld * isz), writeable=writeable)
 
 
-def cublas_gemm(transa: int, transb: int, m: int, n: int, k: int, alpha: float, A: np.ndarray,
-                a_off: int, lda: int, B: np.ndarray, b_off: int, ldb: int, beta: float,
-                C: np.ndarray, c_off: int, ldc: int, *, precision: str = "fp32") -> None:
+def cublas_gemm(
+    transa: int,
+    transb: int,
+    m: int,
+    n: int,
+    k: int,
+    alpha: float,
+    A: np.ndarray,
+    a_off: int,
+    lda: int,
+    B: np.ndarray,
+    b_off: int,
+    ldb: int,
+    beta: float,
+    C: np.ndarray,
+    c_off: int,
+    ldc: int,
+    *,
+    precision: str = "fp32",
+) -> None:
     """Column-major ``C[m×n] = α·op(A)·op(B) + β·C`` on flat buffers, as ``cublasGemmEx`` computes it.
 
     Operand X starts at element ``x_off`` of its (C-contiguous) buffer; element (i, j) of the
@@ -105,33 +122,52 @@ class NumpyDevice:
         self.precision = precision
 
     # ---- GEMM
-    def gemm(self, transa, transb, m, n, k, A, a_off, lda, B, b_off, ldb, beta, C, c_off,
-             ldc) -> None:
+    def gemm(
+        self, transa, transb, m, n, k, A, a_off, lda, B, b_off, ldb, beta, C, c_off, ldc
+    ) -> None:
         """:func:`cublas_gemm` with α = 1 at this device's precision."""
-        cublas_gemm(transa, transb, m, n, k, 1.0, A, a_off, lda, B, b_off, ldb, beta, C, c_off,
-                    ldc, precision=self.precision)
+        cublas_gemm(
+            transa,
+            transb,
+            m,
+            n,
+            k,
+            1.0,
+            A,
+            a_off,
+            lda,
+            B,
+            b_off,
+            ldb,
+            beta,
+            C,
+            c_off,
+            ldc,
+            precision=self.precision,
+        )
 
     # ---- layout kernels
     def pack(self, src, dst, B, C, Hs, Ws, dil, pt, pl, s, Hq, Wq) -> None:
         """Semantics of ``pack_kernel``: phase-split, dilated, zero-padded NHWC rows."""
-        out = dst.reshape(-1)[:s * s * B * Hq * Wq * C].reshape(s, s, B, Hq, Wq, C)
+        out = dst.reshape(-1)[: s * s * B * Hq * Wq * C].reshape(s, s, B, Hq, Wq, C)
 
         def axis(nq, ns, pad):
-            v = np.arange(nq)[None, :] * s + np.arange(s)[:, None] - pad        # (s, nq)
+            v = np.arange(nq)[None, :] * s + np.arange(s)[:, None] - pad  # (s, nq)
             ok = (v >= 0) & (v % dil == 0) & (v // dil < ns)
             return np.where(ok, v // dil, 0), ok
 
         ys, oky = axis(Hq, Hs, pt)
         xs, okx = axis(Wq, Ws, pl)
-        vals = src[:, :, ys[:, :, None, None], xs[None, None, :, :]]        # (B, C, s, Hq, s, Wq)
+        vals = src[:, :, ys[:, :, None, None], xs[None, None, :, :]]  # (B, C, s, Hq, s, Wq)
         mask = oky[:, :, None, None] & okx[None, None, :, :]
         vals = np.where(mask, vals, src.dtype.type(0))
         out[...] = np.transpose(vals, (2, 4, 0, 3, 5, 1))
 
     def unpack(self, yw, bias, out, B, O, Ho, Wo, Hq, Wq) -> None:
         """Semantics of ``unpack_kernel``: crop the wide rows to NCHW and add the bias."""
-        rows = ((np.arange(B)[:, None, None] * Hq + np.arange(Ho)[None, :, None]) * Wq
-                + np.arange(Wo)[None, None, :])
+        rows = (np.arange(B)[:, None, None] * Hq + np.arange(Ho)[None, :, None]) * Wq + np.arange(
+            Wo
+        )[None, None, :]
         v = np.transpose(yw[rows], (0, 3, 1, 2))
         out[...] = v if bias is None else v + bias.reshape(1, O, 1, 1)
 
@@ -174,7 +210,7 @@ class NumpyDevice:
             v = xh * gam + beta.reshape(1, c, 1)
             sv = self._sigmoid(v)
             gn = gn * sv * (t(1) + v * (t(1) - sv))
-        sg = gn.astype(np.float64).sum(axis=2)                              # (B, C)
+        sg = gn.astype(np.float64).sum(axis=2)  # (B, C)
         sgx = (gn.astype(np.float64) * xh.astype(np.float64)).sum(axis=2)
         dbeta_p[...] = sg.astype(t)
         dgamma_p[...] = sgx.astype(t)

@@ -55,7 +55,9 @@ _CUPY_COMPUTE_TYPE = {"fp32": 1, "tf32": 7, "bf16": 6, "fp16": 3}
 
 def stream_seed(seed: int, step: int, purpose: int) -> int:
     """A 63-bit seed for the random numbers of one (seed, step, purpose), via NumPy's SeedSequence."""
-    w = np.random.SeedSequence([int(seed), int(step), int(purpose), 0x7EF1FF]).generate_state(2, np.uint32)
+    w = np.random.SeedSequence([int(seed), int(step), int(purpose), 0x7EF1FF]).generate_state(
+        2, np.uint32
+    )
     return int((int(w[0]) << 31) ^ int(w[1])) & ((1 << 63) - 1)
 
 
@@ -64,8 +66,12 @@ def _resolve_kernels(device: str) -> str:
         return "numpy"
     if device in ("auto", "cuda", "gpu") or str(device).startswith(("cuda:", "gpu:")):
         return "cupy"
-    fail("device", device, "the cupy trainer runs on 'auto', 'cuda', 'cuda:N', or 'cpu' (NumPy "
-         "in place of CuPy, for tests)")
+    fail(
+        "device",
+        device,
+        "the cupy trainer runs on 'auto', 'cuda', 'cuda:N', or 'cpu' (NumPy "
+        "in place of CuPy, for tests)",
+    )
 
 
 @contextlib.contextmanager
@@ -92,24 +98,29 @@ class CupyTrainer:
     world_size = 1
     is_main = True
 
-    def __init__(self, cfg, unet_cfg, schedule, *, kernels: str | None = None,
-                 precision: str | None = None):
+    def __init__(
+        self, cfg, unet_cfg, schedule, *, kernels: str | None = None, precision: str | None = None
+    ):
         from refdiff.unet.params import init_params, param_shapes
 
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise RefdiffValueError("backend='cupy' trains on one GPU; data-parallel training "
-                                    "(torchrun, WORLD_SIZE > 1) needs --backend torch")
+            raise RefdiffValueError(
+                "backend='cupy' trains on one GPU; data-parallel training "
+                "(torchrun, WORLD_SIZE > 1) needs --backend torch"
+            )
         if cfg.loss_type != "mse" or cfg.learn_sigma:
             raise RefdiffValueError(
                 f"backend='cupy' trains L_simple (loss='simple'/'mse') with a fixed variance; "
                 f"loss={cfg.loss!r} with var_type={cfg.var_type!r} needs the VLB term's "
-                "hand-written gradient, which the cupy trainer does not have yet; use --backend torch")
+                "hand-written gradient, which the cupy trainer does not have yet; use --backend torch"
+            )
         self.cfg, self.unet_cfg = cfg, unet_cfg
         self.kernels = kernels or _resolve_kernels(cfg.device)
         dt_name = cfg.dtype
         if precision is None:
             precision = os.environ.get("REFDIFF_CUPY_PRECISION") or (
-                "bf16" if cfg.bf16 else DEFAULT_PRECISION)
+                "bf16" if cfg.bf16 else DEFAULT_PRECISION
+            )
         if precision not in PRECISIONS:
             fail("precision", precision, f"expected one of {', '.join(PRECISIONS)}")
         self.precision = precision
@@ -156,21 +167,26 @@ class CupyTrainer:
 
     # ------------------------------------------------------------------ arenas
     def _views(self, flat) -> dict[str, Any]:
-        return {k: flat[int(self.offsets[i]):int(self.offsets[i + 1])].reshape(s)
-                for i, (k, s) in enumerate(self.shapes.items())}
+        return {
+            k: flat[int(self.offsets[i]) : int(self.offsets[i + 1])].reshape(s)
+            for i, (k, s) in enumerate(self.shapes.items())
+        }
 
     def _load_flat(self, flat, host: dict[str, np.ndarray]) -> None:
         from refdiff.unet.model import check_params
 
         check_params(host, self.unet_cfg)
-        buf = np.concatenate([np.asarray(host[k], dtype=self.np_dtype).reshape(-1)
-                              for k in self.names])
+        buf = np.concatenate(
+            [np.asarray(host[k], dtype=self.np_dtype).reshape(-1) for k in self.names]
+        )
         flat[...] = self.kdev.xp.asarray(buf)
 
     def _host(self, flat) -> dict[str, np.ndarray]:
         h = self._to_numpy(flat)
-        return {k: h[int(self.offsets[i]):int(self.offsets[i + 1])].reshape(s).copy()
-                for i, (k, s) in enumerate(self.shapes.items())}
+        return {
+            k: h[int(self.offsets[i]) : int(self.offsets[i + 1])].reshape(s).copy()
+            for i, (k, s) in enumerate(self.shapes.items())
+        }
 
     def _to_numpy(self, a) -> np.ndarray:
         return self._cupy.asnumpy(a) if self._cupy is not None else np.asarray(a)
@@ -211,7 +227,7 @@ class CupyTrainer:
         out, off = {}, 0
         for k, s in shapes.items():
             n = int(np.prod(s))
-            out[k] = xp.reshape(flat[off:off + n], s)
+            out[k] = xp.reshape(flat[off : off + n], s)
             off += n
         return out
 
@@ -244,8 +260,16 @@ class CupyTrainer:
         x_t = q_sample(self.sched, x0_d, t_d, noise=noise)
         t_model = xp.take(self.sched.timestep_map, t_d, axis=0)
         target = training_target(self.sched, x0_d, x_t, t_d, noise, mean_type=cfg.mean_type)
-        out, cache = unet_forward(self.params, self.unet_cfg, x_t, t_model, y=y_d,
-                                  dropout_masks=masks, train=masks is not None, ops=self.ops)
+        out, cache = unet_forward(
+            self.params,
+            self.unet_cfg,
+            x_t,
+            t_model,
+            y=y_d,
+            dropout_masks=masks,
+            train=masks is not None,
+            ops=self.ops,
+        )
         diff = out - target
         n_pix = math.prod(diff.shape[1:])
         per_sample = l_simple(out, target)
@@ -254,8 +278,9 @@ class CupyTrainer:
         grads = unet_backward(self.params, self.unet_cfg, cache, g_out)
         return loss, per_sample, grads
 
-    def step(self, x0: np.ndarray, y: np.ndarray | None, t: np.ndarray, weights: np.ndarray,
-             step: int) -> None:
+    def step(
+        self, x0: np.ndarray, y: np.ndarray | None, t: np.ndarray, weights: np.ndarray, step: int
+    ) -> None:
         """One optimizer step on the global batch (asynchronous on the GPU)."""
         from refdiff.unet.optim import warmup_lr
 
@@ -272,12 +297,19 @@ class CupyTrainer:
             coef = xp.ones_like(norm)
         coef = mod.reshape(xp.astype(coef, self.dtype), (1,))
         lr = warmup_lr(step, cfg.lr, cfg.warmup)
-        scal = adam_ema_scalars(self.np_dtype, lr=lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
-                                weight_decay=cfg.weight_decay, decoupled=cfg.optimizer == "adamw",
-                                step=self.adam_step + 1,
-                                ema_decay=ema_decay(step, cfg.ema, warmup=getattr(cfg, "ema_warmup", False)))
-        self.kdev.adam_ema(self.flat_p, self.flat_g, self.flat_m, self.flat_v, self.flat_ema, coef,
-                           scal)
+        scal = adam_ema_scalars(
+            self.np_dtype,
+            lr=lr,
+            betas=cfg.adam_betas,
+            eps=cfg.adam_eps,
+            weight_decay=cfg.weight_decay,
+            decoupled=cfg.optimizer == "adamw",
+            step=self.adam_step + 1,
+            ema_decay=ema_decay(step, cfg.ema, warmup=getattr(cfg, "ema_warmup", False)),
+        )
+        self.kdev.adam_ema(
+            self.flat_p, self.flat_g, self.flat_m, self.flat_v, self.flat_ema, coef, scal
+        )
         self.adam_step += 1
         self._lr = lr
         self._losses.append(xp.astype(loss, xp.float64))
@@ -301,8 +333,9 @@ class CupyTrainer:
         mses = self._to_numpy(xp.stack(self._mses))
         norms = self._to_numpy(xp.stack(self._norms))
         self._grad_norm = float(norms[-1])
-        out.update(loss=float(np.mean(losses)), grad_norm=self._grad_norm,
-                   loss_mse=float(np.mean(mses)))
+        out.update(
+            loss=float(np.mean(losses)), grad_norm=self._grad_norm, loss_mse=float(np.mean(mses))
+        )
         for s, lv, gv in zip(self._steps, losses, norms):
             if not (math.isfinite(lv) and math.isfinite(gv)):
                 out["bad_step"] = s
@@ -323,12 +356,23 @@ class CupyTrainer:
             optim[f"exp_avg_sq/{k}"] = v[k]
             optim[f"step/{k}"] = np.array(float(self.adam_step), dtype=np.float32)
         cfg = self.cfg
-        group = {"lr": float(self._lr), "betas": list(cfg.adam_betas), "eps": cfg.adam_eps,
-                 "weight_decay": cfg.weight_decay}
-        state = {"backend": "cupy", "kernels": self.kdev.name, "precision": self.precision,
-                 "adam_step": self.adam_step,
-                 "optimizer": {"class": "AdamW" if cfg.optimizer == "adamw" else "Adam",
-                               "param_groups": [group], "names": self.names}}
+        group = {
+            "lr": float(self._lr),
+            "betas": list(cfg.adam_betas),
+            "eps": cfg.adam_eps,
+            "weight_decay": cfg.weight_decay,
+        }
+        state = {
+            "backend": "cupy",
+            "kernels": self.kdev.name,
+            "precision": self.precision,
+            "adam_step": self.adam_step,
+            "optimizer": {
+                "class": "AdamW" if cfg.optimizer == "adamw" else "Adam",
+                "param_groups": [group],
+                "names": self.names,
+            },
+        }
         if self._cupy is not None:
             state["cupy_version"] = self._cupy.__version__
         return {"params": params, "ema": ema, "optimizer": optim, "rng": {}, "state": state}
@@ -340,14 +384,19 @@ class CupyTrainer:
         opt = ck.optimizer or {}
         have = [k for k in self.names if f"exp_avg/{k}" in opt and f"exp_avg_sq/{k}" in opt]
         if have and len(have) != len(self.names):
-            raise RefdiffValueError(f"checkpoint={str(getattr(ck, 'path', '?'))!r} holds Adam moments "
-                                    f"for {len(have)} of {len(self.names)} parameters")
+            raise RefdiffValueError(
+                f"checkpoint={str(getattr(ck, 'path', '?'))!r} holds Adam moments "
+                f"for {len(have)} of {len(self.names)} parameters"
+            )
         if have:
             self._load_flat(self.flat_m, {k: opt[f"exp_avg/{k}"] for k in self.names})
             self._load_flat(self.flat_v, {k: opt[f"exp_avg_sq/{k}"] for k in self.names})
             step_key = f"step/{self.names[0]}"
-            self.adam_step = int(round(float(np.asarray(opt[step_key])))) if step_key in opt \
+            self.adam_step = (
+                int(round(float(np.asarray(opt[step_key]))))
+                if step_key in opt
                 else int(ck.state.get("adam_step", ck.step))
+            )
         else:
             self.flat_m[...] = 0
             self.flat_v[...] = 0
@@ -368,8 +417,14 @@ class CupyTrainer:
 
     def describe(self) -> dict[str, Any]:
         """Backend, kernels, precision, dtype and the GPU (for logs)."""
-        d = {"backend": "cupy", "kernels": self.kdev.name, "precision": self.precision,
-             "dtype": self.np_dtype.name, "device": str(self.device), "world_size": 1}
+        d = {
+            "backend": "cupy",
+            "kernels": self.kdev.name,
+            "precision": self.precision,
+            "dtype": self.np_dtype.name,
+            "device": str(self.device),
+            "world_size": 1,
+        }
         if self._cupy is not None:
             cupy = self._cupy
             d["cupy"] = cupy.__version__
@@ -390,16 +445,19 @@ def make_trainer(cfg, unet_cfg, schedule, **kw) -> CupyTrainer:
     return CupyTrainer(cfg, unet_cfg, schedule, **kw)
 
 
-def inference_fn(params: dict, unet_cfg, *, device: str = "auto", dtype: str = "float32",
-                 precision: str = "fp32"):
+def inference_fn(
+    params: dict, unet_cfg, *, device: str = "auto", dtype: str = "float32", precision: str = "fp32"
+):
     """``(fn, xp, device, dtype)`` running the reference UNet with the CuPy kernels on ``params``."""
     from refdiff.unet.model import check_params, unet_apply
 
     check_params(params, unet_cfg)
     kernels = _resolve_kernels(device)
-    kdev = get_device(kernels, precision=precision,
-                      **({} if kernels != "cupy" or device in ("auto", "cuda", "gpu")
-                         else {"device": device}))
+    kdev = get_device(
+        kernels,
+        precision=precision,
+        **({} if kernels != "cupy" or device in ("auto", "cuda", "gpu") else {"device": device}),
+    )
     if kernels == "cupy":
         import array_api_compat.cupy as xp
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -17,8 +18,10 @@ from .._base import Backend, BackendUnavailableError
 
 __all__ = ["TorchBackend", "INSTALL_HINT"]
 
-INSTALL_HINT = ("pip install torch  (CPU-only wheel: pip install torch --index-url "
-                "https://download.pytorch.org/whl/cpu), or pip install 'refdiff[torch]'")
+INSTALL_HINT = (
+    "pip install torch  (CPU-only wheel: pip install torch --index-url "
+    "https://download.pytorch.org/whl/cpu), or pip install 'refdiff[torch]'"
+)
 
 
 def _import_torch():
@@ -26,7 +29,8 @@ def _import_torch():
         return importlib.import_module("torch")
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"backend 'torch' needs PyTorch, which is not installed: {INSTALL_HINT}") from exc
+            f"backend 'torch' needs PyTorch, which is not installed: {INSTALL_HINT}"
+        ) from exc
 
 
 def _resolve_device(torch, device):
@@ -38,12 +42,14 @@ def _resolve_device(torch, device):
             raise BackendUnavailableError(
                 f"device={device!r} was requested for backend 'torch' but no CUDA GPU is available "
                 f"(torch {torch.__version__}, CUDA runtime {built}); use device='cpu' or run on a "
-                "machine with an NVIDIA GPU and a CUDA build of PyTorch")
+                "machine with an NVIDIA GPU and a CUDA build of PyTorch"
+            )
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
         if dev.index >= torch.cuda.device_count():
             raise BackendUnavailableError(
-                f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+                f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise BackendUnavailableError(f"device={device!r} was requested but MPS is not available")
     return dev
@@ -55,13 +61,25 @@ class TorchBackend(Backend):
     name = "torch"
     install_hint = INSTALL_HINT
 
-    def __init__(self, device: Any = None, *, overrides: Mapping[str, Callable] | None = None,
-                 known_failures: Mapping[str, str] | None = None, name: str | None = None):
+    def __init__(
+        self,
+        device: Any = None,
+        *,
+        overrides: Mapping[str, Callable] | None = None,
+        known_failures: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ):
         torch = _import_torch()
         import array_api_compat.torch as xp
+
         self._torch = torch
-        super().__init__(xp, name=name, device=_resolve_device(torch, device),
-                         overrides=overrides, known_failures=known_failures)
+        super().__init__(
+            xp,
+            name=name,
+            device=_resolve_device(torch, device),
+            overrides=overrides,
+            known_failures=known_failures,
+        )
 
     @property
     def float_dtypes(self) -> tuple[str, ...]:
@@ -99,13 +117,15 @@ class TorchBackend(Backend):
 
     def normal(self, rng, shape, dtype: str = "float64"):
         """torch.randn with the given generator, on the device, in ``dtype``."""
-        return self._torch.randn(tuple(shape), generator=rng, dtype=self.dtype(dtype),
-                                 device=self.device)
+        return self._torch.randn(
+            tuple(shape), generator=rng, dtype=self.dtype(dtype), device=self.device
+        )
 
     def uniform(self, rng, shape, dtype: str = "float64"):
         """torch.rand with the given generator, on the device, in ``dtype``."""
-        return self._torch.rand(tuple(shape), generator=rng, dtype=self.dtype(dtype),
-                                device=self.device)
+        return self._torch.rand(
+            tuple(shape), generator=rng, dtype=self.dtype(dtype), device=self.device
+        )
 
     def synchronize(self) -> None:
         """torch.cuda.synchronize on a CUDA device."""
@@ -161,8 +181,10 @@ def _tf32_flags(torch) -> dict[str, Any]:
     if _has_new_tf32_api(torch):
         flags = {p + ".fp32_precision": _sub(torch, p).fp32_precision for p in _NEW_API}
     else:
-        flags = {"cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-                 "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32}
+        flags = {
+            "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+        }
     flags["float32_matmul_precision"] = torch.get_float32_matmul_precision()
     return flags
 
@@ -170,9 +192,11 @@ def _tf32_flags(torch) -> dict[str, Any]:
 def _tf32_save(torch) -> dict[str, Any]:
     if _has_new_tf32_api(torch):
         return {p: _sub(torch, p).fp32_precision for p in _NEW_API}
-    return {"matmul": torch.backends.cuda.matmul.allow_tf32,
-            "cudnn": torch.backends.cudnn.allow_tf32,
-            "precision": torch.get_float32_matmul_precision()}
+    return {
+        "matmul": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn": torch.backends.cudnn.allow_tf32,
+        "precision": torch.get_float32_matmul_precision(),
+    }
 
 
 def _tf32_off(torch) -> None:

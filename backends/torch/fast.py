@@ -31,7 +31,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,9 +40,18 @@ import torch.nn.functional as F
 from refdiff._errors import RefdiffValueError, check_choice, check_int, check_real, fail
 
 __all__ = [
-    "ACTIVATIONS", "COMPILE_MODES", "register_ops", "triton_available", "triton_interpreted", "fused_group_norm_act",
-    "group_norm_act_reference", "TrainStep", "make_train_step", "make_inference_fn",
-    "prepare_model", "set_tf32",
+    "ACTIVATIONS",
+    "COMPILE_MODES",
+    "register_ops",
+    "triton_available",
+    "triton_interpreted",
+    "fused_group_norm_act",
+    "group_norm_act_reference",
+    "TrainStep",
+    "make_train_step",
+    "make_inference_fn",
+    "prepare_model",
+    "set_tf32",
 ]
 
 ACTIVATIONS = ("silu", "none")
@@ -53,12 +63,13 @@ COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotu
 # Fused GroupNorm (+ per-channel add) + activation
 # ============================================================================================
 
+
 def triton_interpreted() -> bool:
     """Whether Triton kernels run on Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_available() -> bool:
     """Whether the triton package is installed (it ships with the CUDA builds of torch)."""
     import importlib.util
@@ -80,15 +91,36 @@ def _kernels():
     except ImportError as e:  # pragma: no cover - depends on the install
         raise RefdiffValueError(
             "fused_norm='triton' needs the triton package (it ships with CUDA builds of torch; "
-            "`pip install triton`); use fused_norm='torch'") from e
+            "`pip install triton`); use fused_norm='torch'"
+        ) from e
 
     @triton.jit
-    def gn_act_fwd(X, E, W, B, Y, MEAN, RSTD,
-                   HW, G, CG,
-                   sxn, sxc, sxp, syn, syc, syp, sen, sec,
-                   eps, inv_m,
-                   HAS_ADD: tl.constexpr, ACT: tl.constexpr,
-                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    def gn_act_fwd(
+        X,
+        E,
+        W,
+        B,
+        Y,
+        MEAN,
+        RSTD,
+        HW,
+        G,
+        CG,
+        sxn,
+        sxc,
+        sxp,
+        syn,
+        syc,
+        syp,
+        sen,
+        sec,
+        eps,
+        inv_m,
+        HAS_ADD: tl.constexpr,
+        ACT: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+    ):
         # one program per (sample n, group g); the group is CG channels x HW pixels
         pid = tl.program_id(0)
         n = pid // G
@@ -138,12 +170,39 @@ def _kernels():
             tl.store(yrow[:, None] + p[None, :] * syp, z.to(Y.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def gn_act_bwd(X, E, W, B, DY, MEAN, RSTD, DX, DWP, DBP, DE,
-                   HW, G, CG, C,
-                   sxn, sxc, sxp, sdn, sdc, sdp, son, soc, sop, sen, sec,
-                   inv_m,
-                   HAS_ADD: tl.constexpr, ACT: tl.constexpr,
-                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    def gn_act_bwd(
+        X,
+        E,
+        W,
+        B,
+        DY,
+        MEAN,
+        RSTD,
+        DX,
+        DWP,
+        DBP,
+        DE,
+        HW,
+        G,
+        CG,
+        C,
+        sxn,
+        sxc,
+        sxp,
+        sdn,
+        sdc,
+        sdp,
+        son,
+        soc,
+        sop,
+        sen,
+        sec,
+        inv_m,
+        HAS_ADD: tl.constexpr,
+        ACT: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+    ):
         pid = tl.program_id(0)
         n = pid // G
         g = pid % G
@@ -161,8 +220,8 @@ def _kernels():
         orow = DX + n * son + c * soc
         dw = tl.zeros([BLOCK_C], dtype=tl.float32)
         db = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s1 = 0.0      # Σ dL/dx̂
-        s2 = 0.0      # Σ dL/dx̂ · x̂
+        s1 = 0.0  # Σ dL/dx̂
+        s2 = 0.0  # Σ dL/dx̂ · x̂
         for p0 in range(0, HW, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             mask = cmask[:, None] & (p < HW)[None, :]
@@ -174,7 +233,7 @@ def _kernels():
             if ACT == 1:
                 z = xhat * w[:, None] + b[:, None]
                 s = tl.sigmoid(z)
-                dz = dy * (s * (1.0 + z * (1.0 - s)))        # silu'(z) = σ(z)(1 + z(1 − σ(z)))
+                dz = dy * (s * (1.0 + z * (1.0 - s)))  # silu'(z) = σ(z)(1 + z(1 − σ(z)))
             else:
                 dz = dy
             dz = tl.where(mask, dz, 0.0)
@@ -203,7 +262,7 @@ def _kernels():
             else:
                 dz = dy
             gx = dz * w[:, None]
-            dx = rstd * (gx - a1 - xhat * a2)                # Wu & He 2018, GN backward
+            dx = rstd * (gx - a1 - xhat * a2)  # Wu & He 2018, GN backward
             dx = tl.where(mask, dx, 0.0)
             tl.store(orow[:, None] + p[None, :] * sop, dx.to(DX.dtype.element_ty), mask=mask)
             if HAS_ADD:
@@ -230,8 +289,11 @@ def _ncp_strides(t: torch.Tensor):
 def _mergeable(t: torch.Tensor) -> torch.Tensor:
     if _ncp_strides(t) is not None:
         return t
-    fmt = (torch.channels_last if t.is_contiguous(memory_format=torch.channels_last)
-           else torch.contiguous_format)
+    fmt = (
+        torch.channels_last
+        if t.is_contiguous(memory_format=torch.channels_last)
+        else torch.contiguous_format
+    )
     return t.contiguous(memory_format=fmt)
 
 
@@ -252,11 +314,30 @@ def _fwd_impl(x, weight, bias, add, num_groups: int, eps: float, act: int):
     rstd = torch.empty((n * g,), device=x.device, dtype=torch.float32)
     bc, bp, nw = _blocks(cg, hw)
     sx, sy = _ncp_strides(x), _ncp_strides(y)
-    e = add if add is not None else mean           # any pointer; unused when HAS_ADD is False
+    e = add if add is not None else mean  # any pointer; unused when HAS_ADD is False
     se = (add.stride(0), add.stride(1)) if add is not None else (0, 0)
-    fwd[(n * g,)](x, e, weight, bias, y, mean, rstd, hw, g, cg, *sx, *sy, *se,
-                  float(eps), 1.0 / (cg * hw), HAS_ADD=add is not None, ACT=act,
-                  BLOCK_C=bc, BLOCK_P=bp, num_warps=nw)
+    fwd[(n * g,)](
+        x,
+        e,
+        weight,
+        bias,
+        y,
+        mean,
+        rstd,
+        hw,
+        g,
+        cg,
+        *sx,
+        *sy,
+        *se,
+        float(eps),
+        1.0 / (cg * hw),
+        HAS_ADD=add is not None,
+        ACT=act,
+        BLOCK_C=bc,
+        BLOCK_P=bp,
+        num_warps=nw,
+    )
     return y, mean, rstd
 
 
@@ -274,10 +355,33 @@ def _bwd_impl(dy, x, weight, bias, add, mean, rstd, num_groups: int, act: int):
     bc, bp, nw = _blocks(cg, hw)
     e = add if add is not None else mean
     se = (add.stride(0), add.stride(1)) if add is not None else (0, 0)
-    bwd[(n * g,)](x, e, weight, bias, dy, mean, rstd, dx, dwp, dbp, de, hw, g, cg, c,
-                  *_ncp_strides(x), *_ncp_strides(dy), *_ncp_strides(dx), *se,
-                  1.0 / (cg * hw), HAS_ADD=add is not None, ACT=act,
-                  BLOCK_C=bc, BLOCK_P=bp, num_warps=nw)
+    bwd[(n * g,)](
+        x,
+        e,
+        weight,
+        bias,
+        dy,
+        mean,
+        rstd,
+        dx,
+        dwp,
+        dbp,
+        de,
+        hw,
+        g,
+        cg,
+        c,
+        *_ncp_strides(x),
+        *_ncp_strides(dy),
+        *_ncp_strides(dx),
+        *se,
+        1.0 / (cg * hw),
+        HAS_ADD=add is not None,
+        ACT=act,
+        BLOCK_C=bc,
+        BLOCK_P=bp,
+        num_warps=nw,
+    )
     dw = dwp.sum(0).to(weight.dtype)
     db = dbp.sum(0).to(bias.dtype)
     de = de.to(add.dtype) if add is not None else de
@@ -300,32 +404,47 @@ def _ops():
     if _OPS:
         return _OPS
     if torch.compiler.is_compiling():
-        raise RefdiffValueError("the fused GroupNorm op was first used inside torch.compile; call "
-                                "refdiff.backends.torch.fast.register_ops() (or "
-                                "model.set_fast_paths(fused_norm=...)) before compiling")
+        raise RefdiffValueError(
+            "the fused GroupNorm op was first used inside torch.compile; call "
+            "refdiff.backends.torch.fast.register_ops() (or "
+            "model.set_fast_paths(fused_norm=...)) before compiling"
+        )
+
     # explicit schemas: this module uses postponed annotations, which infer_schema cannot read
-    @torch.library.custom_op("refdiff::group_norm_act", mutates_args=(), schema=(
-        "(Tensor x, Tensor weight, Tensor bias, Tensor? add, int num_groups, float eps, int act)"
-        " -> (Tensor, Tensor, Tensor)"))
+    @torch.library.custom_op(
+        "refdiff::group_norm_act",
+        mutates_args=(),
+        schema=(
+            "(Tensor x, Tensor weight, Tensor bias, Tensor? add, int num_groups, float eps, int act)"
+            " -> (Tensor, Tensor, Tensor)"
+        ),
+    )
     def gn_act(x, weight, bias, add, num_groups, eps, act):
         return _fwd_impl(x, weight, bias, add, num_groups, eps, act)
 
     @gn_act.register_fake
     def _(x, weight, bias, add, num_groups, eps, act):
         n = x.shape[0]
-        return (torch.empty_like(x), x.new_empty((n * num_groups,), dtype=torch.float32),
-                x.new_empty((n * num_groups,), dtype=torch.float32))
+        return (
+            torch.empty_like(x),
+            x.new_empty((n * num_groups,), dtype=torch.float32),
+            x.new_empty((n * num_groups,), dtype=torch.float32),
+        )
 
-    @torch.library.custom_op("refdiff::group_norm_act_backward", mutates_args=(), schema=(
-        "(Tensor dy, Tensor x, Tensor weight, Tensor bias, Tensor? add, Tensor mean, Tensor rstd,"
-        " int num_groups, int act) -> (Tensor, Tensor, Tensor, Tensor)"))
+    @torch.library.custom_op(
+        "refdiff::group_norm_act_backward",
+        mutates_args=(),
+        schema=(
+            "(Tensor dy, Tensor x, Tensor weight, Tensor bias, Tensor? add, Tensor mean, Tensor rstd,"
+            " int num_groups, int act) -> (Tensor, Tensor, Tensor, Tensor)"
+        ),
+    )
     def gn_act_bwd(dy, x, weight, bias, add, mean, rstd, num_groups, act):
         return _bwd_impl(dy, x, weight, bias, add, mean, rstd, num_groups, act)
 
     @gn_act_bwd.register_fake
     def _(dy, x, weight, bias, add, mean, rstd, num_groups, act):
-        de = (torch.empty_like(add) if add is not None
-              else x.new_empty((0,), dtype=torch.float32))
+        de = torch.empty_like(add) if add is not None else x.new_empty((0,), dtype=torch.float32)
         return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias), de
 
     def setup_context(ctx, inputs, output):
@@ -344,9 +463,16 @@ def _ops():
     return _OPS
 
 
-def fused_group_norm_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                         num_groups: int, eps: float = 1e-5, *, add: torch.Tensor | None = None,
-                         act: str = "silu") -> torch.Tensor:
+def fused_group_norm_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    num_groups: int,
+    eps: float = 1e-5,
+    *,
+    add: torch.Tensor | None = None,
+    act: str = "silu",
+) -> torch.Tensor:
     """act(GN(x + add)) in one Triton kernel (Wu & He 2018, Eq. 1; SiLU of Elfwing et al. 2018).
 
     Parameters
@@ -372,24 +498,37 @@ def fused_group_norm_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     if x.ndim != 4:
         fail("x.shape", str(tuple(x.shape)), "expected a 4-D (N, C, H, W) tensor")
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        fail("x.dtype", str(x.dtype).replace("torch.", ""), "the fused GroupNorm computes in float32: expected a float32, bfloat16 "
-             "or float16 tensor (use fused_norm='torch' for float64)")
+        fail(
+            "x.dtype",
+            str(x.dtype).replace("torch.", ""),
+            "the fused GroupNorm computes in float32: expected a float32, bfloat16 "
+            "or float16 tensor (use fused_norm='torch' for float64)",
+        )
     if x.device.type != "cuda" and not triton_interpreted():
-        fail("x.device", str(x.device), "the fused GroupNorm runs on CUDA tensors (or on CPU "
-             "under Triton's interpreter, TRITON_INTERPRET=1); use fused_norm='torch'")
+        fail(
+            "x.device",
+            str(x.device),
+            "the fused GroupNorm runs on CUDA tensors (or on CPU "
+            "under Triton's interpreter, TRITON_INTERPRET=1); use fused_norm='torch'",
+        )
     c = x.shape[1]
     if c % num_groups:
         fail("num_groups", num_groups, f"must divide the {c} channels of x")
     if add is not None and tuple(add.shape) != (x.shape[0], c):
-        fail("add.shape", str(tuple(add.shape)), f"expected shape ({x.shape[0]}, {c}) (one value per sample "
-             "and channel)")
-    y, _, _ = _ops()["fwd"](x, weight, bias, add, int(num_groups), float(eps),
-                            1 if act == "silu" else 0)
+        fail(
+            "add.shape",
+            str(tuple(add.shape)),
+            f"expected shape ({x.shape[0]}, {c}) (one value per sample and channel)",
+        )
+    y, _, _ = _ops()["fwd"](
+        x, weight, bias, add, int(num_groups), float(eps), 1 if act == "silu" else 0
+    )
     return y
 
 
-def group_norm_act_reference(x, weight, bias, num_groups: int, eps: float = 1e-5, *, add=None,
-                             act: str = "silu"):
+def group_norm_act_reference(
+    x, weight, bias, num_groups: int, eps: float = 1e-5, *, add=None, act: str = "silu"
+):
     """The same function with torch ops: act(group_norm(x + add[:, :, None, None]))."""
     h = x if add is None else x + add[:, :, None, None].to(x.dtype)
     h = F.group_norm(h, num_groups, weight, bias, eps)
@@ -400,21 +539,27 @@ def group_norm_act_reference(x, weight, bias, num_groups: int, eps: float = 1e-5
 # Settings
 # ============================================================================================
 
+
 def set_tf32(enabled: bool) -> None:
     """Allow (or forbid) TF32 in float32 matmuls and cuDNN convolutions (the legacy flags, both)."""
     torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
     torch.backends.cudnn.allow_tf32 = bool(enabled)
 
 
-def prepare_model(model: torch.nn.Module, *, channels_last: bool = False,
-                  fused_norm: str | None = None) -> torch.nn.Module:
+def prepare_model(
+    model: torch.nn.Module, *, channels_last: bool = False, fused_norm: str | None = None
+) -> torch.nn.Module:
     """Put a model in channels_last and (for a refdiff TorchUNet) choose its GroupNorm path; in place."""
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if fused_norm is not None:
         if not hasattr(model, "set_fast_paths"):
-            fail("fused_norm", fused_norm, f"only a refdiff TorchUNet has fast paths, not a "
-                 f"{type(model).__name__}; pass fused_norm=None")
+            fail(
+                "fused_norm",
+                fused_norm,
+                f"only a refdiff TorchUNet has fast paths, not a "
+                f"{type(model).__name__}; pass fused_norm=None",
+            )
         model.set_fast_paths(fused_norm=fused_norm)
     return model
 
@@ -429,7 +574,7 @@ def _compile(model, compile_mode, backend):
         return model
     if backend == "inductor":
         return torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
-    return torch.compile(model, backend=backend)       # modes are inductor options
+    return torch.compile(model, backend=backend)  # modes are inductor options
 
 
 def _autocast(device: torch.device, bf16: bool):
@@ -445,6 +590,7 @@ def _default_forward(model, x, t):
 # ============================================================================================
 # Training step
 # ============================================================================================
+
 
 class TrainStep:
     """One L_simple training step (Ho et al. 2020, Algorithm 1 and Eq. 14), optionally CUDA-graphed.
@@ -471,14 +617,29 @@ class TrainStep:
         EMA copies of the trainable parameters, in ``model.parameters()`` order.
     """
 
-    def __init__(self, model: torch.nn.Module, *, forward: Callable | None = None, schedule=None,
-                 bf16: bool = False, channels_last: bool = False, compile_mode: str | None = None,
-                 compile_backend: str = "inductor", cuda_graphs: bool = False, lr: float = 2e-4,
-                 betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, optimizer: str = "adam", fused_optimizer=None,
-                 ema_decay: float = 0.9999, ema_params: Sequence[torch.Tensor] | None = None,
-                 grad_clip: float | None = None, track_grad_norm: bool = False,
-                 warmup_steps: int = 3):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        forward: Callable | None = None,
+        schedule=None,
+        bf16: bool = False,
+        channels_last: bool = False,
+        compile_mode: str | None = None,
+        compile_backend: str = "inductor",
+        cuda_graphs: bool = False,
+        lr: float = 2e-4,
+        betas: Sequence[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        optimizer: str = "adam",
+        fused_optimizer=None,
+        ema_decay: float = 0.9999,
+        ema_params: Sequence[torch.Tensor] | None = None,
+        grad_clip: float | None = None,
+        track_grad_norm: bool = False,
+        warmup_steps: int = 3,
+    ):
         import array_api_compat.torch as xp
 
         from refdiff import schedules as _schedules
@@ -494,15 +655,23 @@ class TrainStep:
         self.dtype = self.params[0].dtype
         cuda = self.device.type == "cuda"
         if cuda_graphs and not cuda:
-            fail("cuda_graphs", cuda_graphs, f"CUDA graphs need a model on a CUDA device "
-                 f"(it is on {self.device})")
+            fail(
+                "cuda_graphs",
+                cuda_graphs,
+                f"CUDA graphs need a model on a CUDA device (it is on {self.device})",
+            )
         if cuda_graphs and compile_mode == "reduce-overhead":
-            fail("compile_mode", compile_mode, "'reduce-overhead' already uses CUDA graphs; with "
-                 "cuda_graphs=True use compile_mode='default' (or None)")
+            fail(
+                "compile_mode",
+                compile_mode,
+                "'reduce-overhead' already uses CUDA graphs; with "
+                "cuda_graphs=True use compile_mode='default' (or None)",
+            )
         self.model, self.bf16, self.channels_last = model, bool(bf16), bool(channels_last)
         self.compile_mode, self.cuda_graphs = compile_mode, bool(cuda_graphs)
-        self.grad_clip = None if grad_clip is None else check_real("grad_clip", grad_clip, lo=0.0,
-                                                                   lo_open=True)
+        self.grad_clip = (
+            None if grad_clip is None else check_real("grad_clip", grad_clip, lo=0.0, lo_open=True)
+        )
         self.ema_decay = check_real("ema_decay", ema_decay, lo=0.0, hi=1.0)
         self.track_grad_norm = bool(track_grad_norm)
         #: the gradient norm of the last step (0-d device tensor; with grad_clip or track_grad_norm)
@@ -530,9 +699,13 @@ class TrainStep:
         else:
             self.ema = list(ema_params)
             if len(self.ema) != len(self.params) or any(
-                    e.shape != p.shape for e, p in zip(self.ema, self.params)):
-                fail("ema_params", f"{len(self.ema)} tensors", "expected one tensor per trainable "
-                     "parameter, with its shape")
+                e.shape != p.shape for e, p in zip(self.ema, self.params)
+            ):
+                fail(
+                    "ema_params",
+                    f"{len(self.ema)} tensors",
+                    "expected one tensor per trainable parameter, with its shape",
+                )
         self._graph = None
         self._static: dict[str, Any] = {}
         self.steps = 0
@@ -546,8 +719,9 @@ class TrainStep:
             else:
                 g["lr"] = float(lr)
 
-    def _body(self, x0: torch.Tensor, t: torch.Tensor | None,
-              weights: torch.Tensor | None = None) -> torch.Tensor:
+    def _body(
+        self, x0: torch.Tensor, t: torch.Tensor | None, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         from refdiff._xp import trusted_timesteps
         from refdiff.diffusion import q_sample
         from refdiff.losses import l_simple
@@ -567,13 +741,17 @@ class TrainStep:
         self.per_sample_loss = per_sample.detach()
         if weights is None:
             loss = torch.mean(per_sample)
-        else:                                      # per-sample weights (importance sampling of t)
+        else:  # per-sample weights (importance sampling of t)
             loss = torch.mean(per_sample * weights)
         loss.backward()
         if self.grad_clip is not None:
-            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(
+                self.params, self.grad_clip, foreach=True
+            )
         elif self.track_grad_norm:
-            self.grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params], foreach=True)
+            self.grad_norm = torch.nn.utils.get_total_norm(
+                [p.grad for p in self.params], foreach=True
+            )
         self.optimizer.step()
         with torch.no_grad():
             torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1.0 - self.ema_decay)
@@ -583,9 +761,15 @@ class TrainStep:
         with torch.no_grad():
             params = [p.detach().clone() for p in self.params]
             ema = [e.clone() for e in self.ema]
-            state = {id(p): {k: v.clone() for k, v in self.optimizer.state[p].items()
-                             if isinstance(v, torch.Tensor)}
-                     for p in self.params if p in self.optimizer.state}
+            state = {
+                id(p): {
+                    k: v.clone()
+                    for k, v in self.optimizer.state[p].items()
+                    if isinstance(v, torch.Tensor)
+                }
+                for p in self.params
+                if p in self.optimizer.state
+            }
         return params, ema, state
 
     def _restore(self, snap) -> None:
@@ -603,9 +787,11 @@ class TrainStep:
                         if old is not None and k in old:
                             v.copy_(old[k])
                         else:
-                            v.zero_()          # Adam's fresh state: step 0, zero moments
+                            v.zero_()  # Adam's fresh state: step 0, zero moments
 
-    def _capture(self, x0: torch.Tensor, t: torch.Tensor | None, weights: torch.Tensor | None) -> None:
+    def _capture(
+        self, x0: torch.Tensor, t: torch.Tensor | None, weights: torch.Tensor | None
+    ) -> None:
         st = self._static
         st["x0"] = x0.detach().clone()
         st["t"] = None if t is None else t.detach().clone()
@@ -628,16 +814,20 @@ class TrainStep:
         self._graph = graph
 
     # -------------------------------------------------------------------------------- call
-    def __call__(self, x0: torch.Tensor, t: torch.Tensor | None = None,
-                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, x0: torch.Tensor, t: torch.Tensor | None = None, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One optimizer step on the batch x0; returns the loss (a 0-d device tensor).
 
         ``t``: timesteps (int64, shape (B,)), or None to draw them uniformly on the device;
         ``weights``: per-sample loss weights (shape (B,)), or None for the plain mean.
         """
         if x0.ndim != 4 or x0.device != self.device:
-            fail("x0", f"a tensor of shape {tuple(x0.shape)} on {x0.device}",
-                 f"expected a 4-D batch on {self.device}")
+            fail(
+                "x0",
+                f"a tensor of shape {tuple(x0.shape)} on {x0.device}",
+                f"expected a 4-D batch on {self.device}",
+            )
         self.model.train()
         if not self.cuda_graphs:
             self.optimizer.zero_grad(set_to_none=True)
@@ -650,11 +840,18 @@ class TrainStep:
             st = self._static
             for name, v in (("t", t), ("weights", weights)):
                 if (v is None) != (st["t" if name == "t" else "w"] is None):
-                    fail(name, None if v is None else "a tensor", "a captured step keeps the choice "
-                         f"of its first call: pass {name} on every call or on none")
+                    fail(
+                        name,
+                        None if v is None else "a tensor",
+                        "a captured step keeps the choice "
+                        f"of its first call: pass {name} on every call or on none",
+                    )
             if tuple(x0.shape) != tuple(st["x0"].shape):
-                fail("x0.shape", str(tuple(x0.shape)), f"a captured step has the fixed batch shape "
-                     f"{tuple(st['x0'].shape)}")
+                fail(
+                    "x0.shape",
+                    str(tuple(x0.shape)),
+                    f"a captured step has the fixed batch shape {tuple(st['x0'].shape)}",
+                )
             if x0.data_ptr() != st["x0"].data_ptr():
                 st["x0"].copy_(x0)
             if t is not None:
@@ -674,9 +871,15 @@ class TrainStep:
         return self._static.get("x0")
 
 
-def make_train_step(model: torch.nn.Module, *, bf16: bool = False, channels_last: bool = False,
-                    compile_mode: str | None = None, cuda_graphs: bool = False,
-                    **options) -> TrainStep:
+def make_train_step(
+    model: torch.nn.Module,
+    *,
+    bf16: bool = False,
+    channels_last: bool = False,
+    compile_mode: str | None = None,
+    cuda_graphs: bool = False,
+    **options,
+) -> TrainStep:
     """A :class:`TrainStep` for ``model`` (a refdiff TorchUNet, or any network via ``forward=``).
 
     Parameters
@@ -701,18 +904,32 @@ def make_train_step(model: torch.nn.Module, *, bf16: bool = False, channels_last
     Scope: L_simple with an ε target (``mean_type="eps"``, fixed variances), one process. The
     other losses and parameterisations and DDP stay with ``refdiff.backends.torch.train``.
     """
-    return TrainStep(model, bf16=bf16, channels_last=channels_last, compile_mode=compile_mode,
-                     cuda_graphs=cuda_graphs, **options)
+    return TrainStep(
+        model,
+        bf16=bf16,
+        channels_last=channels_last,
+        compile_mode=compile_mode,
+        cuda_graphs=cuda_graphs,
+        **options,
+    )
 
 
 # ============================================================================================
 # Inference
 # ============================================================================================
 
-def make_inference_fn(model: torch.nn.Module, *, forward: Callable | None = None,
-                      bf16: bool = False, channels_last: bool = False,
-                      compile_mode: str | None = None, compile_backend: str = "inductor",
-                      cuda_graphs: bool = False, warmup: int = 2) -> Callable:
+
+def make_inference_fn(
+    model: torch.nn.Module,
+    *,
+    forward: Callable | None = None,
+    bf16: bool = False,
+    channels_last: bool = False,
+    compile_mode: str | None = None,
+    compile_backend: str = "inductor",
+    cuda_graphs: bool = False,
+    warmup: int = 2,
+) -> Callable:
     """``fn(x, t) -> output`` for samplers: eval mode, no grad, optional bf16/channels_last/compile/graphs.
 
     The output has x's dtype and shape. With ``cuda_graphs`` the network is captured once per
@@ -722,10 +939,18 @@ def make_inference_fn(model: torch.nn.Module, *, forward: Callable | None = None
     params = list(model.parameters())
     device = params[0].device if params else torch.device("cpu")
     if cuda_graphs and device.type != "cuda":
-        fail("cuda_graphs", cuda_graphs, f"CUDA graphs need a model on a CUDA device (it is on {device})")
+        fail(
+            "cuda_graphs",
+            cuda_graphs,
+            f"CUDA graphs need a model on a CUDA device (it is on {device})",
+        )
     if cuda_graphs and compile_mode == "reduce-overhead":
-        fail("compile_mode", compile_mode, "'reduce-overhead' already uses CUDA graphs; with "
-             "cuda_graphs=True use compile_mode='default' (or None)")
+        fail(
+            "compile_mode",
+            compile_mode,
+            "'reduce-overhead' already uses CUDA graphs; with "
+            "cuda_graphs=True use compile_mode='default' (or None)",
+        )
     model.eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -740,10 +965,12 @@ def make_inference_fn(model: torch.nn.Module, *, forward: Callable | None = None
             return fwd(net, x, t)
 
     if not cuda_graphs:
+
         def fn(x, t):
             if compile_mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
             return run(x, t).to(x.dtype).contiguous()
+
         return fn
 
     graphs: dict[tuple, tuple] = {}

@@ -55,13 +55,16 @@ def init_distributed(device_pref: str = "auto") -> tuple[int, int, int, bool]:
 def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> the local CUDA GPU if there is one, else CPU; ``cuda`` -> ``cuda:LOCAL_RANK``."""
     if pref in ("auto", None):
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        return (
+            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        )
     dev = torch.device(pref)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise RefdiffValueError(
                 f"device={pref!r} was requested but no CUDA GPU is available (torch {torch.__version__}, "
-                f"CUDA runtime {torch.version.cuda or 'none: a CPU-only build'}); use --device cpu")
+                f"CUDA runtime {torch.version.cuda or 'none: a CPU-only build'}); use --device cpu"
+            )
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
     return dev
@@ -77,8 +80,10 @@ class TorchTrainer:
         self.rank, self.world_size, local, self._joined = init_distributed(cfg.device)
         self.is_main = self.rank == 0
         if cfg.batch % self.world_size:
-            raise RefdiffValueError(f"batch={cfg.batch} must be divisible by the number of processes "
-                                    f"({self.world_size})")
+            raise RefdiffValueError(
+                f"batch={cfg.batch} must be divisible by the number of processes "
+                f"({self.world_size})"
+            )
         self.device = resolve_device(cfg.device, local)
         self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
         # dropout draws from the global generator of this process: one seed per rank
@@ -98,15 +103,23 @@ class TorchTrainer:
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.model = DDP(self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.model = DDP(
+                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         if cfg.compile:
             self.model = torch.compile(self.model)
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         kw: dict[str, Any] = {}
         if self.device.type == "cuda":
             kw["fused"] = True
-        self.optimizer = opt_cls(self.params, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
-                                 weight_decay=cfg.weight_decay, **kw)
+        self.optimizer = opt_cls(
+            self.params,
+            lr=cfg.lr,
+            betas=tuple(cfg.adam_betas),
+            eps=cfg.adam_eps,
+            weight_decay=cfg.weight_decay,
+            **kw,
+        )
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(cfg.seed * 1_000_003 + 104729)
         self.sched = schedule.to(xp, device=self.device, dtype=self.dtype)
@@ -116,7 +129,7 @@ class TorchTrainer:
         self._lr = cfg.lr
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-            if cfg.tf32 is not None:       # None: leave the process's TF32 flags as they are
+            if cfg.tf32 is not None:  # None: leave the process's TF32 flags as they are
                 torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)
                 torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
 
@@ -150,7 +163,9 @@ class TorchTrainer:
         return fn
 
     # ------------------------------------------------------------------ the step
-    def step(self, x0: np.ndarray, y: np.ndarray | None, t: np.ndarray, weights: np.ndarray, step: int) -> None:
+    def step(
+        self, x0: np.ndarray, y: np.ndarray | None, t: np.ndarray, weights: np.ndarray, step: int
+    ) -> None:
         """One optimizer step on this rank's slice of the global batch (asynchronous on CUDA)."""
         from refdiff.losses import training_losses
         from refdiff.unet.optim import warmup_lr
@@ -159,7 +174,9 @@ class TorchTrainer:
         B = x0.shape[0]
         per = B // self.world_size
         sl = slice(self.rank * per, (self.rank + 1) * per)
-        noise = torch.randn(tuple(x0.shape), generator=self.gen, device=self.device, dtype=self.dtype)[sl]
+        noise = torch.randn(
+            tuple(x0.shape), generator=self.gen, device=self.device, dtype=self.dtype
+        )[sl]
         x0_d = self._to_device(x0[sl], self.dtype)
         t_d = self._to_device(t[sl].astype(np.int64))
         w_d = self._to_device(weights[sl], self.dtype)
@@ -171,9 +188,18 @@ class TorchTrainer:
         self.model.train()
         net = self._net(self.model)
         with self._autocast():
-            terms = training_losses(self.sched, lambda x, tt: net(x, tt, y_d), x0_d, t_d, noise=noise,
-                                    loss_type=cfg.loss_type, mean_type=cfg.mean_type, var_type=cfg.var_type,
-                                    lambda_vlb=cfg.lambda_vlb, stop_gradient=torch.Tensor.detach)
+            terms = training_losses(
+                self.sched,
+                lambda x, tt: net(x, tt, y_d),
+                x0_d,
+                t_d,
+                noise=noise,
+                loss_type=cfg.loss_type,
+                mean_type=cfg.mean_type,
+                var_type=cfg.var_type,
+                lambda_vlb=cfg.lambda_vlb,
+                stop_gradient=torch.Tensor.detach,
+            )
         per_sample = terms["loss"]
         loss = torch.mean(per_sample * w_d)
         self.optimizer.zero_grad(set_to_none=True)
@@ -181,7 +207,9 @@ class TorchTrainer:
         if cfg.grad_clip is not None:
             gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         else:
-            gnorm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+            gnorm = torch.nn.utils.get_total_norm(
+                [p.grad for p in self.params if p.grad is not None]
+            )
         self.optimizer.step()
         with torch.no_grad():
             d = ema_decay(step, cfg.ema, warmup=getattr(cfg, "ema_warmup", False))
@@ -192,13 +220,19 @@ class TorchTrainer:
             self._loss_sum += ld
             for k, v in terms.items():
                 if k != "loss":
-                    self._parts[k] = self._parts.get(k, 0.0) + torch.mean(v.detach()).to(torch.float64)
+                    self._parts[k] = self._parts.get(k, 0.0) + torch.mean(v.detach()).to(
+                        torch.float64
+                    )
             self._count += 1
             self._grad_norm = gd
             lbad, gbad = ~torch.isfinite(ld), ~torch.isfinite(gd)
             first = (self._bad_step < 0) & (lbad | gbad)
-            self._bad_step = torch.where(first, torch.full_like(self._bad_step, step), self._bad_step)
-            self._bad_what = torch.where(first, torch.where(lbad, 1, 2).to(torch.int64), self._bad_what)
+            self._bad_step = torch.where(
+                first, torch.full_like(self._bad_step, step), self._bad_step
+            )
+            self._bad_what = torch.where(
+                first, torch.where(lbad, 1, 2).to(torch.int64), self._bad_what
+            )
             self._bad_value = torch.where(first, torch.where(lbad, ld, gd), self._bad_value)
         self._last_losses = per_sample.detach()
 
@@ -217,12 +251,28 @@ class TorchTrainer:
         """Synchronise: mean loss since the last call (over steps and ranks), grad norm, lr, divergence."""
         n = max(self._count, 1)
         keys = sorted(self._parts)
-        vals = torch.stack([self._loss_sum] + [torch.as_tensor(self._parts[k], dtype=torch.float64,
-                                                               device=self.device) for k in keys]) / n
+        vals = (
+            torch.stack(
+                [self._loss_sum]
+                + [
+                    torch.as_tensor(self._parts[k], dtype=torch.float64, device=self.device)
+                    for k in keys
+                ]
+            )
+            / n
+        )
         # (first bad step or +inf, what, value) of this rank; the earliest over ranks is reported
-        bad = torch.stack([torch.where(self._bad_step < 0, torch.full_like(self._bad_value, math.inf),
-                                       self._bad_step.to(torch.float64)),
-                           self._bad_what.to(torch.float64), self._bad_value])
+        bad = torch.stack(
+            [
+                torch.where(
+                    self._bad_step < 0,
+                    torch.full_like(self._bad_value, math.inf),
+                    self._bad_step.to(torch.float64),
+                ),
+                self._bad_what.to(torch.float64),
+                self._bad_value,
+            ]
+        )
         if self.world_size > 1:
             import torch.distributed as dist
 
@@ -261,8 +311,13 @@ class TorchTrainer:
             import torch.distributed as dist
 
             states = [None] * self.world_size
-            dist.all_gather_object(states, (cpu_state.numpy().copy(),
-                                            None if cuda_state is None else cuda_state.numpy().copy()))
+            dist.all_gather_object(
+                states,
+                (
+                    cpu_state.numpy().copy(),
+                    None if cuda_state is None else cuda_state.numpy().copy(),
+                ),
+            )
             for r, (c, g) in enumerate(states):
                 rng[f"torch_cpu/{r}"] = c
                 if g is not None:
@@ -271,11 +326,20 @@ class TorchTrainer:
             rng["torch_cpu/0"] = cpu_state.numpy().copy()
             if cuda_state is not None:
                 rng["torch_cuda/0"] = cuda_state.cpu().numpy().copy()
-        groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
-                  for g in self.optimizer.param_groups]
-        state = {"backend": "torch", "torch_version": torch.__version__, "world_size": self.world_size,
-                 "optimizer": {"class": type(self.optimizer).__name__, "param_groups": groups,
-                               "names": self.names}}
+        groups = [
+            {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
+            for g in self.optimizer.param_groups
+        ]
+        state = {
+            "backend": "torch",
+            "torch_version": torch.__version__,
+            "world_size": self.world_size,
+            "optimizer": {
+                "class": type(self.optimizer).__name__,
+                "param_groups": groups,
+                "names": self.names,
+            },
+        }
         return {"params": params, "ema": ema, "optimizer": optim, "rng": rng, "state": state}
 
     def load_state(self, ck) -> None:
@@ -285,14 +349,19 @@ class TorchTrainer:
         sd = self.optimizer.state_dict()
         state: dict[int, dict[str, torch.Tensor]] = {}
         for i, name in enumerate(self.names):
-            slots = {k.split("/", 1)[0]: torch.from_numpy(np.array(v)) for k, v in ck.optimizer.items()
-                     if k.split("/", 1)[1] == name}
+            slots = {
+                k.split("/", 1)[0]: torch.from_numpy(np.array(v))
+                for k, v in ck.optimizer.items()
+                if k.split("/", 1)[1] == name
+            }
             if slots:
                 state[i] = slots
         if state:
             if len(state) != len(self.names):
-                raise RefdiffValueError(f"checkpoint={str(ck.path)!r} holds optimizer state for "
-                                        f"{len(state)} of {len(self.names)} parameters")
+                raise RefdiffValueError(
+                    f"checkpoint={str(ck.path)!r} holds optimizer state for "
+                    f"{len(state)} of {len(self.names)} parameters"
+                )
             sd["state"] = state
             self.optimizer.load_state_dict(sd)
         if "noise" in ck.rng:
@@ -302,7 +371,9 @@ class TorchTrainer:
             torch.set_rng_state(torch.from_numpy(np.array(ck.rng[key], dtype=np.uint8)))
         key = f"torch_cuda/{self.rank}"
         if key in ck.rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(torch.from_numpy(np.array(ck.rng[key], dtype=np.uint8)), self.device)
+            torch.cuda.set_rng_state(
+                torch.from_numpy(np.array(ck.rng[key], dtype=np.uint8)), self.device
+            )
 
     # ------------------------------------------------------------------ inference
     def model_fn(self, ema: bool = True):
@@ -323,11 +394,22 @@ class TorchTrainer:
 
     def describe(self) -> dict[str, Any]:
         """Device, dtype, world size and torch version (for logs)."""
-        d = {"backend": "torch", "torch": torch.__version__, "device": str(self.device),
-             "dtype": str(self.dtype).replace("torch.", ""), "world_size": self.world_size,
-             "bf16": self.cfg.bf16, "channels_last": self.cfg.channels_last, "compile": self.cfg.compile,
-             "tf32": (bool(torch.backends.cuda.matmul.allow_tf32), bool(torch.backends.cudnn.allow_tf32))
-             if self.device.type == "cuda" else None}
+        d = {
+            "backend": "torch",
+            "torch": torch.__version__,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "world_size": self.world_size,
+            "bf16": self.cfg.bf16,
+            "channels_last": self.cfg.channels_last,
+            "compile": self.cfg.compile,
+            "tf32": (
+                bool(torch.backends.cuda.matmul.allow_tf32),
+                bool(torch.backends.cudnn.allow_tf32),
+            )
+            if self.device.type == "cuda"
+            else None,
+        }
         if self.device.type == "cuda":
             d["gpu"] = torch.cuda.get_device_name(self.device)
         return d
@@ -356,16 +438,21 @@ def load_model(params: dict, unet_cfg, *, device: str = "auto", dtype: str = "fl
     return m, dev, dt
 
 
-def inference_fn(params: dict, unet_cfg, *, device: str = "auto", dtype: str = "float32", bf16: bool = False):
+def inference_fn(
+    params: dict, unet_cfg, *, device: str = "auto", dtype: str = "float32", bf16: bool = False
+):
     """``(fn, xp, device, dtype)`` for a parameter dict, like :meth:`TorchTrainer.model_fn`."""
     import array_api_compat.torch as xp
 
     m, dev, dt = load_model(params, unet_cfg, device=device, dtype=dtype)
-    ctx = (lambda: torch.autocast(device_type=dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    ctx = (
+        (lambda: torch.autocast(device_type=dev.type, dtype=torch.bfloat16))
+        if bf16
+        else contextlib.nullcontext
+    )
 
     def fn(x, t, y=None):
         with torch.no_grad(), ctx():
             return m(x, t, y).to(dt)
 
     return fn, xp, dev, dt
-

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -36,8 +37,15 @@ from refdiff.unet.model import dropout_masks as _dropout_masks
 from refdiff.unet.model import unet_forward, unet_backward
 from refdiff.unet.params import Block, init_params, layout, param_shapes, random_params
 
-__all__ = ["TorchUNet", "from_config", "compare_with_reference", "timestep_embedding",
-           "resolve_dtype", "fast_paths", "FUSED_NORM_MODES"]
+__all__ = [
+    "TorchUNet",
+    "from_config",
+    "compare_with_reference",
+    "timestep_embedding",
+    "resolve_dtype",
+    "fast_paths",
+    "FUSED_NORM_MODES",
+]
 
 _GN_EPS = _ref_layers.GN_EPS
 
@@ -91,8 +99,9 @@ def group_norm_act(x, norm: nn.GroupNorm, *, act: str = "silu", add=None, fused:
     if fused:
         from .fast import fused_group_norm_act
 
-        return fused_group_norm_act(x, norm.weight, norm.bias, norm.num_groups, norm.eps,
-                                    add=add, act=act)
+        return fused_group_norm_act(
+            x, norm.weight, norm.bias, norm.num_groups, norm.eps, add=add, act=act
+        )
     h = norm(x if add is None else x + add[:, :, None, None].to(x.dtype))
     return F.silu(h) if act == "silu" else h
 
@@ -101,8 +110,12 @@ def resolve_dtype(dtype) -> torch.dtype:
     """A torch dtype from a torch dtype or a name ("float32", "float64", "bfloat16", "float16")."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-             "float16": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "float64": torch.float64,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+    }
     if str(dtype) not in names:
         fail("dtype", dtype, f"expected a torch floating dtype or one of {sorted(names)}")
     return names[str(dtype)]
@@ -150,7 +163,7 @@ class ResBlock(nn.Module):
         e = self.temb(emb_act)
         if self.scale_shift:
             e = e[:, :, None, None].to(h.dtype)
-            scale, shift = e[:, :self.cout], e[:, self.cout:]
+            scale, shift = e[:, : self.cout], e[:, self.cout :]
             h = F.silu(self.norm2(h) * (1 + scale) + shift)
         else:
             h = group_norm_act(h, self.norm2, add=e, fused=fused)
@@ -178,10 +191,10 @@ class AttnBlock(nn.Module):
         bsz, c, hh, ww = x.shape
         n, nh = hh * ww, self.heads
         h = group_norm_act(x, self.norm, act="none", fused=fused)
-        h = h.reshape(bsz, c, n).transpose(1, 2)                             # (B, N, C)
+        h = h.reshape(bsz, c, n).transpose(1, 2)  # (B, N, C)
         q, k, v = self.qkv(h).split(c, dim=-1)
         q, k, v = (z.reshape(bsz, n, nh, c // nh).transpose(1, 2) for z in (q, k, v))
-        a = F.scaled_dot_product_attention(q, k, v)                          # (B, nh, N, d)
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, nh, N, d)
         a = a.transpose(1, 2).reshape(bsz, n, c)
         return x + self.proj(a).transpose(1, 2).reshape(bsz, c, hh, ww)
 
@@ -194,8 +207,9 @@ class Resample(nn.Module):
         self.kind = b.kind
         self.op = None
         if b.conv:
-            self.op = nn.Conv2d(b.cin, b.cout, 3, stride=2 if b.kind == "downsample" else 1,
-                                padding=1)
+            self.op = nn.Conv2d(
+                b.cin, b.cout, 3, stride=2 if b.kind == "downsample" else 1, padding=1
+            )
 
     def forward(self, x):
         if self.kind == "downsample":
@@ -237,8 +251,9 @@ class TorchUNet(nn.Module):
         self.config = cfg = config
         mc, e = cfg.model_channels, cfg.time_embed_dim
         self.time_embed = nn.ModuleList([nn.Linear(mc, e), nn.Linear(e, e)])
-        self.label_embed = (nn.Embedding(cfg.num_classes + 1, e)
-                            if cfg.num_classes is not None else None)
+        self.label_embed = (
+            nn.Embedding(cfg.num_classes + 1, e) if cfg.num_classes is not None else None
+        )
         self.conv_in = nn.Conv2d(cfg.in_channels, mc, 3, padding=1)
         self._plan: list[tuple[Block, nn.Module]] = []
         for b in layout(cfg):
@@ -250,14 +265,14 @@ class TorchUNet(nn.Module):
                 path = b.name.split(".")
             else:
                 m = Resample(b)
-                path = b.name.split(".")[:-1]          # ".op" is the conv inside Resample
+                path = b.name.split(".")[:-1]  # ".op" is the conv inside Resample
             _insert(self, path, m)
             self._plan.append((b, m))
         self.norm_out = nn.GroupNorm(cfg.num_groups, mc, eps=_GN_EPS)
         self.conv_out = nn.Conv2d(mc, cfg.output_channels, 3, padding=1)
         self.fused_norm: str | None = None
 
-    def set_fast_paths(self, *, fused_norm: str | None = None) -> "TorchUNet":
+    def set_fast_paths(self, *, fused_norm: str | None = None) -> TorchUNet:
         """Choose this model's GroupNorm path: "torch", "triton", "auto", or None (the process default)."""
         if fused_norm is not None and fused_norm not in FUSED_NORM_MODES:
             fail("fused_norm", fused_norm, f"expected one of {FUSED_NORM_MODES} or None")
@@ -268,26 +283,38 @@ class TorchUNet(nn.Module):
     def forward(self, x, t, y=None, *, dropout_masks: Mapping[str, Any] | None = None):
         cfg = self.config
         if x.ndim != 4 or tuple(x.shape[1:]) != (cfg.in_channels, cfg.image_size, cfg.image_size):
-            shape_fail("x", x.shape, f"expected shape (batch, {cfg.in_channels}, "
-                 f"{cfg.image_size}, {cfg.image_size})", RefdiffShapeError)
+            shape_fail(
+                "x",
+                x.shape,
+                f"expected shape (batch, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size})",
+                RefdiffShapeError,
+            )
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         dtype = self.conv_in.weight.dtype
-        emb = self.time_embed[1](F.silu(self.time_embed[0](
-            timestep_embedding(t, cfg.model_channels).to(dtype))))
+        emb = self.time_embed[1](
+            F.silu(self.time_embed[0](timestep_embedding(t, cfg.model_channels).to(dtype)))
+        )
         if self.label_embed is not None:
             if y is None:
-                fail("y", None, f"class labels are required (num_classes={cfg.num_classes}); "
-                     f"pass y={cfg.num_classes} (the null label) for unconditional outputs")
+                fail(
+                    "y",
+                    None,
+                    f"class labels are required (num_classes={cfg.num_classes}); "
+                    f"pass y={cfg.num_classes} (the null label) for unconditional outputs",
+                )
             emb = emb + self.label_embed(torch.as_tensor(y, device=x.device))
         elif y is not None:
-            raise RefdiffValueError("y was given but this config is unconditional "
-                                    "(num_classes=None); pass y=None")
+            raise RefdiffValueError(
+                "y was given but this config is unconditional (num_classes=None); pass y=None"
+            )
         emb_act = F.silu(emb)
         fused = _use_fused(self.fused_norm or _FAST_DEFAULTS["fused_norm"], x)
-        if self.conv_in.weight.is_contiguous(memory_format=torch.channels_last) and \
-                not self.conv_in.weight.is_contiguous():
+        if (
+            self.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+            and not self.conv_in.weight.is_contiguous()
+        ):
             x = x.contiguous(memory_format=torch.channels_last)
         h = self.conv_in(x)
         kept = [h]
@@ -308,21 +335,23 @@ class TorchUNet(nn.Module):
         return self.conv_out(group_norm_act(h, self.norm_out, fused=fused))
 
     # ------------------------------------------------------------------ the shared dict
-    def load_params(self, params: Mapping[str, Any]) -> "TorchUNet":
+    def load_params(self, params: Mapping[str, Any]) -> TorchUNet:
         """Copy a refdiff parameter dict (NumPy arrays or tensors) into the module, checking names and shapes."""
         shapes = param_shapes(self.config)
         missing = [k for k in shapes if k not in params]
         extra = [k for k in params if k not in shapes]
         if missing or extra:
-            raise RefdiffValueError(f"params do not match the config: missing {missing[:5]}, "
-                                    f"unexpected {extra[:5]}")
+            raise RefdiffValueError(
+                f"params do not match the config: missing {missing[:5]}, unexpected {extra[:5]}"
+            )
         own = dict(self.named_parameters())
         with torch.no_grad():
             for k, s in shapes.items():
                 v = params[k]
                 if tuple(v.shape) != s:
-                    raise RefdiffShapeError(f"params[{k!r}] has shape {tuple(v.shape)}; the config "
-                                            f"needs {s}")
+                    raise RefdiffShapeError(
+                        f"params[{k!r}] has shape {tuple(v.shape)}; the config needs {s}"
+                    )
                 src = torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v)
                 own[k].copy_(src.to(device=own[k].device, dtype=own[k].dtype))
         return self
@@ -333,8 +362,7 @@ class TorchUNet(nn.Module):
         return {k: own[k].detach().to("cpu").numpy().copy() for k in param_shapes(self.config)}
 
 
-def from_config(config: UNetConfig, seed: int = 0, dtype=torch.float32,
-                device="cpu") -> TorchUNet:
+def from_config(config: UNetConfig, seed: int = 0, dtype=torch.float32, device="cpu") -> TorchUNet:
     """A :class:`TorchUNet` on ``device``/``dtype`` holding :func:`refdiff.unet.init_params` (config, seed)."""
     model = TorchUNet(config).to(device=device, dtype=resolve_dtype(dtype))
     return model.load_params(init_params(config, seed))
@@ -356,8 +384,9 @@ def _rel(a: np.ndarray, ref: np.ndarray) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def compare_with_reference(config: UNetConfig, dtype=torch.float64, device="cpu",
-                           seed: int = 0, *, batch: int = 2) -> dict[str, Any]:
+def compare_with_reference(
+    config: UNetConfig, dtype=torch.float64, device="cpu", seed: int = 0, *, batch: int = 2
+) -> dict[str, Any]:
     """Run the torch module and the float64 NumPy reference on the same weights and inputs and compare.
 
     Weights are :func:`refdiff.unet.random_params` (no zero-initialised layers, so every gradient
@@ -373,11 +402,16 @@ def compare_with_reference(config: UNetConfig, dtype=torch.float64, device="cpu"
         ``dtype``/``device`` strings.
     """
     dt = resolve_dtype(dtype)
-    np_dt = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16}.get(dt)
+    np_dt = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16}.get(
+        dt
+    )
     rng = np.random.default_rng(seed + 1)
     cfg = config
-    q = (lambda a: a.astype(np_dt).astype(np.float64)) if np_dt is not None else (
-        lambda a: torch.as_tensor(a).to(dt).double().numpy())
+    q = (
+        (lambda a: a.astype(np_dt).astype(np.float64))
+        if np_dt is not None
+        else (lambda a: torch.as_tensor(a).to(dt).double().numpy())
+    )
     params = {k: q(v) for k, v in random_params(cfg, seed).items()}
     shape = (batch, cfg.in_channels, cfg.image_size, cfg.image_size)
     x = q(rng.standard_normal(shape))
@@ -400,15 +434,25 @@ def compare_with_reference(config: UNetConfig, dtype=torch.float64, device="cpu"
         model = TorchUNet(cfg).to(device=device, dtype=dt).load_params(params)
         model.train()
         tt = lambda a: torch.as_tensor(a, device=device, dtype=dt)  # noqa: E731
-        out = model(tt(x), torch.as_tensor(t, device=device),
-                    None if y is None else torch.as_tensor(y, device=device),
-                    dropout_masks={k: tt(v) for k, v in masks.items()})
+        out = model(
+            tt(x),
+            torch.as_tensor(t, device=device),
+            None if y is None else torch.as_tensor(y, device=device),
+            dropout_masks={k: tt(v) for k, v in masks.items()},
+        )
         loss = torch.mean((out[:, :eps_ch] - tt(eps)) ** 2)
         loss.backward()
     out_t = out.detach().double().cpu().numpy()
-    errs = {k: _rel(p.grad.detach().double().cpu().numpy(), grads_ref[k])
-            for k, p in model.named_parameters()}
+    errs = {
+        k: _rel(p.grad.detach().double().cpu().numpy(), grads_ref[k])
+        for k, p in model.named_parameters()
+    }
     worst = max(errs, key=errs.get)
-    return {"max_rel_err_out": _rel(out_t, out_ref), "max_rel_err_grad": errs[worst],
-            "rel_err_loss": abs(float(loss.detach()) - loss_ref) / abs(loss_ref), "worst_param": worst,
-            "dtype": str(dt).replace("torch.", ""), "device": str(device)}
+    return {
+        "max_rel_err_out": _rel(out_t, out_ref),
+        "max_rel_err_grad": errs[worst],
+        "rel_err_loss": abs(float(loss.detach()) - loss_ref) / abs(loss_ref),
+        "worst_param": worst,
+        "dtype": str(dt).replace("torch.", ""),
+        "device": str(device),
+    }

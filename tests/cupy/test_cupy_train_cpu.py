@@ -17,9 +17,16 @@ from refdiff._errors import RefdiffValueError
 from refdiff.backends.cupy import train as CT
 from refdiff.diffusion import q_sample
 from refdiff.train.driver import TrainConfig, build_schedule
-from refdiff.unet import (adamw_step, clip_grad_norm, dropout_shapes, ema_update, get_preset,
-                          init_params, loss_and_grad, unet_apply)
-
+from refdiff.unet import (
+    adamw_step,
+    clip_grad_norm,
+    dropout_shapes,
+    ema_update,
+    get_preset,
+    init_params,
+    loss_and_grad,
+    unet_apply,
+)
 
 
 UCFG = get_preset("tiny")
@@ -27,8 +34,18 @@ SCHED = build_schedule("linear", 1000)
 
 
 def _cfg(**kw):
-    base = dict(backend="cupy", preset="tiny", batch=2, device="cpu", dtype="float64", lr=1e-3,
-                grad_clip=1.0, ema=0.99, ema_warmup=False, seed=3)
+    base = dict(
+        backend="cupy",
+        preset="tiny",
+        batch=2,
+        device="cpu",
+        dtype="float64",
+        lr=1e-3,
+        grad_clip=1.0,
+        ema=0.99,
+        ema_warmup=False,
+        seed=3,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -48,13 +65,14 @@ def _reference_draws(cfg, step, shape):
     noise = np.random.default_rng(CT.stream_seed(cfg.seed, step, 0)).standard_normal(shape)
     shapes = dropout_shapes(UCFG, shape[0])
     u = np.random.default_rng(CT.stream_seed(cfg.seed, step, 1)).random(
-        sum(int(np.prod(s)) for s in shapes.values()))
+        sum(int(np.prod(s)) for s in shapes.values())
+    )
     keep = 1.0 - UCFG.dropout
     flat = (u < keep) * (1.0 / keep)
     masks, off = {}, 0
     for k, s in shapes.items():
         n = int(np.prod(s))
-        masks[k] = flat[off:off + n].reshape(s)
+        masks[k] = flat[off : off + n].reshape(s)
         off += n
     return noise, masks
 
@@ -62,7 +80,7 @@ def _reference_draws(cfg, step, shape):
 def test_stream_seeds_are_distinct_and_reproducible():
     seeds = {CT.stream_seed(s, st, p) for s in range(3) for st in range(1, 50) for p in (0, 1)}
     assert len(seeds) == 3 * 49 * 2
-    assert CT.stream_seed(1, 2, 0) == CT.stream_seed(1, 2, 0) < 2 ** 63
+    assert CT.stream_seed(1, 2, 0) == CT.stream_seed(1, 2, 0) < 2**63
 
 
 def test_one_adamw_step_equals_the_reference_composition():
@@ -70,17 +88,25 @@ def test_one_adamw_step_equals_the_reference_composition():
     tr = CT.make_trainer(cfg, UCFG, SCHED)
     p0 = init_params(UCFG, cfg.seed)
     for k in p0:
-        np.testing.assert_array_equal(tr.params[k], p0[k])          # the torch backend's init too
+        np.testing.assert_array_equal(tr.params[k], p0[k])  # the torch backend's init too
     x0, t = _batch()
     tr.step(x0, None, t, np.ones(2), 1)
     # reference: the same draws through the generic model and refdiff.unet.optim
     noise, masks = _reference_draws(cfg, 1, x0.shape)
     x_t = q_sample(SCHED, x0, t, noise=noise)
-    loss, grads = loss_and_grad(p0, UCFG, x_t, np.asarray(SCHED.timestep_map)[t], noise,
-                                dropout_masks=masks, train=True)
+    loss, grads = loss_and_grad(
+        p0, UCFG, x_t, np.asarray(SCHED.timestep_map)[t], noise, dropout_masks=masks, train=True
+    )
     grads, total = clip_grad_norm(grads, cfg.grad_clip)
-    p1, st = adamw_step(p0, grads, None, lr=cfg.lr * 1 / 4, betas=cfg.adam_betas,
-                        eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+    p1, st = adamw_step(
+        p0,
+        grads,
+        None,
+        lr=cfg.lr * 1 / 4,
+        betas=cfg.adam_betas,
+        eps=cfg.adam_eps,
+        weight_decay=cfg.weight_decay,
+    )
     ema = ema_update(p0, p1, cfg.ema)
     stats = tr.collect()
     assert abs(stats["loss"] - float(loss)) <= 1e-12 * float(loss)
@@ -108,12 +134,21 @@ def test_importance_weights_weight_each_sample():
     acc = None
     for b in range(2):
         sl = slice(b, b + 1)
-        lb, gb = loss_and_grad(tr.params, UCFG, x_t[sl], np.asarray(SCHED.timestep_map)[t[sl]],
-                               noise[sl], dropout_masks={k: v[sl] for k, v in masks.items()},
-                               train=True)
+        lb, gb = loss_and_grad(
+            tr.params,
+            UCFG,
+            x_t[sl],
+            np.asarray(SCHED.timestep_map)[t[sl]],
+            noise[sl],
+            dropout_masks={k: v[sl] for k, v in masks.items()},
+            train=True,
+        )
         assert abs(float(per[b]) - float(lb)) <= 1e-12 * float(lb)
-        acc = {k: w[b] / 2 * v for k, v in gb.items()} if acc is None else \
-            {k: acc[k] + w[b] / 2 * v for k, v in gb.items()}
+        acc = (
+            {k: w[b] / 2 * v for k, v in gb.items()}
+            if acc is None
+            else {k: acc[k] + w[b] / 2 * v for k, v in gb.items()}
+        )
     assert abs(float(loss) - float(np.mean(w * per))) < 1e-14
     for k in acc:
         assert _rel(grads[k], acc[k]) < 1e-10, k
@@ -129,7 +164,7 @@ def test_updates_decrease_the_loss_on_the_same_batch():
     losses = []
     for _ in range(4):
         losses.append(float(tr.loss_and_grads(x0, None, t, w, 7)[0]))
-        tr.step(x0, None, t, w, 7)                 # the same step number: the same noise and masks
+        tr.step(x0, None, t, w, 7)  # the same step number: the same noise and masks
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     assert tr.collect()["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
 
@@ -143,9 +178,16 @@ def test_checkpoint_samples_on_numpy_and_torch(tmp_path):
         x0, t = _batch(s)
         tr.step(x0, None, t, np.ones(2), s)
     state = tr.export_state()
-    path = save_checkpoint(tmp_path / "ck.safetensors", params=state["params"], ema=state["ema"],
-                           optimizer=state["optimizer"], rng=state["rng"], step=2,
-                           config={"unet": UCFG.to_dict()}, state=state["state"])
+    path = save_checkpoint(
+        tmp_path / "ck.safetensors",
+        params=state["params"],
+        ema=state["ema"],
+        optimizer=state["optimizer"],
+        rng=state["rng"],
+        step=2,
+        config={"unet": UCFG.to_dict()},
+        state=state["state"],
+    )
     ck = load_checkpoint(path)
     rng = np.random.default_rng(9)
     x = rng.standard_normal((2, 3, 8, 8))
@@ -177,9 +219,16 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     for s, (x0, t, w) in enumerate(batches[:2], 1):
         b.step(x0.astype(np.float32), None, t, w.astype(np.float32), s)
     st = b.export_state()
-    path = save_checkpoint(tmp_path / "b.safetensors", params=st["params"], ema=st["ema"],
-                           optimizer=st["optimizer"], rng=st["rng"], step=2,
-                           config={"unet": UCFG.to_dict()}, state=st["state"])
+    path = save_checkpoint(
+        tmp_path / "b.safetensors",
+        params=st["params"],
+        ema=st["ema"],
+        optimizer=st["optimizer"],
+        rng=st["rng"],
+        step=2,
+        config={"unet": UCFG.to_dict()},
+        state=st["state"],
+    )
     c = CT.make_trainer(cfg, UCFG, SCHED, precision="fp32")
     c.load_state(load_checkpoint(path))
     assert c.adam_step == 2
@@ -215,8 +264,18 @@ def test_driver_trains_samples_checkpoints_and_resumes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(D, "resolve_backend", lambda name: CT)
     monkeypatch.setenv("REFDIFF_CUPY_PRECISION", "fp32")
-    base = dict(backend="cupy", preset="tiny", batch=2, T=20, dtype="float32", device="cpu",
-                log_every=1, n_samples=2, sample_steps=2, ema=0.9)
+    base = dict(
+        backend="cupy",
+        preset="tiny",
+        batch=2,
+        T=20,
+        dtype="float32",
+        device="cpu",
+        log_every=1,
+        n_samples=2,
+        sample_steps=2,
+        ema=0.9,
+    )
     D.train(TrainConfig(steps=3, **base), tmp_path / "a", progress=False)
     D.train(TrainConfig(steps=2, **base), tmp_path / "b", progress=False)
     D.train(TrainConfig(steps=3, **base), tmp_path / "b", resume=True, progress=False)

@@ -18,22 +18,29 @@ from refdiff._errors import RefdiffShapeError, RefdiffValueError
 from refdiff.backends.cupy import unet as CU
 from refdiff.backends._base import quantise
 from refdiff.backends.cupy._kernel_ref import NumpyDevice, cublas_gemm, round_operand
-from refdiff.unet import (adam_step, adamw_step, clip_grad_norm, dropout_masks, ema_update,
-                          get_preset, loss_and_grad, random_params)
+from refdiff.unet import (
+    adam_step,
+    adamw_step,
+    clip_grad_norm,
+    dropout_masks,
+    ema_update,
+    get_preset,
+    loss_and_grad,
+    random_params,
+)
 from refdiff.unet import layers as L
-
 
 
 # (batch, cin, cout, h, w, k, stride, padding): every layer kind of the UNet and odd corners
 GEOMETRIES = [
-    (2, 3, 5, 8, 8, 3, 1, 1),      # conv 3x3 "same"
-    (2, 4, 6, 8, 8, 3, 2, 1),      # strided downsample conv
-    (2, 4, 6, 7, 9, 3, 2, 1),      # odd sizes with stride 2 (bottom/right remainders)
-    (2, 4, 6, 8, 8, 1, 1, 0),      # 1x1 skip conv
-    (1, 3, 2, 6, 5, 3, 1, 0),      # "valid" padding (no reuse of the packed gradient)
-    (2, 3, 4, 9, 7, 3, 2, 2),      # padding 2 with stride 2
-    (1, 2, 3, 5, 5, 3, 3, 1),      # stride 3: nine phase planes
-    (1, 2, 2, 6, 6, 5, 1, 2),      # 5x5 kernel
+    (2, 3, 5, 8, 8, 3, 1, 1),  # conv 3x3 "same"
+    (2, 4, 6, 8, 8, 3, 2, 1),  # strided downsample conv
+    (2, 4, 6, 7, 9, 3, 2, 1),  # odd sizes with stride 2 (bottom/right remainders)
+    (2, 4, 6, 8, 8, 1, 1, 0),  # 1x1 skip conv
+    (1, 3, 2, 6, 5, 3, 1, 0),  # "valid" padding (no reuse of the packed gradient)
+    (2, 3, 4, 9, 7, 3, 2, 2),  # padding 2 with stride 2
+    (1, 2, 3, 5, 5, 3, 3, 1),  # stride 3: nine phase planes
+    (1, 2, 2, 6, 6, 5, 1, 2),  # 5x5 kernel
 ]
 
 
@@ -70,7 +77,9 @@ def test_geometry_errors_name_the_argument():
         CU.conv_geometry((2, 3, 8), (4, 3, 3, 3))
     with pytest.raises(RefdiffShapeError, match="w has 2 input channels"):
         CU.conv_geometry((2, 3, 8, 8), (4, 2, 3, 3))
-    with pytest.raises(RefdiffValueError, match="padding=3 is invalid: must be at most kernel size - 1 = 2"):
+    with pytest.raises(
+        RefdiffValueError, match="padding=3 is invalid: must be at most kernel size - 1 = 2"
+    ):
         CU.conv_geometry((2, 3, 8, 8), (4, 3, 3, 3), padding=3)
     with pytest.raises(RefdiffValueError, match="stride=0 is invalid"):
         CU.conv_geometry((2, 3, 8, 8), (4, 3, 3, 3), stride=0)
@@ -113,7 +122,9 @@ def test_emulated_gemm_enforces_cublas_rules_and_bounds():
         cublas_gemm(0, 0, 3, 2, 2, 1.0, A, 0, 2, B, 0, 2, 0.0, C, 0, 3)
     with pytest.raises(RefdiffValueError, match="ldc=1 is invalid"):
         cublas_gemm(0, 0, 3, 2, 2, 1.0, A, 0, 3, B, 0, 2, 0.0, C, 0, 1)
-    with pytest.raises(RefdiffValueError, match="operand A spans elements \\[15, 21\\) of a buffer of 20"):
+    with pytest.raises(
+        RefdiffValueError, match="operand A spans elements \\[15, 21\\) of a buffer of 20"
+    ):
         cublas_gemm(0, 0, 3, 2, 2, 1.0, A, 15, 3, B, 0, 2, 0.0, C, 0, 3)
     with pytest.raises(RefdiffValueError, match="operand C"):
         cublas_gemm(0, 0, 3, 2, 2, 1.0, A, 0, 3, B, 0, 2, 0.0, C, 18, 3)
@@ -127,31 +138,39 @@ def test_row_major_wrapper_matches_numpy():
             M, N, K = 5, 4, 3
             A = rng.standard_normal((K, M) if ta else (M, K))
             Bm = rng.standard_normal((N, K) if tb else (K, N))
-            Abuf = np.concatenate([np.zeros(7), A.reshape(-1)])       # offset 7 into a buffer
+            Abuf = np.concatenate([np.zeros(7), A.reshape(-1)])  # offset 7 into a buffer
             Cbuf = np.full(2 + M * N, np.nan)
-            CU.gemm_rm(dev, ta, tb, M, N, K, Abuf, 7, A.shape[1], Bm, 0, Bm.shape[1],
-                       Cbuf, 2, N, 0.0)                                # beta 0: NaN in C ignored
+            CU.gemm_rm(
+                dev, ta, tb, M, N, K, Abuf, 7, A.shape[1], Bm, 0, Bm.shape[1], Cbuf, 2, N, 0.0
+            )  # beta 0: NaN in C ignored
             expect = (A.T if ta else A) @ (Bm.T if tb else Bm)
             np.testing.assert_allclose(Cbuf[2:].reshape(M, N), expect, rtol=1e-14)
 
 
 def test_operand_rounding_of_the_tensor_core_precisions():
     one = np.float32(1.0)
-    ulp10, ulp7 = 2.0 ** -10, 2.0 ** -7
-    x = np.array([1 + 2 ** -11, 1 + 3 * 2 ** -11, 1 + 2 ** -12, -(1 + 3 * 2 ** -11), 3.0e38,
-                  np.inf, np.nan], dtype=np.float32)
+    ulp10, ulp7 = 2.0**-10, 2.0**-7
+    x = np.array(
+        [1 + 2**-11, 1 + 3 * 2**-11, 1 + 2**-12, -(1 + 3 * 2**-11), 3.0e38, np.inf, np.nan],
+        dtype=np.float32,
+    )
     tf = round_operand(x, "tf32")
     # ties to even: 1 + half an ulp -> 1; 1 + 1.5 ulp -> 1 + 2 ulp; below half -> 1
-    np.testing.assert_array_equal(tf[:4], np.array([one, 1 + 2 * ulp10, one, -(1 + 2 * ulp10)],
-                                                   dtype=np.float32))
+    np.testing.assert_array_equal(
+        tf[:4], np.array([one, 1 + 2 * ulp10, one, -(1 + 2 * ulp10)], dtype=np.float32)
+    )
     assert np.isinf(tf[5]) and np.isnan(tf[6])
     rng = np.random.default_rng(0)
     y = (rng.standard_normal(1000) * 10.0 ** rng.integers(-20, 20, 1000)).astype(np.float32)
-    np.testing.assert_array_equal(round_operand(y, "bf16"), quantise(y, "bfloat16").astype(np.float32))
+    np.testing.assert_array_equal(
+        round_operand(y, "bf16"), quantise(y, "bfloat16").astype(np.float32)
+    )
     with np.errstate(over="ignore"):
-        np.testing.assert_array_equal(round_operand(y, "fp16"), y.astype(np.float16).astype(np.float32))
+        np.testing.assert_array_equal(
+            round_operand(y, "fp16"), y.astype(np.float16).astype(np.float32)
+        )
     t = round_operand(y, "tf32")
-    assert np.all(np.abs(t - y) <= np.abs(y) * 2.0 ** -11 * (1 + 1e-6))
+    assert np.all(np.abs(t - y) <= np.abs(y) * 2.0**-11 * (1 + 1e-6))
     assert np.all(t.view(np.uint32) & np.uint32((1 << 13) - 1) == 0)
     assert np.all(np.abs(round_operand(y, "bf16") - y) <= np.abs(y) * ulp7 / 2 * (1 + 1e-6))
     np.testing.assert_array_equal(round_operand(y, "fp32"), y)
@@ -172,15 +191,17 @@ def test_shifted_gemm_convolution_matches_im2col_in_float64(geo):
     assert y.shape == y_ref.shape and y.dtype == np.float64
     assert _rel(y, y_ref) < 1e-13
     g = rng.standard_normal(y.shape)
-    for got, ref in zip(CU.conv2d_backward(dev, g, x, w, stride=s, padding=p),
-                        L.conv2d_backward(g, x, w, stride=s, padding=p)):
+    for got, ref in zip(
+        CU.conv2d_backward(dev, g, x, w, stride=s, padding=p),
+        L.conv2d_backward(g, x, w, stride=s, padding=p),
+    ):
         assert got.shape == ref.shape
         assert _rel(got, ref) < 1e-13
 
 
 def test_convolution_of_non_contiguous_input_and_float32():
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 8, 6, 6)).astype(np.float32)[:, ::2]      # channel-strided view
+    x = rng.standard_normal((2, 8, 6, 6)).astype(np.float32)[:, ::2]  # channel-strided view
     w = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
     dev = NumpyDevice("fp32")
     y = CU.conv2d(dev, x, w)
@@ -191,8 +212,9 @@ def test_convolution_of_non_contiguous_input_and_float32():
         CU.conv2d(dev, x, w.astype(np.float64))
 
 
-@pytest.mark.parametrize("precision,lo,hi", [("tf32", 3e-5, 3e-3), ("bf16", 3e-4, 2e-2),
-                                              ("fp16", 3e-5, 3e-3)])
+@pytest.mark.parametrize(
+    "precision,lo,hi", [("tf32", 3e-5, 3e-3), ("bf16", 3e-4, 2e-2), ("fp16", 3e-5, 3e-3)]
+)
 def test_tensor_core_precisions_stay_within_their_accuracy_budget(precision, lo, hi):
     """Relative error of a 3x3 conv vs float64: above the float32 level (rounding happened), below the budget."""
     rng = np.random.default_rng(2)
@@ -207,8 +229,9 @@ def test_tensor_core_precisions_stay_within_their_accuracy_budget(precision, lo,
 
 # ----------------------------------------------------------------------------- GroupNorm (+ SiLU)
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 3e-6)])
-@pytest.mark.parametrize("shape,groups", [((2, 8, 4, 4), 4), ((3, 12, 5, 3), 3), ((2, 6), 2),
-                                          ((1, 4, 1, 1), 4)])
+@pytest.mark.parametrize(
+    "shape,groups", [((2, 8, 4, 4), 4), ((3, 12, 5, 3), 3), ((2, 6), 2), ((1, 4, 1, 1), 4)]
+)
 def test_fused_group_norm_matches_the_generic_layers(dtype, tol, shape, groups):
     rng = np.random.default_rng(len(shape) + groups)
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
@@ -220,13 +243,22 @@ def test_fused_group_norm_matches_the_generic_layers(dtype, tol, shape, groups):
     y = ops["group_norm_silu"](x, gamma, beta, groups=groups)
     assert y.dtype == dtype
     assert _rel(y, L.group_norm_silu(x64, ga64, be64, groups=groups)) < tol
-    assert _rel(ops["group_norm"](x, gamma, beta, groups=groups),
-                L.group_norm(x64, ga64, be64, groups=groups)) < tol
-    for got, ref in zip(ops["group_norm_silu_backward"](g, x, gamma, beta, groups=groups),
-                        L.group_norm_silu_backward(g64, x64, ga64, be64, groups=groups)):
+    assert (
+        _rel(
+            ops["group_norm"](x, gamma, beta, groups=groups),
+            L.group_norm(x64, ga64, be64, groups=groups),
+        )
+        < tol
+    )
+    for got, ref in zip(
+        ops["group_norm_silu_backward"](g, x, gamma, beta, groups=groups),
+        L.group_norm_silu_backward(g64, x64, ga64, be64, groups=groups),
+    ):
         assert got.dtype == dtype and _rel(got, ref) < tol * 10
-    for got, ref in zip(ops["group_norm_backward"](g, x, gamma, groups=groups),
-                        L.group_norm_backward(g64, x64, ga64, groups=groups)):
+    for got, ref in zip(
+        ops["group_norm_backward"](g, x, gamma, groups=groups),
+        L.group_norm_backward(g64, x64, ga64, groups=groups),
+    ):
         assert _rel(got, ref) < tol * 10
 
 
@@ -237,21 +269,24 @@ def test_group_norm_errors():
         ops["group_norm"](x, np.ones(6), np.zeros(6), groups=4)
     with pytest.raises(RefdiffShapeError, match="gamma has shape .5,."):
         ops["group_norm"](x, np.ones(5), np.zeros(5), groups=3)
-    with pytest.raises(RefdiffValueError, match="only='conv3d' is invalid: expected names from conv2d"):
+    with pytest.raises(
+        RefdiffValueError, match="only='conv3d' is invalid: expected names from conv2d"
+    ):
         CU.make_ops("numpy", only=["conv3d"])
 
 
 # ----------------------------------------------------------------------------- optimizer
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("decoupled,wd,clip", [(False, 0.0, None), (False, 0.01, 0.5),
-                                               (True, 0.05, 1e3)])
+@pytest.mark.parametrize(
+    "decoupled,wd,clip", [(False, 0.0, None), (False, 0.01, 0.5), (True, 0.05, 1e3)]
+)
 def test_fused_adam_ema_equals_refdiff_optim_bit_for_bit(dtype, decoupled, wd, clip):
     """Two steps of the fused update over a flat arena == adam(w)_step + ema_update (+ clip_grad_norm)."""
     rng = np.random.default_rng(int(decoupled) + int(wd * 100))
     shapes = {"a": (3, 4), "b": (5,), "c": (2, 2, 2)}
     params = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
     ema = {k: v + dtype(0.1) for k, v in params.items()}
-    flat = lambda d: np.concatenate([d[k].reshape(-1) for k in shapes])       # noqa: E731
+    flat = lambda d: np.concatenate([d[k].reshape(-1) for k in shapes])  # noqa: E731
     fp, fe = flat(params), flat(ema)
     fm, fv = np.zeros_like(fp), np.zeros_like(fp)
     state = None
@@ -262,18 +297,27 @@ def test_fused_adam_ema_equals_refdiff_optim_bit_for_bit(dtype, decoupled, wd, c
         fg = flat(grads)
         if clip is not None:
             grads, total = clip_grad_norm(grads, clip)
-            c = clip / (total + 1e-6)                       # clip_grad_norm's own coefficient
+            c = clip / (total + 1e-6)  # clip_grad_norm's own coefficient
             coef = np.asarray(np.where(c < 1.0, c, 1.0), dtype=dtype).reshape(1)
             # the trainer's coefficient comes from the float64 sum of squares of the flat grads
             c64 = clip / (np.sqrt(dev.sumsq(fg)) + 1e-6)
             assert abs(float(c64) - float(c)) <= 1e-5 * float(c)
         else:
             coef = np.ones(1, dtype=dtype)
-        params, state = step_fn(params, grads, state, lr=1e-3, betas=(0.9, 0.99), eps=1e-8,
-                                weight_decay=wd)
+        params, state = step_fn(
+            params, grads, state, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=wd
+        )
         ema = ema_update(ema, params, 0.999)
-        sc = CU.adam_ema_scalars(dtype, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=wd,
-                                 decoupled=decoupled, step=step, ema_decay=0.999)
+        sc = CU.adam_ema_scalars(
+            dtype,
+            lr=1e-3,
+            betas=(0.9, 0.99),
+            eps=1e-8,
+            weight_decay=wd,
+            decoupled=decoupled,
+            step=step,
+            ema_decay=0.999,
+        )
         dev.adam_ema(fp, fg, fm, fv, fe, coef, sc)
         np.testing.assert_array_equal(fp, flat(params))
         np.testing.assert_array_equal(fm, flat(state["m"]))
@@ -289,11 +333,20 @@ def test_sum_of_squares_in_float64():
 
 
 # ----------------------------------------------------------------------------- the whole UNet
-@pytest.mark.parametrize("variant", [
-    {},
-    {"use_scale_shift_norm": True, "resblock_updown": True, "num_classes": 3, "num_heads": 2,
-     "learn_sigma": True, "dropout": 0.0},
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {
+            "use_scale_shift_norm": True,
+            "resblock_updown": True,
+            "num_classes": 3,
+            "num_heads": 2,
+            "learn_sigma": True,
+            "dropout": 0.0,
+        },
+    ],
+)
 def test_whole_unet_with_the_overrides_matches_the_generic_reference(variant):
     cfg = get_preset("tiny", **variant)
     p = random_params(cfg, seed=1)

@@ -12,7 +12,6 @@ from refdiff.unet import layers as L
 from refdiff.unet.params import param_shapes
 
 
-
 CFG = get_preset("tiny", dropout=0.0)
 
 
@@ -36,7 +35,7 @@ def test_default_table_is_the_generic_layers():
     ops = L.resolve_ops()
     for name in L.OP_NAMES:
         assert getattr(ops, name) is getattr(L, name)
-    assert L.resolve_ops(ops) is ops                 # an already resolved table passes through
+    assert L.resolve_ops(ops) is ops  # an already resolved table passes through
     assert L.resolve_ops({}).conv2d is L.conv2d
 
 
@@ -49,9 +48,13 @@ def test_override_replaces_only_the_named_operation():
 
 
 def test_bad_tables_raise_clear_errors():
-    with pytest.raises(UnknownNameError, match=r"ops\['conv3d'\] is not a UNet operation; allowed: conv2d"):
+    with pytest.raises(
+        UnknownNameError, match=r"ops\['conv3d'\] is not a UNet operation; allowed: conv2d"
+    ):
         L.resolve_ops({"conv3d": L.conv2d})
-    with pytest.raises(RefdiffValueError, match=r"ops\['conv2d'\]=3 is invalid: expected a callable"):
+    with pytest.raises(
+        RefdiffValueError, match=r"ops\['conv2d'\]=3 is invalid: expected a callable"
+    ):
         L.resolve_ops({"conv2d": 3})
     with pytest.raises(RefdiffValueError, match="ops=.list. is invalid: expected a mapping"):
         L.resolve_ops([("conv2d", L.conv2d)])
@@ -64,7 +67,9 @@ def test_every_layer_call_goes_through_the_table():
     """Each conv layer calls conv2d once forward and conv2d_backward once backward; norms likewise."""
     shapes = param_shapes(CFG)
     n_conv = sum(1 for s in shapes.values() if len(s) == 4)
-    n_gn_silu = sum(1 for k in shapes if k.endswith((".norm1.weight", ".norm2.weight", "norm_out.weight")))
+    n_gn_silu = sum(
+        1 for k in shapes if k.endswith((".norm1.weight", ".norm2.weight", "norm_out.weight"))
+    )
     n_gn = sum(1 for k in shapes if k.endswith(".norm.weight"))
     counts: dict[str, int] = {}
     ops = {n: _counting(counts, n) for n in L.OP_NAMES}
@@ -90,12 +95,13 @@ def test_backward_defaults_to_the_forward_table_and_can_be_given_another():
     unet_backward(p, CFG, cache, np.ones_like(out))
     n = counts["conv2d_backward"]
     assert n > 0
-    unet_backward(p, CFG, cache, np.ones_like(out), ops={})     # explicit: the generic code
+    unet_backward(p, CFG, cache, np.ones_like(out), ops={})  # explicit: the generic code
     assert counts["conv2d_backward"] == n
 
 
 def test_a_wrong_override_changes_the_result():
     """The override is really used: a convolution off by 1e-3 moves the loss and the gradients."""
+
     def conv_off(*a, **k):
         return L.conv2d(*a, **k) * 1.001
 
