@@ -148,3 +148,26 @@ def test_churn_gamma_includes_both_ends_of_the_interval():
     assert churn_gamma(2.0, 10, **kw) == want
     assert churn_gamma(np.nextafter(0.5, 0.0), 10, **kw) == 0.0
     assert churn_gamma(np.nextafter(2.0, 3.0), 10, **kw) == 0.0
+
+
+# -- DPM-Solver-family samplers: the default end time is 1/N of the schedule ---------------------------
+
+def test_sde_dpm_solver_samplers_end_at_one_over_n_by_default():
+    """DPM-Solver's default t_end = 1/total_N (Lu et al. 2022a, §3.4): 1/100 on a 100-step schedule."""
+    from refdiff import schedules as S
+    from refdiff.samplers import dpm_solver_sde as SD
+
+    ns = D.NoiseScheduleVP.discrete(S.linear(100))
+    exact = A.vp_model(DATA, ns, "eps")
+    seen = []
+
+    def model(x, t):
+        seen.append(float(np.asarray(t)[0]))
+        return exact(x, t)
+
+    x = np.random.default_rng(6).standard_normal((3, 2))
+    noise = np.random.default_rng(7).standard_normal((4, 3, 2))
+    SD.sample_sde_dpmpp_1(model, x, noise_schedule=ns, steps=4, noise=noise, denoise_to_zero=True)
+    assert seen[-1] == pytest.approx(0.01, rel=1e-15)
+    _, info = SD.sample_dpm_solver_adaptive(exact, x, noise_schedule=ns, order=2, return_info=True)
+    assert info["t"][-1] == pytest.approx(0.01, rel=1e-12)
