@@ -171,3 +171,78 @@ def test_sde_dpm_solver_samplers_end_at_one_over_n_by_default():
     assert seen[-1] == pytest.approx(0.01, rel=1e-15)
     _, info = SD.sample_dpm_solver_adaptive(exact, x, noise_schedule=ns, order=2, return_info=True)
     assert info["t"][-1] == pytest.approx(0.01, rel=1e-12)
+
+
+# -- adapters: nearest index and per-dtype tables --------------------------------------------------
+
+def test_vp_model_nearest_rounds_to_the_nearest_training_index():
+    """t·N − 1 = 10.7 → index 11, 41.3 → 41 (the nearest n of t_n = (n + 1)/N)."""
+    from refdiff import schedules as S
+    from refdiff.samplers import adapters
+
+    seen = []
+
+    def model(x, t):
+        seen.append(np.asarray(t).tolist())
+        return x
+
+    fn, ns = adapters.vp_model(model, S.linear(100))
+    fn(np.zeros((3, 2)), (np.array([10.7, 41.3, 98.6]) + 1.0) / ns.total_N)
+    assert seen[-1] == [11, 41, 99]
+
+
+def test_bridges_follow_the_dtype_of_each_call():
+    """A float32 call after a float64 call gets float32 coefficients (the tables are kept per dtype)."""
+    from refdiff import schedules as S
+    from refdiff.samplers import adapters
+
+    s = S.linear(100)
+    data = A.GaussianData([0.3, -0.2, 0.1], [0.5, 0.2, 0.1])
+    exact = A.discrete_model(data, s, "eps")
+
+    def model(x, t):
+        return exact(x.astype(np.float64), t).astype(x.dtype)
+
+    t_dtypes = []
+
+    def smooth(x, t):                                     # takes fractional timesteps
+        t_dtypes.append(np.asarray(t).dtype)
+        return 0.1 * x
+
+    score, _ = adapters.score_fn(model, s)
+    den = adapters.karras_denoiser(smooth, s, timestep="interp")
+    x64 = np.random.default_rng(8).standard_normal((3, 3))
+    t64 = np.array([5.0, 40.0, 90.0]) / 99.0
+    sig64 = np.asarray(s.sigmas)[[5, 40, 90]] * 1.01
+    for dtype in (np.float64, np.float32, np.float64):
+        x, t, sig = x64.astype(dtype), t64.astype(dtype), sig64.astype(dtype)
+        assert score(x, t).dtype == dtype
+        assert den(x, sig).dtype == dtype
+        assert t_dtypes[-1] == dtype
+
+
+# -- discrete samplers: denoised_fn, then the clip ---------------------------------------------------
+
+def test_denoised_fn_is_applied_before_the_clip():
+    """improved-diffusion's process_xstart: x̂0 ← clip(denoised_fn(x̂0)), so clipping has the last word."""
+    from refdiff import schedules as S
+    from refdiff.samplers.discrete import sample_ddim
+
+    s = S.linear(50)
+    seen = []
+
+    def model(x, t):
+        return 0.3 * x
+
+    def stretch(x0):
+        return 3.0 * x0 + 0.5
+
+    x = 2.0 * np.random.default_rng(9).standard_normal((4, 3))
+    sample_ddim(model, x, schedule=s, clip_x0=True, denoised_fn=stretch, callback=seen.append)
+    ab = np.asarray(s.alphas_cumprod)
+    for info in seen:
+        i = int(info.t)
+        raw = (info.x - np.sqrt(1.0 - ab[i]) * model(info.x, None)) / np.sqrt(ab[i])
+        np.testing.assert_allclose(info.denoised, np.clip(stretch(raw), -1.0, 1.0), rtol=1e-12,
+                                   atol=1e-12)
+    assert max(float(np.max(np.abs(info.denoised))) for info in seen) == 1.0
