@@ -246,3 +246,47 @@ def test_denoised_fn_is_applied_before_the_clip():
         np.testing.assert_allclose(info.denoised, np.clip(stretch(raw), -1.0, 1.0), rtol=1e-12,
                                    atol=1e-12)
     assert max(float(np.max(np.abs(info.denoised))) for info in seen) == 1.0
+
+
+# -- adapters: the Karras grid's ρ and the start state on the σ scale ---------------------------------
+
+@pytest.mark.parametrize("rho", [1.0, 3.0, 7.0])
+def test_karras_grid_uses_rho(rho):
+    """Karras et al. (2022), Eq. 5 between the schedule's σ_min and σ_max, σ_N = 0 appended."""
+    from refdiff import schedules as S
+    from refdiff.samplers import adapters
+
+    s = S.linear(100)
+    sig = np.asarray(s.sigmas)
+    lo, hi = float(sig.min()), float(sig.max())
+    i = np.arange(6) / 5.0
+    want = (hi ** (1 / rho) + i * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+    got = adapters.karras_grid(s, 6, rho=rho)
+    np.testing.assert_allclose(got[:-1], want, rtol=1e-13)
+    assert got[-1] == 0.0
+
+
+def test_karras_bridge_starts_from_the_vp_state_scaled_by_sqrt_one_plus_sigma_squared():
+    """x_VE = x_VP/√ᾱ = x_VP·√(1 + σ_0²) (Karras et al. 2022, Eq. 7 with s = 1/√(1 + σ²)); small σ_0 shows it."""
+    from refdiff import schedules as S
+    from refdiff.samplers import adapters
+
+    s = S.linear(100)
+    seen = []
+    x_T = np.random.default_rng(10).standard_normal((2, 3))
+    adapters.sample_with_discrete_model("karras_euler", lambda x, t: 0.0 * x, x_T, schedule=s,
+                                        steps=3, sigmas=[0.75, 0.3, 0.0], callback=seen.append)
+    np.testing.assert_allclose(seen[0].x, x_T * np.sqrt(1.0 + 0.75 ** 2), rtol=1e-15)
+
+
+# -- flow: a "uniform" grid with t_start < 1 is uniform in the unshifted time -------------------------
+
+@pytest.mark.parametrize("shift", [0.5, 3.0])
+def test_flow_uniform_grid_is_uniform_in_the_unshifted_time(shift):
+    """t = s·u/(1 + (s−1)·u) with u uniform from u(t_start) to u(t_end) (Esser et al. 2024, §5.3.2)."""
+    from refdiff.samplers.flow import FlowSchedule, flow_time_steps
+
+    ts = np.asarray(flow_time_steps(FlowSchedule(shift=shift), 5, t_start=0.8, t_end=0.1))
+    assert ts[0] == 0.8 and ts[-1] == 0.1
+    u = ts / (shift - (shift - 1.0) * ts)                # the inverse of the shift, closed form
+    np.testing.assert_allclose(np.diff(u), np.full(5, (u[-1] - u[0]) / 5), rtol=1e-12)
