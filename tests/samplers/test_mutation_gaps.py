@@ -290,3 +290,53 @@ def test_flow_uniform_grid_is_uniform_in_the_unshifted_time(shift):
     assert ts[0] == 0.8 and ts[-1] == 0.1
     u = ts / (shift - (shift - 1.0) * ts)                # the inverse of the shift, closed form
     np.testing.assert_allclose(np.diff(u), np.full(5, (u[-1] - u[0]) / 5), rtol=1e-12)
+
+
+# -- k-diffusion's adaptive DPM-Solver with η > 0 -----------------------------------------------------
+
+def _kd_adaptive_ancestral(kd, x, t_start, t_end, order, rtol, atol, eta, s_noise, draws):
+    """k-diffusion's DPMSolver.dpm_solver_adaptive with η > 0, re-derived (its controller then has order 1.5)."""
+    from tests.peers.test_karras_dpm import KDPID, get_ancestral_step
+
+    s, x_prev = t_start, x
+    pid = KDPID(0.05, 0.0, 1.0, 0.0, 1.5, 0.81)
+    n_acc = n_rej = 0
+    while s < t_end - 1e-5:
+        cache = {}
+        t = min(t_end, s + pid.h)
+        sd, su = get_ancestral_step(kd.sigma(s), kd.sigma(t), eta)
+        t_ = min(t_end, kd.t(sd))
+        su = (kd.sigma(t) ** 2 - kd.sigma(t_) ** 2) ** 0.5
+        _, cache = kd.eps(cache, "eps", x, s)
+        if order == 2:
+            x_low, cache = kd.dpm_solver_1_step(x, s, t_, eps_cache=cache)
+            x_high, cache = kd.dpm_solver_2_step(x, s, t_, eps_cache=cache)
+        else:
+            x_low, cache = kd.dpm_solver_2_step(x, s, t_, r1=1 / 3, eps_cache=cache)
+            x_high, cache = kd.dpm_solver_3_step(x, s, t_, eps_cache=cache)
+        delta = np.maximum(atol, rtol * np.maximum(np.abs(x_low), np.abs(x_prev)))
+        error = np.linalg.norm((x_low - x_high) / delta) / x.size ** 0.5
+        if pid.propose_step(error):
+            x_prev, x, s = x_low, x_high + su * s_noise * draws[n_acc], t
+            n_acc += 1
+        else:
+            n_rej += 1
+    return x, n_acc, n_rej
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_karras_dpm_adaptive_ancestral_matches_k_diffusion(order):
+    from refdiff.samplers import get_sampler
+    from tests.peers.test_karras_dpm import DEN as KDEN
+    from tests.peers.test_karras_dpm import KDDPMSolver, start
+
+    x = start()
+    draws = np.random.default_rng(12).standard_normal((400,) + x.shape)
+    kd = KDDPMSolver()
+    ref, n_acc, n_rej = _kd_adaptive_ancestral(kd, x, kd.t(10.0), kd.t(0.03), order, 0.02,
+                                               0.02 / 6, 0.5, 0.97, draws)
+    got, info = get_sampler("karras_dpm_adaptive").fn(
+        KDEN, x, sigmas=[10.0, 0.03], noise=draws, order=order, rtol=0.02, atol=0.02 / 6,
+        eta=0.5, S_noise=0.97, return_info=True)
+    assert (info["n_accept"], info["n_reject"]) == (n_acc, n_rej)
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)
