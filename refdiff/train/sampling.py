@@ -6,13 +6,12 @@ this module only wires a network trained on a discrete schedule to them:
 * family ``"discrete"`` (``ddpm``, ``ddim``, ``ddim_stochastic``): the host training schedule is
   respaced to ``steps`` steps (``spacing``), moved next to the data, and passed as ``schedule``;
   the sampler calls the network with training-schedule indices (``timestep_map``);
-* family ``"vp"`` (``dpm_solver_*``, ``dpmpp_*``): ``NoiseScheduleVP.discrete`` of the training
-  schedule, with ``steps`` model evaluations; the network sees the index-scale time
-  t·N' − 1 (so t_n = (n+1)/N' maps to index n, whatever T is).
-
-* families ``"karras"`` and ``"sde"``: through ``refdiff.samplers.adapters``, the network as a
-  Karras denoiser D(x; σ) (Karras et al. 2022, Eq. 7) or as the score −ε̂/σ_t of the linear
-  VP-SDE (Song et al. 2021); ``steps`` is the number of σ levels or time steps.
+* families ``"vp"``, ``"karras"`` and ``"sde"``: through the bridges of
+  ``refdiff.samplers.adapters`` — the network as a model of DPM-Solver's continuous time on
+  ``NoiseScheduleVP.discrete`` of the training schedule (t_n = (n+1)/N for index n; ``steps``
+  model evaluations), as a Karras denoiser D(x; σ) (Karras et al. 2022, Eq. 7), or as the score
+  −ε̂/σ_t of the linear VP-SDE (Song et al. 2021); the network is called at the nearest
+  integer training index.
 """
 
 from __future__ import annotations
@@ -26,8 +25,19 @@ from .._errors import RefdiffValueError, UnknownNameError, check_int, fail
 
 __all__ = ["run_sampler", "available_samplers", "SPACINGS", "check_sampler"]
 
-SPACINGS = ("trailing", "leading", "linspace", "ddim", "sections")
-_MODEL_TYPES = {"eps": "noise", "x0": "x_start", "v": "v"}
+from ..schedules import SPACINGS
+
+#: Prediction types the continuous-family bridges take from a discrete network.
+_BRIDGED_TYPES = ("eps", "x0", "v")
+
+
+def _takes(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` accepts the keyword ``name`` (the DPM-Solver wrappers forward ``**options``)."""
+    params = inspect.signature(fn).parameters
+    return name in params or (
+        any(p.kind is p.VAR_KEYWORD for p in params.values())
+        and fn.__module__.endswith("dpm_solver")
+    )
 
 
 def _registry():
@@ -232,46 +242,19 @@ def _run(
             noise=lambda k: noise_sampler(),
             **_accepted(spec.fn, options),
         )
-    if spec.family == "vp":
-        from ..samplers.dpm_solver import NoiseScheduleVP
-
-        if mean_type not in _MODEL_TYPES:
-            raise RefdiffValueError(
-                f"sampler={name!r} needs an eps, x0 or v network; this one predicts "
-                f"mean_type={mean_type!r}"
-            )
-        ns = NoiseScheduleVP.discrete(schedule)
-        channels = x_T.shape[1]
-
-        def net(x, t):
-            out = model(x, t)
-            return out[:, :channels] if out.shape[1] != channels else out  # drop variance channels
-
-        options = {
-            "model_type": _MODEL_TYPES[mean_type],
-            "model_time": lambda t: t * ns.total_N - 1.0,
-            "progress": progress,
-        }
-        from ..samplers.dpm_solver import sample_dpm_solver
-
-        if callback is not None and "callback" in inspect.signature(sample_dpm_solver).parameters:
-            options["callback"] = callback
-        if clip_x0:
-            options["correcting_x0_fn"] = lambda x0, t: xp.clip(x0, -1.0, 1.0)
-        if getattr(spec, "stochastic", False):
-            options["noise"] = lambda k: noise_sampler()
-        return _call(
-            spec.fn, net, x_T, noise_schedule=ns, steps=steps, **_accepted(spec.fn, options)
-        )
-    if spec.family in ("karras", "sde"):
+    if spec.family in ("vp", "karras", "sde"):
         from ..samplers.adapters import sample_with_discrete_model
 
-        if mean_type not in _MODEL_TYPES:
+        if mean_type not in _BRIDGED_TYPES:
             raise RefdiffValueError(
                 f"sampler={name!r} needs an eps, x0 or v network; this one predicts "
                 f"mean_type={mean_type!r}"
             )
-        hooks = {k: v for k, v in (("callback", callback), ("progress", progress)) if v is not None}
+        options: dict[str, Any] = {
+            k: v for k, v in (("callback", callback), ("progress", progress)) if v is not None
+        }
+        if clip_x0 and _takes(spec.fn, "correcting_x0_fn"):
+            options["correcting_x0_fn"] = lambda x0, t: xp.clip(x0, -1.0, 1.0)
         return sample_with_discrete_model(
             name,
             model,
@@ -280,7 +263,7 @@ def _run(
             steps=steps,
             prediction_type=mean_type,
             noise=lambda k: noise_sampler(),
-            **hooks,
+            **options,
         )
     raise RefdiffValueError(
         f"sampler={name!r} belongs to the {spec.family!r} family, which needs a continuous-time "
