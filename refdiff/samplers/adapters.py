@@ -66,7 +66,7 @@ class _Table:
     """A host float64 table moved once per (namespace, device, dtype) it is used with."""
 
     def __init__(self, values: np.ndarray) -> None:
-        self.values = np.ascontiguousarray(values, dtype=np.float64)
+        self.values = np.array(values, dtype=np.float64)  # a writable copy (torch warns on read-only)
         self._moved: dict = {}
 
     def like(self, x: Array, xp: Namespace) -> Array:
