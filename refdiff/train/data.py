@@ -708,8 +708,3 @@ def check_matches(
             f"expects {channels}x{image_size}x{image_size}; choose --image-size/--channels to match "
             "(or resize the data)"
         )
-
-
-def stack_batches(parts: Sequence[np.ndarray]) -> np.ndarray:
-    """Concatenate image batches along N."""
-    return np.concatenate(list(parts), axis=0)
