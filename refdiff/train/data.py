@@ -17,7 +17,6 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Sequence
 
 import numpy as np
 
