@@ -354,15 +354,7 @@ def resolve_backend(name: str):
             )
         return importlib.import_module("refdiff.backends.torch.train")
     if base == "cupy":
-        try:
-            mod = importlib.import_module("refdiff.backends.cupy.train")
-        except ImportError:
-            mod = None
-        if mod is None or not hasattr(mod, "make_trainer"):
-            raise RefdiffValueError(
-                "backend='cupy' is not available here: the CuPy trainer "
-                "(refdiff.backends.cupy.train) is not installed; use --backend torch"
-            )
+        mod = importlib.import_module("refdiff.backends.cupy.train")  # imports no CuPy itself
         if device != "cpu":
             try:
                 importlib.import_module("cupy")  # a CUDA initialisation failure shows here too
