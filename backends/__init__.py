@@ -14,6 +14,13 @@ group ``refdiff.backends`` (``mylib = "mylib.refdiff_backend:make_backend"``), p
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
+from typing import Any
+
 from ._base import (
     DTYPE_NAMES,
     SCHEDULE_TO,
@@ -51,3 +58,35 @@ __all__ = [
     "SCHEDULE_TO",
     "ENTRY_POINT_GROUP",
 ]
+
+
+# Deprecated module paths (one release): the torch and CuPy code moved into subpackages. An import
+# of an old path returns the new module, with a DeprecationWarning naming it.
+_MOVED = {
+    "torch_unet": "torch.unet", "torch_train": "torch.train", "torch_fast": "torch.fast",
+    "cupy_unet": "cupy.unet", "cupy_train": "cupy.train", "_cuda_emu": "cupy._emu",
+    "_kernel_ref": "cupy._kernel_ref",
+}
+
+
+class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Resolve ``refdiff.backends.<old>`` to its new module (see :data:`_MOVED`)."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> Any:
+        prefix, _, short = fullname.rpartition(".")
+        if prefix != __name__ or short not in _MOVED:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec: Any) -> Any:
+        new = f"{__name__}.{_MOVED[spec.name.rpartition('.')[2]]}"
+        warnings.warn(f"{spec.name} moved to {new}; the old path is deprecated and goes in the "
+                      "next release", DeprecationWarning, stacklevel=2)
+        return importlib.import_module(new)
+
+    def exec_module(self, module: Any) -> None:
+        """The module is the already-imported new one: nothing to run."""
+
+
+if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
+    sys.meta_path.append(_MovedModules())
