@@ -340,3 +340,92 @@ def test_karras_dpm_adaptive_ancestral_matches_k_diffusion(order):
         eta=0.5, S_noise=0.97, return_info=True)
     assert (info["n_accept"], info["n_reject"]) == (n_acc, n_rej)
     np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)
+
+
+# -- PNDM: final_alpha_bar="one" lands on x̂0 ----------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["pndm", "plms"])
+def test_pndm_final_alpha_bar_one_lands_on_the_point(name):
+    """ᾱ_prev = 1 makes the last transfer x̂0 = (x − √(1−ᾱ)ε)/√ᾱ: point-mass data end exactly on μ."""
+    from refdiff import schedules as S
+    from refdiff.samplers import pndm as P
+
+    base = S.linear(1000)
+    mu = np.array([0.5, -0.2])
+    point = A.GaussianData(mu, np.zeros((2, 2)))
+    x_T = np.random.default_rng(13).standard_normal((4, 2))
+    out = getattr(P, f"sample_{name}")(A.discrete_model(point, base, "eps"), x_T, schedule=base,
+                                       steps=10, spacing="leading", final_alpha_bar="one")
+    np.testing.assert_allclose(out, np.broadcast_to(mu, out.shape), rtol=1e-11, atol=1e-12)
+
+
+# -- UniPC: the callback's x̂0 in the noise-prediction form ------------------------------------------
+
+def test_unipc_noise_prediction_callback_reports_the_posterior_mean_at_the_first_level():
+    x = np.random.default_rng(14).standard_normal((4, 2))
+    seen = []
+    U.sample_unipc(EPS_MODEL, x, noise_schedule=NS, steps=4, algorithm_type="noise_prediction",
+                   callback=seen.append)
+    t = float(seen[0].t)
+    alpha, sigma = float(NS.marginal_alpha(t)), float(NS.marginal_std(t))
+    np.testing.assert_allclose(seen[0].denoised, DATA.x0(x, alpha, sigma), rtol=1e-12, atol=1e-13)
+
+
+# -- DDIM one-step API: clip_range ---------------------------------------------------------------------
+
+def test_ddim_step_at_clips_to_clip_range():
+    """diffusers' clip_sample_range: x̂0 = clip((x − √(1−ᾱ_t)ε)/√ᾱ_t, −r, r)."""
+    from refdiff import schedules as S
+    from refdiff.samplers.discrete import ddim_step_at
+
+    s = S.linear(1000)
+    x = 3.0 * np.random.default_rng(15).standard_normal((4, 3))
+    eps = -0.5 * x
+    ab = float(np.asarray(s.alphas_cumprod)[600])
+    raw = (x - np.sqrt(1.0 - ab) * eps) / np.sqrt(ab)
+    out = ddim_step_at(eps, 600, 500, x, schedule=s, clip_x0=True, clip_range=0.5)
+    np.testing.assert_allclose(out.pred_original_sample, np.clip(raw, -0.5, 0.5), rtol=1e-13)
+    assert np.max(np.abs(raw)) > 0.5
+
+
+# -- DDPM classifier guidance: cond_scale multiplies the gradient -----------------------------------
+
+def test_ddpm_cond_scale_scales_the_classifier_gradient():
+    from refdiff import schedules as S
+    from refdiff.samplers.discrete import sample_ddpm
+
+    s = S.linear(50)
+    model = A.discrete_model(A.GaussianData([0.3, -0.1], [0.5, 0.2]), s, "eps")
+    x = np.random.default_rng(16).standard_normal((3, 2))
+    noise = np.random.default_rng(17).standard_normal((50, 3, 2))
+
+    def grad(x, t):
+        return 0.1 - 0.2 * x
+
+    a = sample_ddpm(model, x, schedule=s, noise=noise, cond_fn=grad, cond_scale=2.5)
+    b = sample_ddpm(model, x, schedule=s, noise=noise, cond_fn=lambda x, t: 2.5 * grad(x, t))
+    c = sample_ddpm(model, x, schedule=s, noise=noise, cond_fn=grad)
+    np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-14)
+    assert np.max(np.abs(a - c)) > 1e-3
+
+
+# -- score-SDE PC sampler: with denoise, the corrector-only run returns the last corrector's mean ----
+
+def test_corrector_only_pc_sampler_with_denoise_returns_the_last_langevin_mean():
+    """Song et al. (2021), Alg. 4/5: x = x̄ + √(2ε) z; denoise returns x̄, so the two runs differ by √(2ε)·z_last."""
+    from refdiff.samplers import score_sde as SS
+    from refdiff.sde import VESDE
+
+    sde = VESDE(N=4)
+    data = A.GaussianData([0.5, -0.2], [[1.0, 0.3], [0.3, 0.5]])
+
+    def score(x, t):
+        return data.score(x, 1.0, float(sde.marginal_std(float(np.asarray(t)[0]))))
+
+    x = np.random.default_rng(18).standard_normal((3, 2)) * 5.0
+    noise = np.random.default_rng(19).standard_normal((4, 3, 2))
+    kw = dict(sde=sde, steps=4, noise=noise, predictor="none", corrector="langevin")
+    d = SS.sample_sde_pc(score, x, denoise=False, **kw) - SS.sample_sde_pc(score, x, denoise=True, **kw)
+    ratio = d / noise[-1]
+    assert np.all(ratio > 0.0)
+    np.testing.assert_allclose(ratio, ratio.flat[0], rtol=1e-10)
