@@ -108,9 +108,9 @@ def test_bridges_read_the_prediction_channels_of_a_learned_variance_output(bridg
 
 # -- PNDM: the PRK midpoint when T // n is odd -------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="for odd T//n diffusers' PNDMScheduler evaluates the PRK "
-                   "midpoint model at t_low + ⌊δ/2⌋ (812 for 875 → 750) while sample_pndm uses "
-                   "t − ⌊δ/2⌋ (813); the results differ by ~1e-3 relative")
+@pytest.mark.xfail(strict=True, reason="for odd δ = T//n diffusers' PNDMScheduler moves x1 to "
+                   "t − ⌊δ/2⌋ (813 for 875 → 750) but evaluates the midpoint model and moves x2 at "
+                   "t − δ + ⌊δ/2⌋ (812); sample_pndm uses 813 for all three (~1e-3 relative apart)")
 def test_pndm_prk_with_an_odd_stride_matches_diffusers():
     diffusers = pytest.importorskip("diffusers")
     torch = pytest.importorskip("torch")
