@@ -164,13 +164,36 @@ class BackendSide:
         self.cache = cache_schedules
         self._schedules: dict[int, tuple[Schedule, Any]] = {}
 
+    #: At most this many input arrays per example are re-read to catch in-place modification.
+    WATCH = 16
+
     def float_array(self, a: np.ndarray):
-        return self.backend.asarray(quantise(a, self.dtype), self.dtype)
+        host = quantise(a, self.dtype)
+        x = self.backend.asarray(host, self.dtype)
+        self._watch(x, host)
+        return x
 
     def int_array(self, a: np.ndarray):
         a = np.asarray(a)
         name = "bool" if a.dtype == np.bool_ else "int64"
-        return self.backend.asarray(a.astype(name), name)
+        x = self.backend.asarray(a.astype(name), name)
+        self._watch(x, a)
+        return x
+
+    def _watch(self, x, host: np.ndarray) -> None:
+        watched = self.__dict__.setdefault("watched", [])
+        if len(watched) < self.WATCH:
+            watched.append((x, np.array(host, copy=True)))
+
+    def modified_inputs(self) -> list[tuple]:
+        """(position, host value) of the watched inputs whose backend copy changed since."""
+        out = []
+        for i, (x, host) in enumerate(self.__dict__.pop("watched", [])):
+            now = np.asarray(self.backend.to_numpy(x), dtype=np.float64)
+            want = np.asarray(host, dtype=np.float64)
+            if now.shape != want.shape or not np.array_equal(now, want, equal_nan=True):
+                out.append((i, want))
+        return out
 
     def scalar(self, v: float) -> float:
         return float(quantise(np.float64(v), self.dtype))
@@ -474,6 +497,7 @@ def check_call(case, backend: Backend, dtype: str, call: Call, record: Callable,
     except RefdiffError as exc:          # invalid input: the backend must refuse it the same way
         oracle_error = exc
     b_side = backend_side or BackendSide(backend, dtype)
+    b_side.__dict__.pop("watched", None)
     b_fn = backend.op(case.name, fn)
     with backend.checking():
         b_args, b_kwargs = convert(call.args, b_side), convert(call.kwargs, b_side)
@@ -488,6 +512,13 @@ def check_call(case, backend: Backend, dtype: str, call: Call, record: Callable,
                 from hypothesis import reject
                 reject()
             raise
+    changed = b_side.modified_inputs()
+    if changed:
+        raise ConformanceMismatch(
+            f"{ctx.check}[{ctx.dtype}] on backend {ctx.backend} modified {len(changed)} of its input "
+            f"arrays in place (input {changed[0][0]} in the order the arguments were converted, "
+            "shape {}): operations must not write into their arguments".format(
+                tuple(np.shape(changed[0][1]))))
     if oracle_error is not None:
         if dtype != "float64":
             # The quantised input sits on a validity boundary that the float64 oracle places a

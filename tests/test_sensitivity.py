@@ -350,6 +350,14 @@ def _q_sample_without_noise(schedule, x0, t, *, noise):
     return q_sample(schedule, x0, t, noise=noise * 0.0)
 
 
+def _q_sample_reusing_its_input(schedule, x0, t, *, noise):
+    """A fused q_sample that uses its x0 argument as scratch space once it is done with it."""
+    from refdiff.diffusion import q_sample
+    out = q_sample(schedule, x0, t, noise=noise)
+    x0[...] = 0.0
+    return out
+
+
 def _tables_on_default_device(schedule, xp, *, device, dtype):
     """A table move that ignores device= (arrays land on the namespace's default device)."""
     return schedule.to(xp, dtype=dtype)
@@ -504,6 +512,10 @@ PLANTED: list[Planted] = [
             lambda: NumpyBackend(name="numpy_q_nonoise",
                                  overrides={QSAMPLE_CHECK: _q_sample_without_noise}),
             QSAMPLE_CHECK, _both(QSAMPLE_CHECK)),
+    Planted("q_sample-overwrites-its-input",
+            lambda: NumpyBackend(name="numpy_q_scratch",
+                                 overrides={QSAMPLE_CHECK: _q_sample_reusing_its_input}),
+            QSAMPLE_CHECK, _both(QSAMPLE_CHECK), says="modified 1 of its input arrays in place"),
     Planted("tables-on-the-default-device",
             lambda: StrictBackend(name="strict_wrong_device",
                                   overrides={SCHEDULE_TO: _tables_on_default_device}),
