@@ -189,9 +189,11 @@ def _linear_vp_sde(schedule: Schedule) -> Any:
 def score_fn(model: Callable, schedule: Schedule, *, prediction_type: str = "eps") -> tuple[Callable[..., Array], Any]:
     """(score_fn, sde): s(x, t) = −ε̂(x, i)/√(1−ᾱ_i) with i = ⌊t·(N−1)⌋ (Song et al. 2021, §3.3; score_sde's discrete VP score).
 
-    ``sde`` is the linear VP-SDE whose DDPM chain is ``schedule`` (a linear β schedule). The
-    network is called at the integer index i, and σ is read from the same index of the
-    discrete table, as score_sde does for DDPM-trained networks.
+    ``sde`` is the linear VP-SDE whose DDPM chain is ``schedule`` (a linear β schedule). σ is read
+    from the discrete table at the truncated index i, as score_sde does for DDPM-trained
+    networks; the network is called at the same integer i (score_sde passes it the fractional
+    label t·(N−1) instead — a network trained on integer timesteps is evaluated where it was
+    trained).
     """
     sched = _check_schedule(schedule)
     pt = prediction_type_checked(prediction_type)

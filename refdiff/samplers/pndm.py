@@ -21,8 +21,9 @@ Family ``"discrete"``: ``fn(model, x_T, *, schedule, steps=None, noise=None, **o
 shape (B,)). The sampling levels are indices of ``schedule``: all of them (``steps=None``),
 ``steps`` of them chosen by ``spacing`` (diffusers' ``leading`` / ``trailing`` / ``linspace``,
 with ``steps_offset``), or ``timesteps=`` explicitly. The PRK midpoint of the step from level i
-to the next lower level j is the schedule index i − ⌊(i − j)/2⌋, diffusers' t − ⌊T/n⌋/2 under
-its default ``leading`` spacing. PRK takes the first min(3, n − 1) steps: the step onto the level
+to the next lower level j is the schedule index i − ⌊(i − j)/2⌋ (``prk_midpoint="consistent"``);
+diffusers moves x1 there but calls the model and places x2 at j + ⌊(i − j)/2⌋, one index lower
+when i − j is odd (``prk_midpoint="diffusers"``). PRK takes the first min(3, n − 1) steps: the step onto the level
 below the lowest (no model time there) is always a PLMS step. The level below the lowest is
 ``final_alpha_bar`` ("one", or "alpha_bar_0": ᾱ_0 of ``base_schedule`` or of ``schedule``), as
 for DDIM.
@@ -44,10 +45,12 @@ from ..schedules import DIFFUSERS_SPACINGS, Schedule, spaced_timesteps
 from . import register_sampler
 from ._common import StepInfo, check_output, step_reporter
 
-__all__ = ["FINAL_ALPHA_BAR", "SPACINGS", "PLMS_WEIGHTS", "transfer_coefficients", "pndm_transfer",
+__all__ = ["FINAL_ALPHA_BAR", "SPACINGS", "PRK_MIDPOINTS", "PLMS_WEIGHTS", "transfer_coefficients", "pndm_transfer",
            "prk_epsilon", "plms_epsilon", "sample_pndm", "sample_plms"]
 
 FINAL_ALPHA_BAR = ("one", "alpha_bar_0")
+#: Where the PRK midpoint lies when a step spans an odd number of indices (see sample_pndm).
+PRK_MIDPOINTS = ("consistent", "diffusers")
 SPACINGS = DIFFUSERS_SPACINGS
 #: Adams–Bashforth weights of the pseudo linear multistep method by number of model values,
 #: newest first (Liu et al. 2022, §3, and its lower-order starts).
@@ -176,7 +179,7 @@ def _coef(a: _Lv, b: _Lv) -> tuple[float, float]:
 def sample_pndm(model: Callable[[Array, Array], Array], x_T: Array, *, schedule: Schedule, steps: int | None = None,
                 spacing: str = "trailing", steps_offset: int = 0,
                 timesteps: Sequence[int] | Array | None = None, skip_prk_steps: bool = False,
-                final_alpha_bar: str | float = "one", base_schedule: Schedule | None = None,
+                prk_midpoint: str = "consistent", final_alpha_bar: str | float = "one", base_schedule: Schedule | None = None,
                 mean_type: str = "eps", noise: Noise = None,
                 callback: Callable[[StepInfo], object] | None = None,
                 progress: Callable[[int, int], object] | None = None) -> Array:
@@ -197,6 +200,12 @@ def sample_pndm(model: Callable[[Array, Array], Array], x_T: Array, *, schedule:
     skip_prk_steps : bool
         Start with the pseudo improved Euler step instead of PRK (diffusers' option): n + 1
         model evaluations for n steps instead of n + 9.
+    prk_midpoint : {"consistent", "diffusers"}
+        Where the PRK midpoint of a step from index i down to j lies. "consistent": index
+        m = i − ⌊(i − j)/2⌋ for both midpoint states and their model calls. "diffusers"
+        (``PNDMScheduler``): x1 moves to i − ⌊(i − j)/2⌋, while both midpoint model calls and x2
+        use j + ⌊(i − j)/2⌋ — one index lower when i − j is odd (e.g. 8 or 12 steps over
+        T = 1000), the same point otherwise.
     final_alpha_bar : {"one", "alpha_bar_0"} or float
         ᾱ below the lowest level (diffusers' ``set_alpha_to_one`` True / False).
     base_schedule : Schedule, optional
@@ -236,12 +245,17 @@ def sample_pndm(model: Callable[[Array, Array], Array], x_T: Array, *, schedule:
     # host-float plan: transfer coefficients of every move the loop makes
     step_c = [_coef(lv[k], lv[k + 1]) for k in range(n)]
     n_prk = 0 if skip_prk_steps else min(3, n - 1)       # the step onto the final level is PLMS
-    mid: list[_Lv] = []
+    check_choice("prk_midpoint", prk_midpoint, PRK_MIDPOINTS, "PRK midpoint placement")
+    mid: list[_Lv] = []          # the level of the midpoint model calls and of x2
     mid_c: list[tuple[float, float]] = []
+    first_c: list[tuple[float, float]] = []       # the transfer of x1
     for k in range(n_prk):
-        m = _level(schedule, down[k] - (down[k] - down[k + 1]) // 2)
+        half = (down[k] - down[k + 1]) // 2
+        hi = _level(schedule, down[k] - half)
+        m = hi if prk_midpoint == "consistent" else _level(schedule, down[k + 1] + half)
         mid.append(m)
         mid_c.append(_coef(lv[k], m))
+        first_c.append(_coef(lv[k], hi))
     xp = array_namespace(x_T)
     dev = device_of(x_T)
     B = x_T.shape[0]
@@ -268,7 +282,7 @@ def sample_pndm(model: Callable[[Array, Array], Array], x_T: Array, *, schedule:
         tell(k, x, e)
         if k < n_prk:                                   # pseudo Runge–Kutta
             ets.append(e)
-            x1 = pndm_transfer(x, e, *mid_c[k])
+            x1 = pndm_transfer(x, e, *first_c[k])
             e2 = eps_at(x1, mid[k])
             x2 = pndm_transfer(x, e2, *mid_c[k])
             e3 = eps_at(x2, mid[k])

@@ -108,10 +108,11 @@ def test_bridges_read_the_prediction_channels_of_a_learned_variance_output(bridg
 
 # -- PNDM: the PRK midpoint when T // n is odd -------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="for odd δ = T//n diffusers' PNDMScheduler moves x1 to "
-                   "t − ⌊δ/2⌋ (813 for 875 → 750) but evaluates the midpoint model and moves x2 at "
-                   "t − δ + ⌊δ/2⌋ (812); sample_pndm uses 813 for all three (~1e-3 relative apart)")
-def test_pndm_prk_with_an_odd_stride_matches_diffusers():
+@pytest.mark.parametrize("n", [8, 12, 10])
+def test_pndm_prk_with_an_odd_stride_matches_diffusers(n):
+    """For odd δ = T//n diffusers moves x1 to t − ⌊δ/2⌋ (813 for 875 → 750) but calls the model
+    and moves x2 at t − δ + ⌊δ/2⌋ (812): ``prk_midpoint="diffusers"`` reproduces it, and the
+    default consistent midpoint differs there (and only there)."""
     diffusers = pytest.importorskip("diffusers")
     torch = pytest.importorskip("torch")
     from refdiff import schedules as S
@@ -121,7 +122,6 @@ def test_pndm_prk_with_an_odd_stride_matches_diffusers():
         t = np.asarray(t, dtype=np.float64).reshape((-1,) + (1,) * (np.ndim(x) - 1))
         return np.tanh(x) * (0.5 + t / 1000.0) + 0.1 * np.sin(t / 37.0)
 
-    n = 8                                                  # T // n = 125
     sched = diffusers.PNDMScheduler(skip_prk_steps=False)
     sched.set_timesteps(n)
     x = np.random.default_rng(11).standard_normal((2, 3))
@@ -131,9 +131,15 @@ def test_pndm_prk_with_an_odd_stride_matches_diffusers():
         xt = sched.step(torch.from_numpy(out.astype(np.float32)), t, xt).prev_sample
     ref = xt.double().numpy()
     base = S.from_alphas_cumprod(sched.alphas_cumprod.double().numpy())
-    got = sample_pndm(net, x, schedule=base, steps=n, spacing="leading",
-                      final_alpha_bar="alpha_bar_0", skip_prk_steps=False)
+    def run(midpoint):
+        return sample_pndm(net, x, schedule=base, steps=n, spacing="leading",
+                           final_alpha_bar="alpha_bar_0", skip_prk_steps=False,
+                           prk_midpoint=midpoint)
+
+    got = run("diffusers")
     assert np.max(np.abs(got - ref)) / np.max(np.abs(ref)) < 5e-6
+    apart = np.max(np.abs(run("consistent") - got)) / np.max(np.abs(ref))
+    assert apart > 1e-4 if (1000 // n) % 2 else apart == 0.0
 
 
 # -- Karras churn: the interval [S_tmin, S_tmax] is closed ----------------------------------------
