@@ -31,7 +31,8 @@ import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from typing import Any
+from collections.abc import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 

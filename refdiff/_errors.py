@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, NoReturn
+from typing import Any, NoReturn
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -7,7 +7,8 @@ type checker and a promise of the standard's interface to the reader.
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeAlias
+from typing import Any, TypeAlias
+from collections.abc import Callable
 
 __all__ = ["Array", "Namespace", "Device", "DType", "Model", "Noise"]
 

@@ -9,7 +9,8 @@ half-width 1/(2**num_bits − 1); the edge bins extend to ±∞ (Ho et al. 2020,
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 from ._typing import Array
 

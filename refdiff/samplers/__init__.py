@@ -34,7 +34,8 @@ spelled ``p``), and every one is importable from here: ``from refdiff.samplers i
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from .._errors import RefdiffError, UnknownNameError
 from .._typing import Array

@@ -4,7 +4,8 @@ and the per-step ``callback(info)`` every loop reports to."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 

@@ -24,7 +24,8 @@ linear in log σ), for networks whose time embedding accepts real t.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 

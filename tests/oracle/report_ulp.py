@@ -8,7 +8,7 @@ from .schedule_cases import CASES, respaced_case, worst_table_errors
 
 
 def main() -> None:
-    worst = {name: (0.0, "") for name in TABLE_NAMES}
+    worst = dict.fromkeys(TABLE_NAMES, (0.0, ""))
     runs = [(case, *CASES[case]) for case in sorted(CASES)]
     for case, build, exact in runs:
         ab, betas = exact()
@@ -19,7 +19,7 @@ def main() -> None:
     for name, (err, _) in worst_table_errors(s, ab, None).items():
         if err >= worst[name][0]:
             worst[name] = (err, "linear-T1000 respaced ddim50")
-    print(f"| table | worst ulp | case |\n|---|---|---|")
+    print("| table | worst ulp | case |\n|---|---|---|")
     for name, (err, case) in worst.items():
         print(f"| {name} | {err:.3f} | {case} |")
 
