@@ -18,29 +18,36 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-from collections.abc import Callable, Iterable, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TextIO
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .conformance._options import VERIFY_PROFILE, resolve_profile, split_list
 from .conformance.report import CheckResult, VerifyReport
 
+if TYPE_CHECKING:
+    import pytest
+
+    from ._typing import Device
+    from .backends import Backend
+
 __all__ = ["verify", "VerifyReport", "CheckResult", "resolve_backends"]
 
 
-def _as_list(value) -> list:
+def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     if isinstance(value, str):
         return split_list(value)
     if isinstance(value, (list, tuple)):
-        out: list = []
+        out: list[Any] = []
         for v in value:
             out.extend(_as_list(v) if isinstance(v, str) else [v])
         return out
     return [value]
 
 
-def resolve_backends(backend, device=None) -> list[tuple[str, Any, bool]]:
+def resolve_backends(backend: Any, device: Device = None) -> list[tuple[str, Backend, bool]]:
     """(spec, Backend, registered_here) for each requested backend; raises before anything runs.
 
     Strings are names, "name@device" or import strings; Backend instances are registered for
@@ -49,7 +56,7 @@ def resolve_backends(backend, device=None) -> list[tuple[str, Any, bool]]:
     from .backends import Backend, get_backend
     from .backends._registry import _BUILTINS, register_backend
 
-    out = []
+    out: list[tuple[str, Backend, bool]] = []
     for i, b in enumerate(_as_list(backend) or ["numpy"]):
         if isinstance(b, Backend):
             spec = b.name if b.name not in _BUILTINS else f"{b.name}-{i + 1}"
@@ -64,20 +71,24 @@ def resolve_backends(backend, device=None) -> list[tuple[str, Any, bool]]:
 class _Collector:
     """A pytest plugin object: progress callbacks and the final report of the inner session."""
 
-    def __init__(self, progress: Callable | None, stdout=None):
+    def __init__(
+        self,
+        progress: Callable[[CheckResult, int, int], None] | None,
+        stdout: TextIO | None = None,
+    ) -> None:
         self.progress = progress
         self.stdout = stdout or sys.stdout  # the caller's stdout, outside the capture
         self.report: VerifyReport | None = None
         self.total = 0
         self.done = 0
 
-    def pytest_collection_finish(self, session) -> None:
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
         from .conformance.plugin import STATE_KEY
 
         st = session.config.stash.get(STATE_KEY, None)
         self.total = len(st.items) if st is not None else 0
 
-    def pytest_runtest_logfinish(self, nodeid, location) -> None:
+    def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
         from .conformance.plugin import STATE_KEY, _short_nodeid
 
         if self.progress is None or self._config is None:
@@ -105,19 +116,21 @@ class _Collector:
                 self.total,
             )
 
-    _config = None
+    _config: pytest.Config | None = None
 
-    def pytest_configure(self, config) -> None:
+    def pytest_configure(self, config: pytest.Config) -> None:
         self._config = config
 
-    def pytest_sessionfinish(self, session, exitstatus) -> None:
+    def pytest_sessionfinish(
+        self, session: pytest.Session, exitstatus: int | pytest.ExitCode
+    ) -> None:
         from .conformance.plugin import build_report
 
         self.report = build_report(session.config, int(exitstatus))
 
 
 @contextlib.contextmanager
-def _isolated_env(disable_autoload: bool):
+def _isolated_env(disable_autoload: bool) -> Iterator[None]:
     """PYTEST_DISABLE_PLUGIN_AUTOLOAD for the inner session only (restored after)."""
     key = "PYTEST_DISABLE_PLUGIN_AUTOLOAD"
     old = os.environ.get(key)
@@ -134,12 +147,12 @@ def _isolated_env(disable_autoload: bool):
 
 def _pytest_args(
     specs: list[str],
-    dtypes,
-    device,
-    profile,
-    max_examples,
-    skips,
-    xfails,
+    dtypes: list[str],
+    device: Device,
+    profile: str,
+    max_examples: int | None,
+    skips: str | None,
+    xfails: str | None,
     ini: str,
     extra_args: Sequence[str],
 ) -> list[str]:
@@ -303,7 +316,7 @@ _RAN = ("passed", "failed", "error", "xfailed", "xpassed")
 
 def _unchecked(report: VerifyReport, specs: list[str], dtypes: list[str]) -> list[str]:
     """Session errors for a run that compared nothing: per backend, and per dtype asked for."""
-    errors = []
+    errors: list[str] = []
     if not report.checks:
         return [f"nothing was checked: no check was collected for backends {', '.join(specs)}"]
     for spec in specs:
@@ -346,7 +359,7 @@ def _check_writable(name: str, path: str | os.PathLike) -> None:
         fail(name, os.fspath(path), "expected a writable file path; permission denied")
 
 
-def _require_test_tools():
+def _require_test_tools() -> ModuleType:
     """pytest (and hypothesis), or an ImportError that says how to install them."""
     try:
         import hypothesis
