@@ -26,12 +26,17 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 from collections.abc import Mapping
 
 import numpy as np
 
 from .._errors import RefdiffValueError
+from .._typing import Array
+
+if TYPE_CHECKING:
+    import safetensors
 
 __all__ = [
     "FORMAT",
@@ -56,7 +61,7 @@ class CheckpointError(RefdiffValueError):
     """A checkpoint file that is missing, unreadable, not a refdiff checkpoint, or does not match."""
 
 
-def _safetensors_numpy():
+def _safetensors_numpy() -> ModuleType:
     try:
         import safetensors  # noqa: F401
         import safetensors.numpy as stn
@@ -86,7 +91,7 @@ class Checkpoint:
         return self.ema if (ema and self.ema) else self.params
 
 
-def _contiguous(name: str, a) -> np.ndarray:
+def _contiguous(name: str, a: Array) -> np.ndarray:
     arr = np.asarray(a)
     if not arr.flags.c_contiguous:  # (np.ascontiguousarray would turn 0-d into 1-d)
         arr = arr.copy(order="C")
@@ -118,7 +123,7 @@ def remove_partial_writes(path: str | os.PathLike) -> list[tuple[Path, int]]:
     no other process writes that checkpoint.
     """
     path = Path(path)
-    removed = []
+    removed: list[tuple[Path, int]] = []
     if path.parent.is_dir():
         for tmp in path.parent.glob(_tmp_prefix(path) + "*"):
             try:
@@ -197,7 +202,7 @@ def save_checkpoint(
     return path
 
 
-def _open(path: Path):
+def _open(path: Path) -> safetensors.safe_open:
     _safetensors_numpy()
     import safetensors
 

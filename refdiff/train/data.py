@@ -16,11 +16,15 @@ import pickle
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Mapping
 
 import numpy as np
 
 from .._errors import RefdiffValueError, check_int, fail
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, DTypeLike
 
 __all__ = [
     "ImageDataset",
@@ -62,7 +66,7 @@ DIGIT_GLYPHS = np.array(
 _GLYPH_H, _GLYPH_W = DIGIT_GLYPHS.shape[1:]
 
 
-def to_model_range(images: np.ndarray, *, dtype=np.float32) -> np.ndarray:
+def to_model_range(images: np.ndarray, *, dtype: DTypeLike = np.float32) -> np.ndarray:
     """Scale 8-bit images (uint8) to [-1, 1] as ``x / 127.5 - 1``; float input is returned cast."""
     if images.dtype == np.uint8:
         return (images.astype(np.float64) / 127.5 - 1.0).astype(dtype, copy=False)
@@ -88,7 +92,7 @@ class ImageDataset:
         raise NotImplementedError
 
     def batch(
-        self, indices, *, dtype=np.float32, flip: np.ndarray | None = None
+        self, indices: ArrayLike, *, dtype: DTypeLike = np.float32, flip: ArrayLike | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Images at ``indices`` scaled to [-1, 1] as ``dtype`` (optionally mirrored where ``flip``)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -121,7 +125,7 @@ class ArrayDataset(ImageDataset):
         *,
         name: str = "array",
         num_classes: int | None = None,
-    ):
+    ) -> None:
         images = np.asarray(images)
         if images.ndim != 4:
             fail("images", images.shape, "expected an (N, C, H, W) array")
@@ -149,7 +153,7 @@ class ArrayDataset(ImageDataset):
     def is_8bit(self) -> bool:
         return self.images.dtype == np.uint8
 
-    def raw(self, indices):
+    def raw(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         y = None if self.labels is None else self.labels[indices]
         return self.images[indices], y
 
@@ -171,7 +175,7 @@ class DigitsDataset(ImageDataset):
         channels: int = 1,
         seed: int = 0,
         name: str = "digits",
-    ):
+    ) -> None:
         self.n = check_int("n", n, minimum=1)
         self.size = check_int("image_size", image_size, minimum=4)
         self.channels = check_int("channels", channels, minimum=1)
@@ -207,7 +211,7 @@ class DigitsDataset(ImageDataset):
     def image_shape(self) -> tuple[int, int, int]:
         return (self.channels, self.size, self.size)
 
-    def raw(self, indices):
+    def raw(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         todo = np.unique(indices[~self._done[indices]])
         for start in range(0, todo.size, 512):
             chunk = todo[start : start + 512]
@@ -351,7 +355,7 @@ def _cifar_dict(obj: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, side, side), labels
 
 
-def _unpickle(fileobj, source: str):
+def _unpickle(fileobj: IO[bytes], source: str) -> Any:
     try:
         return pickle.load(fileobj, encoding="bytes")
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a format error
@@ -375,7 +379,7 @@ def load_cifar10(path: str | os.PathLike, *, split: str = "train") -> ArrayDatas
     names = {"train": _CIFAR_TRAIN, "test": _CIFAR_TEST, "all": _CIFAR_TRAIN + _CIFAR_TEST}
     if split not in names:
         fail("split", split, "expected 'train', 'test' or 'all'")
-    parts = []
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
     if path.is_dir():
         files = [path / n for n in names[split] if (path / n).is_file()]
         if not files and (path / "cifar-10-batches-py").is_dir():
@@ -402,6 +406,7 @@ def load_cifar10(path: str | os.PathLike, *, split: str = "train") -> ArrayDatas
                 )
             for n in wanted:
                 member = tar.extractfile(members[n])
+                assert member is not None  # members holds regular files only
                 parts.append(_cifar_dict(_unpickle(member, f"{path}:{n}"), f"{path}:{n}"))
     else:
         with open(path, "rb") as fh:
@@ -625,7 +630,7 @@ class DataStream:
     position: int = 0
     hflip: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.size = check_int("size", self.size, minimum=1)
         self._perm_epoch = -1
         self._perm = np.empty(0, dtype=np.int64)
@@ -661,7 +666,7 @@ class DataStream:
         self.position += batch
         return idx, flip
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         """JSON-able state (what a checkpoint stores)."""
         return {
             "size": self.size,
@@ -670,7 +675,7 @@ class DataStream:
             "hflip": self.hflip,
         }
 
-    def load_state(self, state: dict) -> None:
+    def load_state(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state` (refuses a stream over a dataset of another size)."""
         if int(state["size"]) != self.size:
             raise RefdiffValueError(
@@ -682,7 +687,7 @@ class DataStream:
         self.hflip = bool(state.get("hflip", self.hflip))
 
 
-def describe_dataset(ds: ImageDataset) -> dict:
+def describe_dataset(ds: ImageDataset) -> dict[str, Any]:
     """A small JSON-able description for configs and logs."""
     c, h, w = ds.image_shape
     return {

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import RefdiffValueError, fail
+from .._typing import Array
 
 __all__ = [
     "to_uint8",
@@ -49,7 +50,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def to_uint8(images) -> np.ndarray:
+def to_uint8(images: Array) -> np.ndarray:
     """Map images in [-1, 1] to uint8 by ``round((x + 1) * 127.5)``, clipped to 0..255 (NaN -> 0)."""
     x = np.asarray(images, dtype=np.float64)
     x = np.nan_to_num(x, nan=-1.0, posinf=1.0, neginf=-1.0)
@@ -57,7 +58,7 @@ def to_uint8(images) -> np.ndarray:
 
 
 def make_grid(
-    images, *, nrow: int | None = None, padding: int = 1, pad_value: int = 0
+    images: Array, *, nrow: int | None = None, padding: int = 1, pad_value: int = 0
 ) -> np.ndarray:
     """Tile images (N, C, H, W) — uint8, or float in [-1, 1] — into one (H', W', C) uint8 image.
 
@@ -96,7 +97,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     )
 
 
-def encode_png(image, *, level: int = 6) -> bytes:
+def encode_png(image: Array, *, level: int = 6) -> bytes:
     """Encode an 8-bit image (H, W) or (H, W, C) with C in 1..4 as PNG bytes (filter 0 on every row)."""
     a = np.asarray(image)
     if a.ndim == 2:
@@ -186,7 +187,7 @@ def decode_png(data: bytes) -> np.ndarray:
     return out.reshape(h, w, c)
 
 
-def write_png(path: str | os.PathLike, image) -> Path:
+def write_png(path: str | os.PathLike, image: Array) -> Path:
     """Write an 8-bit image to ``path`` as PNG (atomically)."""
     return atomic_write_bytes(path, encode_png(image))
 
@@ -197,7 +198,7 @@ def read_png(path: str | os.PathLike) -> np.ndarray:
 
 
 def save_grid(
-    path: str | os.PathLike, images, *, nrow: int | None = None, padding: int = 1
+    path: str | os.PathLike, images: Array, *, nrow: int | None = None, padding: int = 1
 ) -> Path:
     """Tile ``images`` (N, C, H, W; uint8 or float in [-1, 1]) with :func:`make_grid` and write a PNG."""
     return write_png(path, make_grid(images, nrow=nrow, padding=padding))

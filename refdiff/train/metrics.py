@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
+from collections.abc import Callable
 
 __all__ = ["MetricsWriter", "read_metrics", "ProgressBar", "format_duration"]
 
@@ -32,12 +33,12 @@ class MetricsWriter:
     Non-finite floats are written as ``null`` (strict JSON). ``append=False`` truncates the file.
     """
 
-    def __init__(self, path: str | os.PathLike, *, append: bool = True):
+    def __init__(self, path: str | os.PathLike, *, append: bool = True) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh: TextIO | None = open(self.path, "a" if append else "w", encoding="utf-8")
 
-    def write(self, record: dict) -> None:
+    def write(self, record: dict[str, Any]) -> None:
         """Write ``record`` as one line."""
         if self._fh is None:
             raise ValueError(f"metrics file {self.path} is closed")
@@ -53,11 +54,11 @@ class MetricsWriter:
     def __enter__(self) -> MetricsWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Every record of a JSON-lines metrics file (blank lines skipped)."""
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
@@ -93,8 +94,8 @@ class ProgressBar:
         enabled: bool = True,
         min_interval: float = 0.1,
         line_interval: float = 10.0,
-        clock=time.monotonic,
-    ):
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.total = int(total)
         self.n = self.start_n = int(initial)
         self.desc, self.unit, self.width = desc, unit, int(width)
@@ -187,7 +188,7 @@ class ProgressBar:
     def __enter__(self) -> ProgressBar:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

@@ -18,10 +18,18 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 from collections.abc import Callable
 
 from .._errors import RefdiffValueError, UnknownNameError, check_int, fail
+from .._typing import Array, Model, Namespace
+
+if TYPE_CHECKING:
+    from ..samplers import SamplerSpec
+    from ..schedules import Schedule
+
+_R = TypeVar("_R")
 
 __all__ = ["run_sampler", "available_samplers", "SPACINGS", "check_sampler"]
 
@@ -40,7 +48,7 @@ def _takes(fn: Callable, name: str) -> bool:
     )
 
 
-def _registry():
+def _registry() -> ModuleType:
     from .. import samplers
 
     return samplers
@@ -82,7 +90,7 @@ def check_sampler(name: str, *, steps: int, T: int, spacing: str = "trailing") -
     return name
 
 
-def _respaced(schedule, steps: int, spacing: str):
+def _respaced(schedule: Schedule, steps: int, spacing: str) -> Schedule:
     """The host schedule respaced to ``steps`` steps (``sections``: improved-diffusion's even
     spacing over [0, T-1] with both ends kept, ``space_timesteps(T, "N")``)."""
     from .. import schedules
@@ -95,13 +103,13 @@ def _respaced(schedule, steps: int, spacing: str):
     return sampling_schedule(schedule, steps, spacing)
 
 
-def respaced(schedule: Any, steps: int, spacing: str = "trailing") -> Any:
+def respaced(schedule: Schedule, steps: int, spacing: str = "trailing") -> Schedule:
     """Deprecated: the host schedule respaced to ``steps`` steps; use
     ``refdiff.samplers.discrete.sampling_schedule`` (kept for one release)."""
     return _respaced(schedule, steps, spacing)
 
 
-def _accepted(fn: Callable, options: dict) -> dict:
+def _accepted(fn: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
     params = inspect.signature(fn).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return options
@@ -120,7 +128,7 @@ _NEUTRAL = {
 }
 
 
-def _call(fn: Callable, *args, **options):
+def _call(fn: Callable[..., _R], *args: Any, **options: Any) -> _R:
     """``fn(*args, **options)``, dropping neutral options the loop turns out not to take."""
     while True:
         try:
@@ -139,12 +147,12 @@ def _call(fn: Callable, *args, **options):
 
 def run_sampler(
     name: str,
-    model: Callable,
-    schedule,
-    x_T,
+    model: Model,
+    schedule: Schedule,
+    x_T: Array,
     *,
     steps: int,
-    noise_sampler: Callable,
+    noise_sampler: Callable[[], Array],
     eta: float = 0.0,
     mean_type: str = "eps",
     var_type: str = "fixed_small",
@@ -153,7 +161,7 @@ def run_sampler(
     progress: Callable | None = None,
     callback: Callable | None = None,
     require_finite: bool = True,
-) -> Any:
+) -> Array:
     """Sample from ``model(x_t, t)`` (t: the network's timestep indices) starting at ``x_T``.
 
     Parameters
@@ -204,29 +212,29 @@ def run_sampler(
 
 
 def _run(
-    spec,
-    model,
-    schedule,
-    x_T,
-    xp,
+    spec: SamplerSpec,
+    model: Model,
+    schedule: Schedule,
+    x_T: Array,
+    xp: Namespace,
     *,
-    steps,
-    noise_sampler,
-    eta,
-    mean_type,
-    var_type,
-    clip_x0,
-    spacing,
-    progress,
-    callback,
-):
+    steps: int,
+    noise_sampler: Callable[[], Array],
+    eta: float,
+    mean_type: str,
+    var_type: str,
+    clip_x0: bool,
+    spacing: str,
+    progress: Callable | None,
+    callback: Callable | None,
+) -> Array:
     from .._xp import device_of
 
     name = spec.name if hasattr(spec, "name") else "sampler"
     if spec.family == "discrete":
         host = _respaced(schedule, steps, spacing)
         sched = host.to(xp, device=device_of(x_T), dtype=x_T.dtype)
-        options = {
+        options: dict[str, Any] = {
             "eta": eta,
             "mean_type": mean_type,
             "var_type": var_type,
@@ -250,7 +258,7 @@ def _run(
                 f"sampler={name!r} needs an eps, x0 or v network; this one predicts "
                 f"mean_type={mean_type!r}"
             )
-        options: dict[str, Any] = {
+        options = {
             k: v for k, v in (("callback", callback), ("progress", progress)) if v is not None
         }
         if clip_x0 and _takes(spec.fn, "correcting_x0_fn"):
