@@ -8,7 +8,7 @@ come from the schedule's tables, gathered at t and broadcast over the non-batch 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._errors import RefdiffValueError, UnknownNameError, fail
 from ._typing import Array
@@ -257,6 +257,7 @@ def level_coefficients(schedule: Any, t: int) -> LevelCoefficients:
 
 def x0_from_output_at(out: Array, x_t: Array, c: LevelCoefficients, mean_type: str) -> Array:
     """:func:`x0_from_output` with the coefficients given as host floats (the same operations in the same order)."""
+    mean_type = prediction_type(mean_type, "mean_type")
     if mean_type == "eps":
         return c.sqrt_recip_alphas_cumprod * x_t - c.sqrt_recipm1_alphas_cumprod * out
     if mean_type == "x0":
@@ -266,9 +267,7 @@ def x0_from_output_at(out: Array, x_t: Array, c: LevelCoefficients, mean_type: s
     if mean_type == "score":
         eps = -c.sqrt_one_minus_alphas_cumprod * out
         return c.sqrt_recip_alphas_cumprod * x_t - c.sqrt_recipm1_alphas_cumprod * eps
-    if mean_type == "mean":
-        return (out - c.posterior_mean_coef2 * x_t) / c.posterior_mean_coef1
-    return x0_from_output(cast("Schedule", None), x_t, None, out, mean_type)  # raises the unknown-name error
+    return (out - c.posterior_mean_coef2 * x_t) / c.posterior_mean_coef1
 
 
 def eps_from_x0_at(x_t: Array, x0: Array, c: LevelCoefficients) -> Array:

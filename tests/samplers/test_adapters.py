@@ -142,3 +142,16 @@ def test_vp_bridge_is_exact_on_a_point_mass(name):
     a_e, s_e = ns.marginal_alpha(t_end), ns.marginal_std(t_end)
     want = a_e * POINT.mean + s_e * (x_T - a_T * POINT.mean) / s_T
     np.testing.assert_allclose(out, want, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("pt", ["eps", "x0", "v", "score", "mean", "mu", "epsilon", "v_prediction"])
+def test_host_float_conversion_equals_the_table_form_for_every_name(pt):
+    """x0_from_output_at (host floats, the loops' step plans) = x0_from_output (table gathers)."""
+    from refdiff import parameterizations as P
+
+    s = S.cosine(50)
+    rng = np.random.default_rng(8)
+    x, out = rng.standard_normal((2, 1, 3))
+    c = P.level_coefficients(s, 17)
+    np.testing.assert_array_equal(P.x0_from_output_at(out, x, c, pt),
+                                  P.x0_from_output(s, x, np.array([17]), out, pt))
