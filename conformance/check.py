@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -135,7 +136,7 @@ def _noise_callable(src: NoiseSource, side):
     return noise
 
 
-def _jiggled_outputs(fn, side: "OracleSide"):
+def _jiggled_outputs(fn, side: OracleSide):
     """fn whose float outputs are one more leaf of the side: the rounding of a model evaluation,
     which perturbing the model's inputs alone does not reproduce (a denoiser D(x) ≈ x moves with
     x, so x − D(x) would not move at all)."""

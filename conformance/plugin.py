@@ -406,8 +406,7 @@ class _Counter:
 def refdiff_check(request, refdiff_backend, refdiff_dtype):
     """A checker bound to this test's backend and dtype: ``refdiff_check.run(case)``."""
     if not refdiff_backend.supports(refdiff_dtype):
-        pytest.skip(f"backend {refdiff_backend.name} on {refdiff_backend.device} does not "
-                    f"support {refdiff_dtype} (it has {', '.join(refdiff_backend.float_dtypes)})")
+        pytest.skip(refdiff_backend.unsupported_reason(refdiff_dtype))
     return _Checker(_state(request.config), request.node, refdiff_backend, refdiff_dtype)
 
 

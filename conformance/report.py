@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 __all__ = ["CheckResult", "VerifyReport", "format_table", "OUTCOMES", "SCHEMA_VERSION"]
 
@@ -60,7 +61,7 @@ class CheckResult:
                 "nodeid": self.nodeid}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CheckResult":
+    def from_dict(cls, d: dict) -> CheckResult:
         """Inverse of :meth:`to_dict`."""
         d = dict(d)
         d["ratio"] = _ratio_in(d.get("ratio"))
@@ -93,7 +94,7 @@ class VerifyReport:
     @property
     def counts(self) -> dict[str, int]:
         """How many checks ended in each outcome."""
-        c = {o: 0 for o in OUTCOMES}
+        c = dict.fromkeys(OUTCOMES, 0)
         for r in self.checks:
             c[r.outcome] = c.get(r.outcome, 0) + 1
         return c
@@ -146,7 +147,7 @@ class VerifyReport:
         return text
 
     @classmethod
-    def from_dict(cls, d: dict, *, log: str = "") -> "VerifyReport":
+    def from_dict(cls, d: dict, *, log: str = "") -> VerifyReport:
         """Rebuild from :meth:`to_dict` (e.g. a ``--refdiff-json`` file)."""
         return cls(ok=bool(d.get("ok")), backends=d.get("backends", {}),
                    dtypes=list(d.get("dtypes", [])), profile=d.get("profile", ""),

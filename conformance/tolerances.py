@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from collections.abc import Mapping
 
 __all__ = ["EPS", "ToleranceClass", "Tolerance", "TABLE", "WIDENED", "Widening", "tolerance",
            "eps", "table_rows"]
