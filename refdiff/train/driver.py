@@ -32,7 +32,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TextIO
 from collections.abc import Callable
 
 import numpy as np
@@ -49,6 +50,37 @@ from .checkpoint import (
 from .data import DataStream, ImageDataset, check_matches, describe_dataset, load_data
 from .images import save_grid
 from .metrics import MetricsWriter, ProgressBar
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from .._typing import Array, Device, DType, Namespace
+    from ..schedules import Schedule
+    from ..unet.config import UNetConfig
+
+    class _Trainer(Protocol):
+        """The trainer a backend's ``make_trainer`` returns (``describe`` is optional)."""
+
+        is_main: bool
+
+        def step(
+            self,
+            x0: np.ndarray,
+            y: np.ndarray | None,
+            t: np.ndarray,
+            weights: np.ndarray,
+            step: int,
+        ) -> None: ...
+        def last_losses(self) -> np.ndarray: ...
+        def collect(self) -> dict[str, Any]: ...
+        def export_state(self) -> dict[str, Any]: ...
+        def load_state(self, ck: Checkpoint) -> None: ...
+        def model_fn(
+            self, ema: bool = True
+        ) -> tuple[Callable[..., Array], Namespace, Device, DType]: ...
+        def describe(self) -> dict[str, Any]: ...
+        def close(self) -> None: ...
+
 
 __all__ = [
     "ema_decay",
@@ -173,7 +205,7 @@ class TrainConfig:
         "label_dropout",
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> TrainConfig:
@@ -310,7 +342,7 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------------
 
 
-def build_unet_config(cfg: TrainConfig, dataset: ImageDataset | None = None):
+def build_unet_config(cfg: TrainConfig, dataset: ImageDataset | None = None) -> UNetConfig:
     """The UNetConfig of a run: the preset, the data's image size/channels (for files), overrides."""
     from ..unet.config import get_preset
 
@@ -324,7 +356,7 @@ def build_unet_config(cfg: TrainConfig, dataset: ImageDataset | None = None):
     return get_preset(cfg.preset, **over)
 
 
-def build_schedule(name: str, T: int):
+def build_schedule(name: str, T: int) -> Schedule:
     """The host float64 schedule named ``name`` with ``T`` steps (``NAME+ztsnr`` adds zero terminal SNR)."""
     from .. import schedules
 
@@ -337,7 +369,7 @@ def build_schedule(name: str, T: int):
     return s
 
 
-def resolve_backend(name: str):
+def resolve_backend(name: str) -> ModuleType:
     """The module implementing ``make_trainer`` for a backend (imported lazily).
 
     ``name`` is ``torch`` or ``cupy``, optionally ``NAME@DEVICE``: ``cupy@cpu`` is the CuPy
@@ -375,22 +407,24 @@ def resolve_backend(name: str):
 # --------------------------------------------------------------------------------------------
 
 
-def _host_noise(rng: np.random.Generator, shape, xp, device, dtype):
+def _host_noise(
+    rng: np.random.Generator, shape: tuple[int, ...], xp: Namespace, device: Device, dtype: DType
+) -> Array:
     return xp.asarray(rng.standard_normal(shape), dtype=dtype, device=device)
 
 
 def sample_images(
-    model_fn: Callable,
-    schedule,
+    model_fn: Callable[..., Array],
+    schedule: Schedule,
     *,
-    shape,
-    xp,
-    device=None,
-    dtype=None,
+    shape: tuple[int, ...],
+    xp: Namespace,
+    device: Device = None,
+    dtype: DType = None,
     sampler: str = "ddim",
     steps: int = 50,
     seed: int = 0,
-    y=None,
+    y: Array | None = None,
     eta: float = 0.0,
     mean_type: str = "eps",
     var_type: str = "fixed_small",
@@ -415,7 +449,7 @@ def sample_images(
     rng = np.random.default_rng(seed)
     x_T = _host_noise(rng, shape, xp, device, dtype)
 
-    def noise_sampler(*_args, **_kw):
+    def noise_sampler(*_args: object, **_kw: object) -> Array:
         return _host_noise(rng, shape, xp, device, dtype)
 
     out = run_sampler(
@@ -437,13 +471,13 @@ def sample_images(
     return np.asarray(_to_numpy(out), dtype=np.float64)
 
 
-def _finite_guard():
+def _finite_guard() -> Callable[..., None]:
     from ..samplers import check_finite
 
     return check_finite()
 
 
-def _to_numpy(a) -> np.ndarray:
+def _to_numpy(a: Array) -> np.ndarray:
     if hasattr(a, "detach"):
         a = a.detach()
         if a.dtype.is_floating_point and a.dtype.itemsize < 4:
@@ -455,13 +489,13 @@ def _to_numpy(a) -> np.ndarray:
 
 
 def compute_bpd(
-    model_fn: Callable,
-    schedule,
+    model_fn: Callable[..., Array],
+    schedule: Schedule,
     x0_host: np.ndarray,
     *,
-    xp,
-    device=None,
-    dtype=None,
+    xp: Namespace,
+    device: Device = None,
+    dtype: DType = None,
     seed: int = 0,
     y_host: np.ndarray | None = None,
     mean_type: str = "eps",
@@ -478,7 +512,7 @@ def compute_bpd(
     x0 = xp.asarray(x0_host, dtype=dtype, device=device)
     y = None if y_host is None else xp.asarray(y_host, dtype=xp.int64, device=device)
 
-    def noise(t):
+    def noise(t: int | Array) -> Array:
         # the draw for timestep t depends only on (seed, t), whatever order the loop asks in
         return _host_noise(
             np.random.default_rng([seed, int(t)]), tuple(x0.shape), xp, device, dtype
@@ -499,10 +533,10 @@ def compute_bpd(
 
 
 def sample_with(
-    trainer,
+    trainer: _Trainer,
     run_cfg: TrainConfig,
-    schedule,
-    unet_cfg,
+    schedule: Schedule,
+    unet_cfg: UNetConfig,
     *,
     n: int,
     sampler: str,
@@ -568,7 +602,7 @@ def _merge_resume(cfg: TrainConfig, saved: dict, explicit: set[str] | None) -> T
     return TrainConfig.from_dict(merged)
 
 
-def load_run(path: str | os.PathLike) -> tuple[Checkpoint, TrainConfig, Any, Any]:
+def load_run(path: str | os.PathLike) -> tuple[Checkpoint, TrainConfig, UNetConfig, Schedule]:
     """Read a training checkpoint: ``(checkpoint, TrainConfig, UNetConfig, host schedule)``."""
     from ..unet.config import UNetConfig
 
@@ -590,7 +624,7 @@ def train(
     resume: str | os.PathLike | bool | None = None,
     explicit: set[str] | None = None,
     progress: bool | None = None,
-    stream=None,
+    stream: TextIO | None = None,
     step_hook: Callable[[int, Any], None] | None = None,
     weights_only: bool = False,
 ) -> dict[str, Any]:
@@ -680,7 +714,11 @@ def train(
             f"the model is class-conditional (num_classes={unet_cfg.num_classes}) but "
             f"data={dataset.name!r} has no labels"
         )
-    if unet_cfg.num_classes is not None and dataset.num_classes > unet_cfg.num_classes:
+    if (
+        unet_cfg.num_classes is not None
+        and dataset.num_classes is not None  # (None raised above)
+        and dataset.num_classes > unet_cfg.num_classes
+    ):
         raise RefdiffValueError(
             f"data={dataset.name!r} has {dataset.num_classes} classes but the model "
             f"has num_classes={unet_cfg.num_classes}"
@@ -713,19 +751,19 @@ def train(
 
 
 def _loop(
-    cfg,
-    trainer,
-    dataset,
-    unet_cfg,
-    schedule,
-    run_config,
+    cfg: TrainConfig,
+    trainer: _Trainer,
+    dataset: ImageDataset,
+    unet_cfg: UNetConfig,
+    schedule: Schedule,
+    run_config: dict[str, Any],
     out: Path,
-    ck,
+    ck: Checkpoint | None,
     *,
-    progress,
-    stream,
-    step_hook,
-):
+    progress: bool | None,
+    stream: TextIO | None,
+    step_hook: Callable[[int, Any], None] | None,
+) -> dict[str, Any]:
     from ..losses import LossSecondMomentResampler, UniformSampler
 
     main = trainer.is_main
@@ -856,6 +894,9 @@ def _loop(
             t, w = t_sampler.sample(cfg.batch, host_rng)
             if unet_cfg.num_classes is not None:
                 drop = host_rng.random(cfg.batch) < cfg.label_dropout
+                assert (
+                    y is not None
+                )  # train() checked that the data of a class-conditional model has labels
                 y = np.where(drop, unet_cfg.num_classes, y).astype(np.int64)
             else:
                 y = None
@@ -927,7 +968,7 @@ def _loop(
     }
 
 
-def _json_safe(v):
+def _json_safe(v: Any) -> Any:
     if isinstance(v, dict):
         return {str(k): _json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):

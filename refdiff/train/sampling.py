@@ -29,11 +29,11 @@ if TYPE_CHECKING:
     from ..samplers import SamplerSpec
     from ..schedules import Schedule
 
-_R = TypeVar("_R")
-
 __all__ = ["run_sampler", "available_samplers", "SPACINGS", "check_sampler"]
 
 from ..schedules import SPACINGS
+
+_R = TypeVar("_R")
 
 #: Prediction types the continuous-family bridges take from a discrete network.
 _BRIDGED_TYPES = ("eps", "x0", "v")
