@@ -894,9 +894,7 @@ def _loop(
             t, w = t_sampler.sample(cfg.batch, host_rng)
             if unet_cfg.num_classes is not None:
                 drop = host_rng.random(cfg.batch) < cfg.label_dropout
-                assert (
-                    y is not None
-                )  # train() checked that the data of a class-conditional model has labels
+                assert y is not None  # train() checked: a class-conditional model's data has labels
                 y = np.where(drop, unet_cfg.num_classes, y).astype(np.int64)
             else:
                 y = None
