@@ -13,10 +13,16 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
-from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .._typing import Array, Device, DType, Namespace
+    from ..unet.config import UNetConfig
+    from .checkpoint import Checkpoint
+    from .driver import TrainConfig
 
 __all__ = ["register", "main", "run_train", "run_sample", "run_bpd", "build_parser"]
 
@@ -32,11 +38,11 @@ def _sampler_names() -> list[str]:
         return ["ddim", "ddpm"]
 
 
-def _bool_flag(p, name: str, help: str) -> None:
+def _bool_flag(p: argparse._ActionsContainer, name: str, help: str) -> None:
     p.add_argument(name, action="store_true", default=_S, help=help)
 
 
-def _add_train(sub) -> None:
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from .driver import LOSSES, T_SAMPLERS, TrainConfig
 
     d = TrainConfig.__dataclass_fields__
@@ -222,7 +228,7 @@ _UNET_FLAGS = {
 }
 
 
-def _train_config(args) -> tuple[Any, set[str]]:
+def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
     from .._errors import RefdiffValueError
     from .driver import TrainConfig
 
@@ -270,13 +276,13 @@ def _fail(cmd: str, exc: BaseException) -> int:
     return 1
 
 
-def _known_errors():
+def _known_errors() -> tuple[type[Exception], ...]:
     from .._errors import RefdiffError
 
     return (RefdiffError, ValueError, KeyError, OSError, FloatingPointError, ImportError)
 
 
-def run_train(args) -> int:
+def run_train(args: argparse.Namespace) -> int:
     """Handler of ``refdiff train``."""
     from .._errors import RefdiffValueError
     from .driver import train
@@ -310,7 +316,7 @@ def run_train(args) -> int:
     return 0
 
 
-def _add_sample(sub) -> None:
+def _add_sample(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "sample",
         help="sample a grid of images from a checkpoint",
@@ -385,7 +391,9 @@ def _checkpoint_path(path: str) -> Path:
     return p / CHECKPOINT_NAME if p.is_dir() and (p / CHECKPOINT_NAME).exists() else p
 
 
-def _model_for(args, params, unet_cfg, dtype: str):
+def _model_for(
+    args: argparse.Namespace, params: Mapping[str, np.ndarray], unet_cfg: UNetConfig, dtype: str
+) -> tuple[Callable[..., Array], Namespace, Device, DType]:
     """(fn, xp, device, dtype) for the chosen inference backend."""
     if args.backend == "numpy":
         import array_api_compat.numpy as xp
@@ -394,7 +402,7 @@ def _model_for(args, params, unet_cfg, dtype: str):
 
         p64 = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
 
-        def fn(x, t, y=None):
+        def fn(x: Array, t: Array, y: Array | None = None) -> Array:
             return unet_apply(p64, unet_cfg, x, t, y=y)
 
         return fn, xp, "cpu", np.float64
@@ -423,7 +431,7 @@ def _check_out_file(flag: str, path: str | None, suffix: str) -> None:
         fail(flag, path, f"expected a file in a folder; {str(parent)!r} is a file")
 
 
-def _check_weights(ck, *, ema: bool) -> dict:
+def _check_weights(ck: Checkpoint, *, ema: bool) -> dict[str, np.ndarray]:
     """The weights to run, or CheckpointError if any tensor holds NaN or inf."""
     from .checkpoint import CheckpointError
 
@@ -439,7 +447,7 @@ def _check_weights(ck, *, ema: bool) -> dict:
     return w
 
 
-def run_sample(args) -> int:
+def run_sample(args: argparse.Namespace) -> int:
     """Handler of ``refdiff sample``."""
     from .._errors import check_int, fail
     from .driver import load_run, sample_images
@@ -478,7 +486,7 @@ def run_sample(args) -> int:
         bar = ProgressBar(chunks * args.steps, desc="sample", unit="step")
         for i, start in enumerate(range(0, args.n, chunk)):
 
-            def prog(k, n, i=i):
+            def prog(k: int, n: int, i: int = i) -> None:
                 bar.set(i * n + k, total=chunks * n)
 
             m = min(chunk, args.n - start)
@@ -525,7 +533,7 @@ def run_sample(args) -> int:
     return 0
 
 
-def _add_bpd(sub) -> None:
+def _add_bpd(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "bpd",
         help="VLB bits/dim of a checkpoint on held-out data",
@@ -558,7 +566,7 @@ def _add_bpd(sub) -> None:
     p.set_defaults(func=run_bpd)
 
 
-def run_bpd(args) -> int:
+def run_bpd(args: argparse.Namespace) -> int:
     """Handler of ``refdiff bpd``."""
     from .._errors import check_int
     from .data import check_matches, load_data
@@ -612,7 +620,7 @@ def run_bpd(args) -> int:
                 y = np.full(idx.size, unet_cfg.num_classes) if y is None else y
             last = [0]
 
-            def prog(k, total, m=idx.size, last=last):
+            def prog(k: int, total: int, m: int = idx.size, last: list[int] = last) -> None:
                 bar.update((k - last[0]) * m)
                 last[0] = k
 
@@ -669,7 +677,7 @@ def run_bpd(args) -> int:
     return 0
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``train``, ``sample`` and ``bpd`` to an argparse subparsers object."""
     _add_train(subparsers)
     _add_sample(subparsers)
