@@ -95,6 +95,11 @@ class Backend:
         The dtypes checked when none are asked for (bfloat16 is opt-in).
     install_hint : str
         How to install the library, shown when it is missing.
+    shape_menu : bool
+        True for a library that compiles every operation once per input shape (JAX/XLA): the
+        conformance suite then draws its array shapes from a short fixed menu (batch 1 or 2,
+        every other axis 3), so the same few compiled operations serve every example. The
+        values drawn, the dtypes and the number of examples are unchanged.
     """
 
     name: str = "generic"
@@ -103,6 +108,7 @@ class Backend:
     spec: str | None = None
     install_hint: str = ""
     default_dtypes: tuple[str, ...] = ("float64", "float32")
+    shape_menu: bool = False
 
     def __init__(
         self,

@@ -124,6 +124,7 @@ class JaxBackend(Backend):
 
     name = "jax"
     install_hint = INSTALL_HINT
+    shape_menu = True  # XLA compiles per shape: draw shapes from the suite's short menu
 
     def __init__(
         self,

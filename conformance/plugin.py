@@ -407,6 +407,9 @@ def refdiff_check(request, refdiff_backend, refdiff_dtype):
     """A checker bound to this test's backend and dtype: ``refdiff_check.run(case)``."""
     if not refdiff_backend.supports(refdiff_dtype):
         pytest.skip(refdiff_backend.unsupported_reason(refdiff_dtype))
+    from .strategies import use_shape_menu
+
+    use_shape_menu(getattr(refdiff_backend, "shape_menu", False))
     return _Checker(_state(request.config), request.node, refdiff_backend, refdiff_dtype)
 
 

@@ -208,11 +208,25 @@ def schedule_variants(name: str, variant: str):
 # Arrays
 # --------------------------------------------------------------------------------------------
 
+#: Whether :func:`batch_shapes` draws from the short shape menu (set per backend by the plugin,
+#: for libraries that compile once per shape; see ``Backend.shape_menu``).
+_SHAPE_MENU = False
+
+
+def use_shape_menu(on: bool) -> None:
+    """Draw array shapes from the short menu (batch 1 or 2, other axes 3) from now on, or not."""
+    global _SHAPE_MENU
+    _SHAPE_MENU = bool(on)
+
+
 @st.composite
 def batch_shapes(draw, *, min_dims: int = 1, max_dims: int = 4, max_batch: int = 3,
                  max_side: int = 4):
     """(B, ...) with B in [1, max_batch] and up to max_dims axes in all (image-like when 4)."""
     ndim = draw(st.integers(min_dims, max_dims), label="ndim")
+    if _SHAPE_MENU:
+        b = draw(st.sampled_from(sorted({1, min(2, max_batch)})), label="batch")
+        return (b,) + (min(3, max_side),) * (ndim - 1)
     b = draw(st.integers(1, max_batch), label="batch")
     rest = tuple(draw(st.integers(1, max_side), label=f"axis {i + 1}") for i in range(ndim - 1))
     return (b,) + rest
