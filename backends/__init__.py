@@ -63,8 +63,12 @@ __all__ = [
 # Deprecated module paths (one release): the torch and CuPy code moved into subpackages. An import
 # of an old path returns the new module, with a DeprecationWarning naming it.
 _MOVED = {
-    "torch_unet": "torch.unet", "torch_train": "torch.train", "torch_fast": "torch.fast",
-    "cupy_unet": "cupy.unet", "cupy_train": "cupy.train", "_cuda_emu": "cupy._emu",
+    "torch_unet": "torch.unet",
+    "torch_train": "torch.train",
+    "torch_fast": "torch.fast",
+    "cupy_unet": "cupy.unet",
+    "cupy_train": "cupy.train",
+    "_cuda_emu": "cupy._emu",
     "_kernel_ref": "cupy._kernel_ref",
 }
 
@@ -80,8 +84,11 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec: Any) -> Any:
         new = f"{__name__}.{_MOVED[spec.name.rpartition('.')[2]]}"
-        warnings.warn(f"{spec.name} moved to {new}; the old path is deprecated and goes in the "
-                      "next release", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"{spec.name} moved to {new}; the old path is deprecated and goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return importlib.import_module(new)
 
     def exec_module(self, module: Any) -> None:

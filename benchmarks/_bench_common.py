@@ -26,8 +26,11 @@ def env_info(device) -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {
-        "python": platform.python_version(), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "device": str(device), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": str(device),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if torch.backends.cudnn.is_available():
         info["cudnn"] = torch.backends.cudnn.version()
@@ -45,11 +48,23 @@ def env_info(device) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - optional
             info[mod] = None
     try:
-        info["refdiff_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-            timeout=10).stdout.strip() or None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        info["refdiff_commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         info["refdiff_dirty"] = bool(dirty)
     except Exception:  # noqa: BLE001 - not a checkout
         info["refdiff_commit"] = None
@@ -67,31 +82,47 @@ def diffusers_available() -> bool:
 # ------------------------------------------------------------------------------ the models
 def diffusers_kwargs(cfg) -> dict[str, Any]:
     """``UNet2DModel`` arguments for the same network as a refdiff UNetConfig (DDPM options only)."""
-    unsupported = {"use_scale_shift_norm": False, "resblock_updown": False, "num_classes": None,
-                   "learn_sigma": False, "conv_resample": True}
+    unsupported = {
+        "use_scale_shift_norm": False,
+        "resblock_updown": False,
+        "num_classes": None,
+        "learn_sigma": False,
+        "conv_resample": True,
+    }
     bad = {k: getattr(cfg, k) for k, v in unsupported.items() if getattr(cfg, k) != v}
     if bad:
-        raise ValueError(f"the diffusers comparison covers the DDPM options only; this config sets {bad}")
+        raise ValueError(
+            f"the diffusers comparison covers the DDPM options only; this config sets {bad}"
+        )
     levels = len(cfg.channel_mult)
-    res = [cfg.image_size // 2 ** i for i in range(levels)]
+    res = [cfg.image_size // 2**i for i in range(levels)]
     attn = [r in cfg.attention_resolutions for r in res]
     chans = [cfg.model_channels * m for m in cfg.channel_mult]
     heads = {cfg.heads_for(c) for c, a in zip(chans, attn) if a} | {cfg.heads_for(chans[-1])}
     if heads == {1}:
-        head_dim = None                      # diffusers: one head of all channels
+        head_dim = None  # diffusers: one head of all channels
     else:
         dims = {c // cfg.heads_for(c) for c, a in zip(chans, attn) if a} | {
-            chans[-1] // cfg.heads_for(chans[-1])}
+            chans[-1] // cfg.heads_for(chans[-1])
+        }
         if len(dims) != 1:
             raise ValueError("diffusers' UNet2DModel takes one attention_head_dim for every layer")
         head_dim = dims.pop()
     return dict(
-        sample_size=cfg.image_size, in_channels=cfg.in_channels, out_channels=cfg.output_channels,
-        block_out_channels=tuple(chans), layers_per_block=cfg.num_res_blocks,
+        sample_size=cfg.image_size,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.output_channels,
+        block_out_channels=tuple(chans),
+        layers_per_block=cfg.num_res_blocks,
         down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
         up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-        dropout=cfg.dropout, attention_head_dim=head_dim, norm_num_groups=cfg.num_groups,
-        norm_eps=1e-5, act_fn="silu", add_attention=True)
+        dropout=cfg.dropout,
+        attention_head_dim=head_dim,
+        norm_num_groups=cfg.num_groups,
+        norm_eps=1e-5,
+        act_fn="silu",
+        add_attention=True,
+    )
 
 
 def diffusers_unet(cfg):
@@ -111,10 +142,10 @@ def forward_macs(cfg) -> int:
     from refdiff.unet import layout
 
     mc, e, size = cfg.model_channels, cfg.time_embed_dim, cfg.image_size
-    macs = mc * e + e * e                                         # time MLP
+    macs = mc * e + e * e  # time MLP
     if cfg.num_classes is not None:
-        pass                                                      # an embedding lookup: no MACs
-    macs += cfg.in_channels * mc * 9 * size * size                # conv_in
+        pass  # an embedding lookup: no MACs
+    macs += cfg.in_channels * mc * 9 * size * size  # conv_in
     for b in layout(cfg):
         r = b.res
         if b.kind == "res":
@@ -125,12 +156,12 @@ def forward_macs(cfg) -> int:
                 macs += b.cin * b.cout * ro * ro
         elif b.kind == "attn":
             n, c = r * r, b.cin
-            macs += 4 * n * c * c + 2 * n * n * c                 # qkv + proj, QKᵀ and AV
+            macs += 4 * n * c * c + 2 * n * n * c  # qkv + proj, QKᵀ and AV
         elif b.kind == "downsample" and b.conv:
             macs += b.cin * b.cout * 9 * (r // 2) ** 2
         elif b.kind == "upsample" and b.conv:
             macs += b.cin * b.cout * 9 * (2 * r) ** 2
-    macs += mc * cfg.output_channels * 9 * size * size            # conv_out
+    macs += mc * cfg.output_channels * 9 * size * size  # conv_out
     return macs
 
 
@@ -189,8 +220,10 @@ def peak_gb(device) -> tuple[float | None, float | None]:
     import torch
 
     if str(device).startswith("cuda"):
-        return (torch.cuda.max_memory_allocated(device) / 1e9,
-                torch.cuda.max_memory_reserved(device) / 1e9)
+        return (
+            torch.cuda.max_memory_allocated(device) / 1e9,
+            torch.cuda.max_memory_reserved(device) / 1e9,
+        )
     return None, None
 
 

@@ -79,8 +79,15 @@ def refdiff_runs(shape, dtype, steps: int):
     return {
         "ddim": lambda: sample_ddim(model, x, schedule=S, steps=steps),
         "ddpm": lambda: sample_ddpm(model, x, schedule=S, steps=steps, noise=draw),
-        "dpmpp_2m": lambda: sample_dpm_solver(model, x, noise_schedule=ns, steps=steps, order=2,
-                                              method="multistep", algorithm_type="dpmsolver++"),
+        "dpmpp_2m": lambda: sample_dpm_solver(
+            model,
+            x,
+            noise_schedule=ns,
+            steps=steps,
+            order=2,
+            method="multistep",
+            algorithm_type="dpmsolver++",
+        ),
         "euler": lambda: sample_karras_euler(den, x * float(sig[0]), sigmas=sig),
     }
 
@@ -139,8 +146,12 @@ def floor_runs(shape, dtype, steps: int):
 def diffusers_runs(shape, dtype_name: str, steps: int):
     try:
         import torch
-        from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
-                               EulerDiscreteScheduler)
+        from diffusers import (
+            DDIMScheduler,
+            DDPMScheduler,
+            DPMSolverMultistepScheduler,
+            EulerDiscreteScheduler,
+        )
     except ImportError:
         return None
     torch.set_num_threads(1)
@@ -160,17 +171,22 @@ def diffusers_runs(shape, dtype_name: str, steps: int):
             for t in sched.timesteps:
                 xin = sched.scale_model_input(x, t) if scale else x
                 out = model(xin, t)
-                x = (sched.step(out, t, x, generator=generator) if generator is not None
-                     else sched.step(out, t, x)).prev_sample
+                x = (
+                    sched.step(out, t, x, generator=generator)
+                    if generator is not None
+                    else sched.step(out, t, x)
+                ).prev_sample
             return x
+
         return run
 
     gen = torch.Generator().manual_seed(1)
     return {
         "ddim": loop(DDIMScheduler(**kw, timestep_spacing="trailing")),
         "ddpm": loop(DDPMScheduler(**kw, timestep_spacing="trailing"), generator=gen),
-        "dpmpp_2m": loop(DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++",
-                                                     solver_order=2)),
+        "dpmpp_2m": loop(
+            DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2)
+        ),
         "euler": loop(EulerDiscreteScheduler(**kw, use_karras_sigmas=True), scale=True),
     }
 
@@ -192,10 +208,12 @@ def main(argv=None) -> dict:
     rows = []
     for B in [int(v) for v in a.batches.split(",")]:
         shape = (B, 3, 32, 32)
-        cols = {"refdiff f64": refdiff_runs(shape, np.float64, a.steps),
-                "refdiff f32": refdiff_runs(shape, np.float32, a.steps),
-                "floor f64": floor_runs(shape, np.float64, a.steps),
-                "floor f32": floor_runs(shape, np.float32, a.steps)}
+        cols = {
+            "refdiff f64": refdiff_runs(shape, np.float64, a.steps),
+            "refdiff f32": refdiff_runs(shape, np.float32, a.steps),
+            "floor f64": floor_runs(shape, np.float64, a.steps),
+            "floor f32": floor_runs(shape, np.float32, a.steps),
+        }
         for name in ("float32", "float64"):
             d = diffusers_runs(shape, name, a.steps)
             if d is not None:
@@ -206,19 +224,37 @@ def main(argv=None) -> dict:
                 row[col] = round(_time(runs[loop], a.steps, a.repeats), 1)
             rows.append(row)
             print(json.dumps(row, ensure_ascii=False), flush=True)
-    header = ["loop", "shape", "refdiff f64", "refdiff f32", "floor f64", "floor f32",
-              "diffusers f32", "diffusers f64"]
-    print(f"\nµs/step, min of {a.repeats} runs of {a.steps} steps, one thread; "
-          f"load average at start: {load}")
-    print("| " + " | ".join(header + ["f32 vs diffusers f32", "f64 vs diffusers f64",
-                                      "f64 vs floor f64"]) + " |")
+    header = [
+        "loop",
+        "shape",
+        "refdiff f64",
+        "refdiff f32",
+        "floor f64",
+        "floor f32",
+        "diffusers f32",
+        "diffusers f64",
+    ]
+    print(
+        f"\nµs/step, min of {a.repeats} runs of {a.steps} steps, one thread; "
+        f"load average at start: {load}"
+    )
+    print(
+        "| "
+        + " | ".join(header + ["f32 vs diffusers f32", "f64 vs diffusers f64", "f64 vs floor f64"])
+        + " |"
+    )
     print("|" + "---|" * (len(header) + 3))
     for r in rows:
+
         def ratio(num, den):
             return f"{r[num] / r[den]:.2f}" if den in r and num in r else "–"
+
         cells = [str(r.get(h, "–")) for h in header]
-        cells += [ratio("refdiff f32", "diffusers f32"), ratio("refdiff f64", "diffusers f64"),
-                  ratio("refdiff f64", "floor f64")]
+        cells += [
+            ratio("refdiff f32", "diffusers f32"),
+            ratio("refdiff f64", "diffusers f64"),
+            ratio("refdiff f64", "floor f64"),
+        ]
         print("| " + " | ".join(cells) + " |")
     out = {"steps": a.steps, "repeats": a.repeats, "load": load, "rows": rows}
     if a.json:

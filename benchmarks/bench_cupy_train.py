@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="ddpm-cifar10", help="UNet preset (default ddpm-cifar10)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=20, help="timed steps")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, autotune)")
+    p.add_argument(
+        "--warmup", type=int, default=5, help="untimed steps first (compilation, autotune)"
+    )
     p.add_argument("--precision", choices=PRECISIONS, default="tf32")
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
     p.add_argument("--backends", default="cupy,torch", help="comma-separated: cupy, torch")
@@ -52,9 +54,19 @@ def _parser() -> argparse.ArgumentParser:
 def _train_config(backend: str, args) -> Any:
     from refdiff.train.driver import TrainConfig
 
-    return TrainConfig(backend=backend, preset=args.preset, batch=args.batch, dtype="float32",
-                       device=args.device, bf16=args.precision == "bf16" and backend == "torch",
-                       lr=2e-4, grad_clip=1.0, ema=0.9999, seed=args.seed, steps=args.warmup + args.steps)
+    return TrainConfig(
+        backend=backend,
+        preset=args.preset,
+        batch=args.batch,
+        dtype="float32",
+        device=args.device,
+        bf16=args.precision == "bf16" and backend == "torch",
+        lr=2e-4,
+        grad_clip=1.0,
+        ema=0.9999,
+        seed=args.seed,
+        steps=args.warmup + args.steps,
+    )
 
 
 def _batches(args, unet_cfg, n: int):
@@ -117,7 +129,7 @@ def run_backend(name: str, args) -> dict[str, Any]:
             x0, t, w = next(batches)
             step += 1
             trainer.step(x0, None, t, w, step)
-        trainer.collect()                                   # synchronises the device
+        trainer.collect()  # synchronises the device
         t0 = time.perf_counter()
         for _ in range(args.steps):
             x0, t, w = next(batches)
@@ -126,8 +138,11 @@ def run_backend(name: str, args) -> dict[str, Any]:
         stats = trainer.collect()
         elapsed = time.perf_counter() - t0
         if name == "cupy":
-            peak = (cupy.get_default_memory_pool().total_bytes() if cuda
-                    else tracemalloc.get_traced_memory()[1])
+            peak = (
+                cupy.get_default_memory_pool().total_bytes()
+                if cuda
+                else tracemalloc.get_traced_memory()[1]
+            )
         else:
             peak = torch.cuda.max_memory_allocated() if cuda else None
         desc = trainer.describe()
@@ -135,9 +150,14 @@ def run_backend(name: str, args) -> dict[str, Any]:
         if traced:
             tracemalloc.stop()
         trainer.close()
-    return {"backend": name, "img_per_s": args.batch * args.steps / elapsed,
-            "ms_per_step": 1000.0 * elapsed / args.steps, "peak_bytes": peak,
-            "loss": stats.get("loss"), "describe": desc}
+    return {
+        "backend": name,
+        "img_per_s": args.batch * args.steps / elapsed,
+        "ms_per_step": 1000.0 * elapsed / args.steps,
+        "peak_bytes": peak,
+        "loss": stats.get("loss"),
+        "describe": desc,
+    }
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -149,20 +169,35 @@ def main(argv=None) -> dict[str, Any]:
             raise SystemExit(f"--backends: unknown backend {n!r}; expected cupy or torch")
     results = [run_backend(n, args) for n in names]
     by = {r["backend"]: r for r in results}
-    ratio = (by["cupy"]["img_per_s"] / by["torch"]["img_per_s"]
-             if "cupy" in by and "torch" in by else None)
-    out = {"preset": args.preset, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
-           "precision": args.precision, "device": args.device, "results": results,
-           "ratio_cupy_over_torch": ratio, "python": platform.python_version(),
-           "gpu": next((r["describe"].get("gpu") for r in results if r["describe"].get("gpu")), None)}
-    print(f"# {args.preset}, batch {args.batch}, {args.precision}, device {args.device}"
-          f"{', GPU ' + out['gpu'] if out['gpu'] else ''}; {args.steps} timed steps after "
-          f"{args.warmup} warm-up")
+    ratio = (
+        by["cupy"]["img_per_s"] / by["torch"]["img_per_s"]
+        if "cupy" in by and "torch" in by
+        else None
+    )
+    out = {
+        "preset": args.preset,
+        "batch": args.batch,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "precision": args.precision,
+        "device": args.device,
+        "results": results,
+        "ratio_cupy_over_torch": ratio,
+        "python": platform.python_version(),
+        "gpu": next((r["describe"].get("gpu") for r in results if r["describe"].get("gpu")), None),
+    }
+    print(
+        f"# {args.preset}, batch {args.batch}, {args.precision}, device {args.device}"
+        f"{', GPU ' + out['gpu'] if out['gpu'] else ''}; {args.steps} timed steps after "
+        f"{args.warmup} warm-up"
+    )
     print(f"{'backend':8s} {'img/s':>10s} {'ms/step':>10s} {'peak MiB':>10s} {'loss':>10s}")
     for r in results:
-        peak = "n/a" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2 ** 20:.1f}"
-        print(f"{r['backend']:8s} {r['img_per_s']:10.1f} {r['ms_per_step']:10.2f} {peak:>10s} "
-              f"{r['loss']:10.4f}")
+        peak = "n/a" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.1f}"
+        print(
+            f"{r['backend']:8s} {r['img_per_s']:10.1f} {r['ms_per_step']:10.2f} {peak:>10s} "
+            f"{r['loss']:10.4f}"
+        )
     if ratio is not None:
         print(f"ratio cupy/torch (img/s): {ratio:.3f}")
     if args.json:

@@ -56,19 +56,66 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as bc  # noqa: E402
 
 CONFIGS = {
-    "fp32": dict(label="fp32 (TF32 off)", tf32=False, bf16=False, cl=False, compile=None, graphs=False, std=True),
-    "tf32": dict(label="TF32", tf32=True, bf16=False, cl=False, compile=None, graphs=False, std=True),
-    "bf16": dict(label="bf16 autocast", tf32=True, bf16=True, cl=False, compile=None, graphs=False, std=True),
-    "bf16-cl": dict(label="bf16 + channels_last", tf32=True, bf16=True, cl=True, compile=None, graphs=False,
-                    std=True),
-    "bf16-cl-compile": dict(label="bf16 + CL + compile", tf32=True, bf16=True, cl=True, compile="default",
-                            graphs=False, std=True),
-    "bf16-cl-compile-ro": dict(label='bf16 + CL + compile("reduce-overhead")', tf32=True, bf16=True, cl=True,
-                               compile="reduce-overhead", graphs=False, std=True),
-    "bf16-cl-graph": dict(label="bf16 + CL + whole-step CUDA graph", tf32=True, bf16=True, cl=True,
-                          compile=None, graphs=True, std=False),
-    "bf16-cl-compile-graph": dict(label="bf16 + CL + compile + whole-step CUDA graph", tf32=True, bf16=True,
-                                  cl=True, compile="default", graphs=True, std=False),
+    "fp32": dict(
+        label="fp32 (TF32 off)",
+        tf32=False,
+        bf16=False,
+        cl=False,
+        compile=None,
+        graphs=False,
+        std=True,
+    ),
+    "tf32": dict(
+        label="TF32", tf32=True, bf16=False, cl=False, compile=None, graphs=False, std=True
+    ),
+    "bf16": dict(
+        label="bf16 autocast", tf32=True, bf16=True, cl=False, compile=None, graphs=False, std=True
+    ),
+    "bf16-cl": dict(
+        label="bf16 + channels_last",
+        tf32=True,
+        bf16=True,
+        cl=True,
+        compile=None,
+        graphs=False,
+        std=True,
+    ),
+    "bf16-cl-compile": dict(
+        label="bf16 + CL + compile",
+        tf32=True,
+        bf16=True,
+        cl=True,
+        compile="default",
+        graphs=False,
+        std=True,
+    ),
+    "bf16-cl-compile-ro": dict(
+        label='bf16 + CL + compile("reduce-overhead")',
+        tf32=True,
+        bf16=True,
+        cl=True,
+        compile="reduce-overhead",
+        graphs=False,
+        std=True,
+    ),
+    "bf16-cl-graph": dict(
+        label="bf16 + CL + whole-step CUDA graph",
+        tf32=True,
+        bf16=True,
+        cl=True,
+        compile=None,
+        graphs=True,
+        std=False,
+    ),
+    "bf16-cl-compile-graph": dict(
+        label="bf16 + CL + compile + whole-step CUDA graph",
+        tf32=True,
+        bf16=True,
+        cl=True,
+        compile="default",
+        graphs=True,
+        std=False,
+    ),
 }
 MODELS = ("refdiff", "diffusers")
 
@@ -97,8 +144,15 @@ def run_row(model: str, cname: str, variant: str, ucfg, args, device) -> dict:
     from refdiff.backends.torch.fast import make_train_step, set_tf32
 
     c = CONFIGS[cname]
-    row = {"model": model, "config": cname, "variant": variant, "label": c["label"], "standard": c["std"],
-           "batch": args.batch, "preset": args.preset}
+    row = {
+        "model": model,
+        "config": cname,
+        "variant": variant,
+        "label": c["label"],
+        "standard": c["std"],
+        "batch": args.batch,
+        "preset": args.preset,
+    }
     cuda = str(device).startswith("cuda")
     if c["graphs"] and not cuda:
         row["status"] = "skipped: CUDA graphs need a CUDA device"
@@ -114,9 +168,17 @@ def run_row(model: str, cname: str, variant: str, ucfg, args, device) -> dict:
         if compile_mode == "reduce-overhead" and (not cuda or args.compile_backend != "inductor"):
             row["note"] = "reduce-overhead needs CUDA and inductor: compiled without CUDA graphs"
             compile_mode = "default"
-        step = make_train_step(net, forward=forward, bf16=c["bf16"], channels_last=c["cl"],
-                               compile_mode=compile_mode, cuda_graphs=c["graphs"],
-                               compile_backend=args.compile_backend, lr=2e-4, ema_decay=0.9999)
+        step = make_train_step(
+            net,
+            forward=forward,
+            bf16=c["bf16"],
+            channels_last=c["cl"],
+            compile_mode=compile_mode,
+            cuda_graphs=c["graphs"],
+            compile_backend=args.compile_backend,
+            lr=2e-4,
+            ema_decay=0.9999,
+        )
         shape = (args.batch, ucfg.in_channels, ucfg.image_size, ucfg.image_size)
         gen = torch.Generator(device=device).manual_seed(args.seed + 1)
         data = [torch.rand(shape, generator=gen, device=device) * 2 - 1 for _ in range(4)]
@@ -137,14 +199,23 @@ def run_row(model: str, cname: str, variant: str, ucfg, args, device) -> dict:
         ms = bc.median(times)
         alloc, reserved = bc.peak_gb(device)
         flops = bc.train_flops_per_image(ucfg) * args.batch
-        row.update(status="ok", ms_per_step=ms, ms_runs=times, img_per_s=args.batch * 1e3 / ms,
-                   tflops=flops / (ms * 1e-3) / 1e12, peak_alloc_gb=alloc, peak_reserved_gb=reserved,
-                   loss=float(loss) if loss is not None else None,
-                   params=sum(p.numel() for p in net.parameters()))
+        row.update(
+            status="ok",
+            ms_per_step=ms,
+            ms_runs=times,
+            img_per_s=args.batch * 1e3 / ms,
+            tflops=flops / (ms * 1e-3) / 1e12,
+            peak_alloc_gb=alloc,
+            peak_reserved_gb=reserved,
+            loss=float(loss) if loss is not None else None,
+            params=sum(p.numel() for p in net.parameters()),
+        )
         if row["loss"] is not None and not (row["loss"] == row["loss"]):
             row["status"] = "error: the loss is NaN"
     except Exception as e:  # noqa: BLE001 - record and go on
-        row["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        row["status"] = (
+            f"error: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        )
         row["traceback"] = traceback.format_exc()[-4000:]
     finally:
         step = net = None  # noqa: F841 (free before cleanup)
@@ -159,7 +230,11 @@ def summarize(rows: list[dict]) -> dict:
     dif_std = [r for r in ok if r["model"] == "diffusers" and r.get("standard")]
     dif_all = [r for r in ok if r["model"] == "diffusers"]
     best = lambda rs: max(rs, key=lambda r: r["img_per_s"]) if rs else None  # noqa: E731
-    out = {"best_refdiff": best(ref), "best_diffusers": best(dif_std), "best_diffusers_any": best(dif_all)}
+    out = {
+        "best_refdiff": best(ref),
+        "best_diffusers": best(dif_std),
+        "best_diffusers_any": best(dif_all),
+    }
     b, d = out["best_refdiff"], out["best_diffusers"]
     if b and d:
         out["speedup"] = b["img_per_s"] / d["img_per_s"]
@@ -178,13 +253,17 @@ def report(rows: list[dict], envs: list[dict]) -> str:
     order = {k: i for i, k in enumerate(CONFIGS)}
     lines = []
     env = envs[-1] if envs else {}
-    lines.append(f"device: {env.get('gpu') or env.get('cpu') or env.get('device')} | torch {env.get('torch')} "
-                 f"| CUDA {env.get('cuda')} | cuDNN {env.get('cudnn')} | triton {env.get('triton')} "
-                 f"| diffusers {env.get('diffusers')} | refdiff {env.get('refdiff_commit')}"
-                 f"{' (dirty)' if env.get('refdiff_dirty') else ''}")
+    lines.append(
+        f"device: {env.get('gpu') or env.get('cpu') or env.get('device')} | torch {env.get('torch')} "
+        f"| CUDA {env.get('cuda')} | cuDNN {env.get('cudnn')} | triton {env.get('triton')} "
+        f"| diffusers {env.get('diffusers')} | refdiff {env.get('refdiff_commit')}"
+        f"{' (dirty)' if env.get('refdiff_dirty') else ''}"
+    )
     batch = next((r.get("batch") for r in rows), None)
-    lines.append(f"batch {batch}, preset {next((r.get('preset') for r in rows), None)}; img/s (higher is better), "
-                 "peak = max allocated GB; ratio = refdiff img/s / diffusers img/s")
+    lines.append(
+        f"batch {batch}, preset {next((r.get('preset') for r in rows), None)}; img/s (higher is better), "
+        "peak = max allocated GB; ratio = refdiff img/s / diffusers img/s"
+    )
     lines.append("")
     by = {}
     for r in rows:
@@ -195,7 +274,9 @@ def report(rows: list[dict], envs: list[dict]) -> str:
         f = [r for r in by[cname].get("refdiff", []) if r.get("status") == "ok"]
         dr = max(d, key=lambda r: r["img_per_s"]) if d else None
         fr = max(f, key=lambda r: r["img_per_s"]) if f else None
-        label = CONFIGS.get(cname, {}).get("label", cname) + ("" if CONFIGS.get(cname, {}).get("std", True) else " *")
+        label = CONFIGS.get(cname, {}).get("label", cname) + (
+            "" if CONFIGS.get(cname, {}).get("std", True) else " *"
+        )
 
         def cell(r, rs):
             if r:
@@ -207,68 +288,133 @@ def report(rows: list[dict], envs: list[dict]) -> str:
         fi, fm = cell(fr, by[cname].get("refdiff", []))
         ratio = bc.fmt(fr["img_per_s"] / dr["img_per_s"], 2) + "×" if (fr and dr) else "–"
         table.append([label, di, dm, fi, fm, fr["variant"] if fr else "–", ratio])
-    lines.append(bc.markdown_table(["configuration", "diffusers img/s", "peak GB", "refdiff img/s", "peak GB",
-                                    "refdiff GN", "ratio"], table))
-    lines.append("* not a diffusers configuration: both networks run refdiff's whole-step CUDA graph")
+    lines.append(
+        bc.markdown_table(
+            [
+                "configuration",
+                "diffusers img/s",
+                "peak GB",
+                "refdiff img/s",
+                "peak GB",
+                "refdiff GN",
+                "ratio",
+            ],
+            table,
+        )
+    )
+    lines.append(
+        "* not a diffusers configuration: both networks run refdiff's whole-step CUDA graph"
+    )
     lines.append("")
     detail = []
-    for r in sorted(rows, key=lambda r: (order.get(r["config"], 99), r["model"], r.get("variant", ""))):
+    for r in sorted(
+        rows, key=lambda r: (order.get(r["config"], 99), r["model"], r.get("variant", ""))
+    ):
         if r.get("status") == "ok":
             runs = r.get("ms_runs") or []
             spread = (max(runs) - min(runs)) / r["ms_per_step"] * 100 if runs else float("nan")
-            detail.append([r["model"], r["config"], r.get("variant", ""), bc.fmt(r["ms_per_step"], 2),
-                           bc.fmt(spread, 1) + "%", bc.fmt(r["img_per_s"]), bc.fmt(r.get("tflops"), 1),
-                           bc.fmt(r.get("peak_alloc_gb"), 2), bc.fmt(r.get("warmup_s"), 1),
-                           bc.fmt(r.get("loss"), 4)])
+            detail.append(
+                [
+                    r["model"],
+                    r["config"],
+                    r.get("variant", ""),
+                    bc.fmt(r["ms_per_step"], 2),
+                    bc.fmt(spread, 1) + "%",
+                    bc.fmt(r["img_per_s"]),
+                    bc.fmt(r.get("tflops"), 1),
+                    bc.fmt(r.get("peak_alloc_gb"), 2),
+                    bc.fmt(r.get("warmup_s"), 1),
+                    bc.fmt(r.get("loss"), 4),
+                ]
+            )
         else:
-            detail.append([r["model"], r["config"], r.get("variant", ""), r.get("status", "?")[:60]] + [""] * 6)
-    lines.append(bc.markdown_table(["model", "config", "variant", "ms/step", "spread", "img/s", "TFLOP/s",
-                                    "peak GB", "warmup s", "loss"], detail))
+            detail.append(
+                [r["model"], r["config"], r.get("variant", ""), r.get("status", "?")[:60]]
+                + [""] * 6
+            )
+    lines.append(
+        bc.markdown_table(
+            [
+                "model",
+                "config",
+                "variant",
+                "ms/step",
+                "spread",
+                "img/s",
+                "TFLOP/s",
+                "peak GB",
+                "warmup s",
+                "loss",
+            ],
+            detail,
+        )
+    )
     s = summarize(rows)
     lines.append("")
     b, d = s.get("best_refdiff"), s.get("best_diffusers")
     if b and d:
-        lines.append(f"best refdiff: {b['config']} ({b['variant']}) {bc.fmt(b['img_per_s'])} img/s, "
-                     f"{bc.fmt(b.get('peak_alloc_gb'), 2)} GB | best diffusers (issue 7's list): {d['config']} "
-                     f"{bc.fmt(d['img_per_s'])} img/s, {bc.fmt(d.get('peak_alloc_gb'), 2)} GB")
+        lines.append(
+            f"best refdiff: {b['config']} ({b['variant']}) {bc.fmt(b['img_per_s'])} img/s, "
+            f"{bc.fmt(b.get('peak_alloc_gb'), 2)} GB | best diffusers (issue 7's list): {d['config']} "
+            f"{bc.fmt(d['img_per_s'])} img/s, {bc.fmt(d.get('peak_alloc_gb'), 2)} GB"
+        )
         mem = s.get("meets_memory")
-        lines.append(f"speed-up {s['speedup']:.2f}× (target ≥ 1.5×: {'met' if s['meets_speed'] else 'NOT met'}); "
-                     f"peak memory {'≤' if mem else '>' if mem is not None else '?'} diffusers'"
-                     + (f" ({s['memory_ratio']:.2f}×)" if "memory_ratio" in s else ""))
+        lines.append(
+            f"speed-up {s['speedup']:.2f}× (target ≥ 1.5×: {'met' if s['meets_speed'] else 'NOT met'}); "
+            f"peak memory {'≤' if mem else '>' if mem is not None else '?'} diffusers'"
+            + (f" ({s['memory_ratio']:.2f}×)" if "memory_ratio" in s else "")
+        )
         da = s.get("best_diffusers_any")
         if da and da is not d:
-            lines.append(f"against diffusers' best row of any kind ({da['config']}, {bc.fmt(da['img_per_s'])} img/s): "
-                         f"{s['speedup_vs_any']:.2f}×")
+            lines.append(
+                f"against diffusers' best row of any kind ({da['config']}, {bc.fmt(da['img_per_s'])} img/s): "
+                f"{s['speedup_vs_any']:.2f}×"
+            )
     else:
         lines.append("summary: needs an ok row of each model")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--preset", default="ddpm-cifar10")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--fused-norm", default="auto",
-                    help="refdiff GroupNorm path(s): torch, triton, auto (comma separated)")
-    ap.add_argument("--warmup", type=int, default=10, help="untimed steps first (compile, autotune, capture)")
+    ap.add_argument(
+        "--fused-norm",
+        default="auto",
+        help="refdiff GroupNorm path(s): torch, triton, auto (comma separated)",
+    )
+    ap.add_argument(
+        "--warmup", type=int, default=10, help="untimed steps first (compile, autotune, capture)"
+    )
     ap.add_argument("--steps", type=int, default=20, help="steps per timed run")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs (the median is reported)")
     ap.add_argument("--compile-backend", default="inductor")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
     ap.add_argument("--json", default=None, help="write env, rows and summary here")
-    ap.add_argument("--table-from", nargs="+", default=None, help="print the table of earlier JSON outputs")
+    ap.add_argument(
+        "--table-from", nargs="+", default=None, help="print the table of earlier JSON outputs"
+    )
     args = ap.parse_args(argv)
 
     if args.table_from:
         rows, envs = bc.read_rows(args.table_from)
         print(report(rows, envs))
         if args.json:
-            bc.write_json(args.json, {"env": envs[-1] if envs else {}, "rows": rows, "summary": summarize(rows)})
+            bc.write_json(
+                args.json,
+                {"env": envs[-1] if envs else {}, "rows": rows, "summary": summarize(rows)},
+            )
         return 0
 
     import torch
@@ -277,11 +423,16 @@ def main(argv=None) -> int:
 
     configs, models = _split(args.configs), _split(args.models)
     variants = _split(args.fused_norm)
-    bad = [c for c in configs if c not in CONFIGS] + [m for m in models if m not in MODELS] + [
-        v for v in variants if v not in ("torch", "triton", "auto")]
+    bad = (
+        [c for c in configs if c not in CONFIGS]
+        + [m for m in models if m not in MODELS]
+        + [v for v in variants if v not in ("torch", "triton", "auto")]
+    )
     if bad:
-        ap.error(f"unknown configuration/model/variant {bad}; configs: {', '.join(CONFIGS)}; models: "
-                 f"{', '.join(MODELS)}; --fused-norm: torch, triton, auto")
+        ap.error(
+            f"unknown configuration/model/variant {bad}; configs: {', '.join(CONFIGS)}; models: "
+            f"{', '.join(MODELS)}; --fused-norm: torch, triton, auto"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -292,21 +443,38 @@ def main(argv=None) -> int:
     env = bc.env_info(device)
     rows = []
     if "diffusers" in models and not bc.diffusers_available():
-        print("diffusers is not installed: its rows are skipped (pip install diffusers)", file=sys.stderr)
-        rows += [{"model": "diffusers", "config": c, "variant": "-", "status": "skipped: diffusers not installed",
-                  "batch": args.batch, "preset": args.preset} for c in configs]
+        print(
+            "diffusers is not installed: its rows are skipped (pip install diffusers)",
+            file=sys.stderr,
+        )
+        rows += [
+            {
+                "model": "diffusers",
+                "config": c,
+                "variant": "-",
+                "status": "skipped: diffusers not installed",
+                "batch": args.batch,
+                "preset": args.preset,
+            }
+            for c in configs
+        ]
         models = [m for m in models if m != "diffusers"]
     for cname in configs:
         for model in models:
-            for variant in (variants if model == "refdiff" else ["-"]):
+            for variant in variants if model == "refdiff" else ["-"]:
                 r = run_row(model, cname, variant, ucfg, args, device)
                 rows.append(r)
-                msg = (f"{r['ms_per_step']:.2f} ms/step, {r['img_per_s']:.0f} img/s, "
-                       f"peak {bc.fmt(r.get('peak_alloc_gb'), 2)} GB, warmup {r.get('warmup_s')} s"
-                       if r.get("status") == "ok" else r.get("status"))
+                msg = (
+                    f"{r['ms_per_step']:.2f} ms/step, {r['img_per_s']:.0f} img/s, "
+                    f"peak {bc.fmt(r.get('peak_alloc_gb'), 2)} GB, warmup {r.get('warmup_s')} s"
+                    if r.get("status") == "ok"
+                    else r.get("status")
+                )
                 print(f"[{model:9s} {cname:22s} {variant:6s}] {msg}", file=sys.stderr, flush=True)
     if args.json:
-        bc.write_json(args.json, {"env": env, "args": vars(args), "rows": rows, "summary": summarize(rows)})
+        bc.write_json(
+            args.json, {"env": env, "args": vars(args), "rows": rows, "summary": summarize(rows)}
+        )
     print(report(rows, [env]))
     return 0
 

@@ -74,40 +74,73 @@ def deterministic_case(name, family, t_end=None, **options):
     fn = get_sampler(name).fn
     fs = options.pop("noise_schedule", FlowSchedule()) if family == "flow" else None
     errs = []
-    for n in (DISCRETE_LADDER if family == "discrete" else LADDER):
+    for n in DISCRETE_LADDER if family == "discrete" else LADDER:
         if family == "discrete" and name in EQUAL_GAPS:
             d = 960 // n
             ab = np.asarray(BASE.alphas_cumprod)
-            run = lambda xT, nz: fn(A.discrete_model(DATA, BASE, "eps"), xT, schedule=BASE,
-                                    timesteps=np.arange(39 + d, 1000, d),
-                                    final_alpha_bar=float(ab[39]), **options)
-            exact = flow_map(np.sqrt(ab[999]), np.sqrt(1 - ab[999]), np.sqrt(ab[39]), np.sqrt(1 - ab[39]))
+            run = lambda xT, nz: fn(
+                A.discrete_model(DATA, BASE, "eps"),
+                xT,
+                schedule=BASE,
+                timesteps=np.arange(39 + d, 1000, d),
+                final_alpha_bar=float(ab[39]),
+                **options,
+            )
+            exact = flow_map(
+                np.sqrt(ab[999]), np.sqrt(1 - ab[999]), np.sqrt(ab[39]), np.sqrt(1 - ab[39])
+            )
         elif family == "discrete":
-            run = lambda xT, nz: fn(A.discrete_model(DATA, BASE, "eps"), xT, schedule=BASE, steps=n,
-                                    final_alpha_bar="alpha_bar_0", base_schedule=BASE, **options)
+            run = lambda xT, nz: fn(
+                A.discrete_model(DATA, BASE, "eps"),
+                xT,
+                schedule=BASE,
+                steps=n,
+                final_alpha_bar="alpha_bar_0",
+                base_schedule=BASE,
+                **options,
+            )
             ab = np.asarray(BASE.alphas_cumprod)
-            exact = flow_map(np.sqrt(ab[999]), np.sqrt(1 - ab[999]), np.sqrt(ab[0]), np.sqrt(1 - ab[0]))
+            exact = flow_map(
+                np.sqrt(ab[999]), np.sqrt(1 - ab[999]), np.sqrt(ab[0]), np.sqrt(1 - ab[0])
+            )
         elif family == "karras":
             sig = karras_sigmas(n + 1, 0.05, 10.0, append_zero=False)
             run = lambda xT, nz: fn(A.karras_denoiser(DATA), xT, sigmas=sig, **options)
             exact = flow_map(1.0, 10.0, 1.0, 0.05)
         elif family == "vp":
             ns = NoiseScheduleVP.linear()
-            run = lambda xT, nz: fn(A.vp_model(DATA, ns, "eps"), xT, noise_schedule=ns, steps=n,
-                                    skip_type="logSNR", t_end=t_end, **options)
-            exact = flow_map(ns.marginal_alpha(1.0), ns.marginal_std(1.0),
-                             ns.marginal_alpha(t_end), ns.marginal_std(t_end))
+            run = lambda xT, nz: fn(
+                A.vp_model(DATA, ns, "eps"),
+                xT,
+                noise_schedule=ns,
+                steps=n,
+                skip_type="logSNR",
+                t_end=t_end,
+                **options,
+            )
+            exact = flow_map(
+                ns.marginal_alpha(1.0),
+                ns.marginal_std(1.0),
+                ns.marginal_alpha(t_end),
+                ns.marginal_std(t_end),
+            )
         elif family == "flow":
-            velocity = lambda x, t: (DATA.eps(x, fs.marginal_alpha(t), fs.marginal_std(t))
-                                     - DATA.x0(x, fs.marginal_alpha(t), fs.marginal_std(t)))
+            velocity = lambda x, t: (
+                DATA.eps(x, fs.marginal_alpha(t), fs.marginal_std(t))
+                - DATA.x0(x, fs.marginal_alpha(t), fs.marginal_std(t))
+            )
             run = lambda xT, nz: fn(velocity, xT, noise_schedule=fs, steps=n, **options)
             exact = flow_map(0.0, 1.0, 1.0, 0.0)
         else:
             sde = VPSDE()
             score = lambda x, t: DATA.score(x, sde.marginal_alpha(t), sde.marginal_std(t))
             run = lambda xT, nz: fn(score, xT, sde=sde, steps=n, eps=t_end, **options)
-            exact = flow_map(float(sde.marginal_alpha(1.0)), float(sde.marginal_std(1.0)),
-                             float(sde.marginal_alpha(t_end)), float(sde.marginal_std(t_end)))
+            exact = flow_map(
+                float(sde.marginal_alpha(1.0)),
+                float(sde.marginal_std(1.0)),
+                float(sde.marginal_alpha(t_end)),
+                float(sde.marginal_std(t_end)),
+            )
         errs.append(map_error(run, exact))
     return errs
 
@@ -123,19 +156,29 @@ def law_case(name, family, sde=None, eps=1e-3, **options):
             start, end = DATA.marginal(1.0, 10.0), DATA.marginal(1.0, 0.05)
         elif family == "vp":
             ns = NoiseScheduleVP.linear()
-            run = lambda xT, nz: fn(A.vp_model(DATA, ns, "eps"), xT, noise_schedule=ns, steps=n,
-                                    noise=nz, t_end=eps, skip_type="logSNR", **options)
+            run = lambda xT, nz: fn(
+                A.vp_model(DATA, ns, "eps"),
+                xT,
+                noise_schedule=ns,
+                steps=n,
+                noise=nz,
+                t_end=eps,
+                skip_type="logSNR",
+                **options,
+            )
             start = DATA.marginal(ns.marginal_alpha(1.0), ns.marginal_std(1.0))
             end = DATA.marginal(ns.marginal_alpha(eps), ns.marginal_std(eps))
         else:
             sde = VPSDE() if sde is None else sde
             score = lambda x, t: DATA.score(x, sde.marginal_alpha(t), sde.marginal_std(t))
-            run = lambda xT, nz: fn(score, xT, sde=sde, steps=n, noise=nz, eps=eps, denoise=False,
-                                    **options)
+            run = lambda xT, nz: fn(
+                score, xT, sde=sde, steps=n, noise=nz, eps=eps, denoise=False, **options
+            )
             start = DATA.marginal(float(sde.marginal_alpha(1.0)), float(sde.marginal_std(1.0)))
             end = DATA.marginal(float(sde.marginal_alpha(eps)), float(sde.marginal_std(eps)))
-        law = A.linear_sampler_law(run, *start, dim=2,
-                                   n_noise=2 * n if name == "karras_dpmpp_sde" else n)
+        law = A.linear_sampler_law(
+            run, *start, dim=2, n_noise=2 * n if name == "karras_dpmpp_sde" else n
+        )
         errs.append(float(max(np.abs(law.mean - end[0]).max(), np.abs(law.cov - end[1]).max())))
     return errs
 
@@ -148,33 +191,79 @@ def rows():
             continue
         if spec.family == "discrete":
             errs = deterministic_case(name, "discrete")
-            out.append(dict(sampler=name, family=spec.family, options="", registered=spec.order,
-                            setting=("ᾱ_999→ᾱ_39, equal gaps" if name in EQUAL_GAPS
-                                     else "ᾱ_999→ᾱ_0"), steps=DISCRETE_LADDER, errors=errs,
-                            order=fit(DISCRETE_LADDER, errs)))
+            out.append(
+                dict(
+                    sampler=name,
+                    family=spec.family,
+                    options="",
+                    registered=spec.order,
+                    setting=("ᾱ_999→ᾱ_39, equal gaps" if name in EQUAL_GAPS else "ᾱ_999→ᾱ_0"),
+                    steps=DISCRETE_LADDER,
+                    errors=errs,
+                    order=fit(DISCRETE_LADDER, errs),
+                )
+            )
             continue
         if spec.family == "flow":
             errs = deterministic_case(name, "flow")
-            out.append(dict(sampler=name, family=spec.family, options="", registered=spec.order,
-                            setting="t 1→0", steps=LADDER, errors=errs, order=fit(LADDER, errs)))
+            out.append(
+                dict(
+                    sampler=name,
+                    family=spec.family,
+                    options="",
+                    registered=spec.order,
+                    setting="t 1→0",
+                    steps=LADDER,
+                    errors=errs,
+                    order=fit(LADDER, errs),
+                )
+            )
             continue
         if spec.family == "karras":
             errs = deterministic_case(name, "karras")
-            out.append(dict(sampler=name, family=spec.family, options="", registered=spec.order,
-                            setting="σ 10→0.05", steps=LADDER, errors=errs, order=fit(LADDER, errs)))
+            out.append(
+                dict(
+                    sampler=name,
+                    family=spec.family,
+                    options="",
+                    registered=spec.order,
+                    setting="σ 10→0.05",
+                    steps=LADDER,
+                    errors=errs,
+                    order=fit(LADDER, errs),
+                )
+            )
             continue
         for t_end, label in ((0.5, "[0.5, 1]"), (1e-3, "[1e-3, 1]")):
             errs = deterministic_case(name, spec.family, t_end=t_end)
-            out.append(dict(sampler=name, family=spec.family, options="", registered=spec.order,
-                            setting=label, steps=LADDER, errors=errs, order=fit(LADDER, errs)))
+            out.append(
+                dict(
+                    sampler=name,
+                    family=spec.family,
+                    options="",
+                    registered=spec.order,
+                    setting=label,
+                    steps=LADDER,
+                    errors=errs,
+                    order=fit(LADDER, errs),
+                )
+            )
     # conventions of the multistep third-order solver
     for name in ("dpm_solver_3m", "dpmpp_3m"):
         for opts in ({"d2_scale": "dpm_solver"}, {"warmup": "singlestep"}):
             errs = deterministic_case(name, "vp", t_end=0.5, **opts)
-            out.append(dict(sampler=name, family="vp",
-                            options=", ".join(f"{k}={v!r}" for k, v in opts.items()),
-                            registered=get_sampler(name).order, setting="[0.5, 1]", steps=LADDER,
-                            errors=errs, order=fit(LADDER, errs)))
+            out.append(
+                dict(
+                    sampler=name,
+                    family="vp",
+                    options=", ".join(f"{k}={v!r}" for k, v in opts.items()),
+                    registered=get_sampler(name).order,
+                    setting="[0.5, 1]",
+                    steps=LADDER,
+                    errors=errs,
+                    order=fit(LADDER, errs),
+                )
+            )
     # UniPC / DEIS / flow-matching conventions
     newer = [
         ("unipc_bh2", "vp", {"lower_order_final": "never"}),
@@ -190,29 +279,51 @@ def rows():
         ("flow_heun", "flow", {"noise_schedule": FlowSchedule(shift=3.0)}),
     ]
     for name, family, opts in newer:
-        label = ", ".join(f"{k}={'FlowSchedule(shift=3.0)' if k == 'noise_schedule' else repr(v)}"
-                          for k, v in opts.items())
+        label = ", ".join(
+            f"{k}={'FlowSchedule(shift=3.0)' if k == 'noise_schedule' else repr(v)}"
+            for k, v in opts.items()
+        )
         errs = deterministic_case(name, family, t_end=0.5 if family == "vp" else None, **opts)
-        out.append(dict(sampler=name, family=family, options=label,
-                        registered=get_sampler(name).order,
-                        setting="[0.5, 1]" if family == "vp" else "t 1→0", steps=LADDER,
-                        errors=errs, order=fit(LADDER, errs)))
+        out.append(
+            dict(
+                sampler=name,
+                family=family,
+                options=label,
+                registered=get_sampler(name).order,
+                setting="[0.5, 1]" if family == "vp" else "t 1→0",
+                steps=LADDER,
+                errors=errs,
+                order=fit(LADDER, errs),
+            )
+        )
     # k-diffusion's σ-grid samplers with no single registered order, and the η = 0 (ODE) modes
     # of its stochastic ones
     kdiff = [
-        ("karras_lms", {}), ("karras_lms", {"order": 2}), ("karras_lms", {"order": 3}),
-        ("karras_dpm_2_ancestral", {"eta": 0.0}), ("karras_dpmpp_2s_ancestral", {"eta": 0.0}),
-        ("karras_dpmpp_sde", {"eta": 0.0}), ("karras_dpmpp_2m_sde", {"eta": 0.0}),
+        ("karras_lms", {}),
+        ("karras_lms", {"order": 2}),
+        ("karras_lms", {"order": 3}),
+        ("karras_dpm_2_ancestral", {"eta": 0.0}),
+        ("karras_dpmpp_2s_ancestral", {"eta": 0.0}),
+        ("karras_dpmpp_sde", {"eta": 0.0}),
+        ("karras_dpmpp_2m_sde", {"eta": 0.0}),
         ("karras_dpmpp_2m_sde", {"eta": 0.0, "solver_type": "heun"}),
         ("karras_dpmpp_3m_sde", {"eta": 0.0}),
         ("karras_dpmpp_3m_sde", {"eta": 0.0, "d2_scale": "dpm_solver"}),
     ]
     for name, opts in kdiff:
         errs = deterministic_case(name, "karras", **opts)
-        out.append(dict(sampler=name, family="karras",
-                        options=", ".join(f"{k}={v!r}" for k, v in opts.items()),
-                        registered=get_sampler(name).order, setting="σ 10→0.05", steps=LADDER,
-                        errors=errs, order=fit(LADDER, errs)))
+        out.append(
+            dict(
+                sampler=name,
+                family="karras",
+                options=", ".join(f"{k}={v!r}" for k, v in opts.items()),
+                registered=get_sampler(name).order,
+                setting="σ 10→0.05",
+                steps=LADDER,
+                errors=errs,
+                order=fit(LADDER, errs),
+            )
+        )
     # stochastic samplers: convergence in law
     stoch = [
         ("karras_dpm_2_ancestral", "karras", {}),
@@ -238,22 +349,38 @@ def rows():
         ("sde_ancestral", "sde", {"sde": VESDE(), "eps": 1e-5}),
     ]
     for name, family, opts in stoch:
-        label = ", ".join(f"{k}={type(v).__name__ if k == 'sde' else repr(v)}" for k, v in opts.items())
+        label = ", ".join(
+            f"{k}={type(v).__name__ if k == 'sde' else repr(v)}" for k, v in opts.items()
+        )
         errs = law_case(name, family, **opts)
-        out.append(dict(sampler=name, family=family, options=label, registered=None,
-                        setting="law", steps=LAW_LADDER, errors=errs, order=fit(LAW_LADDER, errs)))
+        out.append(
+            dict(
+                sampler=name,
+                family=family,
+                options=label,
+                registered=None,
+                setting="law",
+                steps=LAW_LADDER,
+                errors=errs,
+                order=fit(LAW_LADDER, errs),
+            )
+        )
     return out
 
 
 def table(rs) -> str:
-    lines = ["| sampler | family | options | interval | registered order | measured order | "
-             "error at first / last step count |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| sampler | family | options | interval | registered order | measured order | "
+        "error at first / last step count |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rs:
         reg = "—" if r["registered"] is None else f"{r['registered']:g}"
-        lines.append(f"| `{r['sampler']}` | {r['family']} | {r['options'] or '—'} | {r['setting']} | "
-                     f"{reg} | **{r['order']:.2f}** | {r['errors'][0]:.1e} ({r['steps'][0]}) / "
-                     f"{r['errors'][-1]:.1e} ({r['steps'][-1]}) |")
+        lines.append(
+            f"| `{r['sampler']}` | {r['family']} | {r['options'] or '—'} | {r['setting']} | "
+            f"{reg} | **{r['order']:.2f}** | {r['errors'][0]:.1e} ({r['steps'][0]}) / "
+            f"{r['errors'][-1]:.1e} ({r['steps'][-1]}) |"
+        )
     return "\n".join(lines)
 
 
@@ -264,8 +391,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     rs = rows()
     print(table(rs))
-    print(f"\n(ladders: deterministic {LADDER}, DDIM {DISCRETE_LADDER}, in law {LAW_LADDER}; "
-          f"order = LSQ slope over the last three; {time.perf_counter() - t0:.1f} s)")
+    print(
+        f"\n(ladders: deterministic {LADDER}, DDIM {DISCRETE_LADDER}, in law {LAW_LADDER}; "
+        f"order = LSQ slope over the last three; {time.perf_counter() - t0:.1f} s)"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rs, f, indent=1)

@@ -26,7 +26,9 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--preset", default="ddpm-cifar10")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=128)
@@ -40,9 +42,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-tf32", action="store_true")
     ap.add_argument("--n-samples", type=int, default=16, help="sample grid at the end (0: none)")
     ap.add_argument("--fall", type=float, default=0.5, help="required ratio last/first logged loss")
-    ap.add_argument("--out", default=None, help="results folder: result.json, metrics.jsonl, config.json and "
-                    "the sample grid are copied here (the run itself, with its large checkpoint, goes to "
-                    "--run-dir)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="results folder: result.json, metrics.jsonl, config.json and "
+        "the sample grid are copied here (the run itself, with its large checkpoint, goes to "
+        "--run-dir)",
+    )
     ap.add_argument("--run-dir", default=None, help="run folder (default: a temporary one)")
     ap.add_argument("--json", default=None, help="also write the result here")
     args = ap.parse_args(argv)
@@ -56,10 +62,23 @@ def main(argv=None) -> int:
         print(json.dumps({"skipped": "no CUDA GPU"}))
         return 0
     out = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="refdiff_smoke_"))
-    cfg = TrainConfig(preset=args.preset, data="digits", steps=args.steps, batch=args.batch, lr=args.lr,
-                      warmup=args.warmup, log_every=args.log_every, device=args.device, bf16=args.bf16,
-                      channels_last=args.channels_last, compile=args.compile, tf32=not args.no_tf32,
-                      n_samples=args.n_samples, sample_steps=50, ckpt_every=0)
+    cfg = TrainConfig(
+        preset=args.preset,
+        data="digits",
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        warmup=args.warmup,
+        log_every=args.log_every,
+        device=args.device,
+        bf16=args.bf16,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        tf32=not args.no_tf32,
+        n_samples=args.n_samples,
+        sample_steps=50,
+        ckpt_every=0,
+    )
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -70,12 +89,26 @@ def main(argv=None) -> int:
     first, last = recs[0]["loss"], recs[-1]["loss"]
     result = {
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-        "torch": torch.__version__, "preset": args.preset, "batch": args.batch, "steps": args.steps,
-        "bf16": args.bf16, "channels_last": args.channels_last, "compile": args.compile, "tf32": not args.no_tf32,
-        "img_per_s_median": rates[len(rates) // 2], "img_per_s_max": rates[-1],
-        "peak_mem_gib": (torch.cuda.max_memory_allocated() / 2 ** 30) if args.device.startswith("cuda") else None,
-        "wall_s": wall, "loss_first": first, "loss_last": last, "loss_fell": last < args.fall * first,
-        "loss_curve": [[r["step"], r["loss"]] for r in recs], "samples": str(res["samples"]), "out": str(out),
+        "torch": torch.__version__,
+        "preset": args.preset,
+        "batch": args.batch,
+        "steps": args.steps,
+        "bf16": args.bf16,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+        "tf32": not args.no_tf32,
+        "img_per_s_median": rates[len(rates) // 2],
+        "img_per_s_max": rates[-1],
+        "peak_mem_gib": (torch.cuda.max_memory_allocated() / 2**30)
+        if args.device.startswith("cuda")
+        else None,
+        "wall_s": wall,
+        "loss_first": first,
+        "loss_last": last,
+        "loss_fell": last < args.fall * first,
+        "loss_curve": [[r["step"], r["loss"]] for r in recs],
+        "samples": str(res["samples"]),
+        "out": str(out),
     }
     text = json.dumps(result, indent=1)
     print(text)
@@ -92,7 +125,7 @@ def main(argv=None) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text + "\n")
     if not args.run_dir and args.out:
-        shutil.rmtree(out, ignore_errors=True)      # the temporary run (its checkpoint is large)
+        shutil.rmtree(out, ignore_errors=True)  # the temporary run (its checkpoint is large)
     return 0 if result["loss_fell"] else 1
 
 

@@ -21,9 +21,17 @@ from refdiff._xp import array_namespace, gather
 from . import strategies as rs
 from .cases import Case, register_case, register_family
 
-__all__ = ["moved", "gathered_tables", "exp_log_alphas_cumprod", "sqrt_alphas_cumprod",
-           "sigmoid_log_snr", "one_minus_alphas_cumprod_expm1", "log_one_minus_alphas_cumprod_log1p",
-           "forward_combination", "snr_from_log"]
+__all__ = [
+    "moved",
+    "gathered_tables",
+    "exp_log_alphas_cumprod",
+    "sqrt_alphas_cumprod",
+    "sigmoid_log_snr",
+    "one_minus_alphas_cumprod_expm1",
+    "log_one_minus_alphas_cumprod_log1p",
+    "forward_combination",
+    "snr_from_log",
+]
 
 
 def moved(schedule):
@@ -35,12 +43,16 @@ def moved(schedule):
 # Table moves: one check per constructor
 # --------------------------------------------------------------------------------------------
 
+
 def _ctor_case(name: str) -> Case:
     return Case(
-        f"schedules.{name}", moved,
+        f"schedules.{name}",
+        moved,
         inputs=lambda dtype, n=name: rs.schedules((n,)).map(rs.call),
-        tol="exact", covers=("schedules.Schedule", "schedules.get_schedule"),
-        doc=f"tables of schedules.{name} (plain, zero-SNR, respaced) moved with Schedule.to")
+        tol="exact",
+        covers=("schedules.Schedule", "schedules.get_schedule"),
+        doc=f"tables of schedules.{name} (plain, zero-SNR, respaced) moved with Schedule.to",
+    )
 
 
 @register_family
@@ -52,47 +64,70 @@ def _schedule_constructor_cases():
 @st.composite
 def _random_betas(draw):
     T = draw(st.integers(1, rs.MAX_T), label="T")
-    seed = draw(st.integers(0, 2 ** 32 - 1), label="seed")
+    seed = draw(st.integers(0, 2**32 - 1), label="seed")
     lo = draw(st.sampled_from((1e-6, 1e-4, 1e-2)), label="beta floor")
     betas = np.exp(np.random.default_rng(seed).uniform(np.log(lo), np.log(0.5), T))
     return betas
 
 
 def _from_betas(b):
-    return rs.Sched(S.from_betas(b), f"from_betas(<{b.size} betas from {b.min():.3g} to "
-                                     f"{b.max():.3g}>)")
+    return rs.Sched(
+        S.from_betas(b), f"from_betas(<{b.size} betas from {b.min():.3g} to {b.max():.3g}>)"
+    )
 
 
 def _from_alphas_cumprod(b):
     ab = np.cumprod(1.0 - b)
-    return rs.Sched(S.from_alphas_cumprod(ab), f"from_alphas_cumprod(<{ab.size} values down to "
-                                              f"{ab[-1]:.3g}>)")
+    return rs.Sched(
+        S.from_alphas_cumprod(ab), f"from_alphas_cumprod(<{ab.size} values down to {ab[-1]:.3g}>)"
+    )
 
 
-register_case(Case(
-    "schedules.from_betas", moved,
-    inputs=lambda dtype: _random_betas().map(_from_betas).map(rs.call), tol="exact",
-    doc="tables of a schedule built from random betas (log-uniform in [1e-6, 0.5])"))
+register_case(
+    Case(
+        "schedules.from_betas",
+        moved,
+        inputs=lambda dtype: _random_betas().map(_from_betas).map(rs.call),
+        tol="exact",
+        doc="tables of a schedule built from random betas (log-uniform in [1e-6, 0.5])",
+    )
+)
 
-register_case(Case(
-    "schedules.from_alphas_cumprod", moved,
-    inputs=lambda dtype: _random_betas().map(_from_alphas_cumprod).map(rs.call),
-    tol="exact", doc="tables of a schedule built from a decreasing alphas_cumprod"))
+register_case(
+    Case(
+        "schedules.from_alphas_cumprod",
+        moved,
+        inputs=lambda dtype: _random_betas().map(_from_alphas_cumprod).map(rs.call),
+        tol="exact",
+        doc="tables of a schedule built from a decreasing alphas_cumprod",
+    )
+)
 
-register_case(Case(
-    "schedules.zero_terminal_snr", moved,
-    inputs=lambda dtype: rs.schedules(variants=("zero_snr",)).map(rs.call), tol="exact",
-    doc="tables after Lin et al.'s zero-terminal-SNR rescaling (infinite entries included)"))
+register_case(
+    Case(
+        "schedules.zero_terminal_snr",
+        moved,
+        inputs=lambda dtype: rs.schedules(variants=("zero_snr",)).map(rs.call),
+        tol="exact",
+        doc="tables after Lin et al.'s zero-terminal-SNR rescaling (infinite entries included)",
+    )
+)
 
-register_case(Case(
-    "schedules.respace", moved,
-    inputs=lambda dtype: rs.schedules(variants=("respaced",)).map(rs.call), tol="exact",
-    doc="tables of respaced schedules (leading, trailing, linspace)"))
+register_case(
+    Case(
+        "schedules.respace",
+        moved,
+        inputs=lambda dtype: rs.schedules(variants=("respaced",)).map(rs.call),
+        tol="exact",
+        doc="tables of respaced schedules (leading, trailing, linspace)",
+    )
+)
 
 
 # --------------------------------------------------------------------------------------------
 # Elementwise operations on gathered tables
 # --------------------------------------------------------------------------------------------
+
 
 def gathered_tables(schedule, t, x):
     """Every table gathered at t and shaped against x (refdiff._xp.gather): exact."""
@@ -137,8 +172,10 @@ def log_one_minus_alphas_cumprod_log1p(schedule, t, x):
 
 def forward_combination(schedule, t, x, noise):
     """√ᾱ_t·x + √(1 − ᾱ_t)·ε written out from the tables (Ho et al. 2020, Eq. 4)."""
-    return (gather(schedule.sqrt_alphas_cumprod, t, x.ndim) * x
-            + gather(schedule.sqrt_one_minus_alphas_cumprod, t, x.ndim) * noise)
+    return (
+        gather(schedule.sqrt_alphas_cumprod, t, x.ndim) * x
+        + gather(schedule.sqrt_one_minus_alphas_cumprod, t, x.ndim) * noise
+    )
 
 
 @st.composite
@@ -169,17 +206,34 @@ def _schedule_whole_or_t_x(draw):
 
 
 def _tables_case(fn, tol="elementwise", scale=_relative, with_noise=False, doc=""):
-    inputs = (lambda dtype: _schedule_t_x(True)) if with_noise else \
-        (lambda dtype: _schedule_whole_or_t_x())
-    return Case(f"tables.{fn.__name__}", fn, inputs=inputs, tol=tol, scale=scale,
-                doc=doc or fn.__doc__)
+    inputs = (
+        (lambda dtype: _schedule_t_x(True))
+        if with_noise
+        else (lambda dtype: _schedule_whole_or_t_x())
+    )
+    return Case(
+        f"tables.{fn.__name__}", fn, inputs=inputs, tol=tol, scale=scale, doc=doc or fn.__doc__
+    )
 
 
-for _fn in (exp_log_alphas_cumprod, sqrt_alphas_cumprod, sigmoid_log_snr, snr_from_log,
-            one_minus_alphas_cumprod_expm1, log_one_minus_alphas_cumprod_log1p):
+for _fn in (
+    exp_log_alphas_cumprod,
+    sqrt_alphas_cumprod,
+    sigmoid_log_snr,
+    snr_from_log,
+    one_minus_alphas_cumprod_expm1,
+    log_one_minus_alphas_cumprod_log1p,
+):
     register_case(_tables_case(_fn))
-register_case(Case("tables.gathered_tables", gathered_tables,
-                   inputs=lambda dtype: _schedule_t_x(), tol="exact",
-                   covers=("xp.gather", "xp.append_dims"), doc=gathered_tables.__doc__))
+register_case(
+    Case(
+        "tables.gathered_tables",
+        gathered_tables,
+        inputs=lambda dtype: _schedule_t_x(),
+        tol="exact",
+        covers=("xp.gather", "xp.append_dims"),
+        doc=gathered_tables.__doc__,
+    )
+)
 register_case(_tables_case(forward_combination, scale=None, with_noise=True))
 del _fn

@@ -24,8 +24,15 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["Case", "register_case", "register_family", "all_cases", "case_names", "get_case",
-           "covered_names"]
+__all__ = [
+    "Case",
+    "register_case",
+    "register_family",
+    "all_cases",
+    "case_names",
+    "get_case",
+    "covered_names",
+]
 
 ScaleFn = Callable[[tuple, np.ndarray, list], Any]
 
@@ -110,14 +117,21 @@ class Case:
         """(reduction size n, trajectory steps) for growing tolerance classes."""
         return self.sizes_fn(oracle_call, ref) if self.sizes_fn else (1, 1)
 
-    def scale_for(self, output: str, oracle_call: tuple, ref: np.ndarray, inputs: list,
-                  sensitivity: Callable[[str], Any] | None = None):
+    def scale_for(
+        self,
+        output: str,
+        oracle_call: tuple,
+        ref: np.ndarray,
+        inputs: list,
+        sensitivity: Callable[[str], Any] | None = None,
+    ):
         """The atol scale of one output (default: |ref|, the inputs and the sensitivity estimate)."""
         fn = self.scale
         if isinstance(fn, Mapping):
             fn = fn.get(output, fn.get("*"))
         if fn is None:
             from .check import default_scale
+
             sens = sensitivity(output) if sensitivity is not None else None
             return default_scale(inputs, ref, sens)
         return fn(oracle_call, ref, inputs)

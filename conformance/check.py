@@ -23,14 +23,23 @@ from refdiff.backends import Backend, quantise
 from refdiff.schedules import TABLE_NAMES, Schedule
 
 from . import tolerances as _tol
-from .strategies import (DEVICE, DTYPE, XP, Bind, Build, Call, HostArray, NoiseSource, Raw,
-                         Sched)
+from .strategies import DEVICE, DTYPE, XP, Bind, Build, Call, HostArray, NoiseSource, Raw, Sched
 
-__all__ = ["ConformanceMismatch", "Comparison", "compare", "flatten", "check_call", "run_case",
-           "ulp", "default_scale", "OracleSide", "BackendSide", "add_note"]
+__all__ = [
+    "ConformanceMismatch",
+    "Comparison",
+    "compare",
+    "flatten",
+    "check_call",
+    "run_case",
+    "ulp",
+    "default_scale",
+    "OracleSide",
+    "BackendSide",
+    "add_note",
+]
 
-_TINY = {"float64": 2.0 ** -1022, "float32": 2.0 ** -126, "float16": 2.0 ** -14,
-         "bfloat16": 2.0 ** -126}
+_TINY = {"float64": 2.0**-1022, "float32": 2.0**-126, "float16": 2.0**-14, "bfloat16": 2.0**-126}
 
 
 class ConformanceMismatch(AssertionError):
@@ -49,6 +58,7 @@ def add_note(exc: BaseException, text: str) -> None:
 # Sides: how host values become oracle inputs and backend inputs
 # --------------------------------------------------------------------------------------------
 
+
 class OracleSide:
     """The float64 NumPy reference, fed the inputs rounded to the dtype under test.
 
@@ -58,12 +68,17 @@ class OracleSide:
     every leaf by (1 ± eps) with random signs; ``only=k`` moves leaf k alone by +eps·|value|.
     """
 
-    def __init__(self, dtype: str, perturb: np.random.Generator | None = None,
-                 only: int | None = None, compute: str = "float64"):
+    def __init__(
+        self,
+        dtype: str,
+        perturb: np.random.Generator | None = None,
+        only: int | None = None,
+        compute: str = "float64",
+    ):
         self.dtype = dtype
         self.perturb = perturb
         self.only = only
-        self.compute = compute          # "float32": the same formula evaluated in float32
+        self.compute = compute  # "float32": the same formula evaluated in float32
         self.n_leaves = 0
         self._schedules: dict[int, tuple[Schedule, Schedule]] = {}
 
@@ -86,8 +101,9 @@ class OracleSide:
         return q
 
     def float_array(self, a: np.ndarray):
-        return self.jiggle(quantise(a, self.dtype), self.new_leaf()).astype(self.compute,
-                                                                            copy=False)
+        return self.jiggle(quantise(a, self.dtype), self.new_leaf()).astype(
+            self.compute, copy=False
+        )
 
     def int_array(self, a: np.ndarray):
         return np.array(a, copy=True)
@@ -97,6 +113,7 @@ class OracleSide:
 
     def marker(self, what: str):
         import array_api_compat.numpy as cnp
+
         return {"xp": cnp, "device": None, "dtype": getattr(cnp, self.compute)}[what]
 
     def schedule(self, s: Schedule) -> Schedule:
@@ -107,8 +124,13 @@ class OracleSide:
                 moved = s
             else:
                 import array_api_compat.numpy as cnp
-                tables = {n: self.jiggle(quantise(getattr(s, n), self.dtype), leaf).astype(
-                    self.compute, copy=False) for n in TABLE_NAMES}
+
+                tables = {
+                    n: self.jiggle(quantise(getattr(s, n), self.dtype), leaf).astype(
+                        self.compute, copy=False
+                    )
+                    for n in TABLE_NAMES
+                }
                 moved = _replace_tables(s.to(cnp, dtype=getattr(cnp, self.compute)), tables)
             hit = self._schedules[id(s)] = (s, moved)
         return hit[1]
@@ -121,9 +143,11 @@ def _noise_callable(src: NoiseSource, side):
         leaf = side.new_leaf()
 
         def make(i):
-            return side.jiggle(quantise(src.draw(i), side.dtype), leaf).astype(side.compute,
-                                                                                copy=False)
+            return side.jiggle(quantise(src.draw(i), side.dtype), leaf).astype(
+                side.compute, copy=False
+            )
     else:
+
         def make(i):
             return side.float_array(src.draw(i))
 
@@ -153,6 +177,7 @@ def _jiggled_outputs(fn, side: OracleSide):
 
 def _replace_tables(s: Schedule, tables: dict) -> Schedule:
     import dataclasses
+
     return dataclasses.replace(s, **tables)
 
 
@@ -219,8 +244,11 @@ def convert(value: Any, side) -> Any:
     if value is XP or value is DEVICE or value is DTYPE:
         return side.marker(value.what)
     if isinstance(value, HostArray):
-        return side.float_array(value.value) if isinstance(side, OracleSide) \
+        return (
+            side.float_array(value.value)
+            if isinstance(side, OracleSide)
             else quantise(value.value, side.dtype)
+        )
     if isinstance(value, NoiseSource):
         return _noise_callable(value, side)
     if isinstance(value, Sched):
@@ -237,9 +265,10 @@ def convert(value: Any, side) -> Any:
         return side.scalar(value)
     if isinstance(value, Bind):
         import functools
+
         fn = functools.partial(value.fn, **convert(value.kwargs, side))
         if isinstance(side, OracleSide) and side.perturbing:
-            return _jiggled_outputs(fn, side)    # a model's own rounding, for the scale estimate
+            return _jiggled_outputs(fn, side)  # a model's own rounding, for the scale estimate
         return fn
     if isinstance(value, Build):
         return value.factory(*convert(value.args, side), **convert(value.kwargs, side))
@@ -256,6 +285,7 @@ def convert(value: Any, side) -> Any:
 # --------------------------------------------------------------------------------------------
 # Results
 # --------------------------------------------------------------------------------------------
+
 
 def flatten(result: Any, prefix: str = "") -> dict[str, Any]:
     """Name every array in a result: NamedTuple fields, tuple indices, dict keys, schedule tables."""
@@ -288,7 +318,7 @@ class Comparison:
     """The outcome of comparing one output with the oracle."""
 
     ok: bool
-    ratio: float             # worst (|a − r|) / (atol·scale + rtol·|r|); 0 when equal
+    ratio: float  # worst (|a − r|) / (atol·scale + rtol·|r|); 0 when equal
     size: int
     n_bad: int = 0
     max_abs: float = 0.0
@@ -299,15 +329,20 @@ class Comparison:
     max_ulp: float = 0.0
     actual_at: float = math.nan
     expected_at: float = math.nan
-    reason: str = ""         # a structural mismatch (shape, NaN/inf positions)
+    reason: str = ""  # a structural mismatch (shape, NaN/inf positions)
 
 
 def _index(flat_i: int, shape: tuple) -> tuple:
     return tuple(int(i) for i in np.unravel_index(flat_i, shape)) if shape else ()
 
 
-def compare(actual: np.ndarray, expected: np.ndarray, tol: _tol.Tolerance,
-            scale: np.ndarray | float, mask: np.ndarray | None = None) -> Comparison:
+def compare(
+    actual: np.ndarray,
+    expected: np.ndarray,
+    tol: _tol.Tolerance,
+    scale: np.ndarray | float,
+    mask: np.ndarray | None = None,
+) -> Comparison:
     """Compare elementwise: NaN/inf must match exactly, finite values within tolerance.
 
     ``mask`` (True = compare) leaves out elements of a documented ill-posed domain.
@@ -315,8 +350,13 @@ def compare(actual: np.ndarray, expected: np.ndarray, tol: _tol.Tolerance,
     a = np.asarray(actual, dtype=np.float64)
     r = np.asarray(expected, dtype=np.float64)
     if a.shape != r.shape:
-        return Comparison(False, math.inf, r.size, r.size,
-                          reason=f"shape {a.shape}, but the oracle's is {r.shape}")
+        return Comparison(
+            False,
+            math.inf,
+            r.size,
+            r.size,
+            reason=f"shape {a.shape}, but the oracle's is {r.shape}",
+        )
     if a.size == 0:
         return Comparison(True, 0.0, 0)
     if mask is not None:
@@ -331,8 +371,11 @@ def compare(actual: np.ndarray, expected: np.ndarray, tol: _tol.Tolerance,
     # Below the smallest normal number no dtype keeps relative precision (subnormals, flushed
     # to zero on some devices): an absolute floor of that size, except for exact checks.
     floor = _TINY[tol.dtype] if tol.cls != "exact" else 0.0
-    allowed = tol.atol * np.broadcast_to(np.asarray(scale, dtype=np.float64), r.shape) \
-        + tol.rtol * np.abs(np.where(fin, r, 0.0)) + floor
+    allowed = (
+        tol.atol * np.broadcast_to(np.asarray(scale, dtype=np.float64), r.shape)
+        + tol.rtol * np.abs(np.where(fin, r, 0.0))
+        + floor
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(err == 0, 0.0, np.where(allowed > 0, err / allowed, math.inf))
     ratio = np.where(bad_special, math.inf, ratio)
@@ -345,19 +388,30 @@ def compare(actual: np.ndarray, expected: np.ndarray, tol: _tol.Tolerance,
     reason = ""
     if bad_special.any():
         i = int(np.flatnonzero(bad_special.reshape(-1))[0])
-        reason = (f"non-finite values differ at {_index(i, r.shape)}: backend "
-                  f"{a.reshape(-1)[i]!r}, oracle {r.reshape(-1)[i]!r}")
+        reason = (
+            f"non-finite values differ at {_index(i, r.shape)}: backend "
+            f"{a.reshape(-1)[i]!r}, oracle {r.reshape(-1)[i]!r}"
+        )
     return Comparison(
-        ok=n_bad == 0, ratio=float(ratio.reshape(-1)[worst]), size=r.size, n_bad=n_bad,
-        max_abs=float(err.reshape(-1)[ia]), abs_index=_index(ia, r.shape),
+        ok=n_bad == 0,
+        ratio=float(ratio.reshape(-1)[worst]),
+        size=r.size,
+        n_bad=n_bad,
+        max_abs=float(err.reshape(-1)[ia]),
+        abs_index=_index(ia, r.shape),
         allowed_at_abs=float(np.broadcast_to(allowed, r.shape).reshape(-1)[ia]),
-        max_rel=float(rel.reshape(-1)[ir]), rel_index=_index(ir, r.shape),
-        max_ulp=float(np.max(ulps)), actual_at=float(a.reshape(-1)[worst]),
-        expected_at=float(r.reshape(-1)[worst]), reason=reason)
+        max_rel=float(rel.reshape(-1)[ir]),
+        rel_index=_index(ir, r.shape),
+        max_ulp=float(np.max(ulps)),
+        actual_at=float(a.reshape(-1)[worst]),
+        expected_at=float(r.reshape(-1)[worst]),
+        reason=reason,
+    )
 
 
-def default_scale(inputs: list[np.ndarray], ref: np.ndarray,
-                  sensitivity: np.ndarray | None = None) -> np.ndarray:
+def default_scale(
+    inputs: list[np.ndarray], ref: np.ndarray, sensitivity: np.ndarray | None = None
+) -> np.ndarray:
     """The condition-aware scale of an output: elementwise max of |ref| and the sensitivity
     estimate, max(Σ_k |x_k·∂f/∂x_k|, |f32 − f64|/eps32) (see :class:`_LazySensitivity`).
 
@@ -404,6 +458,7 @@ def _float_inputs(value: Any, out: list) -> list:
 # One example
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Context:
     """What a failure message needs to say how to reproduce it.
@@ -421,18 +476,21 @@ class Context:
     spec: str | None = None
     device_arg: str | None = None
     max_examples: int | None = None
-    instance: bool = False          # a Backend object handed to refdiff.verify (no shell form)
+    instance: bool = False  # a Backend object handed to refdiff.verify (no shell form)
 
     def reproducer(self) -> str:
         """A command that reruns this check the way it was run (pasteable into a shell)."""
         import shlex
+
         spec = self.spec if self.spec is not None else self.backend
         k = shlex.quote(self.check)
         if self.instance:
             extra = "" if self.max_examples is None else f", max_examples={self.max_examples}"
-            return (f"refdiff.verify(backend=<the Backend object {spec!r}>, "
-                    f"dtypes={self.dtype!r}, profile={self.profile!r}{extra}, "
-                    f"extra_args=['-k', {self.check!r}])")
+            return (
+                f"refdiff.verify(backend=<the Backend object {spec!r}>, "
+                f"dtypes={self.dtype!r}, profile={self.profile!r}{extra}, "
+                f"extra_args=['-k', {self.check!r}])"
+            )
         cli = [f"--backend {shlex.quote(spec)}"]
         py = [f"--refdiff-backend {shlex.quote(spec)}"]
         if self.device_arg:
@@ -443,24 +501,27 @@ class Context:
         if self.max_examples is not None:
             cli.append(f"--max-examples {self.max_examples}")
             py.append(f"--refdiff-max-examples {self.max_examples}")
-        return (f"refdiff verify {' '.join(cli)} -k {k}   (or: pytest --pyargs "
-                f"refdiff.conformance {' '.join(py)} -k {k})")
+        return (
+            f"refdiff verify {' '.join(cli)} -k {k}   (or: pytest --pyargs "
+            f"refdiff.conformance {' '.join(py)} -k {k})"
+        )
 
 
-def _mismatch_text(ctx: Context, name: str, cmp: Comparison, tol: _tol.Tolerance,
-                   cls: str) -> str:
+def _mismatch_text(ctx: Context, name: str, cmp: Comparison, tol: _tol.Tolerance, cls: str) -> str:
     head = f"{ctx.check}[{ctx.dtype}] output {name!r} on backend {ctx.backend} ({ctx.device})"
     if cmp.reason:
         return f"{head}: {cmp.reason}"
     pct = 100.0 * cmp.n_bad / max(cmp.size, 1)
-    return "\n".join([
-        f"{head} mismatches the oracle: {cmp.n_bad} / {cmp.size} elements ({pct:.3g}%)",
-        f"  max abs err {cmp.max_abs:.3g} at {cmp.abs_index} (allowed {cmp.allowed_at_abs:.3g})",
-        f"  max rel err {cmp.max_rel:.3g} at {cmp.rel_index}; max ulp err {cmp.max_ulp:.4g}",
-        f"  worst element: backend {cmp.actual_at!r}, oracle {cmp.expected_at!r}; "
-        f"error/allowed = {cmp.ratio:.3g}",
-        f"  tolerance: {tol.describe()}",
-    ])
+    return "\n".join(
+        [
+            f"{head} mismatches the oracle: {cmp.n_bad} / {cmp.size} elements ({pct:.3g}%)",
+            f"  max abs err {cmp.max_abs:.3g} at {cmp.abs_index} (allowed {cmp.allowed_at_abs:.3g})",
+            f"  max rel err {cmp.max_rel:.3g} at {cmp.rel_index}; max ulp err {cmp.max_ulp:.4g}",
+            f"  worst element: backend {cmp.actual_at!r}, oracle {cmp.expected_at!r}; "
+            f"error/allowed = {cmp.ratio:.3g}",
+            f"  tolerance: {tol.describe()}",
+        ]
+    )
 
 
 def _check_native(backend: Backend, ctx: Context, name: str, x: Any, oracle: Any) -> None:
@@ -471,23 +532,33 @@ def _check_native(backend: Backend, ctx: Context, name: str, x: Any, oracle: Any
     if not backend.is_native(x):
         raise ConformanceMismatch(
             f"{ctx.check}[{ctx.dtype}] output {name!r} is a {type(x).__module__}."
-            f"{type(x).__name__}, not an array of backend {ctx.backend} (a silent fallback?)")
+            f"{type(x).__name__}, not an array of backend {ctx.backend} (a silent fallback?)"
+        )
     dev = backend.device_of(x)
     if dev != backend.device:
         raise ConformanceMismatch(
             f"{ctx.check}[{ctx.dtype}] output {name!r} is on device {dev}, but backend "
             f"{ctx.backend}'s inputs were on {backend.device}: results must stay on the input's "
-            "device")
+            "device"
+        )
     want_float = np.asarray(oracle).dtype.kind == "f"
     got = backend.dtype_name(x.dtype)
     if want_float and got != ctx.dtype:
         raise ConformanceMismatch(
             f"{ctx.check}[{ctx.dtype}] output {name!r} has dtype {got}, expected {ctx.dtype} "
-            "(a silent promotion or a default-dtype leak)")
+            "(a silent promotion or a default-dtype leak)"
+        )
 
 
-def check_call(case, backend: Backend, dtype: str, call: Call, record: Callable,
-               ctx: Context, backend_side: BackendSide | None = None) -> None:
+def check_call(
+    case,
+    backend: Backend,
+    dtype: str,
+    call: Call,
+    record: Callable,
+    ctx: Context,
+    backend_side: BackendSide | None = None,
+) -> None:
     """Run one example on both sides and compare every output; raise ConformanceMismatch if not."""
     fn = case.function()
     o_side = OracleSide(dtype)
@@ -495,7 +566,7 @@ def check_call(case, backend: Backend, dtype: str, call: Call, record: Callable,
     oracle_error = None
     try:
         expected = fn(*o_args, **o_kwargs)
-    except RefdiffError as exc:          # invalid input: the backend must refuse it the same way
+    except RefdiffError as exc:  # invalid input: the backend must refuse it the same way
         oracle_error = exc
     b_side = backend_side or BackendSide(backend, dtype)
     b_side.__dict__.pop("watched", None)
@@ -511,6 +582,7 @@ def check_call(case, backend: Backend, dtype: str, call: Call, record: Callable,
                 return
             if oracle_error is None and dtype != "float64" and case.boundary_rejects:
                 from hypothesis import reject
+
                 reject()
             raise
     changed = b_side.modified_inputs()
@@ -519,26 +591,32 @@ def check_call(case, backend: Backend, dtype: str, call: Call, record: Callable,
             f"{ctx.check}[{ctx.dtype}] on backend {ctx.backend} modified {len(changed)} of its input "
             f"arrays in place (input {changed[0][0]} in the order the arguments were converted, "
             "shape {}): operations must not write into their arguments".format(
-                tuple(np.shape(changed[0][1]))))
+                tuple(np.shape(changed[0][1]))
+            )
+        )
     if oracle_error is not None:
         if dtype != "float64":
             # The quantised input sits on a validity boundary that the float64 oracle places a
             # rounding error away (e.g. λ_T computed in float32 vs float64): outside the domain.
             from hypothesis import reject
+
             reject()
         raise ConformanceMismatch(
             f"{ctx.check}[{ctx.dtype}]: the oracle raised {type(oracle_error).__name__}"
-            f"({oracle_error}) but backend {ctx.backend} returned a result")
+            f"({oracle_error}) but backend {ctx.backend} returned a result"
+        )
     exp, act = flatten(expected), flatten(actual)
     if set(exp) != set(act):
         raise ConformanceMismatch(
             f"{ctx.check}[{ctx.dtype}]: backend outputs {sorted(act)} but the oracle's are "
-            f"{sorted(exp)}")
+            f"{sorted(exp)}"
+        )
     inputs = _float_inputs((o_args, o_kwargs), [])
     sens = _LazySensitivity(fn, call, dtype, exp, o_side.n_leaves)
     for name in exp:
-        _compare_output(case, backend, ctx, name, act[name], exp[name], inputs, (o_args, o_kwargs),
-                        record, sens)
+        _compare_output(
+            case, backend, ctx, name, act[name], exp[name], inputs, (o_args, o_kwargs), record, sens
+        )
 
 
 class _LazySensitivity:
@@ -568,7 +646,9 @@ class _LazySensitivity:
 
     def _run(self, side: OracleSide) -> dict | None:
         try:
-            return flatten(self.fn(*convert(self.call.args, side), **convert(self.call.kwargs, side)))
+            return flatten(
+                self.fn(*convert(self.call.args, side), **convert(self.call.kwargs, side))
+            )
         except Exception:  # noqa: BLE001 - a perturbation may cross a validity boundary
             return None
 
@@ -586,8 +666,11 @@ class _LazySensitivity:
 
     def _compute(self) -> dict:
         e = _tol.eps(self.dtype)
-        ref = {n: np.asarray(v, dtype=np.float64) for n, v in self.expected.items()
-               if np.asarray(v).dtype.kind == "f"}
+        ref = {
+            n: np.asarray(v, dtype=np.float64)
+            for n, v in self.expected.items()
+            if np.asarray(v).dtype.kind == "f"
+        }
         one_at_a_time = {n: np.zeros(v.shape) for n, v in ref.items()}
         for k in range(self.n_leaves):
             for n, d in self._delta(self._run(OracleSide(self.dtype, only=k)), ref).items():
@@ -611,15 +694,20 @@ class _LazySensitivity:
         got = self._run(OracleSide(self.dtype, compute="float32"))
         if not got:
             return {}
-        tiny, e32 = 2.0 ** -126, 2.0 ** -23
+        tiny, e32 = 2.0**-126, 2.0**-23
         out = {}
         for n, r in ref.items():
             g = np.asarray(got.get(n, np.nan), dtype=np.float64)
             if g.shape != r.shape:
                 continue
             with np.errstate(invalid="ignore", over="ignore"):
-                usable = np.isfinite(g) & np.isfinite(r) & (np.abs(r) < 2.0 ** 127) \
-                    & ((np.abs(g) >= tiny) | (g == 0)) & ((np.abs(r) >= tiny) | (r == 0))
+                usable = (
+                    np.isfinite(g)
+                    & np.isfinite(r)
+                    & (np.abs(r) < 2.0**127)
+                    & ((np.abs(g) >= tiny) | (g == 0))
+                    & ((np.abs(r) >= tiny) | (r == 0))
+                )
                 out[n] = np.where(usable, np.abs(g - r), 0.0) / e32
         return out
 
@@ -633,9 +721,10 @@ def _compare_output(case, backend, ctx, name, x, ref, inputs, oracle_call, recor
         cls = "exact"
     elif case.quantise_ref:
         r = quantise(r, ctx.dtype)
-    if a.shape == r.shape and np.array_equal(a.astype(np.float64), r.astype(np.float64),
-                                             equal_nan=True):
-        record(name, 0.0)               # bit-identical: no tolerance (nor its scale) needed
+    if a.shape == r.shape and np.array_equal(
+        a.astype(np.float64), r.astype(np.float64), equal_nan=True
+    ):
+        record(name, 0.0)  # bit-identical: no tolerance (nor its scale) needed
         return
     n, steps = case.sizes(oracle_call, r)
     tol = _tol.tolerance(cls, ctx.dtype, n=n, steps=steps, check=case.name, output=name)
@@ -647,8 +736,9 @@ def _compare_output(case, backend, ctx, name, x, ref, inputs, oracle_call, recor
         raise ConformanceMismatch(_mismatch_text(ctx, name, cmp, tol, cls))
 
 
-def run_case(case, backend: Backend, dtype: str, *, settings, record: Callable,
-             ctx: Context) -> None:
+def run_case(
+    case, backend: Backend, dtype: str, *, settings, record: Callable, ctx: Context
+) -> None:
     """Run a check as a Hypothesis property with the given settings.
 
     The property is named after the check, backend and dtype, which keys Hypothesis's example
@@ -667,6 +757,8 @@ def run_case(case, backend: Backend, dtype: str, *, settings, record: Callable,
             raise
 
     import re
+
     conformance_property.__name__ = conformance_property.__qualname__ = re.sub(
-        r"\W", "_", f"conformance_{case.name}_{backend.name}_{dtype}")
+        r"\W", "_", f"conformance_{case.name}_{backend.name}_{dtype}"
+    )
     settings(given(call=strategy)(conformance_property))()

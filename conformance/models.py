@@ -9,8 +9,15 @@ from __future__ import annotations
 
 from refdiff._xp import append_dims, array_namespace
 
-__all__ = ["eps_model", "learned_variance_model", "score_model", "denoiser", "raw_network",
-           "conditional_model", "static_score"]
+__all__ = [
+    "eps_model",
+    "learned_variance_model",
+    "score_model",
+    "denoiser",
+    "raw_network",
+    "conditional_model",
+    "static_score",
+]
 
 
 def _time_feature(x, t, scale: float):
@@ -18,6 +25,7 @@ def _time_feature(x, t, scale: float):
     xp = array_namespace(x)
     if not hasattr(t, "dtype"):
         from refdiff._xp import device_of
+
         t = xp.asarray(float(t), dtype=x.dtype, device=device_of(x))
     tf = xp.astype(t, x.dtype)
     tf = tf if tf.ndim else xp.reshape(tf, (1,))

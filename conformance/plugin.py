@@ -38,16 +38,27 @@ import pytest
 
 from . import _options as opts
 
-__all__ = ["pytest_addoption", "pytest_configure", "pytest_report_header",
-           "pytest_generate_tests", "pytest_collection_modifyitems", "pytest_deselected",
-           "pytest_runtest_makereport",
-           "pytest_terminal_summary", "pytest_sessionfinish", "refdiff_backend", "refdiff_dtype",
-           "refdiff_check", "STATE_KEY"]
+__all__ = [
+    "pytest_addoption",
+    "pytest_configure",
+    "pytest_report_header",
+    "pytest_generate_tests",
+    "pytest_collection_modifyitems",
+    "pytest_deselected",
+    "pytest_runtest_makereport",
+    "pytest_terminal_summary",
+    "pytest_sessionfinish",
+    "refdiff_backend",
+    "refdiff_dtype",
+    "refdiff_check",
+    "STATE_KEY",
+]
 
 
 # --------------------------------------------------------------------------------------------
 # State
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Item:
@@ -88,6 +99,7 @@ class _State:
             raise self.errors[spec]
         if spec not in self.backends:
             from refdiff.backends import get_backend
+
             try:
                 self.backends[spec] = get_backend(spec, device=self._device_for(spec))
             except Exception as exc:
@@ -110,11 +122,16 @@ def _opt(config, name: str, env: str | None = None, default=None):
 
 
 def _make_state(config) -> _State:
-    explicit = any(config.getoption(f"refdiff_{n}", default=None) is not None for n in
-                   ("backend", "device", "dtypes", "profile", "json", "max_examples"))
+    explicit = any(
+        config.getoption(f"refdiff_{n}", default=None) is not None
+        for n in ("backend", "device", "dtypes", "profile", "json", "max_examples")
+    )
     args = [str(a) for a in (config.args or [])] + list(config.invocation_params.args or ())
-    active = explicit or any("conformance" in a and "refdiff" in a for a in args) or any(
-        os.environ.get(v) for v in (opts.ENV["backend"], opts.ENV["dtypes"]))
+    active = (
+        explicit
+        or any("conformance" in a and "refdiff" in a for a in args)
+        or any(os.environ.get(v) for v in (opts.ENV["backend"], opts.ENV["dtypes"]))
+    )
     dtypes = opts.split_list(_opt(config, "dtypes", opts.ENV["dtypes"]))
     try:
         profile = opts.resolve_profile(_opt(config, "profile", opts.ENV["profile"]))
@@ -124,11 +141,16 @@ def _make_state(config) -> _State:
     return _State(
         specs=opts.split_list(_opt(config, "backend", opts.ENV["backend"], "numpy")) or ["numpy"],
         device=_opt(config, "device", opts.ENV["device"]),
-        dtypes=dtypes or list(opts.DEFAULT_DTYPES), dtypes_explicit=bool(dtypes),
-        profile=profile, max_examples=int(max_ex) if max_ex is not None else None,
-        json_path=_opt(config, "json"), skips_file=_opt(config, "skips"),
-        xfails_file=_opt(config, "xfails"), active=active,
-        shrink=not config.getoption("refdiff_no_shrink", default=None))
+        dtypes=dtypes or list(opts.DEFAULT_DTYPES),
+        dtypes_explicit=bool(dtypes),
+        profile=profile,
+        max_examples=int(max_ex) if max_ex is not None else None,
+        json_path=_opt(config, "json"),
+        skips_file=_opt(config, "skips"),
+        xfails_file=_opt(config, "xfails"),
+        active=active,
+        shrink=not config.getoption("refdiff_no_shrink", default=None),
+    )
 
 
 def _state(config) -> _State:
@@ -139,30 +161,77 @@ def _state(config) -> _State:
 # Options, configuration, header
 # --------------------------------------------------------------------------------------------
 
+
 def pytest_addoption(parser) -> None:
     """The --refdiff-* options."""
     g = parser.getgroup("refdiff", "refdiff conformance suite")
-    g.addoption("--refdiff-backend", dest="refdiff_backend", default=None, metavar="B[,B...]",
-                help="backends to check: name, name@device or pkg.mod:factory "
-                     "(env REFDIFF_BACKEND; default numpy)")
-    g.addoption("--refdiff-device", dest="refdiff_device", default=None, metavar="DEVICE",
-                help="device for the backends, e.g. cuda, cuda:1, cpu (env REFDIFF_DEVICE)")
-    g.addoption("--refdiff-dtypes", dest="refdiff_dtypes", default=None, metavar="D[,D...]",
-                help="float dtypes to check (default float64,float32; bfloat16 opt-in)")
-    g.addoption("--refdiff-profile", dest="refdiff_profile", default=None, metavar="PROFILE",
-                help="Hypothesis profile: refdiff-ci (derandomized), refdiff-quick (default), "
-                     "refdiff-thorough (env REFDIFF_PROFILE)")
-    g.addoption("--refdiff-max-examples", dest="refdiff_max_examples", default=None, type=int,
-                metavar="N", help="examples per check (overrides the profile)")
-    g.addoption("--refdiff-no-shrink", dest="refdiff_no_shrink", action="store_true",
-                default=None, help="report the first failing example without shrinking it "
-                                   "(faster when failures are expected)")
-    g.addoption("--refdiff-json", dest="refdiff_json", default=None, metavar="PATH",
-                help="write the conformance report as JSON to PATH")
-    g.addoption("--refdiff-skips", dest="refdiff_skips", default=None, metavar="FILE",
-                help="file of node ids or check names to skip")
-    g.addoption("--refdiff-xfails", dest="refdiff_xfails", default=None, metavar="FILE",
-                help="file of node ids or check names expected to fail")
+    g.addoption(
+        "--refdiff-backend",
+        dest="refdiff_backend",
+        default=None,
+        metavar="B[,B...]",
+        help="backends to check: name, name@device or pkg.mod:factory "
+        "(env REFDIFF_BACKEND; default numpy)",
+    )
+    g.addoption(
+        "--refdiff-device",
+        dest="refdiff_device",
+        default=None,
+        metavar="DEVICE",
+        help="device for the backends, e.g. cuda, cuda:1, cpu (env REFDIFF_DEVICE)",
+    )
+    g.addoption(
+        "--refdiff-dtypes",
+        dest="refdiff_dtypes",
+        default=None,
+        metavar="D[,D...]",
+        help="float dtypes to check (default float64,float32; bfloat16 opt-in)",
+    )
+    g.addoption(
+        "--refdiff-profile",
+        dest="refdiff_profile",
+        default=None,
+        metavar="PROFILE",
+        help="Hypothesis profile: refdiff-ci (derandomized), refdiff-quick (default), "
+        "refdiff-thorough (env REFDIFF_PROFILE)",
+    )
+    g.addoption(
+        "--refdiff-max-examples",
+        dest="refdiff_max_examples",
+        default=None,
+        type=int,
+        metavar="N",
+        help="examples per check (overrides the profile)",
+    )
+    g.addoption(
+        "--refdiff-no-shrink",
+        dest="refdiff_no_shrink",
+        action="store_true",
+        default=None,
+        help="report the first failing example without shrinking it "
+        "(faster when failures are expected)",
+    )
+    g.addoption(
+        "--refdiff-json",
+        dest="refdiff_json",
+        default=None,
+        metavar="PATH",
+        help="write the conformance report as JSON to PATH",
+    )
+    g.addoption(
+        "--refdiff-skips",
+        dest="refdiff_skips",
+        default=None,
+        metavar="FILE",
+        help="file of node ids or check names to skip",
+    )
+    g.addoption(
+        "--refdiff-xfails",
+        dest="refdiff_xfails",
+        default=None,
+        metavar="FILE",
+        help="file of node ids or check names expected to fail",
+    )
 
 
 def pytest_configure(config) -> None:
@@ -180,26 +249,33 @@ def pytest_report_header(config) -> list[str] | None:
         from refdiff import __version__ as version
     except ImportError:
         version = "unknown"
-    lines = [f"refdiff {version}: conformance profile {st.profile}, dtypes "
-             f"{','.join(st.dtypes)}" + ("" if st.dtypes_explicit else " (default)")]
+    lines = [
+        f"refdiff {version}: conformance profile {st.profile}, dtypes "
+        f"{','.join(st.dtypes)}" + ("" if st.dtypes_explicit else " (default)")
+    ]
     for spec in st.specs:
         try:
             d = st.backend(spec).describe()
             extra = f", {d['device_name']}" if d.get("device_name") not in (None, "cpu") else ""
             tf32 = f", tf32 {d['tf32']}" if "tf32" in d else ""
-            lines.append(f"refdiff backend {spec}: {d.get('namespace')} "
-                         f"{d.get('library_version')} on {d.get('device')}{extra}{tf32}")
+            lines.append(
+                f"refdiff backend {spec}: {d.get('namespace')} "
+                f"{d.get('library_version')} on {d.get('device')}{extra}{tf32}"
+            )
         except Exception as exc:  # noqa: BLE001 - reported again at collection
             lines.append(f"refdiff backend {spec}: UNAVAILABLE ({exc})")
     env = {k: v for k, v in os.environ.items() if k.startswith("REFDIFF_")}
     if env:
-        lines.append("refdiff environment: " + ", ".join(f"{k}={v}" for k, v in sorted(env.items())))
+        lines.append(
+            "refdiff environment: " + ", ".join(f"{k}={v}" for k, v in sorted(env.items()))
+        )
     return lines
 
 
 # --------------------------------------------------------------------------------------------
 # Parametrization and collection
 # --------------------------------------------------------------------------------------------
+
 
 def pytest_generate_tests(metafunc) -> None:
     """Parametrize refdiff_backend over the requested backends and refdiff_dtype over the dtypes."""
@@ -241,9 +317,14 @@ def _matches(entry: str, it: _Item) -> bool:
     """An entry matches a check name (optionally with [dtype]), a module prefix or a node-id prefix."""
     cid = f"{it.check}[{it.dtype}]"
     short = _short_nodeid(it.nodeid)
-    return (entry in (it.check, cid) or it.check.startswith(entry + ".")
-            or short.startswith(entry) or it.nodeid.startswith(entry)
-            or entry == f"{it.backend}:{it.check}" or entry == f"{it.backend}:{cid}")
+    return (
+        entry in (it.check, cid)
+        or it.check.startswith(entry + ".")
+        or short.startswith(entry)
+        or it.nodeid.startswith(entry)
+        or entry == f"{it.backend}:{it.check}"
+        or entry == f"{it.backend}:{cid}"
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -263,9 +344,12 @@ def pytest_collection_modifyitems(session, config, items) -> None:
     for item in ours:
         params = getattr(item, "callspec", None)
         p = params.params if params else {}
-        st.items[item.nodeid] = it = _Item(item.nodeid, _check_name(item),
-                                           str(p.get("refdiff_backend", "-")),
-                                           str(p.get("refdiff_dtype", "-")))
+        st.items[item.nodeid] = it = _Item(
+            item.nodeid,
+            _check_name(item),
+            str(p.get("refdiff_backend", "-")),
+            str(p.get("refdiff_dtype", "-")),
+        )
         item.extra_keyword_matches.add(it.check)
     _apply_lists(st, config, ours)
 
@@ -293,8 +377,11 @@ def _apply_lists(st: _State, config, items) -> None:
             item.add_marker(mark(reason="; ".join(reasons), **kw))
     unused = [e for e in skips + xfails if e not in used]
     if unused and not _narrowed(config):
-        text = (f"{len(unused)} refdiff skip/xfail entries match no collected check: "
-                + ", ".join(unused) + " (a typo, or a check that was renamed or removed?)")
+        text = (
+            f"{len(unused)} refdiff skip/xfail entries match no collected check: "
+            + ", ".join(unused)
+            + " (a typo, or a check that was renamed or removed?)"
+        )
         st.warnings.append(text)
         warnings.warn(pytest.PytestWarning(text), stacklevel=1)
 
@@ -316,6 +403,7 @@ def pytest_deselected(items) -> None:
 # --------------------------------------------------------------------------------------------
 # Fixtures
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def refdiff_backend(request):
@@ -350,22 +438,37 @@ class _Checker:
         """Hypothesis settings of the session's profile, scaled by the case's budget (no
         shrinking for checks expected to fail: shrinking is the expensive part of a failure)."""
         from .profiles import settings_for
+
         expected_to_fail = self.item.get_closest_marker("xfail") is not None
-        return settings_for(self.state.profile, max_examples=self.state.max_examples,
-                            budget=budget, shrink=self.state.shrink and not expected_to_fail)
+        return settings_for(
+            self.state.profile,
+            max_examples=self.state.max_examples,
+            budget=budget,
+            shrink=self.state.shrink and not expected_to_fail,
+        )
 
     def context(self, check: str):
         """The failure context of ``check``: the backend spec and device exactly as passed."""
         from .check import Context
+
         spec = self.rec.backend if self.rec is not None else self.backend.name
         st = self.state
-        return Context(check, self.backend.name, str(self.backend.device), self.dtype,
-                       st.profile, spec=spec, device_arg=st._device_for(spec),
-                       max_examples=st.max_examples, instance=_registered_instance(spec))
+        return Context(
+            check,
+            self.backend.name,
+            str(self.backend.device),
+            self.dtype,
+            st.profile,
+            spec=spec,
+            device_arg=st._device_for(spec),
+            max_examples=st.max_examples,
+            instance=_registered_instance(spec),
+        )
 
     def run(self, case) -> None:
         """Run one Case as a Hypothesis property against the oracle."""
         from .check import run_case
+
         for cap in case.requires:
             if not self.backend.has(cap):
                 pytest.skip(f"backend {self.backend.name} lacks {cap!r}")
@@ -373,8 +476,14 @@ class _Checker:
         examples = [0]
         before = time.perf_counter()
         try:
-            run_case(case, self.backend, self.dtype, settings=self.settings(case.budget),
-                     record=_Counter(self, examples), ctx=ctx)
+            run_case(
+                case,
+                self.backend,
+                self.dtype,
+                settings=self.settings(case.budget),
+                record=_Counter(self, examples),
+                ctx=ctx,
+            )
         finally:
             if self.rec is not None:
                 self.rec.examples += examples[0]
@@ -385,6 +494,7 @@ def _registered_instance(spec: str) -> bool:
     """True if ``spec`` names a Backend object registered at runtime (e.g. by refdiff.verify)."""
     from refdiff.backends import Backend, parse_spec
     from refdiff.backends._registry import _RUNTIME
+
     return isinstance(_RUNTIME.get(parse_spec(spec)[0]), Backend)
 
 
@@ -417,6 +527,7 @@ def refdiff_check(request, refdiff_backend, refdiff_dtype):
 # Outcomes, summary, JSON
 # --------------------------------------------------------------------------------------------
 
+
 def _crash_message(report) -> str:
     longrepr = report.longrepr
     crash = getattr(longrepr, "reprcrash", None)
@@ -445,7 +556,7 @@ def _track(it: _Item, report) -> None:
         elif report.failed:
             it.outcome, it.message = "error", _crash_message(report)
     elif report.when == "call":
-        if not it.duration_s:           # checks that do not run a Case (rng.*, edges.*, backend.*)
+        if not it.duration_s:  # checks that do not run a Case (rng.*, edges.*, backend.*)
             it.duration_s = float(getattr(report, "duration", 0.0) or 0.0)
         if wasx:
             it.outcome = "xfailed" if report.skipped else "xpassed"
@@ -463,14 +574,27 @@ def _track(it: _Item, report) -> None:
 def build_report(config, exit_code: int = 0):
     """The session's VerifyReport (also what --refdiff-json writes)."""
     from .report import CheckResult, VerifyReport
+
     st = _state(config)
     try:
         from refdiff import __version__ as version
     except ImportError:
         version = "unknown"
-    checks = [CheckResult(i.check, i.backend, i.dtype, i.outcome, i.ratio, i.worst_output,
-                          i.examples, i.duration_s, i.message, _short_nodeid(i.nodeid))
-              for i in st.items.values()]
+    checks = [
+        CheckResult(
+            i.check,
+            i.backend,
+            i.dtype,
+            i.outcome,
+            i.ratio,
+            i.worst_output,
+            i.examples,
+            i.duration_s,
+            i.message,
+            _short_nodeid(i.nodeid),
+        )
+        for i in st.items.values()
+    ]
     backends = {}
     for spec, b in st.backends.items():
         try:
@@ -480,10 +604,18 @@ def build_report(config, exit_code: int = 0):
     errors = [f"{s}: {e}" for s, e in st.errors.items()]
     bad = any(c.outcome in ("failed", "error") for c in checks)
     ok = exit_code == 0 and not bad and bool(checks) and not errors
-    return VerifyReport(ok=ok, backends=backends, dtypes=list(st.dtypes), profile=st.profile,
-                        checks=checks, exit_code=int(exit_code),
-                        duration_s=time.time() - st.started, refdiff_version=version,
-                        errors=errors, warnings=list(st.warnings))
+    return VerifyReport(
+        ok=ok,
+        backends=backends,
+        dtypes=list(st.dtypes),
+        profile=st.profile,
+        checks=checks,
+        exit_code=int(exit_code),
+        duration_s=time.time() - st.started,
+        refdiff_version=version,
+        errors=errors,
+        warnings=list(st.warnings),
+    )
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
@@ -492,12 +624,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if not st.items:
         return
     from .report import format_table
+
     rep = build_report(config, int(exitstatus))
     terminalreporter.write_sep("=", "refdiff conformance")
     for line in format_table(rep.checks).splitlines():
         terminalreporter.write_line(line)
-    worst = max((c.ratio for c in rep.checks if c.ratio is not None and not math.isinf(c.ratio)),
-                default=0.0)
+    worst = max(
+        (c.ratio for c in rep.checks if c.ratio is not None and not math.isinf(c.ratio)),
+        default=0.0,
+    )
     terminalreporter.write_line(f"worst finite error ratio: {worst:.3f}")
     for w in rep.warnings:
         terminalreporter.write_line(f"WARNING: {w}")

@@ -16,8 +16,12 @@ from ._options import PROFILES, resolve_profile
 
 __all__ = ["register_profiles", "settings_for"]
 
-_SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
-             HealthCheck.large_base_example]
+_SUPPRESS = [
+    HealthCheck.too_slow,
+    HealthCheck.data_too_large,
+    HealthCheck.filter_too_much,
+    HealthCheck.large_base_example,
+]
 
 
 def register_profiles() -> None:
@@ -26,10 +30,12 @@ def register_profiles() -> None:
         settings.register_profile(name, suppress_health_check=_SUPPRESS, **kw)
 
 
-def settings_for(profile: str, *, max_examples: int | None = None, budget: float = 1.0,
-                 shrink: bool = True) -> settings:
+def settings_for(
+    profile: str, *, max_examples: int | None = None, budget: float = 1.0, shrink: bool = True
+) -> settings:
     """The settings of ``profile`` with ``max_examples`` (or the profile's) scaled by ``budget``."""
     from hypothesis import Phase
+
     name = resolve_profile(profile)
     register_profiles()
     parent = settings.get_profile(name)

@@ -45,7 +45,7 @@ class CheckResult:
     backend: str
     dtype: str
     outcome: str
-    ratio: float | None = None          # worst observed/allowed (None: nothing compared)
+    ratio: float | None = None  # worst observed/allowed (None: nothing compared)
     worst_output: str | None = None
     examples: int = 0
     duration_s: float = 0.0
@@ -54,11 +54,18 @@ class CheckResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (an infinite ratio is the string "inf")."""
-        return {"check": self.check, "backend": self.backend, "dtype": self.dtype,
-                "outcome": self.outcome, "ratio": _ratio_out(self.ratio),
-                "worst_output": self.worst_output, "examples": self.examples,
-                "duration_s": round(self.duration_s, 4), "message": self.message,
-                "nodeid": self.nodeid}
+        return {
+            "check": self.check,
+            "backend": self.backend,
+            "dtype": self.dtype,
+            "outcome": self.outcome,
+            "ratio": _ratio_out(self.ratio),
+            "worst_output": self.worst_output,
+            "examples": self.examples,
+            "duration_s": round(self.duration_s, 4),
+            "message": self.message,
+            "nodeid": self.nodeid,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> CheckResult:
@@ -77,16 +84,16 @@ class VerifyReport:
     """
 
     ok: bool
-    backends: dict[str, dict] = field(default_factory=dict)      # spec -> describe()
+    backends: dict[str, dict] = field(default_factory=dict)  # spec -> describe()
     dtypes: list[str] = field(default_factory=list)
     profile: str = ""
     checks: list[CheckResult] = field(default_factory=list)
     exit_code: int = 0
     duration_s: float = 0.0
     refdiff_version: str = ""
-    errors: list[str] = field(default_factory=list)               # session-level problems
-    warnings: list[str] = field(default_factory=list)             # e.g. unmatched xfail entries
-    log: str = ""                                                   # pytest's own output
+    errors: list[str] = field(default_factory=list)  # session-level problems
+    warnings: list[str] = field(default_factory=list)  # e.g. unmatched xfail entries
+    log: str = ""  # pytest's own output
 
     def __bool__(self) -> bool:
         return self.ok
@@ -131,12 +138,20 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
-        return {"schema": SCHEMA_VERSION, "ok": self.ok, "refdiff_version": self.refdiff_version,
-                "profile": self.profile, "dtypes": list(self.dtypes), "backends": self.backends,
-                "counts": self.counts, "exit_code": self.exit_code,
-                "duration_s": round(self.duration_s, 3), "errors": list(self.errors),
-                "warnings": list(self.warnings),
-                "checks": [r.to_dict() for r in self.checks]}
+        return {
+            "schema": SCHEMA_VERSION,
+            "ok": self.ok,
+            "refdiff_version": self.refdiff_version,
+            "profile": self.profile,
+            "dtypes": list(self.dtypes),
+            "backends": self.backends,
+            "counts": self.counts,
+            "exit_code": self.exit_code,
+            "duration_s": round(self.duration_s, 3),
+            "errors": list(self.errors),
+            "warnings": list(self.warnings),
+            "checks": [r.to_dict() for r in self.checks],
+        }
 
     def to_json(self, path: str | None = None, *, indent: int = 2) -> str:
         """The JSON text; also written to ``path`` when given."""
@@ -149,35 +164,47 @@ class VerifyReport:
     @classmethod
     def from_dict(cls, d: dict, *, log: str = "") -> VerifyReport:
         """Rebuild from :meth:`to_dict` (e.g. a ``--refdiff-json`` file)."""
-        return cls(ok=bool(d.get("ok")), backends=d.get("backends", {}),
-                   dtypes=list(d.get("dtypes", [])), profile=d.get("profile", ""),
-                   checks=[CheckResult.from_dict(c) for c in d.get("checks", [])],
-                   exit_code=int(d.get("exit_code", 0)), duration_s=float(d.get("duration_s", 0)),
-                   refdiff_version=d.get("refdiff_version", ""), errors=list(d.get("errors", [])),
-                   warnings=list(d.get("warnings", [])), log=log)
+        return cls(
+            ok=bool(d.get("ok")),
+            backends=d.get("backends", {}),
+            dtypes=list(d.get("dtypes", [])),
+            profile=d.get("profile", ""),
+            checks=[CheckResult.from_dict(c) for c in d.get("checks", [])],
+            exit_code=int(d.get("exit_code", 0)),
+            duration_s=float(d.get("duration_s", 0)),
+            refdiff_version=d.get("refdiff_version", ""),
+            errors=list(d.get("errors", [])),
+            warnings=list(d.get("warnings", [])),
+            log=log,
+        )
 
     def format(self, *, failures: bool = True) -> str:
         """A readable summary: the table, failure messages, and the verdict."""
         parts = [format_table(self.checks)]
         if failures:
             for r in self.failures():
-                parts.append(f"--- {r.backend} {r.check}[{r.dtype}] {r.outcome.upper()}\n"
-                             f"{r.message.strip()}")
+                parts.append(
+                    f"--- {r.backend} {r.check}[{r.dtype}] {r.outcome.upper()}\n{r.message.strip()}"
+                )
         parts.extend(f"ERROR: {e}" for e in self.errors)
         parts.extend(f"WARNING: {w}" for w in self.warnings)
         c = self.counts
         verdict = "OK" if self.ok else "FAILED"
-        parts.append(f"{verdict}: {c['passed']} passed, {c['failed']} failed, {c['error']} errors, "
-                     f"{c['skipped']} skipped, {c['xfailed']} xfailed, {c['xpassed']} xpassed "
-                     f"in {self.duration_s:.1f} s (profile {self.profile})")
+        parts.append(
+            f"{verdict}: {c['passed']} passed, {c['failed']} failed, {c['error']} errors, "
+            f"{c['skipped']} skipped, {c['xfailed']} xfailed, {c['xpassed']} xpassed "
+            f"in {self.duration_s:.1f} s (profile {self.profile})"
+        )
         return "\n".join(parts)
 
     def to_markdown(self) -> str:
         """A Markdown table (backend, check, and per dtype the outcome and worst ratio) and the verdict."""
         checks = self.checks
         dtypes = sorted({r.dtype for r in checks}, key=lambda d: (d != "float64", d))
-        lines = ["| backend | check | " + " | ".join(dtypes) + " |",
-                 "|---|---|" + "---|" * len(dtypes)]
+        lines = [
+            "| backend | check | " + " | ".join(dtypes) + " |",
+            "|---|---|" + "---|" * len(dtypes),
+        ]
         rows: dict[tuple[str, str], dict[str, CheckResult]] = {}
         for r in checks:
             rows.setdefault((r.backend, r.check), {})[r.dtype] = r
@@ -185,21 +212,30 @@ class VerifyReport:
             cells = []
             for d in dtypes:
                 r = per.get(d)
-                cells.append("" if r is None else f"{r.outcome} {_fmt_ratio(r.ratio)}"
-                             if r.ratio is not None else r.outcome)
+                cells.append(
+                    ""
+                    if r is None
+                    else f"{r.outcome} {_fmt_ratio(r.ratio)}"
+                    if r.ratio is not None
+                    else r.outcome
+                )
             lines.append(f"| {b} | `{c}` | " + " | ".join(cells) + " |")
         c = self.counts
         lines.append("")
-        lines.append(f"{'OK' if self.ok else 'FAILED'}: {c['passed']} passed, {c['failed']} failed, "
-                     f"{c['error']} errors, {c['skipped']} skipped, {c['xfailed']} xfailed "
-                     f"(profile {self.profile}, {self.duration_s:.0f} s)")
+        lines.append(
+            f"{'OK' if self.ok else 'FAILED'}: {c['passed']} passed, {c['failed']} failed, "
+            f"{c['error']} errors, {c['skipped']} skipped, {c['xfailed']} xfailed "
+            f"(profile {self.profile}, {self.duration_s:.0f} s)"
+        )
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         c = self.counts
-        return (f"VerifyReport(ok={self.ok}, passed={c['passed']}, failed={c['failed']}, "
-                f"errors={c['error']}, skipped={c['skipped']}, xfailed={c['xfailed']}, "
-                f"backends={list(self.backends)})")
+        return (
+            f"VerifyReport(ok={self.ok}, passed={c['passed']}, failed={c['failed']}, "
+            f"errors={c['error']}, skipped={c['skipped']}, xfailed={c['xfailed']}, "
+            f"backends={list(self.backends)})"
+        )
 
 
 def _fmt_ratio(r: float | None) -> str:
@@ -219,8 +255,15 @@ def format_table(checks: Iterable[CheckResult]) -> str:
     rows: dict[tuple[str, str], dict[str, CheckResult]] = {}
     for r in checks:
         rows.setdefault((r.backend, r.check), {})[r.dtype] = r
-    mark = {"passed": "ok", "failed": "FAIL", "error": "ERROR", "skipped": "skip",
-            "xfailed": "xfail", "xpassed": "XPASS", "not run": "-"}
+    mark = {
+        "passed": "ok",
+        "failed": "FAIL",
+        "error": "ERROR",
+        "skipped": "skip",
+        "xfailed": "xfail",
+        "xpassed": "XPASS",
+        "not run": "-",
+    }
     head = ["backend", "check"] + dtypes
     body = []
     for (b, c), per in rows.items():
@@ -238,14 +281,16 @@ def format_table(checks: Iterable[CheckResult]) -> str:
     line = "  ".join(h.ljust(w) for h, w in zip(head, widths))
     out = [line, "  ".join("-" * w for w in widths)]
     out += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in body]
-    out.append("(each cell: outcome and worst observed/allowed error ratio; 0 = bit-identical, "
-               "> 1 fails)")
+    out.append(
+        "(each cell: outcome and worst observed/allowed error ratio; 0 = bit-identical, > 1 fails)"
+    )
     return "\n".join(out)
 
 
 def main(argv=None) -> int:
     """``python -m refdiff.conformance.report REPORT.json [...] [--markdown]``: print saved reports."""
     import argparse
+
     p = argparse.ArgumentParser(prog="python -m refdiff.conformance.report")
     p.add_argument("paths", nargs="+", help="JSON reports written by --refdiff-json / --json")
     p.add_argument("--markdown", action="store_true", help="Markdown tables")
@@ -254,8 +299,10 @@ def main(argv=None) -> int:
     for path in args.paths:
         with open(path, encoding="utf-8") as fh:
             rep = VerifyReport.from_dict(json.load(fh))
-        backends = ", ".join(f"{k} ({v.get('device_name') or v.get('device')}, "
-                             f"{v.get('library_version')})" for k, v in rep.backends.items())
+        backends = ", ".join(
+            f"{k} ({v.get('device_name') or v.get('device')}, {v.get('library_version')})"
+            for k, v in rep.backends.items()
+        )
         print(f"{'### ' if args.markdown else ''}{path}: {backends}\n")
         print(rep.to_markdown() if args.markdown else rep.format(failures=False))
         print()

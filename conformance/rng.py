@@ -84,8 +84,10 @@ class Stat:
         return self.ratio <= 1.0
 
     def describe(self) -> str:
-        return (f"{self.name}: deviation {self.deviation:.4g}, allowed {self.threshold:.4g} "
-                f"(ratio {self.ratio:.3g}){'; ' + self.detail if self.detail else ''}")
+        return (
+            f"{self.name}: deviation {self.deviation:.4g}, allowed {self.threshold:.4g} "
+            f"(ratio {self.ratio:.3g}){'; ' + self.detail if self.detail else ''}"
+        )
 
 
 def gaussian_mean_threshold(n: int, alpha: float = ALPHA) -> float:
@@ -157,7 +159,7 @@ class _Repeats:
             if p is not None:
                 self.found.append(f"the {WINDOW} values at {where} recur in {label} at {p}")
         for a in (0, h.size // 3):
-            w = h[a:a + WINDOW].copy()
+            w = h[a : a + WINDOW].copy()
             p = find_repeat(h, w, skip=a)
             if p is not None:
                 self.found.append(f"the {WINDOW} values at {label}[{a}] recur at {label}[{p}]")
@@ -169,6 +171,7 @@ class _Repeats:
 
 def _spacing_slack(dtype: str) -> float:
     from .tolerances import eps
+
     return eps(dtype)
 
 
@@ -184,8 +187,12 @@ def _bins_stat(name: str, counts: np.ndarray, n: int, p: np.ndarray | None = Non
     t = np.array([bernstein_threshold(n, q * (1.0 - q), max(q, 1.0 - q), ALPHA / k) for q in p])
     dev = counts / n - p
     i = int(np.argmax(np.abs(dev) / t))
-    return Stat(name, float(dev[i]), float(t[i]), f"bin {i} of {k} holds {int(counts[i])}, "
-                                                   f"expected {n * p[i]:.0f}")
+    return Stat(
+        name,
+        float(dev[i]),
+        float(t[i]),
+        f"bin {i} of {k} holds {int(counts[i])}, expected {n * p[i]:.0f}",
+    )
 
 
 def _finite_stat(bad: int, n: int, what: str) -> Stat:
@@ -205,8 +212,12 @@ def _normal_bins(h: np.ndarray) -> np.ndarray:
     return np.bincount(idx.astype(np.int64) + 1, minlength=66)
 
 
-_TAILS = {"below -4 sd": (4.0, -1), "below -3 sd": (3.0, -1), "above +3 sd": (3.0, 1),
-          "above +4 sd": (4.0, 1)}
+_TAILS = {
+    "below -4 sd": (4.0, -1),
+    "below -3 sd": (3.0, -1),
+    "above +3 sd": (3.0, 1),
+    "above +4 sd": (4.0, 1),
+}
 
 
 def normal_statistics(draw, dtype: str) -> list[Stat]:
@@ -239,23 +250,31 @@ def normal_statistics(draw, dtype: str) -> list[Stat]:
             s2 += float(np.dot(h, h))
             m = h.size // 2
             pairs += m
-            sp += float(np.dot(h[0:2 * m:2], h[1:2 * m:2]))
+            sp += float(np.dot(h[0 : 2 * m : 2], h[1 : 2 * m : 2]))
             reps.scan(h, f"draw {c}")
             if fine:
                 bins += _normal_bins(h)
                 for name, (t, sign) in _TAILS.items():
-                    tails[name] += int(np.count_nonzero(h > t) if sign > 0
-                                       else np.count_nonzero(h < -t))
+                    tails[name] += int(
+                        np.count_nonzero(h > t) if sign > 0 else np.count_nonzero(h < -t)
+                    )
     slack = _spacing_slack(dtype)
     lo, hi = chi2_bounds(n)
     m2 = s2 / n - 1.0
-    out = [_finite_stat(bad, n_mean, "non-finite draws"),
-           Stat("mean", s1 / n_mean, gaussian_mean_threshold(n_mean) + slack,
-                f"mean of {n_mean} draws"),
-           Stat("variance", m2, (hi if m2 > 0 else lo) + slack, f"mean of z² over {n} draws"),
-           Stat("serial correlation", sp / pairs, product_threshold(pairs) / pairs + slack,
-                f"mean of z_2i·z_2i+1 over {pairs} disjoint pairs"),
-           reps.stat()]
+    out = [
+        _finite_stat(bad, n_mean, "non-finite draws"),
+        Stat(
+            "mean", s1 / n_mean, gaussian_mean_threshold(n_mean) + slack, f"mean of {n_mean} draws"
+        ),
+        Stat("variance", m2, (hi if m2 > 0 else lo) + slack, f"mean of z² over {n} draws"),
+        Stat(
+            "serial correlation",
+            sp / pairs,
+            product_threshold(pairs) / pairs + slack,
+            f"mean of z_2i·z_2i+1 over {pairs} disjoint pairs",
+        ),
+        reps.stat(),
+    ]
     if fine:
         p = _normal_bin_probabilities()
         nd = NormalDist()
@@ -273,7 +292,7 @@ def uniform_statistics(draw, dtype: str) -> list[Stat]:
     low = high = 0
     bins = np.zeros(_BINS, dtype=np.int64)
     reps = _Repeats()
-    edge = 2.0 ** -10
+    edge = 2.0**-10
     for c in range(N_STATS // CHUNK):
         h = np.asarray(draw(), dtype=np.float64).reshape(-1)
         finite = np.isfinite(h)
@@ -285,26 +304,39 @@ def uniform_statistics(draw, dtype: str) -> list[Stat]:
         s2 += float(np.dot(d, d))
         m = d.size // 2
         pairs += m
-        sp += float(np.dot(d[0:2 * m:2], d[1:2 * m:2]))
+        sp += float(np.dot(d[0 : 2 * m : 2], d[1 : 2 * m : 2]))
         n += h.size
         reps.scan(h, f"draw {c}")
         if fine:
             low += int(np.count_nonzero(h < edge))
             high += int(np.count_nonzero(h >= 1.0 - edge))
-            bins += np.bincount(np.clip((h * _BINS).astype(np.int64), 0, _BINS - 1),
-                                minlength=_BINS)
+            bins += np.bincount(
+                np.clip((h * _BINS).astype(np.int64), 0, _BINS - 1), minlength=_BINS
+            )
     slack = _spacing_slack(dtype)
-    out = [_finite_stat(bad, n, "non-finite draws"),
-           _finite_stat(out_of_range, n, "draws outside [0, 1)"),
-           Stat("mean", s1 / n, bernstein_threshold(n, 1.0 / 12.0, 0.5) + slack,
-                f"mean of u − 1/2 over {n} draws"),
-           Stat("variance", s2 / n - 1.0 / 12.0,
-                bernstein_threshold(n, 1.0 / 80.0 - 1.0 / 144.0, 1.0 / 6.0) + slack,
-                f"mean of (u − 1/2)² over {n} draws, expected 1/12"),
-           Stat("serial correlation", sp / pairs,
-                bernstein_threshold(pairs, 1.0 / 144.0, 0.25) + slack,
-                f"mean of (u_2i − 1/2)(u_2i+1 − 1/2) over {pairs} disjoint pairs"),
-           reps.stat()]
+    out = [
+        _finite_stat(bad, n, "non-finite draws"),
+        _finite_stat(out_of_range, n, "draws outside [0, 1)"),
+        Stat(
+            "mean",
+            s1 / n,
+            bernstein_threshold(n, 1.0 / 12.0, 0.5) + slack,
+            f"mean of u − 1/2 over {n} draws",
+        ),
+        Stat(
+            "variance",
+            s2 / n - 1.0 / 12.0,
+            bernstein_threshold(n, 1.0 / 80.0 - 1.0 / 144.0, 1.0 / 6.0) + slack,
+            f"mean of (u − 1/2)² over {n} draws, expected 1/12",
+        ),
+        Stat(
+            "serial correlation",
+            sp / pairs,
+            bernstein_threshold(pairs, 1.0 / 144.0, 0.25) + slack,
+            f"mean of (u_2i − 1/2)(u_2i+1 − 1/2) over {pairs} disjoint pairs",
+        ),
+        reps.stat(),
+    ]
     if fine:
         out.append(_count_stat("draws below 2^-10", low, n, edge))
         out.append(_count_stat("draws at or above 1 − 2^-10", high, n, edge))
@@ -312,8 +344,9 @@ def uniform_statistics(draw, dtype: str) -> list[Stat]:
     return out
 
 
-def stream_statistics(first: np.ndarray, again: np.ndarray, other: np.ndarray,
-                      centre: float) -> list[Stat]:
+def stream_statistics(
+    first: np.ndarray, again: np.ndarray, other: np.ndarray, centre: float
+) -> list[Stat]:
     """Reproducibility (same seed, same draws) and seed independence (another seed's stream).
 
     ``first`` and ``again`` come from two generators made with the same seed, ``other`` from the
@@ -323,9 +356,18 @@ def stream_statistics(first: np.ndarray, again: np.ndarray, other: np.ndarray,
     n = first.size
     same = int(np.count_nonzero(first != again)) if first.shape == again.shape else n
     agree = int(np.count_nonzero(np.sign(first - centre) == np.sign(other - centre)))
-    found = [p for p in (find_repeat(other, first[:WINDOW]), find_repeat(first, other[:WINDOW]))
-             if p is not None]
-    return [Stat("same seed, same draws", float(same), 0.0, f"{same} of {n} draws differ"),
-            _count_stat("sign agreement with the next seed's stream", agree, n, 0.5),
-            Stat("next seed's stream is a shifted copy", float(len(found)), 0.0,
-                 f"a window of one stream recurs in the other at {found}" if found else "")]
+    found = [
+        p
+        for p in (find_repeat(other, first[:WINDOW]), find_repeat(first, other[:WINDOW]))
+        if p is not None
+    ]
+    return [
+        Stat("same seed, same draws", float(same), 0.0, f"{same} of {n} draws differ"),
+        _count_stat("sign agreement with the next seed's stream", agree, n, 0.5),
+        Stat(
+            "next seed's stream is a shifted copy",
+            float(len(found)),
+            0.0,
+            f"a window of one stream recurs in the other at {found}" if found else "",
+        ),
+    ]

@@ -17,12 +17,32 @@ from hypothesis import strategies as st
 
 from refdiff import schedules as _schedules
 
-__all__ = ["Sched", "describe_schedule", "Call", "Bind", "Build", "Raw", "XP", "DEVICE", "DTYPE",
-           "HostArray", "NoiseSource", "schedules", "schedule_variants", "timesteps",
-           "batch_shapes", "data", "noise", "seeded_normal", "grid_data", "log_uniform",
-           "build_schedule", "call"]
+__all__ = [
+    "Sched",
+    "describe_schedule",
+    "Call",
+    "Bind",
+    "Build",
+    "Raw",
+    "XP",
+    "DEVICE",
+    "DTYPE",
+    "HostArray",
+    "NoiseSource",
+    "schedules",
+    "schedule_variants",
+    "timesteps",
+    "batch_shapes",
+    "data",
+    "noise",
+    "seeded_normal",
+    "grid_data",
+    "log_uniform",
+    "build_schedule",
+    "call",
+]
 
-MAX_T = 40          # longest T of schedules built from random betas
+MAX_T = 40  # longest T of schedules built from random betas
 
 
 class _Marker:
@@ -129,9 +149,11 @@ def _short(v: Any) -> str:
 # Schedules
 # --------------------------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=512)
-def build_schedule(name: str, T: int, variant: str = "plain", n: int = 0,
-                   spacing: str = "trailing"):
+def build_schedule(
+    name: str, T: int, variant: str = "plain", n: int = 0, spacing: str = "trailing"
+):
     """A host schedule (cached): registry ``name`` at ``T``, optionally zero-SNR or respaced to n steps."""
     s = _schedules.get_schedule(name, T)
     if variant == "zero_snr":
@@ -160,8 +182,9 @@ class Sched:
         return self.desc
 
 
-def describe_schedule(name: str, T: int, variant: str = "plain", n: int = 0,
-                      spacing: str = "trailing") -> str:
+def describe_schedule(
+    name: str, T: int, variant: str = "plain", n: int = 0, spacing: str = "trailing"
+) -> str:
     """The code that builds a drawn schedule (e.g. "zero_terminal_snr(get_schedule('cosine', 10))")."""
     base = f"get_schedule({name!r}, {T})"
     if variant == "zero_snr":
@@ -177,8 +200,14 @@ VARIANTS = ("plain", "zero_snr", "respaced")
 T_MENU = (1, 2, 3, 10, 40, 1000)
 ZERO_SNR_T_MENU = (3, 10, 1000)
 #: (T, steps, spacing) of the respaced schedules drawn.
-RESPACE_MENU = ((3, 1, "trailing"), (10, 3, "leading"), (10, 10, "linspace"),
-                (40, 13, "linspace"), (1000, 50, "trailing"), (1000, 333, "leading"))
+RESPACE_MENU = (
+    (3, 1, "trailing"),
+    (10, 3, "leading"),
+    (10, 10, "linspace"),
+    (40, 13, "linspace"),
+    (1000, 50, "trailing"),
+    (1000, 333, "leading"),
+)
 
 
 @st.composite
@@ -192,8 +221,10 @@ def schedules(draw, names=None, *, variants=VARIANTS, max_T: int | None = None):
     if variant == "respaced":
         menu = tuple(m for m in RESPACE_MENU if m[1] <= cap)
         T, n, spacing = draw(st.sampled_from(menu), label="T, steps, spacing")
-        return Sched(build_schedule(name, T, variant, n, spacing),
-                     describe_schedule(name, T, variant, n, spacing))
+        return Sched(
+            build_schedule(name, T, variant, n, spacing),
+            describe_schedule(name, T, variant, n, spacing),
+        )
     menu = tuple(T for T in (T_MENU if variant == "plain" else ZERO_SNR_T_MENU) if T <= cap)
     T = draw(st.sampled_from(menu), label="T")
     return Sched(build_schedule(name, T, variant), describe_schedule(name, T, variant))
@@ -220,8 +251,9 @@ def use_shape_menu(on: bool) -> None:
 
 
 @st.composite
-def batch_shapes(draw, *, min_dims: int = 1, max_dims: int = 4, max_batch: int = 3,
-                 max_side: int = 4):
+def batch_shapes(
+    draw, *, min_dims: int = 1, max_dims: int = 4, max_batch: int = 3, max_side: int = 4
+):
     """(B, ...) with B in [1, max_batch] and up to max_dims axes in all (image-like when 4)."""
     ndim = draw(st.integers(min_dims, max_dims), label="ndim")
     if _SHAPE_MENU:
@@ -242,8 +274,9 @@ def timesteps(draw, T: int, batch: int):
 def seeded_normal(shape, *, scale: float = 1.0):
     """N(0, scale²) values of ``shape`` from a drawn seed (cheap; shrinks through the seed)."""
     shape = tuple(shape)
-    return st.integers(0, 2 ** 32 - 1).map(
-        lambda s: scale * np.random.default_rng(s).standard_normal(shape))
+    return st.integers(0, 2**32 - 1).map(
+        lambda s: scale * np.random.default_rng(s).standard_normal(shape)
+    )
 
 
 def noise(shape):
@@ -266,8 +299,8 @@ def data(draw, shape, *, bound: float = 3.0):
 @st.composite
 def grid_data(draw, shape, *, num_bits: int = 8):
     """Image data on the 2**num_bits grid in [-1, 1] (ends included), from a seed."""
-    levels = 2 ** num_bits - 1
-    seed = draw(st.integers(0, 2 ** 32 - 1), label="grid seed")
+    levels = 2**num_bits - 1
+    seed = draw(st.integers(0, 2**32 - 1), label="grid seed")
     k = np.random.default_rng(seed).integers(0, levels + 1, size=tuple(shape))
     k.flat[0] = draw(st.sampled_from((0, levels, int(k.flat[0]))), label="edge bin")
     return 2.0 * k / levels - 1.0

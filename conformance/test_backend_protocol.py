@@ -14,7 +14,8 @@ from refdiff.backends import quantise
 def _assert_native(backend, x, dtype: str, what: str) -> None:
     assert backend.is_native(x), f"{what}: {type(x)} is not an array of backend {backend.name}"
     assert backend.device_of(x) == backend.device, (
-        f"{what}: on device {backend.device_of(x)}, backend device is {backend.device}")
+        f"{what}: on device {backend.device_of(x)}, backend device is {backend.device}"
+    )
     assert backend.dtype_name(x.dtype) == dtype, f"{what}: dtype {x.dtype}, expected {dtype}"
 
 
@@ -41,9 +42,31 @@ def test_describe(refdiff_backend, refdiff_dtype, refdiff_check):
     refdiff_check.record("describe", 0.0)
 
 
-_REFERENCE_OPS = ("exp", "expm1", "log", "log1p", "sqrt", "logaddexp", "asinh", "sinh", "tanh",
-                  "maximum", "minimum", "round", "floor", "clip", "abs", "where", "sum", "mean",
-                  "std", "cumulative_sum", "take", "astype", "reshape")
+_REFERENCE_OPS = (
+    "exp",
+    "expm1",
+    "log",
+    "log1p",
+    "sqrt",
+    "logaddexp",
+    "asinh",
+    "sinh",
+    "tanh",
+    "maximum",
+    "minimum",
+    "round",
+    "floor",
+    "clip",
+    "abs",
+    "where",
+    "sum",
+    "mean",
+    "std",
+    "cumulative_sum",
+    "take",
+    "astype",
+    "reshape",
+)
 
 
 @pytest.mark.refdiff_check("backend.namespace")
@@ -51,14 +74,19 @@ def test_namespace_is_the_arrays_own(refdiff_backend, refdiff_dtype, refdiff_che
     """The reference calls the namespace its arrays report (``array_namespace(x)``), so a backend's
     ``xp`` must provide the same functions: a wrapper around another namespace is never called."""
     from array_api_compat import array_namespace
+
     b = refdiff_backend
     x = b.asarray(np.zeros(2), refdiff_dtype)
     ns = array_namespace(x)
-    differ = [op for op in _REFERENCE_OPS
-              if hasattr(b.xp, op) and getattr(ns, op, None) is not getattr(b.xp, op)]
+    differ = [
+        op
+        for op in _REFERENCE_OPS
+        if hasattr(b.xp, op) and getattr(ns, op, None) is not getattr(b.xp, op)
+    ]
     assert ns is b.xp or not differ, (
         f"backend {b.name} wraps namespace {getattr(b.xp, '__name__', b.xp)!r}, but its arrays "
         f"report {getattr(ns, '__name__', ns)!r}, whose {', '.join(differ)} the reference calls "
         "instead: the wrapped functions are never checked. Give from_namespace the namespace the "
-        "arrays report, and replace functions on it inside Backend.checking() (or use overrides)")
+        "arrays report, and replace functions on it inside Backend.checking() (or use overrides)"
+    )
     refdiff_check.record("namespace", 0.0)

@@ -32,8 +32,9 @@ def _compare(fn, dtype: str, inputs, got: np.ndarray, want: np.ndarray):
                 worst = math.inf
             continue
         if w == 0.0:
-            ok = abs(g) < tiny and not (g == 0.0 and fn.signed_zero
-                                        and math.copysign(1, g) != math.copysign(1, w))
+            ok = abs(g) < tiny and not (
+                g == 0.0 and fn.signed_zero and math.copysign(1, g) != math.copysign(1, w)
+            )
             if not ok:
                 bad.append(f"{call} = {_fmt(g)}, reference {_fmt(w)}")
                 worst = math.inf
@@ -46,8 +47,10 @@ def _compare(fn, dtype: str, inputs, got: np.ndarray, want: np.ndarray):
         r = abs(g - w) / allowed
         worst = max(worst, r)
         if r > 1.0:
-            bad.append(f"{call} = {_fmt(g)}, reference {_fmt(w)} "
-                       f"({abs(g - w) / (eps * abs(w)):.3g} eps off; allowed {ULP_BUDGET:g})")
+            bad.append(
+                f"{call} = {_fmt(g)}, reference {_fmt(w)} "
+                f"({abs(g - w) / (eps * abs(w)):.3g} eps off; allowed {ULP_BUDGET:g})"
+            )
     return worst, bad
 
 
@@ -56,13 +59,14 @@ def test_edge_values(refdiff_case, refdiff_backend, refdiff_dtype, refdiff_check
     """The backend's function agrees with the reference at every edge value, NaN and inf included."""
     from array_api_compat import array_namespace
     from refdiff.backends import quantise
+
     b, dtype = refdiff_backend, refdiff_dtype
     fn = FUNCTIONS[refdiff_case.split(".", 1)[1]]
     inputs = values_for(fn, dtype)
     with np.errstate(all="ignore"):
         want = quantise(np.asarray(fn.oracle(*inputs), dtype=np.float64), dtype)
     arrays = [b.asarray(a, dtype) for a in inputs]
-    with b.checking(), np.errstate(all="ignore"):    # overflow/NaN are the point here
+    with b.checking(), np.errstate(all="ignore"):  # overflow/NaN are the point here
         xp = array_namespace(*arrays)
         out = fn.backend(xp, *arrays)
         b.synchronize()
@@ -75,5 +79,7 @@ def test_edge_values(refdiff_case, refdiff_backend, refdiff_dtype, refdiff_check
         ctx = refdiff_check.context(refdiff_case)
         raise AssertionError(
             f"{refdiff_case}[{dtype}] on backend {b.name} ({b.device}) differs from the reference "
-            f"at {len(bad)} of {want.size} edge values:\n  " + "\n  ".join(bad[:12])
-            + f"\nreproduce: {ctx.reproducer()}")
+            f"at {len(bad)} of {want.size} edge values:\n  "
+            + "\n  ".join(bad[:12])
+            + f"\nreproduce: {ctx.reproducer()}"
+        )

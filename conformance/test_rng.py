@@ -25,6 +25,8 @@ SEED = 20240607
 
 def _seed() -> int:
     return int(os.environ.get("REFDIFF_RNG_SEED") or SEED)
+
+
 _CENTRE = {"normal": 0.0, "uniform": 0.5}
 
 
@@ -37,13 +39,17 @@ def _draws(backend, dtype: str, kind: str, seed: int):
         x = fn(gen, (size,), dtype)
         assert backend.is_native(x), (
             f"backend {backend.name} {kind}() returned {type(x).__module__}.{type(x).__name__}, "
-            "not an array of the backend")
+            "not an array of the backend"
+        )
         assert backend.device_of(x) == backend.device, (
             f"backend {backend.name} {kind}() draws are on {backend.device_of(x)}, not on the "
-            f"backend's device {backend.device}")
+            f"backend's device {backend.device}"
+        )
         got = backend.dtype_name(x.dtype)
         assert got == dtype, f"backend {backend.name} {kind}() returned {got}, asked for {dtype}"
-        assert tuple(x.shape) == (size,), f"{kind}() returned shape {tuple(x.shape)}, asked ({size},)"
+        assert tuple(x.shape) == (size,), (
+            f"{kind}() returned shape {tuple(x.shape)}, asked ({size},)"
+        )
         return backend.to_numpy(x)
 
     return draw
@@ -52,10 +58,13 @@ def _draws(backend, dtype: str, kind: str, seed: int):
 def _check(backend, dtype: str, kind: str, refdiff_check) -> None:
     seed = _seed()
     stats = (R.normal_statistics if kind == "normal" else R.uniform_statistics)(
-        _draws(backend, dtype, kind, seed), dtype)
+        _draws(backend, dtype, kind, seed), dtype
+    )
     n = 1 << 20
-    first, again, other = (np.asarray(_draws(backend, dtype, kind, s)(n), dtype=np.float64)
-                           for s in (seed, seed, seed + 1))
+    first, again, other = (
+        np.asarray(_draws(backend, dtype, kind, s)(n), dtype=np.float64)
+        for s in (seed, seed, seed + 1)
+    )
     stats += R.stream_statistics(first, again, other, _CENTRE[kind])
     for s in stats:
         refdiff_check.record(s.name, s.ratio)
@@ -63,7 +72,8 @@ def _check(backend, dtype: str, kind: str, refdiff_check) -> None:
     assert not bad, (
         f"backend {backend.name} {kind}() draws in {dtype} on {backend.device} fail "
         f"{len(bad)} statistical test(s) (each has false-alarm probability <= {R.ALPHA:g}):\n  "
-        + "\n  ".join(s.describe() for s in bad))
+        + "\n  ".join(s.describe() for s in bad)
+    )
 
 
 @pytest.mark.refdiff_check("rng.normal")

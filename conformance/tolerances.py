@@ -33,12 +33,24 @@ import math
 from dataclasses import dataclass
 from collections.abc import Mapping
 
-__all__ = ["EPS", "ToleranceClass", "Tolerance", "TABLE", "WIDENED", "Widening", "tolerance",
-           "eps", "table_rows"]
+__all__ = [
+    "EPS",
+    "ToleranceClass",
+    "Tolerance",
+    "TABLE",
+    "WIDENED",
+    "Widening",
+    "tolerance",
+    "eps",
+    "table_rows",
+]
 
 #: Machine epsilon (spacing of 1.0) of each dtype the suite knows.
 EPS: Mapping[str, float] = {
-    "float64": 2.0 ** -52, "float32": 2.0 ** -23, "float16": 2.0 ** -10, "bfloat16": 2.0 ** -7,
+    "float64": 2.0**-52,
+    "float32": 2.0**-23,
+    "float16": 2.0**-10,
+    "bfloat16": 2.0**-7,
 }
 
 
@@ -49,31 +61,51 @@ class ToleranceClass:
     name: str
     rtol: float
     atol: float
-    grows: str          # "none", "sqrt_n" (reductions over n terms) or "steps" (k-step trajectories)
+    grows: str  # "none", "sqrt_n" (reductions over n terms) or "steps" (k-step trajectories)
     rationale: str
 
 
 #: The table. Keys are the operation classes checks declare.
 TABLE: Mapping[str, ToleranceClass] = {
     "exact": ToleranceClass(
-        "exact", 0.0, 0.0, "none",
+        "exact",
+        0.0,
+        0.0,
+        "none",
         "table moves, gathers, index maps, clipping: a cast is correctly rounded and a copy is "
-        "exact, so any difference is a bug"),
+        "exact, so any difference is a bug",
+    ),
     "elementwise": ToleranceClass(
-        "elementwise", 8.0, 8.0, "none",
+        "elementwise",
+        8.0,
+        8.0,
+        "none",
         "schedule coefficients, marginal/posterior means, parameterization maps: a few "
-        "operations of ≤ 1–2 ulp each (libm vs libdevice vs vectorised kernels)"),
+        "operations of ≤ 1–2 ulp each (libm vs libdevice vs vectorised kernels)",
+    ),
     "cancellation": ToleranceClass(
-        "cancellation", 32.0, 32.0, "none",
+        "cancellation",
+        32.0,
+        32.0,
+        "none",
         "log-variances, KL and likelihood terms, differences of nearby numbers: error relative to "
-        "the terms, not to the (small) result"),
+        "the terms, not to the (small) result",
+    ),
     "reduction": ToleranceClass(
-        "reduction", 4.0, 4.0, "sqrt_n",
+        "reduction",
+        4.0,
+        4.0,
+        "sqrt_n",
         "sums/means over n terms: summation order differs between backends (pairwise, tree, "
-        "atomics); rtol 4·eps·√n, atol 4·eps·√n·Σ|terms|"),
+        "atomics); rtol 4·eps·√n, atol 4·eps·√n·Σ|terms|",
+    ),
     "trajectory": ToleranceClass(
-        "trajectory", 8.0, 8.0, "steps",
-        "k-step sampler outputs: per-step elementwise error accumulating linearly in k"),
+        "trajectory",
+        8.0,
+        8.0,
+        "steps",
+        "k-step sampler outputs: per-step elementwise error accumulating linearly in k",
+    ),
 }
 
 
@@ -96,7 +128,7 @@ class Tolerance:
     cls: str
     dtype: str
     rtol: float
-    atol: float          # multiplied by the check's scale
+    atol: float  # multiplied by the check's scale
     eps: float
     factor: float = 1.0  # growth (√n or k) times any widening
     widened: str | None = None
@@ -105,8 +137,10 @@ class Tolerance:
         """E.g. "elementwise: rtol 8·eps = 9.5e-07, atol 8·eps·scale (float32)"."""
         row = TABLE[self.cls]
         grow = f" × {self.factor:.3g}" if self.factor != 1.0 else ""
-        text = (f"{self.cls}: rtol {row.rtol:g}·eps{grow} = {self.rtol:.2g}, "
-                f"atol {row.atol:g}·eps{grow}·scale = {self.atol:.2g}·scale ({self.dtype})")
+        text = (
+            f"{self.cls}: rtol {row.rtol:g}·eps{grow} = {self.rtol:.2g}, "
+            f"atol {row.atol:g}·eps{grow}·scale = {self.atol:.2g}·scale ({self.dtype})"
+        )
         if self.widened:
             text += f"; widened: {self.widened}"
         return text
@@ -120,14 +154,22 @@ def eps(dtype: str) -> float:
         raise KeyError(f"dtype={dtype!r} has no tolerance; known: {', '.join(EPS)}") from None
 
 
-def tolerance(cls: str, dtype: str, *, n: int = 1, steps: int = 1, check: str | None = None,
-              output: str | None = None) -> Tolerance:
+def tolerance(
+    cls: str,
+    dtype: str,
+    *,
+    n: int = 1,
+    steps: int = 1,
+    check: str | None = None,
+    output: str | None = None,
+) -> Tolerance:
     """The tolerance of class ``cls`` at ``dtype`` (n: reduction size, steps: trajectory length)."""
     try:
         row = TABLE[cls]
     except KeyError:
-        raise KeyError(f"tolerance class {cls!r} is not in the table; classes: "
-                       f"{', '.join(TABLE)}") from None
+        raise KeyError(
+            f"tolerance class {cls!r} is not in the table; classes: {', '.join(TABLE)}"
+        ) from None
     e = eps(dtype)
     factor = {"none": 1.0, "sqrt_n": math.sqrt(max(n, 1)), "steps": float(max(steps, 1))}[row.grows]
     wide = None
@@ -143,8 +185,13 @@ def table_rows(dtypes=("float64", "float32")) -> list[dict]:
     """The table as rows for documentation and reports."""
     rows = []
     for c in TABLE.values():
-        row = {"class": c.name, "rtol_eps": c.rtol, "atol_eps": c.atol, "grows": c.grows,
-               "rationale": c.rationale}
+        row = {
+            "class": c.name,
+            "rtol_eps": c.rtol,
+            "atol_eps": c.atol,
+            "grows": c.grows,
+            "rationale": c.rationale,
+        }
         for d in dtypes:
             row[f"rtol_{d}"] = c.rtol * EPS[d]
         rows.append(row)

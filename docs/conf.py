@@ -23,9 +23,24 @@ suppress_warnings = ["myst.header", "myst.xref_missing", "misc.highlighting_fail
 nitpicky = False
 
 #: Modules whose public API (``__all__``) is documented, one page each, in reading order.
-_TOP = ["schedules", "diffusion", "parameterizations", "kl", "losses", "sde", "edm",
-        "samplers", "guidance", "analytic", "likelihood", "ddpm", "unet", "train", "backends",
-        "conformance"]
+_TOP = [
+    "schedules",
+    "diffusion",
+    "parameterizations",
+    "kl",
+    "losses",
+    "sde",
+    "edm",
+    "samplers",
+    "guidance",
+    "analytic",
+    "likelihood",
+    "ddpm",
+    "unet",
+    "train",
+    "backends",
+    "conformance",
+]
 
 
 def _modules() -> list[str]:
@@ -49,19 +64,31 @@ def _write_reference() -> None:
         (ref / f"{name}.rst").write_text(f"{title}\n{'=' * len(title)}\n\n.. automodule:: {name}\n")
     (ref / "refdiff.verify.rst").write_text(
         "``refdiff.verify``\n==================\n\n.. autofunction:: refdiff.verify\n\n"
-        ".. autoclass:: refdiff.VerifyReport\n   :members:\n")
+        ".. autoclass:: refdiff.VerifyReport\n   :members:\n"
+    )
     (ref / "refdiff._typing.rst").write_text(
         "Types (``refdiff._typing``)\n===========================\n\n.. automodule:: refdiff._typing\n"
-        "   :members:\n   :undoc-members:\n")
+        "   :members:\n   :undoc-members:\n"
+    )
     names = ["refdiff.verify", "refdiff._typing", *names]
-    index = ["API reference", "=============", "", "Generated from the docstrings.", "",
-             ".. toctree::", "   :maxdepth: 1", ""] + [f"   {n}" for n in names]
+    index = [
+        "API reference",
+        "=============",
+        "",
+        "Generated from the docstrings.",
+        "",
+        ".. toctree::",
+        "   :maxdepth: 1",
+        "",
+    ] + [f"   {n}" for n in names]
     (ref / "index.rst").write_text("\n".join(index) + "\n")
 
 
 def _skip(name: str) -> bool:
     """Modules that need a GPU framework to import are documented in their narrative pages."""
-    return name.split(".")[2:3] in (["torch"], ["cupy"], ["jax"], ["dask"]) and name.startswith("refdiff.backends")
+    return name.split(".")[2:3] in (["torch"], ["cupy"], ["jax"], ["dask"]) and name.startswith(
+        "refdiff.backends"
+    )
 
 
 _write_reference()

@@ -31,6 +31,7 @@ from refdiff.schedules import linear, respace
 # "Your" code: a typical hand-written DDIM scheduler (float32 tables, linspace spacing).
 # ----------------------------------------------------------------------------------------------
 
+
 class MyDDIM:
     def __init__(self, T=1000, beta_start=1e-4, beta_end=0.02, dtype=np.float32):
         self.T = T
@@ -69,7 +70,7 @@ class MyDDIM:
 # The tests (this is what you would put in your suite).
 # ----------------------------------------------------------------------------------------------
 
-REF = linear(1000)                      # refdiff's float64 tables, within 0.5 ulp of mpmath
+REF = linear(1000)  # refdiff's float64 tables, within 0.5 ulp of mpmath
 MU = np.array([0.7, -0.4, 0.1])
 
 
@@ -101,8 +102,9 @@ def test_full_loop_is_exact_on_point_mass_data():
     x_T = np.random.default_rng(1).standard_normal((8, 3))
     for n in (1, 4, 10, 50):
         sched.set_timesteps(n)
-        got = sched.sample(lambda x, t: model(x.astype(np.float64), t).astype(np.float32),
-                           x_T.astype(np.float32))
+        got = sched.sample(
+            lambda x, t: model(x.astype(np.float64), t).astype(np.float32), x_T.astype(np.float32)
+        )
         assert np.max(np.abs(got - MU)) < 1e-3, (n, np.max(np.abs(got - MU)))
 
 
@@ -111,7 +113,7 @@ def test_stochastic_loop_has_refdiffs_output_law():
     model = A.discrete_model(data, REF, "eps")
     sched = make_scheduler()
     sched.set_timesteps(10)
-    S = respace(REF, sorted(int(t) for t in sched.timesteps))   # the same steps in refdiff
+    S = respace(REF, sorted(int(t) for t in sched.timesteps))  # the same steps in refdiff
     n = len(sched.timesteps)
 
     def mine(x_T, noise):

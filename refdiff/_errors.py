@@ -57,15 +57,27 @@ def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     return value
 
 
-def check_real(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
-               lo_open: bool = False, hi_open: bool = False) -> float:
+def check_real(
+    name: str,
+    value: Any,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> float:
     """Return ``value`` as a finite float inside the stated interval, or raise."""
     try:
         v = float(value)
     except (TypeError, ValueError):
         fail(name, value, "expected a real number")
-    interval = (("(" if lo_open else "[") + ("-inf" if lo is None else repr(lo)) + ", "
-                + ("inf" if hi is None else repr(hi)) + (")" if hi_open else "]"))
+    interval = (
+        ("(" if lo_open else "[")
+        + ("-inf" if lo is None else repr(lo))
+        + ", "
+        + ("inf" if hi is None else repr(hi))
+        + (")" if hi_open else "]")
+    )
     if not math.isfinite(v):
         fail(name, value, f"expected a finite real number in {interval}")
     if lo is not None and (v < lo or (lo_open and v == lo)):
@@ -80,5 +92,6 @@ def check_choice(name: str, value: Any, choices: Iterable[str], what: str = "val
     choices = list(choices)
     if value not in choices:
         raise UnknownNameError(
-            f"{name}={value!r} is not a known {what}; allowed: {', '.join(map(repr, choices))}")
+            f"{name}={value!r} is not a known {what}; allowed: {', '.join(map(repr, choices))}"
+        )
     return value

@@ -13,9 +13,23 @@ from array_api_compat import array_namespace, device as _device, is_array_api_ob
 from ._errors import RefdiffShapeError, fail
 from ._typing import Array, Device, Namespace
 
-__all__ = ["array_namespace", "device_of", "append_dims", "gather", "as_timesteps",
-           "trusted_timesteps", "check_same_shape", "check_broadcast", "as_float_array",
-           "check_leading_axes", "erf", "erfc", "register_special", "is_numpy", "is_array"]
+__all__ = [
+    "array_namespace",
+    "device_of",
+    "append_dims",
+    "gather",
+    "as_timesteps",
+    "trusted_timesteps",
+    "check_same_shape",
+    "check_broadcast",
+    "as_float_array",
+    "check_leading_axes",
+    "erf",
+    "erfc",
+    "register_special",
+    "is_numpy",
+    "is_array",
+]
 
 
 def is_array(x: object) -> bool:
@@ -37,8 +51,12 @@ def append_dims(a: Array, ndim: int) -> Array:
     """Reshape ``a`` to ``a.shape + (1,) * (ndim - a.ndim)`` so it broadcasts against an ndim array."""
     xp = array_namespace(a)
     if a.ndim > ndim:
-        fail("coefficient", a, f"has {a.ndim} dimensions, more than the {ndim} of the data",
-             RefdiffShapeError)
+        fail(
+            "coefficient",
+            a,
+            f"has {a.ndim} dimensions, more than the {ndim} of the data",
+            RefdiffShapeError,
+        )
     shape = tuple(a.shape)
     if all(isinstance(d, int) for d in shape):
         return xp.reshape(a, shape + (1,) * (ndim - a.ndim))
@@ -46,7 +64,9 @@ def append_dims(a: Array, ndim: int) -> Array:
     return a[(...,) + (None,) * (ndim - a.ndim)]
 
 
-_VALIDATED: list[tuple[weakref.ref[Any], int]] = []  # (weakref to a validated timestep array, T): skip re-checking the same array
+_VALIDATED: list[
+    tuple[weakref.ref[Any], int]
+] = []  # (weakref to a validated timestep array, T): skip re-checking the same array
 
 
 def _already_validated(t: Array, num_timesteps: int) -> bool:
@@ -84,14 +104,23 @@ def as_timesteps(t: Array, num_timesteps: int, *, like: Array, name: str = "t") 
     """
     xp = array_namespace(like)
     if not is_array(t):
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) and not (
-                isinstance(t, (list, tuple)) and all(isinstance(v, (int, np.integer)) for v in t)):
+        if (
+            isinstance(t, bool)
+            or not isinstance(t, (int, np.integer))
+            and not (
+                isinstance(t, (list, tuple)) and all(isinstance(v, (int, np.integer)) for v in t)
+            )
+        ):
             fail(name, t, f"expected integer timesteps in [0, {num_timesteps})")
         t = xp.asarray(t, dtype=xp.int64, device=_device(like))
     elif _already_validated(t, num_timesteps):
         return t
     if not xp.isdtype(t.dtype, "integral"):
-        fail(name, t, f"expected an integer dtype for timesteps in [0, {num_timesteps}), got {t.dtype}")
+        fail(
+            name,
+            t,
+            f"expected an integer dtype for timesteps in [0, {num_timesteps}), got {t.dtype}",
+        )
     if t.ndim and t.shape[0] == 0:
         return t
     if bool(xp.any((t < 0) | (t >= num_timesteps))):
@@ -104,11 +133,11 @@ def as_timesteps(t: Array, num_timesteps: int, *, like: Array, name: str = "t") 
 def gather(table: Array, t: Array, ndim: int) -> Array:
     """table[t] reshaped to broadcast against data with ``ndim`` dimensions (batch axes first)."""
     xp = array_namespace(table, t)
-    if t.ndim == 1:                     # take's own shape: valid while the length is still lazy
+    if t.ndim == 1:  # take's own shape: valid while the length is still lazy
         vals = xp.take(table, t, axis=0)
     elif t.ndim == 0:
         vals = xp.reshape(xp.take(table, xp.reshape(t, (1,)), axis=0), ())
-    else:                               # the standard's take wants 1-D indices
+    else:  # the standard's take wants 1-D indices
         vals = xp.reshape(xp.take(table, xp.reshape(t, (-1,)), axis=0), tuple(t.shape))
     return append_dims(vals, ndim)
 
@@ -118,7 +147,8 @@ def check_same_shape(name_a: str, a: Array, name_b: str, b: Array) -> None:
     if tuple(a.shape) != tuple(b.shape):
         raise RefdiffShapeError(
             f"{name_a} has shape {tuple(a.shape)} but {name_b} has shape {tuple(b.shape)}; "
-            "they must match")
+            "they must match"
+        )
 
 
 def check_broadcast(*named: tuple[str, Array]) -> tuple[int, ...]:
@@ -131,7 +161,9 @@ def check_broadcast(*named: tuple[str, Array]) -> tuple[int, ...]:
         raise RefdiffShapeError(f"shapes do not broadcast: {desc}") from None
 
 
-def as_float_array(value: Array, name: str, *, like: Array | None = None) -> tuple[Namespace, Array]:
+def as_float_array(
+    value: Array, name: str, *, like: Array | None = None
+) -> tuple[Namespace, Array]:
     """(xp, ``value`` as a real floating array): a Python/NumPy real becomes a 0-d float64 NumPy array,
     or a 0-d array in ``like``'s namespace, dtype and device; an array is cast to ``like``'s dtype."""
     if is_array(value):
@@ -159,7 +191,8 @@ def check_leading_axes(name: str, a: Array, x: Array) -> None:
     if not (a.ndim <= x.ndim and all(n in (1, m) for n, m in zip(a.shape, x.shape))):
         raise RefdiffShapeError(
             f"{name} has shape {tuple(a.shape)}, which does not match the leading axes of x with "
-            f"shape {tuple(x.shape)}; expected a 0-d array or shape (B,) with B = x.shape[0]")
+            f"shape {tuple(x.shape)}; expected a 0-d array or shape (B,) with B = x.shape[0]"
+        )
 
 
 _SPECIAL: dict[tuple[str, str], Callable[[Array], Array]] = {}
@@ -179,6 +212,7 @@ def _special(op: str, x: Array) -> Array:
     short = name.split(".")[-1]
     if op in ("erf", "erfc"):
         import importlib
+
         if _compat.is_numpy_namespace(xp):
             fn = getattr(importlib.import_module("scipy.special"), op)
             return xp.asarray(fn(np.asarray(x)))
@@ -188,12 +222,13 @@ def _special(op: str, x: Array) -> Array:
             return getattr(importlib.import_module("cupyx.scipy.special"), op)(x)
         if _compat.is_jax_namespace(xp):
             return getattr(importlib.import_module("jax.scipy.special"), op)(x)
-        if _compat.is_dask_namespace(xp):   # blockwise on the NumPy chunks, still lazy
+        if _compat.is_dask_namespace(xp):  # blockwise on the NumPy chunks, still lazy
             fn = getattr(importlib.import_module("scipy.special"), op)
             return x.map_blocks(fn, dtype=x.dtype)
     raise NotImplementedError(
         f"{op} is not in the array API standard and no implementation is registered for namespace "
-        f"{name!r}; register one with refdiff._xp.register_special({op!r}, {short!r}, fn)")
+        f"{name!r}; register one with refdiff._xp.register_special({op!r}, {short!r}, fn)"
+    )
 
 
 def erf(x: Array) -> Array:

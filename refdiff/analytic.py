@@ -61,8 +61,17 @@ from .parameterizations import PREDICTION_TYPES, prediction_type
 if TYPE_CHECKING:
     from .schedules import Schedule
 
-__all__ = ["GaussianData", "GaussianMixtureData", "discrete_model", "karras_denoiser",
-           "vp_model", "linear_sampler_law", "LinearLaw", "gaussian_kl", "MODEL_KINDS"]
+__all__ = [
+    "GaussianData",
+    "GaussianMixtureData",
+    "discrete_model",
+    "karras_denoiser",
+    "vp_model",
+    "linear_sampler_law",
+    "LinearLaw",
+    "gaussian_kl",
+    "MODEL_KINDS",
+]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -73,6 +82,7 @@ MODEL_KINDS = PREDICTION_TYPES
 # --------------------------------------------------------------------------------------------
 # Host-side helpers
 # --------------------------------------------------------------------------------------------
+
 
 def _host_mean(mean: npt.ArrayLike, name: str) -> np.ndarray:
     m = np.asarray(mean, dtype=np.float64)
@@ -103,7 +113,9 @@ def _host_cov(cov: npt.ArrayLike, d: int, name: str) -> tuple[np.ndarray, np.nda
     lam, U = np.linalg.eigh((c + c.T) / 2.0)
     tol = 1e-12 * max(1.0, float(np.max(np.abs(lam))))
     if np.any(lam < -tol):
-        fail(name, cov, f"must be positive semi-definite (smallest eigenvalue {float(lam.min())!r})")
+        fail(
+            name, cov, f"must be positive semi-definite (smallest eigenvalue {float(lam.min())!r})"
+        )
     lam = np.maximum(lam, 0.0)
     return c, lam, U
 
@@ -119,7 +131,8 @@ def _flat(x: Array, d: int) -> Array:
     if not is_array(x) or x.ndim < 2 or math.prod(tuple(x.shape[1:])) != d:
         raise RefdiffShapeError(
             f"x has shape {tuple(getattr(x, 'shape', ()))} but the data are {d}-dimensional: "
-            f"expected (B, *event) with prod(event) = {d}")
+            f"expected (B, *event) with prod(event) = {d}"
+        )
     if not xp.isdtype(x.dtype, "real floating"):
         fail("x", x, f"expected a real floating-point array, got dtype {x.dtype}")
     return xp.reshape(x, (x.shape[0], d))
@@ -137,7 +150,8 @@ def _coef(value: Array, name: str, x: Array) -> Array:
             if math.prod(tuple(a.shape)) != b and math.prod(tuple(a.shape)) != 1:
                 raise RefdiffShapeError(
                     f"{name} has shape {tuple(a.shape)} but x has batch size {b}; expected a "
-                    f"scalar or {b} values")
+                    f"scalar or {b} values"
+                )
             a = xp.reshape(a, (-1, 1))
     else:
         try:
@@ -166,12 +180,14 @@ def _host_coef(value: float, name: str) -> float:
 # Gaussian data
 # --------------------------------------------------------------------------------------------
 
+
 class _Data:
     """What every analytic data law derives from its x0, ε and score: the velocity v."""
 
     dim: int
 
     if TYPE_CHECKING:  # given by every data law
+
         def x0(self, x: Array, alpha: Array | float, sigma: Array | float) -> Array: ...
         def eps(self, x: Array, alpha: Array | float, sigma: Array | float) -> Array: ...
 
@@ -205,7 +221,9 @@ class GaussianData(_Data):
         return f"GaussianData(dim={self.dim})"
 
     # -- array-API pieces --------------------------------------------------------------------
-    def _parts(self, x: Array, alpha: Array | float, sigma: Array | float) -> tuple[Namespace, Array, Array, Array, Array, Array, Array, Array, Array]:
+    def _parts(
+        self, x: Array, alpha: Array | float, sigma: Array | float
+    ) -> tuple[Namespace, Array, Array, Array, Array, Array, Array, Array, Array]:
         xp = array_namespace(x)
         xf = _flat(x, self.dim)
         a = _coef(alpha, "alpha", xf)
@@ -213,8 +231,8 @@ class GaussianData(_Data):
         mu = xp.reshape(_ns_const(xp, self.mean, xf), (1, self.dim))
         U = _ns_const(xp, self.eigvecs, xf)
         lam = xp.reshape(_ns_const(xp, self.eigvals, xf), (1, self.dim))
-        denom = a * a * lam + s * s                      # eigenvalues of α²Σ + σ²I, (B|1, d)
-        z = (xf - a * mu) @ U                            # coordinates of x − αμ in the eigenbasis
+        denom = a * a * lam + s * s  # eigenvalues of α²Σ + σ²I, (B|1, d)
+        z = (xf - a * mu) @ U  # coordinates of x − αμ in the eigenbasis
         return xp, xf, a, s, mu, U, lam, denom, z
 
     def x0(self, x: Array, alpha: Array | float, sigma: Array | float) -> Array:
@@ -232,7 +250,11 @@ class GaussianData(_Data):
         """∇ log p_t(x) = −(α²Σ + σ²I)⁻¹(x − αμ) (Song et al. 2021, §3.3)."""
         xp, xf, a, s, mu, U, lam, denom, z = self._parts(x, alpha, sigma)
         if bool(xp.any(denom <= 0)):
-            fail("sigma", sigma, "the score needs a non-singular α²Σ + σ²I (σ > 0 or Σ positive definite)")
+            fail(
+                "sigma",
+                sigma,
+                "the score needs a non-singular α²Σ + σ²I (σ > 0 or Σ positive definite)",
+            )
         out = -(z / denom) @ xp.matrix_transpose(U)
         return xp.reshape(out, tuple(x.shape))
 
@@ -248,7 +270,11 @@ class GaussianData(_Data):
         """log N(x; αμ, α²Σ + σ²I) per sample, shape (B,)."""
         xp, xf, a, s, mu, U, lam, denom, z = self._parts(x, alpha, sigma)
         if bool(xp.any(denom <= 0)):
-            fail("sigma", sigma, "the density needs a non-singular α²Σ + σ²I (σ > 0 or Σ positive definite)")
+            fail(
+                "sigma",
+                sigma,
+                "the density needs a non-singular α²Σ + σ²I (σ > 0 or Σ positive definite)",
+            )
         quad = xp.sum(z * z / denom, axis=1)
         logdet = xp.sum(xp.log(denom), axis=1)
         return -0.5 * (quad + logdet + self.dim * _LOG_2PI)
@@ -259,7 +285,7 @@ class GaussianData(_Data):
         pos = denom > 0
         safe = xp.where(pos, denom, xp.ones_like(denom))
         g = xp.where(pos, lam * s * s / safe, xp.zeros_like(denom))
-        diag = g @ xp.matrix_transpose(U * U)           # (B|1, d)
+        diag = g @ xp.matrix_transpose(U * U)  # (B|1, d)
         diag = diag + xp.zeros_like(xf)
         return xp.reshape(diag, tuple(x.shape))
 
@@ -267,8 +293,10 @@ class GaussianData(_Data):
         """x0 = μ + Σ^{1/2}·noise with the symmetric root Σ^{1/2} = U diag(√λ) Uᵀ (noise: (B, \\*event))."""
         xp = array_namespace(noise)
         nf = _flat(noise, self.dim)
-        root = (self.eigvecs * np.sqrt(self.eigvals)) @ self.eigvecs.T   # symmetric square root
-        out = xp.reshape(_ns_const(xp, self.mean, nf), (1, self.dim)) + nf @ _ns_const(xp, root.T, nf)
+        root = (self.eigvecs * np.sqrt(self.eigvals)) @ self.eigvecs.T  # symmetric square root
+        out = xp.reshape(_ns_const(xp, self.mean, nf), (1, self.dim)) + nf @ _ns_const(
+            xp, root.T, nf
+        )
         return xp.reshape(out, tuple(noise.shape))
 
     # -- host-side moments -------------------------------------------------------------------
@@ -290,7 +318,9 @@ class GaussianData(_Data):
         a, s = _host_coef(alpha, "alpha"), _host_coef(sigma, "sigma")
         lam = self.eigvals
         denom = a * a * lam + s * s
-        g = np.where(denom > 0, a * lam / np.where(denom > 0, denom, 1.0), 1.0 / a if a > 0 else 0.0)
+        g = np.where(
+            denom > 0, a * lam / np.where(denom > 0, denom, 1.0), 1.0 / a if a > 0 else 0.0
+        )
         A = (self.eigvecs * g) @ self.eigvecs.T
         return A, self.mean - a * (A @ self.mean)
 
@@ -298,6 +328,7 @@ class GaussianData(_Data):
 # --------------------------------------------------------------------------------------------
 # Gaussian mixtures
 # --------------------------------------------------------------------------------------------
+
 
 class GaussianMixtureData(_Data):
     """Data x0 ~ Σ_k π_k N(μ_k, Σ_k); exact denoiser, ε, v, score and log-density of x_t.
@@ -326,20 +357,35 @@ class GaussianMixtureData(_Data):
         self.means = m
         self.K, self.dim = m.shape
         K, d = self.K, self.dim
-        if isinstance(covs, (list, tuple)) and len(covs) == K and len({np.shape(v) for v in covs}) > 1:
+        if (
+            isinstance(covs, (list, tuple))
+            and len(covs) == K
+            and len({np.shape(v) for v in covs}) > 1
+        ):
             self.components_ = [GaussianData(m[k], covs[k]) for k in range(K)]
             self.log_weights = np.log(self.weights)
             return
         c = np.asarray(covs, dtype=np.float64)
         if c.ndim == 2 and K == d:
-            fail("covs", covs, f"a 2-D covs is ambiguous when K = d = {d} ((K, d) diagonals or one "
-                 "shared (d, d) matrix); pass a (K, d, d) stack or a list of K entries")
-        if c.ndim == 0 or (c.ndim == 1 and c.shape[0] == d and K != d) or (
-                c.ndim == 2 and c.shape == (d, d) and c.shape != (K, d)):
-            c = np.broadcast_to(c, (K,) + c.shape)     # one covariance shared by every component
+            fail(
+                "covs",
+                covs,
+                f"a 2-D covs is ambiguous when K = d = {d} ((K, d) diagonals or one "
+                "shared (d, d) matrix); pass a (K, d, d) stack or a list of K entries",
+            )
+        if (
+            c.ndim == 0
+            or (c.ndim == 1 and c.shape[0] == d and K != d)
+            or (c.ndim == 2 and c.shape == (d, d) and c.shape != (K, d))
+        ):
+            c = np.broadcast_to(c, (K,) + c.shape)  # one covariance shared by every component
         if c.shape[0] != K or c.ndim > 3:
-            fail("covs", covs, f"expected (K, d, d), (K, d), (K,) or a shared (d, d) / (d,) / "
-                 f"scalar with K = {K}, d = {d}")
+            fail(
+                "covs",
+                covs,
+                f"expected (K, d, d), (K, d), (K,) or a shared (d, d) / (d,) / "
+                f"scalar with K = {K}, d = {d}",
+            )
         self.components_ = [GaussianData(m[k], c[k]) for k in range(self.K)]
         self.log_weights = np.log(self.weights)
 
@@ -350,9 +396,11 @@ class GaussianMixtureData(_Data):
         """(log p_t(x) shape (B,), responsibilities r (B, K)) via a stable log-sum-exp."""
         xp = array_namespace(x)
         xf = _flat(x, self.dim)
-        logs = [comp.logpdf(xf, alpha, sigma) + float(lw)
-                for comp, lw in zip(self.components_, self.log_weights)]
-        L = xp.stack(logs, axis=1)                       # (B, K)
+        logs = [
+            comp.logpdf(xf, alpha, sigma) + float(lw)
+            for comp, lw in zip(self.components_, self.log_weights)
+        ]
+        L = xp.stack(logs, axis=1)  # (B, K)
         mx = xp.max(L, axis=1, keepdims=True)
         e = xp.exp(L - mx)
         tot = xp.sum(e, axis=1, keepdims=True)
@@ -364,7 +412,7 @@ class GaussianMixtureData(_Data):
         _, r = self._resp(xf, alpha, sigma)
         out = xp.zeros_like(xf)
         for k, comp in enumerate(self.components_):
-            out = out + r[:, k:k + 1] * getattr(comp, what)(xf, alpha, sigma)
+            out = out + r[:, k : k + 1] * getattr(comp, what)(xf, alpha, sigma)
         return xp.reshape(out, tuple(x.shape))
 
     def x0(self, x: Array, alpha: Array | float, sigma: Array | float) -> Array:
@@ -404,8 +452,10 @@ class GaussianMixtureData(_Data):
         xp = array_namespace(noise, u)
         nf = _flat(noise, self.dim)
         if tuple(u.shape) != (nf.shape[0],):
-            raise RefdiffShapeError(f"u has shape {tuple(u.shape)} but noise has batch size "
-                                    f"{nf.shape[0]}; expected shape ({nf.shape[0]},)")
+            raise RefdiffShapeError(
+                f"u has shape {tuple(u.shape)} but noise has batch size "
+                f"{nf.shape[0]}; expected shape ({nf.shape[0]},)"
+            )
         cum = np.cumsum(self.weights)[:-1]
         idx = xp.zeros_like(u)
         for j in range(self.K - 1):
@@ -427,6 +477,7 @@ class _Marginals(Protocol):
 # --------------------------------------------------------------------------------------------
 # Adapters: exact models in each family's calling convention
 # --------------------------------------------------------------------------------------------
+
 
 def _take(table: np.ndarray, t: Array, x: Array) -> Array:
     """table[t] as a (B,) or 0-d array next to x (t: int, or an integer array)."""
@@ -453,8 +504,14 @@ def _bcast(c: Array, x: Array) -> Array:
     return xp.reshape(c, (-1,) + (1,) * (x.ndim - 1))
 
 
-def discrete_model(data: GaussianData | GaussianMixtureData, schedule: Schedule, mean_type: str = "eps", *, sampling_schedule: Schedule | None = None,
-                   var_type: str | None = None) -> Callable[[Array, Array], Array]:
+def discrete_model(
+    data: GaussianData | GaussianMixtureData,
+    schedule: Schedule,
+    mean_type: str = "eps",
+    *,
+    sampling_schedule: Schedule | None = None,
+    var_type: str | None = None,
+) -> Callable[[Array, Array], Array]:
     """The exact ``model(x, t)`` of a discrete schedule: ε, x0, v, score or μ at original index t (Ho et al. 2020, Eq. 4).
 
     Parameters
@@ -476,8 +533,12 @@ def discrete_model(data: GaussianData | GaussianMixtureData, schedule: Schedule,
     if var_type is not None:
         check_choice("var_type", var_type, ("learned",), "analytic variance output")
         if not isinstance(data, GaussianData):
-            fail("data", data, "an exact learned variance needs GaussianData (a mixture's "
-                 "reverse kernel is not Gaussian)")
+            fail(
+                "data",
+                data,
+                "an exact learned variance needs GaussianData (a mixture's "
+                "reverse kernel is not Gaussian)",
+            )
     sa = np.asarray(schedule.sqrt_alphas_cumprod, dtype=np.float64)
     so = np.asarray(schedule.sqrt_one_minus_alphas_cumprod, dtype=np.float64)
     c1 = np.asarray(schedule.posterior_mean_coef1, dtype=np.float64)
@@ -487,7 +548,9 @@ def discrete_model(data: GaussianData | GaussianMixtureData, schedule: Schedule,
         ss = schedule if sampling_schedule is None else sampling_schedule
         tmap = np.asarray(ss.timestep_map, dtype=np.int64)
         if np.any(tmap >= T):
-            fail("sampling_schedule", ss, f"its timestep_map leaves [0, {T}) of the model's schedule")
+            fail(
+                "sampling_schedule", ss, f"its timestep_map leaves [0, {T}) of the model's schedule"
+            )
         pv = np.full(T, np.nan)
         pc1 = np.full(T, np.nan)
         pv[tmap] = np.asarray(ss.posterior_variance, dtype=np.float64)
@@ -516,14 +579,20 @@ def discrete_model(data: GaussianData | GaussianMixtureData, schedule: Schedule,
         assert isinstance(data, GaussianData)  # checked above: var_type needs GaussianData
         var = bt + ct * ct * data.posterior_var(x, a, s)
         if bool(xp.any(var <= 0)):
-            fail("data", data, "the exact reverse variance is 0 here (degenerate Σ at the final "
-                 "step); its log is undefined")
+            fail(
+                "data",
+                data,
+                "the exact reverse variance is 0 here (degenerate Σ at the final "
+                "step); its log is undefined",
+            )
         return xp.concat([out, xp.log(var)], axis=1)
 
     return model
 
 
-def karras_denoiser(data: GaussianData | GaussianMixtureData) -> Callable[[Array, Array | float], Array]:
+def karras_denoiser(
+    data: GaussianData | GaussianMixtureData,
+) -> Callable[[Array, Array | float], Array]:
     """The ideal denoiser D(x, σ) = E[x0 | x0 + σz = x] (Karras et al. 2022, Eq. 3 minimiser)."""
 
     def denoiser(x: Array, sigma: Array | float) -> Array:
@@ -532,13 +601,19 @@ def karras_denoiser(data: GaussianData | GaussianMixtureData) -> Callable[[Array
     return denoiser
 
 
-def vp_model(data: GaussianData | GaussianMixtureData, noise_schedule_or_sde: _Marginals, kind: str = "eps") -> Callable[[Array, Array | float], Array]:
+def vp_model(
+    data: GaussianData | GaussianMixtureData, noise_schedule_or_sde: _Marginals, kind: str = "eps"
+) -> Callable[[Array, Array | float], Array]:
     """The exact continuous-time ``model(x, t)``: ε, x0, v or score with α_t, σ_t of an SDE / VP noise schedule (Song et al. 2021, Eq. 29)."""
     kind = prediction_type(kind, "kind", PREDICTION_TYPES[:4])
     ns = noise_schedule_or_sde
     if not (hasattr(ns, "marginal_alpha") and hasattr(ns, "marginal_std")):
-        fail("noise_schedule_or_sde", ns, "expected an object with marginal_alpha(t) and "
-             "marginal_std(t) (refdiff.sde.VPSDE/SubVPSDE/VESDE or a VP noise schedule)")
+        fail(
+            "noise_schedule_or_sde",
+            ns,
+            "expected an object with marginal_alpha(t) and "
+            "marginal_std(t) (refdiff.sde.VPSDE/SubVPSDE/VESDE or a VP noise schedule)",
+        )
 
     def model(x: Array, t: Array | float) -> Array:
         xp = array_namespace(x)
@@ -554,6 +629,7 @@ def vp_model(data: GaussianData | GaussianMixtureData, noise_schedule_or_sde: _M
 # --------------------------------------------------------------------------------------------
 # Exact law of an affine sampler
 # --------------------------------------------------------------------------------------------
+
 
 class LinearLaw(NamedTuple):
     """Output law N(mean, cov) of an affine sampler x_out = M x_T + N ξ + c (NumPy float64)."""
@@ -572,9 +648,18 @@ def _to_host(a: Array) -> np.ndarray:
         return np.asarray(np.from_dlpack(a), dtype=np.float64)
 
 
-def linear_sampler_law(run: Callable[[Array, Array], Array], mean_T: npt.ArrayLike, cov_T: npt.ArrayLike, *, dim: int, n_noise: int,
-                       check: bool = True, rtol: float = 1e-9, xp: Namespace | None = None,
-                       device: Device | None = None) -> LinearLaw:
+def linear_sampler_law(
+    run: Callable[[Array, Array], Array],
+    mean_T: npt.ArrayLike,
+    cov_T: npt.ArrayLike,
+    *,
+    dim: int,
+    n_noise: int,
+    check: bool = True,
+    rtol: float = 1e-9,
+    xp: Namespace | None = None,
+    device: Device | None = None,
+) -> LinearLaw:
     """Exact output law of a sampler affine in (x_T, noise), found by running it on basis vectors.
 
     Parameters
@@ -610,9 +695,9 @@ def linear_sampler_law(run: Callable[[Array, Array], Array], mean_T: npt.ArrayLi
     B = 1 + d + k * d + (1 if check else 0)
     xT = np.zeros((B, d))
     nz = np.zeros((k, B, d))
-    xT[1:1 + d] = np.eye(d)
+    xT[1 : 1 + d] = np.eye(d)
     for j in range(k):
-        nz[j, 1 + d + j * d:1 + d + (j + 1) * d] = np.eye(d)
+        nz[j, 1 + d + j * d : 1 + d + (j + 1) * d] = np.eye(d)
     if check:
         xT[-1] = rng.standard_normal(d)
         nz[:, -1] = rng.standard_normal((k, d))
@@ -623,11 +708,12 @@ def linear_sampler_law(run: Callable[[Array, Array], Array], mean_T: npt.ArrayLi
         xT_in, nz_in = xT, nz
     out = _to_host(run(xT_in, nz_in))
     if out.shape != (B, d):
-        raise RefdiffShapeError(f"run returned shape {out.shape}; expected {(B, d)} "
-                                f"(x_T of shape (B, dim))")
+        raise RefdiffShapeError(
+            f"run returned shape {out.shape}; expected {(B, d)} (x_T of shape (B, dim))"
+        )
     c = out[0]
-    M = (out[1:1 + d] - c).T
-    N = (out[1 + d:1 + d + k * d] - c).T if k else np.zeros((d, 0))
+    M = (out[1 : 1 + d] - c).T
+    N = (out[1 + d : 1 + d + k * d] - c).T if k else np.zeros((d, 0))
     if check:
         pred = M @ xT[-1] + N @ nz[:, -1].reshape(-1) + c
         scale = max(1.0, float(np.max(np.abs(out))))
@@ -636,13 +722,16 @@ def linear_sampler_law(run: Callable[[Array, Array], Array], mean_T: npt.ArrayLi
             raise RefdiffValueError(
                 f"run is not affine in (x_T, noise): a random input differs from the affine "
                 f"prediction by {err:.3g} (allowed {rtol:g} relative); linear_sampler_law needs a "
-                f"sampler and model that are affine in x (Gaussian data, no clipping)")
+                f"sampler and model that are affine in x (Gaussian data, no clipping)"
+            )
     mean = M @ mean_T + c
     cov = M @ cov_T @ M.T + N @ N.T
     return LinearLaw(mean, (cov + cov.T) / 2.0, M, N, c)
 
 
-def gaussian_kl(mean0: npt.ArrayLike, cov0: npt.ArrayLike, mean1: npt.ArrayLike, cov1: npt.ArrayLike) -> float:
+def gaussian_kl(
+    mean0: npt.ArrayLike, cov0: npt.ArrayLike, mean1: npt.ArrayLike, cov1: npt.ArrayLike
+) -> float:
     """KL(N(m0, S0) ‖ N(m1, S1)) in nats, NumPy (for comparing an exact sampler law with the data law)."""
     m0, m1 = np.asarray(mean0, float), np.asarray(mean1, float)
     S0, S1 = np.asarray(cov0, float), np.asarray(cov1, float)

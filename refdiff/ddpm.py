@@ -58,7 +58,9 @@ class DenoiseDiffusion:
             fail("eps_model", self.eps_model, "expected a callable eps_model(x_t, t)")
         check_choice("var_type", self.var_type, ("fixed_large", "fixed_small"), "variance type")
         check_choice("t0", self.t0, ("clamped", "clipped"), "t=0 convention")
-        check_choice("final_noise", self.final_noise, ("always", "none"), "final-step noise convention")
+        check_choice(
+            "final_noise", self.final_noise, ("always", "none"), "final-step noise convention"
+        )
         if self.schedule is None:
             n = check_int("n_steps", self.n_steps, minimum=1)
             object.__setattr__(self, "schedule", linear(n, 1e-4, 0.02))
@@ -98,7 +100,9 @@ class DenoiseDiffusion:
         xp = array_namespace(sch.betas)
         return xp.concat([sch.posterior_variance[1:2], sch.betas[1:]])
 
-    def to(self, xp: Namespace, *, device: Device | None = None, dtype: DType | None = None) -> DenoiseDiffusion:
+    def to(
+        self, xp: Namespace, *, device: Device | None = None, dtype: DType | None = None
+    ) -> DenoiseDiffusion:
         """The same object with its schedule moved to namespace ``xp`` (see Schedule.to)."""
         assert self.schedule is not None  # set by __post_init__
         return dataclasses.replace(self, schedule=self.schedule.to(xp, device=device, dtype=dtype))
@@ -121,8 +125,9 @@ class DenoiseDiffusion:
         eps = self.eps_model(xt, self._t(t, xt))
         check_same_shape("eps_model output", eps, "x_t", xt)
         assert self.schedule is not None  # set by __post_init__
-        out = p_mean_variance(self.schedule, eps, xt, t, mean_type="eps", var_type=self.var_type,
-                              t0=self.t0)
+        out = p_mean_variance(
+            self.schedule, eps, xt, t, mean_type="eps", var_type=self.var_type, t0=self.t0
+        )
         return out.mean, out.variance
 
     def p_sample(self, xt: Array, t: Array | int, *, noise: Array) -> Array:
@@ -147,6 +152,7 @@ class DenoiseDiffusion:
     def sample(self, x_T: Array, *, noise: Noise) -> Array:
         """Run p_sample from t = T−1 down to 0 (labml's sampling loop); noise: (T,) + x_T.shape or a callable."""
         from .samplers._common import draw_noise
+
         x = x_T
         for k, i in enumerate(range(self.n_steps - 1, -1, -1)):
             x = self.p_sample(x, i, noise=draw_noise(noise, k, x))

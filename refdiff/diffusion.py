@@ -16,15 +16,31 @@ from collections.abc import Callable
 from ._errors import RefdiffShapeError, check_choice, check_real
 from ._typing import Array
 from ._xp import append_dims, array_namespace, as_timesteps, check_same_shape
-from .parameterizations import OUTPUT_TYPES, coefficient, prediction_type, eps_from_x0, mu_from_x0, x0_from_output
+from .parameterizations import (
+    OUTPUT_TYPES,
+    coefficient,
+    prediction_type,
+    eps_from_x0,
+    mu_from_x0,
+    x0_from_output,
+)
 
 if TYPE_CHECKING:
     from .schedules import Schedule
 
 __all__ = [
-    "MEAN_TYPES", "VAR_TYPES", "T0_CONVENTIONS", "PMeanVar", "q_mean_variance", "q_sample",
-    "q_posterior_mean_variance", "learned_range_log_variance", "fixed_variance",
-    "p_mean_variance", "dynamic_threshold", "split_variance_output",
+    "MEAN_TYPES",
+    "VAR_TYPES",
+    "T0_CONVENTIONS",
+    "PMeanVar",
+    "q_mean_variance",
+    "q_sample",
+    "q_posterior_mean_variance",
+    "learned_range_log_variance",
+    "fixed_variance",
+    "p_mean_variance",
+    "dynamic_threshold",
+    "split_variance_output",
 ]
 
 MEAN_TYPES = OUTPUT_TYPES
@@ -52,8 +68,14 @@ def q_mean_variance(schedule: Schedule, x0: Array, t: Array | int) -> tuple[Arra
     return mean, var, log_var
 
 
-def q_sample(schedule: Schedule, x0: Array, t: Array | int, *, noise: Array,
-             coefficients: tuple[Array | float, Array | float] | None = None) -> Array:
+def q_sample(
+    schedule: Schedule,
+    x0: Array,
+    t: Array | int,
+    *,
+    noise: Array,
+    coefficients: tuple[Array | float, Array | float] | None = None,
+) -> Array:
     """x_t = √ᾱ_t·x0 + √(1 − ᾱ_t)·ε with explicit noise ε (Ho et al. 2020, Eq. 4).
 
     ``coefficients`` = (√ᾱ_t, √(1 − ᾱ_t)) as host floats (a loop's step plan) skips the table
@@ -61,8 +83,10 @@ def q_sample(schedule: Schedule, x0: Array, t: Array | int, *, noise: Array,
     """
     check_same_shape("x0", x0, "noise", noise)
     if coefficients is None:
-        coefficients = (coefficient(schedule, "sqrt_alphas_cumprod", t, x0),
-                        coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x0))
+        coefficients = (
+            coefficient(schedule, "sqrt_alphas_cumprod", t, x0),
+            coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x0),
+        )
     a, s = coefficients
     return a * x0 + s * noise
 
@@ -72,18 +96,24 @@ def _posterior_log_variance_table(t0: str) -> str:
     return "posterior_log_variance_clipped" if t0 == "clipped" else "posterior_log_variance_clamped"
 
 
-def q_posterior_mean_variance(schedule: Schedule, x0: Array, x_t: Array, t: Array | int, *, t0: str = "clipped") -> tuple[Array, Array, Array]:
+def q_posterior_mean_variance(
+    schedule: Schedule, x0: Array, x_t: Array, t: Array | int, *, t0: str = "clipped"
+) -> tuple[Array, Array, Array]:
     """Mean μ̃_t, variance β̃_t and log-variance of q(x_{t-1}|x_t, x0) (Ho et al. 2020, Eqs. 6–7)."""
     xp = array_namespace(x0, x_t)
     check_same_shape("x0", x0, "x_t", x_t)
     mean = mu_from_x0(schedule, x_t, t, x0)
     shape = tuple(mean.shape)
     var = xp.broadcast_to(coefficient(schedule, "posterior_variance", t, x_t), shape)
-    log_var = xp.broadcast_to(coefficient(schedule, _posterior_log_variance_table(t0), t, x_t), shape)
+    log_var = xp.broadcast_to(
+        coefficient(schedule, _posterior_log_variance_table(t0), t, x_t), shape
+    )
     return mean, var, log_var
 
 
-def learned_range_log_variance(schedule: Schedule, t: Array | int, v: Array, *, t0: str = "clipped") -> Array:
+def learned_range_log_variance(
+    schedule: Schedule, t: Array | int, v: Array, *, t0: str = "clipped"
+) -> Array:
     """log Σ_θ = f·log β_t + (1 − f)·log β̃_t with f = (v + 1)/2 (Nichol & Dhariwal 2021, Eq. 15)."""
     xp = array_namespace(v)
     min_log = coefficient(schedule, _posterior_log_variance_table(t0), t, v)
@@ -92,7 +122,9 @@ def learned_range_log_variance(schedule: Schedule, t: Array | int, v: Array, *, 
     return frac * max_log + (1.0 - frac) * min_log
 
 
-def fixed_variance(schedule: Schedule, t: Array | int, x: Array, *, var_type: str, t0: str = "clipped") -> tuple[Array, Array]:
+def fixed_variance(
+    schedule: Schedule, t: Array | int, x: Array, *, var_type: str, t0: str = "clipped"
+) -> tuple[Array, Array]:
     """(variance, log-variance) of the fixed choices σ_t² = β̃_t ("fixed_small") or β_t ("fixed_large") (Ho et al. 2020, §3.2)."""
     xp = array_namespace(x)
     check_choice("var_type", var_type, ("fixed_small", "fixed_large"), "fixed variance type")
@@ -117,13 +149,18 @@ def fixed_variance(schedule: Schedule, t: Array | int, x: Array, *, var_type: st
 def split_variance_output(model_output: Array, x_t: Array) -> tuple[Array, Array]:
     """Split a learned-variance output (B, 2C, ...) into the mean part and the variance part (channel axis 1)."""
     c = x_t.shape[1] if x_t.ndim > 1 else None
-    if c is None or model_output.ndim != x_t.ndim or model_output.shape[1] != 2 * c \
-            or tuple(model_output.shape[2:]) != tuple(x_t.shape[2:]) \
-            or model_output.shape[0] != x_t.shape[0]:
+    if (
+        c is None
+        or model_output.ndim != x_t.ndim
+        or model_output.shape[1] != 2 * c
+        or tuple(model_output.shape[2:]) != tuple(x_t.shape[2:])
+        or model_output.shape[0] != x_t.shape[0]
+    ):
         raise RefdiffShapeError(
             f"model_output has shape {tuple(model_output.shape)} but a learned variance needs the "
             f"extra channels: expected {(x_t.shape[0], 2 * (c or 0)) + tuple(x_t.shape[2:])} for "
-            f"x_t of shape {tuple(x_t.shape)} (mean channels first, variance channels second)")
+            f"x_t of shape {tuple(x_t.shape)} (mean channels first, variance channels second)"
+        )
     return model_output[:, :c, ...], model_output[:, c:, ...]
 
 
@@ -151,9 +188,18 @@ def dynamic_threshold(x0: Array, *, ratio: float = 0.995, max_value: float | Non
     return xp.clip(x0, -s, s) / s
 
 
-def p_mean_variance(schedule: Schedule, model_output: Array, x_t: Array, t: Array | int, *, mean_type: str = "eps",
-                    var_type: str = "fixed_small", clip_x0: bool = False,
-                    denoised_fn: Callable[[Array], Array] | None = None, t0: str = "clipped") -> PMeanVar:
+def p_mean_variance(
+    schedule: Schedule,
+    model_output: Array,
+    x_t: Array,
+    t: Array | int,
+    *,
+    mean_type: str = "eps",
+    var_type: str = "fixed_small",
+    clip_x0: bool = False,
+    denoised_fn: Callable[[Array], Array] | None = None,
+    t0: str = "clipped",
+) -> PMeanVar:
     """p_θ(x_{t-1}|x_t) from a model output, for every mean type × variance type (Ho et al. 2020, Eqs. 1, 11; Nichol & Dhariwal 2021, §3.1).
 
     Parameters
@@ -207,4 +253,6 @@ def p_mean_variance(schedule: Schedule, model_output: Array, x_t: Array, t: Arra
     else:
         pred_eps = eps_from_x0(schedule, x_t, t, pred_x0)
     shape = tuple(x_t.shape)
-    return PMeanVar(mean, xp.broadcast_to(var, shape), xp.broadcast_to(log_var, shape), pred_x0, pred_eps)
+    return PMeanVar(
+        mean, xp.broadcast_to(var, shape), xp.broadcast_to(log_var, shape), pred_x0, pred_eps
+    )

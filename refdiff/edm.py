@@ -26,11 +26,27 @@ from ._typing import Array, Device, DType, Namespace
 from ._xp import append_dims, array_namespace, as_float_array, check_leading_axes, device_of
 
 __all__ = [
-    "karras_sigmas", "exponential_sigmas", "polyexponential_sigmas", "interpolated_sigmas",
-    "TIMESTEP_SPACINGS", "vp_sigmas", "vp_sigma", "vp_sigma_inv",
-    "c_skip", "c_out", "c_in", "c_noise", "preconditioning", "PRECONDITIONINGS",
-    "EDMDenoiser", "denoiser_from_raw", "edm_loss_weight", "edm_sigma_from_normal",
-    "sigma_from_alpha_bar", "sigma_from_log_alpha_bar", "alpha_bar_from_sigma",
+    "karras_sigmas",
+    "exponential_sigmas",
+    "polyexponential_sigmas",
+    "interpolated_sigmas",
+    "TIMESTEP_SPACINGS",
+    "vp_sigmas",
+    "vp_sigma",
+    "vp_sigma_inv",
+    "c_skip",
+    "c_out",
+    "c_in",
+    "c_noise",
+    "preconditioning",
+    "PRECONDITIONINGS",
+    "EDMDenoiser",
+    "denoiser_from_raw",
+    "edm_loss_weight",
+    "edm_sigma_from_normal",
+    "sigma_from_alpha_bar",
+    "sigma_from_log_alpha_bar",
+    "alpha_bar_from_sigma",
     "scale_model_input",
 ]
 
@@ -50,8 +66,16 @@ VP_M = 1000
 # Input handling
 # --------------------------------------------------------------------------------------------
 
-def _as_sigma(sigma: Array | float, *, like: Array | None = None, name: str = "sigma", positive: bool = False,
-              allow_inf: bool = False, why: str = "") -> tuple[Namespace, Array]:
+
+def _as_sigma(
+    sigma: Array | float,
+    *,
+    like: Array | None = None,
+    name: str = "sigma",
+    positive: bool = False,
+    allow_inf: bool = False,
+    why: str = "",
+) -> tuple[Namespace, Array]:
     """(xp, σ as a floating array) with every σ >= 0 (or > 0), finite unless ``allow_inf``."""
     xp, sigma = as_float_array(sigma, name, like=like)
     if like is not None:
@@ -78,7 +102,13 @@ def _check_sigma_range(sigma_min: float, sigma_max: float) -> tuple[float, float
     return smin, smax
 
 
-def _finish(values: np.ndarray, append_zero: bool, xp: Namespace | None, device: Device | None, dtype: DType | None) -> Array:
+def _finish(
+    values: np.ndarray,
+    append_zero: bool,
+    xp: Namespace | None,
+    device: Device | None,
+    dtype: DType | None,
+) -> Array:
     """Append the final 0, then move the float64 host table to ``xp`` (one cast)."""
     if append_zero:
         values = np.concatenate([values, np.zeros(1)])
@@ -100,8 +130,18 @@ def _ramp(n: int) -> _dd.DD:
 # σ schedules (host-side table builders)
 # --------------------------------------------------------------------------------------------
 
-def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, *,
-                  append_zero: bool = True, xp: Namespace | None = None, device: Device | None = None, dtype: DType | None = None) -> Array:
+
+def karras_sigmas(
+    n: int,
+    sigma_min: float,
+    sigma_max: float,
+    rho: float = 7.0,
+    *,
+    append_zero: bool = True,
+    xp: Namespace | None = None,
+    device: Device | None = None,
+    dtype: DType | None = None,
+) -> Array:
     """Karras et al. (2022), Eq. 5: σ_i = (σ_max^{1/ρ} + i/(n-1) (σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ.
 
     Parameters
@@ -139,8 +179,16 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, 
     return _finish(sig, append_zero, xp, device, dtype)
 
 
-def exponential_sigmas(n: int, sigma_min: float, sigma_max: float, *, append_zero: bool = True,
-                       xp: Namespace | None = None, device: Device | None = None, dtype: DType | None = None) -> Array:
+def exponential_sigmas(
+    n: int,
+    sigma_min: float,
+    sigma_max: float,
+    *,
+    append_zero: bool = True,
+    xp: Namespace | None = None,
+    device: Device | None = None,
+    dtype: DType | None = None,
+) -> Array:
     """Log-uniform noise levels σ_i = exp(linspace(log σ_max, log σ_min, n)) (k-diffusion's exponential schedule).
 
     Same parameters and return as :func:`karras_sigmas` (this is its ρ → ∞ limit).
@@ -155,8 +203,17 @@ def exponential_sigmas(n: int, sigma_min: float, sigma_max: float, *, append_zer
     return _finish(sig, append_zero, xp, device, dtype)
 
 
-def polyexponential_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0, *,
-                           append_zero: bool = True, xp: Namespace | None = None, device: Device | None = None, dtype: DType | None = None) -> Array:
+def polyexponential_sigmas(
+    n: int,
+    sigma_min: float,
+    sigma_max: float,
+    rho: float = 1.0,
+    *,
+    append_zero: bool = True,
+    xp: Namespace | None = None,
+    device: Device | None = None,
+    dtype: DType | None = None,
+) -> Array:
     """σ_i = exp(log σ_min + r_i^ρ (log σ_max - log σ_min)), r_i = 1 - i/(n-1) (k-diffusion's polyexponential schedule).
 
     ρ = 1 is :func:`exponential_sigmas` (log-uniform); ρ > 1 puts more levels at small σ. Same
@@ -168,16 +225,24 @@ def polyexponential_sigmas(n: int, sigma_min: float, sigma_max: float, rho: floa
     la, lb = _dd.log(_dd.DD(smax)), _dd.log(_dd.DD(smin))
     sig = np.full(n, smax)
     if n > 1:
-        r = _dd.DD(1.0) - _ramp(n)[: n - 1]                 # 1, ..., 1/(n-1): all > 0
+        r = _dd.DD(1.0) - _ramp(n)[: n - 1]  # 1, ..., 1/(n-1): all > 0
         warped = _dd.exp(_dd.log(r) * rho)
         sig[: n - 1] = _dd.exp(lb + (la - lb) * warped).to_float()
         sig[0], sig[-1] = smax, smin
     return _finish(sig, append_zero, xp, device, dtype)
 
 
-def interpolated_sigmas(alphas_cumprod: Array, n: int, *, timestep_spacing: str = "linspace",
-                        steps_offset: int = 0, append_zero: bool = True, xp: Namespace | None = None, device: Device | None = None,
-                        dtype: DType | None = None) -> Array:
+def interpolated_sigmas(
+    alphas_cumprod: Array,
+    n: int,
+    *,
+    timestep_spacing: str = "linspace",
+    steps_offset: int = 0,
+    append_zero: bool = True,
+    xp: Namespace | None = None,
+    device: Device | None = None,
+    dtype: DType | None = None,
+) -> Array:
     """diffusers' Euler/Heun σ grid: σ(t) = √((1-ᾱ_t)/ᾱ_t) linearly interpolated at n (fractional) timesteps t.
 
     The timesteps follow diffusers' ``timestep_spacing`` (Lin et al. 2023, Table 2), decreasing:
@@ -207,18 +272,29 @@ def interpolated_sigmas(alphas_cumprod: Array, n: int, *, timestep_spacing: str 
     table = getattr(alphas_cumprod, "sigmas", None)
     tmap = getattr(alphas_cumprod, "timestep_map", None)
     if tmap is not None and not np.array_equal(np.asarray(tmap), np.arange(len(tmap))):
-        fail("alphas_cumprod", alphas_cumprod, "expected the full training schedule, not a "
-             "respaced one (the timesteps index the training table)")
+        fail(
+            "alphas_cumprod",
+            alphas_cumprod,
+            "expected the full training schedule, not a "
+            "respaced one (the timesteps index the training table)",
+        )
     if table is None:
         ab = np.asarray(alphas_cumprod, dtype=np.float64)
         if ab.ndim != 1 or ab.size < 2 or not np.all((ab > 0) & (ab <= 1)):
-            fail("alphas_cumprod", alphas_cumprod, "expected a Schedule or a 1-D table of ᾱ_t in (0, 1] "
-                 "with at least two entries")
+            fail(
+                "alphas_cumprod",
+                alphas_cumprod,
+                "expected a Schedule or a 1-D table of ᾱ_t in (0, 1] with at least two entries",
+            )
         table = np.sqrt((1.0 - ab) / ab)
     table = np.asarray(table, dtype=np.float64)
     if not np.all(np.isfinite(table)):
-        fail("alphas_cumprod", alphas_cumprod, "σ_t = √((1-ᾱ_t)/ᾱ_t) must be finite (ᾱ_t > 0; a "
-             "zero-terminal-SNR schedule needs ᾱ_T clamped as diffusers does)")
+        fail(
+            "alphas_cumprod",
+            alphas_cumprod,
+            "σ_t = √((1-ᾱ_t)/ᾱ_t) must be finite (ᾱ_t > 0; a "
+            "zero-terminal-SNR schedule needs ᾱ_T clamped as diffusers does)",
+        )
     T = table.size
     n = check_int("n", n, minimum=1)
     if n > T:
@@ -232,7 +308,11 @@ def interpolated_sigmas(alphas_cumprod: Array, n: int, *, timestep_spacing: str 
     else:
         ts = np.round(np.arange(float(T), 0.0, -T / n)) - 1.0
     if ts[0] > T - 1:
-        fail("steps_offset", steps_offset, f"the leading timesteps reach {ts[0]:g}, past T-1 = {T - 1}")
+        fail(
+            "steps_offset",
+            steps_offset,
+            f"the leading timesteps reach {ts[0]:g}, past T-1 = {T - 1}",
+        )
     sig = np.interp(ts, np.arange(T, dtype=np.float64), table)
     return _finish(sig, append_zero, xp, device, dtype)
 
@@ -245,8 +325,17 @@ def _check_vp_params(beta_d: float, beta_min: float) -> tuple[float, float]:
     return bd, bm
 
 
-def vp_sigmas(n: int, beta_d: float = VP_BETA_D, beta_min: float = VP_BETA_MIN,
-              eps_s: float = 1e-3, *, append_zero: bool = True, xp: Namespace | None = None, device: Device | None = None, dtype: DType | None = None) -> Array:
+def vp_sigmas(
+    n: int,
+    beta_d: float = VP_BETA_D,
+    beta_min: float = VP_BETA_MIN,
+    eps_s: float = 1e-3,
+    *,
+    append_zero: bool = True,
+    xp: Namespace | None = None,
+    device: Device | None = None,
+    dtype: DType | None = None,
+) -> Array:
     """Karras et al. (2022), Table 1 (VP): σ(t_i) = √(exp(½ β_d t_i² + β_min t_i) - 1), t_i = linspace(1, ε_s, n).
 
     Parameters
@@ -280,7 +369,9 @@ def vp_sigma(t: Array | float, beta_d: float = VP_BETA_D, beta_min: float = VP_B
     return xp.sqrt(xp.expm1(t * (t * (0.5 * bd) + bm)))
 
 
-def vp_sigma_inv(sigma: Array | float, beta_d: float = VP_BETA_D, beta_min: float = VP_BETA_MIN) -> Array:
+def vp_sigma_inv(
+    sigma: Array | float, beta_d: float = VP_BETA_D, beta_min: float = VP_BETA_MIN
+) -> Array:
     """Karras et al. (2022), Table 1 (VP): σ⁻¹(σ) = 2 log1p(σ²) / (β_min + √(β_min² + 2 β_d log1p(σ²)))."""
     bd, bm = _check_vp_params(beta_d, beta_min)
     xp, sigma = _as_sigma(sigma)
@@ -294,6 +385,7 @@ def vp_sigma_inv(sigma: Array | float, beta_d: float = VP_BETA_D, beta_min: floa
 # --------------------------------------------------------------------------------------------
 # Preconditioning (Table 1)
 # --------------------------------------------------------------------------------------------
+
 
 def _check_sigma_data(sigma_data: float) -> float:
     return check_real("sigma_data", sigma_data, lo=0.0, lo_open=True)
@@ -326,8 +418,15 @@ def c_noise(sigma: Array | float) -> Array:
     return xp.log(sigma) * 0.25
 
 
-def preconditioning(sigma: Array | float, kind: str = "edm", *, sigma_data: float = 0.5,
-                    beta_d: float = VP_BETA_D, beta_min: float = VP_BETA_MIN, M: int = VP_M) -> tuple[Array, Array, Array, Array]:
+def preconditioning(
+    sigma: Array | float,
+    kind: str = "edm",
+    *,
+    sigma_data: float = 0.5,
+    beta_d: float = VP_BETA_D,
+    beta_min: float = VP_BETA_MIN,
+    M: int = VP_M,
+) -> tuple[Array, Array, Array, Array]:
     """(c_skip, c_out, c_in, c_noise) of one column of Karras et al. (2022), Table 1.
 
     Parameters
@@ -349,12 +448,21 @@ def preconditioning(sigma: Array | float, kind: str = "edm", *, sigma_data: floa
     """
     kind = check_choice("kind", kind, PRECONDITIONINGS, "preconditioning")
     if kind == "edm":
-        return c_skip(sigma, sigma_data), c_out(sigma, sigma_data), c_in(sigma, sigma_data), c_noise(sigma)
+        return (
+            c_skip(sigma, sigma_data),
+            c_out(sigma, sigma_data),
+            c_in(sigma, sigma_data),
+            c_noise(sigma),
+        )
     if kind == "vp":
         M = check_int("M", M, minimum=1)
         xp, s = _as_sigma(sigma)
-        return (xp.ones_like(s), -s, 1.0 / xp.sqrt(s * s + 1.0),
-                vp_sigma_inv(s, beta_d, beta_min) * float(M - 1))
+        return (
+            xp.ones_like(s),
+            -s,
+            1.0 / xp.sqrt(s * s + 1.0),
+            vp_sigma_inv(s, beta_d, beta_min) * float(M - 1),
+        )
     xp, s = _as_sigma(sigma, positive=True, why="the VE c_noise = ln(σ/2) is -inf at σ = 0")
     return xp.ones_like(s), s, xp.ones_like(s), xp.log(s * 0.5)
 
@@ -378,18 +486,25 @@ class EDMDenoiser:
 
     def __call__(self, x: Array, sigma: Array | float) -> Array:
         """The denoised estimate D(x; σ), shaped like x (σ of shape (B,) or 0-d)."""
-        xp, sigma = _as_sigma(sigma, like=x, positive=self.kind != "vp",
-                              why="D is never evaluated at σ = 0, where c_noise is -inf; D(x; 0) = x")
+        xp, sigma = _as_sigma(
+            sigma,
+            like=x,
+            positive=self.kind != "vp",
+            why="D is never evaluated at σ = 0, where c_noise is -inf; D(x; 0) = x",
+        )
         cs, co, ci, cn = preconditioning(sigma, self.kind, sigma_data=self.sigma_data)
         F = self.raw_fn(append_dims(ci, x.ndim) * x, cn)
         if tuple(F.shape) != tuple(x.shape):
             raise RefdiffShapeError(
                 f"raw_fn returned shape {tuple(F.shape)} for x of shape {tuple(x.shape)}; "
-                "they must match")
+                "they must match"
+            )
         return append_dims(cs, x.ndim) * x + append_dims(co, x.ndim) * F
 
 
-def denoiser_from_raw(raw_fn: Callable[[Array, Array], Array], sigma_data: float = 0.5, kind: str = "edm") -> EDMDenoiser:
+def denoiser_from_raw(
+    raw_fn: Callable[[Array, Array], Array], sigma_data: float = 0.5, kind: str = "edm"
+) -> EDMDenoiser:
     """The preconditioned denoiser D(x; σ) = c_skip x + c_out F(c_in x; c_noise) (Karras et al. 2022, Eq. 7)."""
     return EDMDenoiser(raw_fn, sigma_data=sigma_data, kind=kind)
 
@@ -417,6 +532,7 @@ def edm_sigma_from_normal(z: Array, P_mean: float = -1.2, P_std: float = 1.2) ->
 # σ ↔ ᾱ (Karras et al. 2022, Eq. 7 / App. C.3: x_VE = x_VP / √ᾱ with σ = √((1-ᾱ)/ᾱ))
 # --------------------------------------------------------------------------------------------
 
+
 def sigma_from_alpha_bar(alpha_bar: Array | float) -> Array:
     """σ = √((1 - ᾱ)/ᾱ) for ᾱ ∈ [0, 1] (Karras et al. 2022, App. C.3); σ = +∞ at ᾱ = 0."""
     xp, ab = _as_sigma(alpha_bar, name="alpha_bar")
@@ -424,8 +540,11 @@ def sigma_from_alpha_bar(alpha_bar: Array | float) -> Array:
         fail("alpha_bar", ab, "expected values in [0, 1]")
     pos = ab > 0
     safe = xp.where(pos, ab, xp.ones_like(ab))
-    return xp.where(pos, xp.sqrt((1.0 - safe) / safe), xp.full(ab.shape, math.inf, dtype=ab.dtype,
-                                                                     device=device_of(ab)))
+    return xp.where(
+        pos,
+        xp.sqrt((1.0 - safe) / safe),
+        xp.full(ab.shape, math.inf, dtype=ab.dtype, device=device_of(ab)),
+    )
 
 
 def sigma_from_log_alpha_bar(log_alpha_bar: Array | float) -> Array:
@@ -435,8 +554,11 @@ def sigma_from_log_alpha_bar(log_alpha_bar: Array | float) -> Array:
         fail("log_alpha_bar", la, "expected values <= 0 (log of ᾱ ∈ (0, 1]); NaN is not allowed")
     fin = la > -math.inf
     safe = xp.where(fin, la, xp.zeros_like(la))
-    return xp.where(fin, xp.sqrt(xp.expm1(-safe)),
-                    xp.full(la.shape, math.inf, dtype=la.dtype, device=device_of(la)))
+    return xp.where(
+        fin,
+        xp.sqrt(xp.expm1(-safe)),
+        xp.full(la.shape, math.inf, dtype=la.dtype, device=device_of(la)),
+    )
 
 
 def alpha_bar_from_sigma(sigma: Array | float) -> Array:

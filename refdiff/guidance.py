@@ -35,9 +35,22 @@ if TYPE_CHECKING:
     from .schedules import Schedule
 
 __all__ = [
-    "CFG_CONVENTIONS", "check_scale", "condition_mean", "condition_score", "condition_eps",
-    "cfg_combine", "cfg_weight", "rescale_cfg", "cfg_model", "low_pass", "ilvr_refine",
-    "ilvr_sample", "egsde_score", "egsde_step", "egsde_sample", "langevin_step",
+    "CFG_CONVENTIONS",
+    "check_scale",
+    "condition_mean",
+    "condition_score",
+    "condition_eps",
+    "cfg_combine",
+    "cfg_weight",
+    "rescale_cfg",
+    "cfg_model",
+    "low_pass",
+    "ilvr_refine",
+    "ilvr_sample",
+    "egsde_score",
+    "egsde_step",
+    "egsde_sample",
+    "langevin_step",
     "langevin_dynamics",
 ]
 
@@ -53,40 +66,56 @@ def check_scale(value: float, name: str = "guidance_scale") -> float:
 
 def _same(name: str, a: Array, x: Array) -> None:
     if tuple(getattr(a, "shape", ())) != tuple(x.shape):
-        raise RefdiffShapeError(f"{name} has shape {tuple(getattr(a, 'shape', ()))} but x has "
-                                f"shape {tuple(x.shape)}; they must match")
+        raise RefdiffShapeError(
+            f"{name} has shape {tuple(getattr(a, 'shape', ()))} but x has "
+            f"shape {tuple(x.shape)}; they must match"
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # Classifier guidance
 # --------------------------------------------------------------------------------------------
 
-def condition_mean(mean: Array, variance: Array | float, grad: Array, *,
-                   scale: float = 1.0) -> Array:
+
+def condition_mean(
+    mean: Array, variance: Array | float, grad: Array, *, scale: float = 1.0
+) -> Array:
     """μ̂ = μ + s·Σ·∇_x log p(y|x_t) (Dhariwal & Nichol 2021, Algorithm 1)."""
     scale = check_scale(scale, "scale")
     _same("grad", grad, mean)
     return mean + variance * (grad * scale if scale != 1.0 else grad)
 
 
-def condition_eps(pred_eps: Array, grad: Array, sigma: Array | float, *,
-                  scale: float = 1.0) -> Array:
+def condition_eps(
+    pred_eps: Array, grad: Array, sigma: Array | float, *, scale: float = 1.0
+) -> Array:
     """ε̂ = ε − σ_t·s·∇_x log p(y|x_t) (Dhariwal & Nichol 2021, Algorithm 2; σ_t = √(1−ᾱ_t))."""
     scale = check_scale(scale, "scale")
     _same("grad", grad, pred_eps)
     return pred_eps - sigma * (grad * scale if scale != 1.0 else grad)
 
 
-def condition_score(schedule: Schedule, p_mean_var: PMeanVar, x_t: Array, t: Array | int,
-                    grad: Array, *, scale: float = 1.0) -> PMeanVar:
+def condition_score(
+    schedule: Schedule,
+    p_mean_var: PMeanVar,
+    x_t: Array,
+    t: Array | int,
+    grad: Array,
+    *,
+    scale: float = 1.0,
+) -> PMeanVar:
     """Guide a discrete step by score: ε̂ = ε(x̂0) − √(1−ᾱ_t)·s·g, then x̂0 and μ from ε̂ (Dhariwal & Nichol 2021, Alg. 2).
 
     ``p_mean_var`` is a :class:`refdiff.diffusion.PMeanVar` at sampling index t; its ``pred_eps``
     is the ε to guide. Returns a PMeanVar with the guided mean, pred_x0 and pred_eps (variance
     unchanged), as guided-diffusion's ``condition_score``.
     """
-    eps = condition_eps(p_mean_var.pred_eps, grad,
-                        coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t), scale=scale)
+    eps = condition_eps(
+        p_mean_var.pred_eps,
+        grad,
+        coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t),
+        scale=scale,
+    )
     pred_x0 = x0_from_eps(schedule, x_t, t, eps)
     mean = mu_from_x0(schedule, x_t, t, pred_x0)
     return p_mean_var._replace(mean=mean, pred_x0=pred_x0, pred_eps=eps)
@@ -96,6 +125,7 @@ def condition_score(schedule: Schedule, p_mean_var: PMeanVar, x_t: Array, t: Arr
 # Classifier-free guidance
 # --------------------------------------------------------------------------------------------
 
+
 def cfg_weight(scale: float, convention: str = "guidance_scale") -> float:
     """The guidance_scale s equivalent to ``scale`` under ``convention`` (s = 1 + w for "ho_salimans")."""
     check_choice("convention", convention, CFG_CONVENTIONS, "classifier-free guidance convention")
@@ -103,8 +133,9 @@ def cfg_weight(scale: float, convention: str = "guidance_scale") -> float:
     return scale if convention == "guidance_scale" else 1.0 + scale
 
 
-def cfg_combine(uncond: Array, cond: Array, scale: float, *,
-                convention: str = "guidance_scale") -> Array:
+def cfg_combine(
+    uncond: Array, cond: Array, scale: float, *, convention: str = "guidance_scale"
+) -> Array:
     """Classifier-free guidance: ε_u + s(ε_c − ε_u) or (1 + w)ε_c − wε_u (Ho & Salimans 2021, Eq. 6)."""
     check_choice("convention", convention, CFG_CONVENTIONS, "classifier-free guidance convention")
     scale = check_scale(scale)
@@ -130,9 +161,15 @@ def rescale_cfg(guided: Array, cond: Array, *, phi: float) -> Array:
     return phi * (guided * (std_c / std_g)) + (1.0 - phi) * guided
 
 
-def cfg_model(model: Callable[[Array, Array, Any], Array], *, cond: object, uncond: object,
-              scale: float, convention: str = "guidance_scale",
-              rescale: float = 0.0) -> Callable[[Array, Array], Array]:
+def cfg_model(
+    model: Callable[[Array, Array, Any], Array],
+    *,
+    cond: object,
+    uncond: object,
+    scale: float,
+    convention: str = "guidance_scale",
+    rescale: float = 0.0,
+) -> Callable[[Array, Array], Array]:
     """Wrap ``model(x, t, c)`` into a guided ``model(x, t)`` (Ho & Salimans 2021; rescale: Lin et al. 2023)."""
     check_choice("convention", convention, CFG_CONVENTIONS, "classifier-free guidance convention")
     scale = check_scale(scale)
@@ -150,6 +187,7 @@ def cfg_model(model: Callable[[Array, Array, Any], Array], *, cond: object, unco
 # --------------------------------------------------------------------------------------------
 # ILVR
 # --------------------------------------------------------------------------------------------
+
 
 def low_pass(x: Array, factor: int) -> Array:
     """φ_N(x): block-average down by N on every spatial axis (axes 2…), then nearest-neighbour up (a projection, φ∘φ = φ).
@@ -175,20 +213,37 @@ def low_pass(x: Array, factor: int) -> Array:
     return xp.reshape(xp.broadcast_to(m, blocked), tuple(x.shape))
 
 
-def ilvr_refine(x_prev: Array, y_prev: Array, *, factor: int = 4,
-                low_pass_fn: Callable[[Array], Array] | None = None) -> Array:
+def ilvr_refine(
+    x_prev: Array,
+    y_prev: Array,
+    *,
+    factor: int = 4,
+    low_pass_fn: Callable[[Array], Array] | None = None,
+) -> Array:
     """x_{t−1} = φ_N(y_{t−1}) + x'_{t−1} − φ_N(x'_{t−1}) (Choi et al. 2021, Algorithm 1)."""
     _same("y_prev", y_prev, x_prev)
     phi = (lambda a: low_pass(a, factor)) if low_pass_fn is None else low_pass_fn
     return phi(y_prev) + x_prev - phi(x_prev)
 
 
-def ilvr_sample(model: Callable[[Array, Array], Array], x_T: Array, *, schedule: Schedule, reference: Array,
-                noise: Noise, reference_noise: Noise,
-                factor: int = 4, low_pass_fn: Callable[[Array], Array] | None = None, range_t: int = -1,
-                mean_type: str = "eps", var_type: str = "fixed_small", clip_x0: bool = False,
-                t0: str = "clipped", callback: Callable[[StepInfo], object] | None = None,
-                progress: Callable[[int, int], object] | None = None) -> Array:
+def ilvr_sample(
+    model: Callable[[Array, Array], Array],
+    x_T: Array,
+    *,
+    schedule: Schedule,
+    reference: Array,
+    noise: Noise,
+    reference_noise: Noise,
+    factor: int = 4,
+    low_pass_fn: Callable[[Array], Array] | None = None,
+    range_t: int = -1,
+    mean_type: str = "eps",
+    var_type: str = "fixed_small",
+    clip_x0: bool = False,
+    t0: str = "clipped",
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """ILVR: DDPM ancestral sampling refined toward the low frequencies of ``reference`` (Choi et al. 2021, Algorithm 1).
 
     Parameters
@@ -209,6 +264,7 @@ def ilvr_sample(model: Callable[[Array, Array], Array], x_T: Array, *, schedule:
     from .diffusion import q_sample
     from .samplers._common import StepInfo, draw_noise, step_reporter
     from .samplers.discrete import ddpm_coefficients, p_sample, sampling_schedule
+
     sched = sampling_schedule(schedule, None)
     _same("reference", reference, x_T)
     range_t = check_int("range_t", range_t, minimum=-1)
@@ -217,8 +273,10 @@ def ilvr_sample(model: Callable[[Array, Array], Array], x_T: Array, *, schedule:
     tmap = [int(v) for v in sched.timestep_map]
     sab = [float(v) for v in sched.sqrt_alphas_cumprod]
     s1m = [float(v) for v in sched.sqrt_one_minus_alphas_cumprod]
-    plan = [(i, tmap[i], ddpm_coefficients(sched, i, var_type=var_type, t0=t0))
-            for i in range(n - 1, -1, -1)]
+    plan = [
+        (i, tmap[i], ddpm_coefficients(sched, i, var_type=var_type, t0=t0))
+        for i in range(n - 1, -1, -1)
+    ]
     xp = array_namespace(x_T)
     dev = device_of(x_T)
     x = x_T
@@ -227,16 +285,28 @@ def ilvr_sample(model: Callable[[Array, Array], Array], x_T: Array, *, schedule:
         out = model(x, t_model)
         add = i > 0
         z = draw_noise(noise, k, x) if add else None
-        x_new, pmv = p_sample(out, x, i, schedule=sched, mean_type=mean_type, var_type=var_type,
-                              clip_x0=clip_x0, t0=t0, noise=z, add_noise=add, coefficients=pc)
+        x_new, pmv = p_sample(
+            out,
+            x,
+            i,
+            schedule=sched,
+            mean_type=mean_type,
+            var_type=var_type,
+            clip_x0=clip_x0,
+            t0=t0,
+            noise=z,
+            add_noise=add,
+            coefficients=pc,
+        )
         if report is not None:
             report(StepInfo(k, n, x, pmv.pred_x0, t=t))
         x = x_new
         if t > range_t:
             if i > 0:
                 xi = draw_noise(reference_noise, k, x, name="reference_noise")
-                y = q_sample(sched, reference, i - 1, noise=xi,
-                             coefficients=(sab[i - 1], s1m[i - 1]))
+                y = q_sample(
+                    sched, reference, i - 1, noise=xi, coefficients=(sab[i - 1], s1m[i - 1])
+                )
             else:
                 y = reference
             x = ilvr_refine(x, y, factor=factor, low_pass_fn=low_pass_fn)
@@ -247,14 +317,16 @@ def ilvr_sample(model: Callable[[Array, Array], Array], x_T: Array, *, schedule:
 # EGSDE
 # --------------------------------------------------------------------------------------------
 
+
 def egsde_score(score: Array, energy_grad: Array) -> Array:
     """s̃(x, t) = s(x, t) − ∇_x E(x, y0, t) (Zhao et al. 2022, Eq. 7)."""
     _same("energy_grad", energy_grad, score)
     return score - energy_grad
 
 
-def egsde_step(x: Array, score: Array, energy_grad: Array, *, beta: float,
-               noise: Array | None = None) -> Array:
+def egsde_step(
+    x: Array, score: Array, energy_grad: Array, *, beta: float, noise: Array | None = None
+) -> Array:
     """x_{t−1} = (x + β_t·s̃)/√(1−β_t) + √β_t·z: the VP ancestral predictor (Song et al. 2021, Eq. 47) with s̃ = s − ∇E (Zhao et al. 2022, Eq. 7)."""
     beta = check_real("beta", beta, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     s = egsde_score(score, energy_grad)
@@ -265,10 +337,19 @@ def egsde_step(x: Array, score: Array, energy_grad: Array, *, beta: float,
     return out
 
 
-def egsde_sample(model: Callable[[Array, Array], Array], y0: Array, *, schedule: Schedule,
-                 energy_grad: Callable[[Array, Array], Array], t_start: int, noise: Noise, start_noise: Array,
-                 mean_type: str = "eps", callback: Callable[[StepInfo], object] | None = None,
-                 progress: Callable[[int, int], object] | None = None) -> Array:
+def egsde_sample(
+    model: Callable[[Array, Array], Array],
+    y0: Array,
+    *,
+    schedule: Schedule,
+    energy_grad: Callable[[Array, Array], Array],
+    t_start: int,
+    noise: Noise,
+    start_noise: Array,
+    mean_type: str = "eps",
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """EGSDE: perturb the source y0 to t_start, then run the energy-guided reverse VP SDE to t = 0 (Zhao et al. 2022, Algorithm 1).
 
     Parameters
@@ -290,6 +371,7 @@ def egsde_sample(model: Callable[[Array, Array], Array], y0: Array, *, schedule:
     from .diffusion import q_sample
     from .parameterizations import eps_from_x0_at, level_coefficients, x0_from_output_at
     from .samplers._common import StepInfo, draw_noise, step_reporter
+
     check_choice("mean_type", mean_type, ("eps", "x0", "v", "score"), "model kind")
     T = schedule.num_timesteps
     t_start = check_int("t_start", t_start, minimum=0)
@@ -297,13 +379,20 @@ def egsde_sample(model: Callable[[Array, Array], Array], y0: Array, *, schedule:
         fail("t_start", t_start, f"expected an index in [0, {T})")
     _same("start_noise", start_noise, y0)
     report = step_reporter(callback, progress)
-    plan = [(i, level_coefficients(schedule, i), float(schedule.betas[i]))
-            for i in range(t_start, -1, -1)]
+    plan = [
+        (i, level_coefficients(schedule, i), float(schedule.betas[i]))
+        for i in range(t_start, -1, -1)
+    ]
     xp = array_namespace(y0)
     dev = device_of(y0)
     c0 = plan[0][1]
-    x = q_sample(schedule, y0, t_start, noise=start_noise,
-                 coefficients=(c0.sqrt_alphas_cumprod, c0.sqrt_one_minus_alphas_cumprod))
+    x = q_sample(
+        schedule,
+        y0,
+        t_start,
+        noise=start_noise,
+        coefficients=(c0.sqrt_alphas_cumprod, c0.sqrt_one_minus_alphas_cumprod),
+    )
     for k, (i, c, beta) in enumerate(plan):
         t = xp.full((x.shape[0],), i, dtype=xp.int64, device=dev)
         out = model(x, t)
@@ -311,8 +400,11 @@ def egsde_sample(model: Callable[[Array, Array], Array], y0: Array, *, schedule:
         if mean_type == "score":
             s = out
         else:
-            eps = out if mean_type == "eps" else eps_from_x0_at(
-                x, x0_from_output_at(out, x, c, mean_type), c)
+            eps = (
+                out
+                if mean_type == "eps"
+                else eps_from_x0_at(x, x0_from_output_at(out, x, c, mean_type), c)
+            )
             s = -eps / c.sqrt_one_minus_alphas_cumprod
         g = energy_grad(x, t)
         z = draw_noise(noise, k, x) if i > 0 else None
@@ -326,6 +418,7 @@ def egsde_sample(model: Callable[[Array, Array], Array], y0: Array, *, schedule:
 # Langevin dynamics
 # --------------------------------------------------------------------------------------------
 
+
 def langevin_step(x: Array, score: Array, *, step_size: float, noise: Array) -> Array:
     """x ← x + (ε/2)·∇ log p(x) + √ε·z (Song & Ermon 2019, Eq. 4; Welling & Teh 2011)."""
     eps = check_real("step_size", step_size, lo=0.0, lo_open=True)
@@ -334,15 +427,23 @@ def langevin_step(x: Array, score: Array, *, step_size: float, noise: Array) -> 
     return x + (0.5 * eps) * score + math.sqrt(eps) * noise
 
 
-def langevin_dynamics(score_fn: Callable[[Array], Array], x: Array, *, step_size: float,
-                      n_steps: int, noise: Noise, callback: Callable[[StepInfo], object] | None = None,
-                      progress: Callable[[int, int], object] | None = None) -> Array:
+def langevin_dynamics(
+    score_fn: Callable[[Array], Array],
+    x: Array,
+    *,
+    step_size: float,
+    n_steps: int,
+    noise: Noise,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """n_steps of Langevin dynamics for a time-independent score ``score_fn(x)`` (Song & Ermon 2019, Eq. 4).
 
     ``noise``: shape (n_steps,) + x.shape or a callable ``noise(k)``. As ε → 0 and n_steps → ∞ the
     law of x tends to p (for finite ε it is the stationary law of the discretised chain).
     """
     from .samplers._common import StepInfo, draw_noise, step_reporter
+
     check_real("step_size", step_size, lo=0.0, lo_open=True)
     n = check_int("n_steps", n_steps, minimum=1)
     report = step_reporter(callback, progress)

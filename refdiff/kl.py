@@ -31,8 +31,14 @@ if TYPE_CHECKING:
     from .schedules import Schedule
 
 __all__ = [
-    "CDFS", "normal_kl", "approx_standard_normal_cdf", "standard_normal_cdf",
-    "discretized_gaussian_log_likelihood", "mean_flat", "prior_bpd", "vb_terms_bpd",
+    "CDFS",
+    "normal_kl",
+    "approx_standard_normal_cdf",
+    "standard_normal_cdf",
+    "discretized_gaussian_log_likelihood",
+    "mean_flat",
+    "prior_bpd",
+    "vb_terms_bpd",
     "calc_bpd_loop",
 ]
 
@@ -72,7 +78,7 @@ def _expm1_minus_x(d: Any) -> Any:
 def approx_standard_normal_cdf(x: Array) -> Array:
     """Φ(x) ≈ ½(1 + tanh(√(2/π)(x + 0.044715x³))) (Page 1977; improved-diffusion's decoder)."""
     xp = array_namespace(x)
-    return 0.5 * (1.0 + xp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * (1.0 + xp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def standard_normal_cdf(x: Array) -> Array:
@@ -84,15 +90,23 @@ def _bin_probability_erf(lo: Any, hi: Any) -> Any:
     """Φ(hi) − Φ(lo) for lo < hi, by erfc differences taken on the side of the smaller tail."""
     xp = array_namespace(lo, hi)
     s = 1.0 / math.sqrt(2.0)
-    right = 0.5 * (erfc(lo * s) - erfc(hi * s))      # accurate when lo > 0
-    left = 0.5 * (erfc(-hi * s) - erfc(-lo * s))     # accurate when hi < 0
+    right = 0.5 * (erfc(lo * s) - erfc(hi * s))  # accurate when lo > 0
+    left = 0.5 * (erfc(-hi * s) - erfc(-lo * s))  # accurate when hi < 0
     mid = 0.5 * (erf(hi * s) - erf(lo * s))
     return xp.where(lo > 0, right, xp.where(hi < 0, left, mid))
 
 
-def discretized_gaussian_log_likelihood(x: Array, *, means: Array, log_scales: Array, cdf: str = "tanh",
-                                        num_bits: int = 8, edge: float = 0.999,
-                                        log_floor: float = 1e-12, out_of_range: str = "raise") -> Array:
+def discretized_gaussian_log_likelihood(
+    x: Array,
+    *,
+    means: Array,
+    log_scales: Array,
+    cdf: str = "tanh",
+    num_bits: int = 8,
+    edge: float = 0.999,
+    log_floor: float = 1e-12,
+    out_of_range: str = "raise",
+) -> Array:
     """log P(x) of data in [-1, 1] binned to 2**num_bits levels under N(means, e^{2 log_scales}) (Ho et al. 2020, Eq. 13).
 
     Parameters
@@ -120,9 +134,13 @@ def discretized_gaussian_log_likelihood(x: Array, *, means: Array, log_scales: A
     if out_of_range == "raise":
         worst = float(xp.max(xp.abs(x))) if math.prod(x.shape) else 0.0
         if not worst <= 1.0:
-            fail("x", x, f"expected data in [-1, 1] (max |x| is {worst!r}); rescale the data to "
-                 "[-1, 1], or pass out_of_range='clip' to score it as the edge bins")
-    half_bin = 1.0 / (2 ** bits - 1)
+            fail(
+                "x",
+                x,
+                f"expected data in [-1, 1] (max |x| is {worst!r}); rescale the data to "
+                "[-1, 1], or pass out_of_range='clip' to score it as the edge bins",
+            )
+    half_bin = 1.0 / (2**bits - 1)
     inv_stdv = xp.exp(-log_scales)
     centered = x - means
     plus_in = inv_stdv * (centered + half_bin)
@@ -156,10 +174,21 @@ def prior_bpd(schedule: Schedule, x0: Array) -> Array:
     return mean_flat(normal_kl(mean, log_var, zero, zero)) / _LN2
 
 
-def vb_terms_bpd(schedule: Schedule, model_output: Array, x0: Array, x_t: Array, t: Array, *, mean_type: str = "eps",
-                 var_type: str = "fixed_small", clip_x0: bool = False, t0: str = "clipped",
-                 cdf: str = "tanh", denoised_fn: Callable | None = None,
-                 out_of_range: str = "raise") -> tuple[Array, Array]:
+def vb_terms_bpd(
+    schedule: Schedule,
+    model_output: Array,
+    x0: Array,
+    x_t: Array,
+    t: Array,
+    *,
+    mean_type: str = "eps",
+    var_type: str = "fixed_small",
+    clip_x0: bool = False,
+    t0: str = "clipped",
+    cdf: str = "tanh",
+    denoised_fn: Callable | None = None,
+    out_of_range: str = "raise",
+) -> tuple[Array, Array]:
     """L_{t} in bits/dim per sample: KL(q(x_{t-1}|x_t,x0) ‖ p_θ(x_{t-1}|x_t)), and at t=0 the decoder NLL −log p(x0|x_1) (Ho et al. 2020, Eq. 5).
 
     Returns (bpd, pred_x0). ``out_of_range`` is passed to the decoder likelihood
@@ -168,18 +197,47 @@ def vb_terms_bpd(schedule: Schedule, model_output: Array, x0: Array, x_t: Array,
     xp = array_namespace(x0, x_t)
     tt = as_timesteps(t, schedule.num_timesteps, like=x_t)
     true_mean, _, true_log_var = q_posterior_mean_variance(schedule, x0, x_t, tt, t0=t0)
-    p = p_mean_variance(schedule, model_output, x_t, tt, mean_type=mean_type, var_type=var_type,
-                        clip_x0=clip_x0, denoised_fn=denoised_fn, t0=t0)
+    p = p_mean_variance(
+        schedule,
+        model_output,
+        x_t,
+        tt,
+        mean_type=mean_type,
+        var_type=var_type,
+        clip_x0=clip_x0,
+        denoised_fn=denoised_fn,
+        t0=t0,
+    )
     kl = mean_flat(normal_kl(true_mean, true_log_var, p.mean, p.log_variance)) / _LN2
-    nll = -mean_flat(discretized_gaussian_log_likelihood(
-        x0, means=p.mean, log_scales=0.5 * p.log_variance, cdf=cdf,
-        out_of_range=out_of_range)) / _LN2
+    nll = (
+        -mean_flat(
+            discretized_gaussian_log_likelihood(
+                x0,
+                means=p.mean,
+                log_scales=0.5 * p.log_variance,
+                cdf=cdf,
+                out_of_range=out_of_range,
+            )
+        )
+        / _LN2
+    )
     return xp.where(tt == 0, nll, kl), p.pred_x0
 
 
-def calc_bpd_loop(schedule: Schedule, model: Callable, x0: Array, *, noise: Array, mean_type: str = "eps",
-                  var_type: str = "fixed_small", clip_x0: bool = True, t0: str = "clipped",
-                  cdf: str = "tanh", map_timesteps: bool = True, progress: Callable | None = None) -> Array:
+def calc_bpd_loop(
+    schedule: Schedule,
+    model: Callable,
+    x0: Array,
+    *,
+    noise: Array,
+    mean_type: str = "eps",
+    var_type: str = "fixed_small",
+    clip_x0: bool = True,
+    t0: str = "clipped",
+    cdf: str = "tanh",
+    map_timesteps: bool = True,
+    progress: Callable | None = None,
+) -> Array:
     """The full variational bound in bits/dim: Σ_t L_t + L_T over every timestep (Ho et al. 2020, Eq. 5; improved-diffusion's calc_bpd_loop).
 
     Parameters
@@ -200,8 +258,12 @@ def calc_bpd_loop(schedule: Schedule, model: Callable, x0: Array, *, noise: Arra
     T = schedule.num_timesteps
     if not callable(noise):
         if tuple(noise.shape) != (T,) + tuple(x0.shape):
-            fail("noise", noise, f"expected shape {(T,) + tuple(x0.shape)} (one draw per timestep) "
-                 "or a callable noise(t)")
+            fail(
+                "noise",
+                noise,
+                f"expected shape {(T,) + tuple(x0.shape)} (one draw per timestep) "
+                "or a callable noise(t)",
+            )
     b = x0.shape[0]
     tmap = schedule.timestep_map
     vb, xstart_mse, mse = [], [], []
@@ -212,8 +274,18 @@ def calc_bpd_loop(schedule: Schedule, model: Callable, x0: Array, *, noise: Arra
         x_t = q_sample(schedule, x0, t, noise=eps)
         t_model = xp.take(tmap, t, axis=0) if map_timesteps else t
         out = model(x_t, t_model)
-        term, pred_x0 = vb_terms_bpd(schedule, out, x0, x_t, t, mean_type=mean_type,
-                                     var_type=var_type, clip_x0=clip_x0, t0=t0, cdf=cdf)
+        term, pred_x0 = vb_terms_bpd(
+            schedule,
+            out,
+            x0,
+            x_t,
+            t,
+            mean_type=mean_type,
+            var_type=var_type,
+            clip_x0=clip_x0,
+            t0=t0,
+            cdf=cdf,
+        )
         vb.append(term)
         xstart_mse.append(mean_flat((pred_x0 - x0) ** 2))
         mse.append(mean_flat((eps_from_x0(schedule, x_t, t, pred_x0) - eps) ** 2))
@@ -221,5 +293,10 @@ def calc_bpd_loop(schedule: Schedule, model: Callable, x0: Array, *, noise: Arra
             progress(T - i, T)
     vb = xp.stack(vb[::-1], axis=1)
     prior = prior_bpd(schedule, x0)
-    return {"total_bpd": xp.sum(vb, axis=1) + prior, "prior_bpd": prior, "vb": vb,
-            "xstart_mse": xp.stack(xstart_mse[::-1], axis=1), "mse": xp.stack(mse[::-1], axis=1)}
+    return {
+        "total_bpd": xp.sum(vb, axis=1) + prior,
+        "prior_bpd": prior,
+        "vb": vb,
+        "xstart_mse": xp.stack(xstart_mse[::-1], axis=1),
+        "mse": xp.stack(mse[::-1], axis=1),
+    }

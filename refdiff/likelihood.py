@@ -36,9 +36,21 @@ from ._typing import Array
 from .kl import calc_bpd_loop
 from .sde import SDE
 
-__all__ = ["ODELikelihood", "DIVERGENCES", "PROBES", "BPD_OFFSETS", "drift_jvp",
-           "exact_divergence", "hutchinson_divergence", "draw_probes", "ode_log_likelihood",
-           "bits_per_dim", "bpd_offset", "uniform_dequantize", "calc_bpd_loop"]
+__all__ = [
+    "ODELikelihood",
+    "DIVERGENCES",
+    "PROBES",
+    "BPD_OFFSETS",
+    "drift_jvp",
+    "exact_divergence",
+    "hutchinson_divergence",
+    "draw_probes",
+    "ode_log_likelihood",
+    "bits_per_dim",
+    "bpd_offset",
+    "uniform_dequantize",
+    "calc_bpd_loop",
+]
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
@@ -48,17 +60,21 @@ BPD_OFFSETS = ("score_sde", "none")
 class ODELikelihood(NamedTuple):
     """Result of :func:`ode_log_likelihood` (NumPy float64; per-sample arrays have shape (B,))."""
 
-    log_likelihood: np.ndarray   # log p_eps(x) in nats = prior_logp + delta_logp
-    prior_logp: np.ndarray       # log p_T(z)
-    delta_logp: np.ndarray       # ∫_eps^T ∇·F dt
-    z: np.ndarray                # x(T), shape of x
-    nfe: int                     # number of drift evaluations (each includes its divergence)
+    log_likelihood: np.ndarray  # log p_eps(x) in nats = prior_logp + delta_logp
+    prior_logp: np.ndarray  # log p_T(z)
+    delta_logp: np.ndarray  # ∫_eps^T ∇·F dt
+    z: np.ndarray  # x(T), shape of x
+    nfe: int  # number of drift evaluations (each includes its divergence)
 
 
 def _check_numpy(name: str, x: Any) -> np.ndarray:
     if not isinstance(x, np.ndarray):
-        fail(name, type(x).__name__, "the ODE likelihood is oracle-side: expected a NumPy array "
-             "(SciPy integrates on the host)")
+        fail(
+            name,
+            type(x).__name__,
+            "the ODE likelihood is oracle-side: expected a NumPy array "
+            "(SciPy integrates on the host)",
+        )
     if x.ndim < 1:
         fail(name, x, "expected an array with the batch axis first (ndim >= 1)")
     return np.asarray(x, dtype=np.float64)
@@ -72,8 +88,10 @@ def _drift(sde: SDE, score_fn: Callable[..., Array], x: np.ndarray, t: float) ->
     """F(x, t) = f - ½ g² s (Song et al. 2021, Eq. 13)."""
     s = score_fn(x, _t_vec(x, t))
     if tuple(np.shape(s)) != x.shape:
-        raise RefdiffShapeError(f"score_fn returned shape {tuple(np.shape(s))} for x of shape "
-                                f"{x.shape}; they must match")
+        raise RefdiffShapeError(
+            f"score_fn returned shape {tuple(np.shape(s))} for x of shape "
+            f"{x.shape}; they must match"
+        )
     f, g = sde.sde(x, _t_vec(x, t))
     g2 = (np.asarray(g, dtype=np.float64) ** 2).reshape((-1,) + (1,) * (x.ndim - 1))
     return np.asarray(f) - 0.5 * g2 * np.asarray(s)
@@ -83,8 +101,16 @@ def _fd_step(x: np.ndarray) -> float:
     return float(np.finfo(np.float64).eps ** (1.0 / 3.0)) * max(1.0, float(np.max(np.abs(x))))
 
 
-def drift_jvp(sde: SDE, score_fn: Callable[..., Array], x: np.ndarray, t: float, v: np.ndarray, *,
-              jvp: Callable[..., Array] | None = None, fd_step: float | None = None) -> np.ndarray:
+def drift_jvp(
+    sde: SDE,
+    score_fn: Callable[..., Array],
+    x: np.ndarray,
+    t: float,
+    v: np.ndarray,
+    *,
+    jvp: Callable[..., Array] | None = None,
+    fd_step: float | None = None,
+) -> np.ndarray:
     """(∂F/∂x) v: from ``jvp(x, t, v) -> (∂s/∂x) v`` of the score, or by central differences of F.
 
     The drift's linear part f(x, t) = a(t) x (VP, sub-VP, VE) is applied exactly as f(v, t) when
@@ -101,20 +127,35 @@ def drift_jvp(sde: SDE, score_fn: Callable[..., Array], x: np.ndarray, t: float,
     return (_drift(sde, score_fn, x + h * v, t) - _drift(sde, score_fn, x - h * v, t)) / (2.0 * h)
 
 
-def exact_divergence(sde: SDE, score_fn: Callable[..., Array], x: np.ndarray, t: float, *,
-                     jvp: Callable[..., Array] | None = None, fd_step: float | None = None) -> np.ndarray:
+def exact_divergence(
+    sde: SDE,
+    score_fn: Callable[..., Array],
+    x: np.ndarray,
+    t: float,
+    *,
+    jvp: Callable[..., Array] | None = None,
+    fd_step: float | None = None,
+) -> np.ndarray:
     """∇·F(x, t) = Σ_i e_iᵀ (∂F/∂x) e_i from d directional derivatives (batched), shape (B,)."""
     b = x.shape[0]
     d = int(np.prod(x.shape[1:], dtype=np.int64))
     eye = np.eye(d).reshape((d,) + x.shape[1:])
-    xs = np.repeat(x, d, axis=0)                            # (B·d, ...) sample-major
+    xs = np.repeat(x, d, axis=0)  # (B·d, ...) sample-major
     vs = np.tile(eye, (b,) + (1,) * (x.ndim - 1))
     jv = drift_jvp(sde, score_fn, xs, t, vs, jvp=jvp, fd_step=fd_step)
     return np.sum((jv * vs).reshape(b, d, d), axis=(1, 2))
 
 
-def hutchinson_divergence(sde: SDE, score_fn: Callable[..., Array], x: np.ndarray, t: float, probe: np.ndarray, *,
-                          jvp: Callable[..., Array] | None = None, fd_step: float | None = None) -> np.ndarray:
+def hutchinson_divergence(
+    sde: SDE,
+    score_fn: Callable[..., Array],
+    x: np.ndarray,
+    t: float,
+    probe: np.ndarray,
+    *,
+    jvp: Callable[..., Array] | None = None,
+    fd_step: float | None = None,
+) -> np.ndarray:
     """Hutchinson's estimate vᵀ (∂F/∂x) v of ∇·F, unbiased for E[v vᵀ] = I (Hutchinson 1989; Grathwohl et al. 2019, §3.1)."""
     jv = drift_jvp(sde, score_fn, x, t, probe, jvp=jvp, fd_step=fd_step)
     return np.sum((jv * probe).reshape(x.shape[0], -1), axis=1)
@@ -129,11 +170,22 @@ def draw_probes(kind: str, *, noise: np.ndarray) -> np.ndarray:
     return np.where(noise >= 0, 1.0, -1.0)
 
 
-def ode_log_likelihood(score_fn: Callable[..., Array], x: np.ndarray, *, sde: SDE, divergence: str = "exact",
-                       probe: str = "rademacher", probe_noise: npt.ArrayLike | None = None, eps: float = 1e-5,
-                       rtol: float = 1e-5, atol: float = 1e-5, method: str = "RK45",
-                       jvp: Callable[..., Array] | None = None, fd_step: float | None = None,
-                       prior_logp: Callable[[np.ndarray], Array] | None = None) -> ODELikelihood:
+def ode_log_likelihood(
+    score_fn: Callable[..., Array],
+    x: np.ndarray,
+    *,
+    sde: SDE,
+    divergence: str = "exact",
+    probe: str = "rademacher",
+    probe_noise: npt.ArrayLike | None = None,
+    eps: float = 1e-5,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "RK45",
+    jvp: Callable[..., Array] | None = None,
+    fd_step: float | None = None,
+    prior_logp: Callable[[np.ndarray], Array] | None = None,
+) -> ODELikelihood:
     """log p_eps(x) through the probability-flow ODE (Song et al. 2021, §4.3, App. D.2; score_sde likelihood.py).
 
     Parameters
@@ -186,12 +238,16 @@ def ode_log_likelihood(score_fn: Callable[..., Array], x: np.ndarray, *, sde: SD
     v = None
     if divergence == "hutchinson":
         if probe_noise is None:
-            fail("probe_noise", probe_noise, "Hutchinson's estimator needs standard-normal draws "
-                 "of x's shape for its probes")
+            fail(
+                "probe_noise",
+                probe_noise,
+                "Hutchinson's estimator needs standard-normal draws of x's shape for its probes",
+            )
         pn = np.asarray(probe_noise, dtype=np.float64)
         if pn.shape != x.shape:
-            raise RefdiffShapeError(f"probe_noise has shape {pn.shape} but x has shape {x.shape}; "
-                                    "they must match")
+            raise RefdiffShapeError(
+                f"probe_noise has shape {pn.shape} but x has shape {x.shape}; they must match"
+            )
         v = draw_probes(probe, noise=pn)
     shape, b = x.shape, x.shape[0]
     n = x.size
@@ -226,12 +282,17 @@ def bpd_offset(offset: str = "score_sde", *, centered: bool = True) -> float:
         fail("centered", centered, "expected True ([-1, 1] data) or False ([0, 1] data)")
     if offset == "none":
         return 0.0
-    inverse_scaler_at_minus_one = 0.0 if centered else -1.0   # (x+1)/2 at -1, or the identity
+    inverse_scaler_at_minus_one = 0.0 if centered else -1.0  # (x+1)/2 at -1, or the identity
     return 7.0 - inverse_scaler_at_minus_one
 
 
-def bits_per_dim(log_likelihood: npt.ArrayLike, *, num_dims: int, offset: str = "score_sde",
-                 centered: bool = True) -> np.ndarray:
+def bits_per_dim(
+    log_likelihood: npt.ArrayLike,
+    *,
+    num_dims: int,
+    offset: str = "score_sde",
+    centered: bool = True,
+) -> np.ndarray:
     """-log p/(d ln 2) + offset (score_sde likelihood evaluation; Theis et al. 2016 for dequantization).
 
     Parameters
@@ -248,7 +309,8 @@ def bits_per_dim(log_likelihood: npt.ArrayLike, *, num_dims: int, offset: str = 
     """
     d = check_int("num_dims", num_dims, minimum=1)
     return -np.asarray(log_likelihood, dtype=np.float64) / (d * math.log(2.0)) + bpd_offset(
-        offset, centered=centered)
+        offset, centered=centered
+    )
 
 
 def uniform_dequantize(x01: npt.ArrayLike, *, noise: npt.ArrayLike) -> np.ndarray:
@@ -256,7 +318,9 @@ def uniform_dequantize(x01: npt.ArrayLike, *, noise: npt.ArrayLike) -> np.ndarra
     x = np.asarray(x01, dtype=np.float64)
     u = np.asarray(noise, dtype=np.float64)
     if u.shape != x.shape:
-        raise RefdiffShapeError(f"noise has shape {u.shape} but x has shape {x.shape}; they must match")
+        raise RefdiffShapeError(
+            f"noise has shape {u.shape} but x has shape {x.shape}; they must match"
+        )
     if np.any((u < 0) | (u >= 1)):
         fail("noise", noise, "expected uniform draws in [0, 1)")
     return (x * 255.0 + u) / 256.0

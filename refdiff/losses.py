@@ -24,8 +24,17 @@ if TYPE_CHECKING:
     from .schedules import Schedule
 
 __all__ = [
-    "LOSS_TYPES", "sum_flat", "l_simple", "training_target", "training_losses", "snr",
-    "min_snr_weight", "dsm_loss", "t_from_uniform", "ncsn_loss", "UniformSampler",
+    "LOSS_TYPES",
+    "sum_flat",
+    "l_simple",
+    "training_target",
+    "training_losses",
+    "snr",
+    "min_snr_weight",
+    "dsm_loss",
+    "t_from_uniform",
+    "ncsn_loss",
+    "UniformSampler",
     "LossSecondMomentResampler",
 ]
 
@@ -52,7 +61,9 @@ def l_simple(pred: Array, target: Array, *, reduction: str = "mean") -> Array:
     return mean_flat(sq) if reduction == "mean" else sum_flat(sq)
 
 
-def training_target(schedule: Schedule, x0: Array, x_t: Array, t: Array, noise: Array, *, mean_type: str) -> Array:
+def training_target(
+    schedule: Schedule, x0: Array, x_t: Array, t: Array, noise: Array, *, mean_type: str
+) -> Array:
     """The regression target of each parameterization: ε, x0, v = √ᾱε − √(1−ᾱ)x0, or μ̃_t(x_t, x0)."""
     mean_type = prediction_type(mean_type, "mean_type", TARGET_TYPES)
     if mean_type == "eps":
@@ -64,11 +75,23 @@ def training_target(schedule: Schedule, x0: Array, x_t: Array, t: Array, noise: 
     return q_posterior_mean_variance(schedule, x0, x_t, t)[0]
 
 
-def training_losses(schedule: Schedule, model: Callable, x0: Array, t: Array, *, noise: Array, loss_type: str = "mse",
-                    mean_type: str = "eps", var_type: str = "fixed_small",
-                    lambda_vlb: float = 0.001, reduction: str = "mean", t0: str = "clipped",
-                    cdf: str = "tanh", stop_gradient: Callable | None = None,
-                    map_timesteps: bool = True) -> dict[str, Array]:
+def training_losses(
+    schedule: Schedule,
+    model: Callable,
+    x0: Array,
+    t: Array,
+    *,
+    noise: Array,
+    loss_type: str = "mse",
+    mean_type: str = "eps",
+    var_type: str = "fixed_small",
+    lambda_vlb: float = 0.001,
+    reduction: str = "mean",
+    t0: str = "clipped",
+    cdf: str = "tanh",
+    stop_gradient: Callable | None = None,
+    map_timesteps: bool = True,
+) -> dict[str, Array]:
     """Per-sample training losses (Ho et al. 2020, Eq. 14; Nichol & Dhariwal 2021, Eq. 16).
 
     Parameters
@@ -107,8 +130,18 @@ def training_losses(schedule: Schedule, model: Callable, x0: Array, t: Array, *,
     terms = {}
 
     def vb_term(out_for_vb: Any) -> Any:
-        return vb_terms_bpd(schedule, out_for_vb, x0, x_t, t, mean_type=mean_type,
-                            var_type=var_type, clip_x0=False, t0=t0, cdf=cdf)[0]
+        return vb_terms_bpd(
+            schedule,
+            out_for_vb,
+            x0,
+            x_t,
+            t,
+            mean_type=mean_type,
+            var_type=var_type,
+            clip_x0=False,
+            t0=t0,
+            cdf=cdf,
+        )[0]
 
     if loss_type in ("kl", "rescaled_kl"):
         terms["vb"] = vb_term(output)
@@ -135,7 +168,9 @@ def snr(schedule: Schedule, t: Array, x: Array) -> Array:
     return xp.exp(coefficient(schedule, "log_snr", t, x))
 
 
-def min_snr_weight(schedule: Schedule, t: Array, x: Array, *, gamma: float = 5.0, mean_type: str = "eps") -> Array:
+def min_snr_weight(
+    schedule: Schedule, t: Array, x: Array, *, gamma: float = 5.0, mean_type: str = "eps"
+) -> Array:
     """Min-SNR-γ loss weight for the given parameterization (Hang et al. 2023, Eq. 9 and §3.4).
 
     For an x0-loss the weight is min(SNR, γ); expressed on the ε-loss it is min(SNR, γ)/SNR and
@@ -161,8 +196,16 @@ def t_from_uniform(u: Array, *, eps: float = 1e-5, T: float = 1.0) -> Array:
     return eps + u * (T - eps)
 
 
-def dsm_loss(sde: Any, score_fn: Callable, x0: Array, t: Array, *, noise: Array, likelihood_weighting: bool = False,
-             reduction: str = "mean") -> Array:
+def dsm_loss(
+    sde: Any,
+    score_fn: Callable,
+    x0: Array,
+    t: Array,
+    *,
+    noise: Array,
+    likelihood_weighting: bool = False,
+    reduction: str = "mean",
+) -> Array:
     """Continuous denoising score matching per sample (Song et al. 2021, Eq. 7).
 
     x_t = m(t)x0 + s(t)z; without likelihood weighting λ(t) = s(t)² and the loss is
@@ -185,12 +228,20 @@ def dsm_loss(sde: Any, score_fn: Callable, x0: Array, t: Array, *, noise: Array,
     if not likelihood_weighting:
         return reduce((score * std + noise) ** 2)
     _, g = sde.sde(xp.zeros_like(x0), t)
-    g2 = g ** 2
+    g2 = g**2
     g2 = xp.reshape(g2, (-1,)) if g2.ndim else g2
     return reduce((score + noise / std) ** 2) * g2
 
 
-def ncsn_loss(score_fn: Callable, x0: Array, sigmas: Any, labels: Any, *, noise: Array, anneal_power: float = 2.0) -> Array:
+def ncsn_loss(
+    score_fn: Callable,
+    x0: Array,
+    sigmas: Any,
+    labels: Any,
+    *,
+    noise: Array,
+    anneal_power: float = 2.0,
+) -> Array:
     """NCSN multi-σ denoising score matching with λ(σ) = σ^anneal_power (Song & Ermon 2019, Eqs. 5–6; λ = σ² by default).
 
     x̃ = x0 + σ_i z, target −z/σ_i; per-sample loss ½‖s_θ(x̃, i) − target‖² σ_i^p.
@@ -231,7 +282,9 @@ class LossSecondMomentResampler(UniformSampler):
     Uniform until every t has a full history; ``update(ts, losses)`` records per-sample losses.
     """
 
-    def __init__(self, num_timesteps: int, history_per_term: int = 10, uniform_prob: float = 0.001) -> None:
+    def __init__(
+        self, num_timesteps: int, history_per_term: int = 10, uniform_prob: float = 0.001
+    ) -> None:
         super().__init__(num_timesteps)
         self.history_per_term = check_int("history_per_term", history_per_term, minimum=1)
         self.uniform_prob = check_real("uniform_prob", uniform_prob, lo=0.0, hi=1.0)
@@ -245,7 +298,7 @@ class LossSecondMomentResampler(UniformSampler):
     def weights(self) -> np.ndarray:
         if not self.warmed_up():
             return super().weights()
-        w = np.sqrt(np.mean(self._history ** 2, axis=-1))
+        w = np.sqrt(np.mean(self._history**2, axis=-1))
         w = w / w.sum()
         return w * (1.0 - self.uniform_prob) + self.uniform_prob / self.num_timesteps
 

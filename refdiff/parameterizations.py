@@ -18,12 +18,30 @@ if TYPE_CHECKING:
     from .schedules import Schedule
 
 __all__ = [
-    "coefficient", "x0_from_eps", "eps_from_x0", "v_from_x0_eps", "x0_from_v", "eps_from_v",
-    "v_from_x0", "score_from_eps", "eps_from_score", "x0_from_mu", "mu_from_x0",
-    "PREDICTION_TYPES", "PREDICTION_ALIASES", "OUTPUT_TYPES", "prediction_type",
-    "x0_from_output", "eps_from_output", "x0_from_prediction", "eps_from_prediction",
+    "coefficient",
+    "x0_from_eps",
+    "eps_from_x0",
+    "v_from_x0_eps",
+    "x0_from_v",
+    "eps_from_v",
+    "v_from_x0",
+    "score_from_eps",
+    "eps_from_score",
+    "x0_from_mu",
+    "mu_from_x0",
+    "PREDICTION_TYPES",
+    "PREDICTION_ALIASES",
+    "OUTPUT_TYPES",
+    "prediction_type",
+    "x0_from_output",
+    "eps_from_output",
+    "x0_from_prediction",
+    "eps_from_prediction",
     "CONTINUOUS_PREDICTION_TYPES",
-    "LevelCoefficients", "level_coefficients", "x0_from_output_at", "eps_from_x0_at",
+    "LevelCoefficients",
+    "level_coefficients",
+    "x0_from_output_at",
+    "eps_from_x0_at",
 ]
 
 #: What a network can predict, refdiff's one vocabulary: the noise ε, the data x0, the velocity
@@ -35,8 +53,16 @@ PREDICTION_TYPES = ("eps", "x0", "v", "score", "mean")
 #: ``model_type`` ("noise", "x_start"), diffusers' ``prediction_type`` ("epsilon", "sample",
 #: "v_prediction"), improved-diffusion's ModelMeanType ("start_x", "previous_x") and "mu".
 PREDICTION_ALIASES = {
-    "noise": "eps", "epsilon": "eps", "x_start": "x0", "start_x": "x0", "sample": "x0",
-    "data": "x0", "v_prediction": "v", "velocity": "v", "mu": "mean", "previous_x": "mean",
+    "noise": "eps",
+    "epsilon": "eps",
+    "x_start": "x0",
+    "start_x": "x0",
+    "sample": "x0",
+    "data": "x0",
+    "v_prediction": "v",
+    "velocity": "v",
+    "mu": "mean",
+    "previous_x": "mean",
     "flow_prediction": "flow",
 }
 
@@ -50,7 +76,9 @@ CONTINUOUS_PREDICTION_TYPES = ("eps", "x0", "v", "score", "flow")
 OUTPUT_TYPES = PREDICTION_TYPES
 
 
-def prediction_type(value: str, name: str = "prediction_type", allowed: Sequence[str] = PREDICTION_TYPES) -> str:
+def prediction_type(
+    value: str, name: str = "prediction_type", allowed: Sequence[str] = PREDICTION_TYPES
+) -> str:
     """The canonical name of a prediction type (an upstream alias maps to it); raise for an unknown one.
 
     Examples
@@ -61,8 +89,10 @@ def prediction_type(value: str, name: str = "prediction_type", allowed: Sequence
     canonical = PREDICTION_ALIASES.get(value, value) if isinstance(value, str) else value
     if canonical not in allowed:
         aliases = ", ".join(repr(a) for a, c in PREDICTION_ALIASES.items() if c in allowed)
-        raise UnknownNameError(f"{name}={value!r} is not a known prediction type; allowed: "
-                               f"{', '.join(map(repr, allowed))} (or an upstream alias: {aliases})")
+        raise UnknownNameError(
+            f"{name}={value!r} is not a known prediction type; allowed: "
+            f"{', '.join(map(repr, allowed))} (or an upstream alias: {aliases})"
+        )
     return canonical
 
 
@@ -72,8 +102,12 @@ def coefficient(schedule: Schedule, name: str, t: Array | int, x: Array) -> Arra
     try:
         array_namespace(x, table)
     except TypeError:
-        fail("schedule", schedule, f"its tables live in {type(table).__module__} but x is a "
-             f"{type(x).__module__} array; move them once with schedule.to(xp, device=..., dtype=...)")
+        fail(
+            "schedule",
+            schedule,
+            f"its tables live in {type(table).__module__} but x is a "
+            f"{type(x).__module__} array; move them once with schedule.to(xp, device=..., dtype=...)",
+        )
     t = as_timesteps(t, schedule.num_timesteps, like=x)
     return gather(table, t, x.ndim)
 
@@ -86,50 +120,61 @@ def _check_finite_snr(schedule: Schedule, t: Array | int, x: Array, what: str) -
     if bool(xp.any(t == schedule.num_timesteps - 1)):
         raise RefdiffValueError(
             f"t={schedule.num_timesteps - 1} has zero SNR (alphas_cumprod = 0): {what} is undefined "
-            "there; use a v- or x0-prediction model at the terminal step (Lin et al. 2023, §3.2)")
+            "there; use a v- or x0-prediction model at the terminal step (Lin et al. 2023, §3.2)"
+        )
 
 
 def x0_from_eps(schedule: Schedule, x_t: Array, t: Array | int, eps: Array) -> Array:
     """x̂0 = x_t/√ᾱ_t − √(1/ᾱ_t − 1)·ε (Ho et al. 2020, Eq. 4 solved for x0)."""
     check_same_shape("x_t", x_t, "eps", eps)
     _check_finite_snr(schedule, t, x_t, "x0 from eps")
-    return (coefficient(schedule, "sqrt_recip_alphas_cumprod", t, x_t) * x_t
-            - coefficient(schedule, "sqrt_recipm1_alphas_cumprod", t, x_t) * eps)
+    return (
+        coefficient(schedule, "sqrt_recip_alphas_cumprod", t, x_t) * x_t
+        - coefficient(schedule, "sqrt_recipm1_alphas_cumprod", t, x_t) * eps
+    )
 
 
 def eps_from_x0(schedule: Schedule, x_t: Array, t: Array | int, x0: Array) -> Array:
     """ε = (x_t − √ᾱ_t·x0)/√(1 − ᾱ_t) (Ho et al. 2020, Eq. 4 solved for ε)."""
     check_same_shape("x_t", x_t, "x0", x0)
-    return ((x_t - coefficient(schedule, "sqrt_alphas_cumprod", t, x_t) * x0)
-            / coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t))
+    return (x_t - coefficient(schedule, "sqrt_alphas_cumprod", t, x_t) * x0) / coefficient(
+        schedule, "sqrt_one_minus_alphas_cumprod", t, x_t
+    )
 
 
 def v_from_x0_eps(schedule: Schedule, x0: Array, t: Array | int, eps: Array) -> Array:
     """v = √ᾱ_t·ε − √(1 − ᾱ_t)·x0 (Salimans & Ho 2022, §4)."""
     check_same_shape("x0", x0, "eps", eps)
-    return (coefficient(schedule, "sqrt_alphas_cumprod", t, x0) * eps
-            - coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x0) * x0)
+    return (
+        coefficient(schedule, "sqrt_alphas_cumprod", t, x0) * eps
+        - coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x0) * x0
+    )
 
 
 def x0_from_v(schedule: Schedule, x_t: Array, t: Array | int, v: Array) -> Array:
     """x0 = √ᾱ_t·x_t − √(1 − ᾱ_t)·v (Salimans & Ho 2022, §4)."""
     check_same_shape("x_t", x_t, "v", v)
-    return (coefficient(schedule, "sqrt_alphas_cumprod", t, x_t) * x_t
-            - coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t) * v)
+    return (
+        coefficient(schedule, "sqrt_alphas_cumprod", t, x_t) * x_t
+        - coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t) * v
+    )
 
 
 def eps_from_v(schedule: Schedule, x_t: Array, t: Array | int, v: Array) -> Array:
     """ε = √(1 − ᾱ_t)·x_t + √ᾱ_t·v (Salimans & Ho 2022, §4)."""
     check_same_shape("x_t", x_t, "v", v)
-    return (coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t) * x_t
-            + coefficient(schedule, "sqrt_alphas_cumprod", t, x_t) * v)
+    return (
+        coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t) * x_t
+        + coefficient(schedule, "sqrt_alphas_cumprod", t, x_t) * v
+    )
 
 
 def v_from_x0(schedule: Schedule, x_t: Array, t: Array | int, x0: Array) -> Array:
     """v = (√ᾱ_t·x_t − x0)/√(1 − ᾱ_t) (Salimans & Ho 2022, §4, solved for v)."""
     check_same_shape("x_t", x_t, "x0", x0)
-    return ((coefficient(schedule, "sqrt_alphas_cumprod", t, x_t) * x_t - x0)
-            / coefficient(schedule, "sqrt_one_minus_alphas_cumprod", t, x_t))
+    return (coefficient(schedule, "sqrt_alphas_cumprod", t, x_t) * x_t - x0) / coefficient(
+        schedule, "sqrt_one_minus_alphas_cumprod", t, x_t
+    )
 
 
 def score_from_eps(schedule: Schedule, t: Array | int, eps: Array) -> Array:
@@ -145,18 +190,23 @@ def eps_from_score(schedule: Schedule, t: Array | int, score: Array) -> Array:
 def mu_from_x0(schedule: Schedule, x_t: Array, t: Array | int, x0: Array) -> Array:
     """μ̃_t(x_t, x0) = coef1·x0 + coef2·x_t (Ho et al. 2020, Eq. 7)."""
     check_same_shape("x_t", x_t, "x0", x0)
-    return (coefficient(schedule, "posterior_mean_coef1", t, x_t) * x0
-            + coefficient(schedule, "posterior_mean_coef2", t, x_t) * x_t)
+    return (
+        coefficient(schedule, "posterior_mean_coef1", t, x_t) * x0
+        + coefficient(schedule, "posterior_mean_coef2", t, x_t) * x_t
+    )
 
 
 def x0_from_mu(schedule: Schedule, x_t: Array, t: Array | int, mu: Array) -> Array:
     """x0 = (μ − coef2·x_t)/coef1, inverting Ho et al. 2020, Eq. 7 (improved-diffusion's μ-prediction)."""
     check_same_shape("x_t", x_t, "mu", mu)
-    return ((mu - coefficient(schedule, "posterior_mean_coef2", t, x_t) * x_t)
-            / coefficient(schedule, "posterior_mean_coef1", t, x_t))
+    return (mu - coefficient(schedule, "posterior_mean_coef2", t, x_t) * x_t) / coefficient(
+        schedule, "posterior_mean_coef1", t, x_t
+    )
 
 
-def x0_from_output(schedule: Schedule, x_t: Array, t: Array | int, out: Array, mean_type: str) -> Array:
+def x0_from_output(
+    schedule: Schedule, x_t: Array, t: Array | int, out: Array, mean_type: str
+) -> Array:
     """x̂0 implied by a network output of the given prediction type (ε, x0, v, score or μ)."""
     mean_type = prediction_type(mean_type, "mean_type")
     if mean_type == "eps":
@@ -172,7 +222,9 @@ def x0_from_output(schedule: Schedule, x_t: Array, t: Array | int, out: Array, m
     return x0_from_mu(schedule, x_t, t, out)
 
 
-def eps_from_output(schedule: Schedule, x_t: Array, t: Array | int, out: Array, mean_type: str) -> Array:
+def eps_from_output(
+    schedule: Schedule, x_t: Array, t: Array | int, out: Array, mean_type: str
+) -> Array:
     """ε̂ implied by a network output of the given prediction type (ε, x0, v, score or μ)."""
     mean_type = prediction_type(mean_type, "mean_type")
     if mean_type == "eps":
@@ -190,7 +242,10 @@ def eps_from_output(schedule: Schedule, x_t: Array, t: Array | int, out: Array, 
 # The same conversions on (α_t, σ_t) of x_t = α_t·x0 + σ_t·ε (continuous time, any SDE family)
 # --------------------------------------------------------------------------------------------
 
-def x0_from_prediction(out: Array, x: Array, alpha: Array | float, sigma: Array | float, prediction: str) -> Array:
+
+def x0_from_prediction(
+    out: Array, x: Array, alpha: Array | float, sigma: Array | float, prediction: str
+) -> Array:
     """x̂0 from a prediction at x = α·x0 + σ·ε (Kingma et al. 2021, Eq. 1; v of Salimans & Ho 2022, §4).
 
     ``alpha`` and ``sigma`` are host floats or arrays broadcasting against x. ε: (x − σε)/α;
@@ -218,7 +273,9 @@ def x0_from_prediction(out: Array, x: Array, alpha: Array | float, sigma: Array 
     return (x + (sigma * sigma) * out) / alpha
 
 
-def eps_from_prediction(out: Array, x: Array, alpha: Array | float, sigma: Array | float, prediction: str) -> Array:
+def eps_from_prediction(
+    out: Array, x: Array, alpha: Array | float, sigma: Array | float, prediction: str
+) -> Array:
     """ε̂ from a prediction at x = α·x0 + σ·ε (the inverse relations of :func:`x0_from_prediction`).
 
     x0: (x − α·x0)/σ; v: (σ·x + α·v)/(α² + σ²); score: −σ·s; flow u = ε − x0: (x + α·u)/(α + σ).
@@ -239,6 +296,7 @@ def eps_from_prediction(out: Array, x: Array, alpha: Array | float, sigma: Array
 # The table conversions at one host timestep, with the coefficients as host floats (step plans)
 # --------------------------------------------------------------------------------------------
 
+
 class LevelCoefficients(NamedTuple):
     """The schedule's table entries at one timestep as host floats (improved-diffusion's names)."""
 
@@ -252,7 +310,9 @@ class LevelCoefficients(NamedTuple):
 
 def level_coefficients(schedule: Any, t: int) -> LevelCoefficients:
     """The tables of :class:`LevelCoefficients` read at the host integer timestep t (one read per table)."""
-    return LevelCoefficients(*(float(getattr(schedule, name)[t]) for name in LevelCoefficients._fields))
+    return LevelCoefficients(
+        *(float(getattr(schedule, name)[t]) for name in LevelCoefficients._fields)
+    )
 
 
 def x0_from_output_at(out: Array, x_t: Array, c: LevelCoefficients, mean_type: str) -> Array:

@@ -26,20 +26,47 @@ from ._errors import UnknownNameError, check_choice, check_int, check_real, fail
 from ._typing import Array, Device, DType, Namespace
 
 __all__ = [
-    "Schedule", "from_betas", "from_alphas_cumprod", "linear", "scaled_linear", "quadratic",
-    "sigmoid", "cosine", "get_schedule", "list_schedules", "register_schedule",
-    "zero_terminal_snr", "space_timesteps", "spaced_timesteps", "respace", "TABLE_NAMES",
-    "SPACINGS", "DIFFUSERS_SPACINGS",
+    "Schedule",
+    "from_betas",
+    "from_alphas_cumprod",
+    "linear",
+    "scaled_linear",
+    "quadratic",
+    "sigmoid",
+    "cosine",
+    "get_schedule",
+    "list_schedules",
+    "register_schedule",
+    "zero_terminal_snr",
+    "space_timesteps",
+    "spaced_timesteps",
+    "respace",
+    "TABLE_NAMES",
+    "SPACINGS",
+    "DIFFUSERS_SPACINGS",
 ]
 
 #: The float64 tables every Schedule carries (improved-diffusion's names plus log-SNR tables).
 TABLE_NAMES = (
-    "betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "alphas_cumprod_next",
-    "one_minus_alphas_cumprod", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
-    "log_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
-    "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
-    "posterior_log_variance_clamped", "posterior_mean_coef1", "posterior_mean_coef2",
-    "log_snr", "lambdas",
+    "betas",
+    "alphas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "alphas_cumprod_next",
+    "one_minus_alphas_cumprod",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_log_variance_clamped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+    "log_snr",
+    "lambdas",
 )
 
 #: The floor of the "clamp" t=0 convention for the posterior log-variance (diffusers, lucidrains).
@@ -108,20 +135,28 @@ class Schedule:
         """All tables as a name -> array dict."""
         return {n: getattr(self, n) for n in TABLE_NAMES}
 
-    def to(self, xp: Namespace, *, device: Device | None = None, dtype: DType | None = None) -> Schedule:
+    def to(
+        self, xp: Namespace, *, device: Device | None = None, dtype: DType | None = None
+    ) -> Schedule:
         """Copy the float64 tables into namespace ``xp`` (cast once to ``dtype``, on ``device``)."""
         _check_host(self, "Schedule.to")
         dtype = xp.float64 if dtype is None else dtype
         if not _is_real_floating(xp, dtype):
-            fail("dtype", getattr(dtype, "__name__", None) or str(dtype),
-                 "expected a real floating dtype (float64, float32, ...); the tables lie in "
-                 "(0, 1) and an integer or complex dtype would not hold them")
+            fail(
+                "dtype",
+                getattr(dtype, "__name__", None) or str(dtype),
+                "expected a real floating dtype (float64, float32, ...); the tables lie in "
+                "(0, 1) and an integer or complex dtype would not hold them",
+            )
         # writable host copies: torch warns on (and may alias) read-only NumPy buffers
-        conv = {n: xp.asarray(np.array(getattr(self, n)), dtype=dtype, device=device)
-                for n in TABLE_NAMES}
+        conv = {
+            n: xp.asarray(np.array(getattr(self, n)), dtype=dtype, device=device)
+            for n in TABLE_NAMES
+        }
         tmap = xp.asarray(np.array(self.timestep_map), dtype=xp.int64, device=device)
-        return dataclasses.replace(self, timestep_map=tmap, xp=xp, _beta_dd=None, _ab_dd=None,
-                                   **conv)
+        return dataclasses.replace(
+            self, timestep_map=tmap, xp=xp, _beta_dd=None, _ab_dd=None, **conv
+        )
 
     def __repr__(self) -> str:
         return f"Schedule({self.name!r}, T={self.num_timesteps})"
@@ -130,6 +165,7 @@ class Schedule:
 # --------------------------------------------------------------------------------------------
 # Building the tables
 # --------------------------------------------------------------------------------------------
+
 
 def _concat(a: DD, b: DD) -> DD:
     return DD(np.concatenate([a.hi, b.hi]), np.concatenate([a.lo, b.lo]))
@@ -197,8 +233,15 @@ def _build(name: str, beta: DD, ab: DD, timestep_map: np.ndarray) -> Schedule:
         lambdas=0.5 * log_snr,
     )
     tables = {k: _frozen(v) for k, v in tables.items()}
-    return Schedule(name=name, num_timesteps=T, timestep_map=_frozen(np.asarray(timestep_map, np.int64)),
-                    xp=np, _beta_dd=beta, _ab_dd=ab, **tables)
+    return Schedule(
+        name=name,
+        num_timesteps=T,
+        timestep_map=_frozen(np.asarray(timestep_map, np.int64)),
+        xp=np,
+        _beta_dd=beta,
+        _ab_dd=ab,
+        **tables,
+    )
 
 
 def _from_beta_dd(name: str, beta: DD) -> Schedule:
@@ -219,11 +262,12 @@ def _check_T(T: object) -> int:
 def _is_real_floating(xp: Namespace, dtype: DType) -> bool:
     """Whether ``dtype`` of namespace ``xp`` is a real floating dtype (array API ``isdtype``)."""
     from ._xp import array_namespace
+
     try:
         return bool(xp.isdtype(dtype, "real floating"))
     except (AttributeError, TypeError, ValueError):
         pass
-    try:        # a bare library module (torch, cupy): ask its array-api-compat namespace
+    try:  # a bare library module (torch, cupy): ask its array-api-compat namespace
         z = xp.zeros((), dtype=dtype)
         return bool(array_namespace(z).isdtype(z.dtype, "real floating"))
     except Exception:  # noqa: BLE001 - not a dtype of xp at all
@@ -243,9 +287,10 @@ def _check_betas_dd(name: str, beta: DD) -> DD:
 # Constructors
 # --------------------------------------------------------------------------------------------
 
+
 def from_betas(betas: Sequence[float], *, name: str = "custom") -> Schedule:
     """Schedule from β_1..β_T (Ho et al. 2020, Eq. 2); the last β may be exactly 1 (zero terminal SNR)."""
-    b = np.array(betas, dtype=np.float64)       # a host float64 copy: the tables are built from it
+    b = np.array(betas, dtype=np.float64)  # a host float64 copy: the tables are built from it
     if b.ndim != 1 or b.size < 1:
         fail("betas", b, "expected a 1-D array with at least one value (T >= 1)")
     head = b[:-1] if b[-1] == 1.0 and b.size > 1 else b
@@ -265,16 +310,21 @@ def from_alphas_cumprod(alphas_cumprod: Sequence[float], *, name: str = "custom"
         fail("alphas_cumprod", ab, "values must lie in (0, 1) (only the last may be 0)")
     if np.any(np.diff(ab) >= 0):
         i = int(np.flatnonzero(np.diff(ab) >= 0)[0])
-        fail("alphas_cumprod", ab, f"must be strictly decreasing; index {i + 1} ({float(ab[i + 1])!r}) "
-             f"is not below index {i} ({float(ab[i])!r})")
+        fail(
+            "alphas_cumprod",
+            ab,
+            f"must be strictly decreasing; index {i + 1} ({float(ab[i + 1])!r}) "
+            f"is not below index {i} ({float(ab[i])!r})",
+        )
     abd = DD(ab)
     prev = _concat(DD(np.ones(1)), abd[:-1])
     beta = 1.0 - abd / prev
     return _build(name, beta, abd, np.arange(ab.size))
 
 
-def linear(T: int, beta_start: float = 1e-4, beta_end: float = 0.02, *,
-           scale_by_T: bool = False) -> Schedule:
+def linear(
+    T: int, beta_start: float = 1e-4, beta_end: float = 0.02, *, scale_by_T: bool = False
+) -> Schedule:
     """Linear β_t from beta_start to beta_end (Ho et al. 2020, §4).
 
     ``scale_by_T=True`` multiplies both ends by 1000/T first, as improved-diffusion's
@@ -309,8 +359,14 @@ def quadratic(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Sched
     return _sqrt_linspace_squared("quadratic", T, beta_start, beta_end)
 
 
-def sigmoid(T: int, beta_start: float = 1e-4, beta_end: float = 0.02, *,
-            start: float = -6.0, end: float = 6.0) -> Schedule:
+def sigmoid(
+    T: int,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    *,
+    start: float = -6.0,
+    end: float = 6.0,
+) -> Schedule:
     """β_t = sigmoid(linspace(start, end)) (beta_end - beta_start) + beta_start (Ho et al. 2020 code, diffusers)."""
     T = _check_T(T)
     b0 = check_real("beta_start", beta_start, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
@@ -345,8 +401,11 @@ def cosine(T: int, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
 
 
 _REGISTRY: dict[str, Callable[..., Schedule]] = {
-    "linear": linear, "scaled_linear": scaled_linear, "quadratic": quadratic,
-    "sigmoid": sigmoid, "cosine": cosine,
+    "linear": linear,
+    "scaled_linear": scaled_linear,
+    "quadratic": quadratic,
+    "sigmoid": sigmoid,
+    "cosine": cosine,
 }
 _ALIASES = {"squaredcos_cap_v2": "cosine", "quad": "quadratic"}
 
@@ -367,13 +426,15 @@ def get_schedule(name: str, T: int, **kwargs: Any) -> Schedule:
     if key not in _REGISTRY:
         raise UnknownNameError(
             f"schedule={name!r} is not a known schedule; allowed: "
-            f"{', '.join(map(repr, sorted(_REGISTRY) + sorted(_ALIASES)))}")
+            f"{', '.join(map(repr, sorted(_REGISTRY) + sorted(_ALIASES)))}"
+        )
     return _REGISTRY[key](T, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
 # Transformations
 # --------------------------------------------------------------------------------------------
+
 
 def zero_terminal_snr(schedule: Schedule) -> Schedule:
     """Rescale √ᾱ so that ᾱ_{T-1} = 0 while ᾱ_0 is kept (Lin et al. 2023, Algorithm 1)."""
@@ -382,8 +443,9 @@ def zero_terminal_snr(schedule: Schedule) -> Schedule:
         fail("schedule", schedule, "zero terminal SNR rescaling needs T >= 2")
     s = _dd.sqrt(schedule._ab_dd)
     s0, sT = s[:1], s[-1:]
-    s_new = (s - DD(np.full(len(s), sT.hi[0]), np.full(len(s), sT.lo[0]))) * \
-        (DD(np.full(len(s), s0.hi[0]), np.full(len(s), s0.lo[0])) / (s0 - sT))
+    s_new = (s - DD(np.full(len(s), sT.hi[0]), np.full(len(s), sT.lo[0]))) * (
+        DD(np.full(len(s), s0.hi[0]), np.full(len(s), s0.lo[0])) / (s0 - sT)
+    )
     ab = s_new * s_new
     ab = DD(np.concatenate([ab.hi[:-1], [0.0]]), np.concatenate([ab.lo[:-1], [0.0]]))
     prev = _concat(DD(np.ones(1)), ab[:-1])
@@ -414,12 +476,18 @@ def space_timesteps(T: int, section_counts: str | Sequence[int]) -> np.ndarray:
             for stride in range(1, T + 1):
                 if len(range(0, T, stride)) == int(n):
                     return np.arange(0, T, stride, dtype=np.int64)
-            fail("section_counts", section_counts,
-                 f"no integer stride gives exactly {n} steps out of T={T}")
+            fail(
+                "section_counts",
+                section_counts,
+                f"no integer stride gives exactly {n} steps out of T={T}",
+            )
         parts = section_counts.split(",")
         if not all(p.strip().isdigit() for p in parts):
-            fail("section_counts", section_counts,
-                 "expected 'ddimN', a comma-separated list of step counts, or a list of ints")
+            fail(
+                "section_counts",
+                section_counts,
+                "expected 'ddimN', a comma-separated list of step counts, or a list of ints",
+            )
         counts = [int(p) for p in parts]
     else:
         counts = [check_int("section_counts[i]", c, minimum=1) for c in section_counts]
@@ -430,8 +498,11 @@ def space_timesteps(T: int, section_counts: str | Sequence[int]) -> np.ndarray:
     for i, count in enumerate(counts):
         size = size_per + (1 if i < extra else 0)
         if size < count:
-            fail("section_counts", section_counts,
-                 f"section {i} has {size} timesteps, fewer than the {count} steps requested")
+            fail(
+                "section_counts",
+                section_counts,
+                f"section {i} has {size} timesteps, fewer than the {count} steps requested",
+            )
         frac_stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
         cur = 0.0
         for _ in range(count):
@@ -453,7 +524,9 @@ assert set(DIFFUSERS_SPACINGS) <= set(SPACINGS)
 _SPACINGS = DIFFUSERS_SPACINGS
 
 
-def spaced_timesteps(T: int, n: int, spacing: str = "linspace", *, steps_offset: int = 0) -> np.ndarray:
+def spaced_timesteps(
+    T: int, n: int, spacing: str = "linspace", *, steps_offset: int = 0
+) -> np.ndarray:
     """diffusers' timestep spacings (Lin et al. 2023, Table 2): sorted original indices of n steps.
 
     leading: (arange(n) · (T // n)) + steps_offset; trailing: round(arange(T, 0, -T/n)) - 1;
@@ -473,7 +546,9 @@ def spaced_timesteps(T: int, n: int, spacing: str = "linspace", *, steps_offset:
         ts = np.round(np.linspace(0.0, T - 1.0, n)).astype(np.int64)
     ts = np.sort(ts)
     if ts[0] < 0 or ts[-1] >= T or np.unique(ts).size != ts.size:
-        fail("steps_offset", steps_offset, f"the {spacing} spacing leaves [0, {T}) or repeats a step")
+        fail(
+            "steps_offset", steps_offset, f"the {spacing} spacing leaves [0, {T}) or repeats a step"
+        )
     return ts
 
 
@@ -488,16 +563,22 @@ def _cache_key(timesteps: Any, spacing: str | None, steps_offset: int) -> tuple 
     if isinstance(timesteps, (str, int, np.integer)) and not isinstance(timesteps, bool):
         spec: Any = timesteps if isinstance(timesteps, str) else int(timesteps)
     elif isinstance(timesteps, (list, tuple)) and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in timesteps):
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in timesteps
+    ):
         spec = tuple(int(v) for v in timesteps)
     else:
         return None
-    return (type(timesteps).__name__ if isinstance(spec, tuple) else None, spec, spacing,
-            steps_offset)
+    return (
+        type(timesteps).__name__ if isinstance(spec, tuple) else None,
+        spec,
+        spacing,
+        steps_offset,
+    )
 
 
-def respace(schedule: Schedule, timesteps: Any, *, spacing: str | None = None,
-            steps_offset: int = 0) -> Schedule:
+def respace(
+    schedule: Schedule, timesteps: Any, *, spacing: str | None = None, steps_offset: int = 0
+) -> Schedule:
     """Keep a subset of steps, recomputing β'_i = 1 - ᾱ_i/ᾱ_{i-1} (Nichol & Dhariwal 2021, §4; DDIM §4.2).
 
     ``timesteps`` is an explicit sequence of original indices; a string ("ddim50", "10,15,20")
@@ -522,7 +603,9 @@ def respace(schedule: Schedule, timesteps: Any, *, spacing: str | None = None,
     return out
 
 
-def _respace(schedule: Schedule, timesteps: Any, *, spacing: str | None, steps_offset: int) -> Schedule:
+def _respace(
+    schedule: Schedule, timesteps: Any, *, spacing: str | None, steps_offset: int
+) -> Schedule:
     T = schedule.num_timesteps
     if isinstance(timesteps, str) or spacing == "sections":
         use = space_timesteps(T, timesteps)
@@ -531,8 +614,12 @@ def _respace(schedule: Schedule, timesteps: Any, *, spacing: str | None, steps_o
     else:
         use = np.asarray(timesteps)
         if use.ndim != 1 or use.size == 0 or not np.issubdtype(use.dtype, np.integer):
-            fail("timesteps", timesteps, "expected a non-empty 1-D sequence of integer indices "
-                 "(or a spec string such as 'ddim50', or an int with spacing=...)")
+            fail(
+                "timesteps",
+                timesteps,
+                "expected a non-empty 1-D sequence of integer indices "
+                "(or a spec string such as 'ddim50', or an int with spacing=...)",
+            )
         if np.any(use < 0) or np.any(use >= T):
             fail("timesteps", timesteps, f"indices must lie in [0, {T})")
         if np.any(np.diff(np.sort(use)) == 0):
@@ -551,5 +638,9 @@ def _check_host(schedule: Schedule, what: str) -> None:
     if not isinstance(schedule, Schedule):
         fail("schedule", schedule, "expected a refdiff.schedules.Schedule")
     if schedule._ab_dd is None:
-        fail("schedule", schedule, f"{what} needs the host float64 schedule, not one moved with .to(); "
-             "transform first, then move")
+        fail(
+            "schedule",
+            schedule,
+            f"{what} needs the host float64 schedule, not one moved with .to(); "
+            "transform first, then move",
+        )

@@ -38,8 +38,16 @@ from ._errors import RefdiffShapeError, check_choice, check_int, check_real, fai
 from ._typing import Array, Namespace
 from ._xp import append_dims, array_namespace, as_float_array, check_leading_axes, device_of
 
-__all__ = ["SDE", "ReverseSDE", "VPSDE", "SubVPSDE", "VESDE", "probability_flow_drift",
-           "INDEX_ROUNDINGS", "VE_MARGINALS"]
+__all__ = [
+    "SDE",
+    "ReverseSDE",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "probability_flow_drift",
+    "INDEX_ROUNDINGS",
+    "VE_MARGINALS",
+]
 
 #: How a continuous t maps to the discrete index of the DDPM/SMLD chains.
 INDEX_ROUNDINGS = ("round", "floor")
@@ -52,6 +60,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 # --------------------------------------------------------------------------------------------
 # Input handling
 # --------------------------------------------------------------------------------------------
+
 
 def _range_error(name: str, xp: Namespace, a: Array, interval: str) -> None:
     if a.ndim == 0:
@@ -74,6 +83,7 @@ def _full_like(xp: Namespace, a: Array, value: float) -> Array:
 # The abstract SDE and its reverse
 # --------------------------------------------------------------------------------------------
 
+
 class SDE(abc.ABC):
     """A forward SDE dx = f(x, t) dt + g(t) dw on t ∈ [0, T] (Song et al. 2021, Eq. 5).
 
@@ -88,6 +98,7 @@ class SDE(abc.ABC):
     index_rounding: str
 
     if TYPE_CHECKING:  # defined by every concrete family
+
         def marginal_log_mean_coeff(self, t: Array | float) -> Array: ...
         def log_snr(self, t: Array | float) -> Array: ...
         def t_from_lambda(self, lam: Array | float) -> Array: ...
@@ -142,14 +153,17 @@ class SDE(abc.ABC):
         if tuple(noise.shape) != tuple(shape):
             raise RefdiffShapeError(
                 f"noise has shape {tuple(noise.shape)} but shape={tuple(shape)} was requested; "
-                "they must match")
+                "they must match"
+            )
         xp = array_namespace(noise)
         if not xp.isdtype(noise.dtype, "real floating"):
             fail("noise", noise, f"expected a real floating-point array, got dtype {noise.dtype}")
         return xp
 
     # -- discretizations ---------------------------------------------------------------------
-    def euler_discretize(self, x: Array, t: Array | float, *, dt: float | None = None) -> tuple[Array, Array]:
+    def euler_discretize(
+        self, x: Array, t: Array | float, *, dt: float | None = None
+    ) -> tuple[Array, Array]:
         """Euler–Maruyama step x_{t+dt} = x + f + G z with f = f(x, t) dt, G = g(t) √dt.
 
         Parameters
@@ -168,11 +182,15 @@ class SDE(abc.ABC):
         drift, diffusion = self.sde(x, t)
         return drift * dt, diffusion * math.sqrt(dt)
 
-    def discretize(self, x: Array, t: Array | float, *, dt: float | None = None) -> tuple[Array, Array]:
+    def discretize(
+        self, x: Array, t: Array | float, *, dt: float | None = None
+    ) -> tuple[Array, Array]:
         """Discretization x_{i+1} = x_i + f_i(x_i) + G_i z_i (Song et al. 2021, App. E); Euler by default."""
         return self.euler_discretize(x, t, dt=dt)
 
-    def reverse(self, score_fn: Callable[..., Array], *, probability_flow: bool = False) -> ReverseSDE:
+    def reverse(
+        self, score_fn: Callable[..., Array], *, probability_flow: bool = False
+    ) -> ReverseSDE:
         """The reverse-time SDE (Eq. 6) or, with ``probability_flow=True``, the probability-flow ODE (Eq. 13)."""
         return ReverseSDE(self, score_fn, probability_flow=probability_flow)
 
@@ -214,13 +232,19 @@ class SDE(abc.ABC):
         dt = float(self.T) / self.N
         return a * dt, g * math.sqrt(dt)
 
-    def ancestral_coefficients(self, ts: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def ancestral_coefficients(
+        self, ts: Sequence[float]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(b, d, std) of ancestral sampling x̄ = (x + b s)/d, x = x̄ + std z (Song et al. 2021, App. F).
 
         Only the SDEs with a discrete chain (VP: DDPM, VE: SMLD) have one.
         """
-        fail("sde", self, "ancestral sampling needs a VPSDE or VESDE (a discrete chain: DDPM or "
-             "SMLD); this SDE has none (score_sde raises NotImplementedError too)")
+        fail(
+            "sde",
+            self,
+            "ancestral sampling needs a VPSDE or VESDE (a discrete chain: DDPM or "
+            "SMLD); this SDE has none (score_sde raises NotImplementedError too)",
+        )
         raise AssertionError("unreachable: fail() raises")
 
     def langevin_alpha(self, ts: Sequence[float]) -> np.ndarray:
@@ -268,7 +292,8 @@ class ReverseSDE:
         if tuple(score.shape) != tuple(x.shape):
             raise RefdiffShapeError(
                 f"score_fn returned shape {tuple(score.shape)} for x of shape {tuple(x.shape)}; "
-                "they must match")
+                "they must match"
+            )
         return score
 
     def sde(self, x: Array, t: Array | float) -> tuple[Array, Array]:
@@ -281,22 +306,29 @@ class ReverseSDE:
             diffusion = xp.zeros_like(diffusion)
         return drift, diffusion
 
-    def discretize(self, x: Array, t: Array | float, *, dt: float | None = None) -> tuple[Array, Array]:
+    def discretize(
+        self, x: Array, t: Array | float, *, dt: float | None = None
+    ) -> tuple[Array, Array]:
         """Reverse discretization x_{i-1} = x_i - rev_f + rev_G z: rev_f = f - G² s (½ G² s for the ODE).
 
         Song et al. 2021, Eq. 46 (reverse diffusion predictor); rev_G = G, or 0 for the ODE.
         ``dt`` is passed to the forward ``discretize`` (only the Euler discretization takes it).
         """
         xp = array_namespace(x)
-        f, G = (self.forward_sde.discretize(x, t) if dt is None
-                else self.forward_sde.discretize(x, t, dt=dt))
+        f, G = (
+            self.forward_sde.discretize(x, t)
+            if dt is None
+            else self.forward_sde.discretize(x, t, dt=dt)
+        )
         score = self._score(x, t)
         rev_f = f - append_dims(G * G * self._factor(), x.ndim) * score
         rev_G = xp.zeros_like(G) if self.probability_flow else G
         return rev_f, rev_G
 
 
-def probability_flow_drift(sde: SDE, score_fn: Callable[..., Array], x: Array, t: Array | float) -> Array:
+def probability_flow_drift(
+    sde: SDE, score_fn: Callable[..., Array], x: Array, t: Array | float
+) -> Array:
     """Drift f(x, t) - ½ g(t)² ∇ log p_t(x) of the probability-flow ODE (Song et al. 2021, Eq. 13)."""
     return ReverseSDE(sde, score_fn, probability_flow=True).sde(x, t)[0]
 
@@ -338,6 +370,7 @@ def _standard_normal_logp(z: Array, scale: float) -> Array:
 # VP and sub-VP
 # --------------------------------------------------------------------------------------------
 
+
 def _rationalised_root(L: Array, beta_0: float, delta: float, xp: Namespace) -> Array:
     """The t >= 0 with Δ t²/2 + β0 t = L, as 2L / (β0 + √(β0² + 2ΔL)) (no cancellation)."""
     pos = L > 0
@@ -354,6 +387,7 @@ class _LinearBeta(SDE):
     index_rounding: str
 
     if TYPE_CHECKING:  # defined by VPSDE and SubVPSDE
+
         def _std(self, xp: Namespace, lmc: Array) -> Array: ...
         def _diffusion(self, xp: Namespace, t: Array, beta: Array) -> Array: ...
         def _neg2_lmc_from_lambda(self, xp: Namespace, lam: Array) -> Array: ...
@@ -362,8 +396,11 @@ class _LinearBeta(SDE):
         b0 = check_real("beta_min", self.beta_min, lo=0.0)
         b1 = check_real("beta_max", self.beta_max, lo=0.0)
         if b0 + b1 == 0.0:
-            fail("beta_max", self.beta_max,
-                 "beta_min and beta_max cannot both be 0 (β(t) must be positive somewhere on [0, 1])")
+            fail(
+                "beta_max",
+                self.beta_max,
+                "beta_min and beta_max cannot both be 0 (β(t) must be positive somewhere on [0, 1])",
+            )
         object.__setattr__(self, "beta_min", b0)
         object.__setattr__(self, "beta_max", b1)
         object.__setattr__(self, "N", check_int("N", self.N, minimum=1))
@@ -436,8 +473,12 @@ class _LinearBeta(SDE):
     def check_ddpm_chain(self, what: str = "DDPM discretization", hint: str = "") -> None:
         """Raise unless the DDPM chain has β_i = β/N < 1, i.e. N > max(β_min, β_max) (Ho et al. 2020)."""
         if max(self.beta_min, self.beta_max) >= self.N:
-            fail("N", self.N, f"the {what} needs β_i = β/N < 1, i.e. N > max(beta_min, beta_max) "
-                 f"= {max(self.beta_min, self.beta_max)!r}{hint}")
+            fail(
+                "N",
+                self.N,
+                f"the {what} needs β_i = β/N < 1, i.e. N > max(beta_min, beta_max) "
+                f"= {max(self.beta_min, self.beta_max)!r}{hint}",
+            )
 
     def _host_times(self, ts: Sequence[float]) -> np.ndarray:
         t = np.asarray([check_real("t", v, lo=0.0, hi=float(self.T)) for v in ts], dtype=np.float64)
@@ -519,7 +560,9 @@ class VPSDE(_LinearBeta):
         # α²/σ² = 1/(e^L - 1) = e^{2λ}  =>  L = log(1 + e^{-2λ})
         return xp.logaddexp(xp.zeros_like(lam), lam * -2.0)
 
-    def discretize(self, x: Array, t: Array | float, *, dt: float | None = None) -> tuple[Array, Array]:
+    def discretize(
+        self, x: Array, t: Array | float, *, dt: float | None = None
+    ) -> tuple[Array, Array]:
         """DDPM step x_{i+1} = √(1-β_i) x_i + √β_i z: f = (√(1-β_i) - 1) x, G = √β_i (Eq. 47).
 
         i = round(t (N-1)/T) (or floor, see ``index_rounding``). √(1-β) - 1 is formed as
@@ -527,8 +570,12 @@ class VPSDE(_LinearBeta):
         :meth:`euler_discretize` for an Euler–Maruyama step).
         """
         if dt is not None:
-            fail("dt", dt, "VPSDE.discretize is the DDPM chain, whose step is fixed by N; "
-                 "use euler_discretize(x, t, dt=...) for an Euler-Maruyama step")
+            fail(
+                "dt",
+                dt,
+                "VPSDE.discretize is the DDPM chain, whose step is fixed by N; "
+                "use euler_discretize(x, t, dt=...) for an Euler-Maruyama step",
+            )
         self.check_ddpm_chain()
         xp, t = self._time(t, like=x)
         beta = self._beta_i(self._index(xp, t))
@@ -541,7 +588,9 @@ class VPSDE(_LinearBeta):
         beta = self._beta_i(np.asarray([float(self.chain_index(t)) for t in ts]))
         return -beta / (1.0 + np.sqrt(1.0 - beta)), np.sqrt(beta)
 
-    def ancestral_coefficients(self, ts: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def ancestral_coefficients(
+        self, ts: Sequence[float]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """DDPM ancestral step x̄ = (x + β_i s)/√(1 - β_i), std √β_i (Ho et al. 2020, Eq. 11; Song et al. 2021, App. F)."""
         self.check_ddpm_chain("DDPM chain (N = steps)", "; use more steps")
         beta = _ddpm_betas(self.beta_min, self.beta_max, self.N)[[self.chain_index(t) for t in ts]]
@@ -588,6 +637,7 @@ class SubVPSDE(_LinearBeta):
 # --------------------------------------------------------------------------------------------
 # VE
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class VESDE(SDE):
@@ -683,7 +733,9 @@ class VESDE(SDE):
             t = (-lam - math.log(self.sigma_min)) * (1.0 / k)
             t = xp.maximum(t, xp.zeros_like(t))
         else:
-            t = xp.logaddexp(xp.zeros_like(lam), lam * -2.0 - 2.0 * math.log(self.sigma_min)) * (0.5 / k)
+            t = xp.logaddexp(xp.zeros_like(lam), lam * -2.0 - 2.0 * math.log(self.sigma_min)) * (
+                0.5 / k
+            )
         return xp.minimum(t, _full_like(xp, t, float(self.T)))
 
     def sde(self, x: Array, t: Array | float) -> tuple[Array, Array]:
@@ -710,15 +762,21 @@ class VESDE(SDE):
         """SMLD noise levels σ_i = exp(linspace(log σ_min, log σ_max, N)), float64 NumPy (correctly rounded)."""
         return _smld_sigmas(self.sigma_min, self.sigma_max, self.N).copy()
 
-    def discretize(self, x: Array, t: Array | float, *, dt: float | None = None) -> tuple[Array, Array]:
+    def discretize(
+        self, x: Array, t: Array | float, *, dt: float | None = None
+    ) -> tuple[Array, Array]:
         """SMLD step x_i = x_{i-1} + √(σ_i² - σ_{i-1}²) z (σ_{-1} = 0): f = 0, G = √(σ_i² - σ_{i-1}²) (Eq. 45).
 
         σ_i = σ_min (σ_max/σ_min)^{i/(N-1)}; G is formed as σ_i √(-expm1(-2 log(σ_max/σ_min)/(N-1)))
         (no cancellation), and G = σ_0 at i = 0. ``dt`` is not accepted (see :meth:`euler_discretize`).
         """
         if dt is not None:
-            fail("dt", dt, "VESDE.discretize is the SMLD chain, whose step is fixed by N; "
-                 "use euler_discretize(x, t, dt=...) for an Euler-Maruyama step")
+            fail(
+                "dt",
+                dt,
+                "VESDE.discretize is the SMLD chain, whose step is fixed by N; "
+                "use euler_discretize(x, t, dt=...) for an Euler-Maruyama step",
+            )
         xp, t = self._time(t, like=x)
         f = xp.zeros_like(x)
         if self.N == 1:
@@ -742,11 +800,13 @@ class VESDE(SDE):
         step = math.sqrt(-math.expm1(-2.0 * self._log_ratio / (self.N - 1)))
         return np.zeros_like(i), np.where(i > 0, sigma_i * step, sigma_i)
 
-    def ancestral_coefficients(self, ts: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def ancestral_coefficients(
+        self, ts: Sequence[float]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """SMLD ancestral step x̄ = x + (σ_i² - σ_{i-1}²) s, std σ_{i-1} √(σ_i² - σ_{i-1}²)/σ_i, σ_{-1} = 0 (Song et al. 2021, App. F)."""
         table = _smld_sigmas(self.sigma_min, self.sigma_max, self.N)
         idx = [self.chain_index(t) for t in ts]
         sigma = table[idx]
         prev = np.asarray([table[i - 1] if i > 0 else 0.0 for i in idx])
-        gap = (sigma - prev) * (sigma + prev)           # σ_i² - σ_{i-1}²
+        gap = (sigma - prev) * (sigma + prev)  # σ_i² - σ_{i-1}²
         return gap, np.ones_like(gap), prev * np.sqrt(gap) / sigma

@@ -290,9 +290,17 @@ def test_quantise_matches_torch_rounding():
         np.testing.assert_array_equal(got, want, err_msg=name)
 
 
-@pytest.mark.parametrize("old,new", [("torch_unet", "torch.unet"), ("torch_train", "torch.train"),
-                                     ("torch_fast", "torch.fast"), ("cupy_unet", "cupy.unet"),
-                                     ("cupy_train", "cupy.train"), ("_kernel_ref", "cupy._kernel_ref")])
+@pytest.mark.parametrize(
+    "old,new",
+    [
+        ("torch_unet", "torch.unet"),
+        ("torch_train", "torch.train"),
+        ("torch_fast", "torch.fast"),
+        ("cupy_unet", "cupy.unet"),
+        ("cupy_train", "cupy.train"),
+        ("_kernel_ref", "cupy._kernel_ref"),
+    ],
+)
 def test_moved_backend_modules_import_from_their_old_paths_with_a_warning(old, new):
     import importlib
     import sys
@@ -300,6 +308,8 @@ def test_moved_backend_modules_import_from_their_old_paths_with_a_warning(old, n
     if old.startswith("torch"):
         pytest.importorskip("torch")
     sys.modules.pop(f"refdiff.backends.{old}", None)
-    with pytest.warns(DeprecationWarning, match=rf"refdiff\.backends\.{old} moved to refdiff\.backends\.{new}"):
+    with pytest.warns(
+        DeprecationWarning, match=rf"refdiff\.backends\.{old} moved to refdiff\.backends\.{new}"
+    ):
         mod = importlib.import_module(f"refdiff.backends.{old}")
     assert mod is importlib.import_module(f"refdiff.backends.{new}")

@@ -24,7 +24,9 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 def _load(name):
     sys.path.insert(0, str(BENCH))
     try:
-        spec = importlib.util.spec_from_file_location(f"_refdiff_bench_{name}", BENCH / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(
+            f"_refdiff_bench_{name}", BENCH / f"{name}.py"
+        )
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod
@@ -48,9 +50,28 @@ def _has_diffusers() -> bool:
 def test_bench_train_runs_on_cpu(tmp_path, capsys):
     bt = _load("bench_train")
     out = tmp_path / "train.json"
-    rc = bt.main(["--device", "cpu", "--preset", "tiny", "--batch", "2", "--steps", "1", "--repeats", "2",
-                  "--warmup", "1", "--threads", "1", "--configs", "fp32,bf16-cl,bf16-cl-graph",
-                  "--json", str(out)])
+    rc = bt.main(
+        [
+            "--device",
+            "cpu",
+            "--preset",
+            "tiny",
+            "--batch",
+            "2",
+            "--steps",
+            "1",
+            "--repeats",
+            "2",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "--configs",
+            "fp32,bf16-cl,bf16-cl-graph",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "| configuration | diffusers img/s |" in text and "refdiff img/s" in text
@@ -59,7 +80,11 @@ def test_bench_train_runs_on_cpu(tmp_path, capsys):
     for cfg in ("fp32", "bf16-cl"):
         r = rows[("refdiff", cfg)]
         assert r["status"] == "ok", r
-        assert r["img_per_s"] > 0 and len(r["ms_runs"]) == 2 and r["params"] == count_params(get_preset("tiny"))
+        assert (
+            r["img_per_s"] > 0
+            and len(r["ms_runs"]) == 2
+            and r["params"] == count_params(get_preset("tiny"))
+        )
         assert r["loss"] > 0
     assert rows[("refdiff", "bf16-cl-graph")]["status"].startswith("skipped: CUDA graphs need")
     dif = rows[("diffusers", "fp32")]
@@ -82,8 +107,31 @@ def test_bench_train_records_a_failing_row_and_goes_on(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(bt, "build_model", broken)
     out = tmp_path / "t.json"
-    assert bt.main(["--device", "cpu", "--preset", "tiny", "--batch", "2", "--steps", "1", "--repeats", "1",
-                    "--warmup", "1", "--configs", "fp32,tf32", "--models", "refdiff", "--json", str(out)]) == 0
+    assert (
+        bt.main(
+            [
+                "--device",
+                "cpu",
+                "--preset",
+                "tiny",
+                "--batch",
+                "2",
+                "--steps",
+                "1",
+                "--repeats",
+                "1",
+                "--warmup",
+                "1",
+                "--configs",
+                "fp32,tf32",
+                "--models",
+                "refdiff",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())["rows"]
     assert [r["status"] for r in rows] == ["error: RuntimeError: planted failure"] * 2
     assert "summary: needs an ok row of each model" in capsys.readouterr().out
@@ -98,14 +146,31 @@ def test_bench_train_rejects_unknown_names():
 def test_bench_sample_runs_on_cpu(tmp_path, capsys):
     bs = _load("bench_sample")
     out = tmp_path / "sample.json"
-    rc = bs.main(["--device", "cpu", "--preset", "tiny", "--batch", "2", "--scale-steps", "0.04",
-                  "--repeats", "1", "--threads", "1", "--json", str(out)])
+    rc = bs.main(
+        [
+            "--device",
+            "cpu",
+            "--preset",
+            "tiny",
+            "--batch",
+            "2",
+            "--scale-steps",
+            "0.04",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     assert "outside (direct)" in capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
     loops = {"refdiff", "diffusers"} if _has_diffusers() else {"refdiff"}
     assert {(r["sampler"], r["model"], r["loop"]) for r in rows} == {
-        (s, m, lp) for s in ("ddim50", "dpmpp20") for m in loops for lp in loops}
+        (s, m, lp) for s in ("ddim50", "dpmpp20") for m in loops for lp in loops
+    }
     for r in rows:
         assert r["status"] == "ok", r
         assert r["calls"] == r["steps"] == 2
@@ -129,7 +194,7 @@ def test_forward_macs_matches_torch_flop_counter(bc):
         sdpa = fc.get_flop_counts().get("Global", {})
         attn = sum(2 * (b.res * b.res) ** 2 * b.cin for b in layout(cfg) if b.kind == "attn")
         if not any("scaled_dot_product" in str(k) for k in sdpa):
-            counted += attn                       # the CPU SDPA kernel is not counted
+            counted += attn  # the CPU SDPA kernel is not counted
         assert bc.forward_macs(cfg) == counted, name
 
 
@@ -150,7 +215,12 @@ def test_diffusers_twin_has_the_same_architecture(bc, name):
     assert sum(p.numel() for p in m.parameters()) == count_params(cfg)
     if name == "ddpm-cifar10":
         assert kw["block_out_channels"] == (128, 256, 256, 256) and kw["layers_per_block"] == 2
-        assert kw["down_block_types"] == ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D")
+        assert kw["down_block_types"] == (
+            "DownBlock2D",
+            "AttnDownBlock2D",
+            "DownBlock2D",
+            "DownBlock2D",
+        )
         assert kw["up_block_types"] == ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D")
         assert kw["dropout"] == 0.1 and kw["attention_head_dim"] is None
 
@@ -161,18 +231,62 @@ def test_diffusers_twin_refuses_adm_options(bc):
 
 
 def test_scripts_skip_diffusers_cleanly_when_it_is_missing(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "diffusers", None)          # import diffusers -> ImportError
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers -> ImportError
     bt = _load("bench_train")
     out = tmp_path / "t.json"
-    assert bt.main(["--device", "cpu", "--preset", "tiny", "--batch", "2", "--steps", "1", "--repeats", "1",
-                    "--warmup", "1", "--threads", "1", "--configs", "fp32", "--json", str(out)]) == 0
+    assert (
+        bt.main(
+            [
+                "--device",
+                "cpu",
+                "--preset",
+                "tiny",
+                "--batch",
+                "2",
+                "--steps",
+                "1",
+                "--repeats",
+                "1",
+                "--warmup",
+                "1",
+                "--threads",
+                "1",
+                "--configs",
+                "fp32",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = {r["model"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["refdiff"]["status"] == "ok"
     assert rows["diffusers"]["status"] == "skipped: diffusers not installed"
     assert "diffusers is not installed" in capsys.readouterr().err
     bs = _load("bench_sample")
     out = tmp_path / "s.json"
-    assert bs.main(["--device", "cpu", "--preset", "tiny", "--batch", "2", "--scale-steps", "0.04",
-                    "--repeats", "1", "--threads", "1", "--samplers", "dpmpp20", "--json", str(out)]) == 0
+    assert (
+        bs.main(
+            [
+                "--device",
+                "cpu",
+                "--preset",
+                "tiny",
+                "--batch",
+                "2",
+                "--scale-steps",
+                "0.04",
+                "--repeats",
+                "1",
+                "--threads",
+                "1",
+                "--samplers",
+                "dpmpp20",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())["rows"]
     assert [(r["model"], r["loop"], r["status"]) for r in rows] == [("refdiff", "refdiff", "ok")]

@@ -8,10 +8,23 @@ import numpy as np
 import pytest
 
 from refdiff._errors import RefdiffShapeError, RefdiffValueError, UnknownNameError
-from refdiff.edm import (alpha_bar_from_sigma, c_in, c_noise, c_out, c_skip, denoiser_from_raw,
-                         edm_loss_weight, edm_sigma_from_normal, exponential_sigmas,
-                         karras_sigmas, preconditioning, scale_model_input, sigma_from_alpha_bar,
-                         sigma_from_log_alpha_bar, vp_sigmas)
+from refdiff.edm import (
+    alpha_bar_from_sigma,
+    c_in,
+    c_noise,
+    c_out,
+    c_skip,
+    denoiser_from_raw,
+    edm_loss_weight,
+    edm_sigma_from_normal,
+    exponential_sigmas,
+    karras_sigmas,
+    preconditioning,
+    scale_model_input,
+    sigma_from_alpha_bar,
+    sigma_from_log_alpha_bar,
+    vp_sigmas,
+)
 from refdiff.sde import ReverseSDE, SubVPSDE, VESDE, VPSDE
 
 X = np.ones((2, 3))
@@ -24,6 +37,7 @@ def raises(exc, message):
 
 # -- negative (or zero where a log needs σ > 0) noise levels ------------------------------------
 
+
 @pytest.mark.parametrize("fn", [c_skip, c_out, c_in, alpha_bar_from_sigma])
 def test_negative_sigma(fn):
     with raises(RefdiffValueError, "sigma=-1.0 is invalid: expected a noise level >= 0"):
@@ -31,18 +45,26 @@ def test_negative_sigma(fn):
 
 
 def test_negative_sigma_in_an_array_names_the_range():
-    with raises(RefdiffValueError, "sigma=array of shape (2,) [0.5, -2.0] is invalid: expected "
-                                   "noise levels >= 0 and finite; got values from -2.0 to 0.5"):
+    with raises(
+        RefdiffValueError,
+        "sigma=array of shape (2,) [0.5, -2.0] is invalid: expected "
+        "noise levels >= 0 and finite; got values from -2.0 to 0.5",
+    ):
         c_in(np.array([0.5, -2.0]))
 
 
-@pytest.mark.parametrize("fn,why", [
-    (c_noise, "c_noise = ¼ ln σ is -inf at σ = 0"),
-    (edm_loss_weight, "λ(σ) = 1/c_out(σ)² is +inf at σ = 0"),
-    (lambda s: preconditioning(s, "ve"), "the VE c_noise = ln(σ/2) is -inf at σ = 0"),
-])
+@pytest.mark.parametrize(
+    "fn,why",
+    [
+        (c_noise, "c_noise = ¼ ln σ is -inf at σ = 0"),
+        (edm_loss_weight, "λ(σ) = 1/c_out(σ)² is +inf at σ = 0"),
+        (lambda s: preconditioning(s, "ve"), "the VE c_noise = ln(σ/2) is -inf at σ = 0"),
+    ],
+)
 def test_zero_sigma_where_a_log_or_a_division_needs_positive(fn, why):
-    with raises(RefdiffValueError, f"sigma=0.0 is invalid: expected a noise level > 0 and finite ({why})"):
+    with raises(
+        RefdiffValueError, f"sigma=0.0 is invalid: expected a noise level > 0 and finite ({why})"
+    ):
         fn(0.0)
 
 
@@ -64,13 +86,19 @@ def test_bad_sigma_data():
 
 # -- sigma_min >= sigma_max ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("build", [
-    lambda: VESDE(sigma_min=50.0, sigma_max=50.0),
-    lambda: karras_sigmas(10, 50.0, 50.0),
-    lambda: exponential_sigmas(10, 50.0, 50.0),
-])
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: VESDE(sigma_min=50.0, sigma_max=50.0),
+        lambda: karras_sigmas(10, 50.0, 50.0),
+        lambda: exponential_sigmas(10, 50.0, 50.0),
+    ],
+)
 def test_sigma_min_not_below_sigma_max(build):
-    with raises(RefdiffValueError, "sigma_max=50.0 is invalid: expected sigma_max > sigma_min = 50.0"):
+    with raises(
+        RefdiffValueError, "sigma_max=50.0 is invalid: expected sigma_max > sigma_min = 50.0"
+    ):
         build()
 
 
@@ -80,6 +108,7 @@ def test_sigma_min_not_positive():
 
 
 # -- N < 1 and bad β ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("cls", [VPSDE, SubVPSDE, VESDE])
 def test_N_below_one(cls):
@@ -109,9 +138,13 @@ def test_both_betas_zero():
 
 # -- t outside [0, T], bad t dtype or shape -----------------------------------------------------
 
+
 def test_t_above_T():
-    with raises(RefdiffValueError, "t=array of shape (2,) [0.5, 1.5] is invalid: expected values in "
-                                   "[0.0, 1.0]; got values from 0.5 to 1.5"):
+    with raises(
+        RefdiffValueError,
+        "t=array of shape (2,) [0.5, 1.5] is invalid: expected values in "
+        "[0.0, 1.0]; got values from 0.5 to 1.5",
+    ):
         VPSDE().marginal_prob(np.ones((2, 1)), np.array([0.5, 1.5]))
 
 
@@ -121,7 +154,9 @@ def test_t_below_zero():
 
 
 def test_t_nan():
-    with raises(RefdiffValueError, "t=array of shape (1,) [nan] is invalid: expected values in [0.0, 1.0]"):
+    with raises(
+        RefdiffValueError, "t=array of shape (1,) [nan] is invalid: expected values in [0.0, 1.0]"
+    ):
         VESDE().sde(np.ones((1, 1)), np.array([np.nan]))
 
 
@@ -131,8 +166,10 @@ def test_t_integer_array():
 
 
 def test_t_shape_does_not_fit_x():
-    with raises(RefdiffShapeError, "t has shape (3,), which does not match the leading axes of x "
-                                   "with shape (2, 3)"):
+    with raises(
+        RefdiffShapeError,
+        "t has shape (3,), which does not match the leading axes of x with shape (2, 3)",
+    ):
         VPSDE().sde(X, np.array([0.1, 0.2, 0.3]))
 
 
@@ -141,10 +178,13 @@ def test_sigma_shape_does_not_fit_x():
         scale_model_input(X, np.array([1.0, 2.0, 3.0]))
 
 
-@pytest.mark.parametrize("sde,lam,message", [
-    (VPSDE(), -6.0, "lam=-6.0 is invalid: expected a value in [λ(T) = -5.0249784"),
-    (VESDE(), 10.0, "lam=10.0 is invalid: expected a value in [λ(T) = -3.91202300542814"),
-])
+@pytest.mark.parametrize(
+    "sde,lam,message",
+    [
+        (VPSDE(), -6.0, "lam=-6.0 is invalid: expected a value in [λ(T) = -5.0249784"),
+        (VESDE(), 10.0, "lam=10.0 is invalid: expected a value in [λ(T) = -3.91202300542814"),
+    ],
+)
 def test_lambda_outside_the_range_of_lambda_t(sde, lam, message):
     with raises(RefdiffValueError, message):
         sde.t_from_lambda(lam)
@@ -152,15 +192,21 @@ def test_lambda_outside_the_range_of_lambda_t(sde, lam, message):
 
 # -- rho <= 0, n < 1, other schedule arguments --------------------------------------------------
 
+
 @pytest.mark.parametrize("rho", [0.0, -7.0])
 def test_rho_not_positive(rho):
     with raises(RefdiffValueError, f"rho={rho!r} is invalid: expected a value in (0.0, inf]"):
         karras_sigmas(10, 0.002, 80.0, rho=rho)
 
 
-@pytest.mark.parametrize("build", [
-    lambda: karras_sigmas(0, 0.002, 80.0), lambda: exponential_sigmas(0, 0.002, 80.0),
-    lambda: vp_sigmas(0)])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: karras_sigmas(0, 0.002, 80.0),
+        lambda: exponential_sigmas(0, 0.002, 80.0),
+        lambda: vp_sigmas(0),
+    ],
+)
 def test_n_below_one(build):
     with raises(RefdiffValueError, "n=0 is invalid: expected an integer >= 1"):
         build()
@@ -172,7 +218,9 @@ def test_eps_s_outside_unit_interval():
 
 
 def test_device_without_namespace():
-    with raises(RefdiffValueError, "device='cpu' is invalid: a device needs a namespace: pass xp= as well"):
+    with raises(
+        RefdiffValueError, "device='cpu' is invalid: a device needs a namespace: pass xp= as well"
+    ):
         karras_sigmas(3, 0.1, 1.0, device="cpu")
 
 
@@ -183,34 +231,51 @@ def test_negative_lognormal_std():
 
 # -- ᾱ outside [0, 1] ---------------------------------------------------------------------------
 
+
 def test_alpha_bar_above_one():
     with raises(RefdiffValueError, "alpha_bar=1.5 is invalid: expected values in [0, 1]"):
         sigma_from_alpha_bar(1.5)
 
 
 def test_positive_log_alpha_bar():
-    with raises(RefdiffValueError, "log_alpha_bar=array of shape (1,) [0.1] is invalid: expected values <= 0"):
+    with raises(
+        RefdiffValueError,
+        "log_alpha_bar=array of shape (1,) [0.1] is invalid: expected values <= 0",
+    ):
         sigma_from_log_alpha_bar(np.array([0.1]))
 
 
 # -- unknown convention names -------------------------------------------------------------------
 
-@pytest.mark.parametrize("build,message", [
-    (lambda: VESDE(marginal="exactly"),
-     "marginal='exactly' is not a known VE marginal convention; allowed: 'score_sde', 'exact'"),
-    (lambda: VPSDE(index_rounding="ceil"),
-     "index_rounding='ceil' is not a known index rounding; allowed: 'round', 'floor'"),
-    (lambda: preconditioning(1.0, "iddpm"),
-     "kind='iddpm' is not a known preconditioning; allowed: 'edm', 'vp', 've'"),
-    (lambda: denoiser_from_raw(lambda x, c: x, kind="v"),
-     "kind='v' is not a known preconditioning"),
-])
+
+@pytest.mark.parametrize(
+    "build,message",
+    [
+        (
+            lambda: VESDE(marginal="exactly"),
+            "marginal='exactly' is not a known VE marginal convention; allowed: 'score_sde', 'exact'",
+        ),
+        (
+            lambda: VPSDE(index_rounding="ceil"),
+            "index_rounding='ceil' is not a known index rounding; allowed: 'round', 'floor'",
+        ),
+        (
+            lambda: preconditioning(1.0, "iddpm"),
+            "kind='iddpm' is not a known preconditioning; allowed: 'edm', 'vp', 've'",
+        ),
+        (
+            lambda: denoiser_from_raw(lambda x, c: x, kind="v"),
+            "kind='v' is not a known preconditioning",
+        ),
+    ],
+)
 def test_unknown_names(build, message):
     with raises(UnknownNameError, message):
         build()
 
 
 # -- shapes of noise, score and raw network outputs; discretize's dt ----------------------------
+
 
 def test_noise_shape_mismatch():
     with raises(RefdiffShapeError, "noise has shape (2, 2) but shape=(2, 3) was requested"):
@@ -246,24 +311,36 @@ def test_negative_dt():
 
 
 def test_reverse_of_something_that_is_not_an_sde():
-    with raises(RefdiffValueError, "forward_sde=3 is invalid: expected an instance of refdiff.sde.SDE"):
+    with raises(
+        RefdiffValueError, "forward_sde=3 is invalid: expected an instance of refdiff.sde.SDE"
+    ):
         ReverseSDE(3, lambda x, t: x)
 
 
 def test_interpolated_and_polyexponential_grid_errors():
     from refdiff import schedules
     from refdiff.edm import interpolated_sigmas, polyexponential_sigmas
+
     s = schedules.linear(10)
-    with raises(UnknownNameError, "timestep_spacing='karras' is not a known timestep spacing; "
-                                  "allowed: 'linspace', 'leading', 'trailing'"):
+    with raises(
+        UnknownNameError,
+        "timestep_spacing='karras' is not a known timestep spacing; "
+        "allowed: 'linspace', 'leading', 'trailing'",
+    ):
         interpolated_sigmas(s, 4, timestep_spacing="karras")
     with raises(RefdiffValueError, "n=11 is invalid: expected at most T = 10 noise levels"):
         interpolated_sigmas(s, 11)
-    with raises(RefdiffValueError, "steps_offset=5 is invalid: the leading timesteps reach 10, past T-1 = 9"):
+    with raises(
+        RefdiffValueError, "steps_offset=5 is invalid: the leading timesteps reach 10, past T-1 = 9"
+    ):
         interpolated_sigmas(s, 2, timestep_spacing="leading", steps_offset=5)
-    with raises(RefdiffValueError, "is invalid: expected the full training schedule, not a respaced one"):
+    with raises(
+        RefdiffValueError, "is invalid: expected the full training schedule, not a respaced one"
+    ):
         interpolated_sigmas(schedules.respace(s, [0, 5, 9]), 2)
-    with raises(RefdiffValueError, "is invalid: expected a Schedule or a 1-D table of ᾱ_t in (0, 1]"):
+    with raises(
+        RefdiffValueError, "is invalid: expected a Schedule or a 1-D table of ᾱ_t in (0, 1]"
+    ):
         interpolated_sigmas([0.9, 0.0], 2)
     with raises(RefdiffValueError, "rho=0.0 is invalid"):
         polyexponential_sigmas(4, 0.1, 10.0, rho=0.0)

@@ -40,8 +40,9 @@ QSAMPLE_CHECK = "diffusion.q_sample"
 
 def run(backend, select: str, *, dtypes="float64,float32", n: int = 6):
     """verify() on a -k selection with n examples per check (no shrinking: failures expected)."""
-    return refdiff.verify(backend=backend, dtypes=dtypes, max_examples=n, shrink=False,
-                          extra_args=["-k", select])
+    return refdiff.verify(
+        backend=backend, dtypes=dtypes, max_examples=n, shrink=False, extra_args=["-k", select]
+    )
 
 
 def failed_checks(report) -> set[str]:
@@ -63,6 +64,7 @@ def _tiny(x) -> float:
 # Backends with one replaced namespace function
 # --------------------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def _patched(obj, patches: dict[str, Callable]):
     """Replace obj.<name> by make(xp, good) for each entry; restore after."""
@@ -80,6 +82,7 @@ def _patched(obj, patches: dict[str, Callable]):
 def _patched_specials(namespace: str, patches: dict[str, Callable]):
     """Replace the registered special functions (erf, erfc) of a namespace; restore after."""
     from refdiff import _xp
+
     saved = {op: _xp._SPECIAL.get((op, namespace)) for op in patches}
     try:
         for op, make in patches.items():
@@ -96,15 +99,23 @@ def _patched_specials(namespace: str, patches: dict[str, Callable]):
 class PatchedStrict(StrictBackend):
     """array_api_strict with some namespace functions replaced while checks run."""
 
-    def __init__(self, name: str, patches: dict[str, Callable] | None = None,
-                 specials: dict[str, Callable] | None = None, **kw):
+    def __init__(
+        self,
+        name: str,
+        patches: dict[str, Callable] | None = None,
+        specials: dict[str, Callable] | None = None,
+        **kw,
+    ):
         super().__init__(name=name, **kw)
         self.patches, self.special_patches = patches or {}, specials or {}
 
     @contextlib.contextmanager
     def checking(self):
-        with super().checking(), _patched(self.xp, self.patches), \
-                _patched_specials("array_api_strict", self.special_patches):
+        with (
+            super().checking(),
+            _patched(self.xp, self.patches),
+            _patched_specials("array_api_strict", self.special_patches),
+        ):
             yield
 
 
@@ -125,14 +136,17 @@ class PatchedTorch:
 
 # ---- the replaced functions (each realistic: a textbook formula or a common shortcut) ------
 
+
 def naive_logaddexp(xp, good):
     return lambda x1, x2: xp.log(xp.exp(x1) + xp.exp(x2))
 
 
 def nan_logaddexp(xp, good):
     """max + log1p(exp(−|x − y|)): right for finite values, NaN at logaddexp(±inf, ±inf)."""
+
     def f(x1, x2):
         return xp.maximum(x1, x2) + xp.log1p(xp.exp(-xp.abs(x1 - x2)))
+
     return f
 
 
@@ -143,10 +157,12 @@ def naive_asinh(xp, good):
 def float32_limits_exp(xp, good):
     """An exp whose range checks use float32's limits in every dtype (inf above 88.72, 0 below
     −103.97)."""
+
     def f(x):
         r = good(x)
         r = xp.where(x > 88.72283935546875, xp.full_like(x, math.inf), r)
         return xp.where(x < -103.97208404541016, xp.zeros_like(x), r)
+
     return f
 
 
@@ -196,6 +212,7 @@ def naive_tanh(xp, good):
     def f(x):
         e = xp.exp(2.0 * x)
         return (e - 1.0) / (e + 1.0)
+
     return f
 
 
@@ -206,6 +223,7 @@ def naive_sinh(xp, good):
 def exp_k_ulp(k: float):
     def make(xp, good):
         return lambda x: good(x) * (1.0 + k * _eps(x))
+
     return make
 
 
@@ -219,39 +237,48 @@ def nan_dropping_clip(xp, good):
         lo = xp.full_like(x, -math.inf if min is None else float(min))
         hi = xp.full_like(x, math.inf if max is None else float(max))
         return xp.where(x >= lo, xp.where(x <= hi, x, hi), lo)
+
     return f
 
 
 def float32_sum(xp, good):
     """sum accumulated in float32 whatever the dtype."""
+
     def f(x, /, *, axis=None, dtype=None, keepdims=False):
         r = good(xp.astype(x, xp.float32), axis=axis, keepdims=keepdims)
         return xp.astype(r, x.dtype)
+
     return f
 
 
 def std_ignoring_correction(xp, good):
     def f(x, /, *, axis=None, correction=0.0, keepdims=False):
         return good(x, axis=axis, correction=1.0, keepdims=keepdims)
+
     return f
 
 
 def low_order_erf(good):
     """Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): fine for float32 plots, wrong in float64."""
+
     def erf(x):
         import array_api_strict as xp
+
         a = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
         s, z = xp.sign(x), xp.abs(x)
         t = 1.0 / (1.0 + 0.3275911 * z)
         poly = t * (a[0] + t * (a[1] + t * (a[2] + t * (a[3] + t * a[4]))))
         return s * (1.0 - poly * xp.exp(-z * z))
+
     return erf
 
 
 def erfc_as_one_minus_erf(good):
     def erfc(x):
         from refdiff import _xp
+
         return 1.0 - _xp.erf(x)
+
     return erfc
 
 
@@ -259,11 +286,18 @@ def erfc_as_one_minus_erf(good):
 # Backends with a bad generator
 # --------------------------------------------------------------------------------------------
 
+
 class BadRNG(NumpyBackend):
     """NumPy whose normal/uniform draws are post-processed by ``normal_fix``/``uniform_fix``."""
 
-    def __init__(self, name: str, *, normal_fix: Callable | None = None,
-                 uniform_fix: Callable | None = None, make_rng: Callable | None = None):
+    def __init__(
+        self,
+        name: str,
+        *,
+        normal_fix: Callable | None = None,
+        uniform_fix: Callable | None = None,
+        make_rng: Callable | None = None,
+    ):
         super().__init__(name=name)
         self.normal_fix, self.uniform_fix, self._make = normal_fix, uniform_fix, make_rng
 
@@ -286,10 +320,12 @@ def _repeat_second_half(z):
 
 def _ar1(rho: float):
     """Each draw mixed with the previous one (a generator whose outputs are not independent)."""
+
     def fix(z):
         out = z.copy()
         out[1:] = (z[1:] + rho * z[:-1]) / math.sqrt(1.0 + rho * rho)
         return out.astype(z.dtype)
+
     return fix
 
 
@@ -324,14 +360,17 @@ class UniformOnDefaultDevice(StrictBackend):
 # Backends with a bad operation override (existing extension point)
 # --------------------------------------------------------------------------------------------
 
+
 def _float32_cumprod_tables(schedule, xp, *, device, dtype):
     """A backend that rebuilds ᾱ on the device as cumprod(1 − β) in float32, then casts up."""
     moved = schedule.to(xp, device=device, dtype=dtype)
     alphas = np.asarray(schedule.alphas, dtype=np.float32)
     ab = np.cumprod(alphas, dtype=np.float32).astype(np.float64)
     return dataclasses.replace(
-        moved, alphas_cumprod=xp.asarray(ab, dtype=dtype, device=device),
-        sqrt_alphas_cumprod=xp.asarray(np.sqrt(ab), dtype=dtype, device=device))
+        moved,
+        alphas_cumprod=xp.asarray(ab, dtype=dtype, device=device),
+        sqrt_alphas_cumprod=xp.asarray(np.sqrt(ab), dtype=dtype, device=device),
+    )
 
 
 def _ddpm_dropping_noise_at_step_1(model, x_T, *, schedule, noise, **options):
@@ -347,12 +386,14 @@ def _ddpm_dropping_noise_at_step_1(model, x_T, *, schedule, noise, **options):
 
 def _q_sample_without_noise(schedule, x0, t, *, noise):
     from refdiff.diffusion import q_sample
+
     return q_sample(schedule, x0, t, noise=noise * 0.0)
 
 
 def _q_sample_reusing_its_input(schedule, x0, t, *, noise):
     """A fused q_sample that uses its x0 argument as scratch space once it is done with it."""
     from refdiff.diffusion import q_sample
+
     out = q_sample(schedule, x0, t, noise=noise)
     x0[...] = 0.0
     return out
@@ -368,12 +409,14 @@ def _q_sample_result_on_cpu(schedule, x0, t, *, noise):
     import array_api_strict as xp
 
     from refdiff.diffusion import q_sample
+
     return q_sample(schedule, x0, t, noise=noise).to_device(xp.Device("CPU_DEVICE"))
 
 
 # --------------------------------------------------------------------------------------------
 # The table
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Planted:
@@ -382,11 +425,11 @@ class Planted:
     id: str
     make: Callable[[], Any]
     select: str
-    must_fail: tuple[str, ...]          # "check[dtype]" that must be among the failures
+    must_fail: tuple[str, ...]  # "check[dtype]" that must be among the failures
     dtypes: str = "float64,float32"
     n: int = 6
     torch: bool = False
-    says: str = ""                      # a phrase the failure message must contain
+    says: str = ""  # a phrase the failure message must contain
 
 
 def _strict(name, **patches):
@@ -410,145 +453,320 @@ TFL_VP, TFL_SUBVP = "sde.VPSDE.t_from_lambda", "sde.SubVPSDE.t_from_lambda"
 
 PLANTED: list[Planted] = [
     # -- random numbers ---------------------------------------------------------------------
-    Planted("normal-variance-0.99", _rng("rng_var099", normal_fix=lambda z: z * math.sqrt(0.99)),
-            "rng.normal", ("rng.normal[float32]",), dtypes="float32", says="variance:"),
-    Planted("normal-mean-1e-3", _rng("rng_mean1e3", normal_fix=lambda z: z + 1e-3),
-            "rng.normal", ("rng.normal[float32]",), dtypes="float32", says="mean:"),
-    Planted("normal-clipped-at-3-sd", _rng("rng_clip3", normal_fix=lambda z: np.clip(z, -3, 3)),
-            "rng.normal", ("rng.normal[float32]",), dtypes="float32",
-            says="draws above +3 sd:"),
-    Planted("normal-second-half-repeats", _rng("rng_half", normal_fix=_repeat_second_half),
-            "rng.normal", ("rng.normal[float64]",), dtypes="float64",
-            says="repeated block:"),
-    Planted("normal-serially-correlated", _rng("rng_ar1", normal_fix=_ar1(0.02)), "rng.normal",
-            ("rng.normal[float64]",), dtypes="float64", says="serial correlation:"),
-    Planted("normal-ignores-seed",
-            _rng("rng_noseed", make_rng=lambda seed: np.random.default_rng(0)),
-            "rng.normal", ("rng.normal[float32]",), dtypes="float32",
-            says="sign agreement with the next seed"),
-    Planted("normal-not-reproducible",
-            _rng("rng_entropy", make_rng=lambda seed: np.random.default_rng()),
-            "rng.normal", ("rng.normal[float32]",), dtypes="float32",
-            says="same seed, same draws:"),
-    Planted("normal-wrong-dtype", lambda: WrongDtypeRNG(name="rng_f64_only"), "rng.normal",
-            ("rng.normal[float32]",), dtypes="float32", says="returned float64, asked for float32"),
-    Planted("uniform-state-not-advanced", _rng("rng_restart", make_rng=_Restarting),
-            "rng.uniform", ("rng.uniform[float32]",), dtypes="float32",
-            says="recur in draw 1"),
-    Planted("uniform-range-0.99", _rng("rng_u099", uniform_fix=lambda u: u * 0.99),
-            "rng.uniform", ("rng.uniform[float64]",), dtypes="float64",
-            says="draws at or above 1 − 2^-10:"),
-    Planted("uniform-on-default-device", lambda: UniformOnDefaultDevice(name="strict_u_dev"),
-            "rng.uniform", ("rng.uniform[float32]",), dtypes="float32", says="not on the backend's device"),
+    Planted(
+        "normal-variance-0.99",
+        _rng("rng_var099", normal_fix=lambda z: z * math.sqrt(0.99)),
+        "rng.normal",
+        ("rng.normal[float32]",),
+        dtypes="float32",
+        says="variance:",
+    ),
+    Planted(
+        "normal-mean-1e-3",
+        _rng("rng_mean1e3", normal_fix=lambda z: z + 1e-3),
+        "rng.normal",
+        ("rng.normal[float32]",),
+        dtypes="float32",
+        says="mean:",
+    ),
+    Planted(
+        "normal-clipped-at-3-sd",
+        _rng("rng_clip3", normal_fix=lambda z: np.clip(z, -3, 3)),
+        "rng.normal",
+        ("rng.normal[float32]",),
+        dtypes="float32",
+        says="draws above +3 sd:",
+    ),
+    Planted(
+        "normal-second-half-repeats",
+        _rng("rng_half", normal_fix=_repeat_second_half),
+        "rng.normal",
+        ("rng.normal[float64]",),
+        dtypes="float64",
+        says="repeated block:",
+    ),
+    Planted(
+        "normal-serially-correlated",
+        _rng("rng_ar1", normal_fix=_ar1(0.02)),
+        "rng.normal",
+        ("rng.normal[float64]",),
+        dtypes="float64",
+        says="serial correlation:",
+    ),
+    Planted(
+        "normal-ignores-seed",
+        _rng("rng_noseed", make_rng=lambda seed: np.random.default_rng(0)),
+        "rng.normal",
+        ("rng.normal[float32]",),
+        dtypes="float32",
+        says="sign agreement with the next seed",
+    ),
+    Planted(
+        "normal-not-reproducible",
+        _rng("rng_entropy", make_rng=lambda seed: np.random.default_rng()),
+        "rng.normal",
+        ("rng.normal[float32]",),
+        dtypes="float32",
+        says="same seed, same draws:",
+    ),
+    Planted(
+        "normal-wrong-dtype",
+        lambda: WrongDtypeRNG(name="rng_f64_only"),
+        "rng.normal",
+        ("rng.normal[float32]",),
+        dtypes="float32",
+        says="returned float64, asked for float32",
+    ),
+    Planted(
+        "uniform-state-not-advanced",
+        _rng("rng_restart", make_rng=_Restarting),
+        "rng.uniform",
+        ("rng.uniform[float32]",),
+        dtypes="float32",
+        says="recur in draw 1",
+    ),
+    Planted(
+        "uniform-range-0.99",
+        _rng("rng_u099", uniform_fix=lambda u: u * 0.99),
+        "rng.uniform",
+        ("rng.uniform[float64]",),
+        dtypes="float64",
+        says="draws at or above 1 − 2^-10:",
+    ),
+    Planted(
+        "uniform-on-default-device",
+        lambda: UniformOnDefaultDevice(name="strict_u_dev"),
+        "rng.uniform",
+        ("rng.uniform[float32]",),
+        dtypes="float32",
+        says="not on the backend's device",
+    ),
     # -- namespace functions: accuracy where small outputs come from large inputs -------------
-    Planted("naive-logaddexp-in-t_from_lambda", _strict("strict_naive_lae",
-                                                        logaddexp=naive_logaddexp),
-            f"{TFL_VP} or edges.logaddexp", (f"{TFL_VP}[float64]", "edges.logaddexp[float64]")),
-    Planted("naive-asinh-in-t_from_lambda", _strict("strict_naive_asinh", asinh=naive_asinh),
-            f"{TFL_SUBVP} or edges.asinh", (f"{TFL_SUBVP}[float64]", "edges.asinh[float64]")),
-    Planted("logaddexp-nan-at-infinities", _strict("strict_nan_lae", logaddexp=nan_logaddexp),
-            "edges.logaddexp", _both("edges.logaddexp")),
+    Planted(
+        "naive-logaddexp-in-t_from_lambda",
+        _strict("strict_naive_lae", logaddexp=naive_logaddexp),
+        f"{TFL_VP} or edges.logaddexp",
+        (f"{TFL_VP}[float64]", "edges.logaddexp[float64]"),
+    ),
+    Planted(
+        "naive-asinh-in-t_from_lambda",
+        _strict("strict_naive_asinh", asinh=naive_asinh),
+        f"{TFL_SUBVP} or edges.asinh",
+        (f"{TFL_SUBVP}[float64]", "edges.asinh[float64]"),
+    ),
+    Planted(
+        "logaddexp-nan-at-infinities",
+        _strict("strict_nan_lae", logaddexp=nan_logaddexp),
+        "edges.logaddexp",
+        _both("edges.logaddexp"),
+    ),
     # -- edge values -----------------------------------------------------------------------
-    Planted("float32-limits-in-float64-exp", _strict("strict_f32_exp", exp=float32_limits_exp),
-            "edges.exp", ("edges.exp[float64]",), dtypes="float64"),
-    Planted("log-of-zero-finite", _strict("strict_log0", log=log_with_floor), "edges.log",
-            _both("edges.log")),
-    Planted("nan-dropping-maximum", _strict("strict_max", maximum=nan_dropping_maximum),
-            "edges.maximum", _both("edges.maximum")),
-    Planted("nan-dropping-minimum", _strict("strict_min", minimum=nan_dropping_minimum),
-            "edges.minimum", _both("edges.minimum")),
-    Planted("nan-dropping-clip", _strict("strict_clip", clip=nan_dropping_clip), "edges.clip",
-            _both("edges.clip")),
-    Planted("round-half-away-from-zero", _strict("strict_round", round=round_half_away),
-            "edges.round", _both("edges.round")),
-    Planted("floor-by-truncation", _strict("strict_floor", floor=floor_by_truncation),
-            "edges.floor", _both("edges.floor")),
-    Planted("sqrt-flushing-subnormal-inputs", _strict("strict_daz_sqrt",
-                                                      sqrt=sqrt_flushing_subnormals),
-            "edges.sqrt", _both("edges.sqrt")),
-    Planted("naive-tanh", _strict("strict_tanh", tanh=naive_tanh), "edges.tanh",
-            _both("edges.tanh")),
-    Planted("naive-sinh", _strict("strict_sinh", sinh=naive_sinh), "edges.sinh",
-            _both("edges.sinh")),
+    Planted(
+        "float32-limits-in-float64-exp",
+        _strict("strict_f32_exp", exp=float32_limits_exp),
+        "edges.exp",
+        ("edges.exp[float64]",),
+        dtypes="float64",
+    ),
+    Planted(
+        "log-of-zero-finite",
+        _strict("strict_log0", log=log_with_floor),
+        "edges.log",
+        _both("edges.log"),
+    ),
+    Planted(
+        "nan-dropping-maximum",
+        _strict("strict_max", maximum=nan_dropping_maximum),
+        "edges.maximum",
+        _both("edges.maximum"),
+    ),
+    Planted(
+        "nan-dropping-minimum",
+        _strict("strict_min", minimum=nan_dropping_minimum),
+        "edges.minimum",
+        _both("edges.minimum"),
+    ),
+    Planted(
+        "nan-dropping-clip",
+        _strict("strict_clip", clip=nan_dropping_clip),
+        "edges.clip",
+        _both("edges.clip"),
+    ),
+    Planted(
+        "round-half-away-from-zero",
+        _strict("strict_round", round=round_half_away),
+        "edges.round",
+        _both("edges.round"),
+    ),
+    Planted(
+        "floor-by-truncation",
+        _strict("strict_floor", floor=floor_by_truncation),
+        "edges.floor",
+        _both("edges.floor"),
+    ),
+    Planted(
+        "sqrt-flushing-subnormal-inputs",
+        _strict("strict_daz_sqrt", sqrt=sqrt_flushing_subnormals),
+        "edges.sqrt",
+        _both("edges.sqrt"),
+    ),
+    Planted(
+        "naive-tanh", _strict("strict_tanh", tanh=naive_tanh), "edges.tanh", _both("edges.tanh")
+    ),
+    Planted(
+        "naive-sinh", _strict("strict_sinh", sinh=naive_sinh), "edges.sinh", _both("edges.sinh")
+    ),
     # -- accuracy of the elementwise functions --------------------------------------------------
-    Planted("sqrt-60-ulp", _strict("strict_sqrt60", sqrt=sqrt_60ulp),
-            "edges.sqrt", _both("edges.sqrt")),
-    Planted("sqrt-as-exp-half-log", _strict("strict_sqrt_log", sqrt=sqrt_via_log), "edges.sqrt",
-            _both("edges.sqrt")),
-    Planted("low-order-erf", _strict_special("strict_as_erf", erf=low_order_erf),
-            "edges.erf or discretized_gaussian_log_likelihood",
-            ("edges.erf[float64]", "kl.discretized_gaussian_log_likelihood[erf][float64]"),
-            dtypes="float64"),
-    Planted("erfc-as-one-minus-erf", _strict_special("strict_erfc", erfc=erfc_as_one_minus_erf),
-            "edges.erfc", _both("edges.erfc")),
-    Planted("naive-log1p", _strict("strict_log1p", log1p=naive_log1p),
-            "edges.log1p or tables.log_one_minus_alphas_cumprod_log1p",
-            _both("edges.log1p") + _both("tables.log_one_minus_alphas_cumprod_log1p")),
-    Planted("naive-expm1", _strict("strict_expm1", expm1=naive_expm1),
-            "edges.expm1 or tables.one_minus_alphas_cumprod_expm1",
-            _both("edges.expm1") + _both("tables.one_minus_alphas_cumprod_expm1")),
-    Planted("exp-off-by-twice-the-allowance", _strict("strict_exp_2x",
-                                                      exp=exp_k_ulp(2 * _EXP_ALLOWED)),
-            f"{EXP_CHECK} or edges.exp", _both(EXP_CHECK) + _both("edges.exp")),
-    Planted("float64-exp-in-float32", _strict("strict_exp_f32", exp=exp_in_float32),
-            f"{EXP_CHECK} or edges.exp or {QSAMPLE_CHECK}",
-            (f"{EXP_CHECK}[float64]", "edges.exp[float64]"), dtypes="float64"),
-    Planted("sum-accumulated-in-float32", _strict("strict_sum32", sum=float32_sum),
-            "losses.sum_flat", ("losses.sum_flat[float64]",), dtypes="float64"),
-    Planted("std-ignores-correction", _strict("strict_std", std=std_ignoring_correction),
-            "guidance.rescale_cfg", ("guidance.rescale_cfg[float64]",)),
+    Planted(
+        "sqrt-60-ulp", _strict("strict_sqrt60", sqrt=sqrt_60ulp), "edges.sqrt", _both("edges.sqrt")
+    ),
+    Planted(
+        "sqrt-as-exp-half-log",
+        _strict("strict_sqrt_log", sqrt=sqrt_via_log),
+        "edges.sqrt",
+        _both("edges.sqrt"),
+    ),
+    Planted(
+        "low-order-erf",
+        _strict_special("strict_as_erf", erf=low_order_erf),
+        "edges.erf or discretized_gaussian_log_likelihood",
+        ("edges.erf[float64]", "kl.discretized_gaussian_log_likelihood[erf][float64]"),
+        dtypes="float64",
+    ),
+    Planted(
+        "erfc-as-one-minus-erf",
+        _strict_special("strict_erfc", erfc=erfc_as_one_minus_erf),
+        "edges.erfc",
+        _both("edges.erfc"),
+    ),
+    Planted(
+        "naive-log1p",
+        _strict("strict_log1p", log1p=naive_log1p),
+        "edges.log1p or tables.log_one_minus_alphas_cumprod_log1p",
+        _both("edges.log1p") + _both("tables.log_one_minus_alphas_cumprod_log1p"),
+    ),
+    Planted(
+        "naive-expm1",
+        _strict("strict_expm1", expm1=naive_expm1),
+        "edges.expm1 or tables.one_minus_alphas_cumprod_expm1",
+        _both("edges.expm1") + _both("tables.one_minus_alphas_cumprod_expm1"),
+    ),
+    Planted(
+        "exp-off-by-twice-the-allowance",
+        _strict("strict_exp_2x", exp=exp_k_ulp(2 * _EXP_ALLOWED)),
+        f"{EXP_CHECK} or edges.exp",
+        _both(EXP_CHECK) + _both("edges.exp"),
+    ),
+    Planted(
+        "float64-exp-in-float32",
+        _strict("strict_exp_f32", exp=exp_in_float32),
+        f"{EXP_CHECK} or edges.exp or {QSAMPLE_CHECK}",
+        (f"{EXP_CHECK}[float64]", "edges.exp[float64]"),
+        dtypes="float64",
+    ),
+    Planted(
+        "sum-accumulated-in-float32",
+        _strict("strict_sum32", sum=float32_sum),
+        "losses.sum_flat",
+        ("losses.sum_flat[float64]",),
+        dtypes="float64",
+    ),
+    Planted(
+        "std-ignores-correction",
+        _strict("strict_std", std=std_ignoring_correction),
+        "guidance.rescale_cfg",
+        ("guidance.rescale_cfg[float64]",),
+    ),
     # -- operation overrides: tables, samplers, devices ------------------------------------------
-    Planted("float32-cumprod-in-float64-run",
-            lambda: NumpyBackend(name="numpy_f32_cumprod",
-                                 overrides={SCHEDULE_TO: _float32_cumprod_tables}),
-            f"{TABLE_CHECKS} or {QSAMPLE_CHECK}",
-            ("schedules.linear[float64]", "schedules.cosine[float64]",
-             f"{QSAMPLE_CHECK}[float64]"), dtypes="float64"),
-    Planted("ddpm-drops-noise-at-one-step",
-            lambda: NumpyBackend(name="numpy_ddpm_drop",
-                                 overrides={SAMPLER_CHECK: _ddpm_dropping_noise_at_step_1}),
-            SAMPLER_CHECK, _both(SAMPLER_CHECK), n=10),
-    Planted("q_sample-without-noise",
-            lambda: NumpyBackend(name="numpy_q_nonoise",
-                                 overrides={QSAMPLE_CHECK: _q_sample_without_noise}),
-            QSAMPLE_CHECK, _both(QSAMPLE_CHECK)),
-    Planted("q_sample-overwrites-its-input",
-            lambda: NumpyBackend(name="numpy_q_scratch",
-                                 overrides={QSAMPLE_CHECK: _q_sample_reusing_its_input}),
-            QSAMPLE_CHECK, _both(QSAMPLE_CHECK), says="modified 1 of its input arrays in place"),
-    Planted("tables-on-the-default-device",
-            lambda: StrictBackend(name="strict_wrong_device",
-                                  overrides={SCHEDULE_TO: _tables_on_default_device}),
-            f"schedules.linear or {QSAMPLE_CHECK}",
-            ("schedules.linear[float32]", f"{QSAMPLE_CHECK}[float32]"), dtypes="float32"),
-    Planted("q_sample-result-on-cpu",
-            lambda: StrictBackend(name="strict_cpu_result",
-                                  overrides={QSAMPLE_CHECK: _q_sample_result_on_cpu}),
-            QSAMPLE_CHECK, (f"{QSAMPLE_CHECK}[float64]",), dtypes="float64"),
+    Planted(
+        "float32-cumprod-in-float64-run",
+        lambda: NumpyBackend(
+            name="numpy_f32_cumprod", overrides={SCHEDULE_TO: _float32_cumprod_tables}
+        ),
+        f"{TABLE_CHECKS} or {QSAMPLE_CHECK}",
+        ("schedules.linear[float64]", "schedules.cosine[float64]", f"{QSAMPLE_CHECK}[float64]"),
+        dtypes="float64",
+    ),
+    Planted(
+        "ddpm-drops-noise-at-one-step",
+        lambda: NumpyBackend(
+            name="numpy_ddpm_drop", overrides={SAMPLER_CHECK: _ddpm_dropping_noise_at_step_1}
+        ),
+        SAMPLER_CHECK,
+        _both(SAMPLER_CHECK),
+        n=10,
+    ),
+    Planted(
+        "q_sample-without-noise",
+        lambda: NumpyBackend(
+            name="numpy_q_nonoise", overrides={QSAMPLE_CHECK: _q_sample_without_noise}
+        ),
+        QSAMPLE_CHECK,
+        _both(QSAMPLE_CHECK),
+    ),
+    Planted(
+        "q_sample-overwrites-its-input",
+        lambda: NumpyBackend(
+            name="numpy_q_scratch", overrides={QSAMPLE_CHECK: _q_sample_reusing_its_input}
+        ),
+        QSAMPLE_CHECK,
+        _both(QSAMPLE_CHECK),
+        says="modified 1 of its input arrays in place",
+    ),
+    Planted(
+        "tables-on-the-default-device",
+        lambda: StrictBackend(
+            name="strict_wrong_device", overrides={SCHEDULE_TO: _tables_on_default_device}
+        ),
+        f"schedules.linear or {QSAMPLE_CHECK}",
+        ("schedules.linear[float32]", f"{QSAMPLE_CHECK}[float32]"),
+        dtypes="float32",
+    ),
+    Planted(
+        "q_sample-result-on-cpu",
+        lambda: StrictBackend(
+            name="strict_cpu_result", overrides={QSAMPLE_CHECK: _q_sample_result_on_cpu}
+        ),
+        QSAMPLE_CHECK,
+        (f"{QSAMPLE_CHECK}[float64]",),
+        dtypes="float64",
+    ),
     # -- the same kind of defects in torch CPU -----------------------------------------------
-    Planted("torch-naive-logaddexp", lambda: PatchedTorch("torch_naive_lae",
-                                                          {"logaddexp": naive_logaddexp}),
-            f"{TFL_VP} or edges.logaddexp", (f"{TFL_VP}[float64]", "edges.logaddexp[float64]"),
-            torch=True),
-    Planted("torch-sqrt-60-ulp", lambda: PatchedTorch("torch_sqrt60", {"sqrt": sqrt_60ulp}),
-            "edges.sqrt", _both("edges.sqrt"), torch=True),
+    Planted(
+        "torch-naive-logaddexp",
+        lambda: PatchedTorch("torch_naive_lae", {"logaddexp": naive_logaddexp}),
+        f"{TFL_VP} or edges.logaddexp",
+        (f"{TFL_VP}[float64]", "edges.logaddexp[float64]"),
+        torch=True,
+    ),
+    Planted(
+        "torch-sqrt-60-ulp",
+        lambda: PatchedTorch("torch_sqrt60", {"sqrt": sqrt_60ulp}),
+        "edges.sqrt",
+        _both("edges.sqrt"),
+        torch=True,
+    ),
 ]
 
 #: Defects that provably cannot change any reference result (and so are not planted), with why.
 OUT_OF_SCOPE: dict[str, str] = {
     "abs(-0.0) returning -0.0": (
         "every use of abs in the reference feeds a comparison, a sort key or a maximum, where "
-        "-0.0 == +0.0; the suite compares ±0 as equal there (edges.abs does not check the sign)"),
+        "-0.0 == +0.0; the suite compares ±0 as equal there (edges.abs does not check the sign)"
+    ),
     "maximum/minimum(+0.0, -0.0) returning either zero": (
         "the standard leaves the sign implementation-defined and the reference's maximum/minimum "
-        "results feed clipping and comparisons only"),
+        "results feed clipping and comparisons only"
+    ),
     "a wrong atan, atan2, acos, asin, tan, cosh, log2, log10, cbrt or hypot": (
         "the reference never calls them on backend arrays (the cosine schedule and every table "
         "are built on the host in float64 NumPy and moved once); "
-        "tests/test_conformance_coverage.py checks that the source calls none of them"),
+        "tests/test_conformance_coverage.py checks that the source calls none of them"
+    ),
     "uniform() returning exactly 1.0 once in 2^53 float64 draws": (
         "no reference function draws from the backend's generator (noise is explicit), and at "
-        "that rate no test of any size could see it"),
+        "that rate no test of any size could see it"
+    ),
 }
 
 
@@ -556,8 +774,9 @@ OUT_OF_SCOPE: dict[str, str] = {
 NEVER_CALLED = {"atan", "atan2", "acos", "asin", "tan", "cosh", "log2", "log10", "cbrt", "hypot"}
 
 
-@pytest.mark.parametrize("bug", [pytest.param(p, id=p.id, marks=needs_torch if p.torch else ())
-                                 for p in PLANTED])
+@pytest.mark.parametrize(
+    "bug", [pytest.param(p, id=p.id, marks=needs_torch if p.torch else ()) for p in PLANTED]
+)
 def test_planted_bug_is_caught(bug: Planted):
     rep = run(bug.make(), bug.select, dtypes=bug.dtypes, n=bug.n)
     assert not rep.ok, f"planted bug {bug.id} was not caught:\n{rep.format()}"
@@ -576,6 +795,7 @@ def test_there_are_at_least_30_planted_bugs():
 # Details of a few failures: the message, the ratio, the reproducer
 # --------------------------------------------------------------------------------------------
 
+
 def test_float32_cumprod_message_names_output_tolerance_and_reproducer():
     rep = run(Float32Cumprod(), "schedules.linear", dtypes="float64")
     msg = next(r.message for r in rep.failures() if r.check == "schedules.linear")
@@ -591,7 +811,7 @@ def test_exp_off_by_twice_the_allowance_fails_at_twice_the_limit():
     rep = run(PatchedStrict("strict_exp_2x", {"exp": exp_k_ulp(2 * _EXP_ALLOWED)}), EXP_CHECK)
     assert failed_checks(rep) == set(_both(EXP_CHECK))
     worst = max(r.ratio for r in rep.failures())
-    assert 1.5 < worst < 2.5, worst            # twice the allowance, as planted
+    assert 1.5 < worst < 2.5, worst  # twice the allowance, as planted
 
 
 def test_exp_off_by_less_than_the_tolerance_passes():
@@ -601,34 +821,44 @@ def test_exp_off_by_less_than_the_tolerance_passes():
 
 
 def test_edge_failure_names_the_value():
-    rep = run(PatchedStrict("strict_log0", {"log": log_with_floor}), "edges.log",
-              dtypes="float64")
+    rep = run(PatchedStrict("strict_log0", {"log": log_with_floor}), "edges.log", dtypes="float64")
     msg = rep.failures()[0].message
     assert "log(0.0) = " in msg and "reference -inf" in msg, msg
 
 
 def test_rng_failure_names_the_statistic():
-    rep = run(BadRNG("rng_var099", normal_fix=lambda z: z * math.sqrt(0.99)), "rng.normal",
-              dtypes="float32")
+    rep = run(
+        BadRNG("rng_var099", normal_fix=lambda z: z * math.sqrt(0.99)),
+        "rng.normal",
+        dtypes="float32",
+    )
     msg = rep.failures()[0].message
     assert "variance" in msg and "false-alarm probability <= 1e-09" in msg, msg
 
 
 def test_wrong_device_messages():
-    rep = run(StrictBackend(name="strict_wrong_device",
-                            overrides={SCHEDULE_TO: _tables_on_default_device}),
-              f"schedules.linear or {QSAMPLE_CHECK}", dtypes="float32")
+    rep = run(
+        StrictBackend(
+            name="strict_wrong_device", overrides={SCHEDULE_TO: _tables_on_default_device}
+        ),
+        f"schedules.linear or {QSAMPLE_CHECK}",
+        dtypes="float32",
+    )
     msgs = " ".join(r.message for r in rep.failures())
     assert "is on device" in msgs and "results must stay on the input's device" in msgs
-    assert "can not be combined" in msgs          # strict refuses to mix the two devices
+    assert "can not be combined" in msgs  # strict refuses to mix the two devices
 
 
 def test_patches_are_restored_after_the_run():
     import array_api_strict as xp
 
     from refdiff import _xp
-    b = PatchedStrict("strict_restore", {"exp": exp_k_ulp(100.0), "log": log_with_floor},
-                      specials={"erf": low_order_erf})
+
+    b = PatchedStrict(
+        "strict_restore",
+        {"exp": exp_k_ulp(100.0), "log": log_with_floor},
+        specials={"erf": low_order_erf},
+    )
     before = (xp.exp, xp.log, _xp._SPECIAL.get(("erf", "array_api_strict")))
     rep = run(b, "edges.exp or edges.erf", dtypes="float64", n=1)
     assert failed_checks(rep) == {"edges.exp[float64]", "edges.erf[float64]"}
@@ -642,8 +872,9 @@ def test_patches_are_restored_after_the_run():
 ALL_SELECTED = " or ".join(sorted({f"({p.select})" for p in PLANTED}))
 
 
-@pytest.mark.parametrize("name", ["numpy", "array_api_strict",
-                                  pytest.param("torch", marks=needs_torch)])
+@pytest.mark.parametrize(
+    "name", ["numpy", "array_api_strict", pytest.param("torch", marks=needs_torch)]
+)
 def test_honest_backends_pass_the_planted_selections(name):
     rep = run(name, ALL_SELECTED)
     assert rep.ok, rep.format()
@@ -654,4 +885,4 @@ def test_honest_backends_pass_the_planted_selections(name):
 
 def test_sqrt_60_ulp_fails_by_a_wide_margin():
     rep = run(PatchedStrict("strict_sqrt60", {"sqrt": sqrt_60ulp}), "edges.sqrt")
-    assert min(r.ratio for r in rep.failures()) > 5.0, rep.format()   # 60 ulp against 8
+    assert min(r.ratio for r in rep.failures()) > 5.0, rep.format()  # 60 ulp against 8

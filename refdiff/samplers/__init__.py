@@ -41,8 +41,17 @@ from .._errors import RefdiffError, UnknownNameError
 from .._typing import Array
 from ._common import StepInfo, check_finite
 
-__all__ = ["SamplerSpec", "FAMILIES", "register_sampler", "get_sampler", "list_samplers", "sample",
-           "StepInfo", "check_finite", "sampler_function_name"]
+__all__ = [
+    "SamplerSpec",
+    "FAMILIES",
+    "register_sampler",
+    "get_sampler",
+    "list_samplers",
+    "sample",
+    "StepInfo",
+    "check_finite",
+    "sampler_function_name",
+]
 
 FAMILIES = ("discrete", "karras", "vp", "sde", "flow")
 
@@ -63,18 +72,28 @@ class SamplerSpec:
 _REGISTRY: dict[str, SamplerSpec] = {}
 
 
-def register_sampler(name: str, *, family: str, stochastic: bool, order: float | None = None,
-                     step: Callable | None = None) -> Callable[[Callable], Callable]:
+def register_sampler(
+    name: str,
+    *,
+    family: str,
+    stochastic: bool,
+    order: float | None = None,
+    step: Callable | None = None,
+) -> Callable[[Callable], Callable]:
     """Decorator registering a sampler loop under ``name`` (``order``: its convergence order, if deterministic)."""
     if family not in FAMILIES:
-        raise UnknownNameError(f"family={family!r} is not a known sampler family; allowed: "
-                               f"{', '.join(map(repr, FAMILIES))}")
+        raise UnknownNameError(
+            f"family={family!r} is not a known sampler family; allowed: "
+            f"{', '.join(map(repr, FAMILIES))}"
+        )
 
     def deco(fn: Callable) -> Callable:
         expected = sampler_function_name(name)
         if fn.__name__ != expected:
-            raise RefdiffError(f"sampler {name!r} must be the function {expected}, not "
-                               f"{fn.__name__} (one naming pattern: sample_<name>)")
+            raise RefdiffError(
+                f"sampler {name!r} must be the function {expected}, not "
+                f"{fn.__name__} (one naming pattern: sample_<name>)"
+            )
         doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         _REGISTRY[name] = SamplerSpec(name, family, fn, stochastic, order, step, doc)
         globals()[expected] = fn
@@ -96,8 +115,10 @@ def list_samplers(family: str | None = None) -> list[str]:
 def get_sampler(name: str) -> SamplerSpec:
     """The registered sampler called ``name``; an unknown name lists the known ones."""
     if name not in _REGISTRY:
-        raise UnknownNameError(f"sampler={name!r} is not a known sampler; allowed: "
-                               f"{', '.join(map(repr, sorted(_REGISTRY)))}")
+        raise UnknownNameError(
+            f"sampler={name!r} is not a known sampler; allowed: "
+            f"{', '.join(map(repr, sorted(_REGISTRY)))}"
+        )
     return _REGISTRY[name]
 
 

@@ -13,8 +13,17 @@ from .._errors import RefdiffShapeError, RefdiffValueError, check_int, check_rea
 from .._typing import Array, DType, Noise
 from .._xp import array_namespace, device_of
 
-__all__ = ["StepInfo", "draw_noise", "check_steps", "check_output", "check_eta",
-           "check_decreasing", "step_reporter", "check_finite", "batch_full"]
+__all__ = [
+    "StepInfo",
+    "draw_noise",
+    "check_steps",
+    "check_output",
+    "check_eta",
+    "check_decreasing",
+    "step_reporter",
+    "check_finite",
+    "batch_full",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,11 +111,12 @@ def check_finite(callback: Callable | None = None) -> Callable:
     def guard(info: StepInfo) -> None:
         for what, a in (("state x", info.x), ("x0 prediction (denoised)", info.denoised)):
             if _nonfinite(a):
-                where = (f"t={info.t!r}" if info.t is not None else f"sigma={info.sigma!r}")
+                where = f"t={info.t!r}" if info.t is not None else f"sigma={info.sigma!r}"
                 raise RefdiffValueError(
                     f"non-finite values in the {what} at step {info.i} of {info.n} ({where}): "
                     "the model returned NaN or inf there (or the state overflowed); check the "
-                    "model and its weights")
+                    "model and its weights"
+                )
         if callback is not None:
             callback(info)
 
@@ -116,12 +126,18 @@ def check_finite(callback: Callable | None = None) -> Callable:
 def draw_noise(noise: Noise, i: int, like: Array, *, name: str = "noise") -> Array:
     """The i-th standard-normal draw: ``noise[i]`` of an array of draws, or ``noise(i)`` of a callable."""
     if noise is None:
-        fail(name, noise, "this sampler is stochastic: pass noise= (an array of draws with the "
-             "draw index first, or a callable noise(i) -> array of x's shape)")
+        fail(
+            name,
+            noise,
+            "this sampler is stochastic: pass noise= (an array of draws with the "
+            "draw index first, or a callable noise(i) -> array of x's shape)",
+        )
     z = noise(i) if callable(noise) else noise[i, ...]
     if tuple(z.shape) != tuple(like.shape):
-        raise RefdiffShapeError(f"{name} draw {i} has shape {tuple(z.shape)} but x has shape "
-                                f"{tuple(like.shape)}; they must match")
+        raise RefdiffShapeError(
+            f"{name} draw {i} has shape {tuple(z.shape)} but x has shape "
+            f"{tuple(like.shape)}; they must match"
+        )
     return z
 
 
@@ -133,8 +149,10 @@ def check_steps(steps: int, *, name: str = "steps") -> int:
 def check_output(out: Array, x: Array, *, name: str = "model output") -> Array:
     """Raise unless the model output has x's shape."""
     if tuple(getattr(out, "shape", ())) != tuple(x.shape):
-        raise RefdiffShapeError(f"{name} has shape {tuple(getattr(out, 'shape', ()))} but x has "
-                                f"shape {tuple(x.shape)}; they must match")
+        raise RefdiffShapeError(
+            f"{name} has shape {tuple(getattr(out, 'shape', ()))} but x has "
+            f"shape {tuple(x.shape)}; they must match"
+        )
     return out
 
 
@@ -153,12 +171,15 @@ def check_decreasing(name: str, values: Array) -> None:
     d = np.diff(v)
     if np.any(d >= 0):
         i = int(np.flatnonzero(d >= 0)[0])
-        raise RefdiffValueError(f"{name} must strictly decrease; entry {i + 1} ({float(v[i + 1])!r}) "
-                                f"is not below entry {i} ({float(v[i])!r})")
+        raise RefdiffValueError(
+            f"{name} must strictly decrease; entry {i + 1} ({float(v[i + 1])!r}) "
+            f"is not below entry {i} ({float(v[i])!r})"
+        )
 
 
 def batch_full(x: Array, value: float, *, dtype: DType | None = None) -> Array:
     """``value`` broadcast to shape (B,) in x's namespace and device (x's dtype unless given): the model's t or σ argument."""
     xp = array_namespace(x)
-    return xp.full((x.shape[0],), value, dtype=x.dtype if dtype is None else dtype,
-                   device=device_of(x))
+    return xp.full(
+        (x.shape[0],), value, dtype=x.dtype if dtype is None else dtype, device=device_of(x)
+    )

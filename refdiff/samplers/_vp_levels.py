@@ -17,7 +17,12 @@ import numpy as np
 
 from .._errors import check_choice, check_int, check_real, fail
 from .._typing import Array
-from ..parameterizations import CONTINUOUS_PREDICTION_TYPES, eps_from_prediction, prediction_type, x0_from_prediction
+from ..parameterizations import (
+    CONTINUOUS_PREDICTION_TYPES,
+    eps_from_prediction,
+    prediction_type,
+    x0_from_prediction,
+)
 from ._common import batch_full, check_decreasing, check_output
 from .dpm_solver import SKIP_TYPES, NoiseScheduleVP, get_time_steps
 
@@ -50,10 +55,10 @@ def phi(h: float, k: int) -> float:
         return math.expm1(h)
     if h == 0.0:
         return 0.0
-    if h <= -2.0:                         # the series alternates there; the closed form does not cancel
-        tail = math.expm1(h) - sum(h ** j / math.factorial(j) for j in range(1, k))
+    if h <= -2.0:  # the series alternates there; the closed form does not cancel
+        tail = math.expm1(h) - sum(h**j / math.factorial(j) for j in range(1, k))
         return tail / h ** (k - 1)
-    term = h / math.factorial(k)          # h^k/k! divided by h^(k-1)
+    term = h / math.factorial(k)  # h^k/k! divided by h^(k-1)
     total, j = 0.0, k
     while True:
         total += term
@@ -65,8 +70,12 @@ def phi(h: float, k: int) -> float:
 
 def _check_ns(noise_schedule: object) -> NoiseScheduleVP:
     if not isinstance(noise_schedule, NoiseScheduleVP):
-        fail("noise_schedule", noise_schedule, "expected a refdiff.samplers.dpm_solver.NoiseScheduleVP "
-             "(NoiseScheduleVP.linear(), .discrete(schedule) or .from_sde(sde))")
+        fail(
+            "noise_schedule",
+            noise_schedule,
+            "expected a refdiff.samplers.dpm_solver.NoiseScheduleVP "
+            "(NoiseScheduleVP.linear(), .discrete(schedule) or .from_sde(sde))",
+        )
     return noise_schedule
 
 
@@ -75,8 +84,12 @@ def _model_times(ns: NoiseScheduleVP, model_time: ModelTime) -> Callable[[float]
         return model_time
     check_choice("model_time", model_time, MODEL_TIMES, "model time convention")
     if model_time == "dpm_solver" and ns.kind != "discrete":
-        fail("model_time", model_time, "the 'dpm_solver' discrete model time needs a discrete noise "
-             "schedule (NoiseScheduleVP.discrete)")
+        fail(
+            "model_time",
+            model_time,
+            "the 'dpm_solver' discrete model time needs a discrete noise "
+            "schedule (NoiseScheduleVP.discrete)",
+        )
     return lambda t: ns.model_input_time(t, model_time)
 
 
@@ -85,14 +98,23 @@ def _level(ns: NoiseScheduleVP, t: float, to_model: Callable[[float], float]) ->
     sigma = float(ns.marginal_std(t))
     lam = float(ns.marginal_lambda(t))
     if not math.isfinite(lam):
-        fail("t", t, f"λ is {lam!r} there (α or σ is 0); the solver needs times with finite log-SNR")
+        fail(
+            "t", t, f"λ is {lam!r} there (α or σ is 0); the solver needs times with finite log-SNR"
+        )
     return Level(t, math.exp(la), sigma, lam, float(to_model(t)))
 
 
-def vp_levels(noise_schedule: NoiseScheduleVP, steps: int, *, skip_type: str = "time_uniform",
-              t_start: float | None = None, t_end: float | None = None,
-              timesteps: Sequence[float] | Array | None = None, final_sigma: str = "t_end",
-              model_time: ModelTime = "continuous") -> list[Level]:
+def vp_levels(
+    noise_schedule: NoiseScheduleVP,
+    steps: int,
+    *,
+    skip_type: str = "time_uniform",
+    t_start: float | None = None,
+    t_end: float | None = None,
+    timesteps: Sequence[float] | Array | None = None,
+    final_sigma: str = "t_end",
+    model_time: ModelTime = "continuous",
+) -> list[Level]:
     """The steps + 1 levels of a multistep solver: a DPM-Solver grid (Lu et al. 2022a, §3.3) or ``timesteps``, optionally ending on clean data.
 
     ``timesteps`` gives the times explicitly: steps + 1 decreasing times, or ``steps`` with
@@ -114,29 +136,44 @@ def vp_levels(noise_schedule: NoiseScheduleVP, steps: int, *, skip_type: str = "
         except TypeError:
             fail("timesteps", timesteps, "expected a 1-D sequence of times")
         if len(ts) != n_times:
-            fail("timesteps", timesteps, f"expected {n_times} times for steps={steps} with "
-                 f"final_sigma={final_sigma!r}, got {len(ts)}")
+            fail(
+                "timesteps",
+                timesteps,
+                f"expected {n_times} times for steps={steps} with "
+                f"final_sigma={final_sigma!r}, got {len(ts)}",
+            )
         if len(ts) > 1:
             check_decreasing("timesteps", ts)
         for t in ts:
             if not 0.0 < t <= ns.T:
                 fail("timesteps", timesteps, f"expected times in (0, {ns.T!r}]")
     else:
-        t_T = ns.T if t_start is None else check_real("t_start", t_start, lo=0.0, hi=ns.T, lo_open=True)
-        t_0 = (1.0 / ns.total_N if t_end is None
-               else check_real("t_end", t_end, lo=0.0, hi=ns.T, lo_open=True))
+        t_T = (
+            ns.T
+            if t_start is None
+            else check_real("t_start", t_start, lo=0.0, hi=ns.T, lo_open=True)
+        )
+        t_0 = (
+            1.0 / ns.total_N
+            if t_end is None
+            else check_real("t_end", t_end, lo=0.0, hi=ns.T, lo_open=True)
+        )
         if not t_0 < t_T:
             fail("t_end", t_end, f"must be below t_start = {t_T!r} (these solvers run toward data)")
-        ts = ([t_T] if n_times == 1 else
-              [float(t) for t in get_time_steps(ns, skip_type, t_T, t_0, n_times - 1)])
+        ts = (
+            [t_T]
+            if n_times == 1
+            else [float(t) for t in get_time_steps(ns, skip_type, t_T, t_0, n_times - 1)]
+        )
     levels = [_level(ns, t, to_model) for t in ts]
     if zero:
         levels.append(Level(None, 1.0, 0.0, math.inf, None))
     return levels
 
 
-def prediction_fn(model: Callable[[Array, Array], Array], model_type: str,
-                  target: str) -> Callable[[Array, Level], Array]:
+def prediction_fn(
+    model: Callable[[Array, Array], Array], model_type: str, target: str
+) -> Callable[[Array, Level], Array]:
     """``fn(x, level) -> x̂0`` (target "x0") or ``ε̂`` (target "eps") from ``model(x, t_model)`` of any prediction type (Lu et al. 2022b, §3)."""
     if not callable(model):
         fail("model", model, "expected a callable model(x, t) -> prediction")
@@ -144,7 +181,9 @@ def prediction_fn(model: Callable[[Array, Array], Array], model_type: str,
     convert = x0_from_prediction if target == "x0" else eps_from_prediction
 
     def fn(x: Array, level: Level) -> Array:
-        out = check_output(model(x, batch_full(x, cast(float, level.t_model))), x, name="model output")
+        out = check_output(
+            model(x, batch_full(x, cast(float, level.t_model))), x, name="model output"
+        )
         if kind == target:
             return out
         return convert(out, x, level.alpha, level.sigma, kind)

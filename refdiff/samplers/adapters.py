@@ -41,8 +41,14 @@ from ..parameterizations import (
 from ..schedules import Schedule
 from . import get_sampler
 
-__all__ = ["TIMESTEP_MODES", "karras_denoiser", "karras_grid", "vp_model", "score_fn",
-           "sample_with_discrete_model"]
+__all__ = [
+    "TIMESTEP_MODES",
+    "karras_denoiser",
+    "karras_grid",
+    "vp_model",
+    "score_fn",
+    "sample_with_discrete_model",
+]
 
 #: How a bridge turns a continuous σ or t into the network's timestep argument.
 TIMESTEP_MODES = ("nearest", "interp")
@@ -50,8 +56,11 @@ TIMESTEP_MODES = ("nearest", "interp")
 
 def _check_schedule(schedule: Schedule) -> Schedule:
     if not isinstance(schedule, Schedule):
-        fail("schedule", schedule, "expected the host refdiff.schedules.Schedule the network was "
-             "trained on")
+        fail(
+            "schedule",
+            schedule,
+            "expected the host refdiff.schedules.Schedule the network was trained on",
+        )
     return schedule
 
 
@@ -67,7 +76,9 @@ class _Table:
     """A host float64 table moved once per (namespace, device, dtype) it is used with."""
 
     def __init__(self, values: np.ndarray) -> None:
-        self.values = np.array(values, dtype=np.float64)  # a writable copy (torch warns on read-only)
+        self.values = np.array(
+            values, dtype=np.float64
+        )  # a writable copy (torch warns on read-only)
         self._moved: dict = {}
 
     def like(self, x: Array, xp: Namespace) -> Array:
@@ -97,8 +108,9 @@ def _index_from_log(log_value: Array, log_table: Array, mode: str, xp: Namespace
     return xp.astype(lo, log_value.dtype) + w
 
 
-def karras_denoiser(model: Callable, schedule: Schedule, *, prediction_type: str = "eps",
-                    timestep: str = "nearest") -> Callable:
+def karras_denoiser(
+    model: Callable, schedule: Schedule, *, prediction_type: str = "eps", timestep: str = "nearest"
+) -> Callable:
     """D(x; σ) from a discrete network: D = x0̂(x/√(1+σ²), t(σ)) (Karras et al. 2022, Eq. 7 with s = 1/√(1+σ²)).
 
     Parameters
@@ -147,11 +159,14 @@ def prediction_type_checked(value: str) -> str:
 def karras_grid(schedule: Schedule, steps: int, *, rho: float = 7.0) -> np.ndarray:
     """The Karras σ grid (Karras et al. 2022, Eq. 5) between the schedule's σ_min and σ_max, with σ_N = 0 appended."""
     from ..edm import karras_sigmas
+
     sig = np.asarray(_check_schedule(schedule).sigmas, dtype=np.float64)
     return np.asarray(karras_sigmas(steps, float(sig[0]), float(sig[-1]), rho), dtype=np.float64)
 
 
-def vp_model(model: Callable, schedule: Schedule, *, timestep: str = "nearest") -> tuple[Callable[..., Array], Any]:
+def vp_model(
+    model: Callable, schedule: Schedule, *, timestep: str = "nearest"
+) -> tuple[Callable[..., Array], Any]:
     """(model_fn, noise_schedule): a discrete network as a model of DPM-Solver's continuous time (Lu et al. 2022a, §3.4).
 
     The noise schedule is ``NoiseScheduleVP.discrete(schedule)`` (t_n = (n+1)/N for index n), and
@@ -160,6 +175,7 @@ def vp_model(model: Callable, schedule: Schedule, *, timestep: str = "nearest") 
     it to the vp sampler as ``model_type``.
     """
     from .dpm_solver import NoiseScheduleVP
+
     sched = _check_schedule(schedule)
     check_choice("timestep", timestep, TIMESTEP_MODES, "timestep mode")
     ns = NoiseScheduleVP.discrete(sched)
@@ -177,17 +193,28 @@ def vp_model(model: Callable, schedule: Schedule, *, timestep: str = "nearest") 
 def _linear_vp_sde(schedule: Schedule) -> Any:
     """The linear VP-SDE whose DDPM discretisation is ``schedule`` (Song et al. 2021, App. B: β_i = β̄_i/N)."""
     from ..sde import VPSDE
+
     betas = np.asarray(schedule.betas, dtype=np.float64)
     N = betas.size
     lin = np.linspace(betas[0], betas[-1], N)
-    if N < 2 or not np.allclose(betas, lin, rtol=1e-12, atol=0.0) or int(schedule.timestep_map[-1]) != N - 1:
-        fail("schedule", schedule, "the score-SDE samplers need the linear VP-SDE, whose "
-             "discretisation is a linear β schedule of the full length; this schedule is not "
-             "linear (use a discrete, karras or vp sampler)")
+    if (
+        N < 2
+        or not np.allclose(betas, lin, rtol=1e-12, atol=0.0)
+        or int(schedule.timestep_map[-1]) != N - 1
+    ):
+        fail(
+            "schedule",
+            schedule,
+            "the score-SDE samplers need the linear VP-SDE, whose "
+            "discretisation is a linear β schedule of the full length; this schedule is not "
+            "linear (use a discrete, karras or vp sampler)",
+        )
     return VPSDE(beta_min=float(betas[0] * N), beta_max=float(betas[-1] * N), N=N)
 
 
-def score_fn(model: Callable, schedule: Schedule, *, prediction_type: str = "eps") -> tuple[Callable[..., Array], Any]:
+def score_fn(
+    model: Callable, schedule: Schedule, *, prediction_type: str = "eps"
+) -> tuple[Callable[..., Array], Any]:
     """(score_fn, sde): s(x, t) = −ε̂(x, i)/√(1−ᾱ_i) with i = ⌊t·(N−1)⌋ (Song et al. 2021, §3.3; score_sde's discrete VP score).
 
     ``sde`` is the linear VP-SDE whose DDPM chain is ``schedule`` (a linear β schedule). σ is read
@@ -216,10 +243,20 @@ def score_fn(model: Callable, schedule: Schedule, *, prediction_type: str = "eps
     return score, sde
 
 
-def sample_with_discrete_model(name: str, model: Callable, x_T: Array, *, schedule: Schedule,
-                               steps: int, prediction_type: str = "eps", noise: Noise = None,
-                               timestep: str = "nearest", callback: Callable | None = None,
-                               progress: Callable | None = None, **options: Any) -> Array:
+def sample_with_discrete_model(
+    name: str,
+    model: Callable,
+    x_T: Array,
+    *,
+    schedule: Schedule,
+    steps: int,
+    prediction_type: str = "eps",
+    noise: Noise = None,
+    timestep: str = "nearest",
+    callback: Callable | None = None,
+    progress: Callable | None = None,
+    **options: Any,
+) -> Array:
     """Run the registered sampler ``name`` of any family with a network trained on ``schedule``.
 
     Parameters
@@ -269,8 +306,16 @@ def sample_with_discrete_model(name: str, model: Callable, x_T: Array, *, schedu
     sched = _check_schedule(schedule)
     hooks = {k: v for k, v in (("callback", callback), ("progress", progress)) if v is not None}
     if spec.family == "discrete":
-        return spec.fn(model, x_T, schedule=sched, steps=steps, noise=noise,
-                       mean_type=prediction_type, **hooks, **options)
+        return spec.fn(
+            model,
+            x_T,
+            schedule=sched,
+            steps=steps,
+            noise=noise,
+            mean_type=prediction_type,
+            **hooks,
+            **options,
+        )
     if spec.family == "karras":
         sigmas = options.pop("sigmas", None)
         grid = karras_grid(sched, steps) if sigmas is None else np.asarray(sigmas, dtype=np.float64)
@@ -279,10 +324,20 @@ def sample_with_discrete_model(name: str, model: Callable, x_T: Array, *, schedu
         return spec.fn(den, x, sigmas=grid, noise=noise, **hooks, **options)
     if spec.family == "vp":
         fn, ns = vp_model(model, sched, timestep=timestep)
-        return spec.fn(fn, x_T, noise_schedule=ns, steps=steps, noise=noise,
-                       model_type=prediction_type_checked(prediction_type), **hooks, **options)
+        return spec.fn(
+            fn,
+            x_T,
+            noise_schedule=ns,
+            steps=steps,
+            noise=noise,
+            model_type=prediction_type_checked(prediction_type),
+            **hooks,
+            **options,
+        )
     if spec.family == "sde":
         fn, sde = score_fn(model, sched, prediction_type=prediction_type)
         return spec.fn(fn, x_T, sde=sde, steps=steps, noise=noise, **hooks, **options)
-    raise RefdiffValueError(f"sampler={name!r} belongs to the {spec.family!r} family, which has no "
-                            "bridge from a discrete-schedule network")
+    raise RefdiffValueError(
+        f"sampler={name!r} belongs to the {spec.family!r} family, which has no "
+        "bridge from a discrete-schedule network"
+    )

@@ -55,29 +55,32 @@ def lagrange_basis(nodes: Sequence[float] | np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def deis_coefficients(levels: list[Level], k: int, order: int, *,
-                      solver_type: str = "logrho") -> tuple[float, list[float]]:
+def deis_coefficients(
+    levels: list[Level], k: int, order: int, *, solver_type: str = "logrho"
+) -> tuple[float, list[float]]:
     """(c_x, [w_0, …, w_{p−1}]) of one DEIS-p step x_{k+1} = c_x·x_k + Σ_j w_j·ε̂_{k−j} (Zhang & Chen 2023, §4)."""
     check_choice("solver_type", solver_type, SOLVER_TYPES, "DEIS solver type")
     order = check_int("order", order, minimum=1)
     if order > 3 or order > k + 1:
         fail("order", order, f"expected 1..3 and at most k + 1 = {k + 1} earlier model values")
     s, t = levels[k], levels[k + 1]
-    if t.sigma == 0.0:                 # onto clean data: x̂0 = (x − σ_s ε̂)/α_s
+    if t.sigma == 0.0:  # onto clean data: x̂0 = (x − σ_s ε̂)/α_s
         return 1.0 / s.alpha, [-s.sigma / s.alpha]
     c_x = t.alpha / s.alpha
     h = t.lam - s.lam
     if solver_type == "logrho":
         basis = lagrange_basis([levels[k - j].lam - s.lam for j in range(order)])
-        integrals = [math.factorial(q) * h ** q * phi(h, q + 1) for q in range(order)]
-        return c_x, [-t.sigma * float(sum(c[q] * integrals[q] for q in range(len(c))))
-                     for c in basis]
+        integrals = [math.factorial(q) * h**q * phi(h, q + 1) for q in range(order)]
+        return c_x, [
+            -t.sigma * float(sum(c[q] * integrals[q] for q in range(len(c)))) for c in basis
+        ]
     rho_s = s.sigma / s.alpha
     # offsets ρ_j − ρ_s = ρ_s (e^{−(λ_j − λ_s)} − 1), without cancellation
     basis = lagrange_basis([rho_s * math.expm1(-(levels[k - j].lam - s.lam)) for j in range(order)])
     H = rho_s * math.expm1(-h)
-    return c_x, [t.alpha * float(sum(c[q] * H ** (q + 1) / (q + 1) for q in range(len(c))))
-                 for c in basis]
+    return c_x, [
+        t.alpha * float(sum(c[q] * H ** (q + 1) / (q + 1) for q in range(len(c)))) for c in basis
+    ]
 
 
 def deis_update(x: Array, c_x: float, weights: list[float], eps_list: list[Array]) -> Array:
@@ -91,14 +94,26 @@ def deis_update(x: Array, c_x: float, weights: list[float], eps_list: list[Array
 
 
 @register_sampler("deis", family="vp", stochastic=False, order=2.0, step=deis_update)
-def sample_deis(model: Callable[[Array, Array], Array], x: Array, *, noise_schedule: NoiseScheduleVP, steps: int,
-                order: int = 2, solver_type: str = "logrho", model_type: str = "eps",
-                skip_type: str = "time_uniform", t_start: float | None = None,
-                t_end: float | None = None, timesteps: Sequence[float] | Array | None = None,
-                final_sigma: str = "t_end", lower_order_final: str = "diffusers",
-                model_time: ModelTime = "continuous", noise: Noise = None,
-                callback: Callable[[StepInfo], object] | None = None,
-                progress: Callable[[int, int], object] | None = None) -> Array:
+def sample_deis(
+    model: Callable[[Array, Array], Array],
+    x: Array,
+    *,
+    noise_schedule: NoiseScheduleVP,
+    steps: int,
+    order: int = 2,
+    solver_type: str = "logrho",
+    model_type: str = "eps",
+    skip_type: str = "time_uniform",
+    t_start: float | None = None,
+    t_end: float | None = None,
+    timesteps: Sequence[float] | Array | None = None,
+    final_sigma: str = "t_end",
+    lower_order_final: str = "diffusers",
+    model_time: ModelTime = "continuous",
+    noise: Noise = None,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """Multistep DEIS-p sampling from t_start to t_end (Zhang & Chen 2023, §4, ρAB-DEIS; diffusers' "logrho").
 
     Parameters
@@ -124,8 +139,16 @@ def sample_deis(model: Callable[[Array, Array], Array], x: Array, *, noise_sched
         fail("order", order, "expected 1, 2 or 3")
     check_choice("solver_type", solver_type, SOLVER_TYPES, "DEIS solver type")
     fn = prediction_fn(model, model_type, "eps")
-    levels = vp_levels(noise_schedule, steps, skip_type=skip_type, t_start=t_start, t_end=t_end,
-                       timesteps=timesteps, final_sigma=final_sigma, model_time=model_time)
+    levels = vp_levels(
+        noise_schedule,
+        steps,
+        skip_type=skip_type,
+        t_start=t_start,
+        t_end=t_end,
+        timesteps=timesteps,
+        final_sigma=final_sigma,
+        model_time=model_time,
+    )
     orders = multistep_step_orders(steps, order, lower_order_final)
     if levels[-1].sigma == 0.0:
         orders[-1] = 1
@@ -136,8 +159,16 @@ def sample_deis(model: Callable[[Array, Array], Array], x: Array, *, noise_sched
         lv = levels[k]
         eps = (eps + [fn(x, lv)])[-order:]
         if report is not None:
-            report(StepInfo(k, steps, x, x0_from_prediction(eps[-1], x, lv.alpha, lv.sigma, "eps"),
-                            t=lv.t, sigma=lv.sigma / lv.alpha))
+            report(
+                StepInfo(
+                    k,
+                    steps,
+                    x,
+                    x0_from_prediction(eps[-1], x, lv.alpha, lv.sigma, "eps"),
+                    t=lv.t,
+                    sigma=lv.sigma / lv.alpha,
+                )
+            )
         c_x, w = plan[k]
-        x = deis_update(x, c_x, w, eps[::-1][:len(w)])
+        x = deis_update(x, c_x, w, eps[::-1][: len(w)])
     return x

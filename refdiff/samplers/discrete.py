@@ -63,10 +63,27 @@ from . import register_sampler
 from ._common import StepInfo, check_eta, check_output, check_steps, draw_noise, step_reporter
 
 __all__ = [
-    "FINAL_NOISE", "FINAL_ALPHA_BAR", "MODEL_TIMES", "PREV_TIMESTEPS", "SPACINGS", "COND_MODES",
-    "DDPMCoefficients", "ddpm_coefficients", "ancestral_step", "p_sample", "ddim_sigma",
-    "ddim_coefficients", "ddim_step", "ddim_reverse_step", "DDIMStepOutput", "ddim_step_at",
-    "sample_ddpm", "sample_ddim", "sample_ddim_stochastic", "ddim_invert", "sampling_schedule",
+    "FINAL_NOISE",
+    "FINAL_ALPHA_BAR",
+    "MODEL_TIMES",
+    "PREV_TIMESTEPS",
+    "SPACINGS",
+    "COND_MODES",
+    "DDPMCoefficients",
+    "ddpm_coefficients",
+    "ancestral_step",
+    "p_sample",
+    "ddim_sigma",
+    "ddim_coefficients",
+    "ddim_step",
+    "ddim_reverse_step",
+    "DDIMStepOutput",
+    "ddim_step_at",
+    "sample_ddpm",
+    "sample_ddim",
+    "sample_ddim_stochastic",
+    "ddim_invert",
+    "sampling_schedule",
 ]
 
 FINAL_NOISE = ("none", "always")
@@ -80,6 +97,7 @@ COND_MODES = ("mean", "score")
 # Small helpers
 # --------------------------------------------------------------------------------------------
 
+
 def _host_table(table: Array) -> np.ndarray:
     """A schedule table as a host NumPy array: one transfer for a table moved with ``Schedule.to``."""
     if isinstance(table, np.ndarray):
@@ -90,6 +108,7 @@ def _host_table(table: Array) -> np.ndarray:
         pass
     try:
         from array_api_compat import to_device
+
         return np.asarray(to_device(table, "cpu"))
     except Exception:  # noqa: BLE001
         return np.array([float(v) for v in table])
@@ -115,16 +134,26 @@ def _check_namespace(schedule: Schedule, x: Array) -> None:
     try:
         array_namespace(x, table)
     except TypeError:
-        fail("schedule", schedule, f"its tables live in {type(table).__module__} but x is a "
-             f"{type(x).__module__} array; move them once with schedule.to(xp, device=..., dtype=...)")
+        fail(
+            "schedule",
+            schedule,
+            f"its tables live in {type(table).__module__} but x is a "
+            f"{type(x).__module__} array; move them once with schedule.to(xp, device=..., dtype=...)",
+        )
 
 
 def _timestep_array(xp: Namespace, x: Array, t: int, device: Device) -> Array:
     return xp.full((x.shape[0],), t, dtype=xp.int64, device=device)
 
 
-def sampling_schedule(schedule: Schedule, steps: int | None = None, spacing: str = "trailing", *,
-                      steps_offset: int = 0, timesteps: Sequence[int] | Array | None = None) -> Schedule:
+def sampling_schedule(
+    schedule: Schedule,
+    steps: int | None = None,
+    spacing: str = "trailing",
+    *,
+    steps_offset: int = 0,
+    timesteps: Sequence[int] | Array | None = None,
+) -> Schedule:
     """The schedule the loop steps on: ``schedule`` itself, or it respaced to ``steps`` steps.
 
     ``spacing`` is one of :data:`refdiff.schedules.SPACINGS`: "trailing" (default; starts at T-1,
@@ -140,12 +169,20 @@ def sampling_schedule(schedule: Schedule, steps: int | None = None, spacing: str
     steps_offset = check_int("steps_offset", steps_offset, minimum=0)
     if timesteps is not None:
         if steps is not None or steps_offset:
-            fail("timesteps", timesteps, "give either timesteps= (the grid) or steps= (and "
-                 "spacing=, steps_offset=), not both")
+            fail(
+                "timesteps",
+                timesteps,
+                "give either timesteps= (the grid) or steps= (and "
+                "spacing=, steps_offset=), not both",
+            )
         if isinstance(timesteps, str) or not hasattr(timesteps, "__len__"):
-            fail("timesteps", timesteps, "expected a sequence of distinct integer training timesteps")
-        return respace(schedule, sorted(int(check_int("timesteps[i]", v, minimum=0))
-                                        for v in _host_table(timesteps)))
+            fail(
+                "timesteps", timesteps, "expected a sequence of distinct integer training timesteps"
+            )
+        return respace(
+            schedule,
+            sorted(int(check_int("timesteps[i]", v, minimum=0)) for v in _host_table(timesteps)),
+        )
     if steps is None:
         if steps_offset:
             fail("steps_offset", steps_offset, "needs steps= (it shifts a respaced grid)")
@@ -159,7 +196,11 @@ def sampling_schedule(schedule: Schedule, steps: int | None = None, spacing: str
     if spacing == "sections":
         return respace(schedule, str(steps))
     if steps_offset and spacing != "leading":
-        fail("steps_offset", steps_offset, f"only the 'leading' spacing takes an offset, not {spacing!r}")
+        fail(
+            "steps_offset",
+            steps_offset,
+            f"only the 'leading' spacing takes an offset, not {spacing!r}",
+        )
     return respace(schedule, steps, spacing=spacing, steps_offset=steps_offset)
 
 
@@ -167,7 +208,8 @@ def _zero_snr_check(ab: float, i: int, mean_type: str) -> None:
     if ab == 0.0 and mean_type in ("eps", "score"):
         raise RefdiffValueError(
             f"t={i} has zero SNR (alphas_cumprod = 0): x0 from {mean_type} is undefined there; use "
-            "a v- or x0-prediction model at the terminal step (Lin et al. 2023, §3.2)")
+            "a v- or x0-prediction model at the terminal step (Lin et al. 2023, §3.2)"
+        )
 
 
 def _split_output(out: Array, x: Array, var_type: str) -> tuple[Array, Array | None]:
@@ -178,7 +220,9 @@ def _split_output(out: Array, x: Array, var_type: str) -> tuple[Array, Array | N
     return split_variance_output(out, x)
 
 
-def _process_x0(x0: Array, xp: Namespace | None, clip_x0: bool, denoised_fn: Callable[[Array], Array] | None) -> Array:
+def _process_x0(
+    x0: Array, xp: Namespace | None, clip_x0: bool, denoised_fn: Callable[[Array], Array] | None
+) -> Array:
     if denoised_fn is not None:
         x0 = denoised_fn(x0)
     if clip_x0:
@@ -189,6 +233,7 @@ def _process_x0(x0: Array, xp: Namespace | None, clip_x0: bool, denoised_fn: Cal
 # --------------------------------------------------------------------------------------------
 # DDPM
 # --------------------------------------------------------------------------------------------
+
 
 class DDPMCoefficients(NamedTuple):
     """Host floats of one DDPM step at sampling level i (from :func:`ddpm_coefficients`).
@@ -206,8 +251,14 @@ class DDPMCoefficients(NamedTuple):
     max_log: float
 
 
-def ddpm_coefficients(schedule: Schedule, i: int, *, var_type: str = "fixed_small",
-                      t0: str = "clipped", _host: _Host | None = None) -> DDPMCoefficients:
+def ddpm_coefficients(
+    schedule: Schedule,
+    i: int,
+    *,
+    var_type: str = "fixed_small",
+    t0: str = "clipped",
+    _host: _Host | None = None,
+) -> DDPMCoefficients:
     """The coefficients of the DDPM step at level i as host floats (Ho et al. 2020, Eqs. 7, 11; Nichol & Dhariwal 2021, §3.1).
 
     The same table entries :func:`refdiff.diffusion.p_mean_variance` gathers, read once: pass the
@@ -224,7 +275,9 @@ def ddpm_coefficients(schedule: Schedule, i: int, *, var_type: str = "fixed_smal
 
 def _ddpm_coefficients(h: _Host, n: int, i: int, var_type: str, t0: str) -> DDPMCoefficients:
     """:func:`ddpm_coefficients` for arguments already checked."""
-    log_table = h.posterior_log_variance_clipped if t0 == "clipped" else h.posterior_log_variance_clamped
+    log_table = (
+        h.posterior_log_variance_clipped if t0 == "clipped" else h.posterior_log_variance_clamped
+    )
     min_log = float(log_table[i])
     beta = float(h.betas[i])
     max_log = math.log(beta)
@@ -251,11 +304,23 @@ def ancestral_step(mean: Array, log_variance: Array | float, noise: Array) -> Ar
     return mean + xp.exp(0.5 * log_variance) * noise
 
 
-def p_sample(model_output: Array, x_t: Array, t: Array | int, *, schedule: Schedule,
-             mean_type: str = "eps", var_type: str = "fixed_small", clip_x0: bool = False,
-             denoised_fn: Callable[[Array], Array] | None = None, t0: str = "clipped", noise: Array | None = None,
-             add_noise: bool = True, grad: Array | None = None, cond_mode: str = "mean",
-             coefficients: DDPMCoefficients | None = None) -> tuple[Array, PMeanVar]:
+def p_sample(
+    model_output: Array,
+    x_t: Array,
+    t: Array | int,
+    *,
+    schedule: Schedule,
+    mean_type: str = "eps",
+    var_type: str = "fixed_small",
+    clip_x0: bool = False,
+    denoised_fn: Callable[[Array], Array] | None = None,
+    t0: str = "clipped",
+    noise: Array | None = None,
+    add_noise: bool = True,
+    grad: Array | None = None,
+    cond_mode: str = "mean",
+    coefficients: DDPMCoefficients | None = None,
+) -> tuple[Array, PMeanVar]:
     """One DDPM ancestral step x_t -> x_{t-1} from a model output (Ho et al. 2020, Algorithm 2).
 
     Parameters
@@ -283,10 +348,21 @@ def p_sample(model_output: Array, x_t: Array, t: Array | int, *, schedule: Sched
         The sample and the (guided) reverse Gaussian with its x0/ε predictions.
     """
     if coefficients is None:
-        return _p_sample_tables(model_output, x_t, t, schedule=schedule, mean_type=mean_type,
-                                var_type=var_type, clip_x0=clip_x0, denoised_fn=denoised_fn,
-                                t0=t0, noise=noise, add_noise=add_noise, grad=grad,
-                                cond_mode=cond_mode)
+        return _p_sample_tables(
+            model_output,
+            x_t,
+            t,
+            schedule=schedule,
+            mean_type=mean_type,
+            var_type=var_type,
+            clip_x0=clip_x0,
+            denoised_fn=denoised_fn,
+            t0=t0,
+            noise=noise,
+            add_noise=add_noise,
+            grad=grad,
+            cond_mode=cond_mode,
+        )
     c = coefficients.level
     out, var_out = _split_output(model_output, x_t, var_type)
     if var_out is None:
@@ -326,13 +402,34 @@ def p_sample(model_output: Array, x_t: Array, t: Array | int, *, schedule: Sched
     return ancestral_step(mean, log_var, noise), pmv
 
 
-def _p_sample_tables(model_output: Array, x_t: Array, t: Array | int, *, schedule: Schedule,
-                     mean_type: str, var_type: str, clip_x0: bool, denoised_fn: Callable[[Array], Array] | None, t0: str,
-                     noise: Array | None, add_noise: bool, grad: Array | None,
-                     cond_mode: str) -> tuple[Array, PMeanVar]:
+def _p_sample_tables(
+    model_output: Array,
+    x_t: Array,
+    t: Array | int,
+    *,
+    schedule: Schedule,
+    mean_type: str,
+    var_type: str,
+    clip_x0: bool,
+    denoised_fn: Callable[[Array], Array] | None,
+    t0: str,
+    noise: Array | None,
+    add_noise: bool,
+    grad: Array | None,
+    cond_mode: str,
+) -> tuple[Array, PMeanVar]:
     """:func:`p_sample` with per-batch timesteps t, through :func:`refdiff.diffusion.p_mean_variance`."""
-    out = p_mean_variance(schedule, model_output, x_t, t, mean_type=mean_type, var_type=var_type,
-                          clip_x0=clip_x0, denoised_fn=denoised_fn, t0=t0)
+    out = p_mean_variance(
+        schedule,
+        model_output,
+        x_t,
+        t,
+        mean_type=mean_type,
+        var_type=var_type,
+        clip_x0=clip_x0,
+        denoised_fn=denoised_fn,
+        t0=t0,
+    )
     if grad is not None:
         check_choice("cond_mode", cond_mode, COND_MODES, "classifier-guidance mode")
         check_output(grad, x_t, name="classifier gradient")
@@ -349,15 +446,28 @@ def _p_sample_tables(model_output: Array, x_t: Array, t: Array | int, *, schedul
 
 
 @register_sampler("ddpm", family="discrete", stochastic=True, step=p_sample)
-def sample_ddpm(model: Callable[[Array, Array], Array], x_T: Array, *, schedule: Schedule, noise: Noise = None,
-                mean_type: str = "eps",
-                var_type: str = "fixed_small", clip_x0: bool = False,
-                denoised_fn: Callable[[Array], Array] | None = None, t0: str = "clipped",
-                final_noise: str = "none", steps: int | None = None, spacing: str = "trailing",
-                steps_offset: int = 0, timesteps: Sequence[int] | Array | None = None,
-                cond_fn: Callable[[Array, Array], Array] | None = None, cond_mode: str = "mean",
-                cond_scale: float = 1.0, callback: Callable[[StepInfo], object] | None = None,
-                progress: Callable[[int, int], object] | None = None) -> Array:
+def sample_ddpm(
+    model: Callable[[Array, Array], Array],
+    x_T: Array,
+    *,
+    schedule: Schedule,
+    noise: Noise = None,
+    mean_type: str = "eps",
+    var_type: str = "fixed_small",
+    clip_x0: bool = False,
+    denoised_fn: Callable[[Array], Array] | None = None,
+    t0: str = "clipped",
+    final_noise: str = "none",
+    steps: int | None = None,
+    spacing: str = "trailing",
+    steps_offset: int = 0,
+    timesteps: Sequence[int] | Array | None = None,
+    cond_fn: Callable[[Array, Array], Array] | None = None,
+    cond_mode: str = "mean",
+    cond_scale: float = 1.0,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """DDPM ancestral sampling x_T -> x_0 (Ho et al. 2020, Algorithm 2; Nichol & Dhariwal 2021, §3–4).
 
     Parameters
@@ -394,8 +504,9 @@ def sample_ddpm(model: Callable[[Array, Array], Array], x_T: Array, *, schedule:
     array
         x_0, the shape of x_T.
     """
-    sched = sampling_schedule(schedule, steps, spacing, steps_offset=steps_offset,
-                              timesteps=timesteps)
+    sched = sampling_schedule(
+        schedule, steps, spacing, steps_offset=steps_offset, timesteps=timesteps
+    )
     check_choice("final_noise", final_noise, FINAL_NOISE, "final-step noise convention")
     check_choice("t0", t0, T0_CONVENTIONS, "t=0 convention")
     check_choice("var_type", var_type, VAR_TYPES, "variance type")
@@ -422,10 +533,22 @@ def sample_ddpm(model: Callable[[Array, Array], Array], x_T: Array, *, schedule:
             grad = cond_fn(x, t_model)
             grad = grad * cond_scale if cond_scale != 1.0 else grad
         z = draw_noise(noise, k, x) if add else None
-        x_new, pmv = p_sample(out, x, pc.i, schedule=sched, mean_type=mean_type,
-                              var_type=var_type, clip_x0=clip_x0, denoised_fn=denoised_fn, t0=t0,
-                              noise=z, add_noise=add, grad=grad, cond_mode=cond_mode,
-                              coefficients=pc)
+        x_new, pmv = p_sample(
+            out,
+            x,
+            pc.i,
+            schedule=sched,
+            mean_type=mean_type,
+            var_type=var_type,
+            clip_x0=clip_x0,
+            denoised_fn=denoised_fn,
+            t0=t0,
+            noise=z,
+            add_noise=add,
+            grad=grad,
+            cond_mode=cond_mode,
+            coefficients=pc,
+        )
         if report is not None:
             report(StepInfo(k, n, x, pmv.pred_x0, t=t))
         x = x_new
@@ -436,6 +559,7 @@ def sample_ddpm(model: Callable[[Array, Array], Array], x_T: Array, *, schedule:
 # DDIM
 # --------------------------------------------------------------------------------------------
 
+
 def _ops(*vals: Array | float) -> tuple[Callable[[Array | float], Array | float], bool, Namespace]:
     """(sqrt, is_array, xp) for coefficients given as Python numbers or arrays."""
     arrs = [v for v in vals if not isinstance(v, (int, float)) and hasattr(v, "shape")]
@@ -445,10 +569,15 @@ def _ops(*vals: Array | float) -> tuple[Callable[[Array | float], Array | float]
     return math.sqrt, False, None
 
 
-def ddim_sigma(alpha_bar: Array | float, alpha_bar_prev: Array | float, *, eta: float = 0.0,
-               one_minus_alpha_bar: Array | float | None = None,
-               one_minus_alpha_bar_prev: Array | float | None = None,
-               beta: Array | float | None = None) -> Array | float:
+def ddim_sigma(
+    alpha_bar: Array | float,
+    alpha_bar_prev: Array | float,
+    *,
+    eta: float = 0.0,
+    one_minus_alpha_bar: Array | float | None = None,
+    one_minus_alpha_bar_prev: Array | float | None = None,
+    beta: Array | float | None = None,
+) -> Array | float:
     """σ_t(η) = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev) (Song et al. 2021, Eq. 16).
 
     The complements may be passed exactly (``one_minus_*``, ``beta`` = 1 − ᾱ_t/ᾱ_prev); otherwise
@@ -462,10 +591,15 @@ def ddim_sigma(alpha_bar: Array | float, alpha_bar_prev: Array | float, *, eta: 
     return eta * sqrt(omp / om * b)
 
 
-def ddim_coefficients(alpha_bar: Array | float, alpha_bar_prev: Array | float, *, eta: float = 0.0,
-                      one_minus_alpha_bar: Array | float | None = None,
-                      one_minus_alpha_bar_prev: Array | float | None = None,
-                      beta: Array | float | None = None) -> tuple[Array | float, Array | float, Array | float]:
+def ddim_coefficients(
+    alpha_bar: Array | float,
+    alpha_bar_prev: Array | float,
+    *,
+    eta: float = 0.0,
+    one_minus_alpha_bar: Array | float | None = None,
+    one_minus_alpha_bar_prev: Array | float | None = None,
+    beta: Array | float | None = None,
+) -> tuple[Array | float, Array | float, Array | float]:
     """(√ᾱ_prev, √(1−ᾱ_prev−σ²), σ) of x_prev = √ᾱ_prev·x̂0 + √(1−ᾱ_prev−σ²)·ε̂ + σz (Song et al. 2021, Eq. 12).
 
     1 − ᾱ_prev − σ² is formed as (1−ᾱ_prev)·((1−η²) + η²·ᾱ_t(1−ᾱ_prev)/(ᾱ_prev(1−ᾱ_t))), a sum of
@@ -475,22 +609,41 @@ def ddim_coefficients(alpha_bar: Array | float, alpha_bar_prev: Array | float, *
     sqrt, is_arr, xp = _ops(alpha_bar, alpha_bar_prev)
     om = 1.0 - alpha_bar if one_minus_alpha_bar is None else one_minus_alpha_bar
     omp = 1.0 - alpha_bar_prev if one_minus_alpha_bar_prev is None else one_minus_alpha_bar_prev
-    sigma = ddim_sigma(alpha_bar, alpha_bar_prev, eta=eta, one_minus_alpha_bar=om,
-                       one_minus_alpha_bar_prev=omp, beta=beta)
+    sigma = ddim_sigma(
+        alpha_bar,
+        alpha_bar_prev,
+        eta=eta,
+        one_minus_alpha_bar=om,
+        one_minus_alpha_bar_prev=omp,
+        beta=beta,
+    )
     r = alpha_bar * omp / (alpha_bar_prev * om)
     dir2 = omp * ((1.0 - eta * eta) + eta * eta * r)
     neg = bool(xp.any(dir2 < 0)) if is_arr else dir2 < 0
     if neg:
-        fail("eta", eta, "η this large makes σ² exceed 1 − ᾱ_prev (the direction term would be "
-             "imaginary); expected η ≤ 1 or a step where σ² ≤ 1 − ᾱ_prev")
+        fail(
+            "eta",
+            eta,
+            "η this large makes σ² exceed 1 − ᾱ_prev (the direction term would be "
+            "imaginary); expected η ≤ 1 or a step where σ² ≤ 1 − ᾱ_prev",
+        )
     return sqrt(alpha_bar_prev), sqrt(dir2), sigma
 
 
-def ddim_step(x: Array, pred_x0: Array, pred_eps: Array, alpha_bar: Array | float | None = None,
-              alpha_bar_prev: Array | float | None = None, *, eta: float = 0.0,
-              noise: Array | None = None, one_minus_alpha_bar: Array | float | None = None,
-              one_minus_alpha_bar_prev: Array | float | None = None, beta: Array | float | None = None,
-              coefficients: tuple[Array | float, Array | float, Array | float] | None = None) -> Array:
+def ddim_step(
+    x: Array,
+    pred_x0: Array,
+    pred_eps: Array,
+    alpha_bar: Array | float | None = None,
+    alpha_bar_prev: Array | float | None = None,
+    *,
+    eta: float = 0.0,
+    noise: Array | None = None,
+    one_minus_alpha_bar: Array | float | None = None,
+    one_minus_alpha_bar_prev: Array | float | None = None,
+    beta: Array | float | None = None,
+    coefficients: tuple[Array | float, Array | float, Array | float] | None = None,
+) -> Array:
     """x_prev = √ᾱ_prev·x̂0 + √(1−ᾱ_prev−σ²)·ε̂ + σ·z (Song et al. 2021, Eq. 12).
 
     ``noise`` is needed only when σ > 0 (η > 0); with noise=None the σz term is left out (the
@@ -501,11 +654,20 @@ def ddim_step(x: Array, pred_x0: Array, pred_eps: Array, alpha_bar: Array | floa
     check_output(pred_eps, x, name="pred_eps")
     if coefficients is None:
         if alpha_bar is None or alpha_bar_prev is None:
-            fail("alpha_bar", alpha_bar, "ddim_step needs alpha_bar and alpha_bar_prev (or "
-                 "coefficients= from ddim_coefficients)")
+            fail(
+                "alpha_bar",
+                alpha_bar,
+                "ddim_step needs alpha_bar and alpha_bar_prev (or "
+                "coefficients= from ddim_coefficients)",
+            )
         coefficients = ddim_coefficients(
-            alpha_bar, alpha_bar_prev, eta=eta, one_minus_alpha_bar=one_minus_alpha_bar,
-            one_minus_alpha_bar_prev=one_minus_alpha_bar_prev, beta=beta)
+            alpha_bar,
+            alpha_bar_prev,
+            eta=eta,
+            one_minus_alpha_bar=one_minus_alpha_bar,
+            one_minus_alpha_bar_prev=one_minus_alpha_bar_prev,
+            beta=beta,
+        )
     c_x0, c_eps, sigma = coefficients
     out = c_x0 * pred_x0 + c_eps * pred_eps
     if noise is not None:
@@ -514,8 +676,14 @@ def ddim_step(x: Array, pred_x0: Array, pred_eps: Array, alpha_bar: Array | floa
     return out
 
 
-def ddim_reverse_step(x: Array, pred_x0: Array, pred_eps: Array, alpha_bar_next: Array | float, *,
-                      one_minus_alpha_bar_next: Array | float | None = None) -> Array:
+def ddim_reverse_step(
+    x: Array,
+    pred_x0: Array,
+    pred_eps: Array,
+    alpha_bar_next: Array | float,
+    *,
+    one_minus_alpha_bar_next: Array | float | None = None,
+) -> Array:
     """x_next = √ᾱ_next·x̂0 + √(1−ᾱ_next)·ε̂, one deterministic DDIM inversion step (Song et al. 2021, Eq. 13 run forward).
 
     ``one_minus_alpha_bar_next`` passes 1 − ᾱ_next exactly (otherwise formed by subtraction).
@@ -535,8 +703,13 @@ class _Level(NamedTuple):
     log: float
 
 
-def _final_level(h: _Host, schedule: Schedule, final_alpha_bar: str | float,
-                 base: Schedule | None, base_h: _Host | None) -> _Level:
+def _final_level(
+    h: _Host,
+    schedule: Schedule,
+    final_alpha_bar: str | float,
+    base: Schedule | None,
+    base_h: _Host | None,
+) -> _Level:
     """The level below step 0 under the final_alpha_bar convention."""
     if isinstance(final_alpha_bar, str):
         check_choice("final_alpha_bar", final_alpha_bar, FINAL_ALPHA_BAR, "final ᾱ_prev convention")
@@ -545,11 +718,18 @@ def _final_level(h: _Host, schedule: Schedule, final_alpha_bar: str | float,
         src = base_h
         if src is None:
             if int(h.timestep_map[0]) != 0:
-                fail("base_schedule", base, "final_alpha_bar='alpha_bar_0' on a respaced "
-                     "schedule that skips index 0 needs the training schedule: pass base_schedule=")
+                fail(
+                    "base_schedule",
+                    base,
+                    "final_alpha_bar='alpha_bar_0' on a respaced "
+                    "schedule that skips index 0 needs the training schedule: pass base_schedule=",
+                )
             src = h
-        return _Level(float(src.alphas_cumprod[0]), float(src.one_minus_alphas_cumprod[0]),
-                      float(src.log_alphas_cumprod[0]))
+        return _Level(
+            float(src.alphas_cumprod[0]),
+            float(src.one_minus_alphas_cumprod[0]),
+            float(src.log_alphas_cumprod[0]),
+        )
     v = check_real("final_alpha_bar", final_alpha_bar, lo=0.0, hi=1.0, lo_open=True)
     return _Level(v, 1.0 - v, math.log(v))
 
@@ -558,8 +738,11 @@ def _level(h: _Host, i: int, final: _Level) -> _Level:
     """Level i of the host tables (−1 = the final level)."""
     if i < 0:
         return final
-    return _Level(float(h.alphas_cumprod[i]), float(h.one_minus_alphas_cumprod[i]),
-                  float(h.log_alphas_cumprod[i]))
+    return _Level(
+        float(h.alphas_cumprod[i]),
+        float(h.one_minus_alphas_cumprod[i]),
+        float(h.log_alphas_cumprod[i]),
+    )
 
 
 def _beta_between(h: _Host, i: int, prev: _Level, cur: _Level, own: bool) -> float:
@@ -579,14 +762,25 @@ def _stride_base(schedule: Schedule, respaced: bool, base_schedule: Schedule | N
         return base_schedule
     tmap = _host_table(schedule.timestep_map)
     if not np.array_equal(tmap, np.arange(schedule.num_timesteps)):
-        fail("base_schedule", base_schedule, "prev_timestep='stride' on a respaced schedule needs "
-             "the training schedule: pass base_schedule= (or the training schedule with steps=)")
+        fail(
+            "base_schedule",
+            base_schedule,
+            "prev_timestep='stride' on a respaced schedule needs "
+            "the training schedule: pass base_schedule= (or the training schedule with steps=)",
+        )
     return schedule
 
 
-def _ddim_tables(sched: Schedule, schedule: Schedule, x: Array, *, respaced: bool,
-                 base_schedule: Schedule | None, prev_timestep: str,
-                 final_alpha_bar: str | float) -> tuple[_Host, Schedule | None, _Host | None, _Level]:
+def _ddim_tables(
+    sched: Schedule,
+    schedule: Schedule,
+    x: Array,
+    *,
+    respaced: bool,
+    base_schedule: Schedule | None,
+    prev_timestep: str,
+    final_alpha_bar: str | float,
+) -> tuple[_Host, Schedule | None, _Host | None, _Level]:
     """The host tables of the sampling schedule and of the training schedule, and the final level."""
     _check_namespace(sched, x)
     h = _Host(sched)
@@ -599,9 +793,15 @@ def _ddim_tables(sched: Schedule, schedule: Schedule, x: Array, *, respaced: boo
     return h, base, base_h, _final_level(h, sched, final_alpha_bar, base, base_h)
 
 
-def _ddim_prev_levels(h: _Host, sched: Schedule, levels: range, prev_timestep: str,
-                      final: _Level, base: Schedule | None,
-                      base_h: _Host | None) -> dict[int, tuple[_Level, bool]]:
+def _ddim_prev_levels(
+    h: _Host,
+    sched: Schedule,
+    levels: range,
+    prev_timestep: str,
+    final: _Level,
+    base: Schedule | None,
+    base_h: _Host | None,
+) -> dict[int, tuple[_Level, bool]]:
     """For each level i in ``levels``: (ᾱ of the level it steps to, whether that level is the schedule's own)."""
     n = sched.num_timesteps
     out: dict[int, tuple[_Level, bool]] = {}
@@ -615,9 +815,17 @@ def _ddim_prev_levels(h: _Host, sched: Schedule, levels: range, prev_timestep: s
     return out
 
 
-def _x0_eps(out: Array, x: Array, c: LevelCoefficients, xp: Namespace | None, *,
-            mean_type: str, clip_x0: bool, denoised_fn: Callable[[Array], Array] | None,
-            eps_from_clipped_x0: bool) -> tuple[Array, Array]:
+def _x0_eps(
+    out: Array,
+    x: Array,
+    c: LevelCoefficients,
+    xp: Namespace | None,
+    *,
+    mean_type: str,
+    clip_x0: bool,
+    denoised_fn: Callable[[Array], Array] | None,
+    eps_from_clipped_x0: bool,
+) -> tuple[Array, Array]:
     """(x̂0, ε̂) from a model output at one level: x̂0 processed, ε̂ from it or from the raw output."""
     raw = x0_from_output_at(out, x, c, mean_type)
     processed = clip_x0 or denoised_fn is not None
@@ -628,17 +836,33 @@ def _x0_eps(out: Array, x: Array, c: LevelCoefficients, xp: Namespace | None, *,
 
 
 @register_sampler("ddim", family="discrete", stochastic=False, order=1.0, step=ddim_step)
-def sample_ddim(model: Callable[[Array, Array], Array], x_T: Array, *, schedule: Schedule, noise: Noise = None,
-                eta: float = 0.0,
-                mean_type: str = "eps", var_type: str = "fixed_small", clip_x0: bool = False,
-                denoised_fn: Callable[[Array], Array] | None = None, final_alpha_bar: str | float = "one",
-                base_schedule: Schedule | None = None, final_noise: str = "none",
-                eps_from_clipped_x0: bool = True, prev_timestep: str = "listed",
-                steps: int | None = None, spacing: str = "trailing", steps_offset: int = 0,
-                timesteps: Sequence[int] | Array | None = None, start: int | None = None, stop: int = -1,
-                cond_fn: Callable[[Array, Array], Array] | None = None, cond_scale: float = 1.0,
-                callback: Callable[[StepInfo], object] | None = None,
-                progress: Callable[[int, int], object] | None = None) -> Array:
+def sample_ddim(
+    model: Callable[[Array, Array], Array],
+    x_T: Array,
+    *,
+    schedule: Schedule,
+    noise: Noise = None,
+    eta: float = 0.0,
+    mean_type: str = "eps",
+    var_type: str = "fixed_small",
+    clip_x0: bool = False,
+    denoised_fn: Callable[[Array], Array] | None = None,
+    final_alpha_bar: str | float = "one",
+    base_schedule: Schedule | None = None,
+    final_noise: str = "none",
+    eps_from_clipped_x0: bool = True,
+    prev_timestep: str = "listed",
+    steps: int | None = None,
+    spacing: str = "trailing",
+    steps_offset: int = 0,
+    timesteps: Sequence[int] | Array | None = None,
+    start: int | None = None,
+    stop: int = -1,
+    cond_fn: Callable[[Array, Array], Array] | None = None,
+    cond_scale: float = 1.0,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """DDIM sampling x_T -> x_0 with noise scale η (Song et al. 2021, Eqs. 12 and 16; η = 0 is deterministic).
 
     Parameters
@@ -674,8 +898,9 @@ def sample_ddim(model: Callable[[Array, Array], Array], x_T: Array, *, schedule:
     callback, progress
         Per-step hooks (:func:`sample_ddpm`).
     """
-    sched = sampling_schedule(schedule, steps, spacing, steps_offset=steps_offset,
-                              timesteps=timesteps)
+    sched = sampling_schedule(
+        schedule, steps, spacing, steps_offset=steps_offset, timesteps=timesteps
+    )
     eta = check_eta(eta)
     cond_scale = check_scale(cond_scale, "cond_scale")
     mean_type = prediction_type(mean_type, "mean_type")
@@ -688,22 +913,33 @@ def sample_ddim(model: Callable[[Array, Array], Array], x_T: Array, *, schedule:
     stop = check_int("stop", stop, minimum=-1)
     if start > n - 1 or stop >= start:
         fail("start", start, f"expected n-1 >= start > stop >= -1 with n={n} (stop={stop})")
-    h, base, base_h, final = _ddim_tables(sched, schedule, x_T,
-                                          respaced=steps is not None or timesteps is not None,
-                                          base_schedule=base_schedule,
-                                          prev_timestep=prev_timestep,
-                                          final_alpha_bar=final_alpha_bar)
+    h, base, base_h, final = _ddim_tables(
+        sched,
+        schedule,
+        x_T,
+        respaced=steps is not None or timesteps is not None,
+        base_schedule=base_schedule,
+        prev_timestep=prev_timestep,
+        final_alpha_bar=final_alpha_bar,
+    )
     levels = range(start, stop, -1)
     prevs = _ddim_prev_levels(h, sched, levels, prev_timestep, final, base, base_h)
-    plan: list[tuple[int, LevelCoefficients, tuple[Array | float, Array | float, Array | float],
-               bool]] = []
+    plan: list[
+        tuple[int, LevelCoefficients, tuple[Array | float, Array | float, Array | float], bool]
+    ] = []
     for i in levels:
         cur = _level(h, i, final)
         prev, own = prevs[i]
         _zero_snr_check(cur.ab, i, mean_type)
         beta = _beta_between(h, i, prev, cur, own)
-        coef = ddim_coefficients(cur.ab, prev.ab, eta=eta, one_minus_alpha_bar=cur.om,
-                                 one_minus_alpha_bar_prev=prev.om, beta=beta)
+        coef = ddim_coefficients(
+            cur.ab,
+            prev.ab,
+            eta=eta,
+            one_minus_alpha_bar=cur.om,
+            one_minus_alpha_bar_prev=prev.om,
+            beta=beta,
+        )
         last = i == 0
         add = coef[2] > 0 and (not last or final_noise == "always")
         plan.append((int(h.timestep_map[i]), level_coefficients(h, i), coef, add))
@@ -714,9 +950,16 @@ def sample_ddim(model: Callable[[Array, Array], Array], x_T: Array, *, schedule:
     for k, (t, c, coef, add) in enumerate(plan):
         t_model = _timestep_array(xp, x, t, dev)
         out, _ = _split_output(model(x, t_model), x, var_type)
-        pred_x0, pred_eps = _x0_eps(out, x, c, xp, mean_type=mean_type, clip_x0=clip_x0,
-                                    denoised_fn=denoised_fn,
-                                    eps_from_clipped_x0=eps_from_clipped_x0)
+        pred_x0, pred_eps = _x0_eps(
+            out,
+            x,
+            c,
+            xp,
+            mean_type=mean_type,
+            clip_x0=clip_x0,
+            denoised_fn=denoised_fn,
+            eps_from_clipped_x0=eps_from_clipped_x0,
+        )
         if cond_fn is not None:
             grad = cond_fn(x, t_model)
             check_output(grad, x, name="classifier gradient")
@@ -732,8 +975,15 @@ def sample_ddim(model: Callable[[Array, Array], Array], x_T: Array, *, schedule:
 
 
 @register_sampler("ddim_stochastic", family="discrete", stochastic=True, step=ddim_step)
-def sample_ddim_stochastic(model: Callable[[Array, Array], Array], x_T: Array, *, schedule: Schedule,
-                           noise: Noise = None, eta: float = 1.0, **options: Any) -> Array:
+def sample_ddim_stochastic(
+    model: Callable[[Array, Array], Array],
+    x_T: Array,
+    *,
+    schedule: Schedule,
+    noise: Noise = None,
+    eta: float = 1.0,
+    **options: Any,
+) -> Array:
     """DDIM with η = 1 by default: the stochastic member of the family (Song et al. 2021, Eq. 16)."""
     return sample_ddim(model, x_T, schedule=schedule, noise=noise, eta=eta, **options)
 
@@ -745,11 +995,22 @@ class DDIMStepOutput(NamedTuple):
     pred_original_sample: Array
 
 
-def ddim_step_at(model_output: Array, t: int, t_prev: int, x_t: Array, *, schedule: Schedule,
-                 eta: float = 0.0, noise: Array | None = None, prediction_type: str = "eps",
-                 final_alpha_bar: str | float = "one", clip_x0: bool = False,
-                 clip_range: float = 1.0, denoised_fn: Callable[[Array], Array] | None = None,
-                 eps_from_clipped_x0: bool = False) -> DDIMStepOutput:
+def ddim_step_at(
+    model_output: Array,
+    t: int,
+    t_prev: int,
+    x_t: Array,
+    *,
+    schedule: Schedule,
+    eta: float = 0.0,
+    noise: Array | None = None,
+    prediction_type: str = "eps",
+    final_alpha_bar: str | float = "one",
+    clip_x0: bool = False,
+    clip_range: float = 1.0,
+    denoised_fn: Callable[[Array], Array] | None = None,
+    eps_from_clipped_x0: bool = False,
+) -> DDIMStepOutput:
     """One DDIM step between training timesteps t -> t_prev, shaped like diffusers' ``DDIMScheduler.step`` (Song et al. 2021, Eq. 12).
 
     ``DDIMScheduler.step(model_output, timestep, sample, eta, use_clipped_model_output,
@@ -804,9 +1065,18 @@ def ddim_step_at(model_output: Array, t: int, t_prev: int, x_t: Array, *, schedu
             x0 = xp.clip(x0, -clip_range, clip_range)
         if eps_from_clipped_x0:
             eps = eps_from_prediction(x0, x_t, a, s, "x0")
-    x_prev = ddim_step(x_t, x0, eps, cur.ab, prev.ab, eta=eta, noise=noise,
-                       one_minus_alpha_bar=cur.om, one_minus_alpha_bar_prev=prev.om,
-                       beta=-math.expm1(cur.log - prev.log))
+    x_prev = ddim_step(
+        x_t,
+        x0,
+        eps,
+        cur.ab,
+        prev.ab,
+        eta=eta,
+        noise=noise,
+        one_minus_alpha_bar=cur.om,
+        one_minus_alpha_bar_prev=prev.om,
+        beta=-math.expm1(cur.log - prev.log),
+    )
     return DDIMStepOutput(x_prev, x0)
 
 
@@ -814,15 +1084,28 @@ def _canonical_prediction(value: str) -> str:
     return prediction_type(value, "prediction_type", ("eps", "x0", "v", "score"))
 
 
-def ddim_invert(model: Callable[[Array, Array], Array], x0: Array, *, schedule: Schedule, mean_type: str = "eps",
-                var_type: str = "fixed_small", clip_x0: bool = False,
-                denoised_fn: Callable[[Array], Array] | None = None, final_alpha_bar: str | float = "one",
-                base_schedule: Schedule | None = None, model_time: str = "current",
-                prev_timestep: str = "listed", steps: int | None = None,
-                spacing: str = "trailing", steps_offset: int = 0, timesteps: Sequence[int] | Array | None = None,
-                start: int = -1, stop: int | None = None,
-                callback: Callable[[StepInfo], object] | None = None,
-                progress: Callable[[int, int], object] | None = None) -> Array:
+def ddim_invert(
+    model: Callable[[Array, Array], Array],
+    x0: Array,
+    *,
+    schedule: Schedule,
+    mean_type: str = "eps",
+    var_type: str = "fixed_small",
+    clip_x0: bool = False,
+    denoised_fn: Callable[[Array], Array] | None = None,
+    final_alpha_bar: str | float = "one",
+    base_schedule: Schedule | None = None,
+    model_time: str = "current",
+    prev_timestep: str = "listed",
+    steps: int | None = None,
+    spacing: str = "trailing",
+    steps_offset: int = 0,
+    timesteps: Sequence[int] | Array | None = None,
+    start: int = -1,
+    stop: int | None = None,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """Deterministic DDIM inversion x_0 -> x_T: the η = 0 update run toward more noise (Song et al. 2021, §4.3, Eq. 13).
 
     Step from level j to j+1 (level −1 = the data level of ``final_alpha_bar``):
@@ -847,8 +1130,9 @@ def ddim_invert(model: Callable[[Array, Array], Array], x0: Array, *, schedule: 
     array
         x at level ``stop`` (x_T by default).
     """
-    sched = sampling_schedule(schedule, steps, spacing, steps_offset=steps_offset,
-                              timesteps=timesteps)
+    sched = sampling_schedule(
+        schedule, steps, spacing, steps_offset=steps_offset, timesteps=timesteps
+    )
     check_choice("model_time", model_time, MODEL_TIMES, "inversion model-time convention")
     check_choice("prev_timestep", prev_timestep, PREV_TIMESTEPS, "previous-timestep rule")
     check_choice("var_type", var_type, VAR_TYPES, "variance type")
@@ -859,11 +1143,15 @@ def ddim_invert(model: Callable[[Array, Array], Array], x0: Array, *, schedule: 
     stop = n - 1 if stop is None else check_int("stop", stop, minimum=0)
     if stop > n - 1 or start >= stop:
         fail("stop", stop, f"expected -1 <= start < stop <= n-1 with n={n} (start={start})")
-    h, base, base_h, final = _ddim_tables(sched, schedule, x0,
-                                          respaced=steps is not None or timesteps is not None,
-                                          base_schedule=base_schedule,
-                                          prev_timestep=prev_timestep,
-                                          final_alpha_bar=final_alpha_bar)
+    h, base, base_h, final = _ddim_tables(
+        sched,
+        schedule,
+        x0,
+        respaced=steps is not None or timesteps is not None,
+        base_schedule=base_schedule,
+        prev_timestep=prev_timestep,
+        final_alpha_bar=final_alpha_bar,
+    )
     plan: list[tuple[int, LevelCoefficients, bool, tuple[float, float] | None, _Level]] = []
     for j in range(start, stop):
         nxt = _level(h, j + 1, final)
@@ -894,14 +1182,25 @@ def ddim_invert(model: Callable[[Array, Array], Array], x0: Array, *, schedule: 
         t_model = _timestep_array(xp, x, t, dev)
         out, _ = _split_output(model(x, t_model), x, var_type)
         if model_next:
-            eps = out if mean_type == "eps" else eps_from_x0_at(
-                x, x0_from_output_at(out, x, c, mean_type), c)
+            eps = (
+                out
+                if mean_type == "eps"
+                else eps_from_x0_at(x, x0_from_output_at(out, x, c, mean_type), c)
+            )
             assert cur_as is not None  # planned with the level it steps from
             pred_x0 = x0_from_prediction(eps, x, cur_as[0], cur_as[1], "eps")
             pred_x0 = _process_x0(pred_x0, xp, clip_x0, denoised_fn)
         else:
-            pred_x0, eps = _x0_eps(out, x, c, xp, mean_type=mean_type, clip_x0=clip_x0,
-                                   denoised_fn=denoised_fn, eps_from_clipped_x0=True)
+            pred_x0, eps = _x0_eps(
+                out,
+                x,
+                c,
+                xp,
+                mean_type=mean_type,
+                clip_x0=clip_x0,
+                denoised_fn=denoised_fn,
+                eps_from_clipped_x0=True,
+            )
         if report is not None:
             report(StepInfo(k, total, x, pred_x0, t=t))
         x = ddim_reverse_step(x, pred_x0, eps, nxt.ab, one_minus_alpha_bar_next=nxt.om)

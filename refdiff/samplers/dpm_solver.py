@@ -376,7 +376,9 @@ class NoiseScheduleVP:
             sig = np.asarray(self.sde.marginal_std(a), dtype=np.float64)
             lam = np.asarray(self.sde.lambda_(a), dtype=np.float64)
         else:
-            assert self.t_array is not None and self.log_alpha_array is not None  # a discrete schedule
+            assert (
+                self.t_array is not None and self.log_alpha_array is not None
+            )  # a discrete schedule
             la = _interp(a, self.t_array, self.log_alpha_array)
             sig = np.sqrt(-np.expm1(2.0 * la))
             lam = _lambda_from_log_alpha(la)
@@ -388,7 +390,9 @@ class NoiseScheduleVP:
         if self.sde is not None:
             out = self.sde.marginal_log_mean_coeff(a)
         else:
-            assert self.t_array is not None and self.log_alpha_array is not None  # a discrete schedule
+            assert (
+                self.t_array is not None and self.log_alpha_array is not None
+            )  # a discrete schedule
             out = _interp(a, self.t_array, self.log_alpha_array)
         return _scalar_or_array(out, t)
 
@@ -412,7 +416,9 @@ class NoiseScheduleVP:
         if self.sde is not None:
             out = np.asarray(self.sde.t_from_lambda(lam_a), dtype=np.float64)
         else:
-            assert self.t_array is not None and self.log_alpha_array is not None  # a discrete schedule
+            assert (
+                self.t_array is not None and self.log_alpha_array is not None
+            )  # a discrete schedule
             la = -0.5 * np.logaddexp(0.0, -2.0 * lam_a)  # log α = -½ log(1 + e^{-2λ}) (VP)
             out = _interp(la, self.log_alpha_array[::-1].copy(), self.t_array[::-1].copy())
         return _scalar_or_array(out, lam)
@@ -1053,7 +1059,10 @@ def singlestep_dpm_solver_update(
     r1: float | None = None,
     r2: float | None = None,
     model_s: Array | None = None,
-    coefficients: FirstCoefficients | SinglestepSecondCoefficients | SinglestepThirdCoefficients | None = None,
+    coefficients: FirstCoefficients
+    | SinglestepSecondCoefficients
+    | SinglestepThirdCoefficients
+    | None = None,
 ) -> tuple[Array, list[Array]]:
     """One single-step DPM-Solver-k update (k = 1, 2, 3) from s to t (Lu et al. 2022a, Eq. 3.7, Algs. 1-2).
 
@@ -1182,7 +1191,10 @@ def multistep_dpm_solver_update(
     algorithm_type: str = "dpmsolver",
     solver_type: str = "dpmsolver",
     d2_scale: str = "consistent",
-    coefficients: FirstCoefficients | MultistepSecondCoefficients | MultistepThirdCoefficients | None = None,
+    coefficients: FirstCoefficients
+    | MultistepSecondCoefficients
+    | MultistepThirdCoefficients
+    | None = None,
 ) -> Array:
     """One multistep DPM-Solver-k update (k = 1, 2, 3) from t_prev_list[-1] to t (Lu et al. 2022b, Alg. 2)."""
     if order == 1:
@@ -1238,7 +1250,10 @@ def _check_model_time(ns: NoiseScheduleVP, model_time: ModelTime) -> None:
             )
 
 
-def _x0_correction(correcting_x0_fn: str | Callable[[Array, float], Array] | None, dynamic_thresholding_ratio: float) -> Callable[[Array, float], Array] | None:
+def _x0_correction(
+    correcting_x0_fn: str | Callable[[Array, float], Array] | None,
+    dynamic_thresholding_ratio: float,
+) -> Callable[[Array, float], Array] | None:
     if isinstance(correcting_x0_fn, str):
         check_choice(
             "correcting_x0_fn", correcting_x0_fn, ("dynamic_thresholding",), "x0 correction"
@@ -1261,7 +1276,9 @@ def _x0_correction(correcting_x0_fn: str | Callable[[Array, float], Array] | Non
 
 
 def _predictors(
-    model: Callable[[Array, Array], Array], prediction: str, correct: Callable[[Array, float], Array] | None
+    model: Callable[[Array, Array], Array],
+    prediction: str,
+    correct: Callable[[Array, float], Array] | None,
 ) -> tuple[Callable[[Array, SchedulePoint], Array], Callable[[Array, SchedulePoint], Array]]:
     """(noise_fn, data_fn): ``fn(x, point) -> ε̂ or x̂0`` from the raw model output (Lu et al. 2022b, §3; DPM-Solver's model_wrapper)."""
 
@@ -1469,7 +1486,15 @@ def _singlestep_plan(
 
 
 def _multistep_plan(
-    ns: NoiseScheduleVP, points: list[SchedulePoint], order: int, lower_order_final: str, warmup: str, model_time: ModelTime, algorithm_type: str, solver_type: str, d2_scale: str
+    ns: NoiseScheduleVP,
+    points: list[SchedulePoint],
+    order: int,
+    lower_order_final: str,
+    warmup: str,
+    model_time: ModelTime,
+    algorithm_type: str,
+    solver_type: str,
+    d2_scale: str,
 ) -> list[tuple[str, int, Any]]:
     steps = len(points) - 1
     orders = multistep_step_orders(steps, order, lower_order_final)
@@ -1796,7 +1821,9 @@ def sample_dpm_solver(
     return x
 
 
-def _by_time(points: list[SchedulePoint], plan: Sequence[tuple[object, int, NamedTuple]]) -> dict[float, SchedulePoint]:
+def _by_time(
+    points: list[SchedulePoint], plan: Sequence[tuple[object, int, NamedTuple]]
+) -> dict[float, SchedulePoint]:
     """Every point the plan's updates evaluate the model at, keyed by its time."""
     out = {p.t: p for p in points}
     for _, _, c in plan:

@@ -29,12 +29,26 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from .._errors import check_choice, check_int, check_real, fail
 from .._typing import Array, Noise
 from .._xp import array_namespace
-from ..parameterizations import PREDICTION_TYPES, eps_from_prediction, prediction_type, x0_from_prediction
+from ..parameterizations import (
+    PREDICTION_TYPES,
+    eps_from_prediction,
+    prediction_type,
+    x0_from_prediction,
+)
 from . import register_sampler
 from ._common import StepInfo, batch_full, check_output, draw_noise, step_reporter
-from .dpm_solver import (ALGORITHM_TYPES, SKIP_TYPES, SOLVER_TYPES, NoiseScheduleVP,
-                         dpm_solver_first_update, get_time_steps, multistep_step_orders, phi_2,
-                         singlestep_dpm_solver_second_update, singlestep_dpm_solver_third_update)
+from .dpm_solver import (
+    ALGORITHM_TYPES,
+    SKIP_TYPES,
+    SOLVER_TYPES,
+    NoiseScheduleVP,
+    dpm_solver_first_update,
+    get_time_steps,
+    multistep_step_orders,
+    phi_2,
+    singlestep_dpm_solver_second_update,
+    singlestep_dpm_solver_third_update,
+)
 
 if TYPE_CHECKING:
     from .dpm_solver import ModelTime
@@ -47,8 +61,14 @@ if TYPE_CHECKING:
         def __call__(self, x: Array, t: float, /) -> Array: ...
 
 
-__all__ = ["sde_dpmpp_coefficients", "sde_dpmpp_step", "sample_dpm_solver_adaptive",
-           "sample_sde_dpmpp_1", "sample_sde_dpmpp_2m", "SDE_SOLVER_TYPES"]
+__all__ = [
+    "sde_dpmpp_coefficients",
+    "sde_dpmpp_step",
+    "sample_dpm_solver_adaptive",
+    "sample_sde_dpmpp_1",
+    "sample_sde_dpmpp_2m",
+    "SDE_SOLVER_TYPES",
+]
 
 #: diffusers' ``solver_type`` of the second-order SDE-DPM-Solver++ update.
 SDE_SOLVER_TYPES = ("midpoint", "heun")
@@ -59,10 +79,15 @@ _MODEL_TIMES = ("continuous", "dpm_solver")
 # Inputs: the model as noise / data prediction, the time range
 # --------------------------------------------------------------------------------------------
 
+
 def _check_ns(noise_schedule: object) -> NoiseScheduleVP:
     if not isinstance(noise_schedule, NoiseScheduleVP):
-        fail("noise_schedule", noise_schedule, "expected a refdiff.samplers.dpm_solver."
-             "NoiseScheduleVP (NoiseScheduleVP.linear(), .discrete(schedule) or .from_sde(sde))")
+        fail(
+            "noise_schedule",
+            noise_schedule,
+            "expected a refdiff.samplers.dpm_solver."
+            "NoiseScheduleVP (NoiseScheduleVP.linear(), .discrete(schedule) or .from_sde(sde))",
+        )
     return noise_schedule
 
 
@@ -76,8 +101,12 @@ def _levels(ns: NoiseScheduleVP, t: float) -> tuple[float, float, float]:
     return float(ns.marginal_alpha(t)), float(ns.marginal_std(t)), float(ns.marginal_lambda(t))
 
 
-def _model_fns(model: Callable[[Array, Array], Array], ns: NoiseScheduleVP, model_type: str,
-               model_time: ModelTime) -> tuple[_ModelFn, _ModelFn]:
+def _model_fns(
+    model: Callable[[Array, Array], Array],
+    ns: NoiseScheduleVP,
+    model_type: str,
+    model_time: ModelTime,
+) -> tuple[_ModelFn, _ModelFn]:
     """(noise_fn, data_fn): ``fn(x, t) -> ε̂ or x̂0`` from the model output (Lu et al. 2022b, §3)."""
     if not callable(model):
         fail("model", model, "expected a callable model(x, t) -> prediction")
@@ -85,8 +114,12 @@ def _model_fns(model: Callable[[Array, Array], Array], ns: NoiseScheduleVP, mode
     if not callable(model_time):
         check_choice("model_time", model_time, _MODEL_TIMES, "model time convention")
         if model_time == "dpm_solver" and ns.kind != "discrete":
-            fail("model_time", model_time, "the 'dpm_solver' discrete model time needs a "
-                 "discrete noise schedule (NoiseScheduleVP.discrete)")
+            fail(
+                "model_time",
+                model_time,
+                "the 'dpm_solver' discrete model time needs a "
+                "discrete noise schedule (NoiseScheduleVP.discrete)",
+            )
 
     def out(x: Array, t: float) -> Array:
         tin = model_time(t) if callable(model_time) else ns.model_input_time(t, model_time)
@@ -95,7 +128,7 @@ def _model_fns(model: Callable[[Array, Array], Array], ns: NoiseScheduleVP, mode
     cache: dict[float, tuple[float, float, float]] = {}
 
     def levels(t: float) -> tuple[float, float, float]:
-        if t not in cache:               # each grid time's (α, σ, λ) is formed once per call
+        if t not in cache:  # each grid time's (α, σ, λ) is formed once per call
             cache[t] = _levels(ns, t)
         return cache[t]
 
@@ -107,18 +140,26 @@ def _model_fns(model: Callable[[Array, Array], Array], ns: NoiseScheduleVP, mode
         a, s, _ = levels(t)
         return x0_from_prediction(out(x, t), x, a, s, kind)
 
-    noise_fn.levels = data_fn.levels = levels          # type: ignore[attr-defined]
+    noise_fn.levels = data_fn.levels = levels  # type: ignore[attr-defined]
 
     return cast("_ModelFn", noise_fn), cast("_ModelFn", data_fn)
 
 
-def _time_range(ns: NoiseScheduleVP, t_start: float | None,
-                t_end: float | None) -> tuple[float, float]:
+def _time_range(
+    ns: NoiseScheduleVP, t_start: float | None, t_end: float | None
+) -> tuple[float, float]:
     t_T = ns.T if t_start is None else check_real("t_start", t_start, lo=0.0, hi=ns.T, lo_open=True)
-    t_0 = (1.0 / ns.total_N if t_end is None
-           else check_real("t_end", t_end, lo=0.0, hi=ns.T, lo_open=True))
+    t_0 = (
+        1.0 / ns.total_N
+        if t_end is None
+        else check_real("t_end", t_end, lo=0.0, hi=ns.T, lo_open=True)
+    )
     if not t_0 < t_T:
-        fail("t_end", t_end, f"must be below t_start = {t_T!r} (these samplers run from noise to data)")
+        fail(
+            "t_end",
+            t_end,
+            f"must be below t_start = {t_T!r} (these samplers run from noise to data)",
+        )
     for name, t in (("t_start", t_T), ("t_end", t_0)):
         lam = float(ns.marginal_lambda(t))
         if not math.isfinite(lam):
@@ -126,8 +167,14 @@ def _time_range(ns: NoiseScheduleVP, t_start: float | None,
     return t_T, t_0
 
 
-def _grid(ns: NoiseScheduleVP, time_grid: Sequence[float] | Array | None, skip_type: str, t_T: float, t_0: float,
-          steps: int | None) -> list[float]:
+def _grid(
+    ns: NoiseScheduleVP,
+    time_grid: Sequence[float] | Array | None,
+    skip_type: str,
+    t_T: float,
+    t_0: float,
+    steps: int | None,
+) -> list[float]:
     """The times t_0 > ... > t_N: ``time_grid`` as given, or DPM-Solver's grid of ``steps`` steps."""
     if time_grid is None:
         check_choice("skip_type", skip_type, SKIP_TYPES, "step grid")
@@ -157,21 +204,37 @@ def _bool(name: str, value: object) -> bool:
 # DPM-Solver-12 / 23 (adaptive)
 # --------------------------------------------------------------------------------------------
 
-@register_sampler("dpm_solver_adaptive", family="vp", stochastic=False,
-                  step=singlestep_dpm_solver_third_update)
-def sample_dpm_solver_adaptive(model: Callable[[Array, Array], Array], x: Array, *, noise_schedule: NoiseScheduleVP,
-                               steps: int | None = None, noise: Noise = None, order: int = 3,
-                               algorithm_type: str = "dpmsolver++", solver_type: str = "dpmsolver",
-                               model_type: str = "noise", t_start: float | None = None,
-                               t_end: float | None = None, atol: float = 0.0078,
-                               rtol: float = 0.05, h_init: float = 0.05, theta: float = 0.9,
-                               t_err: float = 1e-5, adaptive: bool = True,
-                               time_grid: Sequence[float] | Array | None = None,
-                               skip_type: str = "logSNR", model_time: ModelTime = "continuous",
-                               return_info: bool = False, max_steps: int = 10000,
-                               callback: Callable[[StepInfo], object] | None = None,
-                               progress: Callable[[int, int], object] | None = None
-                               ) -> Array | tuple[Array, dict[str, Any]]:
+
+@register_sampler(
+    "dpm_solver_adaptive", family="vp", stochastic=False, step=singlestep_dpm_solver_third_update
+)
+def sample_dpm_solver_adaptive(
+    model: Callable[[Array, Array], Array],
+    x: Array,
+    *,
+    noise_schedule: NoiseScheduleVP,
+    steps: int | None = None,
+    noise: Noise = None,
+    order: int = 3,
+    algorithm_type: str = "dpmsolver++",
+    solver_type: str = "dpmsolver",
+    model_type: str = "noise",
+    t_start: float | None = None,
+    t_end: float | None = None,
+    atol: float = 0.0078,
+    rtol: float = 0.05,
+    h_init: float = 0.05,
+    theta: float = 0.9,
+    t_err: float = 1e-5,
+    adaptive: bool = True,
+    time_grid: Sequence[float] | Array | None = None,
+    skip_type: str = "logSNR",
+    model_time: ModelTime = "continuous",
+    return_info: bool = False,
+    max_steps: int = 10000,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array | tuple[Array, dict[str, Any]]:
     """DPM-Solver-12 / 23 with adaptive step size in λ (Lu et al. 2022a, §3.3 and App. C; DPM-Solver's ``method="adaptive"``).
 
     From λ_s an attempt goes to t with λ_t = λ_s + h: x_low is DPM-Solver-1 (order 2) or
@@ -241,15 +304,41 @@ def sample_dpm_solver_adaptive(model: Callable[[Array, Array], Array], x: Array,
         if order == 2:
             x_low = dpm_solver_first_update(ns, x, s, t, model_s, algorithm_type=algorithm_type)
             x_high, _ = singlestep_dpm_solver_second_update(
-                ns, fn, x, s, t, r1=r1, model_s=model_s, algorithm_type=algorithm_type,
-                solver_type=solver_type)
+                ns,
+                fn,
+                x,
+                s,
+                t,
+                r1=r1,
+                model_s=model_s,
+                algorithm_type=algorithm_type,
+                solver_type=solver_type,
+            )
             return x_low, x_high
         x_low, (m_s, m_s1) = singlestep_dpm_solver_second_update(
-            ns, fn, x, s, t, r1=r1, model_s=model_s, algorithm_type=algorithm_type,
-            solver_type=solver_type)
+            ns,
+            fn,
+            x,
+            s,
+            t,
+            r1=r1,
+            model_s=model_s,
+            algorithm_type=algorithm_type,
+            solver_type=solver_type,
+        )
         x_high, _ = singlestep_dpm_solver_third_update(
-            ns, fn, x, s, t, r1=r1, r2=2.0 / 3.0, model_s=m_s, model_s1=m_s1,
-            algorithm_type=algorithm_type, solver_type=solver_type)
+            ns,
+            fn,
+            x,
+            s,
+            t,
+            r1=r1,
+            r2=2.0 / 3.0,
+            model_s=m_s,
+            model_s1=m_s1,
+            algorithm_type=algorithm_type,
+            solver_type=solver_type,
+        )
         return x_low, x_high
 
     def start(x: Array, s: float) -> Array:
@@ -261,8 +350,14 @@ def sample_dpm_solver_adaptive(model: Callable[[Array, Array], Array], x: Array,
         return model_s
 
     if not adaptive:
-        ts = _grid(ns, time_grid, skip_type, t_T, t_0,
-                   check_int("steps", steps, minimum=1) if time_grid is None else 1)
+        ts = _grid(
+            ns,
+            time_grid,
+            skip_type,
+            t_T,
+            t_0,
+            check_int("steps", steps, minimum=1) if time_grid is None else 1,
+        )
         n_fixed = len(ts) - 1
         for k in range(n_fixed):
             model_s = start(x, ts[k])
@@ -282,13 +377,18 @@ def sample_dpm_solver_adaptive(model: Callable[[Array, Array], Array], x: Array,
     x_prev = x
     while abs(s - t_0) > t_err:
         if info["steps"] >= max_steps:
-            fail("max_steps", max_steps, f"the adaptive solver made {max_steps} attempts and "
-                 f"reached t = {s!r}, not t_end = {t_0!r}; loosen rtol/atol or raise max_steps")
+            fail(
+                "max_steps",
+                max_steps,
+                f"the adaptive solver made {max_steps} attempts and "
+                f"reached t = {s!r}, not t_end = {t_0!r}; loosen rtol/atol or raise max_steps",
+            )
         t = t_0 if h >= lam_0 - lam_s else float(ns.inverse_lambda(lam_s + h))
         model_s = start(x, s)
         x_low, x_high = pair(x, s, t, model_s)
-        delta = xp.maximum(rtol * xp.maximum(xp.abs(x_low), xp.abs(x_prev)),
-                           xp.full_like(x_low, atol))
+        delta = xp.maximum(
+            rtol * xp.maximum(xp.abs(x_low), xp.abs(x_prev)), xp.full_like(x_low, atol)
+        )
         r = xp.reshape((x_high - x_low) / delta, (x.shape[0], -1))
         E = float(xp.max(xp.sqrt(xp.mean(r * r, axis=1))))
         info["steps"] += 1
@@ -309,8 +409,15 @@ def sample_dpm_solver_adaptive(model: Callable[[Array, Array], Array], x: Array,
 # SDE-DPM-Solver++ (first order, multistep second order)
 # --------------------------------------------------------------------------------------------
 
-def sde_dpmpp_coefficients(ns: NoiseScheduleVP, s: float, t: float, *, h_prev: float | None = None,
-                           solver_type: str = "midpoint") -> dict[str, float]:
+
+def sde_dpmpp_coefficients(
+    ns: NoiseScheduleVP,
+    s: float,
+    t: float,
+    *,
+    h_prev: float | None = None,
+    solver_type: str = "midpoint",
+) -> dict[str, float]:
     """Host floats of one SDE-DPM-Solver++ step from s to t (Lu et al. 2022b, App.; diffusers' "sde-dpmsolver++").
 
     a = (σ_t/σ_s) e^{-h}, b = α_t (1 - e^{-2h}), n = σ_t √(1 - e^{-2h}) and, with ``h_prev`` (the
@@ -321,19 +428,32 @@ def sde_dpmpp_coefficients(ns: NoiseScheduleVP, s: float, t: float, *, h_prev: f
     a_t, s_t, l_t = _levels(ns, t)
     h = l_t - l_s
     e2 = -math.expm1(-2.0 * h)
-    out = {"a": (s_t / s_s) * math.exp(-h), "b": a_t * e2, "n": s_t * math.sqrt(e2), "h": h,
-           "c": 0.0}
+    out = {
+        "a": (s_t / s_s) * math.exp(-h),
+        "b": a_t * e2,
+        "n": s_t * math.sqrt(e2),
+        "h": h,
+        "c": 0.0,
+    }
     if h_prev is not None:
         r = h_prev / h
         out["c"] = a_t * (0.5 * e2 if solver_type == "midpoint" else -phi_2(-2.0 * h)) / r
     return out
 
 
-def sde_dpmpp_step(x: Array, x0: Array, c: dict[str, float], *, x0_prev: Array | None = None,
-                   noise: Array | None = None) -> Array:
+def sde_dpmpp_step(
+    x: Array,
+    x0: Array,
+    c: dict[str, float],
+    *,
+    x0_prev: Array | None = None,
+    noise: Array | None = None,
+) -> Array:
     """x_t = a x_s + b x̂0_s [+ c (x̂0_s - x̂0_prev)] + n z with coefficients from :func:`sde_dpmpp_coefficients`."""
     if noise is None:
-        fail("noise", noise, "SDE-DPM-Solver++ adds noise at every step: pass a standard-normal draw")
+        fail(
+            "noise", noise, "SDE-DPM-Solver++ adds noise at every step: pass a standard-normal draw"
+        )
     out = c["a"] * x + c["b"] * x0
     if c["c"] != 0.0:
         if x0_prev is None:
@@ -342,11 +462,26 @@ def sde_dpmpp_step(x: Array, x0: Array, c: dict[str, float], *, x0_prev: Array |
     return out + c["n"] * noise
 
 
-def _sde_loop(model: Callable[[Array, Array], Array], x: Array, ns: NoiseScheduleVP, steps: int | None, noise: Noise, *,
-              order: int, solver_type: str, lower_order_final: str, model_type: str,
-              skip_type: str, t_start: float | None, t_end: float | None, time_grid: Sequence[float] | Array | None,
-              model_time: ModelTime, denoise_to_zero: bool, callback: Callable[[StepInfo], object] | None,
-              progress: Callable[[int, int], object] | None) -> Array:
+def _sde_loop(
+    model: Callable[[Array, Array], Array],
+    x: Array,
+    ns: NoiseScheduleVP,
+    steps: int | None,
+    noise: Noise,
+    *,
+    order: int,
+    solver_type: str,
+    lower_order_final: str,
+    model_type: str,
+    skip_type: str,
+    t_start: float | None,
+    t_end: float | None,
+    time_grid: Sequence[float] | Array | None,
+    model_time: ModelTime,
+    denoise_to_zero: bool,
+    callback: Callable[[StepInfo], object] | None,
+    progress: Callable[[int, int], object] | None,
+) -> Array:
     ns = _check_ns(ns)
     _check_x(x)
     check_choice("solver_type", solver_type, SDE_SOLVER_TYPES, "SDE-DPM-Solver++ solver type")
@@ -363,8 +498,9 @@ def _sde_loop(model: Callable[[Array, Array], Array], x: Array, ns: NoiseSchedul
         h_prev = None
         if orders[i] == 2:
             h_prev = float(ns.marginal_lambda(ts[i])) - float(ns.marginal_lambda(ts[i - 1]))
-        plan.append(sde_dpmpp_coefficients(ns, ts[i], ts[i + 1], h_prev=h_prev,
-                                           solver_type=solver_type))
+        plan.append(
+            sde_dpmpp_coefficients(ns, ts[i], ts[i + 1], h_prev=h_prev, solver_type=solver_type)
+        )
     report = step_reporter(callback, progress)
     x0_prev: Array | None = None
     for i in range(n):
@@ -415,29 +551,65 @@ _SDE_DOC = """
 
 
 @register_sampler("sde_dpmpp_1", family="vp", stochastic=True, step=sde_dpmpp_step)
-def sample_sde_dpmpp_1(model: Callable[[Array, Array], Array], x: Array, *, noise_schedule: NoiseScheduleVP,
-                       steps: int | None = None, noise: Noise = None, model_type: str = "noise",
-                       skip_type: str = "time_uniform", t_start: float | None = None,
-                       t_end: float | None = None, time_grid: Sequence[float] | Array | None = None,
-                       model_time: ModelTime = "continuous", denoise_to_zero: bool = False,
-                       callback: Callable[[StepInfo], object] | None = None,
-                       progress: Callable[[int, int], object] | None = None) -> Array:
+def sample_sde_dpmpp_1(
+    model: Callable[[Array, Array], Array],
+    x: Array,
+    *,
+    noise_schedule: NoiseScheduleVP,
+    steps: int | None = None,
+    noise: Noise = None,
+    model_type: str = "noise",
+    skip_type: str = "time_uniform",
+    t_start: float | None = None,
+    t_end: float | None = None,
+    time_grid: Sequence[float] | Array | None = None,
+    model_time: ModelTime = "continuous",
+    denoise_to_zero: bool = False,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """SDE-DPM-Solver++1: x_t = (σ_t/σ_s)e^{-h} x_s + α_t(1 - e^{-2h}) x̂0 + σ_t√(1 - e^{-2h}) z (Lu et al. 2022b, App.; diffusers "sde-dpmsolver++", solver_order=1)."""
-    return _sde_loop(model, x, noise_schedule, steps, noise, order=1, solver_type="midpoint",
-                     lower_order_final="never", model_type=model_type, skip_type=skip_type,
-                     t_start=t_start, t_end=t_end, time_grid=time_grid, model_time=model_time,
-                     denoise_to_zero=denoise_to_zero, callback=callback, progress=progress)
+    return _sde_loop(
+        model,
+        x,
+        noise_schedule,
+        steps,
+        noise,
+        order=1,
+        solver_type="midpoint",
+        lower_order_final="never",
+        model_type=model_type,
+        skip_type=skip_type,
+        t_start=t_start,
+        t_end=t_end,
+        time_grid=time_grid,
+        model_time=model_time,
+        denoise_to_zero=denoise_to_zero,
+        callback=callback,
+        progress=progress,
+    )
 
 
 @register_sampler("sde_dpmpp_2m", family="vp", stochastic=True, step=sde_dpmpp_step)
-def sample_sde_dpmpp_2m(model: Callable[[Array, Array], Array], x: Array, *, noise_schedule: NoiseScheduleVP,
-                        steps: int | None = None, noise: Noise = None, solver_type: str = "midpoint",
-                        lower_order_final: str = "diffusers", model_type: str = "noise",
-                        skip_type: str = "time_uniform", t_start: float | None = None,
-                        t_end: float | None = None, time_grid: Sequence[float] | Array | None = None,
-                        model_time: ModelTime = "continuous", denoise_to_zero: bool = False,
-                        callback: Callable[[StepInfo], object] | None = None,
-                        progress: Callable[[int, int], object] | None = None) -> Array:
+def sample_sde_dpmpp_2m(
+    model: Callable[[Array, Array], Array],
+    x: Array,
+    *,
+    noise_schedule: NoiseScheduleVP,
+    steps: int | None = None,
+    noise: Noise = None,
+    solver_type: str = "midpoint",
+    lower_order_final: str = "diffusers",
+    model_type: str = "noise",
+    skip_type: str = "time_uniform",
+    t_start: float | None = None,
+    t_end: float | None = None,
+    time_grid: Sequence[float] | Array | None = None,
+    model_time: ModelTime = "continuous",
+    denoise_to_zero: bool = False,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """Multistep SDE-DPM-Solver++(2M) (Lu et al. 2022b, App.; diffusers "sde-dpmsolver++", solver_order=2).
 
     Step 0 is SDE-DPM-Solver++1; later steps add α_t c (x̂0_s - x̂0_prev)/r (see
@@ -446,11 +618,25 @@ def sample_sde_dpmpp_2m(model: Callable[[Array, Array], Array], x: Array, *, noi
     "dpm_solver" when N < 10; "always"; "never") as in
     :func:`refdiff.samplers.dpm_solver.multistep_step_orders`.
     """
-    return _sde_loop(model, x, noise_schedule, steps, noise, order=2, solver_type=solver_type,
-                     lower_order_final=lower_order_final, model_type=model_type,
-                     skip_type=skip_type, t_start=t_start, t_end=t_end, time_grid=time_grid,
-                     model_time=model_time, denoise_to_zero=denoise_to_zero, callback=callback,
-                     progress=progress)
+    return _sde_loop(
+        model,
+        x,
+        noise_schedule,
+        steps,
+        noise,
+        order=2,
+        solver_type=solver_type,
+        lower_order_final=lower_order_final,
+        model_type=model_type,
+        skip_type=skip_type,
+        t_start=t_start,
+        t_end=t_end,
+        time_grid=time_grid,
+        model_time=model_time,
+        denoise_to_zero=denoise_to_zero,
+        callback=callback,
+        progress=progress,
+    )
 
 
 sample_sde_dpmpp_1.__doc__ = (sample_sde_dpmpp_1.__doc__ or "") + "\n" + _SDE_DOC

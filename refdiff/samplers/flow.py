@@ -45,14 +45,28 @@ import numpy.typing as npt
 
 from .._errors import check_choice, check_int, check_real, fail
 from .._typing import Array, Noise
-from ..parameterizations import CONTINUOUS_PREDICTION_TYPES, eps_from_prediction, prediction_type, x0_from_prediction
+from ..parameterizations import (
+    CONTINUOUS_PREDICTION_TYPES,
+    eps_from_prediction,
+    prediction_type,
+    x0_from_prediction,
+)
 from . import register_sampler
 from ._common import StepInfo, batch_full, check_decreasing, check_output, step_reporter
 
 __all__ = [
-    "FlowSchedule", "SPACINGS", "MODEL_TIMES", "shift_time", "unshift_time", "resolution_shift",
-    "flow_time_steps", "velocity_from_prediction", "flow_euler_step", "flow_heun_step",
-    "sample_flow_euler", "sample_flow_heun",
+    "FlowSchedule",
+    "SPACINGS",
+    "MODEL_TIMES",
+    "shift_time",
+    "unshift_time",
+    "resolution_shift",
+    "flow_time_steps",
+    "velocity_from_prediction",
+    "flow_euler_step",
+    "flow_heun_step",
+    "sample_flow_euler",
+    "sample_flow_heun",
 ]
 
 SPACINGS = ("uniform", "diffusers", "diffusers_dynamic")
@@ -65,6 +79,7 @@ _HT = TypeVar("_HT", float, np.ndarray)
 # --------------------------------------------------------------------------------------------
 # The timestep shift
 # --------------------------------------------------------------------------------------------
+
 
 def shift_time(t: _HT, shift: float) -> _HT:
     """t' = s·t/(1 + (s − 1)·t) (Esser et al. 2024, §5.3.2; diffusers' ``shift``); fixes 0 and 1."""
@@ -82,8 +97,14 @@ def unshift_time(t: _HT, shift: float) -> _HT:
     return cast(_HT, float(out) if np.ndim(t) == 0 else out)
 
 
-def resolution_shift(seq_len: int, *, base_seq_len: int = 256, max_seq_len: int = 4096,
-                     base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+def resolution_shift(
+    seq_len: int,
+    *,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
     """s = e^μ with μ linear in the token count from base_shift to max_shift (Esser et al. 2024, §5.3.2; diffusers' dynamic shifting).
 
     diffusers' ``time_shift(mu, 1, t)`` = e^μ/(e^μ + 1/t − 1) is :func:`shift_time` with s = e^μ;
@@ -102,6 +123,7 @@ def resolution_shift(seq_len: int, *, base_seq_len: int = 256, max_seq_len: int 
 # --------------------------------------------------------------------------------------------
 # The schedule
 # --------------------------------------------------------------------------------------------
+
 
 def _host(t: npt.ArrayLike, name: str = "t") -> np.ndarray:
     a = np.asarray(t, dtype=np.float64)
@@ -194,8 +216,15 @@ def _check_fs(noise_schedule: object) -> FlowSchedule:
 # Time grids
 # --------------------------------------------------------------------------------------------
 
-def flow_time_steps(noise_schedule: FlowSchedule, steps: int, *, spacing: str = "uniform",
-                    t_start: float = 1.0, t_end: float = 0.0) -> np.ndarray:
+
+def flow_time_steps(
+    noise_schedule: FlowSchedule,
+    steps: int,
+    *,
+    spacing: str = "uniform",
+    t_start: float = 1.0,
+    t_end: float = 0.0,
+) -> np.ndarray:
     """steps + 1 decreasing path times: uniform in the unshifted time and shifted (Esser et al. 2024, §5.3.2), or diffusers' grids.
 
     See the module docstring for ``spacing``; ``t_start`` and ``t_end`` apply to "uniform".
@@ -208,13 +237,19 @@ def flow_time_steps(noise_schedule: FlowSchedule, steps: int, *, spacing: str = 
     if spacing == "uniform":
         if not t1 < t0:
             fail("t_end", t_end, f"must be below t_start = {t0!r}")
-        ts = np.asarray(shift_time(np.linspace(unshift_time(t0, fs.shift), unshift_time(t1, fs.shift),
-                                               n + 1), fs.shift))
+        ts = np.asarray(
+            shift_time(
+                np.linspace(unshift_time(t0, fs.shift), unshift_time(t1, fs.shift), n + 1), fs.shift
+            )
+        )
         ts[0], ts[-1] = t0, t1
         return ts
     if (t0, t1) != (1.0, 0.0):
-        fail("t_start" if t0 != 1.0 else "t_end", t_start if t0 != 1.0 else t_end,
-             f"the {spacing!r} spacing fixes the grid (1 to 0); use spacing='uniform' or timesteps=")
+        fail(
+            "t_start" if t0 != 1.0 else "t_end",
+            t_start if t0 != 1.0 else t_end,
+            f"the {spacing!r} spacing fixes the grid (1 to 0); use spacing='uniform' or timesteps=",
+        )
     lo = 1.0 / fs.num_train_timesteps
     if spacing == "diffusers":
         lo = shift_time(lo, fs.shift)
@@ -222,11 +257,19 @@ def flow_time_steps(noise_schedule: FlowSchedule, steps: int, *, spacing: str = 
     return ts
 
 
-def _grid(fs: FlowSchedule, steps: int, spacing: str, t_start: float, t_end: float,
-          timesteps: Sequence[float] | Array | None) -> list[float]:
+def _grid(
+    fs: FlowSchedule,
+    steps: int,
+    spacing: str,
+    t_start: float,
+    t_end: float,
+    timesteps: Sequence[float] | Array | None,
+) -> list[float]:
     if timesteps is None:
-        return [float(t) for t in flow_time_steps(fs, steps, spacing=spacing, t_start=t_start,
-                                                  t_end=t_end)]
+        return [
+            float(t)
+            for t in flow_time_steps(fs, steps, spacing=spacing, t_start=t_start, t_end=t_end)
+        ]
     try:
         ts = [float(t) for t in timesteps]
     except TypeError:
@@ -242,13 +285,16 @@ def _grid(fs: FlowSchedule, steps: int, spacing: str, t_start: float, t_end: flo
 # Steps
 # --------------------------------------------------------------------------------------------
 
+
 def velocity_from_prediction(out: Array, x: Array, t: float, prediction: str = "flow") -> Array:
     """u = ε̂ − x̂0 at path time t from a prediction of any type (Lipman et al. 2023, §4.1; α = 1 − t, σ = t)."""
     prediction = prediction_type(prediction, "prediction_type", CONTINUOUS_PREDICTION_TYPES)
     if prediction == "flow":
         return out
     a, s = 1.0 - float(t), float(t)
-    return eps_from_prediction(out, x, a, s, prediction) - x0_from_prediction(out, x, a, s, prediction)
+    return eps_from_prediction(out, x, a, s, prediction) - x0_from_prediction(
+        out, x, a, s, prediction
+    )
 
 
 def flow_euler_step(x: Array, u: Array, dt: float) -> Array:
@@ -264,8 +310,12 @@ def flow_heun_step(x: Array, u: Array, u_next: Array, dt: float) -> Array:
     return x + (0.5 * dt) * (u + u_next)
 
 
-def _velocity_fn(model: Callable[[Array, Array], Array], fs: FlowSchedule, prediction: str, model_time: str | Callable[[float], float]
-                 ) -> tuple[Callable[[Array, float, float], Array], Callable[[float], float], str]:
+def _velocity_fn(
+    model: Callable[[Array, Array], Array],
+    fs: FlowSchedule,
+    prediction: str,
+    model_time: str | Callable[[float], float],
+) -> tuple[Callable[[Array, float, float], Array], Callable[[float], float], str]:
     """(velocity(x, t, t_model) -> u, t -> model time, canonical prediction type)."""
     if not callable(model):
         fail("model", model, "expected a callable model(x, t) -> prediction")
@@ -284,9 +334,18 @@ def _velocity_fn(model: Callable[[Array, Array], Array], fs: FlowSchedule, predi
     return velocity, to_model, pred
 
 
-def _plan(model: Callable[[Array, Array], Array], x: Array, noise_schedule: FlowSchedule, steps: int, spacing: str,
-          t_start: float, t_end: float, timesteps: Sequence[float] | Array | None, prediction: str,
-          model_time: str | Callable[[float], float]) -> tuple[Callable[[Array, float, float], Array], list[float], list[float]]:
+def _plan(
+    model: Callable[[Array, Array], Array],
+    x: Array,
+    noise_schedule: FlowSchedule,
+    steps: int,
+    spacing: str,
+    t_start: float,
+    t_end: float,
+    timesteps: Sequence[float] | Array | None,
+    prediction: str,
+    model_time: str | Callable[[float], float],
+) -> tuple[Callable[[Array, float, float], Array], list[float], list[float]]:
     fs = _check_fs(noise_schedule)
     if getattr(x, "ndim", 0) < 1:
         fail("x", x, "expected an array with the batch axis first (ndim >= 1)")
@@ -294,23 +353,37 @@ def _plan(model: Callable[[Array, Array], Array], x: Array, noise_schedule: Flow
     velocity, to_model, pred = _velocity_fn(model, fs, prediction, model_time)
     ts = _grid(fs, steps, spacing, t_start, t_end, timesteps)
     if pred in ("eps", "score") and ts[0] == 1.0:
-        fail("prediction_type", prediction, "an ε or score model does not determine x0 at t = 1 "
-             "(α = 0); start below 1 with t_start= / timesteps=, or use a flow, x0 or v model")
+        fail(
+            "prediction_type",
+            prediction,
+            "an ε or score model does not determine x0 at t = 1 "
+            "(α = 0); start below 1 with t_start= / timesteps=, or use a flow, x0 or v model",
+        )
     tin = [float(to_model(t)) for t in ts]
     return velocity, ts, tin
 
 
 def _denoised(x: Array, u: Array, t: float) -> Array:
-    return x - t * u                   # x̂0 = x − σ·u on α + σ = 1
+    return x - t * u  # x̂0 = x − σ·u on α + σ = 1
 
 
 @register_sampler("flow_euler", family="flow", stochastic=False, order=1.0, step=flow_euler_step)
-def sample_flow_euler(model: Callable[[Array, Array], Array], x: Array, *, noise_schedule: FlowSchedule | None = None,
-                      steps: int, spacing: str = "uniform", t_start: float = 1.0,
-                      t_end: float = 0.0, timesteps: Sequence[float] | Array | None = None,
-                      prediction_type: str = "flow", model_time: str | Callable[[float], float] = "continuous",
-                      noise: Noise = None, callback: Callable[[StepInfo], object] | None = None,
-                      progress: Callable[[int, int], object] | None = None) -> Array:
+def sample_flow_euler(
+    model: Callable[[Array, Array], Array],
+    x: Array,
+    *,
+    noise_schedule: FlowSchedule | None = None,
+    steps: int,
+    spacing: str = "uniform",
+    t_start: float = 1.0,
+    t_end: float = 0.0,
+    timesteps: Sequence[float] | Array | None = None,
+    prediction_type: str = "flow",
+    model_time: str | Callable[[float], float] = "continuous",
+    noise: Noise = None,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """Euler sampling of the flow ODE dx/dt = u(x, t) from t_start to t_end (Liu et al. 2023, Eq. 1; diffusers' FlowMatchEulerDiscreteScheduler).
 
     Parameters
@@ -344,15 +417,15 @@ def sample_flow_euler(model: Callable[[Array, Array], Array], x: Array, *, noise
         The sample at t_end.
     """
     fs = FlowSchedule() if noise_schedule is None else noise_schedule
-    velocity, ts, tin = _plan(model, x, fs, steps, spacing, t_start, t_end, timesteps,
-                              prediction_type, model_time)
+    velocity, ts, tin = _plan(
+        model, x, fs, steps, spacing, t_start, t_end, timesteps, prediction_type, model_time
+    )
     report = step_reporter(callback, progress)
     dts = [ts[i + 1] - ts[i] for i in range(steps)]
     for i in range(steps):
         u = velocity(x, ts[i], tin[i])
         if report is not None:
-            report(StepInfo(i, steps, x, _denoised(x, u, ts[i]), t=ts[i],
-                            sigma=_sigma_ve(ts[i])))
+            report(StepInfo(i, steps, x, _denoised(x, u, ts[i]), t=ts[i], sigma=_sigma_ve(ts[i])))
         x = flow_euler_step(x, u, dts[i])
     return x
 
@@ -362,27 +435,37 @@ def _sigma_ve(t: float) -> float:
 
 
 @register_sampler("flow_heun", family="flow", stochastic=False, order=2.0, step=flow_heun_step)
-def sample_flow_heun(model: Callable[[Array, Array], Array], x: Array, *, noise_schedule: FlowSchedule | None = None,
-                     steps: int, spacing: str = "uniform", t_start: float = 1.0,
-                     t_end: float = 0.0, timesteps: Sequence[float] | Array | None = None,
-                     prediction_type: str = "flow", model_time: str | Callable[[float], float] = "continuous",
-                     noise: Noise = None, callback: Callable[[StepInfo], object] | None = None,
-                     progress: Callable[[int, int], object] | None = None) -> Array:
+def sample_flow_heun(
+    model: Callable[[Array, Array], Array],
+    x: Array,
+    *,
+    noise_schedule: FlowSchedule | None = None,
+    steps: int,
+    spacing: str = "uniform",
+    t_start: float = 1.0,
+    t_end: float = 0.0,
+    timesteps: Sequence[float] | Array | None = None,
+    prediction_type: str = "flow",
+    model_time: str | Callable[[float], float] = "continuous",
+    noise: Noise = None,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """Heun sampling of the flow ODE; the step that ends at t = 0 is an Euler step (Karras et al. 2022, Alg. 1; diffusers' FlowMatchHeunDiscreteScheduler).
 
     Two model evaluations per step (one for a step ending at t = 0): 2·steps − 1 with the
     default grid. Options as :func:`sample_flow_euler`.
     """
     fs = FlowSchedule() if noise_schedule is None else noise_schedule
-    velocity, ts, tin = _plan(model, x, fs, steps, spacing, t_start, t_end, timesteps,
-                              prediction_type, model_time)
+    velocity, ts, tin = _plan(
+        model, x, fs, steps, spacing, t_start, t_end, timesteps, prediction_type, model_time
+    )
     report = step_reporter(callback, progress)
     dts = [ts[i + 1] - ts[i] for i in range(steps)]
     for i in range(steps):
         u = velocity(x, ts[i], tin[i])
         if report is not None:
-            report(StepInfo(i, steps, x, _denoised(x, u, ts[i]), t=ts[i],
-                            sigma=_sigma_ve(ts[i])))
+            report(StepInfo(i, steps, x, _denoised(x, u, ts[i]), t=ts[i], sigma=_sigma_ve(ts[i])))
         x_e = flow_euler_step(x, u, dts[i])
         if ts[i + 1] == 0.0:
             x = x_e

@@ -34,9 +34,19 @@ from ._common import (
 )
 
 __all__ = [
-    "to_d", "karras_euler_step", "karras_heun_step", "churn_gamma", "churn_step",
-    "ancestral_sigmas", "euler_ancestral_step", "ancestral_update", "sample_karras_euler", "sample_karras_heun",
-    "sample_karras_euler_churn", "sample_karras_heun_churn", "sample_karras_euler_ancestral",
+    "to_d",
+    "karras_euler_step",
+    "karras_heun_step",
+    "churn_gamma",
+    "churn_step",
+    "ancestral_sigmas",
+    "euler_ancestral_step",
+    "ancestral_update",
+    "sample_karras_euler",
+    "sample_karras_heun",
+    "sample_karras_euler_churn",
+    "sample_karras_heun_churn",
+    "sample_karras_euler_ancestral",
     "EDM_CHURN_DEFAULTS",
 ]
 
@@ -49,6 +59,7 @@ EDM_CHURN_DEFAULTS = {"S_churn": 40.0, "S_tmin": 0.0, "S_tmax": math.inf, "S_noi
 # --------------------------------------------------------------------------------------------
 # Input handling
 # --------------------------------------------------------------------------------------------
+
 
 def _sigma_list(sigmas: Sequence[float] | Array) -> list[float]:
     """The σ grid as host floats: strictly decreasing, finite, last entry >= 0."""
@@ -76,6 +87,7 @@ def _denoise(denoiser: Callable[[Array, Array], Array], x: Array, sigma: float) 
 # Step functions
 # --------------------------------------------------------------------------------------------
 
+
 def to_d(x: Array, sigma: float, denoised: Array) -> Array:
     """The ODE derivative dx/dσ = (x - D(x; σ))/σ (Karras et al. 2022, Eqs. 1 and 3 with σ(t) = t)."""
     return (x - denoised) / sigma
@@ -89,7 +101,14 @@ def karras_euler_step(x: Array, sigma: float, sigma_next: float, denoised: Array
     return denoised + (sigma_next / sigma) * (x - denoised)
 
 
-def karras_heun_step(denoiser: Callable[[Array, Array], Array], x: Array, sigma: float, sigma_next: float, *, denoised: Array | None = None) -> tuple[Array, int]:
+def karras_heun_step(
+    denoiser: Callable[[Array, Array], Array],
+    x: Array,
+    sigma: float,
+    sigma_next: float,
+    *,
+    denoised: Array | None = None,
+) -> tuple[Array, int]:
     """Heun step (Karras et al. 2022, Alg. 1 lines 5-8): Euler, then the trapezoidal correction if σ' > 0.
 
     Returns (x_next, number of denoiser evaluations made).
@@ -106,15 +125,18 @@ def karras_heun_step(denoiser: Callable[[Array, Array], Array], x: Array, sigma:
     return x + (sigma_next - sigma) * 0.5 * (d + d_next), n_eval + 1
 
 
-def churn_gamma(sigma: float, num_steps: int, *, S_churn: float, S_tmin: float,
-                S_tmax: float) -> float:
+def churn_gamma(
+    sigma: float, num_steps: int, *, S_churn: float, S_tmin: float, S_tmax: float
+) -> float:
     """γ_i = min(S_churn/N, √2 - 1) if S_tmin ≤ σ_i ≤ S_tmax, else 0 (Karras et al. 2022, Alg. 2 line 4)."""
     if S_churn == 0.0 or not (S_tmin <= sigma <= S_tmax):
         return 0.0
     return min(S_churn / num_steps, math.sqrt(2.0) - 1.0)
 
 
-def churn_step(x: Array, sigma: float, gamma: float, *, noise: Array, S_noise: float = 1.0) -> tuple[Array, float]:
+def churn_step(
+    x: Array, sigma: float, gamma: float, *, noise: Array, S_noise: float = 1.0
+) -> tuple[Array, float]:
     """x̂ = x + √(σ̂² - σ²) S_noise ε with σ̂ = σ(1 + γ) (Karras et al. 2022, Alg. 2 lines 5-6).
 
     √(σ̂² - σ²) is formed as σ √(γ(2 + γ)) (no cancellation). Returns (x̂, σ̂).
@@ -133,13 +155,24 @@ def ancestral_sigmas(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple
     eta = check_eta(eta)
     if sigma_next == 0.0 or eta == 0.0:
         return sigma_next, 0.0
-    up = min(sigma_next, eta * sigma_next * math.sqrt((sigma - sigma_next) * (sigma + sigma_next)) / sigma)
+    up = min(
+        sigma_next,
+        eta * sigma_next * math.sqrt((sigma - sigma_next) * (sigma + sigma_next)) / sigma,
+    )
     down = math.sqrt((sigma_next - up) * (sigma_next + up))
     return down, up
 
 
-def euler_ancestral_step(x: Array, sigma: float, sigma_next: float, denoised: Array, *, eta: float = 1.0,
-                         noise: Array | None = None, S_noise: float = 1.0) -> Array:
+def euler_ancestral_step(
+    x: Array,
+    sigma: float,
+    sigma_next: float,
+    denoised: Array,
+    *,
+    eta: float = 1.0,
+    noise: Array | None = None,
+    S_noise: float = 1.0,
+) -> Array:
     """Euler step to σ_down, then add σ_up S_noise ε (k-diffusion sample_euler_ancestral; DDIM-η on the σ scale).
 
     No noise is added (and ``noise`` may be None) when σ_up = 0, e.g. at σ' = 0 or η = 0.
@@ -148,8 +181,16 @@ def euler_ancestral_step(x: Array, sigma: float, sigma_next: float, denoised: Ar
     return ancestral_update(x, sigma, down, up, denoised, noise=noise, S_noise=S_noise)
 
 
-def ancestral_update(x: Array, sigma: float, sigma_down: float, sigma_up: float, denoised: Array, *,
-                     noise: Array | None = None, S_noise: float = 1.0) -> Array:
+def ancestral_update(
+    x: Array,
+    sigma: float,
+    sigma_down: float,
+    sigma_up: float,
+    denoised: Array,
+    *,
+    noise: Array | None = None,
+    S_noise: float = 1.0,
+) -> Array:
     """x' = D + (σ_down/σ)(x - D) + σ_up S_noise ε: :func:`euler_ancestral_step` given (σ_down, σ_up) of :func:`ancestral_sigmas`."""
     x = karras_euler_step(x, sigma, sigma_down, denoised)
     if sigma_up > 0.0:
@@ -163,7 +204,10 @@ def ancestral_update(x: Array, sigma: float, sigma_down: float, sigma_up: float,
 # Loops
 # --------------------------------------------------------------------------------------------
 
-def _check_churn(S_churn: float, S_tmin: float, S_tmax: float, S_noise: float) -> tuple[float, float, float, float]:
+
+def _check_churn(
+    S_churn: float, S_tmin: float, S_tmax: float, S_noise: float
+) -> tuple[float, float, float, float]:
     S_churn = check_real("S_churn", S_churn, lo=0.0)
     S_tmin = check_real("S_tmin", S_tmin, lo=0.0)
     try:
@@ -176,16 +220,30 @@ def _check_churn(S_churn: float, S_tmin: float, S_tmax: float, S_noise: float) -
     return S_churn, S_tmin, tmax, S_noise
 
 
-def _churn_plan(sig: list[float], S_churn: float, S_tmin: float,
-                S_tmax: float) -> list[tuple[float, float, float]]:
+def _churn_plan(
+    sig: list[float], S_churn: float, S_tmin: float, S_tmax: float
+) -> list[tuple[float, float, float]]:
     """The step plan of Alg. 2 as host floats: (σ_i, σ_{i+1}, γ_i) per step."""
     n = len(sig) - 1
-    return [(sig[i], sig[i + 1], churn_gamma(sig[i], n, S_churn=S_churn, S_tmin=S_tmin,
-                                               S_tmax=S_tmax)) for i in range(n)]
+    return [
+        (sig[i], sig[i + 1], churn_gamma(sig[i], n, S_churn=S_churn, S_tmin=S_tmin, S_tmax=S_tmax))
+        for i in range(n)
+    ]
 
 
-def _karras_loop(denoiser: Callable[[Array, Array], Array], x: Array, sigmas: Sequence[float] | Array, noise: Noise, S_churn: float, S_tmin: float, S_tmax: float, S_noise: float, callback: Callable[[StepInfo], object] | None,
-                 progress: Callable[[int, int], object] | None, heun: bool) -> Array:
+def _karras_loop(
+    denoiser: Callable[[Array, Array], Array],
+    x: Array,
+    sigmas: Sequence[float] | Array,
+    noise: Noise,
+    S_churn: float,
+    S_tmin: float,
+    S_tmax: float,
+    S_noise: float,
+    callback: Callable[[StepInfo], object] | None,
+    progress: Callable[[int, int], object] | None,
+    heun: bool,
+) -> Array:
     _check_x(x)
     sig = _sigma_list(sigmas)
     S_churn, S_tmin, S_tmax, S_noise = _check_churn(S_churn, S_tmin, S_tmax, S_noise)
@@ -235,15 +293,37 @@ _LOOP_DOC = """{summary}
     """
 
 
-def _karras_sampler(name: str, *, heun: bool, churn: dict[str, float], summary: str, notes: str = "") -> Callable[..., Array]:
+def _karras_sampler(
+    name: str, *, heun: bool, churn: dict[str, float], summary: str, notes: str = ""
+) -> Callable[..., Array]:
     """Register one Euler/Heun loop of the Karras family with its churn defaults (one pattern)."""
 
-    def sampler(denoiser: Callable[[Array, Array], Array], x: Array, *, sigmas: Sequence[float] | Array, noise: Noise = None,
-                S_churn: float = churn["S_churn"], S_tmin: float = churn["S_tmin"],
-                S_tmax: float = churn["S_tmax"], S_noise: float = churn["S_noise"],
-                callback: Callable[[StepInfo], object] | None = None, progress: Callable[[int, int], object] | None = None) -> Array:
-        return _karras_loop(denoiser, x, sigmas, noise, S_churn, S_tmin, S_tmax, S_noise,
-                            callback, progress, heun=heun)
+    def sampler(
+        denoiser: Callable[[Array, Array], Array],
+        x: Array,
+        *,
+        sigmas: Sequence[float] | Array,
+        noise: Noise = None,
+        S_churn: float = churn["S_churn"],
+        S_tmin: float = churn["S_tmin"],
+        S_tmax: float = churn["S_tmax"],
+        S_noise: float = churn["S_noise"],
+        callback: Callable[[StepInfo], object] | None = None,
+        progress: Callable[[int, int], object] | None = None,
+    ) -> Array:
+        return _karras_loop(
+            denoiser,
+            x,
+            sigmas,
+            noise,
+            S_churn,
+            S_tmin,
+            S_tmax,
+            S_noise,
+            callback,
+            progress,
+            heun=heun,
+        )
 
     sampler.__name__ = sampler.__qualname__ = sampler_function_name(name)
     sampler.__module__ = __name__
@@ -251,8 +331,13 @@ def _karras_sampler(name: str, *, heun: bool, churn: dict[str, float], summary: 
     sampler.__doc__ = _LOOP_DOC.format(summary=summary, defaults=defaults, notes=notes)
     stochastic = churn["S_churn"] > 0.0
     step = churn_step if stochastic else (karras_heun_step if heun else karras_euler_step)
-    register_sampler(name, family="karras", stochastic=stochastic, order=None if stochastic else
-                     (2 if heun else 1), step=step)(sampler)
+    register_sampler(
+        name,
+        family="karras",
+        stochastic=stochastic,
+        order=None if stochastic else (2 if heun else 1),
+        step=step,
+    )(sampler)
     return sampler
 
 
@@ -265,20 +350,34 @@ _HEUN_NOTE = """
     σ_{i+1} ≠ 0), so N steps cost 2N - 1 evaluations when σ_N = 0 and 2N otherwise."""
 
 sample_karras_euler = _karras_sampler(
-    "karras_euler", heun=False, churn=_DETERMINISTIC,
+    "karras_euler",
+    heun=False,
+    churn=_DETERMINISTIC,
     summary="Euler steps on the probability-flow ODE in σ, with optional churn (Karras et al. "
-            "2022, Alg. 2 with Euler steps).")
+    "2022, Alg. 2 with Euler steps).",
+)
 sample_karras_heun = _karras_sampler(
-    "karras_heun", heun=True, churn=_DETERMINISTIC, notes=_HEUN_NOTE,
-    summary="Heun's 2nd-order sampler (Karras et al. 2022, Alg. 1), with optional churn (Alg. 2).")
+    "karras_heun",
+    heun=True,
+    churn=_DETERMINISTIC,
+    notes=_HEUN_NOTE,
+    summary="Heun's 2nd-order sampler (Karras et al. 2022, Alg. 1), with optional churn (Alg. 2).",
+)
 sample_karras_euler_churn = _karras_sampler(
-    "karras_euler_churn", heun=False, churn=EDM_CHURN_DEFAULTS,
+    "karras_euler_churn",
+    heun=False,
+    churn=EDM_CHURN_DEFAULTS,
     summary="Stochastic Euler sampler (Karras et al. 2022, Alg. 2 with Euler steps), churn on by "
-            "default (S_churn = 40).")
+    "default (S_churn = 40).",
+)
 sample_karras_heun_churn = _karras_sampler(
-    "karras_heun_churn", heun=True, churn=EDM_CHURN_DEFAULTS, notes=_HEUN_NOTE,
+    "karras_heun_churn",
+    heun=True,
+    churn=EDM_CHURN_DEFAULTS,
+    notes=_HEUN_NOTE,
     summary="Stochastic Heun sampler (Karras et al. 2022, Alg. 2), churn on by default "
-            "(S_churn = 40).")
+    "(S_churn = 40).",
+)
 
 
 def _ancestral_plan(sig: list[float], eta: float) -> list[tuple[float, float, float]]:
@@ -286,12 +385,20 @@ def _ancestral_plan(sig: list[float], eta: float) -> list[tuple[float, float, fl
     return [(sig[i], *ancestral_sigmas(sig[i], sig[i + 1], eta)) for i in range(len(sig) - 1)]
 
 
-@register_sampler("karras_euler_ancestral", family="karras", stochastic=True,
-                  step=euler_ancestral_step)
-def sample_karras_euler_ancestral(denoiser: Callable[[Array, Array], Array], x: Array, *, sigmas: Sequence[float] | Array, noise: Noise = None,
-                                  eta: float = 1.0, S_noise: float = 1.0,
-                                  callback: Callable[[StepInfo], object] | None = None,
-                                  progress: Callable[[int, int], object] | None = None) -> Array:
+@register_sampler(
+    "karras_euler_ancestral", family="karras", stochastic=True, step=euler_ancestral_step
+)
+def sample_karras_euler_ancestral(
+    denoiser: Callable[[Array, Array], Array],
+    x: Array,
+    *,
+    sigmas: Sequence[float] | Array,
+    noise: Noise = None,
+    eta: float = 1.0,
+    S_noise: float = 1.0,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """Ancestral Euler sampler with η (k-diffusion sample_euler_ancestral; DDIM-η, Song et al. 2021a, Eq. 16, on the σ scale).
 
     Parameters

@@ -33,19 +33,41 @@ from .._errors import check_choice, check_int, check_real, fail
 from .._typing import Array, Noise
 from .._xp import array_namespace
 from . import register_sampler
-from ._common import (StepInfo, batch_full, check_decreasing, check_eta, check_output,
-                      draw_noise, step_reporter)
+from ._common import (
+    StepInfo,
+    batch_full,
+    check_decreasing,
+    check_eta,
+    check_output,
+    draw_noise,
+    step_reporter,
+)
 from .dpm_solver import D2_SCALES, phi_2, phi_3, singlestep_orders
 from .karras import ancestral_sigmas, churn_gamma, churn_step, karras_euler_step
 
 __all__ = [
-    "dpm_2_step", "dpmpp_2s_step", "dpmpp_sde_coefficients", "dpmpp_sde_step",
-    "dpmpp_multistep_sde_coefficients", "dpmpp_multistep_sde_step", "lms_coefficients",
-    "lms_step", "dpm_solver_step_coefficients", "dpm_solver_k_step", "PIDStepSizeController",
-    "SDE_SOLVER_TYPES", "NOISE_COUPLINGS",
-    "sample_karras_dpm_2", "sample_karras_dpm_2_ancestral", "sample_karras_dpmpp_2s_ancestral",
-    "sample_karras_dpmpp_sde", "sample_karras_dpmpp_2m_sde", "sample_karras_dpmpp_3m_sde",
-    "sample_karras_lms", "sample_karras_dpm_fast", "sample_karras_dpm_adaptive",
+    "dpm_2_step",
+    "dpmpp_2s_step",
+    "dpmpp_sde_coefficients",
+    "dpmpp_sde_step",
+    "dpmpp_multistep_sde_coefficients",
+    "dpmpp_multistep_sde_step",
+    "lms_coefficients",
+    "lms_step",
+    "dpm_solver_step_coefficients",
+    "dpm_solver_k_step",
+    "PIDStepSizeController",
+    "SDE_SOLVER_TYPES",
+    "NOISE_COUPLINGS",
+    "sample_karras_dpm_2",
+    "sample_karras_dpm_2_ancestral",
+    "sample_karras_dpmpp_2s_ancestral",
+    "sample_karras_dpmpp_sde",
+    "sample_karras_dpmpp_2m_sde",
+    "sample_karras_dpmpp_3m_sde",
+    "sample_karras_lms",
+    "sample_karras_dpm_fast",
+    "sample_karras_dpm_adaptive",
 ]
 
 #: k-diffusion's ``solver_type`` of sample_dpmpp_2m_sde: the second-order term by the midpoint
@@ -60,6 +82,7 @@ NOISE_COUPLINGS = ("brownian", "independent")
 # --------------------------------------------------------------------------------------------
 # Input handling
 # --------------------------------------------------------------------------------------------
+
 
 def _sigma_list(sigmas: Sequence[float] | Array) -> list[float]:
     """The σ grid as host floats: strictly decreasing, finite, last entry >= 0."""
@@ -98,8 +121,14 @@ def _s_noise(S_noise: float) -> float:
 # Step functions (host-float coefficients in, array arithmetic only)
 # --------------------------------------------------------------------------------------------
 
-def dpm_2_step(denoiser: Callable[[Array, Array], Array], x: Array, sigma: float, sigma_next: float,
-               denoised: Array) -> Array:
+
+def dpm_2_step(
+    denoiser: Callable[[Array, Array], Array],
+    x: Array,
+    sigma: float,
+    sigma_next: float,
+    denoised: Array,
+) -> Array:
     """DPM-Solver-2 in σ (k-diffusion sample_dpm_2): Euler to σ_mid = √(σσ'), then x' = x + (σ' - σ)(x_2 - D(x_2; σ_mid))/σ_mid.
 
     σ_mid is the midpoint in log σ (Lu et al. 2022a, Alg. 1 with r1 = 1/2 in λ = -log σ); the
@@ -114,8 +143,13 @@ def dpm_2_step(denoiser: Callable[[Array, Array], Array], x: Array, sigma: float
     return x + ((sigma_next - sigma) / sigma_mid) * (x_2 - denoised_2)
 
 
-def dpmpp_2s_step(denoiser: Callable[[Array, Array], Array], x: Array, sigma: float, sigma_next: float,
-                  denoised: Array) -> Array:
+def dpmpp_2s_step(
+    denoiser: Callable[[Array, Array], Array],
+    x: Array,
+    sigma: float,
+    sigma_next: float,
+    denoised: Array,
+) -> Array:
     """DPM-Solver++(2S) from σ to σ' (Lu et al. 2022b, Alg. 1, r = 1/2, α = 1; k-diffusion's step of sample_dpmpp_2s_ancestral).
 
     With h = log(σ/σ') and σ_s = √(σσ'): x_2 = (σ_s/σ) x - expm1(-h/2) D,
@@ -130,8 +164,9 @@ def dpmpp_2s_step(denoiser: Callable[[Array, Array], Array], x: Array, sigma: fl
     return (sigma_next / sigma) * x - math.expm1(-h) * denoised_2
 
 
-def dpmpp_sde_coefficients(sigma: float, sigma_next: float, *, eta: float = 1.0, r: float = 0.5,
-                           coupling: str = "brownian") -> dict[str, float]:
+def dpmpp_sde_coefficients(
+    sigma: float, sigma_next: float, *, eta: float = 1.0, r: float = 0.5, coupling: str = "brownian"
+) -> dict[str, float]:
     """Host floats of one k-diffusion dpmpp_sde step (Lu et al. 2022b, SDE-DPM-Solver++ single-step with an intermediate point).
 
     σ_s = σ^{1-r} σ'^r (λ_s = λ + r h); each half is an ancestral step (σ_down, σ_up) of
@@ -144,13 +179,29 @@ def dpmpp_sde_coefficients(sigma: float, sigma_next: float, *, eta: float = 1.0,
     d1, u1 = ancestral_sigmas(sigma, sigma_s, eta)
     d2, u2 = ancestral_sigmas(sigma, sigma_next, eta)
     rho = (sigma - sigma_s) / (sigma - sigma_next) if coupling == "brownian" else 0.0
-    return {"sigma_s": sigma_s, "down_1": d1, "up_1": u1, "down_2": d2, "up_2": u2,
-            "fac": 1.0 / (2.0 * r), "a": math.sqrt(rho), "b": math.sqrt(1.0 - rho)}
+    return {
+        "sigma_s": sigma_s,
+        "down_1": d1,
+        "up_1": u1,
+        "down_2": d2,
+        "up_2": u2,
+        "fac": 1.0 / (2.0 * r),
+        "a": math.sqrt(rho),
+        "b": math.sqrt(1.0 - rho),
+    }
 
 
-def dpmpp_sde_step(denoiser: Callable[[Array, Array], Array], x: Array, sigma: float, denoised: Array,
-                   c: dict[str, float], *, noise_a: Array | None = None,
-                   noise_b: Array | None = None, S_noise: float = 1.0) -> Array:
+def dpmpp_sde_step(
+    denoiser: Callable[[Array, Array], Array],
+    x: Array,
+    sigma: float,
+    denoised: Array,
+    c: dict[str, float],
+    *,
+    noise_a: Array | None = None,
+    noise_b: Array | None = None,
+    S_noise: float = 1.0,
+) -> Array:
     """One k-diffusion dpmpp_sde step with coefficients ``c`` from :func:`dpmpp_sde_coefficients`.
 
     x_2 = D + (σ_down1/σ)(x - D) + σ_up1 S_noise z1 (a data-prediction first-order step, Lu et al.
@@ -162,7 +213,9 @@ def dpmpp_sde_step(denoiser: Callable[[Array, Array], Array], x: Array, sigma: f
     z2 = None
     if c["up_1"] > 0.0 or c["up_2"] > 0.0:
         if noise_a is None or noise_b is None:
-            fail("noise", noise_a, "this step adds noise (σ_up > 0): pass two standard-normal draws")
+            fail(
+                "noise", noise_a, "this step adds noise (σ_up > 0): pass two standard-normal draws"
+            )
         x_2 = x_2 + (c["up_1"] * S_noise) * noise_a
         z2 = c["a"] * noise_a + c["b"] * noise_b
     denoised_2 = _denoise(denoiser, x_2, c["sigma_s"])
@@ -173,9 +226,16 @@ def dpmpp_sde_step(denoiser: Callable[[Array, Array], Array], x: Array, sigma: f
     return x
 
 
-def dpmpp_multistep_sde_coefficients(sigma: float, sigma_next: float, h_prev: list[float], *,
-                                     eta: float, order: int, solver_type: str = "midpoint",
-                                     d2_scale: str = "consistent") -> dict[str, float]:
+def dpmpp_multistep_sde_coefficients(
+    sigma: float,
+    sigma_next: float,
+    h_prev: list[float],
+    *,
+    eta: float,
+    order: int,
+    solver_type: str = "midpoint",
+    d2_scale: str = "consistent",
+) -> dict[str, float]:
     """Host floats of one multistep SDE-DPM-Solver++ step in σ (k-diffusion dpmpp_2m_sde / dpmpp_3m_sde; Lu et al. 2022b, App. and §4).
 
     With h = log(σ/σ') and H = (1 + η) h: x' = e^{-H} x + (1 - e^{-H}) D + [higher-order terms]
@@ -189,8 +249,12 @@ def dpmpp_multistep_sde_coefficients(sigma: float, sigma_next: float, h_prev: li
     """
     h = math.log(sigma / sigma_next)
     H = (1.0 + eta) * h
-    out: dict[str, float] = {"a": math.exp(-H), "b": -math.expm1(-H),
-                           "noise": sigma_next * math.sqrt(-math.expm1(-2.0 * eta * h)), "h": h}
+    out: dict[str, float] = {
+        "a": math.exp(-H),
+        "b": -math.expm1(-H),
+        "noise": sigma_next * math.sqrt(-math.expm1(-2.0 * eta * h)),
+        "h": h,
+    }
     k = min(order, len(h_prev) + 1)
     out["k"] = k
     if k == 2:
@@ -199,13 +263,21 @@ def dpmpp_multistep_sde_coefficients(sigma: float, sigma_next: float, h_prev: li
         out["c1"] = c1 / r
     elif k == 3:
         r0, r1 = h_prev[-1] / h, h_prev[-2] / h
-        out.update(r0=r0, r1=r1, p2=-phi_2(-H), p3=phi_3(-H),
-                   c2=2.0 if d2_scale == "consistent" else 1.0)
+        out.update(
+            r0=r0, r1=r1, p2=-phi_2(-H), p3=phi_3(-H), c2=2.0 if d2_scale == "consistent" else 1.0
+        )
     return out
 
 
-def dpmpp_multistep_sde_step(x: Array, denoised: Array, history: list[Array], c: dict[str, float], *,
-                             noise: Array | None = None, S_noise: float = 1.0) -> Array:
+def dpmpp_multistep_sde_step(
+    x: Array,
+    denoised: Array,
+    history: list[Array],
+    c: dict[str, float],
+    *,
+    noise: Array | None = None,
+    S_noise: float = 1.0,
+) -> Array:
     """One multistep SDE-DPM-Solver++ step with coefficients from :func:`dpmpp_multistep_sde_coefficients`.
 
     ``history`` holds the previous data predictions, most recent last (1 entry used at order 2,
@@ -249,8 +321,9 @@ def lms_coefficients(sigmas: list[float], i: int, order: int) -> list[float]:
     return out
 
 
-def lms_step(x: Array, denoised: Array, ds_prev: list[Array], a: float, b: float,
-             coeffs_prev: list[float]) -> Array:
+def lms_step(
+    x: Array, denoised: Array, ds_prev: list[Array], a: float, b: float, coeffs_prev: list[float]
+) -> Array:
     """x' = x + Σ_j c_j d_{i-j} (linear multistep in σ on dx/dσ = (x - D)/σ), with the current term written as a x + b D.
 
     a = 1 + c_0/σ_i and b = -c_0/σ_i (host floats) fold c_0 d_i = c_0 (x - D)/σ_i into x without
@@ -263,8 +336,9 @@ def lms_step(x: Array, denoised: Array, ds_prev: list[Array], a: float, b: float
     return x
 
 
-def dpm_solver_step_coefficients(lam: float, lam_next: float, order: int, *, r1: float | None = None,
-                                 r2: float = 2.0 / 3.0) -> dict[str, float]:
+def dpm_solver_step_coefficients(
+    lam: float, lam_next: float, order: int, *, r1: float | None = None, r2: float = 2.0 / 3.0
+) -> dict[str, float]:
     """Host floats of one DPM-Solver-k step (noise form, α = 1, σ = e^{-λ}) from λ to λ' (Lu et al. 2022a, Eq. 3.7, Algs. 1-2).
 
     k-diffusion's DPMSolver.dpm_solver_{1,2,3}_step: r1 = 1/2 (order 2) or 1/3 (order 3), r2 = 2/3.
@@ -273,23 +347,48 @@ def dpm_solver_step_coefficients(lam: float, lam_next: float, order: int, *, r1:
     """
     h = lam_next - lam
     s_next = math.exp(-lam_next)
-    c: dict[str, float] = {"order": order, "sigma": math.exp(-lam), "h": h,
-                         "a": math.exp(-h), "b": -math.expm1(-h)}
+    c: dict[str, float] = {
+        "order": order,
+        "sigma": math.exp(-lam),
+        "h": h,
+        "a": math.exp(-h),
+        "b": -math.expm1(-h),
+    }
     if order == 2:
         r1 = 0.5 if r1 is None else r1
-        c.update(r1=r1, s1=math.exp(-(lam + r1 * h)), a1=math.exp(-r1 * h), b1=-math.expm1(-r1 * h),
-                 corr=s_next / (2.0 * r1) * math.expm1(h))
+        c.update(
+            r1=r1,
+            s1=math.exp(-(lam + r1 * h)),
+            a1=math.exp(-r1 * h),
+            b1=-math.expm1(-r1 * h),
+            corr=s_next / (2.0 * r1) * math.expm1(h),
+        )
     elif order == 3:
         r1 = 1.0 / 3.0 if r1 is None else r1
         s1, s2 = math.exp(-(lam + r1 * h)), math.exp(-(lam + r2 * h))
-        c.update(r1=r1, r2=r2, s1=s1, s2=s2, a1=math.exp(-r1 * h), b1=-math.expm1(-r1 * h),
-                 a2=math.exp(-r2 * h), b2=-math.expm1(-r2 * h), u2c=s2 * (r2 / r1) * phi_2(r2 * h),
-                 corr=s_next / r2 * phi_2(h))
+        c.update(
+            r1=r1,
+            r2=r2,
+            s1=s1,
+            s2=s2,
+            a1=math.exp(-r1 * h),
+            b1=-math.expm1(-r1 * h),
+            a2=math.exp(-r2 * h),
+            b2=-math.expm1(-r2 * h),
+            u2c=s2 * (r2 / r1) * phi_2(r2 * h),
+            corr=s_next / r2 * phi_2(h),
+        )
     return c
 
 
-def dpm_solver_k_step(denoiser: Callable[[Array, Array], Array], x: Array, denoised: Array, c: dict[str, float], *,
-                      cache: dict[tuple[str, float], Array] | None = None) -> Array:
+def dpm_solver_k_step(
+    denoiser: Callable[[Array, Array], Array],
+    x: Array,
+    denoised: Array,
+    c: dict[str, float],
+    *,
+    cache: dict[tuple[str, float], Array] | None = None,
+) -> Array:
     """One DPM-Solver-k step in λ = -log σ with the noise prediction ε̂ = (x - D)/σ (Lu et al. 2022a, Eq. 3.7, Algs. 1-2; k-diffusion DPMSolver).
 
     Order 1: x' = x - σ' expm1(h) ε̂. Order 2: u1 = x - σ_{s1} expm1(r1 h) ε̂,
@@ -322,6 +421,7 @@ def dpm_solver_k_step(denoiser: Callable[[Array, Array], Array], x: Array, denoi
 # Adaptive step-size control
 # --------------------------------------------------------------------------------------------
 
+
 class PIDStepSizeController:
     """PID step-size control on the inverse error (k-diffusion's PIDStepSizeController; Söderlind 2003, as in DPM-Solver's adaptive solver).
 
@@ -331,8 +431,16 @@ class PIDStepSizeController:
     either way. Host floats only.
     """
 
-    def __init__(self, h: float, pcoeff: float, icoeff: float, dcoeff: float, order: float = 1.0,
-                 accept_safety: float = 0.81, eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        h: float,
+        pcoeff: float,
+        icoeff: float,
+        dcoeff: float,
+        order: float = 1.0,
+        accept_safety: float = 0.81,
+        eps: float = 1e-8,
+    ) -> None:
         self.h = h
         self.b1 = (pcoeff + icoeff + dcoeff) / order
         self.b2 = -(pcoeff + 2.0 * dcoeff) / order
@@ -366,17 +474,23 @@ class PIDStepSizeController:
 # Loops
 # --------------------------------------------------------------------------------------------
 
-def _setup(denoiser: Callable[[Array, Array], Array], x: Array, sigmas: Sequence[float] | Array,
-           callback: Callable[[StepInfo], object] | None, progress: Callable[[int, int], object] | None
-           ) -> tuple[list[float], int, Callable[[StepInfo], object] | None]:
+
+def _setup(
+    denoiser: Callable[[Array, Array], Array],
+    x: Array,
+    sigmas: Sequence[float] | Array,
+    callback: Callable[[StepInfo], object] | None,
+    progress: Callable[[int, int], object] | None,
+) -> tuple[list[float], int, Callable[[StepInfo], object] | None]:
     _check_denoiser(denoiser)
     _check_x(x)
     sig = _sigma_list(sigmas)
     return sig, len(sig) - 1, step_reporter(callback, progress)
 
 
-def _check_churn(S_churn: float, S_tmin: float, S_tmax: float,
-                 S_noise: float) -> tuple[float, float, float, float]:
+def _check_churn(
+    S_churn: float, S_tmin: float, S_tmax: float, S_noise: float
+) -> tuple[float, float, float, float]:
     S_churn = check_real("S_churn", S_churn, lo=0.0)
     S_tmin = check_real("S_tmin", S_tmin, lo=0.0)
     try:
@@ -389,11 +503,19 @@ def _check_churn(S_churn: float, S_tmin: float, S_tmax: float,
 
 
 @register_sampler("karras_dpm_2", family="karras", stochastic=False, order=2, step=dpm_2_step)
-def sample_karras_dpm_2(denoiser: Callable[[Array, Array], Array], x: Array, *, sigmas: Sequence[float] | Array,
-                        noise: Noise = None, S_churn: float = 0.0,
-                        S_tmin: float = 0.0, S_tmax: float = math.inf, S_noise: float = 1.0,
-                        callback: Callable[[StepInfo], object] | None = None,
-                        progress: Callable[[int, int], object] | None = None) -> Array:
+def sample_karras_dpm_2(
+    denoiser: Callable[[Array, Array], Array],
+    x: Array,
+    *,
+    sigmas: Sequence[float] | Array,
+    noise: Noise = None,
+    S_churn: float = 0.0,
+    S_tmin: float = 0.0,
+    S_tmax: float = math.inf,
+    S_noise: float = 1.0,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """DPM-Solver-2 steps in σ with optional churn (k-diffusion sample_dpm_2: Lu et al. 2022a, Alg. 1, with Karras et al. 2022, Alg. 2).
 
     Parameters
@@ -418,12 +540,15 @@ def sample_karras_dpm_2(denoiser: Callable[[Array, Array], Array], x: Array, *, 
     """
     sig, n, report = _setup(denoiser, x, sigmas, callback, progress)
     S_churn, S_tmin, S_tmax, S_noise = _check_churn(S_churn, S_tmin, S_tmax, S_noise)
-    gammas = [churn_gamma(sig[i], n, S_churn=S_churn, S_tmin=S_tmin, S_tmax=S_tmax)
-              for i in range(n)]
+    gammas = [
+        churn_gamma(sig[i], n, S_churn=S_churn, S_tmin=S_tmin, S_tmax=S_tmax) for i in range(n)
+    ]
     for i in range(n):
         sigma = sig[i]
         if gammas[i] > 0.0:
-            x, sigma = churn_step(x, sigma, gammas[i], noise=draw_noise(noise, i, x), S_noise=S_noise)
+            x, sigma = churn_step(
+                x, sigma, gammas[i], noise=draw_noise(noise, i, x), S_noise=S_noise
+            )
         denoised = _denoise(denoiser, x, sigma)
         if report is not None:
             report(StepInfo(i, n, x, denoised, sigma=sigma))
@@ -432,11 +557,17 @@ def sample_karras_dpm_2(denoiser: Callable[[Array, Array], Array], x: Array, *, 
 
 
 @register_sampler("karras_dpm_2_ancestral", family="karras", stochastic=True, step=dpm_2_step)
-def sample_karras_dpm_2_ancestral(denoiser: Callable[[Array, Array], Array], x: Array, *,
-                                  sigmas: Sequence[float] | Array, noise: Noise = None,
-                                  eta: float = 1.0, S_noise: float = 1.0,
-                                  callback: Callable[[StepInfo], object] | None = None,
-                                  progress: Callable[[int, int], object] | None = None) -> Array:
+def sample_karras_dpm_2_ancestral(
+    denoiser: Callable[[Array, Array], Array],
+    x: Array,
+    *,
+    sigmas: Sequence[float] | Array,
+    noise: Noise = None,
+    eta: float = 1.0,
+    S_noise: float = 1.0,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """Ancestral DPM-Solver-2 (k-diffusion sample_dpm_2_ancestral): a DPM-Solver-2 step to σ_down, then σ_up S_noise z.
 
     (σ_down, σ_up) are k-diffusion's get_ancestral_step (:func:`refdiff.samplers.karras.ancestral_sigmas`;
@@ -469,11 +600,17 @@ def sample_karras_dpm_2_ancestral(denoiser: Callable[[Array, Array], Array], x: 
 
 
 @register_sampler("karras_dpmpp_2s_ancestral", family="karras", stochastic=True, step=dpmpp_2s_step)
-def sample_karras_dpmpp_2s_ancestral(denoiser: Callable[[Array, Array], Array], x: Array, *,
-                                     sigmas: Sequence[float] | Array, noise: Noise = None,
-                                     eta: float = 1.0, S_noise: float = 1.0,
-                                     callback: Callable[[StepInfo], object] | None = None,
-                                     progress: Callable[[int, int], object] | None = None) -> Array:
+def sample_karras_dpmpp_2s_ancestral(
+    denoiser: Callable[[Array, Array], Array],
+    x: Array,
+    *,
+    sigmas: Sequence[float] | Array,
+    noise: Noise = None,
+    eta: float = 1.0,
+    S_noise: float = 1.0,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """Ancestral DPM-Solver++(2S) (k-diffusion sample_dpmpp_2s_ancestral; Lu et al. 2022b, Alg. 1, to σ_down, then σ_up S_noise z).
 
     Parameters
@@ -500,12 +637,19 @@ def sample_karras_dpmpp_2s_ancestral(denoiser: Callable[[Array, Array], Array], 
 
 
 @register_sampler("karras_dpmpp_sde", family="karras", stochastic=True, step=dpmpp_sde_step)
-def sample_karras_dpmpp_sde(denoiser: Callable[[Array, Array], Array], x: Array, *, sigmas: Sequence[float] | Array,
-                            noise: Noise = None, eta: float = 1.0,
-                            S_noise: float = 1.0, r: float = 0.5,
-                            noise_coupling: str = "brownian",
-                            callback: Callable[[StepInfo], object] | None = None,
-                            progress: Callable[[int, int], object] | None = None) -> Array:
+def sample_karras_dpmpp_sde(
+    denoiser: Callable[[Array, Array], Array],
+    x: Array,
+    *,
+    sigmas: Sequence[float] | Array,
+    noise: Noise = None,
+    eta: float = 1.0,
+    S_noise: float = 1.0,
+    r: float = 0.5,
+    noise_coupling: str = "brownian",
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """Stochastic DPM-Solver++ with an intermediate point (k-diffusion sample_dpmpp_sde; Lu et al. 2022b, SDE-DPM-Solver++).
 
     Per step from σ to σ' > 0: an ancestral data-prediction step to σ_s = σ^{1-r}σ'^r, one more
@@ -542,8 +686,12 @@ def sample_karras_dpmpp_sde(denoiser: Callable[[Array, Array], Array], x: Array,
     eta, S_noise = check_eta(eta), _s_noise(S_noise)
     r = check_real("r", r, lo=0.0, hi=1.0, lo_open=True)
     check_choice("noise_coupling", noise_coupling, NOISE_COUPLINGS, "noise coupling")
-    plan = [dpmpp_sde_coefficients(sig[i], sig[i + 1], eta=eta, r=r, coupling=noise_coupling)
-            if sig[i + 1] > 0.0 else None for i in range(n)]
+    plan = [
+        dpmpp_sde_coefficients(sig[i], sig[i + 1], eta=eta, r=r, coupling=noise_coupling)
+        if sig[i + 1] > 0.0
+        else None
+        for i in range(n)
+    ]
     for i in range(n):
         denoised = _denoise(denoiser, x, sig[i])
         if report is not None:
@@ -555,15 +703,26 @@ def sample_karras_dpmpp_sde(denoiser: Callable[[Array, Array], Array], x: Array,
         za = zb = None
         if c["up_1"] > 0.0 or c["up_2"] > 0.0:
             za, zb = draw_noise(noise, 2 * i, x), draw_noise(noise, 2 * i + 1, x)
-        x = dpmpp_sde_step(denoiser, x, sig[i], denoised, c, noise_a=za, noise_b=zb,
-                           S_noise=S_noise)
+        x = dpmpp_sde_step(
+            denoiser, x, sig[i], denoised, c, noise_a=za, noise_b=zb, S_noise=S_noise
+        )
     return x
 
 
-def _multistep_sde(denoiser: Callable[[Array, Array], Array], x: Array, sigmas: Sequence[float] | Array,
-                   noise: Noise, eta: float, S_noise: float, callback: Callable[[StepInfo], object] | None,
-                   progress: Callable[[int, int], object] | None, *, order: int, solver_type: str = "midpoint",
-                   d2_scale: str = "consistent") -> Array:
+def _multistep_sde(
+    denoiser: Callable[[Array, Array], Array],
+    x: Array,
+    sigmas: Sequence[float] | Array,
+    noise: Noise,
+    eta: float,
+    S_noise: float,
+    callback: Callable[[StepInfo], object] | None,
+    progress: Callable[[int, int], object] | None,
+    *,
+    order: int,
+    solver_type: str = "midpoint",
+    d2_scale: str = "consistent",
+) -> Array:
     sig, n, report = _setup(denoiser, x, sigmas, callback, progress)
     eta, S_noise = check_eta(eta), _s_noise(S_noise)
     plan: list[dict[str, float] | None] = []
@@ -573,9 +732,15 @@ def _multistep_sde(denoiser: Callable[[Array, Array], Array], x: Array, sigmas: 
         if sig[i + 1] == 0.0:
             plan.append(None)
             continue
-        c = dpmpp_multistep_sde_coefficients(sig[i], sig[i + 1], hs if i > 0 else [], eta=eta,
-                                             order=order, solver_type=solver_type,
-                                             d2_scale=d2_scale)
+        c = dpmpp_multistep_sde_coefficients(
+            sig[i],
+            sig[i + 1],
+            hs if i > 0 else [],
+            eta=eta,
+            order=order,
+            solver_type=solver_type,
+            d2_scale=d2_scale,
+        )
         hs = hs + [c["h"]]
         plan.append(c)
     history: list[Array] = []
@@ -593,14 +758,21 @@ def _multistep_sde(denoiser: Callable[[Array, Array], Array], x: Array, sigmas: 
     return x
 
 
-@register_sampler("karras_dpmpp_2m_sde", family="karras", stochastic=True,
-                  step=dpmpp_multistep_sde_step)
-def sample_karras_dpmpp_2m_sde(denoiser: Callable[[Array, Array], Array], x: Array, *,
-                               sigmas: Sequence[float] | Array, noise: Noise = None,
-                               eta: float = 1.0, S_noise: float = 1.0,
-                               solver_type: str = "midpoint",
-                               callback: Callable[[StepInfo], object] | None = None,
-                               progress: Callable[[int, int], object] | None = None) -> Array:
+@register_sampler(
+    "karras_dpmpp_2m_sde", family="karras", stochastic=True, step=dpmpp_multistep_sde_step
+)
+def sample_karras_dpmpp_2m_sde(
+    denoiser: Callable[[Array, Array], Array],
+    x: Array,
+    *,
+    sigmas: Sequence[float] | Array,
+    noise: Noise = None,
+    eta: float = 1.0,
+    S_noise: float = 1.0,
+    solver_type: str = "midpoint",
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """Multistep SDE-DPM-Solver++(2M) in σ (k-diffusion sample_dpmpp_2m_sde; Lu et al. 2022b, App., and diffusers' "sde-dpmsolver++").
 
     x' = (σ'/σ)e^{-ηh} x + (1 - e^{-(1+η)h}) D + c1 (D - D_prev)/r + σ'√(1 - e^{-2ηh}) S_noise z
@@ -623,18 +795,35 @@ def sample_karras_dpmpp_2m_sde(denoiser: Callable[[Array, Array], Array], x: Arr
         k-diffusion's ``solver_type``.
     """
     check_choice("solver_type", solver_type, SDE_SOLVER_TYPES, "SDE-DPM-Solver++ solver type")
-    return _multistep_sde(denoiser, x, sigmas, noise, eta, S_noise, callback, progress, order=2,
-                          solver_type=solver_type)
+    return _multistep_sde(
+        denoiser,
+        x,
+        sigmas,
+        noise,
+        eta,
+        S_noise,
+        callback,
+        progress,
+        order=2,
+        solver_type=solver_type,
+    )
 
 
-@register_sampler("karras_dpmpp_3m_sde", family="karras", stochastic=True,
-                  step=dpmpp_multistep_sde_step)
-def sample_karras_dpmpp_3m_sde(denoiser: Callable[[Array, Array], Array], x: Array, *,
-                               sigmas: Sequence[float] | Array, noise: Noise = None,
-                               eta: float = 1.0, S_noise: float = 1.0,
-                               d2_scale: str = "consistent",
-                               callback: Callable[[StepInfo], object] | None = None,
-                               progress: Callable[[int, int], object] | None = None) -> Array:
+@register_sampler(
+    "karras_dpmpp_3m_sde", family="karras", stochastic=True, step=dpmpp_multistep_sde_step
+)
+def sample_karras_dpmpp_3m_sde(
+    denoiser: Callable[[Array, Array], Array],
+    x: Array,
+    *,
+    sigmas: Sequence[float] | Array,
+    noise: Noise = None,
+    eta: float = 1.0,
+    S_noise: float = 1.0,
+    d2_scale: str = "consistent",
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """Multistep SDE-DPM-Solver++(3M) in σ (k-diffusion sample_dpmpp_3m_sde; Lu et al. 2022b, §4 multistep with the SDE terms).
 
     x' = e^{-(1+η)h} x + (1 - e^{-(1+η)h}) D - φ2(-H) D1 - φ3(-H) D2 + σ'√(1 - e^{-2ηh}) S_noise z
@@ -656,15 +845,32 @@ def sample_karras_dpmpp_3m_sde(denoiser: Callable[[Array, Array], Array], x: Arr
         φ3 term needs; second order at η = 0), which reproduces k-diffusion.
     """
     check_choice("d2_scale", d2_scale, D2_SCALES, "multistep third-order D2 convention")
-    return _multistep_sde(denoiser, x, sigmas, noise, eta, S_noise, callback, progress, order=3,
-                          solver_type="heun", d2_scale=d2_scale)
+    return _multistep_sde(
+        denoiser,
+        x,
+        sigmas,
+        noise,
+        eta,
+        S_noise,
+        callback,
+        progress,
+        order=3,
+        solver_type="heun",
+        d2_scale=d2_scale,
+    )
 
 
 @register_sampler("karras_lms", family="karras", stochastic=False, step=lms_step)
-def sample_karras_lms(denoiser: Callable[[Array, Array], Array], x: Array, *, sigmas: Sequence[float] | Array,
-                      noise: Noise = None, order: int = 4,
-                      callback: Callable[[StepInfo], object] | None = None,
-                      progress: Callable[[int, int], object] | None = None) -> Array:
+def sample_karras_lms(
+    denoiser: Callable[[Array, Array], Array],
+    x: Array,
+    *,
+    sigmas: Sequence[float] | Array,
+    noise: Noise = None,
+    order: int = 4,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """Linear multistep (variable-step Adams–Bashforth in σ) on dx/dσ = (x - D)/σ (k-diffusion sample_lms; Karras et al. 2022, Eq. 3).
 
     Step i uses the last k = min(i + 1, order) derivatives d_j = (x_j - D(x_j; σ_j))/σ_j with the
@@ -699,7 +905,7 @@ def sample_karras_lms(denoiser: Callable[[Array, Array], Array], x: Array, *, si
         a, b, rest = plan[i]
         x_next = lms_step(x, denoised, ds, a, b, rest)
         if order > 1 and i < n - 1:
-            ds = (ds + [(x - denoised) / sig[i]])[-(order - 1):]
+            ds = (ds + [(x - denoised) / sig[i]])[-(order - 1) :]
         x = x_next
     return x
 
@@ -711,7 +917,9 @@ def _endpoints(sig: list[float]) -> tuple[float, float]:
     return positive[0], positive[-1]
 
 
-def _ancestral_target(lam: float, lam_next: float, lam_end: float, eta: float) -> tuple[float, float]:
+def _ancestral_target(
+    lam: float, lam_next: float, lam_end: float, eta: float
+) -> tuple[float, float]:
     """(λ'_, σ_up) of k-diffusion's DPMSolver with η: step to min(λ_end, -log σ_down), then add noise up to σ(λ')."""
     if eta == 0.0:
         return lam_next, 0.0
@@ -721,13 +929,21 @@ def _ancestral_target(lam: float, lam_next: float, lam_end: float, eta: float) -
     return target, math.sqrt(max((s_next - s_target) * (s_next + s_target), 0.0))
 
 
-@register_sampler("karras_dpm_fast", family="karras", stochastic=False, order=2,
-                  step=dpm_solver_k_step)
-def sample_karras_dpm_fast(denoiser: Callable[[Array, Array], Array], x: Array, *, sigmas: Sequence[float] | Array,
-                           noise: Noise = None, nfe: int | None = None,
-                           eta: float = 0.0, S_noise: float = 1.0,
-                           callback: Callable[[StepInfo], object] | None = None,
-                           progress: Callable[[int, int], object] | None = None) -> Array:
+@register_sampler(
+    "karras_dpm_fast", family="karras", stochastic=False, order=2, step=dpm_solver_k_step
+)
+def sample_karras_dpm_fast(
+    denoiser: Callable[[Array, Array], Array],
+    x: Array,
+    *,
+    sigmas: Sequence[float] | Array,
+    noise: Noise = None,
+    nfe: int | None = None,
+    eta: float = 0.0,
+    S_noise: float = 1.0,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """DPM-Solver-fast in λ = -log σ (k-diffusion sample_dpm_fast; Lu et al. 2022a, §3.3 and Algs. 1-2).
 
     ``nfe`` evaluations spent as orders 3, ..., 3 then (2, 1) / 1 / 2 on a grid uniform in λ from
@@ -759,7 +975,9 @@ def sample_karras_dpm_fast(denoiser: Callable[[Array, Array], Array], x: Array, 
     plan = []
     for i, o in enumerate(orders):
         target, up = _ancestral_target(float(lams[i]), float(lams[i + 1]), lam_end, eta)
-        plan.append((math.exp(-float(lams[i])), up, dpm_solver_step_coefficients(float(lams[i]), target, o)))
+        plan.append(
+            (math.exp(-float(lams[i])), up, dpm_solver_step_coefficients(float(lams[i]), target, o))
+        )
     n = len(orders)
     for i, (sigma, up, c) in enumerate(plan):
         denoised = _denoise(denoiser, x, sigma)
@@ -773,18 +991,29 @@ def sample_karras_dpm_fast(denoiser: Callable[[Array, Array], Array], x: Array, 
     return x
 
 
-@register_sampler("karras_dpm_adaptive", family="karras", stochastic=False,
-                  step=dpm_solver_k_step)
-def sample_karras_dpm_adaptive(denoiser: Callable[[Array, Array], Array], x: Array, *, sigmas: Sequence[float] | Array,
-                               noise: Noise = None, order: int = 3,
-                               rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
-                               pcoeff: float = 0.0, icoeff: float = 1.0, dcoeff: float = 0.0,
-                               accept_safety: float = 0.81, eta: float = 0.0,
-                               S_noise: float = 1.0, adaptive: bool = True,
-                               return_info: bool = False, max_steps: int = 10000,
-                               callback: Callable[[StepInfo], object] | None = None,
-                               progress: Callable[[int, int], object] | None = None
-                               ) -> Array | tuple[Array, dict[str, Any]]:
+@register_sampler("karras_dpm_adaptive", family="karras", stochastic=False, step=dpm_solver_k_step)
+def sample_karras_dpm_adaptive(
+    denoiser: Callable[[Array, Array], Array],
+    x: Array,
+    *,
+    sigmas: Sequence[float] | Array,
+    noise: Noise = None,
+    order: int = 3,
+    rtol: float = 0.05,
+    atol: float = 0.0078,
+    h_init: float = 0.05,
+    pcoeff: float = 0.0,
+    icoeff: float = 1.0,
+    dcoeff: float = 0.0,
+    accept_safety: float = 0.81,
+    eta: float = 0.0,
+    S_noise: float = 1.0,
+    adaptive: bool = True,
+    return_info: bool = False,
+    max_steps: int = 10000,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array | tuple[Array, dict[str, Any]]:
     """Adaptive DPM-Solver-12 / 23 in λ = -log σ with PID step-size control (k-diffusion sample_dpm_adaptive; Lu et al. 2022a, §3.3 and App. C).
 
     Each attempt from λ_s takes h = the controller's step (to at most λ_end) and forms a low-order
@@ -833,8 +1062,9 @@ def sample_karras_dpm_adaptive(denoiser: Callable[[Array, Array], Array], x: Arr
     rtol = check_real("rtol", rtol, lo=0.0)
     atol = check_real("atol", atol, lo=0.0, lo_open=True)
     h_init = check_real("h_init", h_init, lo=0.0, lo_open=True)
-    pcoeff, icoeff, dcoeff = (check_real(k, v) for k, v in
-                              (("pcoeff", pcoeff), ("icoeff", icoeff), ("dcoeff", dcoeff)))
+    pcoeff, icoeff, dcoeff = (
+        check_real(k, v) for k, v in (("pcoeff", pcoeff), ("icoeff", icoeff), ("dcoeff", dcoeff))
+    )
     accept_safety = check_real("accept_safety", accept_safety, lo=0.0)
     eta, S_noise = check_eta(eta), _s_noise(S_noise)
     max_steps = check_int("max_steps", max_steps, minimum=1)
@@ -857,8 +1087,12 @@ def sample_karras_dpm_adaptive(denoiser: Callable[[Array, Array], Array], x: Arr
         lams = [-math.log(s) for s in sig if s > 0.0]
         for k in range(len(lams) - 1):
             target, up, denoised = attempt(x, lams[k], lams[k + 1])
-            x = dpm_solver_k_step(denoiser, x, denoised, dpm_solver_step_coefficients(
-                lams[k], target, order, r1=r_low))
+            x = dpm_solver_k_step(
+                denoiser,
+                x,
+                denoised,
+                dpm_solver_step_coefficients(lams[k], target, order, r1=r_low),
+            )
             if up > 0.0:
                 x = x + (up * S_noise) * draw_noise(noise, k, x)
             info["steps"] += 1
@@ -868,22 +1102,37 @@ def sample_karras_dpm_adaptive(denoiser: Callable[[Array, Array], Array], x: Arr
     else:
         xp = array_namespace(x)
         numel = math.prod(tuple(x.shape))
-        pid = PIDStepSizeController(h_init, pcoeff, icoeff, dcoeff, 1.5 if eta else order,
-                                    accept_safety)
+        pid = PIDStepSizeController(
+            h_init, pcoeff, icoeff, dcoeff, 1.5 if eta else order, accept_safety
+        )
         s = -math.log(s_max)
         x_prev = x
         while s < lam_end - 1e-5:
             if info["steps"] >= max_steps:
-                fail("max_steps", max_steps, f"the adaptive solver made {max_steps} attempts and "
-                     f"reached σ = {math.exp(-s)!r}, not σ_min = {s_min!r}; loosen rtol/atol or "
-                     "raise max_steps")
+                fail(
+                    "max_steps",
+                    max_steps,
+                    f"the adaptive solver made {max_steps} attempts and "
+                    f"reached σ = {math.exp(-s)!r}, not σ_min = {s_min!r}; loosen rtol/atol or "
+                    "raise max_steps",
+                )
             t = min(lam_end, s + pid.h)
             target, up, denoised = attempt(x, s, t)
             cache: dict[tuple[str, float], Array] = {}
-            x_low = dpm_solver_k_step(denoiser, x, denoised, dpm_solver_step_coefficients(
-                s, target, order - 1, r1=r_low), cache=cache)
-            x_high = dpm_solver_k_step(denoiser, x, denoised, dpm_solver_step_coefficients(
-                s, target, order, r1=r_low), cache=cache)
+            x_low = dpm_solver_k_step(
+                denoiser,
+                x,
+                denoised,
+                dpm_solver_step_coefficients(s, target, order - 1, r1=r_low),
+                cache=cache,
+            )
+            x_high = dpm_solver_k_step(
+                denoiser,
+                x,
+                denoised,
+                dpm_solver_step_coefficients(s, target, order, r1=r_low),
+                cache=cache,
+            )
             scale = rtol * xp.maximum(xp.abs(x_low), xp.abs(x_prev))
             delta = xp.maximum(scale, xp.full_like(scale, atol))
             error = float(xp.sqrt(xp.sum(((x_low - x_high) / delta) ** 2))) / math.sqrt(numel)

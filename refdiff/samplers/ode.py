@@ -33,9 +33,17 @@ from .score_sde import (
     predictor_update,
 )
 
-__all__ = ["probability_flow", "probability_flow_coefficients", "ode_euler_step", "ode_heun_step",
-           "ode_time_grid", "sample_ode_euler", "sample_ode_heun", "sample_ode_rk45",
-           "denoise_step"]
+__all__ = [
+    "probability_flow",
+    "probability_flow_coefficients",
+    "ode_euler_step",
+    "ode_heun_step",
+    "ode_time_grid",
+    "sample_ode_euler",
+    "sample_ode_heun",
+    "sample_ode_rk45",
+    "denoise_step",
+]
 
 
 #: The solve_ivp methods :func:`sample_ode_rk45` accepts.
@@ -46,7 +54,9 @@ def _score(score_fn: Callable[[Array, Array], Array], x: Array, t: float) -> Arr
     return check_output(score_fn(x, batch_full(x, t)), x, name="score_fn output")
 
 
-def probability_flow_coefficients(sde: SDE, ts: Sequence[float]) -> list[tuple[float, float]] | None:
+def probability_flow_coefficients(
+    sde: SDE, ts: Sequence[float]
+) -> list[tuple[float, float]] | None:
     """(a, h) per time with F(x, t) = a x - h s(x, t), h = ½ g² (Song et al. 2021, Eq. 13), host floats.
 
     None for an SDE whose drift is not linear in x (then :func:`probability_flow` evaluates
@@ -63,25 +73,50 @@ def _flow(x: Array, score: Array, a: float, h: float) -> Array:
     return (a * x - h * score) if a != 0.0 else (-h) * score
 
 
-def _flow_at(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, coef: tuple[float, float] | None) -> Array:
+def _flow_at(
+    sde: SDE,
+    score_fn: Callable[[Array, Array], Array],
+    x: Array,
+    t: float,
+    coef: tuple[float, float] | None,
+) -> Array:
     if coef is None:
+
         def checked(x_: Array, t_: Array) -> Array:
             return check_output(score_fn(x_, t_), x_, name="score_fn output")
+
         return sde.reverse(checked, probability_flow=True).sde(x, batch_full(x, t))[0]
     return _flow(x, _score(score_fn, x, t), *coef)
 
 
-def probability_flow(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float) -> Array:
+def probability_flow(
+    sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float
+) -> Array:
     """dx/dt = f(x, t) - ½ g(t)² s(x, t) at the scalar time t (Song et al. 2021, Eq. 13)."""
     coef = probability_flow_coefficients(_check_sde(sde), [float(t)])
     return _flow_at(sde, score_fn, x, float(t), None if coef is None else coef[0])
 
 
-def _euler(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, dt: float, c1: tuple[float, float] | None) -> Array:
+def _euler(
+    sde: SDE,
+    score_fn: Callable[[Array, Array], Array],
+    x: Array,
+    t: float,
+    dt: float,
+    c1: tuple[float, float] | None,
+) -> Array:
     return x + _flow_at(sde, score_fn, x, t, c1) * dt
 
 
-def _heun(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, dt: float, c1: tuple[float, float] | None, c2: tuple[float, float] | None) -> Array:
+def _heun(
+    sde: SDE,
+    score_fn: Callable[[Array, Array], Array],
+    x: Array,
+    t: float,
+    dt: float,
+    c1: tuple[float, float] | None,
+    c2: tuple[float, float] | None,
+) -> Array:
     d1 = _flow_at(sde, score_fn, x, t, c1)
     x_euler = x + d1 * dt
     d2 = _flow_at(sde, score_fn, x_euler, t + dt, c2)
@@ -93,13 +128,17 @@ def _coefs(sde: SDE, ts: Sequence[float]) -> Sequence[tuple[float, float] | None
     return [None] * len(ts) if coef is None else coef
 
 
-def ode_euler_step(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, dt: float) -> Array:
+def ode_euler_step(
+    sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, dt: float
+) -> Array:
     """Euler step x + F(x, t) dt on the probability-flow ODE (dt < 0 when sampling)."""
-    c1, = _coefs(_check_sde(sde), [float(t)])
+    (c1,) = _coefs(_check_sde(sde), [float(t)])
     return _euler(sde, score_fn, x, float(t), dt, c1)
 
 
-def ode_heun_step(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, dt: float) -> Array:
+def ode_heun_step(
+    sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, dt: float
+) -> Array:
     """Heun (explicit trapezoidal) step x + ½[F(x, t) + F(x + F dt, t + dt)] dt (Karras et al. 2022, Alg. 1 in t)."""
     c1, c2 = _coefs(_check_sde(sde), [float(t), float(t) + dt])
     return _heun(sde, score_fn, x, float(t), dt, c1, c2)
@@ -107,7 +146,7 @@ def ode_heun_step(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array,
 
 def denoise_step(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float) -> Array:
     """One noise-free reverse-diffusion step at t (score_sde's ODE-sampler ``denoise``: x - f_i + G_i² s)."""
-    (p, q, _), = predictor_coefficients("reverse_diffusion", _check_sde(sde), [float(t)])
+    ((p, q, _),) = predictor_coefficients("reverse_diffusion", _check_sde(sde), [float(t)])
     return predictor_update(x, _score(score_fn, x, float(t)), p, q, 0.0)[0]
 
 
@@ -121,7 +160,17 @@ def ode_time_grid(sde: SDE, steps: int, *, eps: float = 1e-3) -> list[float]:
     return [float(v) for v in ts]
 
 
-def _fixed_step(heun: bool, score_fn: Callable[[Array, Array], Array], x_T: Array, sde: SDE, steps: int, eps: float, denoise: bool, callback: Callable[[StepInfo], object] | None, progress: Callable[[int, int], object] | None) -> Array:
+def _fixed_step(
+    heun: bool,
+    score_fn: Callable[[Array, Array], Array],
+    x_T: Array,
+    sde: SDE,
+    steps: int,
+    eps: float,
+    denoise: bool,
+    callback: Callable[[StepInfo], object] | None,
+    progress: Callable[[int, int], object] | None,
+) -> Array:
     _check_sde(sde)
     _check_x_T(x_T)
     _check_bool("denoise", denoise)
@@ -175,17 +224,35 @@ _FIXED_DOC = """
 
 
 @register_sampler("ode_euler", family="sde", stochastic=False, order=1, step=ode_euler_step)
-def sample_ode_euler(score_fn: Callable[[Array, Array], Array], x_T: Array, *, sde: SDE, steps: int, noise: Noise = None,
-                     eps: float = 1e-3, denoise: bool = False, callback: Callable[[StepInfo], object] | None = None,
-                     progress: Callable[[int, int], object] | None = None) -> Array:
+def sample_ode_euler(
+    score_fn: Callable[[Array, Array], Array],
+    x_T: Array,
+    *,
+    sde: SDE,
+    steps: int,
+    noise: Noise = None,
+    eps: float = 1e-3,
+    denoise: bool = False,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """Euler's method on the probability-flow ODE from T to eps (Song et al. 2021, Eq. 13)."""
     return _fixed_step(False, score_fn, x_T, sde, steps, eps, denoise, callback, progress)
 
 
 @register_sampler("ode_heun", family="sde", stochastic=False, order=2, step=ode_heun_step)
-def sample_ode_heun(score_fn: Callable[[Array, Array], Array], x_T: Array, *, sde: SDE, steps: int, noise: Noise = None,
-                    eps: float = 1e-3, denoise: bool = False, callback: Callable[[StepInfo], object] | None = None,
-                    progress: Callable[[int, int], object] | None = None) -> Array:
+def sample_ode_heun(
+    score_fn: Callable[[Array, Array], Array],
+    x_T: Array,
+    *,
+    sde: SDE,
+    steps: int,
+    noise: Noise = None,
+    eps: float = 1e-3,
+    denoise: bool = False,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """Heun's method (2 score evaluations per step) on the probability-flow ODE (Song et al. 2021, Eq. 13)."""
     return _fixed_step(True, score_fn, x_T, sde, steps, eps, denoise, callback, progress)
 
@@ -195,10 +262,22 @@ sample_ode_heun.__doc__ = (sample_ode_heun.__doc__ or "") + _FIXED_DOC
 
 
 @register_sampler("ode_rk45", family="sde", stochastic=False, step=probability_flow)
-def sample_ode_rk45(score_fn: Callable[[Array, Array], Array], x_T: Array, *, sde: SDE, steps: int | None = None,
-                    noise: Noise = None, eps: float = 1e-3, rtol: float = 1e-5, atol: float = 1e-5,
-                    method: str = "RK45", denoise: bool = False, return_nfe: bool = False,
-                    callback: Callable[[StepInfo], object] | None = None, progress: Callable[[int, int], object] | None = None) -> Array | tuple[Array, int]:
+def sample_ode_rk45(
+    score_fn: Callable[[Array, Array], Array],
+    x_T: Array,
+    *,
+    sde: SDE,
+    steps: int | None = None,
+    noise: Noise = None,
+    eps: float = 1e-3,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "RK45",
+    denoise: bool = False,
+    return_nfe: bool = False,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array | tuple[Array, int]:
     """Adaptive RK45 (Dormand–Prince) on the probability-flow ODE via scipy.integrate.solve_ivp (score_sde get_ode_sampler).
 
     Oracle-side: ``x_T`` must be a NumPy array (SciPy integrates on the host); the state is
@@ -228,8 +307,12 @@ def sample_ode_rk45(score_fn: Callable[[Array, Array], Array], x_T: Array, *, sd
 
     _check_sde(sde)
     if not isinstance(x_T, np.ndarray) or not is_numpy(array_namespace(x_T)):
-        fail("x_T", type(x_T).__name__, "sample_ode_rk45 is oracle-side: expected a NumPy array "
-             "(SciPy integrates on the host); use ode_euler / ode_heun on other backends")
+        fail(
+            "x_T",
+            type(x_T).__name__,
+            "sample_ode_rk45 is oracle-side: expected a NumPy array "
+            "(SciPy integrates on the host); use ode_euler / ode_heun on other backends",
+        )
     if x_T.ndim < 1:
         fail("x_T", x_T, "expected an array with the batch axis first (ndim >= 1)")
     if steps is not None:
@@ -253,14 +336,17 @@ def sample_ode_rk45(score_fn: Callable[[Array, Array], Array], x_T: Array, *, sd
         if not sol.success:
             raise RuntimeError(f"solve_ivp did not reach t = {eps!r}: {sol.message}")
         y = sol.y[:, -1]
-    else:   # solve_ivp's own loop, with a report before each accepted step
+    else:  # solve_ivp's own loop, with a report before each accepted step
         if method not in _IVP_METHODS:
             fail("method", method, f"expected one of {', '.join(map(repr, _IVP_METHODS))}")
         solver = getattr(scipy.integrate, method)(rhs, T, y0, eps, rtol=rtol, atol=atol)
         i = 0
         while solver.status == "running":
-            report(StepInfo(i, 0, np.asarray(solver.y, dtype=dtype).reshape(shape), None,
-                            t=float(solver.t)))
+            report(
+                StepInfo(
+                    i, 0, np.asarray(solver.y, dtype=dtype).reshape(shape), None, t=float(solver.t)
+                )
+            )
             message = solver.step()
             i += 1
         if solver.status != "finished":

@@ -45,8 +45,18 @@ from ..schedules import DIFFUSERS_SPACINGS, Schedule, spaced_timesteps
 from . import register_sampler
 from ._common import StepInfo, check_output, step_reporter
 
-__all__ = ["FINAL_ALPHA_BAR", "SPACINGS", "PRK_MIDPOINTS", "PLMS_WEIGHTS", "transfer_coefficients", "pndm_transfer",
-           "prk_epsilon", "plms_epsilon", "sample_pndm", "sample_plms"]
+__all__ = [
+    "FINAL_ALPHA_BAR",
+    "SPACINGS",
+    "PRK_MIDPOINTS",
+    "PLMS_WEIGHTS",
+    "transfer_coefficients",
+    "pndm_transfer",
+    "prk_epsilon",
+    "plms_epsilon",
+    "sample_pndm",
+    "sample_plms",
+]
 
 FINAL_ALPHA_BAR = ("one", "alpha_bar_0")
 #: Where the PRK midpoint lies when a step spans an odd number of indices (see sample_pndm).
@@ -54,8 +64,12 @@ PRK_MIDPOINTS = ("consistent", "diffusers")
 SPACINGS = DIFFUSERS_SPACINGS
 #: Adams–Bashforth weights of the pseudo linear multistep method by number of model values,
 #: newest first (Liu et al. 2022, §3, and its lower-order starts).
-PLMS_WEIGHTS = {1: (1.0,), 2: (1.5, -0.5), 3: (23.0 / 12.0, -16.0 / 12.0, 5.0 / 12.0),
-                4: (55.0 / 24.0, -59.0 / 24.0, 37.0 / 24.0, -9.0 / 24.0)}
+PLMS_WEIGHTS = {
+    1: (1.0,),
+    2: (1.5, -0.5),
+    3: (23.0 / 12.0, -16.0 / 12.0, 5.0 / 12.0),
+    4: (55.0 / 24.0, -59.0 / 24.0, 37.0 / 24.0, -9.0 / 24.0),
+}
 
 
 class _Lv(NamedTuple):
@@ -67,9 +81,15 @@ class _Lv(NamedTuple):
     t_model: int | None
 
 
-def transfer_coefficients(ab_t: float, ab_prev: float, *, one_minus_ab_t: float | None = None,
-                          one_minus_ab_prev: float | None = None, log_ab_t: float | None = None,
-                          log_ab_prev: float | None = None) -> tuple[float, float]:
+def transfer_coefficients(
+    ab_t: float,
+    ab_prev: float,
+    *,
+    one_minus_ab_t: float | None = None,
+    one_minus_ab_prev: float | None = None,
+    log_ab_t: float | None = None,
+    log_ab_prev: float | None = None,
+) -> tuple[float, float]:
     """(c_x, c_ε) of the transfer part x_prev = c_x·x_t − c_ε·ε (Liu et al. 2022, Eq. 9).
 
     c_x = √(ᾱ_prev/ᾱ_t), c_ε = (ᾱ_prev − ᾱ_t)/(ᾱ_t·√(1−ᾱ_prev) + √(ᾱ_t(1−ᾱ_t)ᾱ_prev)); the
@@ -79,8 +99,10 @@ def transfer_coefficients(ab_t: float, ab_prev: float, *, one_minus_ab_t: float 
     ab_t = check_real("ab_t", ab_t, lo=0.0, hi=1.0)
     ab_prev = check_real("ab_prev", ab_prev, lo=0.0, hi=1.0)
     if ab_t == 0.0:
-        raise RefdiffValueError("ab_t=0.0: the PNDM transfer divides by ᾱ_t, which is 0 at a "
-                                "zero-terminal-SNR step; start sampling below it")
+        raise RefdiffValueError(
+            "ab_t=0.0: the PNDM transfer divides by ᾱ_t, which is 0 at a "
+            "zero-terminal-SNR step; start sampling below it"
+        )
     om_t = 1.0 - ab_t if one_minus_ab_t is None else float(one_minus_ab_t)
     om_p = 1.0 - ab_prev if one_minus_ab_prev is None else float(one_minus_ab_prev)
     if log_ab_t is not None and log_ab_prev is not None:
@@ -117,8 +139,14 @@ def plms_epsilon(eps_newest_first: list[Array]) -> Array:
 # Levels
 # --------------------------------------------------------------------------------------------
 
-def _indices(schedule: Schedule, steps: int | None, spacing: str, steps_offset: int,
-             timesteps: Sequence[int] | Array | None) -> list[int]:
+
+def _indices(
+    schedule: Schedule,
+    steps: int | None,
+    spacing: str,
+    steps_offset: int,
+    timesteps: Sequence[int] | Array | None,
+) -> list[int]:
     """The sampling levels as ascending indices of ``schedule``."""
     T = schedule.num_timesteps
     if timesteps is not None:
@@ -139,50 +167,81 @@ def _indices(schedule: Schedule, steps: int | None, spacing: str, steps_offset: 
     off = check_int("steps_offset", steps_offset, minimum=0)
     use = spaced_timesteps(T, steps, spacing, steps_offset=off)
     if int(use.max()) >= T:
-        fail("steps_offset", steps_offset, f"it moves the highest level to {int(use.max())} >= T={T}")
+        fail(
+            "steps_offset", steps_offset, f"it moves the highest level to {int(use.max())} >= T={T}"
+        )
     return sorted(int(i) for i in use)
 
 
 def _level(schedule: Schedule, i: int) -> _Lv:
-    return _Lv(float(schedule.alphas_cumprod[i]), float(schedule.one_minus_alphas_cumprod[i]),
-               float(schedule.log_alphas_cumprod[i]), int(schedule.timestep_map[i]))
+    return _Lv(
+        float(schedule.alphas_cumprod[i]),
+        float(schedule.one_minus_alphas_cumprod[i]),
+        float(schedule.log_alphas_cumprod[i]),
+        int(schedule.timestep_map[i]),
+    )
 
 
-def _final(schedule: Schedule, final_alpha_bar: str | float,
-           base_schedule: Schedule | None) -> _Lv:
+def _final(schedule: Schedule, final_alpha_bar: str | float, base_schedule: Schedule | None) -> _Lv:
     if isinstance(final_alpha_bar, str):
         check_choice("final_alpha_bar", final_alpha_bar, FINAL_ALPHA_BAR, "final ᾱ_prev convention")
         if final_alpha_bar == "one":
             return _Lv(1.0, 0.0, 0.0, None)
         src = schedule if base_schedule is None else base_schedule
         if base_schedule is None and int(schedule.timestep_map[0]) != 0:
-            fail("base_schedule", base_schedule, "final_alpha_bar='alpha_bar_0' on a respaced "
-                 "schedule that skips index 0 needs the training schedule: pass base_schedule=")
+            fail(
+                "base_schedule",
+                base_schedule,
+                "final_alpha_bar='alpha_bar_0' on a respaced "
+                "schedule that skips index 0 needs the training schedule: pass base_schedule=",
+            )
         if not isinstance(src, Schedule):
             fail("base_schedule", base_schedule, "expected a refdiff.schedules.Schedule")
-        return _Lv(float(src.alphas_cumprod[0]), float(src.one_minus_alphas_cumprod[0]),
-                   float(src.log_alphas_cumprod[0]), None)
+        return _Lv(
+            float(src.alphas_cumprod[0]),
+            float(src.one_minus_alphas_cumprod[0]),
+            float(src.log_alphas_cumprod[0]),
+            None,
+        )
     v = check_real("final_alpha_bar", final_alpha_bar, lo=0.0, hi=1.0, lo_open=True)
     return _Lv(v, 1.0 - v, math.log(v), None)
 
 
 def _coef(a: _Lv, b: _Lv) -> tuple[float, float]:
-    return transfer_coefficients(a.ab, b.ab, one_minus_ab_t=a.om, one_minus_ab_prev=b.om,
-                                 log_ab_t=a.log_ab, log_ab_prev=b.log_ab)
+    return transfer_coefficients(
+        a.ab,
+        b.ab,
+        one_minus_ab_t=a.om,
+        one_minus_ab_prev=b.om,
+        log_ab_t=a.log_ab,
+        log_ab_prev=b.log_ab,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
 
+
 @register_sampler("pndm", family="discrete", stochastic=False, order=2.0, step=pndm_transfer)
-def sample_pndm(model: Callable[[Array, Array], Array], x_T: Array, *, schedule: Schedule, steps: int | None = None,
-                spacing: str = "trailing", steps_offset: int = 0,
-                timesteps: Sequence[int] | Array | None = None, skip_prk_steps: bool = False,
-                prk_midpoint: str = "consistent", final_alpha_bar: str | float = "one", base_schedule: Schedule | None = None,
-                mean_type: str = "eps", noise: Noise = None,
-                callback: Callable[[StepInfo], object] | None = None,
-                progress: Callable[[int, int], object] | None = None) -> Array:
+def sample_pndm(
+    model: Callable[[Array, Array], Array],
+    x_T: Array,
+    *,
+    schedule: Schedule,
+    steps: int | None = None,
+    spacing: str = "trailing",
+    steps_offset: int = 0,
+    timesteps: Sequence[int] | Array | None = None,
+    skip_prk_steps: bool = False,
+    prk_midpoint: str = "consistent",
+    final_alpha_bar: str | float = "one",
+    base_schedule: Schedule | None = None,
+    mean_type: str = "eps",
+    noise: Noise = None,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """PNDM sampling x_T -> x_0: three pseudo Runge–Kutta steps, then pseudo linear multistep (Liu et al. 2022, §3, Eq. 9).
 
     Parameters
@@ -235,20 +294,24 @@ def sample_pndm(model: Callable[[Array, Array], Array], x_T: Array, *, schedule:
     kind = prediction_type(mean_type, "mean_type", PREDICTION_TYPES[:4])
     idx = _indices(schedule, steps, spacing, steps_offset, timesteps)
     final = _final(schedule, final_alpha_bar, base_schedule)
-    down = idx[::-1]                                     # sampling order, highest first
+    down = idx[::-1]  # sampling order, highest first
     n = len(down)
     lv = [_level(schedule, i) for i in down] + [final]
     if lv[0].ab == 0.0:
-        fail("schedule", schedule, f"ᾱ = 0 at the first sampling level (timestep "
-             f"{lv[0].t_model}, zero terminal SNR): the PNDM transfer divides by ᾱ_t; start below "
-             "it (timesteps= or steps with another spacing)")
+        fail(
+            "schedule",
+            schedule,
+            f"ᾱ = 0 at the first sampling level (timestep "
+            f"{lv[0].t_model}, zero terminal SNR): the PNDM transfer divides by ᾱ_t; start below "
+            "it (timesteps= or steps with another spacing)",
+        )
     # host-float plan: transfer coefficients of every move the loop makes
     step_c = [_coef(lv[k], lv[k + 1]) for k in range(n)]
-    n_prk = 0 if skip_prk_steps else min(3, n - 1)       # the step onto the final level is PLMS
+    n_prk = 0 if skip_prk_steps else min(3, n - 1)  # the step onto the final level is PLMS
     check_choice("prk_midpoint", prk_midpoint, PRK_MIDPOINTS, "PRK midpoint placement")
-    mid: list[_Lv] = []          # the level of the midpoint model calls and of x2
+    mid: list[_Lv] = []  # the level of the midpoint model calls and of x2
     mid_c: list[tuple[float, float]] = []
-    first_c: list[tuple[float, float]] = []       # the transfer of x1
+    first_c: list[tuple[float, float]] = []  # the transfer of x1
     for k in range(n_prk):
         half = (down[k] - down[k + 1]) // 2
         hi = _level(schedule, down[k] - half)
@@ -280,7 +343,7 @@ def sample_pndm(model: Callable[[Array, Array], Array], x_T: Array, *, schedule:
     for k in range(n):
         e = eps_at(x, lv[k])
         tell(k, x, e)
-        if k < n_prk:                                   # pseudo Runge–Kutta
+        if k < n_prk:  # pseudo Runge–Kutta
             ets.append(e)
             x1 = pndm_transfer(x, e, *first_c[k])
             e2 = eps_at(x1, mid[k])
@@ -289,21 +352,30 @@ def sample_pndm(model: Callable[[Array, Array], Array], x_T: Array, *, schedule:
             x3 = pndm_transfer(x, e3, *step_c[k])
             e4 = eps_at(x3, lv[k + 1])
             x = pndm_transfer(x, prk_epsilon(e, e2, e3, e4), *step_c[k])
-        elif skip_prk_steps and k == 0 and n > 1:       # pseudo improved Euler
+        elif skip_prk_steps and k == 0 and n > 1:  # pseudo improved Euler
             ets.append(e)
             x1 = pndm_transfer(x, e, *step_c[0])
             x = pndm_transfer(x, 0.5 * (e + eps_at(x1, lv[1])), *step_c[0])
-        else:                                           # pseudo linear multistep
+        else:  # pseudo linear multistep
             ets = (ets + [e])[-4:]
             x = pndm_transfer(x, plms_epsilon(ets[::-1]), *step_c[k])
     return x
 
 
 @register_sampler("plms", family="discrete", stochastic=False, order=2.0, step=pndm_transfer)
-def sample_plms(model: Callable[[Array, Array], Array], x_T: Array, *, schedule: Schedule, noise: Noise = None,
-                **options: Any) -> Array:
+def sample_plms(
+    model: Callable[[Array, Array], Array],
+    x_T: Array,
+    *,
+    schedule: Schedule,
+    noise: Noise = None,
+    **options: Any,
+) -> Array:
     """PLMS: :func:`sample_pndm` with ``skip_prk_steps=True`` (Liu et al. 2022, §3: PLMS after one pseudo improved Euler step)."""
     if "skip_prk_steps" in options:
-        fail("skip_prk_steps", options["skip_prk_steps"], "the sampler 'plms' fixes "
-             "skip_prk_steps=True; call sample_pndm for the PRK warm-up")
+        fail(
+            "skip_prk_steps",
+            options["skip_prk_steps"],
+            "the sampler 'plms' fixes skip_prk_steps=True; call sample_pndm for the PRK warm-up",
+        )
     return sample_pndm(model, x_T, schedule=schedule, noise=noise, skip_prk_steps=True, **options)

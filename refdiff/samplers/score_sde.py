@@ -57,11 +57,25 @@ from . import register_sampler
 from ._common import StepInfo, batch_full, check_output, draw_noise, step_reporter
 
 __all__ = [
-    "PREDICTORS", "CORRECTORS", "LANGEVIN_NORMS", "TIME_GRIDS", "euler_maruyama_step",
-    "reverse_diffusion_step", "ancestral_sampling_step", "predictor_coefficients",
-    "predictor_update", "langevin_step_size", "langevin_corrector_step", "annealed_langevin_step",
-    "pc_time_grid", "sample_sde_pc", "sample_sde_euler_maruyama", "sample_sde_reverse_diffusion",
-    "sample_sde_ancestral", "ncsn_step_size", "ncsn_langevin_step",
+    "PREDICTORS",
+    "CORRECTORS",
+    "LANGEVIN_NORMS",
+    "TIME_GRIDS",
+    "euler_maruyama_step",
+    "reverse_diffusion_step",
+    "ancestral_sampling_step",
+    "predictor_coefficients",
+    "predictor_update",
+    "langevin_step_size",
+    "langevin_corrector_step",
+    "annealed_langevin_step",
+    "pc_time_grid",
+    "sample_sde_pc",
+    "sample_sde_euler_maruyama",
+    "sample_sde_reverse_diffusion",
+    "sample_sde_ancestral",
+    "ncsn_step_size",
+    "ncsn_langevin_step",
     "sample_ncsn_annealed_langevin",
 ]
 
@@ -74,6 +88,7 @@ TIME_GRIDS = ("score_sde", "uniform")
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
+
 
 def _check_sde(sde: Any) -> SDE:
     """The ``sde`` argument of the score-SDE and probability-flow samplers: a refdiff.sde SDE."""
@@ -107,7 +122,10 @@ def _norms(x: Array, xp: Namespace) -> Array:
 # Predictors: host coefficients (p, q, r) per step, then x̄ = p x + q s, x = x̄ + r z
 # --------------------------------------------------------------------------------------------
 
-def predictor_coefficients(predictor: str, sde: SDE, ts: Sequence[float], dts: Sequence[float] | None = None) -> list[tuple[float, float, float]]:
+
+def predictor_coefficients(
+    predictor: str, sde: SDE, ts: Sequence[float], dts: Sequence[float] | None = None
+) -> list[tuple[float, float, float]]:
     """(p, q, r) per time with x̄ = p x + q s(x, t), x = x̄ + r z, as host floats (Song et al. 2021).
 
     * ``"euler_maruyama"`` (Eq. 6, step dt < 0): p = 1 + a dt, q = -g² dt, r = g √(-dt), with
@@ -121,8 +139,10 @@ def predictor_coefficients(predictor: str, sde: SDE, ts: Sequence[float], dts: S
     if predictor == "euler_maruyama":
         a, g = sde.drift_coefficients(ts)
         dt = np.asarray(dts, dtype=np.float64)
-        return [(float(p), float(q), float(r)) for p, q, r in
-                zip(1.0 + a * dt, -(g * g) * dt, g * np.sqrt(-dt))]
+        return [
+            (float(p), float(q), float(r))
+            for p, q, r in zip(1.0 + a * dt, -(g * g) * dt, g * np.sqrt(-dt))
+        ]
     if predictor == "reverse_diffusion":
         c, G = sde.reverse_diffusion_coefficients(ts)
         return [(float(p), float(q), float(r)) for p, q, r in zip(1.0 - c, G * G, G)]
@@ -130,7 +150,9 @@ def predictor_coefficients(predictor: str, sde: SDE, ts: Sequence[float], dts: S
     return [(float(p), float(q), float(r)) for p, q, r in zip(1.0 / d, b / d, std)]
 
 
-def predictor_update(x: Array, score: Array, p: float, q: float, r: float, noise: Array | None = None) -> tuple[Array, Array]:
+def predictor_update(
+    x: Array, score: Array, p: float, q: float, r: float, noise: Array | None = None
+) -> tuple[Array, Array]:
     """x̄ = p x + q s, x = x̄ + r z (the array part of every predictor step). Returns (x, x̄).
 
     ``noise=None`` returns (x̄, x̄): no draw (the PC loop's final noise removal).
@@ -146,7 +168,9 @@ def _need_noise(noise: Array | None) -> None:
         fail("noise", noise, "this step adds noise: pass a standard-normal draw of x's shape")
 
 
-def _em_generic(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, dt: float, noise: Array) -> tuple[Array, Array]:
+def _em_generic(
+    sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, dt: float, noise: Array
+) -> tuple[Array, Array]:
     """Euler–Maruyama for an SDE whose drift is not linear in x: x̄ = x + [f - g² s] dt."""
     drift, diffusion = sde.reverse(score_fn).sde(x, batch_full(x, t))
     x_mean = x + drift * dt
@@ -161,7 +185,15 @@ def _linear_drift(sde: SDE) -> bool:
     return True
 
 
-def euler_maruyama_step(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, dt: float, *, noise: Array) -> tuple[Array, Array]:
+def euler_maruyama_step(
+    sde: SDE,
+    score_fn: Callable[[Array, Array], Array],
+    x: Array,
+    t: float,
+    dt: float,
+    *,
+    noise: Array,
+) -> tuple[Array, Array]:
     """Reverse-SDE Euler–Maruyama: x̄ = x + [f - g² s] dt, x = x̄ + g √(-dt) z, dt < 0 (Song et al. 2021, Eq. 6).
 
     Returns (x, x̄).
@@ -171,22 +203,26 @@ def euler_maruyama_step(sde: SDE, score_fn: Callable[[Array, Array], Array], x: 
     _need_noise(noise)
     if not _linear_drift(sde):
         return _em_generic(sde, score_fn, x, t, dt, noise)
-    (p, q, r), = predictor_coefficients("euler_maruyama", sde, [t], [dt])
+    ((p, q, r),) = predictor_coefficients("euler_maruyama", sde, [t], [dt])
     return predictor_update(x, _score(score_fn, x, batch_full(x, t)), p, q, r, noise)
 
 
-def reverse_diffusion_step(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, *, noise: Array) -> tuple[Array, Array]:
+def reverse_diffusion_step(
+    sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, *, noise: Array
+) -> tuple[Array, Array]:
     """Reverse diffusion predictor x̄ = x - f_i + G_i² s, x = x̄ + G_i z (Song et al. 2021, App. E, Eq. 46).
 
     f_i, G_i are the SDE's own discretization (DDPM chain for VP, SMLD chain for VE, Euler for
     sub-VP with dt = T/N). Returns (x, x̄).
     """
     _need_noise(noise)
-    (p, q, r), = predictor_coefficients("reverse_diffusion", _check_sde(sde), [t])
+    ((p, q, r),) = predictor_coefficients("reverse_diffusion", _check_sde(sde), [t])
     return predictor_update(x, _score(score_fn, x, batch_full(x, t)), p, q, r, noise)
 
 
-def ancestral_sampling_step(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, *, noise: Array) -> tuple[Array, Array]:
+def ancestral_sampling_step(
+    sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, *, noise: Array
+) -> tuple[Array, Array]:
     """Ancestral sampling predictor (Song et al. 2021, App. F; Ho et al. 2020, Eq. 11 / Song & Ermon 2019 read backwards).
 
     VP (DDPM chain β_i): x̄ = (x + β_i s)/√(1 - β_i), x = x̄ + √β_i z.
@@ -194,7 +230,7 @@ def ancestral_sampling_step(sde: SDE, score_fn: Callable[[Array, Array], Array],
     x = x̄ + √(σ_{i-1}² (σ_i² - σ_{i-1}²)/σ_i²) z. Returns (x, x̄).
     """
     _need_noise(noise)
-    (p, q, r), = predictor_coefficients("ancestral_sampling", _check_sde(sde), [t])
+    ((p, q, r),) = predictor_coefficients("ancestral_sampling", _check_sde(sde), [t])
     return predictor_update(x, _score(score_fn, x, batch_full(x, t)), p, q, r, noise)
 
 
@@ -202,8 +238,10 @@ def ancestral_sampling_step(sde: SDE, score_fn: Callable[[Array, Array], Array],
 # Correctors
 # --------------------------------------------------------------------------------------------
 
-def langevin_step_size(score: Array, noise: Array, *, snr: float, alpha: float = 1.0,
-                       norm: str = "batch_mean") -> Array:
+
+def langevin_step_size(
+    score: Array, noise: Array, *, snr: float, alpha: float = 1.0, norm: str = "batch_mean"
+) -> Array:
     """ε = 2α (r ‖z‖/‖s‖)² (Song et al. 2021, Alg. 4 / 5); norms batch-averaged (score_sde) or per sample.
 
     Returns a 0-d array ("batch_mean") or shape (B,) ("per_sample"). A zero score norm makes ε
@@ -214,18 +252,24 @@ def langevin_step_size(score: Array, noise: Array, *, snr: float, alpha: float =
     return _step_size(score, noise, snr, alpha, norm, array_namespace(score, noise))
 
 
-def _step_size(score: Array, noise: Array, snr: float, alpha: float, norm: str, xp: Namespace) -> Array:
+def _step_size(
+    score: Array, noise: Array, snr: float, alpha: float, norm: str, xp: Namespace
+) -> Array:
     g, n = _norms(score, xp), _norms(noise, xp)
     if norm == "batch_mean":
         g, n = xp.mean(g), xp.mean(n)
     if bool(xp.any(g == 0)):
-        raise RefdiffValueError("the score has zero norm, so the signal-to-noise Langevin step "
-                                "size 2α(r‖z‖/‖s‖)² is undefined; skip the corrector there")
+        raise RefdiffValueError(
+            "the score has zero norm, so the signal-to-noise Langevin step "
+            "size 2α(r‖z‖/‖s‖)² is undefined; skip the corrector there"
+        )
     r = snr * n / g
     return 2.0 * alpha * r * r
 
 
-def _corrector_update(x: Array, score: Array, eps: float | Array, noise: Array, xp: Namespace | None = None) -> tuple[Array, Array]:
+def _corrector_update(
+    x: Array, score: Array, eps: float | Array, noise: Array, xp: Namespace | None = None
+) -> tuple[Array, Array]:
     """x̄ = x + ε s, x = x̄ + √(2ε) z (Song et al. 2021, Alg. 4 / 5) for a host-float or array ε. Returns (x, x̄)."""
     if isinstance(eps, float):
         x_mean = x + eps * score
@@ -236,16 +280,25 @@ def _corrector_update(x: Array, score: Array, eps: float | Array, noise: Array, 
     return x_mean + xp.sqrt(2.0 * eps) * noise, x_mean
 
 
-def langevin_corrector_step(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, *, snr: float, noise: Array,
-                            norm: str = "batch_mean") -> tuple[Array, Array]:
+def langevin_corrector_step(
+    sde: SDE,
+    score_fn: Callable[[Array, Array], Array],
+    x: Array,
+    t: float,
+    *,
+    snr: float,
+    noise: Array,
+    norm: str = "batch_mean",
+) -> tuple[Array, Array]:
     """Langevin corrector x̄ = x + ε s, x = x̄ + √(2ε) z with the SNR step size (Song et al. 2021, Alg. 4 / 5).
 
     Returns (x, x̄).
     """
     alpha = float(_check_sde(sde).langevin_alpha([t])[0])
     s = _score(score_fn, x, batch_full(x, t))
-    return _corrector_update(x, s, langevin_step_size(s, noise, snr=snr, alpha=alpha, norm=norm),
-                             noise)
+    return _corrector_update(
+        x, s, langevin_step_size(s, noise, snr=snr, alpha=alpha, norm=norm), noise
+    )
 
 
 def _ald_step_sizes(sde: SDE, ts: Sequence[float], snr: float) -> list[float]:
@@ -255,13 +308,21 @@ def _ald_step_sizes(sde: SDE, ts: Sequence[float], snr: float) -> list[float]:
     return [float(v) for v in 2.0 * alpha * (snr * std) ** 2]
 
 
-def annealed_langevin_step(sde: SDE, score_fn: Callable[[Array, Array], Array], x: Array, t: float, *, snr: float, noise: Array) -> tuple[Array, Array]:
+def annealed_langevin_step(
+    sde: SDE,
+    score_fn: Callable[[Array, Array], Array],
+    x: Array,
+    t: float,
+    *,
+    snr: float,
+    noise: Array,
+) -> tuple[Array, Array]:
     """score_sde's annealed Langevin corrector: ε = 2α (r σ_t)², x̄ = x + ε s, x = x̄ + √(2ε) z (Song et al. 2021, App. G).
 
     σ_t is the perturbation std of ``sde.marginal_prob``. Returns (x, x̄).
     """
     snr = check_real("snr", snr, lo=0.0)
-    eps, = _ald_step_sizes(_check_sde(sde), [t], snr)
+    (eps,) = _ald_step_sizes(_check_sde(sde), [t], snr)
     return _corrector_update(x, _score(score_fn, x, batch_full(x, t)), eps, noise)
 
 
@@ -269,7 +330,10 @@ def annealed_langevin_step(sde: SDE, score_fn: Callable[[Array, Array], Array], 
 # The predictor–corrector driver
 # --------------------------------------------------------------------------------------------
 
-def pc_time_grid(sde: SDE, steps: int, *, eps: float = 1e-3, time_grid: str = "score_sde") -> tuple[list[float], list[float]]:
+
+def pc_time_grid(
+    sde: SDE, steps: int, *, eps: float = 1e-3, time_grid: str = "score_sde"
+) -> tuple[list[float], list[float]]:
     """(times, dts) of the N steps as host floats, per the named ``time_grid`` convention (Song et al. 2021, Alg. 1)."""
     steps = check_int("steps", steps, minimum=1)
     check_choice("time_grid", time_grid, TIME_GRIDS, "time grid")
@@ -284,16 +348,30 @@ def pc_time_grid(sde: SDE, steps: int, *, eps: float = 1e-3, time_grid: str = "s
 
 def _chain_sde(sde: SDE, steps: int) -> SDE:
     """The SDE with N = steps (its discrete chains then have one step per grid point)."""
-    return sde if sde.N == steps else dataclasses.replace(cast(Any, sde), N=steps)  # every SDE is a dataclass
+    return (
+        sde if sde.N == steps else dataclasses.replace(cast(Any, sde), N=steps)
+    )  # every SDE is a dataclass
 
 
 @register_sampler("sde_pc", family="sde", stochastic=True, step=langevin_corrector_step)
-def sample_sde_pc(score_fn: Callable[[Array, Array], Array], x_T: Array, *, sde: SDE, steps: int, noise: Noise = None,
-                  predictor: str = "reverse_diffusion", corrector: str = "langevin",
-                  snr: float = 0.16, n_corrector_steps: int = 1, eps: float = 1e-3,
-                  denoise: bool = True, time_grid: str = "score_sde",
-                  langevin_norm: str = "batch_mean", callback: Callable[[StepInfo], object] | None = None,
-                  progress: Callable[[int, int], object] | None = None) -> Array:
+def sample_sde_pc(
+    score_fn: Callable[[Array, Array], Array],
+    x_T: Array,
+    *,
+    sde: SDE,
+    steps: int,
+    noise: Noise = None,
+    predictor: str = "reverse_diffusion",
+    corrector: str = "langevin",
+    snr: float = 0.16,
+    n_corrector_steps: int = 1,
+    eps: float = 1e-3,
+    denoise: bool = True,
+    time_grid: str = "score_sde",
+    langevin_norm: str = "batch_mean",
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """Predictor–corrector sampling (Song et al. 2021, Alg. 1; score_sde ``get_pc_sampler``).
 
     Parameters
@@ -349,8 +427,9 @@ def sample_sde_pc(score_fn: Callable[[Array, Array], Array], x_T: Array, *, sde:
     generic_em = predictor == "euler_maruyama" and not _linear_drift(sde)
     pred: list[tuple[float, float, float]] = []
     if predictor != "none" and not generic_em:
-        pred = predictor_coefficients(predictor, sde if predictor == "euler_maruyama" else chain,
-                                      ts, dts)
+        pred = predictor_coefficients(
+            predictor, sde if predictor == "euler_maruyama" else chain, ts, dts
+        )
     report = step_reporter(callback, progress)
     k = n_corr + (1 if predictor != "none" else 0)
     xp = array_namespace(x_T)
@@ -367,44 +446,80 @@ def sample_sde_pc(score_fn: Callable[[Array, Array], Array], x_T: Array, *, sde:
         if predictor != "none":
             z = None if (i == n - 1 and denoise) else draw_noise(noise, i * k + k - 1, x)
             if generic_em:
-                x, x_mean = _em_generic(sde, score_fn, x, t, dts[i],
-                                        z if z is not None else xp.zeros_like(x))
+                x, x_mean = _em_generic(
+                    sde, score_fn, x, t, dts[i], z if z is not None else xp.zeros_like(x)
+                )
             else:
                 p, q, r = pred[i]
                 x, x_mean = predictor_update(x, _score(score_fn, x, t_arr), p, q, r, z)
     return x_mean if denoise else x
 
 
-def _predictor_only(name: str, predictor: str, step: Callable[..., tuple[Array, Array]], doc: str) -> Callable[..., Array]:
-    def sampler(score_fn: Callable[[Array, Array], Array], x_T: Array, *, sde: SDE, steps: int, noise: Noise = None,
-                eps: float = 1e-3, denoise: bool = True, time_grid: str = "score_sde",
-                callback: Callable[[StepInfo], object] | None = None, progress: Callable[[int, int], object] | None = None) -> Array:
-        return sample_sde_pc(score_fn, x_T, sde=sde, steps=steps, noise=noise,
-                             predictor=predictor, corrector="none", eps=eps, denoise=denoise,
-                             time_grid=time_grid, callback=callback, progress=progress)
+def _predictor_only(
+    name: str, predictor: str, step: Callable[..., tuple[Array, Array]], doc: str
+) -> Callable[..., Array]:
+    def sampler(
+        score_fn: Callable[[Array, Array], Array],
+        x_T: Array,
+        *,
+        sde: SDE,
+        steps: int,
+        noise: Noise = None,
+        eps: float = 1e-3,
+        denoise: bool = True,
+        time_grid: str = "score_sde",
+        callback: Callable[[StepInfo], object] | None = None,
+        progress: Callable[[int, int], object] | None = None,
+    ) -> Array:
+        return sample_sde_pc(
+            score_fn,
+            x_T,
+            sde=sde,
+            steps=steps,
+            noise=noise,
+            predictor=predictor,
+            corrector="none",
+            eps=eps,
+            denoise=denoise,
+            time_grid=time_grid,
+            callback=callback,
+            progress=progress,
+        )
 
     sampler.__name__ = sampler.__qualname__ = "sample_" + name
     sampler.__module__ = __name__
-    sampler.__doc__ = (doc + "\n\nOne draw per step (``noise[i]``); options ``eps``, ``denoise``, "
-                       "``time_grid``, ``callback``, ``progress`` as in :func:`sample_sde_pc`.")
+    sampler.__doc__ = (
+        doc + "\n\nOne draw per step (``noise[i]``); options ``eps``, ``denoise``, "
+        "``time_grid``, ``callback``, ``progress`` as in :func:`sample_sde_pc`."
+    )
     register_sampler(name, family="sde", stochastic=True, step=step)(sampler)
     return sampler
 
 
 sample_sde_euler_maruyama = _predictor_only(
-    "sde_euler_maruyama", "euler_maruyama", euler_maruyama_step,
-    "Euler–Maruyama on the reverse-time SDE (Song et al. 2021, Eq. 6; score_sde EulerMaruyamaPredictor).")
+    "sde_euler_maruyama",
+    "euler_maruyama",
+    euler_maruyama_step,
+    "Euler–Maruyama on the reverse-time SDE (Song et al. 2021, Eq. 6; score_sde EulerMaruyamaPredictor).",
+)
 sample_sde_reverse_diffusion = _predictor_only(
-    "sde_reverse_diffusion", "reverse_diffusion", reverse_diffusion_step,
-    "Reverse-diffusion predictor (Song et al. 2021, Eq. 46; score_sde ReverseDiffusionPredictor).")
+    "sde_reverse_diffusion",
+    "reverse_diffusion",
+    reverse_diffusion_step,
+    "Reverse-diffusion predictor (Song et al. 2021, Eq. 46; score_sde ReverseDiffusionPredictor).",
+)
 sample_sde_ancestral = _predictor_only(
-    "sde_ancestral", "ancestral_sampling", ancestral_sampling_step,
-    "Ancestral sampling on the DDPM (VP) or SMLD (VE) chain (Song et al. 2021, App. F; score_sde AncestralSamplingPredictor).")
+    "sde_ancestral",
+    "ancestral_sampling",
+    ancestral_sampling_step,
+    "Ancestral sampling on the DDPM (VP) or SMLD (VE) chain (Song et al. 2021, App. F; score_sde AncestralSamplingPredictor).",
+)
 
 
 # --------------------------------------------------------------------------------------------
 # NCSN annealed Langevin dynamics
 # --------------------------------------------------------------------------------------------
+
 
 def ncsn_step_size(sigma: float, sigma_last: float, step_lr: float) -> float:
     """α_i = ε σ_i² / σ_L² (Song & Ermon 2019, Alg. 1 line 3)."""
@@ -420,13 +535,20 @@ def ncsn_langevin_step(score: Array, x: Array, step_size: float, *, noise: Array
     return langevin_step(x, score, step_size=step_size, noise=noise)
 
 
-@register_sampler("ncsn_annealed_langevin", family="sde", stochastic=True,
-                  step=langevin_step)
-def sample_ncsn_annealed_langevin(score_fn: Callable[[Array, Array], Array], x_T: Array, *, sde: SDE, steps: int,
-                                  noise: Noise = None, n_steps_each: int = 100,
-                                  step_lr: float = 2e-5, denoise: bool = False,
-                                  callback: Callable[[StepInfo], object] | None = None,
-                                  progress: Callable[[int, int], object] | None = None) -> Array:
+@register_sampler("ncsn_annealed_langevin", family="sde", stochastic=True, step=langevin_step)
+def sample_ncsn_annealed_langevin(
+    score_fn: Callable[[Array, Array], Array],
+    x_T: Array,
+    *,
+    sde: SDE,
+    steps: int,
+    noise: Noise = None,
+    n_steps_each: int = 100,
+    step_lr: float = 2e-5,
+    denoise: bool = False,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """Annealed Langevin dynamics over `steps` geometric noise levels (Song & Ermon 2019, Alg. 1).
 
     Parameters
@@ -476,8 +598,12 @@ def sample_ncsn_annealed_langevin(score_fn: Callable[[Array, Array], Array], x_T
         if report is not None:
             report(StepInfo(i, steps, x, None, t=t, sigma=sigmas[i]))
         for j in range(n_each):
-            x = langevin_step(x, _score(score_fn, x, t_arr), step_size=sizes[i],
-                              noise=draw_noise(noise, i * n_each + j, x))
+            x = langevin_step(
+                x,
+                _score(score_fn, x, t_arr),
+                step_size=sizes[i],
+                noise=draw_noise(noise, i * n_each + j, x),
+            )
     if denoise:
         x = x + sigmas[-1] ** 2 * _score(score_fn, x, batch_full(x, ts[-1]))
     return x

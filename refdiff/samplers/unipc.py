@@ -47,15 +47,24 @@ from .dpm_solver import NoiseScheduleVP, multistep_step_orders
 if TYPE_CHECKING:
     from .dpm_solver import ModelTime
 
-__all__ = ["VARIANTS", "ALGORITHM_TYPES", "unip_coefficients", "unic_coefficients", "unipc_update",
-           "sample_unipc", "sample_unipc_bh1", "sample_unipc_bh2"]
+__all__ = [
+    "VARIANTS",
+    "ALGORITHM_TYPES",
+    "unip_coefficients",
+    "unic_coefficients",
+    "unipc_update",
+    "sample_unipc",
+    "sample_unipc_bh1",
+    "sample_unipc_bh2",
+]
 
 VARIANTS = ("bh1", "bh2")
 ALGORITHM_TYPES = ("data_prediction", "noise_prediction")
 
 
-def _common(levels: list[Level], k: int, order: int, variant: str,
-            algorithm_type: str) -> tuple[float, float, float, list[float], np.ndarray, np.ndarray]:
+def _common(
+    levels: list[Level], k: int, order: int, variant: str, algorithm_type: str
+) -> tuple[float, float, float, list[float], np.ndarray, np.ndarray]:
     """(c_x, K1, K, rks, b, R) of the step from level k to k+1 (Zhao et al. 2023, §3)."""
     s, t = levels[k], levels[k + 1]
     data = algorithm_type == "data_prediction"
@@ -78,8 +87,14 @@ def _to_clean(levels: list[Level], k: int, algorithm_type: str) -> tuple[float, 
     return 1.0 / s.alpha, [-s.sigma / s.alpha]
 
 
-def unip_coefficients(levels: list[Level], k: int, order: int, *, variant: str = "bh2",
-                      algorithm_type: str = "data_prediction") -> tuple[float, list[float]]:
+def unip_coefficients(
+    levels: list[Level],
+    k: int,
+    order: int,
+    *,
+    variant: str = "bh2",
+    algorithm_type: str = "data_prediction",
+) -> tuple[float, list[float]]:
     """(c_x, [w_0, …, w_{p−1}]) of one UniP-p step x_{k+1} = c_x·x_k + Σ_j w_j·m_{k−j} (Zhao et al. 2023, §3, UniP-p).
 
     ``levels`` are the solver's grid (:func:`refdiff.samplers._vp_levels.vp_levels`); m_{k−j} are
@@ -103,8 +118,14 @@ def unip_coefficients(levels: list[Level], k: int, order: int, *, variant: str =
     return c_x, [w0] + [-K * rho[i] / rks[i] for i in range(order - 1)]
 
 
-def unic_coefficients(levels: list[Level], k: int, order: int, *, variant: str = "bh2",
-                      algorithm_type: str = "data_prediction") -> tuple[float, list[float]]:
+def unic_coefficients(
+    levels: list[Level],
+    k: int,
+    order: int,
+    *,
+    variant: str = "bh2",
+    algorithm_type: str = "data_prediction",
+) -> tuple[float, list[float]]:
     """(c_x, [w_0, …, w_{p−1}, w_t]) of the UniC-p correction of x_{k+1} (Zhao et al. 2023, §3, UniC-p).
 
     x^c_{k+1} = c_x·x_k + Σ_j w_j·m_{k−j} + w_t·m_{k+1}, with m_{k+1} the model value at the
@@ -133,15 +154,29 @@ def unipc_update(x: Array, c_x: float, weights: list[float], models: list[Array]
     return out
 
 
-def sample_unipc(model: Callable[[Array, Array], Array], x: Array, *, noise_schedule: NoiseScheduleVP, steps: int,
-                 order: int = 2, variant: str = "bh2", algorithm_type: str = "data_prediction",
-                 model_type: str = "eps", skip_type: str = "time_uniform",
-                 t_start: float | None = None, t_end: float | None = None,
-                 timesteps: Sequence[float] | Array | None = None, final_sigma: str = "t_end",
-                 lower_order_final: str = "always", use_corrector: bool = True,
-                 disable_corrector: Iterable[int] = (), model_time: ModelTime = "continuous",
-                 noise: Noise = None, callback: Callable[[StepInfo], object] | None = None,
-                 progress: Callable[[int, int], object] | None = None) -> Array:
+def sample_unipc(
+    model: Callable[[Array, Array], Array],
+    x: Array,
+    *,
+    noise_schedule: NoiseScheduleVP,
+    steps: int,
+    order: int = 2,
+    variant: str = "bh2",
+    algorithm_type: str = "data_prediction",
+    model_type: str = "eps",
+    skip_type: str = "time_uniform",
+    t_start: float | None = None,
+    t_end: float | None = None,
+    timesteps: Sequence[float] | Array | None = None,
+    final_sigma: str = "t_end",
+    lower_order_final: str = "always",
+    use_corrector: bool = True,
+    disable_corrector: Iterable[int] = (),
+    model_time: ModelTime = "continuous",
+    noise: Noise = None,
+    callback: Callable[[StepInfo], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> Array:
     """Multistep UniPC-p sampling from t_start to t_end (Zhao et al. 2023, §3; UniP-p predictor, UniC-p corrector).
 
     Parameters
@@ -201,25 +236,38 @@ def sample_unipc(model: Callable[[Array, Array], Array], x: Array, *, noise_sche
         fail("disable_corrector", disable_corrector, "expected a sequence of step indices")
     data = algorithm_type == "data_prediction"
     fn = prediction_fn(model, model_type, "x0" if data else "eps")
-    levels = vp_levels(noise_schedule, steps, skip_type=skip_type, t_start=t_start, t_end=t_end,
-                       timesteps=timesteps, final_sigma=final_sigma, model_time=model_time)
+    levels = vp_levels(
+        noise_schedule,
+        steps,
+        skip_type=skip_type,
+        t_start=t_start,
+        t_end=t_end,
+        timesteps=timesteps,
+        final_sigma=final_sigma,
+        model_time=model_time,
+    )
     orders = multistep_step_orders(steps, order, lower_order_final)
     if levels[-1].sigma == 0.0:
-        orders[-1] = 1                 # the step onto σ = 0 is first order (h = ∞)
+        orders[-1] = 1  # the step onto σ = 0 is first order (h = ∞)
     kw = {"variant": variant, "algorithm_type": algorithm_type}
     pred = [unip_coefficients(levels, k, orders[k], **kw) for k in range(steps)]
-    corr = [unic_coefficients(levels, k, orders[k], **kw)
-            if use_corrector and k < steps - 1 and k not in disabled else None
-            for k in range(steps)]
+    corr = [
+        unic_coefficients(levels, k, orders[k], **kw)
+        if use_corrector and k < steps - 1 and k not in disabled
+        else None
+        for k in range(steps)
+    ]
     report = step_reporter(callback, progress)
     models = [fn(x, levels[0])]
     for k in range(steps):
         lv = levels[k]
         if report is not None:
-            x0 = models[-1] if data else x0_from_prediction(models[-1], x, lv.alpha, lv.sigma, "eps")
+            x0 = (
+                models[-1] if data else x0_from_prediction(models[-1], x, lv.alpha, lv.sigma, "eps")
+            )
             report(StepInfo(k, steps, x, x0, t=lv.t, sigma=lv.sigma / lv.alpha))
         c_x, w = pred[k]
-        recent = models[::-1][:len(w)]
+        recent = models[::-1][: len(w)]
         x_pred = unipc_update(x, c_x, w, recent)
         if k == steps - 1:
             x = x_pred
@@ -228,7 +276,7 @@ def sample_unipc(model: Callable[[Array, Array], Array], x: Array, *, noise_sche
         ck = corr[k]
         if ck is not None:
             c_x, w = ck
-            x = unipc_update(x, c_x, w, models[::-1][:len(w) - 1] + [m_new])
+            x = unipc_update(x, c_x, w, models[::-1][: len(w) - 1] + [m_new])
         else:
             x = x_pred
         models = (models + [m_new])[-order:]
@@ -236,24 +284,46 @@ def sample_unipc(model: Callable[[Array, Array], Array], x: Array, *, noise_sche
 
 
 def _variant_sampler(variant: str) -> Callable[..., Array]:
-    def sampler(model: Callable[[Array, Array], Array], x: Array, *, noise_schedule: NoiseScheduleVP, steps: int,
-                noise: Noise = None, **options: Any) -> Array:
+    def sampler(
+        model: Callable[[Array, Array], Array],
+        x: Array,
+        *,
+        noise_schedule: NoiseScheduleVP,
+        steps: int,
+        noise: Noise = None,
+        **options: Any,
+    ) -> Array:
         if "variant" in options:
-            fail("variant", options["variant"], f"the sampler 'unipc_{variant}' fixes variant to "
-                 f"{variant!r}; call sample_unipc for the other")
-        return sample_unipc(model, x, noise_schedule=noise_schedule, steps=steps, variant=variant,
-                            noise=noise, **options)
+            fail(
+                "variant",
+                options["variant"],
+                f"the sampler 'unipc_{variant}' fixes variant to "
+                f"{variant!r}; call sample_unipc for the other",
+            )
+        return sample_unipc(
+            model,
+            x,
+            noise_schedule=noise_schedule,
+            steps=steps,
+            variant=variant,
+            noise=noise,
+            **options,
+        )
 
     sampler.__name__ = sampler.__qualname__ = f"sample_unipc_{variant}"
-    sampler.__doc__ = (f"Multistep UniPC with B(h) = {'h' if variant == 'bh1' else 'e^h − 1'} "
-                       f"(Zhao et al. 2023, §3, {variant!r}).\n\nSee :func:`sample_unipc` for the "
-                       "options (all but variant); default order 2 with UniC.")
+    sampler.__doc__ = (
+        f"Multistep UniPC with B(h) = {'h' if variant == 'bh1' else 'e^h − 1'} "
+        f"(Zhao et al. 2023, §3, {variant!r}).\n\nSee :func:`sample_unipc` for the "
+        "options (all but variant); default order 2 with UniC."
+    )
     return sampler
 
 
 #: UniPC-2 with B1(h) = h (UniPC's code default; Zhao et al. 2023 recommend it below 10 steps).
-sample_unipc_bh1 = register_sampler("unipc_bh1", family="vp", stochastic=False, order=2.0,
-                                    step=unipc_update)(_variant_sampler("bh1"))
+sample_unipc_bh1 = register_sampler(
+    "unipc_bh1", family="vp", stochastic=False, order=2.0, step=unipc_update
+)(_variant_sampler("bh1"))
 #: UniPC-2 with B2(h) = e^h − 1 (diffusers' default).
-sample_unipc_bh2 = register_sampler("unipc_bh2", family="vp", stochastic=False, order=2.0,
-                                    step=unipc_update)(_variant_sampler("bh2"))
+sample_unipc_bh2 = register_sampler(
+    "unipc_bh2", family="vp", stochastic=False, order=2.0, step=unipc_update
+)(_variant_sampler("bh2"))

@@ -92,8 +92,14 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        for k in ("image_size", "in_channels", "model_channels", "num_res_blocks", "num_heads",
-                  "num_groups"):
+        for k in (
+            "image_size",
+            "in_channels",
+            "model_channels",
+            "num_res_blocks",
+            "num_heads",
+            "num_groups",
+        ):
             set_(k, check_int(k, getattr(self, k), minimum=1))
         if self.out_channels is not None:
             set_("out_channels", check_int("out_channels", self.out_channels, minimum=1))
@@ -103,44 +109,68 @@ class UNetConfig:
         if nhc == 0:
             fail("num_head_channels", nhc, "expected -1 (use num_heads) or a positive integer")
         set_("num_head_channels", nhc)
-        set_("channel_mult", _as_int_tuple("channel_mult", self.channel_mult, minimum=1,
-                                           allow_empty=False))
-        set_("attention_resolutions", _as_int_tuple(
-            "attention_resolutions", self.attention_resolutions, minimum=1, allow_empty=True))
+        set_(
+            "channel_mult",
+            _as_int_tuple("channel_mult", self.channel_mult, minimum=1, allow_empty=False),
+        )
+        set_(
+            "attention_resolutions",
+            _as_int_tuple(
+                "attention_resolutions", self.attention_resolutions, minimum=1, allow_empty=True
+            ),
+        )
         set_("dropout", check_real("dropout", self.dropout, lo=0.0, hi=1.0, hi_open=True))
         for k in ("use_scale_shift_norm", "resblock_updown", "learn_sigma", "conv_resample"):
             if not isinstance(getattr(self, k), bool):
                 fail(k, getattr(self, k), "expected True or False")
         # structural checks
         if self.model_channels < 4:
-            fail("model_channels", self.model_channels,
-                 "expected at least 4 (the sinusoidal time embedding has model_channels entries)")
+            fail(
+                "model_channels",
+                self.model_channels,
+                "expected at least 4 (the sinusoidal time embedding has model_channels entries)",
+            )
         levels = len(self.channel_mult)
         factor = 2 ** (levels - 1)
         if self.image_size % factor:
-            fail("image_size", self.image_size,
-                 f"must be divisible by 2**(len(channel_mult)-1) = {factor} for "
-                 f"channel_mult={self.channel_mult}")
-        resolutions = [self.image_size // 2 ** i for i in range(levels)]
+            fail(
+                "image_size",
+                self.image_size,
+                f"must be divisible by 2**(len(channel_mult)-1) = {factor} for "
+                f"channel_mult={self.channel_mult}",
+            )
+        resolutions = [self.image_size // 2**i for i in range(levels)]
         for r in self.attention_resolutions:
             if r not in resolutions:
-                fail("attention_resolutions", self.attention_resolutions,
-                     f"each entry must be a feature-map resolution of this network, one of "
-                     f"{resolutions} (got {r})")
+                fail(
+                    "attention_resolutions",
+                    self.attention_resolutions,
+                    f"each entry must be a feature-map resolution of this network, one of "
+                    f"{resolutions} (got {r})",
+                )
         for m in (1,) + self.channel_mult:
             c = self.model_channels * m
             if c % self.num_groups:
-                fail("num_groups", self.num_groups,
-                     f"must divide every channel count; {c} channels (model_channels="
-                     f"{self.model_channels} × {m}) are not divisible by it")
+                fail(
+                    "num_groups",
+                    self.num_groups,
+                    f"must divide every channel count; {c} channels (model_channels="
+                    f"{self.model_channels} × {m}) are not divisible by it",
+                )
         for c in self.attention_channels():
             if nhc == -1:
                 if c % self.num_heads:
-                    fail("num_heads", self.num_heads,
-                         f"must divide the {c} channels of every attention layer")
+                    fail(
+                        "num_heads",
+                        self.num_heads,
+                        f"must divide the {c} channels of every attention layer",
+                    )
             elif c % nhc:
-                fail("num_head_channels", nhc,
-                     f"must divide the {c} channels of every attention layer")
+                fail(
+                    "num_head_channels",
+                    nhc,
+                    f"must divide the {c} channels of every attention layer",
+                )
 
     # ------------------------------------------------------------------ derived quantities
     @property
@@ -158,7 +188,7 @@ class UNetConfig:
         """Channel counts of the attention layers (levels at an attention resolution, and the middle)."""
         out = []
         for i, m in enumerate(self.channel_mult):
-            if self.image_size // 2 ** i in self.attention_resolutions:
+            if self.image_size // 2**i in self.attention_resolutions:
                 out.append(self.model_channels * m)
         out.append(self.model_channels * self.channel_mult[-1])
         return out
@@ -186,7 +216,8 @@ class UNetConfig:
         unknown = [k for k in d if k not in names]
         if unknown:
             raise RefdiffValueError(
-                f"d has unknown UNetConfig field(s) {unknown}; allowed: {', '.join(names)}")
+                f"d has unknown UNetConfig field(s) {unknown}; allowed: {', '.join(names)}"
+            )
         kw = dict(d)
         for k in ("channel_mult", "attention_resolutions"):
             if k in kw and isinstance(kw[k], list):
@@ -202,11 +233,25 @@ PRESETS: dict[str, UNetConfig] = {
     # Ho et al. 2020, App. B (CIFAR-10): 35,746,307 parameters.
     "ddpm-cifar10": UNetConfig(),
     # CPU training demos (16×16 digits, toy images): a few minutes per thousand steps on a laptop.
-    "small": UNetConfig(image_size=16, model_channels=64, channel_mult=(1, 2, 2),
-                        num_res_blocks=1, attention_resolutions=(8,), dropout=0.1, num_groups=32),
+    "small": UNetConfig(
+        image_size=16,
+        model_channels=64,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        dropout=0.1,
+        num_groups=32,
+    ),
     # Finite-difference gradient checks in float64 within seconds.
-    "tiny": UNetConfig(image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-                       attention_resolutions=(4,), dropout=0.1, num_groups=8),
+    "tiny": UNetConfig(
+        image_size=8,
+        model_channels=32,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        dropout=0.1,
+        num_groups=8,
+    ),
 }
 
 
@@ -226,10 +271,12 @@ def get_preset(name: str, **overrides: Any) -> UNetConfig:
     """
     if name not in PRESETS:
         raise UnknownNameError(
-            f"name={name!r} is not a known UNet preset; allowed: {', '.join(map(repr, PRESETS))}")
+            f"name={name!r} is not a known UNet preset; allowed: {', '.join(map(repr, PRESETS))}"
+        )
     names = {f.name for f in dataclasses.fields(UNetConfig)}
     bad = [k for k in overrides if k not in names]
     if bad:
         raise RefdiffValueError(
-            f"overrides {bad} are not UNetConfig fields; allowed: {', '.join(sorted(names))}")
+            f"overrides {bad} are not UNetConfig fields; allowed: {', '.join(sorted(names))}"
+        )
     return dataclasses.replace(PRESETS[name], **overrides) if overrides else PRESETS[name]

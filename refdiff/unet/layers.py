@@ -27,21 +27,47 @@ from .._typing import Array, Namespace
 from .._xp import array_namespace, device_of
 
 __all__ = [
-    "pad2d", "dilate2d", "im2col", "conv2d", "conv2d_backward",
-    "group_norm", "group_norm_backward", "silu", "silu_backward", "sigmoid",
-    "linear", "linear_backward", "softmax", "softmax_backward",
-    "self_attention", "self_attention_backward",
-    "upsample_nearest2x", "upsample_nearest2x_backward", "avg_pool2x", "avg_pool2x_backward",
-    "timestep_embedding", "dropout", "dropout_backward", "embedding", "embedding_backward",
-    "group_norm_silu", "group_norm_silu_backward",
-    "GN_EPS", "shape_fail", "OP_NAMES", "GENERIC_OPS", "resolve_ops",
+    "pad2d",
+    "dilate2d",
+    "im2col",
+    "conv2d",
+    "conv2d_backward",
+    "group_norm",
+    "group_norm_backward",
+    "silu",
+    "silu_backward",
+    "sigmoid",
+    "linear",
+    "linear_backward",
+    "softmax",
+    "softmax_backward",
+    "self_attention",
+    "self_attention_backward",
+    "upsample_nearest2x",
+    "upsample_nearest2x_backward",
+    "avg_pool2x",
+    "avg_pool2x_backward",
+    "timestep_embedding",
+    "dropout",
+    "dropout_backward",
+    "embedding",
+    "embedding_backward",
+    "group_norm_silu",
+    "group_norm_silu_backward",
+    "GN_EPS",
+    "shape_fail",
+    "OP_NAMES",
+    "GENERIC_OPS",
+    "resolve_ops",
 ]
 
 #: GroupNorm epsilon (PyTorch's default, as improved-diffusion's GroupNorm32).
 GN_EPS = 1e-5
 
 
-def shape_fail(name: str, shape: tuple[int, ...], allowed: str, cls: type[Exception] = RefdiffShapeError) -> NoReturn:
+def shape_fail(
+    name: str, shape: tuple[int, ...], allowed: str, cls: type[Exception] = RefdiffShapeError
+) -> NoReturn:
     """Raise ``cls`` naming an array argument, its shape and what is allowed."""
     raise cls(f"{name} of shape {tuple(shape)} is invalid: {allowed}")
 
@@ -57,13 +83,19 @@ def pad2d(x: Array, top: int, bottom: int, left: int, right: int) -> Array:
     lead = tuple(x.shape[:-2])
     h, w = x.shape[-2], x.shape[-1]
     if left or right:
-        parts = ([_zeros(xp, lead + (h, left), x)] if left else []) + [x] + (
-            [_zeros(xp, lead + (h, right), x)] if right else [])
+        parts = (
+            ([_zeros(xp, lead + (h, left), x)] if left else [])
+            + [x]
+            + ([_zeros(xp, lead + (h, right), x)] if right else [])
+        )
         x = xp.concat(parts, axis=-1)
         w = w + left + right
     if top or bottom:
-        parts = ([_zeros(xp, lead + (top, w), x)] if top else []) + [x] + (
-            [_zeros(xp, lead + (bottom, w), x)] if bottom else [])
+        parts = (
+            ([_zeros(xp, lead + (top, w), x)] if top else [])
+            + [x]
+            + ([_zeros(xp, lead + (bottom, w), x)] if bottom else [])
+        )
         x = xp.concat(parts, axis=-2)
     return x
 
@@ -77,11 +109,13 @@ def dilate2d(x: Array, stride: int) -> Array:
     h, w = x.shape[-2], x.shape[-1]
     z = _zeros(xp, lead + (h, w, stride - 1), x)
     x = xp.reshape(xp.concat([xp.reshape(x, lead + (h, w, 1)), z], axis=-1), lead + (h, w * stride))
-    x = x[..., :(w - 1) * stride + 1]
+    x = x[..., : (w - 1) * stride + 1]
     w2 = x.shape[-1]
     z = _zeros(xp, lead + (h, stride - 1, w2), x)
-    x = xp.reshape(xp.concat([xp.reshape(x, lead + (h, 1, w2)), z], axis=-2), lead + (h * stride, w2))
-    return x[..., :(h - 1) * stride + 1, :]
+    x = xp.reshape(
+        xp.concat([xp.reshape(x, lead + (h, 1, w2)), z], axis=-2), lead + (h * stride, w2)
+    )
+    return x[..., : (h - 1) * stride + 1, :]
 
 
 def _out_size(n: int, k: int, stride: int, padding: int) -> int:
@@ -96,20 +130,30 @@ def im2col(x: Array, k: int, *, stride: int = 1, padding: int = 0) -> Array:
     if k == 1 and stride == 1 and padding == 0:
         return xp.reshape(x, (b, c, h * w))
     xpad = pad2d(x, padding, padding, padding, padding)
-    taps = [xpad[:, :, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
-            for i in range(k) for j in range(k)]
+    taps = [
+        xpad[:, :, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
+        for i in range(k)
+        for j in range(k)
+    ]
     return xp.reshape(xp.stack(taps, axis=2), (b, c * k * k, ho * wo))
 
 
-def _check_conv(x: Array, w: Array, b: Array | None, stride: int, padding: int | None) -> tuple[int, int]:
+def _check_conv(
+    x: Array, w: Array, b: Array | None, stride: int, padding: int | None
+) -> tuple[int, int]:
     if x.ndim != 4:
-        shape_fail("x", x.shape, "conv2d expects an NCHW array with 4 dimensions", RefdiffShapeError)
+        shape_fail(
+            "x", x.shape, "conv2d expects an NCHW array with 4 dimensions", RefdiffShapeError
+        )
     if w.ndim != 4 or w.shape[2] != w.shape[3]:
-        shape_fail("w", w.shape, "conv2d expects an OIHW weight with a square kernel",
-             RefdiffShapeError)
+        shape_fail(
+            "w", w.shape, "conv2d expects an OIHW weight with a square kernel", RefdiffShapeError
+        )
     if w.shape[1] != x.shape[1]:
-        raise RefdiffShapeError(f"w has {w.shape[1]} input channels (shape {tuple(w.shape)}) but x "
-                                f"has {x.shape[1]} (shape {tuple(x.shape)}); they must match")
+        raise RefdiffShapeError(
+            f"w has {w.shape[1]} input channels (shape {tuple(w.shape)}) but x "
+            f"has {x.shape[1]} (shape {tuple(x.shape)}); they must match"
+        )
     if b is not None and tuple(b.shape) != (w.shape[0],):
         raise RefdiffShapeError(f"b has shape {tuple(b.shape)}; expected ({w.shape[0]},)")
     stride = check_int("stride", stride, minimum=1)
@@ -120,7 +164,9 @@ def _check_conv(x: Array, w: Array, b: Array | None, stride: int, padding: int |
     return stride, padding
 
 
-def conv2d(x: Array, w: Array, b: Array | None = None, *, stride: int = 1, padding: int | None = None) -> Array:
+def conv2d(
+    x: Array, w: Array, b: Array | None = None, *, stride: int = 1, padding: int | None = None
+) -> Array:
     """2-D cross-correlation y = W ⋆ x + b (NCHW, OIHW); ``padding`` defaults to k//2 ("same" at stride 1)."""
     xp = array_namespace(x, w)
     stride, padding = _check_conv(x, w, b, stride, padding)
@@ -134,7 +180,9 @@ def conv2d(x: Array, w: Array, b: Array | None = None, *, stride: int = 1, paddi
     return y
 
 
-def conv2d_backward(g: Array, x: Array, w: Array, *, stride: int = 1, padding: int | None = None) -> tuple[Array, Array, Array]:
+def conv2d_backward(
+    g: Array, x: Array, w: Array, *, stride: int = 1, padding: int | None = None
+) -> tuple[Array, Array, Array]:
     """Gradients (gx, gw, gb) of :func:`conv2d` given g = ∂L/∂y."""
     xp = array_namespace(g, x, w)
     stride, padding = _check_conv(x, w, None, stride, padding)
@@ -178,14 +226,18 @@ def group_norm(x: Array, gamma: Array, beta: Array, *, groups: int, eps: float =
     """GroupNorm: (x − μ_g)/√(σ²_g + ε)·γ + β over each group of channels (Wu & He 2018, Eq. 1)."""
     xp = array_namespace(x, gamma, beta)
     if tuple(gamma.shape) != (x.shape[1],) or tuple(beta.shape) != (x.shape[1],):
-        raise RefdiffShapeError(f"gamma {tuple(gamma.shape)} and beta {tuple(beta.shape)} must "
-                                f"have shape ({x.shape[1]},) for x of shape {tuple(x.shape)}")
+        raise RefdiffShapeError(
+            f"gamma {tuple(gamma.shape)} and beta {tuple(beta.shape)} must "
+            f"have shape ({x.shape[1]},) for x of shape {tuple(x.shape)}"
+        )
     xhat, _ = _group_stats(x, groups, eps)
     xhat = xp.reshape(xhat, x.shape)
     return xhat * _channel(gamma, x.ndim) + _channel(beta, x.ndim)
 
 
-def group_norm_backward(g: Array, x: Array, gamma: Array, *, groups: int, eps: float = GN_EPS) -> tuple[Array, Array, Array]:
+def group_norm_backward(
+    g: Array, x: Array, gamma: Array, *, groups: int, eps: float = GN_EPS
+) -> tuple[Array, Array, Array]:
     """Gradients (gx, gγ, gβ) of :func:`group_norm` (statistics recomputed from x)."""
     xp = array_namespace(g, x, gamma)
     xhat, rstd = _group_stats(x, groups, eps)
@@ -193,17 +245,24 @@ def group_norm_backward(g: Array, x: Array, gamma: Array, *, groups: int, eps: f
     g_gamma = xp.sum(g * xp.reshape(xhat, x.shape), axis=axes)
     g_beta = xp.sum(g, axis=axes)
     gxhat = xp.reshape(g * _channel(gamma, x.ndim), xhat.shape)
-    gx = rstd * (gxhat - xp.mean(gxhat, axis=2, keepdims=True)
-                 - xhat * xp.mean(gxhat * xhat, axis=2, keepdims=True))
+    gx = rstd * (
+        gxhat
+        - xp.mean(gxhat, axis=2, keepdims=True)
+        - xhat * xp.mean(gxhat * xhat, axis=2, keepdims=True)
+    )
     return xp.reshape(gx, x.shape), g_gamma, g_beta
 
 
-def group_norm_silu(x: Array, gamma: Array, beta: Array, *, groups: int, eps: float = GN_EPS) -> Array:
+def group_norm_silu(
+    x: Array, gamma: Array, beta: Array, *, groups: int, eps: float = GN_EPS
+) -> Array:
     """SiLU(GroupNorm(x)), the pre-activation of every residual block (Ho et al. 2020, App. B; one op so a backend can fuse it)."""
     return silu(group_norm(x, gamma, beta, groups=groups, eps=eps))
 
 
-def group_norm_silu_backward(g: Array, x: Array, gamma: Array, beta: Array, *, groups: int, eps: float = GN_EPS) -> tuple[Array, Array, Array]:
+def group_norm_silu_backward(
+    g: Array, x: Array, gamma: Array, beta: Array, *, groups: int, eps: float = GN_EPS
+) -> tuple[Array, Array, Array]:
     """Gradients (gx, gγ, gβ) of :func:`group_norm_silu` given g = ∂L/∂out (the normalised x recomputed)."""
     n = group_norm(x, gamma, beta, groups=groups, eps=eps)
     return group_norm_backward(silu_backward(g, n), x, gamma, groups=groups, eps=eps)
@@ -232,8 +291,10 @@ def linear(x: Array, w: Array, b: Array | None = None) -> Array:
     """Dense layer y = x Wᵀ + b on the last axis (W is (out, in))."""
     xp = array_namespace(x, w)
     if x.shape[-1] != w.shape[1]:
-        raise RefdiffShapeError(f"x has {x.shape[-1]} features (shape {tuple(x.shape)}) but w "
-                                f"expects {w.shape[1]} (shape {tuple(w.shape)})")
+        raise RefdiffShapeError(
+            f"x has {x.shape[-1]} features (shape {tuple(x.shape)}) but w "
+            f"expects {w.shape[1]} (shape {tuple(w.shape)})"
+        )
     y = xp.matmul(x, xp.permute_dims(w, (1, 0)))
     return y if b is None else y + b
 
@@ -264,7 +325,9 @@ def _heads(a: Array, nh: int) -> Array:
     return xp.reshape(a, (b, nh, c // nh, n))
 
 
-def _attention_core(h: Array, w_qkv: Array, b_qkv: Array, num_heads: int) -> tuple[Array, Array, Array, Array, Array, Array, float]:
+def _attention_core(
+    h: Array, w_qkv: Array, b_qkv: Array, num_heads: int
+) -> tuple[Array, Array, Array, Array, Array, Array, float]:
     xp = array_namespace(h, w_qkv, b_qkv)
     bsz, c = h.shape[0], h.shape[1]
     if c % num_heads:
@@ -273,14 +336,16 @@ def _attention_core(h: Array, w_qkv: Array, b_qkv: Array, num_heads: int) -> tup
         raise RefdiffShapeError(f"w_qkv has shape {tuple(w_qkv.shape)}; expected ({3 * c}, {c})")
     hf = xp.reshape(h, (bsz, c, -1))
     qkv = xp.matmul(w_qkv, hf) + xp.reshape(b_qkv, (1, 3 * c, 1))
-    q, k, v = (_heads(qkv[:, i * c:(i + 1) * c, :], num_heads) for i in range(3))
+    q, k, v = (_heads(qkv[:, i * c : (i + 1) * c, :], num_heads) for i in range(3))
     scale = 1.0 / math.sqrt(c // num_heads)
-    p = softmax(xp.matmul(xp.permute_dims(q, (0, 1, 3, 2)), k) * scale)    # (B, nh, N_q, N_k)
-    a = xp.matmul(v, xp.permute_dims(p, (0, 1, 3, 2)))                     # (B, nh, d, N_q)
+    p = softmax(xp.matmul(xp.permute_dims(q, (0, 1, 3, 2)), k) * scale)  # (B, nh, N_q, N_k)
+    a = xp.matmul(v, xp.permute_dims(p, (0, 1, 3, 2)))  # (B, nh, d, N_q)
     return hf, q, k, v, p, xp.reshape(a, (bsz, c, -1)), scale
 
 
-def self_attention(h: Array, w_qkv: Array, b_qkv: Array, w_proj: Array, b_proj: Array, *, num_heads: int) -> Array:
+def self_attention(
+    h: Array, w_qkv: Array, b_qkv: Array, w_proj: Array, b_proj: Array, *, num_heads: int
+) -> Array:
     """Multi-head self-attention over the H·W positions, softmax(QᵀK/√d)V then a projection (Vaswani et al. 2017, Eq. 1).
 
     ``h`` is the normalised input (B, C, H, W); returns the projected attention output of the same
@@ -292,7 +357,9 @@ def self_attention(h: Array, w_qkv: Array, b_qkv: Array, w_proj: Array, b_proj: 
     return xp.reshape(out, h.shape)
 
 
-def self_attention_backward(g: Array, h: Array, w_qkv: Array, b_qkv: Array, w_proj: Array, *, num_heads: int) -> tuple[Array, Array, Array, Array, Array]:
+def self_attention_backward(
+    g: Array, h: Array, w_qkv: Array, b_qkv: Array, w_proj: Array, *, num_heads: int
+) -> tuple[Array, Array, Array, Array, Array]:
     """Gradients (gh, gW_qkv, gb_qkv, gW_proj, gb_proj) of :func:`self_attention` (attention recomputed)."""
     xp = array_namespace(g, h, w_qkv, w_proj)
     bsz, c = h.shape[0], h.shape[1]
@@ -300,7 +367,7 @@ def self_attention_backward(g: Array, h: Array, w_qkv: Array, b_qkv: Array, w_pr
     go = xp.reshape(g, (bsz, c, -1))
     g_wproj = xp.tensordot(go, a, axes=([0, 2], [0, 2]))
     g_bproj = xp.sum(go, axis=(0, 2))
-    ga = _heads(xp.matmul(xp.permute_dims(w_proj, (1, 0)), go), num_heads)   # (B, nh, d, N)
+    ga = _heads(xp.matmul(xp.permute_dims(w_proj, (1, 0)), go), num_heads)  # (B, nh, d, N)
     gv = xp.matmul(ga, p)
     gp = xp.matmul(xp.permute_dims(ga, (0, 1, 3, 2)), v)
     gs = softmax_backward(gp, p) * scale
@@ -368,8 +435,10 @@ def timestep_embedding(t: Array, dim: int, *, max_period: float = 10000.0) -> Ar
 def dropout(x: Array, mask: Array) -> Array:
     """Inverted dropout with an explicit mask: x·m, m ∈ {0, 1/(1−p)} (Srivastava et al. 2014)."""
     if tuple(mask.shape) != tuple(x.shape):
-        raise RefdiffShapeError(f"dropout mask has shape {tuple(mask.shape)} but the activation "
-                                f"has shape {tuple(x.shape)}")
+        raise RefdiffShapeError(
+            f"dropout mask has shape {tuple(mask.shape)} but the activation "
+            f"has shape {tuple(x.shape)}"
+        )
     return x * mask
 
 
@@ -395,19 +464,35 @@ def embedding_backward(g: Array, y: Array, num_rows: int) -> Array:
 # ----------------------------------------------------------------------------- operation table
 #: Names of the operations the model calls through :func:`resolve_ops` (each a function above).
 OP_NAMES = (
-    "conv2d", "conv2d_backward", "group_norm", "group_norm_backward",
-    "group_norm_silu", "group_norm_silu_backward", "silu", "silu_backward",
-    "linear", "linear_backward", "self_attention", "self_attention_backward",
-    "upsample_nearest2x", "upsample_nearest2x_backward", "avg_pool2x", "avg_pool2x_backward",
-    "dropout", "dropout_backward",
+    "conv2d",
+    "conv2d_backward",
+    "group_norm",
+    "group_norm_backward",
+    "group_norm_silu",
+    "group_norm_silu_backward",
+    "silu",
+    "silu_backward",
+    "linear",
+    "linear_backward",
+    "self_attention",
+    "self_attention_backward",
+    "upsample_nearest2x",
+    "upsample_nearest2x_backward",
+    "avg_pool2x",
+    "avg_pool2x_backward",
+    "dropout",
+    "dropout_backward",
 )
 
 #: The generic array-API implementation of every operation in :data:`OP_NAMES` (the oracle).
 GENERIC_OPS: Mapping[str, Callable[..., Any]] = MappingProxyType(
-    {name: globals()[name] for name in OP_NAMES})
+    {name: globals()[name] for name in OP_NAMES}
+)
 
 
-def resolve_ops(ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None = None) -> SimpleNamespace:
+def resolve_ops(
+    ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None = None,
+) -> SimpleNamespace:
     """The operation table the model calls: :data:`GENERIC_OPS` with the entries of ``ops`` replacing theirs.
 
     Parameters
@@ -435,14 +520,22 @@ def resolve_ops(ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None =
     table = dict(GENERIC_OPS)
     if ops is not None:
         if not isinstance(ops, Mapping):
-            fail("ops", type(ops).__name__, "expected a mapping of operation names to functions "
-                 "(see OP_NAMES), or None for the generic array-API code")
+            fail(
+                "ops",
+                type(ops).__name__,
+                "expected a mapping of operation names to functions "
+                "(see OP_NAMES), or None for the generic array-API code",
+            )
         for name, fn in ops.items():
             if name not in GENERIC_OPS:
                 raise UnknownNameError(
-                    f"ops[{name!r}] is not a UNet operation; allowed: {', '.join(OP_NAMES)}")
+                    f"ops[{name!r}] is not a UNet operation; allowed: {', '.join(OP_NAMES)}"
+                )
             if not callable(fn):
-                fail(f"ops[{name!r}]", fn, "expected a callable with the signature of "
-                     f"refdiff.unet.layers.{name}")
+                fail(
+                    f"ops[{name!r}]",
+                    fn,
+                    f"expected a callable with the signature of refdiff.unet.layers.{name}",
+                )
             table[name] = fn
     return SimpleNamespace(_refdiff_ops=True, **table)

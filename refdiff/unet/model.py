@@ -33,8 +33,16 @@ from .config import UNetConfig
 from .layers import shape_fail
 from .params import Block, layout, param_shapes
 
-__all__ = ["unet_forward", "unet_backward", "unet_vjp", "unet_apply", "dropout_masks",
-           "dropout_shapes", "loss_and_grad", "check_params"]
+__all__ = [
+    "unet_forward",
+    "unet_backward",
+    "unet_vjp",
+    "unet_apply",
+    "dropout_masks",
+    "dropout_shapes",
+    "loss_and_grad",
+    "check_params",
+]
 
 
 # ----------------------------------------------------------------------------- validation
@@ -50,48 +58,78 @@ def check_params(params: Mapping[str, Array], config: UNetConfig) -> None:
     if missing or extra:
         raise RefdiffValueError(
             f"params do not match the config: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
-            f", unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}")
+            f", unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}"
+        )
     for k, s in shapes.items():
         if tuple(params[k].shape) != s:
-            raise RefdiffShapeError(f"params[{k!r}] has shape {tuple(params[k].shape)}; the config "
-                                    f"needs {s}")
+            raise RefdiffShapeError(
+                f"params[{k!r}] has shape {tuple(params[k].shape)}; the config needs {s}"
+            )
 
 
-def _check_inputs(params: Mapping[str, Array], config: UNetConfig, x: Array, t: Array, y: Array | None) -> tuple[Namespace, Array, Array | None]:
+def _check_inputs(
+    params: Mapping[str, Array], config: UNetConfig, x: Array, t: Array, y: Array | None
+) -> tuple[Namespace, Array, Array | None]:
     check_params(params, config)
     xp = array_namespace(x, *params.values())
     cfg = config
-    if x.ndim != 4 or x.shape[1] != cfg.in_channels or x.shape[2] != cfg.image_size \
-            or x.shape[3] != cfg.image_size:
-        shape_fail("x", x.shape, f"expected shape (batch, {cfg.in_channels}, {cfg.image_size}, "
-             f"{cfg.image_size}) for this config", RefdiffShapeError)
+    if (
+        x.ndim != 4
+        or x.shape[1] != cfg.in_channels
+        or x.shape[2] != cfg.image_size
+        or x.shape[3] != cfg.image_size
+    ):
+        shape_fail(
+            "x",
+            x.shape,
+            f"expected shape (batch, {cfg.in_channels}, {cfg.image_size}, "
+            f"{cfg.image_size}) for this config",
+            RefdiffShapeError,
+        )
     bsz = x.shape[0]
     if not is_array(t):
         t = xp.asarray(t, device=device_of(x))
     if t.ndim == 0:
         t = xp.broadcast_to(xp.reshape(t, (1,)), (bsz,))
     if tuple(t.shape) != (bsz,):
-        shape_fail("t", t.shape, f"expected shape ({bsz},) (one timestep per batch element)",
-             RefdiffShapeError)
+        shape_fail(
+            "t",
+            t.shape,
+            f"expected shape ({bsz},) (one timestep per batch element)",
+            RefdiffShapeError,
+        )
     if not (xp.isdtype(t.dtype, "integral") or xp.isdtype(t.dtype, "real floating")):
         fail("t.dtype", str(t.dtype), "expected an integer or real floating dtype")
     if cfg.num_classes is None:
         if y is not None:
-            raise RefdiffValueError("y was given but this config is unconditional "
-                                    "(num_classes=None); pass y=None")
+            raise RefdiffValueError(
+                "y was given but this config is unconditional (num_classes=None); pass y=None"
+            )
     else:
         if y is None:
-            fail("y", None, f"class labels are required (num_classes={cfg.num_classes}); pass "
-                 f"y={cfg.num_classes} (the null label) for unconditional outputs")
+            fail(
+                "y",
+                None,
+                f"class labels are required (num_classes={cfg.num_classes}); pass "
+                f"y={cfg.num_classes} (the null label) for unconditional outputs",
+            )
         if not is_array(y):
             y = xp.asarray(y, device=device_of(x))
         if y.ndim == 0:
             y = xp.broadcast_to(xp.reshape(y, (1,)), (bsz,))
         if tuple(y.shape) != (bsz,) or not xp.isdtype(y.dtype, "integral"):
-            shape_fail("y", y.shape, f"expected integer labels of shape ({bsz},), got dtype "
-                       f"{y.dtype}", RefdiffValueError)
+            shape_fail(
+                "y",
+                y.shape,
+                f"expected integer labels of shape ({bsz},), got dtype {y.dtype}",
+                RefdiffValueError,
+            )
         if bool(xp.any(y < 0)) or bool(xp.any(y > cfg.num_classes)):
-            fail("y", y, f"labels must lie in [0, {cfg.num_classes}] ({cfg.num_classes} = null label)")
+            fail(
+                "y",
+                y,
+                f"labels must lie in [0, {cfg.num_classes}] ({cfg.num_classes} = null label)",
+            )
     return xp, t, y
 
 
@@ -102,12 +140,22 @@ def _resampled(b: Block) -> int:
 def dropout_shapes(config: UNetConfig, batch: int) -> dict[str, tuple[int, ...]]:
     """Shapes of the dropout masks, keyed by residual block name (e.g. ``"down.0.res.1"``)."""
     batch = check_int("batch", batch, minimum=1)
-    return {b.name: (batch, b.cout, _resampled(b), _resampled(b))
-            for b in layout(config) if b.kind == "res"}
+    return {
+        b.name: (batch, b.cout, _resampled(b), _resampled(b))
+        for b in layout(config)
+        if b.kind == "res"
+    }
 
 
-def dropout_masks(config: UNetConfig, batch: int, rng: np.random.Generator | int, *, xp: Namespace | None = None, dtype: DType | None = None,
-                  device: Device | None = None) -> dict[str, Array]:
+def dropout_masks(
+    config: UNetConfig,
+    batch: int,
+    rng: np.random.Generator | int,
+    *,
+    xp: Namespace | None = None,
+    dtype: DType | None = None,
+    device: Device | None = None,
+) -> dict[str, Array]:
     """Explicit inverted-dropout masks m ∈ {0, 1/(1−p)} for every residual block (Srivastava et al. 2014).
 
     Parameters
@@ -132,8 +180,9 @@ def dropout_masks(config: UNetConfig, batch: int, rng: np.random.Generator | int
     if xp is None:
         return out if dtype is None else {k: v.astype(dtype) for k, v in out.items()}
     kw = {} if device is None else {"device": device}
-    return {k: xp.asarray(v, dtype=xp.float64 if dtype is None else dtype, **kw)
-            for k, v in out.items()}
+    return {
+        k: xp.asarray(v, dtype=xp.float64 if dtype is None else dtype, **kw) for k, v in out.items()
+    }
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -147,7 +196,15 @@ def _resample_bwd(O: SimpleNamespace, kind: str, g: Array) -> Array:
     return O.avg_pool2x_backward(g) if kind == "down" else O.upsample_nearest2x_backward(g)
 
 
-def _res_forward(O: SimpleNamespace, params: Mapping[str, Array], cfg: UNetConfig, b: Block, x: Array, emb_act: Array, mask: Array | None) -> tuple[Array, dict[str, Any]]:
+def _res_forward(
+    O: SimpleNamespace,
+    params: Mapping[str, Array],
+    cfg: UNetConfig,
+    b: Block,
+    x: Array,
+    emb_act: Array,
+    mask: Array | None,
+) -> tuple[Array, dict[str, Any]]:
     xp = array_namespace(x)
     n, G = b.name, cfg.num_groups
     h1 = O.group_norm_silu(x, params[f"{n}.norm1.weight"], params[f"{n}.norm1.bias"], groups=G)
@@ -158,8 +215,8 @@ def _res_forward(O: SimpleNamespace, params: Mapping[str, Array], cfg: UNetConfi
     c1 = O.conv2d(h1, params[f"{n}.conv1.weight"], params[f"{n}.conv1.bias"])
     e = O.linear(emb_act, params[f"{n}.temb.weight"], params[f"{n}.temb.bias"])
     if cfg.use_scale_shift_norm:
-        scale = xp.reshape(e[:, :b.cout], (-1, b.cout, 1, 1))
-        shift = xp.reshape(e[:, b.cout:], (-1, b.cout, 1, 1))
+        scale = xp.reshape(e[:, : b.cout], (-1, b.cout, 1, 1))
+        shift = xp.reshape(e[:, b.cout :], (-1, b.cout, 1, 1))
         n2_in = c1
         n2 = O.group_norm(c1, params[f"{n}.norm2.weight"], params[f"{n}.norm2.bias"], groups=G)
         h2 = n2 * (1.0 + scale) + shift
@@ -167,25 +224,36 @@ def _res_forward(O: SimpleNamespace, params: Mapping[str, Array], cfg: UNetConfi
     else:
         scale = n2 = h2 = None
         n2_in = c1 + xp.reshape(e, (-1, b.cout, 1, 1))
-        a2 = O.group_norm_silu(n2_in, params[f"{n}.norm2.weight"], params[f"{n}.norm2.bias"],
-                               groups=G)
+        a2 = O.group_norm_silu(
+            n2_in, params[f"{n}.norm2.weight"], params[f"{n}.norm2.bias"], groups=G
+        )
     d = a2 if mask is None else O.dropout(a2, mask)
     c2 = O.conv2d(d, params[f"{n}.conv2.weight"], params[f"{n}.conv2.bias"])
     if b.cin != b.cout:
         skip = O.conv2d(xs, params[f"{n}.skip.weight"], params[f"{n}.skip.bias"], padding=0)
     else:
         skip = xs
-    cache = dict(x=x, h1=h1, xs=xs, n2_in=n2_in, n2=n2, scale=scale, h2=h2, d=d,
-                 mask=mask, emb_act=emb_act)
+    cache = dict(
+        x=x, h1=h1, xs=xs, n2_in=n2_in, n2=n2, scale=scale, h2=h2, d=d, mask=mask, emb_act=emb_act
+    )
     return skip + c2, cache
 
 
-def _res_backward(O: SimpleNamespace, params: Mapping[str, Array], cfg: UNetConfig, b: Block, c: Mapping[str, Any], g: Array, grads: dict[str, Array]) -> tuple[Array, Array]:
+def _res_backward(
+    O: SimpleNamespace,
+    params: Mapping[str, Array],
+    cfg: UNetConfig,
+    b: Block,
+    c: Mapping[str, Any],
+    g: Array,
+    grads: dict[str, Array],
+) -> tuple[Array, Array]:
     xp = array_namespace(g)
     n, G = b.name, cfg.num_groups
     # residual branch
     gd, grads[f"{n}.conv2.weight"], grads[f"{n}.conv2.bias"] = O.conv2d_backward(
-        g, c["d"], params[f"{n}.conv2.weight"])
+        g, c["d"], params[f"{n}.conv2.weight"]
+    )
     ga2 = gd if c["mask"] is None else O.dropout_backward(gd, c["mask"])
     if cfg.use_scale_shift_norm:
         gh2 = O.silu_backward(ga2, c["h2"])
@@ -194,23 +262,29 @@ def _res_backward(O: SimpleNamespace, params: Mapping[str, Array], cfg: UNetConf
         gshift = xp.sum(gh2, axis=(2, 3))
         ge = xp.concat([gscale, gshift], axis=1)
         gc1, grads[f"{n}.norm2.weight"], grads[f"{n}.norm2.bias"] = O.group_norm_backward(
-            gn2, c["n2_in"], params[f"{n}.norm2.weight"], groups=G)
+            gn2, c["n2_in"], params[f"{n}.norm2.weight"], groups=G
+        )
     else:
         gc1, grads[f"{n}.norm2.weight"], grads[f"{n}.norm2.bias"] = O.group_norm_silu_backward(
-            ga2, c["n2_in"], params[f"{n}.norm2.weight"], params[f"{n}.norm2.bias"], groups=G)
+            ga2, c["n2_in"], params[f"{n}.norm2.weight"], params[f"{n}.norm2.bias"], groups=G
+        )
         ge = xp.sum(gc1, axis=(2, 3))
     gemb, grads[f"{n}.temb.weight"], grads[f"{n}.temb.bias"] = O.linear_backward(
-        ge, c["emb_act"], params[f"{n}.temb.weight"])
+        ge, c["emb_act"], params[f"{n}.temb.weight"]
+    )
     gh1, grads[f"{n}.conv1.weight"], grads[f"{n}.conv1.bias"] = O.conv2d_backward(
-        gc1, c["h1"], params[f"{n}.conv1.weight"])
+        gc1, c["h1"], params[f"{n}.conv1.weight"]
+    )
     if b.updown:
         gh1 = _resample_bwd(O, b.updown, gh1)
     gx, grads[f"{n}.norm1.weight"], grads[f"{n}.norm1.bias"] = O.group_norm_silu_backward(
-        gh1, c["x"], params[f"{n}.norm1.weight"], params[f"{n}.norm1.bias"], groups=G)
+        gh1, c["x"], params[f"{n}.norm1.weight"], params[f"{n}.norm1.bias"], groups=G
+    )
     # skip branch
     if b.cin != b.cout:
         gxs, grads[f"{n}.skip.weight"], grads[f"{n}.skip.bias"] = O.conv2d_backward(
-            g, c["xs"], params[f"{n}.skip.weight"], padding=0)
+            g, c["xs"], params[f"{n}.skip.weight"], padding=0
+        )
     else:
         gxs = g
     if b.updown:
@@ -218,75 +292,139 @@ def _res_backward(O: SimpleNamespace, params: Mapping[str, Array], cfg: UNetConf
     return gx + gxs, gemb
 
 
-def _attn_forward(O: SimpleNamespace, params: Mapping[str, Array], cfg: UNetConfig, b: Block, x: Array) -> tuple[Array, dict[str, Any]]:
+def _attn_forward(
+    O: SimpleNamespace, params: Mapping[str, Array], cfg: UNetConfig, b: Block, x: Array
+) -> tuple[Array, dict[str, Any]]:
     n = b.name
     h = O.group_norm(x, params[f"{n}.norm.weight"], params[f"{n}.norm.bias"], groups=cfg.num_groups)
-    a = O.self_attention(h, params[f"{n}.qkv.weight"], params[f"{n}.qkv.bias"],
-                         params[f"{n}.proj.weight"], params[f"{n}.proj.bias"], num_heads=b.heads)
+    a = O.self_attention(
+        h,
+        params[f"{n}.qkv.weight"],
+        params[f"{n}.qkv.bias"],
+        params[f"{n}.proj.weight"],
+        params[f"{n}.proj.bias"],
+        num_heads=b.heads,
+    )
     return x + a, dict(x=x, h=h)
 
 
-def _attn_backward(O: SimpleNamespace, params: Mapping[str, Array], cfg: UNetConfig, b: Block, c: Mapping[str, Any], g: Array, grads: dict[str, Array]) -> Array:
+def _attn_backward(
+    O: SimpleNamespace,
+    params: Mapping[str, Array],
+    cfg: UNetConfig,
+    b: Block,
+    c: Mapping[str, Any],
+    g: Array,
+    grads: dict[str, Array],
+) -> Array:
     n = b.name
-    gh, grads[f"{n}.qkv.weight"], grads[f"{n}.qkv.bias"], grads[f"{n}.proj.weight"], \
-        grads[f"{n}.proj.bias"] = O.self_attention_backward(
-            g, c["h"], params[f"{n}.qkv.weight"], params[f"{n}.qkv.bias"],
-            params[f"{n}.proj.weight"], num_heads=b.heads)
+    (
+        gh,
+        grads[f"{n}.qkv.weight"],
+        grads[f"{n}.qkv.bias"],
+        grads[f"{n}.proj.weight"],
+        grads[f"{n}.proj.bias"],
+    ) = O.self_attention_backward(
+        g,
+        c["h"],
+        params[f"{n}.qkv.weight"],
+        params[f"{n}.qkv.bias"],
+        params[f"{n}.proj.weight"],
+        num_heads=b.heads,
+    )
     gx, grads[f"{n}.norm.weight"], grads[f"{n}.norm.bias"] = O.group_norm_backward(
-        gh, c["x"], params[f"{n}.norm.weight"], groups=cfg.num_groups)
+        gh, c["x"], params[f"{n}.norm.weight"], groups=cfg.num_groups
+    )
     return g + gx
 
 
-def _down_forward(O: SimpleNamespace, params: Mapping[str, Array], b: Block, x: Array) -> tuple[Array, dict[str, Any]]:
+def _down_forward(
+    O: SimpleNamespace, params: Mapping[str, Array], b: Block, x: Array
+) -> tuple[Array, dict[str, Any]]:
     if b.conv:
-        return O.conv2d(x, params[f"{b.name}.weight"], params[f"{b.name}.bias"], stride=2), dict(x=x)
+        return O.conv2d(x, params[f"{b.name}.weight"], params[f"{b.name}.bias"], stride=2), dict(
+            x=x
+        )
     return O.avg_pool2x(x), dict(x=x)
 
 
-def _down_backward(O: SimpleNamespace, params: Mapping[str, Array], b: Block, c: Mapping[str, Any], g: Array, grads: dict[str, Array]) -> Array:
+def _down_backward(
+    O: SimpleNamespace,
+    params: Mapping[str, Array],
+    b: Block,
+    c: Mapping[str, Any],
+    g: Array,
+    grads: dict[str, Array],
+) -> Array:
     if b.conv:
         gx, grads[f"{b.name}.weight"], grads[f"{b.name}.bias"] = O.conv2d_backward(
-            g, c["x"], params[f"{b.name}.weight"], stride=2)
+            g, c["x"], params[f"{b.name}.weight"], stride=2
+        )
         return gx
     return O.avg_pool2x_backward(g)
 
 
-def _up_forward(O: SimpleNamespace, params: Mapping[str, Array], b: Block, x: Array) -> tuple[Array, dict[str, Any]]:
+def _up_forward(
+    O: SimpleNamespace, params: Mapping[str, Array], b: Block, x: Array
+) -> tuple[Array, dict[str, Any]]:
     u = O.upsample_nearest2x(x)
     if b.conv:
         return O.conv2d(u, params[f"{b.name}.weight"], params[f"{b.name}.bias"]), dict(u=u)
     return u, dict(u=u)
 
 
-def _up_backward(O: SimpleNamespace, params: Mapping[str, Array], b: Block, c: Mapping[str, Any], g: Array, grads: dict[str, Array]) -> Array:
+def _up_backward(
+    O: SimpleNamespace,
+    params: Mapping[str, Array],
+    b: Block,
+    c: Mapping[str, Any],
+    g: Array,
+    grads: dict[str, Array],
+) -> Array:
     if b.conv:
         g, grads[f"{b.name}.weight"], grads[f"{b.name}.bias"] = O.conv2d_backward(
-            g, c["u"], params[f"{b.name}.weight"])
+            g, c["u"], params[f"{b.name}.weight"]
+        )
     return O.upsample_nearest2x_backward(g)
 
 
 # ----------------------------------------------------------------------------- network
-def _check_masks(masks: Mapping[str, Array] | None, config: UNetConfig, batch: int, train: bool) -> Mapping[str, Array] | None:
+def _check_masks(
+    masks: Mapping[str, Array] | None, config: UNetConfig, batch: int, train: bool
+) -> Mapping[str, Array] | None:
     if not train or config.dropout == 0.0:
         return None
     if masks is None:
-        fail("dropout_masks", None, f"train=True with dropout={config.dropout} needs explicit "
-             "masks; draw them with refdiff.unet.dropout_masks(config, batch, rng), or pass "
-             "train=False")
+        fail(
+            "dropout_masks",
+            None,
+            f"train=True with dropout={config.dropout} needs explicit "
+            "masks; draw them with refdiff.unet.dropout_masks(config, batch, rng), or pass "
+            "train=False",
+        )
     expected = dropout_shapes(config, batch)
     missing = [k for k in expected if k not in masks]
     if missing:
         fail("dropout_masks", sorted(masks)[:4], f"missing masks for {missing[:4]}")
     for k, s in expected.items():
         if tuple(masks[k].shape) != s:
-            raise RefdiffShapeError(f"dropout_masks[{k!r}] has shape {tuple(masks[k].shape)}; "
-                                    f"expected {s}")
+            raise RefdiffShapeError(
+                f"dropout_masks[{k!r}] has shape {tuple(masks[k].shape)}; expected {s}"
+            )
     return masks
 
 
-def unet_forward(params: Mapping[str, Array], config: UNetConfig, x: Array, t: Array, *, y: Array | None = None,
-                 dropout_masks: Mapping[str, Array] | None = None, train: bool = False,
-                 ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None = None) -> tuple[Array, dict[str, Any]]:
+def unet_forward(
+    params: Mapping[str, Array],
+    config: UNetConfig,
+    x: Array,
+    t: Array,
+    *,
+    y: Array | None = None,
+    dropout_masks: Mapping[str, Array] | None = None,
+    train: bool = False,
+    ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None = None,
+) -> tuple[Array, dict[str, Any]]:
     """The UNet ε_θ(x_t, t[, y]) and a cache for :func:`unet_backward` (Ho et al. 2020, App. B).
 
     Parameters
@@ -353,13 +491,30 @@ def unet_forward(params: Mapping[str, Array], config: UNetConfig, x: Array, t: A
     # output head
     a = O.group_norm_silu(h, p["norm_out.weight"], p["norm_out.bias"], groups=G)
     out = O.conv2d(a, p["conv_out.weight"], p["conv_out.bias"])
-    cache = dict(x=x, y=y, temb0=temb0, e1=e1, e1a=e1a, emb=emb, emb_act=emb_act, blocks=caches,
-                 h=h, a=a, ops=O)
+    cache = dict(
+        x=x,
+        y=y,
+        temb0=temb0,
+        e1=e1,
+        e1a=e1a,
+        emb=emb,
+        emb_act=emb_act,
+        blocks=caches,
+        h=h,
+        a=a,
+        ops=O,
+    )
     return out, cache
 
 
-def unet_vjp(params: Mapping[str, Array], config: UNetConfig, cache: Mapping[str, Any], grad_out: Array,
-             *, ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None = None) -> tuple[dict[str, Array], Array]:
+def unet_vjp(
+    params: Mapping[str, Array],
+    config: UNetConfig,
+    cache: Mapping[str, Any],
+    grad_out: Array,
+    *,
+    ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None = None,
+) -> tuple[dict[str, Array], Array]:
     """Gradients of a scalar loss with respect to the parameters and the input x, given ∂L/∂out.
 
     ``ops`` replaces layer operations as in :func:`unet_forward`; by default the backward uses
@@ -377,9 +532,11 @@ def unet_vjp(params: Mapping[str, Array], config: UNetConfig, cache: Mapping[str
     xp = array_namespace(grad_out, *params.values())
     grads: dict[str, Any] = {}
     g, grads["conv_out.weight"], grads["conv_out.bias"] = O.conv2d_backward(
-        grad_out, cache["a"], p["conv_out.weight"])
+        grad_out, cache["a"], p["conv_out.weight"]
+    )
     g, grads["norm_out.weight"], grads["norm_out.bias"] = O.group_norm_silu_backward(
-        g, cache["h"], p["norm_out.weight"], p["norm_out.bias"], groups=G)
+        g, cache["h"], p["norm_out.weight"], p["norm_out.bias"], groups=G
+    )
     g_emb_act = xp.zeros_like(cache["emb_act"])
     g_kept: list[Array] = []
     plan = layout(cfg)
@@ -402,20 +559,29 @@ def unet_vjp(params: Mapping[str, Array], config: UNetConfig, cache: Mapping[str
     g = g + g_kept.pop()
     assert not g_kept
     gx, grads["conv_in.weight"], grads["conv_in.bias"] = O.conv2d_backward(
-        g, cache["x"], p["conv_in.weight"])
+        g, cache["x"], p["conv_in.weight"]
+    )
     g_emb = O.silu_backward(g_emb_act, cache["emb"])
     if cfg.num_classes is not None:
         grads["label_embed.weight"] = L.embedding_backward(g_emb, cache["y"], cfg.num_classes + 1)
     g, grads["time_embed.1.weight"], grads["time_embed.1.bias"] = O.linear_backward(
-        g_emb, cache["e1a"], p["time_embed.1.weight"])
+        g_emb, cache["e1a"], p["time_embed.1.weight"]
+    )
     g = O.silu_backward(g, cache["e1"])
     _, grads["time_embed.0.weight"], grads["time_embed.0.bias"] = O.linear_backward(
-        g, cache["temb0"], p["time_embed.0.weight"])
+        g, cache["temb0"], p["time_embed.0.weight"]
+    )
     return {k: grads[k] for k in params}, gx
 
 
-def unet_backward(params: Mapping[str, Array], config: UNetConfig, cache: Mapping[str, Any],
-                  grad_out: Array, *, ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None = None) -> dict[str, Array]:
+def unet_backward(
+    params: Mapping[str, Array],
+    config: UNetConfig,
+    cache: Mapping[str, Any],
+    grad_out: Array,
+    *,
+    ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None = None,
+) -> dict[str, Array]:
     """Hand-written backward of :func:`unet_forward`: ∂L/∂θ for every parameter, given ∂L/∂out.
 
     Parameters
@@ -437,29 +603,55 @@ def unet_backward(params: Mapping[str, Array], config: UNetConfig, cache: Mappin
     return unet_vjp(params, config, cache, grad_out, ops=ops)[0]
 
 
-def unet_apply(params: Mapping[str, Array], config: UNetConfig, x: Array, t: Array, *, y: Array | None = None,
-               ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None = None) -> Array:
+def unet_apply(
+    params: Mapping[str, Array],
+    config: UNetConfig,
+    x: Array,
+    t: Array,
+    *,
+    y: Array | None = None,
+    ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None = None,
+) -> Array:
     """Inference forward (no dropout); the model function ε_θ(x_t, t[, y]) for samplers."""
     return unet_forward(params, config, x, t, y=y, train=False, ops=ops)[0]
 
 
-def loss_and_grad(params: Mapping[str, Array], config: UNetConfig, x_t: Array, t: Array, eps: Array, *, y: Array | None = None,
-                  dropout_masks: Mapping[str, Array] | None = None, train: bool = False,
-                  ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None = None) -> tuple[Array, dict[str, Array]]:
+def loss_and_grad(
+    params: Mapping[str, Array],
+    config: UNetConfig,
+    x_t: Array,
+    t: Array,
+    eps: Array,
+    *,
+    y: Array | None = None,
+    dropout_masks: Mapping[str, Array] | None = None,
+    train: bool = False,
+    ops: Mapping[str, Callable[..., Any]] | SimpleNamespace | None = None,
+) -> tuple[Array, dict[str, Array]]:
     """L_simple = mean‖ε − ε_θ(x_t, t)‖² and its parameter gradients (Ho et al. 2020, Eq. 14).
 
     With a learned variance only the first half of the output channels (the ε prediction)
     enters the loss. ``ops`` replaces layer operations in the forward and the backward (see
     :func:`unet_forward`). Returns ``(loss, grads)`` with loss a 0-d array.
     """
-    out, cache = unet_forward(params, config, x_t, t, y=y, dropout_masks=dropout_masks,
-                              train=train, ops=ops)
+    out, cache = unet_forward(
+        params, config, x_t, t, y=y, dropout_masks=dropout_masks, train=train, ops=ops
+    )
     xp = array_namespace(out)
     c = eps.shape[1] if eps.ndim == 4 else -1
-    if tuple(eps.shape) != (out.shape[0], out.shape[1] // (2 if config.learn_sigma else 1),
-                            out.shape[2], out.shape[3]):
-        shape_fail("eps", eps.shape, f"expected the shape of x_t {tuple(x_t.shape)} with "
-             f"{out.shape[1] // (2 if config.learn_sigma else 1)} channels", RefdiffShapeError)
+    if tuple(eps.shape) != (
+        out.shape[0],
+        out.shape[1] // (2 if config.learn_sigma else 1),
+        out.shape[2],
+        out.shape[3],
+    ):
+        shape_fail(
+            "eps",
+            eps.shape,
+            f"expected the shape of x_t {tuple(x_t.shape)} with "
+            f"{out.shape[1] // (2 if config.learn_sigma else 1)} channels",
+            RefdiffShapeError,
+        )
     diff = out[:, :c, ...] - eps
     loss = xp.mean(diff * diff)
     g = diff * (2.0 / math.prod(diff.shape))

@@ -15,8 +15,14 @@ from .._errors import RefdiffValueError, check_int, check_real, fail
 from .._typing import Array
 from .._xp import array_namespace
 
-__all__ = ["init_adam_state", "adam_step", "adamw_step", "ema_update", "clip_grad_norm",
-           "warmup_lr"]
+__all__ = [
+    "init_adam_state",
+    "adam_step",
+    "adamw_step",
+    "ema_update",
+    "clip_grad_norm",
+    "warmup_lr",
+]
 
 
 def init_adam_state(params: Mapping[str, Array]) -> dict[str, Any]:
@@ -32,11 +38,22 @@ def _check_same_keys(params: Mapping[str, Array], grads: Mapping[str, Array]) ->
     if list(params) != list(grads) and set(params) != set(grads):
         missing = [k for k in params if k not in grads]
         extra = [k for k in grads if k not in params]
-        raise RefdiffValueError(f"grads do not match params: missing {missing[:5]}, unexpected "
-                                f"{extra[:5]}")
+        raise RefdiffValueError(
+            f"grads do not match params: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
 
 
-def _adam(params: Mapping[str, Array], grads: Mapping[str, Array], state: Mapping[str, Any] | None, *, lr: float, betas: Sequence[float], eps: float, weight_decay: float, decoupled: bool) -> tuple[dict[str, Array], dict[str, Any]]:
+def _adam(
+    params: Mapping[str, Array],
+    grads: Mapping[str, Array],
+    state: Mapping[str, Any] | None,
+    *,
+    lr: float,
+    betas: Sequence[float],
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+) -> tuple[dict[str, Array], dict[str, Any]]:
     lr = check_real("lr", lr, lo=0.0)
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
         fail("betas", betas, "expected a pair (beta1, beta2)")
@@ -48,8 +65,8 @@ def _adam(params: Mapping[str, Array], grads: Mapping[str, Array], state: Mappin
     if state is None:
         state = init_adam_state(params)
     step = check_int("state['step']", state["step"], minimum=0) + 1
-    bc1 = 1.0 - b1 ** step
-    bc2_sqrt = math.sqrt(1.0 - b2 ** step)
+    bc1 = 1.0 - b1**step
+    bc2_sqrt = math.sqrt(1.0 - b2**step)
     step_size = lr / bc1
     new_p, new_m, new_v = {}, {}, {}
     for k, p in params.items():
@@ -67,8 +84,16 @@ def _adam(params: Mapping[str, Array], grads: Mapping[str, Array], state: Mappin
     return new_p, {"step": step, "m": new_m, "v": new_v}
 
 
-def adam_step(params: Mapping[str, Array], grads: Mapping[str, Array], state: Mapping[str, Any] | None,
-              *, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> tuple[dict[str, Array], dict[str, Any]]:
+def adam_step(
+    params: Mapping[str, Array],
+    grads: Mapping[str, Array],
+    state: Mapping[str, Any] | None,
+    *,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> tuple[dict[str, Array], dict[str, Any]]:
     """One Adam update with bias correction (Kingma & Ba 2015, Alg. 1); weight decay as an L2 term in g.
 
     Parameters
@@ -85,18 +110,37 @@ def adam_step(params: Mapping[str, Array], grads: Mapping[str, Array], state: Ma
     -------
     (params, state) : new dicts.
     """
-    return _adam(params, grads, state, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                 decoupled=False)
+    return _adam(
+        params,
+        grads,
+        state,
+        lr=lr,
+        betas=betas,
+        eps=eps,
+        weight_decay=weight_decay,
+        decoupled=False,
+    )
 
 
-def adamw_step(params: Mapping[str, Array], grads: Mapping[str, Array], state: Mapping[str, Any] | None,
-               *, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> tuple[dict[str, Array], dict[str, Any]]:
+def adamw_step(
+    params: Mapping[str, Array],
+    grads: Mapping[str, Array],
+    state: Mapping[str, Any] | None,
+    *,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> tuple[dict[str, Array], dict[str, Any]]:
     """One AdamW update: θ ← θ(1 − lr·λ), then Adam without L2 (Loshchilov & Hutter 2019, Alg. 2)."""
-    return _adam(params, grads, state, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                 decoupled=True)
+    return _adam(
+        params, grads, state, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=True
+    )
 
 
-def ema_update(ema: Mapping[str, Array], params: Mapping[str, Array], decay: float) -> dict[str, Array]:
+def ema_update(
+    ema: Mapping[str, Array], params: Mapping[str, Array], decay: float
+) -> dict[str, Array]:
     """Exponential moving average θ̄ ← decay·θ̄ + (1 − decay)·θ (Ho et al. 2020, App. B: decay 0.9999)."""
     decay = check_real("decay", decay, lo=0.0, hi=1.0)
     _check_same_keys(ema, params)

@@ -18,23 +18,30 @@ from .._errors import check_int, fail
 from .._typing import Array, Device, DType, Namespace
 from .config import UNetConfig
 
-__all__ = ["Block", "layout", "param_shapes", "count_params", "init_params", "random_params",
-           "ZERO_INIT"]
+__all__ = [
+    "Block",
+    "layout",
+    "param_shapes",
+    "count_params",
+    "init_params",
+    "random_params",
+    "ZERO_INIT",
+]
 
 
 class Block(NamedTuple):
     """One step of the network's execution plan."""
 
-    kind: str            # "res", "attn", "downsample", "upsample"
-    name: str            # parameter prefix, e.g. "down.1.res.0"
-    cin: int             # channels in (after any skip concatenation)
-    cout: int            # channels out
-    res: int             # spatial side length of the block's input
-    heads: int = 0       # attention heads (attn)
-    updown: str = ""     # "down" / "up" for BigGAN resampling res blocks, else ""
-    conv: bool = True    # down/upsample with a conv (False: avg-pool / plain nearest)
-    pop: int = 0         # channels of the skip activation concatenated before the block (up path)
-    push: bool = False   # whether the block's output is stored as a skip activation (down path)
+    kind: str  # "res", "attn", "downsample", "upsample"
+    name: str  # parameter prefix, e.g. "down.1.res.0"
+    cin: int  # channels in (after any skip concatenation)
+    cout: int  # channels out
+    res: int  # spatial side length of the block's input
+    heads: int = 0  # attention heads (attn)
+    updown: str = ""  # "down" / "up" for BigGAN resampling res blocks, else ""
+    conv: bool = True  # down/upsample with a conv (False: avg-pool / plain nearest)
+    pop: int = 0  # channels of the skip activation concatenated before the block (up path)
+    push: bool = False  # whether the block's output is stored as a skip activation (down path)
 
 
 def layout(config: UNetConfig) -> list[Block]:
@@ -42,7 +49,7 @@ def layout(config: UNetConfig) -> list[Block]:
     cfg = config
     mc, res = cfg.model_channels, cfg.image_size
     blocks: list[Block] = []
-    skips = [mc]                     # conv_in's output is the first skip activation
+    skips = [mc]  # conv_in's output is the first skip activation
     ch = mc
     last = len(cfg.channel_mult) - 1
     for level, mult in enumerate(cfg.channel_mult):
@@ -51,16 +58,37 @@ def layout(config: UNetConfig) -> list[Block]:
             blocks.append(Block("res", f"down.{level}.res.{i}", ch, mc * mult, res, push=not attn))
             ch = mc * mult
             if attn:
-                blocks.append(Block("attn", f"down.{level}.attn.{i}", ch, ch, res,
-                                    heads=cfg.heads_for(ch), push=True))
+                blocks.append(
+                    Block(
+                        "attn",
+                        f"down.{level}.attn.{i}",
+                        ch,
+                        ch,
+                        res,
+                        heads=cfg.heads_for(ch),
+                        push=True,
+                    )
+                )
             skips.append(ch)
         if level != last:
             if cfg.resblock_updown:
-                blocks.append(Block("res", f"down.{level}.downsample.res", ch, ch, res,
-                                    updown="down", push=True))
+                blocks.append(
+                    Block(
+                        "res", f"down.{level}.downsample.res", ch, ch, res, updown="down", push=True
+                    )
+                )
             else:
-                blocks.append(Block("downsample", f"down.{level}.downsample.op", ch, ch, res,
-                                    conv=cfg.conv_resample, push=True))
+                blocks.append(
+                    Block(
+                        "downsample",
+                        f"down.{level}.downsample.op",
+                        ch,
+                        ch,
+                        res,
+                        conv=cfg.conv_resample,
+                        push=True,
+                    )
+                )
             skips.append(ch)
             res //= 2
     blocks.append(Block("res", "mid.res.0", ch, ch, res))
@@ -73,14 +101,18 @@ def layout(config: UNetConfig) -> list[Block]:
             blocks.append(Block("res", f"up.{level}.res.{i}", ch + skip, mc * mult, res, pop=skip))
             ch = mc * mult
             if res in cfg.attention_resolutions:
-                blocks.append(Block("attn", f"up.{level}.attn.{i}", ch, ch, res,
-                                    heads=cfg.heads_for(ch)))
+                blocks.append(
+                    Block("attn", f"up.{level}.attn.{i}", ch, ch, res, heads=cfg.heads_for(ch))
+                )
         if level != 0:
             if cfg.resblock_updown:
                 blocks.append(Block("res", f"up.{level}.upsample.res", ch, ch, res, updown="up"))
             else:
-                blocks.append(Block("upsample", f"up.{level}.upsample.op", ch, ch, res,
-                                    conv=cfg.conv_resample))
+                blocks.append(
+                    Block(
+                        "upsample", f"up.{level}.upsample.op", ch, ch, res, conv=cfg.conv_resample
+                    )
+                )
             res *= 2
     assert not skips
     return blocks
@@ -90,11 +122,18 @@ def layout(config: UNetConfig) -> list[Block]:
 def _res_params(cfg: UNetConfig, b: Block) -> list[tuple[str, tuple[int, ...], str]]:
     e = cfg.time_embed_dim
     tout = 2 * b.cout if cfg.use_scale_shift_norm else b.cout
-    p = [("norm1.weight", (b.cin,), "one"), ("norm1.bias", (b.cin,), "zero"),
-         ("conv1.weight", (b.cout, b.cin, 3, 3), "conv"), ("conv1.bias", (b.cout,), "zero"),
-         ("temb.weight", (tout, e), "linear"), ("temb.bias", (tout,), "zero"),
-         ("norm2.weight", (b.cout,), "one"), ("norm2.bias", (b.cout,), "zero"),
-         ("conv2.weight", (b.cout, b.cout, 3, 3), "zeroconv"), ("conv2.bias", (b.cout,), "zero")]
+    p = [
+        ("norm1.weight", (b.cin,), "one"),
+        ("norm1.bias", (b.cin,), "zero"),
+        ("conv1.weight", (b.cout, b.cin, 3, 3), "conv"),
+        ("conv1.bias", (b.cout,), "zero"),
+        ("temb.weight", (tout, e), "linear"),
+        ("temb.bias", (tout,), "zero"),
+        ("norm2.weight", (b.cout,), "one"),
+        ("norm2.bias", (b.cout,), "zero"),
+        ("conv2.weight", (b.cout, b.cout, 3, 3), "zeroconv"),
+        ("conv2.bias", (b.cout,), "zero"),
+    ]
     if b.cin != b.cout:
         p += [("skip.weight", (b.cout, b.cin, 1, 1), "conv"), ("skip.bias", (b.cout,), "zero")]
     return p
@@ -102,19 +141,31 @@ def _res_params(cfg: UNetConfig, b: Block) -> list[tuple[str, tuple[int, ...], s
 
 def _attn_params(b: Block) -> list[tuple[str, tuple[int, ...], str]]:
     c = b.cin
-    return [("norm.weight", (c,), "one"), ("norm.bias", (c,), "zero"),
-            ("qkv.weight", (3 * c, c), "qkv"), ("qkv.bias", (3 * c,), "zero"),
-            ("proj.weight", (c, c), "zerolinear"), ("proj.bias", (c,), "zero")]
+    return [
+        ("norm.weight", (c,), "one"),
+        ("norm.bias", (c,), "zero"),
+        ("qkv.weight", (3 * c, c), "qkv"),
+        ("qkv.bias", (3 * c,), "zero"),
+        ("proj.weight", (c, c), "zerolinear"),
+        ("proj.bias", (c,), "zero"),
+    ]
 
 
 def _specs(config: UNetConfig) -> list[tuple[str, tuple[int, ...], str]]:
     cfg = config
     mc, e = cfg.model_channels, cfg.time_embed_dim
-    out = [("time_embed.0.weight", (e, mc), "linear"), ("time_embed.0.bias", (e,), "zero"),
-           ("time_embed.1.weight", (e, e), "linear"), ("time_embed.1.bias", (e,), "zero")]
+    out = [
+        ("time_embed.0.weight", (e, mc), "linear"),
+        ("time_embed.0.bias", (e,), "zero"),
+        ("time_embed.1.weight", (e, e), "linear"),
+        ("time_embed.1.bias", (e,), "zero"),
+    ]
     if cfg.num_classes is not None:
         out.append(("label_embed.weight", (cfg.num_classes + 1, e), "embed"))
-    out += [("conv_in.weight", (mc, cfg.in_channels, 3, 3), "conv"), ("conv_in.bias", (mc,), "zero")]
+    out += [
+        ("conv_in.weight", (mc, cfg.in_channels, 3, 3), "conv"),
+        ("conv_in.bias", (mc,), "zero"),
+    ]
     for b in layout(cfg):
         if b.kind == "res":
             items = _res_params(cfg, b)
@@ -125,9 +176,12 @@ def _specs(config: UNetConfig) -> list[tuple[str, tuple[int, ...], str]]:
         else:
             items = []
         out += [(f"{b.name}.{k}", s, kind) for k, s, kind in items]
-    out += [("norm_out.weight", (mc,), "one"), ("norm_out.bias", (mc,), "zero"),
-            ("conv_out.weight", (cfg.output_channels, mc, 3, 3), "zeroconv"),
-            ("conv_out.bias", (cfg.output_channels,), "zero")]
+    out += [
+        ("norm_out.weight", (mc,), "one"),
+        ("norm_out.bias", (mc,), "zero"),
+        ("conv_out.weight", (cfg.output_channels, mc, 3, 3), "zeroconv"),
+        ("conv_out.bias", (cfg.output_channels,), "zero"),
+    ]
     return out
 
 
@@ -165,7 +219,9 @@ def _fan(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[1] * receptive, shape[0] * receptive
 
 
-def _draw(rng: np.random.Generator, shape: tuple[int, ...], kind: str, *, zero_init: bool) -> np.ndarray:
+def _draw(
+    rng: np.random.Generator, shape: tuple[int, ...], kind: str, *, zero_init: bool
+) -> np.ndarray:
     if kind == "zero":
         return np.zeros(shape)
     if kind == "one":
@@ -175,13 +231,15 @@ def _draw(rng: np.random.Generator, shape: tuple[int, ...], kind: str, *, zero_i
     if kind in ("zeroconv", "zerolinear") and zero_init:
         return np.zeros(shape)
     fan_in, fan_out = _fan(shape)
-    if kind == "qkv":            # three C×C maps stacked: fan of one of them
+    if kind == "qkv":  # three C×C maps stacked: fan of one of them
         fan_out = fan_in
-    limit = math.sqrt(3.0 / ((fan_in + fan_out) / 2.0))   # variance scaling, fan_avg, uniform
+    limit = math.sqrt(3.0 / ((fan_in + fan_out) / 2.0))  # variance scaling, fan_avg, uniform
     return rng.uniform(-limit, limit, size=shape)
 
 
-def _move(arrays: dict[str, np.ndarray], xp: Namespace | None, dtype: DType | None, device: Device | None) -> dict[str, Array]:
+def _move(
+    arrays: dict[str, np.ndarray], xp: Namespace | None, dtype: DType | None, device: Device | None
+) -> dict[str, Array]:
     if xp is None:
         if dtype is None:
             return arrays
@@ -191,8 +249,15 @@ def _move(arrays: dict[str, np.ndarray], xp: Namespace | None, dtype: DType | No
     return {k: xp.asarray(v, dtype=dtype, **kw) for k, v in arrays.items()}
 
 
-def init_params(config: UNetConfig, seed: int = 0, *, xp: Namespace | None = None, dtype: DType | None = None, device: Device | None = None,
-                zero_init: bool = True) -> dict[str, Array]:
+def init_params(
+    config: UNetConfig,
+    seed: int = 0,
+    *,
+    xp: Namespace | None = None,
+    dtype: DType | None = None,
+    device: Device | None = None,
+    zero_init: bool = True,
+) -> dict[str, Array]:
     """Deterministic initial parameters (Ho et al. 2020's ``default_init``: variance scaling, fan_avg, uniform).
 
     Weights are uniform in ±√(3/fan_avg); biases 0; GroupNorm scales 1; the label embedding N(0, 1);
@@ -219,13 +284,21 @@ def init_params(config: UNetConfig, seed: int = 0, *, xp: Namespace | None = Non
     _check_config(config)
     seed = check_int("seed", seed, minimum=0)
     rng = np.random.default_rng(seed)
-    arrays = {name: _draw(rng, shape, kind, zero_init=zero_init)
-              for name, shape, kind in _specs(config)}
+    arrays = {
+        name: _draw(rng, shape, kind, zero_init=zero_init) for name, shape, kind in _specs(config)
+    }
     return _move(arrays, xp, dtype, device)
 
 
-def random_params(config: UNetConfig, seed: int = 0, *, xp: Namespace | None = None, dtype: DType | None = None, device: Device | None = None,
-                  spread: float = 0.2) -> dict[str, Array]:
+def random_params(
+    config: UNetConfig,
+    seed: int = 0,
+    *,
+    xp: Namespace | None = None,
+    dtype: DType | None = None,
+    device: Device | None = None,
+    spread: float = 0.2,
+) -> dict[str, Array]:
     """Parameters with every entry random (no zeros, no ones): for gradient and backend checks.
 
     Weights as :func:`init_params` with ``zero_init=False``; biases, GroupNorm shifts and the

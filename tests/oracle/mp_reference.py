@@ -77,7 +77,9 @@ def tables(ab, betas=None):
         "posterior_log_variance_clipped": clipped,
         "posterior_log_variance_clamped": clamped,
         "posterior_mean_coef1": [b * mp.sqrt(p) / (1 - a) for b, p, a in zip(betas, prev, ab)],
-        "posterior_mean_coef2": [(1 - p) * mp.sqrt(1 - b) / (1 - a) for b, p, a in zip(betas, prev, ab)],
+        "posterior_mean_coef2": [
+            (1 - p) * mp.sqrt(1 - b) / (1 - a) for b, p, a in zip(betas, prev, ab)
+        ],
         "log_snr": log_snr,
         "lambdas": [x / 2 for x in log_snr],
     }

@@ -13,11 +13,26 @@ import pytest
 import scipy.stats
 
 from refdiff import schedules
-from refdiff.edm import (EDMDenoiser, alpha_bar_from_sigma, c_in, c_noise, c_out, c_skip,
-                         denoiser_from_raw, edm_loss_weight, edm_sigma_from_normal,
-                         exponential_sigmas, karras_sigmas, preconditioning, scale_model_input,
-                         sigma_from_alpha_bar, sigma_from_log_alpha_bar, vp_sigma, vp_sigma_inv,
-                         vp_sigmas)
+from refdiff.edm import (
+    EDMDenoiser,
+    alpha_bar_from_sigma,
+    c_in,
+    c_noise,
+    c_out,
+    c_skip,
+    denoiser_from_raw,
+    edm_loss_weight,
+    edm_sigma_from_normal,
+    exponential_sigmas,
+    karras_sigmas,
+    preconditioning,
+    scale_model_input,
+    sigma_from_alpha_bar,
+    sigma_from_log_alpha_bar,
+    vp_sigma,
+    vp_sigma_inv,
+    vp_sigmas,
+)
 
 from .ulp import ulp_error
 
@@ -38,8 +53,11 @@ def worst_ulp(values, exact):
 # σ schedules
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("n,smin,smax,rho", [(50, 0.002, 80.0, 7.0), (18, 0.01, 50.0, 3.0),
-                                             (2, 0.1, 10.0, 7.0), (7, 0.002, 80.0, 1.0)])
+
+@pytest.mark.parametrize(
+    "n,smin,smax,rho",
+    [(50, 0.002, 80.0, 7.0), (18, 0.01, 50.0, 3.0), (2, 0.1, 10.0, 7.0), (7, 0.002, 80.0, 1.0)],
+)
 @mp.workdps(DPS)
 def test_karras_sigmas_vs_mpmath(n, smin, smax, rho):
     s = karras_sigmas(n, smin, smax, rho)
@@ -53,8 +71,9 @@ def test_karras_sigmas_vs_mpmath(n, smin, smax, rho):
 
 
 def test_karras_sigmas_rho_one_is_uniform_and_n_one_is_sigma_max():
-    np.testing.assert_allclose(karras_sigmas(5, 1.0, 5.0, 1.0, append_zero=False),
-                               [5.0, 4.0, 3.0, 2.0, 1.0], rtol=EPS)
+    np.testing.assert_allclose(
+        karras_sigmas(5, 1.0, 5.0, 1.0, append_zero=False), [5.0, 4.0, 3.0, 2.0, 1.0], rtol=EPS
+    )
     np.testing.assert_array_equal(karras_sigmas(1, 0.002, 80.0), [80.0, 0.0])
 
 
@@ -67,7 +86,9 @@ def test_exponential_sigmas_vs_mpmath():
     assert worst_ulp(s[:n], exact) <= 1
     assert s[0] == smax and s[n - 1] == smin and s[-1] == 0.0
     # log-uniform: constant ratio between neighbours
-    np.testing.assert_allclose(s[1:n] / s[:n - 1], float(mp.exp((lo - hi) / (n - 1))), rtol=4 * EPS)
+    np.testing.assert_allclose(
+        s[1:n] / s[: n - 1], float(mp.exp((lo - hi) / (n - 1))), rtol=4 * EPS
+    )
 
 
 @mp.workdps(DPS)
@@ -110,6 +131,7 @@ def test_sigma_builders_move_to_another_namespace():
 # Preconditioning
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("sd", [0.5, 1.0, 0.2])
 @mp.workdps(DPS)
 def test_edm_preconditioning_identities(sd):
@@ -123,27 +145,35 @@ def test_edm_preconditioning_identities(sd):
     for s, a, b, c, d in zip(SIGMAS, cs, co, ci, cn):
         s, a, b, c, d, sdm = mpf(s), mpf(a), mpf(b), mpf(c), mpf(d), mpf(sd)
         assert abs(c * c * (s * s + sdm * sdm) - 1) <= 4 * EPS
-        assert abs(((1 - a) ** 2 * sdm ** 2 + a * a * s * s) / (b * b) - 1) <= 8 * EPS
-        assert abs(-2 * (1 - a) * sdm ** 2 + 2 * a * s * s) <= 4 * EPS * (sdm ** 2 + s * s)
+        assert abs(((1 - a) ** 2 * sdm**2 + a * a * s * s) / (b * b) - 1) <= 8 * EPS
+        assert abs(-2 * (1 - a) * sdm**2 + 2 * a * s * s) <= 4 * EPS * (sdm**2 + s * s)
         assert abs(d - mp.log(s) / 4) <= 2 * EPS * abs(mp.log(s) / 4)
-    np.testing.assert_allclose(edm_loss_weight(SIGMAS, sd), 1.0 / co ** 2, rtol=4 * EPS)
+    np.testing.assert_allclose(edm_loss_weight(SIGMAS, sd), 1.0 / co**2, rtol=4 * EPS)
 
 
 @mp.workdps(DPS)
 def test_edm_preconditioning_vs_mpmath_table1():
     sd = mpf(0.5)
     exact = {
-        "c_skip": lambda s: sd ** 2 / (s * s + sd ** 2),
-        "c_out": lambda s: s * sd / mp.sqrt(s * s + sd ** 2),
-        "c_in": lambda s: 1 / mp.sqrt(s * s + sd ** 2),
+        "c_skip": lambda s: sd**2 / (s * s + sd**2),
+        "c_out": lambda s: s * sd / mp.sqrt(s * s + sd**2),
+        "c_in": lambda s: 1 / mp.sqrt(s * s + sd**2),
         "c_noise": lambda s: mp.log(s) / 4,
     }
-    got = {"c_skip": c_skip(SIGMAS), "c_out": c_out(SIGMAS), "c_in": c_in(SIGMAS),
-           "c_noise": c_noise(SIGMAS)}
+    got = {
+        "c_skip": c_skip(SIGMAS),
+        "c_out": c_out(SIGMAS),
+        "c_in": c_in(SIGMAS),
+        "c_noise": c_noise(SIGMAS),
+    }
     for k, fn in exact.items():
         assert worst_ulp(got[k], [fn(mpf(s)) for s in SIGMAS]) <= 3, k
-    assert worst_ulp(edm_loss_weight(SIGMAS), [(mpf(s) ** 2 + sd ** 2) / (mpf(s) * sd) ** 2
-                                               for s in SIGMAS]) <= 4
+    assert (
+        worst_ulp(
+            edm_loss_weight(SIGMAS), [(mpf(s) ** 2 + sd**2) / (mpf(s) * sd) ** 2 for s in SIGMAS]
+        )
+        <= 4
+    )
 
 
 @mp.workdps(DPS)
@@ -168,14 +198,16 @@ def test_vp_and_ve_columns_of_table1():
 # The preconditioned denoiser with an exact raw network
 # --------------------------------------------------------------------------------------------
 
+
 def test_edm_denoiser_with_zero_raw_network_is_the_exact_posterior_mean():
     """For data N(0, σ_d²): E[y | y + σ n = x] = σ_d²/(σ²+σ_d²) x = c_skip x, so F ≡ 0 is ideal."""
     sd = 0.5
     D = denoiser_from_raw(lambda x_in, cn: x_in * 0.0, sigma_data=sd)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((len(SIGMAS), 4))
-    np.testing.assert_allclose(D(x, SIGMAS), sd ** 2 / (SIGMAS[:, None] ** 2 + sd ** 2) * x,
-                               rtol=4 * EPS)
+    np.testing.assert_allclose(
+        D(x, SIGMAS), sd**2 / (SIGMAS[:, None] ** 2 + sd**2) * x, rtol=4 * EPS
+    )
 
 
 def _sigma_from_c_noise(kind, cn):
@@ -193,10 +225,13 @@ def _sigma_from_c_noise(kind, cn):
 def test_denoiser_from_raw_recovers_the_gaussian_posterior_mean(kind):
     """Data N(0, s²) with s ≠ σ_data: the ideal raw network is F = (E[y|x] - c_skip x)/c_out,
     written here from Table 1 by hand; D must then be s²/(σ²+s²) x (to float64 rounding)."""
-    s2, sd = 1.3 ** 2, 0.5
+    s2, sd = 1.3**2, 0.5
     tab = {  # Table 1 columns as (c_skip, c_out, c_in) of σ, written independently
-        "edm": lambda g: (sd ** 2 / (g * g + sd ** 2), g * sd / np.sqrt(g * g + sd ** 2),
-                          1 / np.sqrt(g * g + sd ** 2)),
+        "edm": lambda g: (
+            sd**2 / (g * g + sd**2),
+            g * sd / np.sqrt(g * g + sd**2),
+            1 / np.sqrt(g * g + sd**2),
+        ),
         "vp": lambda g: (np.ones_like(g), -g, 1 / np.sqrt(g * g + 1)),
         "ve": lambda g: (np.ones_like(g), g, np.ones_like(g)),
     }[kind]
@@ -224,13 +259,15 @@ def test_edm_sigma_from_normal_is_the_lognormal():
     q = np.array([0.001, 0.1, 0.5, 0.9, 0.999])
     z = scipy.stats.norm.ppf(q)
     got = edm_sigma_from_normal(z, P_mean=-1.2, P_std=1.2)
-    np.testing.assert_allclose(got, scipy.stats.lognorm.ppf(q, s=1.2, scale=math.exp(-1.2)),
-                               rtol=1e-13)
+    np.testing.assert_allclose(
+        got, scipy.stats.lognorm.ppf(q, s=1.2, scale=math.exp(-1.2)), rtol=1e-13
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # σ ↔ ᾱ conversions
 # --------------------------------------------------------------------------------------------
+
 
 @mp.workdps(DPS)
 def test_sigma_alpha_bar_conversions_vs_mpmath():
@@ -263,7 +300,7 @@ def test_scale_model_input_is_sqrt_alpha_bar_times_x():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((len(SIGMAS), 2, 2))
     got = scale_model_input(x, SIGMAS)
-    ab = 1 / (1 + SIGMAS ** 2)
+    ab = 1 / (1 + SIGMAS**2)
     np.testing.assert_allclose(got, np.sqrt(ab)[:, None, None] * x, rtol=4 * EPS)
     np.testing.assert_array_equal(scale_model_input(x[:1], np.array([math.inf])), 0.0 * x[:1])
 
@@ -271,6 +308,7 @@ def test_scale_model_input_is_sqrt_alpha_bar_times_x():
 # --------------------------------------------------------------------------------------------
 # Array API
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("namespace", ["numpy", "array_api_strict"])
 def test_same_results_on_array_api_strict(namespace):
@@ -282,13 +320,24 @@ def test_same_results_on_array_api_strict(namespace):
     def run(conv):
         D = denoiser_from_raw(lambda y, cn: y * 0.1 + 0.0 * cn[:, None])
         Dvp = denoiser_from_raw(lambda y, cn: y * 0.1 + 0.0 * cn[:, None], kind="vp")
-        out = [c_skip(conv(SIGMAS)), c_out(conv(SIGMAS)), c_in(conv(SIGMAS)), c_noise(conv(SIGMAS)),
-               *preconditioning(conv(SIGMAS), "vp"), *preconditioning(conv(SIGMAS), "ve"),
-               D(conv(x), conv(SIGMAS)), Dvp(conv(x), conv(SIGMAS)),
-               edm_loss_weight(conv(SIGMAS)), edm_sigma_from_normal(conv(la)),
-               sigma_from_alpha_bar(conv(ab)), sigma_from_log_alpha_bar(conv(la)),
-               alpha_bar_from_sigma(conv(SIGMAS)), scale_model_input(conv(x), conv(SIGMAS)),
-               vp_sigma(conv(np.linspace(0, 1, 5))), vp_sigma_inv(conv(SIGMAS))]
+        out = [
+            c_skip(conv(SIGMAS)),
+            c_out(conv(SIGMAS)),
+            c_in(conv(SIGMAS)),
+            c_noise(conv(SIGMAS)),
+            *preconditioning(conv(SIGMAS), "vp"),
+            *preconditioning(conv(SIGMAS), "ve"),
+            D(conv(x), conv(SIGMAS)),
+            Dvp(conv(x), conv(SIGMAS)),
+            edm_loss_weight(conv(SIGMAS)),
+            edm_sigma_from_normal(conv(la)),
+            sigma_from_alpha_bar(conv(ab)),
+            sigma_from_log_alpha_bar(conv(la)),
+            alpha_bar_from_sigma(conv(SIGMAS)),
+            scale_model_input(conv(x), conv(SIGMAS)),
+            vp_sigma(conv(np.linspace(0, 1, 5))),
+            vp_sigma_inv(conv(SIGMAS)),
+        ]
         return [np.asarray(o) for o in out]
 
     ref = run(lambda a: a)

@@ -12,8 +12,12 @@ from refdiff import diffusion as D
 from refdiff import parameterizations as P
 from refdiff import schedules as S
 
-SCHEDULES = {"linear": S.linear(1000), "cosine": S.cosine(1000),
-             "zero_snr": S.zero_terminal_snr(S.linear(1000)), "respaced": S.respace(S.cosine(1000), "ddim25")}
+SCHEDULES = {
+    "linear": S.linear(1000),
+    "cosine": S.cosine(1000),
+    "zero_snr": S.zero_terminal_snr(S.linear(1000)),
+    "respaced": S.respace(S.cosine(1000), "ddim25"),
+}
 
 
 def random_schedule(draw):
@@ -40,8 +44,15 @@ def problem(draw):
 def test_round_trips_eps_x0_v_score_mu(p):
     s, t, x0, eps = p
     x_t = D.q_sample(s, x0, t, noise=eps)
-    np.testing.assert_allclose(P.x0_from_eps(s, x_t, t, eps), x0, rtol=1e-9, atol=1e-9 / np.sqrt(s.alphas_cumprod[t].min()))
-    np.testing.assert_allclose(P.eps_from_x0(s, x_t, t, x0), eps, rtol=1e-9, atol=1e-9 / np.sqrt(1 - s.alphas_cumprod[t].max()))
+    np.testing.assert_allclose(
+        P.x0_from_eps(s, x_t, t, eps), x0, rtol=1e-9, atol=1e-9 / np.sqrt(s.alphas_cumprod[t].min())
+    )
+    np.testing.assert_allclose(
+        P.eps_from_x0(s, x_t, t, x0),
+        eps,
+        rtol=1e-9,
+        atol=1e-9 / np.sqrt(1 - s.alphas_cumprod[t].max()),
+    )
     v = P.v_from_x0_eps(s, x0, t, eps)
     np.testing.assert_allclose(P.x0_from_v(s, x_t, t, v), x0, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(P.eps_from_v(s, x_t, t, v), eps, rtol=1e-12, atol=1e-12)
@@ -58,7 +69,7 @@ def test_v_definition_is_rotation():
     t = np.arange(0, 100, 20)
     x_t = D.q_sample(s, x0, t, noise=eps)
     v = P.v_from_x0_eps(s, x0, t, eps)
-    np.testing.assert_allclose(x_t ** 2 + v ** 2, x0 ** 2 + eps ** 2, rtol=1e-13)
+    np.testing.assert_allclose(x_t**2 + v**2, x0**2 + eps**2, rtol=1e-13)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
@@ -71,9 +82,12 @@ def test_posterior_times_marginal_is_the_joint(name):
     mean, var, _ = D.q_posterior_mean_variance(s, x0, xt, ts)
     ab, ab_prev, beta = s.alphas_cumprod[ts], s.alphas_cumprod_prev[ts], s.betas[ts]
     ok = ab > 0
-    lhs = stats.norm.logpdf(xprev, mean, np.sqrt(var)) + stats.norm.logpdf(xt, np.sqrt(ab) * x0, np.sqrt(1 - ab))
-    rhs = stats.norm.logpdf(xt, np.sqrt(1 - beta) * xprev, np.sqrt(beta)) + \
-        stats.norm.logpdf(xprev, np.sqrt(ab_prev) * x0, np.sqrt(1 - ab_prev))
+    lhs = stats.norm.logpdf(xprev, mean, np.sqrt(var)) + stats.norm.logpdf(
+        xt, np.sqrt(ab) * x0, np.sqrt(1 - ab)
+    )
+    rhs = stats.norm.logpdf(xt, np.sqrt(1 - beta) * xprev, np.sqrt(beta)) + stats.norm.logpdf(
+        xprev, np.sqrt(ab_prev) * x0, np.sqrt(1 - ab_prev)
+    )
     np.testing.assert_allclose(lhs[ok], rhs[ok], rtol=1e-9, atol=1e-9)
 
 
@@ -85,8 +99,10 @@ def test_posterior_t0_conventions():
     _, _, lv_clamp = D.q_posterior_mean_variance(s, x, x, t, t0="clamped")
     assert var[0, 0] == 0.0
     assert lv_clip[0, 0] == np.log(s.posterior_variance[1])  # improved-diffusion's substitution
-    assert lv_clamp[0, 0] == np.log(1e-20)                   # diffusers' clamp
-    assert lv_clip[1, 0] == lv_clamp[1, 0] == pytest.approx(np.log(s.posterior_variance[5]), rel=1e-15)
+    assert lv_clamp[0, 0] == np.log(1e-20)  # diffusers' clamp
+    assert (
+        lv_clip[1, 0] == lv_clamp[1, 0] == pytest.approx(np.log(s.posterior_variance[5]), rel=1e-15)
+    )
 
 
 def test_peer_posterior_variance_constants():
@@ -95,8 +111,12 @@ def test_peer_posterior_variance_constants():
     assert s.posterior_variance[487] == pytest.approx(0.00979, abs=1e-5)
     assert s.posterior_variance[999] == pytest.approx(0.02, abs=1e-5)
     # DDIM η=1 variance between two kept steps = the respaced schedule's posterior variance.
-    for t, prev, want in [(420, 400, 0.147720), (980, 960, 0.324605), (487, 486, 0.0097916),
-                          (999, 998, 0.0199999835)]:
+    for t, prev, want in [
+        (420, 400, 0.147720),
+        (980, 960, 0.324605),
+        (487, 486, 0.0097916),
+        (999, 998, 0.0199999835),
+    ]:
         r = S.respace(s, [prev, t])
         assert r.posterior_variance[1] == pytest.approx(want, rel=2e-5)
 
@@ -104,10 +124,17 @@ def test_peer_posterior_variance_constants():
 MEANS = {
     "eps": lambda s, x0, xt, t, eps: eps,
     "x0": lambda s, x0, xt, t, eps: x0,
-    "v": lambda s, x0, xt, t, eps: np.sqrt(s.alphas_cumprod[t])[:, None] * eps - np.sqrt(1 - s.alphas_cumprod[t])[:, None] * x0,
+    "v": lambda s, x0, xt, t, eps: (
+        np.sqrt(s.alphas_cumprod[t])[:, None] * eps - np.sqrt(1 - s.alphas_cumprod[t])[:, None] * x0
+    ),
     "score": lambda s, x0, xt, t, eps: -eps / np.sqrt(1 - s.alphas_cumprod[t])[:, None],
-    "mean": lambda s, x0, xt, t, eps: (s.betas[t] * np.sqrt(s.alphas_cumprod_prev[t]) / (1 - s.alphas_cumprod[t]))[:, None] * x0
-    + ((1 - s.alphas_cumprod_prev[t]) * np.sqrt(s.alphas[t]) / (1 - s.alphas_cumprod[t]))[:, None] * xt,
+    "mean": lambda s, x0, xt, t, eps: (
+        (s.betas[t] * np.sqrt(s.alphas_cumprod_prev[t]) / (1 - s.alphas_cumprod[t]))[:, None] * x0
+        + ((1 - s.alphas_cumprod_prev[t]) * np.sqrt(s.alphas[t]) / (1 - s.alphas_cumprod[t]))[
+            :, None
+        ]
+        * xt
+    ),
 }
 
 
@@ -118,7 +145,9 @@ def test_p_mean_variance_with_the_true_output_gives_the_posterior(mean_type, var
     rng = np.random.default_rng(2)
     t = np.array([0, 1, 50, 199])
     x0, eps = rng.standard_normal((2, 4, 3))
-    xt = np.sqrt(s.alphas_cumprod[t])[:, None] * x0 + np.sqrt(1 - s.alphas_cumprod[t])[:, None] * eps
+    xt = (
+        np.sqrt(s.alphas_cumprod[t])[:, None] * x0 + np.sqrt(1 - s.alphas_cumprod[t])[:, None] * eps
+    )
     out = MEANS[mean_type](s, x0, xt, t, eps)
     var_ch = rng.uniform(-1, 1, out.shape)
     model_out = np.concatenate([out, var_ch], axis=1) if var_type.startswith("learned") else out
@@ -130,7 +159,8 @@ def test_p_mean_variance_with_the_true_output_gives_the_posterior(mean_type, var
     pv_clip = np.where(t == 0, s.posterior_variance[1], s.posterior_variance[t])[:, None]
     expected_log = {
         "fixed_small": np.log(pv_clip) + 0 * out,
-        "fixed_large": np.log(np.where(t == 0, s.posterior_variance[1], s.betas[t]))[:, None] + 0 * out,
+        "fixed_large": np.log(np.where(t == 0, s.posterior_variance[1], s.betas[t]))[:, None]
+        + 0 * out,
         "learned": var_ch,
         "learned_range": (var_ch + 1) / 2 * np.log(beta) + (1 - var_ch) / 2 * np.log(pv_clip),
     }[var_type]
@@ -142,12 +172,16 @@ def test_p_mean_variance_with_the_true_output_gives_the_posterior(mean_type, var
 def test_clip_and_dynamic_threshold():
     s = S.linear(100)
     xt = np.full((2, 4), 3.0)
-    p = D.p_mean_variance(s, np.full((2, 4), 5.0), xt, np.array([10, 10]), mean_type="x0", clip_x0=True)
+    p = D.p_mean_variance(
+        s, np.full((2, 4), 5.0), xt, np.array([10, 10]), mean_type="x0", clip_x0=True
+    )
     assert np.all(p.pred_x0 == 1.0)
     x = np.array([[0.5, -2.0, 4.0, 1.0]])
-    y = D.dynamic_threshold(x, ratio=1.0)          # s = max |x| = 4 → x/4
+    y = D.dynamic_threshold(x, ratio=1.0)  # s = max |x| = 4 → x/4
     np.testing.assert_allclose(y, x / 4.0)
     y = D.dynamic_threshold(np.array([[0.5, -0.2]]), ratio=0.9)  # s < 1 → floored at 1, unchanged
     np.testing.assert_array_equal(y, [[0.5, -0.2]])
     q = np.quantile(np.abs(x), 0.6)
-    np.testing.assert_allclose(D.dynamic_threshold(x, ratio=0.6, max_value=10), np.clip(x, -q, q) / q)
+    np.testing.assert_allclose(
+        D.dynamic_threshold(x, ratio=0.6, max_value=10), np.clip(x, -q, q) / q
+    )

@@ -25,15 +25,22 @@ def test_normal_kl_nonnegative_and_zero_on_equal(m1, l1, m2, l2):
     assert kl >= 0.0
     assert float(K.normal_kl(np.float64(m1), np.float64(l1), np.float64(m1), np.float64(l1))) == 0.0
     with mp.workdps(400):  # the textbook form cancels: give it the digits
-        exact = mp.mpf(0.5) * (-1 + mp.mpf(l2) - mp.mpf(l1) + mp.exp(mp.mpf(l1) - mp.mpf(l2))
-                               + (mp.mpf(m1) - mp.mpf(m2)) ** 2 * mp.exp(-mp.mpf(l2)))
+        exact = mp.mpf(0.5) * (
+            -1
+            + mp.mpf(l2)
+            - mp.mpf(l1)
+            + mp.exp(mp.mpf(l1) - mp.mpf(l2))
+            + (mp.mpf(m1) - mp.mpf(m2)) ** 2 * mp.exp(-mp.mpf(l2))
+        )
     assert kl == pytest.approx(float(exact), rel=1e-12, abs=1e-300)
 
 
 def test_normal_kl_matches_quadrature():
     m1, v1, m2, v2 = 0.3, 0.5, -0.2, 2.0
     p, q = stats.norm(m1, math.sqrt(v1)), stats.norm(m2, math.sqrt(v2))
-    want, _ = integrate.quad(lambda x: p.pdf(x) * (p.logpdf(x) - q.logpdf(x)), -20, 20, epsabs=1e-13)
+    want, _ = integrate.quad(
+        lambda x: p.pdf(x) * (p.logpdf(x) - q.logpdf(x)), -20, 20, epsabs=1e-13
+    )
     got = float(K.normal_kl(np.float64(m1), np.log(v1), np.float64(m2), np.log(v2)))
     assert got == pytest.approx(want, rel=1e-10)
 
@@ -49,7 +56,9 @@ def test_cdfs():
     exact = np.array([float(mp.ncdf(v)) for v in x])
     np.testing.assert_allclose(K.standard_normal_cdf(x), exact, rtol=1e-14, atol=0)
     assert np.max(np.abs(K.approx_standard_normal_cdf(x) - exact)) < 2e-4  # Page's approximation
-    assert float(K.standard_normal_cdf(np.float64(-30.0))) == pytest.approx(float(mp.ncdf(-30)), rel=1e-13)
+    assert float(K.standard_normal_cdf(np.float64(-30.0))) == pytest.approx(
+        float(mp.ncdf(-30)), rel=1e-13
+    )
 
 
 @pytest.mark.parametrize("cdf", K.CDFS)
@@ -57,17 +66,26 @@ def test_discretized_likelihood_is_a_probability_over_all_bins(cdf):
     """The 256 bins (edge bins open to ±∞) telescope to total probability 1."""
     x = np.linspace(-1, 1, 256)
     for mean, log_scale in [(0.1, np.log(0.3)), (-0.7, np.log(0.01)), (0.0, np.log(2.0))]:
-        ll = K.discretized_gaussian_log_likelihood(x, means=np.full_like(x, mean),
-                                                   log_scales=np.full_like(x, log_scale),
-                                                   cdf=cdf, log_floor=0.0)
+        ll = K.discretized_gaussian_log_likelihood(
+            x,
+            means=np.full_like(x, mean),
+            log_scales=np.full_like(x, log_scale),
+            cdf=cdf,
+            log_floor=0.0,
+        )
         assert np.sum(np.exp(ll)) == pytest.approx(1.0, abs=1e-12)
 
 
 def test_exact_discretized_likelihood_matches_mpmath():
     x = np.linspace(-1, 1, 256)[::17]
     mean, scale = 0.2, 0.05
-    ll = K.discretized_gaussian_log_likelihood(x, means=np.full_like(x, mean),
-                                               log_scales=np.full_like(x, np.log(scale)), cdf="erf", log_floor=0.0)
+    ll = K.discretized_gaussian_log_likelihood(
+        x,
+        means=np.full_like(x, mean),
+        log_scales=np.full_like(x, np.log(scale)),
+        cdf="erf",
+        log_floor=0.0,
+    )
     for xi, li in zip(x, ll):
         lo = -mp.inf if xi < -0.999 else (mp.mpf(xi) - 1 / mp.mpf(255) - mean) / mp.mpf(scale)
         hi = mp.inf if xi > 0.999 else (mp.mpf(xi) + 1 / mp.mpf(255) - mean) / mp.mpf(scale)
@@ -108,8 +126,18 @@ def test_bpd_loop_of_a_point_mass_with_the_exact_model():
     for xi in x0[0]:
         lo = -mp.inf if xi < -0.999 else (mp.mpf(-1 / 255)) / std
         hi = mp.inf if xi > 0.999 else (mp.mpf(1 / 255)) / std
-        p = 0.5 * (1 + mp.tanh(mp.sqrt(2 / mp.pi) * (hi + 0.044715 * hi ** 3))) if hi != mp.inf else mp.mpf(1)
-        pm = 0.5 * (1 + mp.tanh(mp.sqrt(2 / mp.pi) * (lo + 0.044715 * lo ** 3))) if lo != -mp.inf else mp.mpf(0)
+        p = (
+            0.5 * (1 + mp.tanh(mp.sqrt(2 / mp.pi) * (hi + 0.044715 * hi**3)))
+            if hi != mp.inf
+            else mp.mpf(1)
+        )
+        pm = (
+            0.5 * (1 + mp.tanh(mp.sqrt(2 / mp.pi) * (lo + 0.044715 * lo**3)))
+            if lo != -mp.inf
+            else mp.mpf(0)
+        )
         nll += -mp.log(max(p - pm, mp.mpf(1e-12)))
     assert float(out["vb"][0, 0]) == pytest.approx(float(nll / 3 / mp.log(2)), rel=1e-9)
-    assert float(out["total_bpd"][0]) == pytest.approx(float(out["vb"][0, 0] + out["prior_bpd"][0]), rel=1e-14)
+    assert float(out["total_bpd"][0]) == pytest.approx(
+        float(out["vb"][0, 0] + out["prior_bpd"][0]), rel=1e-14
+    )

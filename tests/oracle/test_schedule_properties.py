@@ -9,7 +9,9 @@ from hypothesis.extra import numpy as npst
 
 from refdiff import schedules as S
 
-betas_st = st.integers(1, 80).flatmap(lambda T: npst.arrays(np.float64, T, elements=st.floats(1e-7, 0.9)))
+betas_st = st.integers(1, 80).flatmap(
+    lambda T: npst.arrays(np.float64, T, elements=st.floats(1e-7, 0.9))
+)
 
 
 @settings(max_examples=80, deadline=None)
@@ -17,15 +19,20 @@ betas_st = st.integers(1, 80).flatmap(lambda T: npst.arrays(np.float64, T, eleme
 def test_identities_of_random_schedules(betas):
     s = S.from_betas(betas)
     assert np.all(np.diff(s.alphas_cumprod) < 0)
-    np.testing.assert_allclose(s.alphas_cumprod + s.one_minus_alphas_cumprod, 1.0, rtol=0, atol=2.3e-16)
-    np.testing.assert_allclose(s.sqrt_alphas_cumprod ** 2, s.alphas_cumprod, rtol=5e-16)
+    np.testing.assert_allclose(
+        s.alphas_cumprod + s.one_minus_alphas_cumprod, 1.0, rtol=0, atol=2.3e-16
+    )
+    np.testing.assert_allclose(s.sqrt_alphas_cumprod**2, s.alphas_cumprod, rtol=5e-16)
     np.testing.assert_allclose(s.sqrt_recip_alphas_cumprod * s.sqrt_alphas_cumprod, 1.0, rtol=4e-16)
-    assert np.all(s.posterior_variance <= s.betas * (1 + 1e-15))        # β̃_t ≤ β_t
+    assert np.all(s.posterior_variance <= s.betas * (1 + 1e-15))  # β̃_t ≤ β_t
     assert np.all(np.diff(s.log_snr) < 0)
     np.testing.assert_allclose(s.lambdas * 2, s.log_snr, rtol=0, atol=0)
     # coef1 + coef2 √ᾱ_t... the posterior mean of x_t = √ᾱ_t x0 (noise-free) is √ᾱ_{t-1} x0
-    np.testing.assert_allclose(s.posterior_mean_coef1 + s.posterior_mean_coef2 * s.sqrt_alphas_cumprod,
-                               np.sqrt(s.alphas_cumprod_prev), rtol=1e-14)
+    np.testing.assert_allclose(
+        s.posterior_mean_coef1 + s.posterior_mean_coef2 * s.sqrt_alphas_cumprod,
+        np.sqrt(s.alphas_cumprod_prev),
+        rtol=1e-14,
+    )
     np.testing.assert_array_equal(s.alphas_cumprod_prev[1:], s.alphas_cumprod[:-1])
 
 
@@ -45,20 +52,27 @@ def test_respace_maps_back_and_recomputes_betas():
     np.testing.assert_array_equal(r.timestep_map, [99, 199, 299, 399, 499, 599, 699, 799, 899, 999])
     np.testing.assert_array_equal(r.alphas_cumprod, s.alphas_cumprod[r.timestep_map])
     np.testing.assert_allclose(np.cumprod(r.alphas), r.alphas_cumprod, rtol=1e-14)
-    rr = S.respace(r, [0, 5, 9])                       # respacing composes the maps
+    rr = S.respace(r, [0, 5, 9])  # respacing composes the maps
     np.testing.assert_array_equal(rr.timestep_map, [99, 599, 999])
 
 
 def test_spacings_match_the_published_conventions():
     # Lin et al. 2023, Table 2 (T = 1000, 10 steps)
     np.testing.assert_array_equal(S.spaced_timesteps(1000, 10, "leading"), np.arange(0, 1000, 100))
-    np.testing.assert_array_equal(S.spaced_timesteps(1000, 10, "leading", steps_offset=1), np.arange(1, 1001, 100))
-    np.testing.assert_array_equal(S.spaced_timesteps(1000, 10, "linspace"),
-                                  [0, 111, 222, 333, 444, 555, 666, 777, 888, 999])
-    np.testing.assert_array_equal(S.spaced_timesteps(1000, 10, "trailing"), np.arange(99, 1000, 100))
+    np.testing.assert_array_equal(
+        S.spaced_timesteps(1000, 10, "leading", steps_offset=1), np.arange(1, 1001, 100)
+    )
+    np.testing.assert_array_equal(
+        S.spaced_timesteps(1000, 10, "linspace"), [0, 111, 222, 333, 444, 555, 666, 777, 888, 999]
+    )
+    np.testing.assert_array_equal(
+        S.spaced_timesteps(1000, 10, "trailing"), np.arange(99, 1000, 100)
+    )
     # improved-diffusion: "ddim2" of 1000 calls the model at 0 and 500 (issue #44)
     np.testing.assert_array_equal(S.space_timesteps(1000, "ddim2"), [0, 500])
-    np.testing.assert_array_equal(S.space_timesteps(300, "10"), np.round(np.arange(10) * 299 / 9).astype(int))
+    np.testing.assert_array_equal(
+        S.space_timesteps(300, "10"), np.round(np.arange(10) * 299 / 9).astype(int)
+    )
     # sections: 3 sections of 100; 10 steps each, fractional strides 99/9 = 11
     np.testing.assert_array_equal(S.space_timesteps(300, [10, 10, 10])[:10], np.arange(0, 100, 11))
     assert len(S.space_timesteps(4000, "250")) == 250
@@ -90,4 +104,6 @@ def test_zero_terminal_snr_keeps_the_first_step():
     assert z.alphas_cumprod[0] == pytest.approx(s.alphas_cumprod[0], rel=1e-15)
     # Lin et al. Alg. 1 is affine in √ᾱ: check the shift and scale directly
     a = np.sqrt(s.alphas_cumprod)
-    np.testing.assert_allclose(np.sqrt(z.alphas_cumprod), (a - a[-1]) * a[0] / (a[0] - a[-1]), rtol=1e-13, atol=1e-18)
+    np.testing.assert_allclose(
+        np.sqrt(z.alphas_cumprod), (a - a[-1]) * a[0] / (a[0] - a[-1]), rtol=1e-13, atol=1e-18
+    )

@@ -35,6 +35,7 @@ T_MID = np.linspace(1e-6, 1.0, 101)
 # Independent 50-digit references (written from the paper's formulas, sharing nothing with refdiff)
 # --------------------------------------------------------------------------------------------
 
+
 class MP:
     """mpmath closed forms of one SDE family, from Song et al. (2021), Eqs. 9-12 and 29-33."""
 
@@ -64,7 +65,7 @@ class MP:
         if self.kind == "ve":
             return self.sigma(t) ** 2
         k = mp.log(self.smax / self.smin)
-        return self.smin ** 2 * mp.expm1(2 * mp.mpf(t) * k)
+        return self.smin**2 * mp.expm1(2 * mp.mpf(t) * k)
 
     def std(self, t):
         return mp.sqrt(self.var(t))
@@ -127,11 +128,12 @@ def check_cond_bound(computed, fn, ts, k):
 # Marginals
 # --------------------------------------------------------------------------------------------
 
+
 def test_vp_mean_squared_plus_std_squared_is_one():
     sde = VPSDE()
     t = np.concatenate([[0.0], T_GRID, np.linspace(0.0, 1.0, 2001)])
     mean, std = sde.marginal_prob(np.ones_like(t), t)
-    np.testing.assert_allclose(mean ** 2 + std ** 2, 1.0, rtol=4e-16, atol=0)
+    np.testing.assert_allclose(mean**2 + std**2, 1.0, rtol=4e-16, atol=0)
 
 
 def test_subvp_std_is_one_minus_mean_squared_not_its_root():
@@ -140,7 +142,7 @@ def test_subvp_std_is_one_minus_mean_squared_not_its_root():
     mean, std = sde.marginal_prob(np.ones_like(t), t)
     # std = 1 - α² (pitfall 14): the difference of the two float64 evaluations is at most the
     # rounding of 1 - mean² (<= 1 ulp of 1) plus std's own rounding.
-    np.testing.assert_allclose(std, 1.0 - mean ** 2, rtol=0, atol=2 * EPS)
+    np.testing.assert_allclose(std, 1.0 - mean**2, rtol=0, atol=2 * EPS)
     # ... and it is not √(1 - α²): at t = 0.1 those differ by a factor of about 1.6.
     with mp.workdps(DPS):
         exact = -mp.expm1(-MP("subvp").int_beta(0.1))
@@ -165,7 +167,7 @@ def test_marginal_prob_matches_quadrature_of_the_linear_sde(name):
             inner = 0 if name.startswith("ve") else -(ref.int_beta(t) - ref.int_beta(s)) / 2
             return mp.exp(2 * inner) * ref.g2(s)
 
-        var = mp.quad(integrand, [0, t]) + (ref.smin ** 2 if name == "ve" else 0)
+        var = mp.quad(integrand, [0, t]) + (ref.smin**2 if name == "ve" else 0)
         assert abs(as_mp(mean[i, 0]) / x[i, 0] - mp.exp(int_f)) <= 1e-14 * mp.exp(int_f)
         assert abs(as_mp(std[i]) - mp.sqrt(var)) <= 1e-14 * mp.sqrt(var)
 
@@ -233,6 +235,7 @@ def test_vp_published_constants():
 # t(λ)
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_t_from_lambda_round_trip(name):
     sde, _ = make(name)
@@ -263,7 +266,9 @@ def test_t_from_lambda_vs_mpmath_root_finding(name):
 def test_t_from_lambda_extreme_lambda(name):
     """At t = 1e-300 .. 1e-4, λ is large and t(λ) amplifies λ's rounding by ~2|λ|; still bounded."""
     sde, ref = make(name)
-    if name == "ve":  # score_sde's VE has λ(0) finite: t(λ) is ill-conditioned near 0 in absolute terms
+    if (
+        name == "ve"
+    ):  # score_sde's VE has λ(0) finite: t(λ) is ill-conditioned near 0 in absolute terms
         ts = np.array([1e-4, 0.5])
     else:
         ts = T_SMALL
@@ -279,6 +284,7 @@ def test_t_from_lambda_extreme_lambda(name):
 # Discretizations
 # --------------------------------------------------------------------------------------------
 
+
 @mp.workdps(DPS)
 def test_vp_discretize_is_the_ddpm_step():
     sde = VPSDE()
@@ -290,7 +296,9 @@ def test_vp_discretize_is_the_ddpm_step():
     f, G = sde.discretize(x, t)
     step = x + f + G[:, None] * z
     for r, i in enumerate(idx):
-        beta = (mp.mpf(0.1) + i * (mp.mpf(20) - mp.mpf(0.1)) / (N - 1)) / N  # linspace(β0/N, β1/N, N)
+        beta = (
+            mp.mpf(0.1) + i * (mp.mpf(20) - mp.mpf(0.1)) / (N - 1)
+        ) / N  # linspace(β0/N, β1/N, N)
         assert ulp_error(float(G[r] ** 2), beta) <= 4
         for c in range(3):
             exact = mp.sqrt(1 - beta) * as_mp(x[r, c]) + mp.sqrt(beta) * as_mp(z[r, c])
@@ -317,8 +325,8 @@ def test_index_rounding_conventions():
     _, g_round = VPSDE().discretize(x, t)
     _, g_floor = VPSDE(index_rounding="floor").discretize(x, t)
     beta = VPSDE().discrete_betas
-    np.testing.assert_allclose(g_round ** 2, beta[11], rtol=4 * EPS)
-    np.testing.assert_allclose(g_floor ** 2, beta[10], rtol=4 * EPS)
+    np.testing.assert_allclose(g_round**2, beta[11], rtol=4 * EPS)
+    np.testing.assert_allclose(g_floor**2, beta[10], rtol=4 * EPS)
 
 
 @mp.workdps(DPS)
@@ -366,6 +374,7 @@ def test_euler_discretize(name):
 # --------------------------------------------------------------------------------------------
 # Reverse SDE and probability-flow ODE
 # --------------------------------------------------------------------------------------------
+
 
 def _score_sin(x, t):
     return np.sin(x) * (1.0 + t[:, None])
@@ -422,10 +431,11 @@ def test_probability_flow_ode_transports_gaussian_data_exactly(name):
     """x0 ~ N(0, s²): the exact score is -x / (α_t² s² + σ_t²) and the ODE is linear, so
     x(ε)/x(T) = √(v(ε)/v(T)) with v(t) = α_t² s² + σ_t² (closed form)."""
     sde, ref = make(name)
-    s2 = 0.7 ** 2
-    mean_coef = {"vp": lambda t: np.exp(-(0.1 * t + 19.9 * t * t / 2) / 2),
-                 "subvp": lambda t: np.exp(-(0.1 * t + 19.9 * t * t / 2) / 2)}.get(
-        ref.kind, lambda t: np.ones_like(t))
+    s2 = 0.7**2
+    mean_coef = {
+        "vp": lambda t: np.exp(-(0.1 * t + 19.9 * t * t / 2) / 2),
+        "subvp": lambda t: np.exp(-(0.1 * t + 19.9 * t * t / 2) / 2),
+    }.get(ref.kind, lambda t: np.ones_like(t))
 
     def v_np(t):  # an independent float64 closed form of α² s² + σ² for the score
         a = mean_coef(t)
@@ -451,6 +461,7 @@ def test_probability_flow_ode_transports_gaussian_data_exactly(name):
 # Prior
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_prior_logp_and_sampling(name):
     sde, _ = make(name)
@@ -464,25 +475,36 @@ def test_prior_logp_and_sampling(name):
     assert got.shape == (4,)
     np.testing.assert_allclose(got, expected, rtol=1e-14)
     # a batch of scalars
-    np.testing.assert_allclose(sde.prior_logp(z[:, 0, 0, 0]),
-                               scipy.stats.norm.logpdf(z[:, 0, 0, 0], scale=scale), rtol=1e-14)
+    np.testing.assert_allclose(
+        sde.prior_logp(z[:, 0, 0, 0]),
+        scipy.stats.norm.logpdf(z[:, 0, 0, 0], scale=scale),
+        rtol=1e-14,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Array API: the same code on array_api_strict, dtype and shape handling
 # --------------------------------------------------------------------------------------------
 
+
 def _exercise(sde: SDE, x, t, lam, noise, to_np):
     rev = sde.reverse(lambda y, s: -y * 0.5, probability_flow=False)
     ode = sde.reverse(lambda y, s: -y * 0.5, probability_flow=True)
     out = {
-        "sde": sde.sde(x, t), "marginal_prob": sde.marginal_prob(x, t),
-        "discretize": sde.discretize(x, t), "euler": sde.euler_discretize(x, t, dt=0.01),
+        "sde": sde.sde(x, t),
+        "marginal_prob": sde.marginal_prob(x, t),
+        "discretize": sde.discretize(x, t),
+        "euler": sde.euler_discretize(x, t, dt=0.01),
         "prior_sampling": sde.prior_sampling(tuple(noise.shape), noise=noise),
-        "prior_logp": sde.prior_logp(noise), "log_snr": sde.log_snr(t),
-        "lambda": sde.lambda_(t), "t_from_lambda": sde.t_from_lambda(lam),
-        "alpha": sde.marginal_alpha(t), "std": sde.marginal_std(t),
-        "rev_sde": rev.sde(x, t), "rev_disc": rev.discretize(x, t), "ode": ode.sde(x, t),
+        "prior_logp": sde.prior_logp(noise),
+        "log_snr": sde.log_snr(t),
+        "lambda": sde.lambda_(t),
+        "t_from_lambda": sde.t_from_lambda(lam),
+        "alpha": sde.marginal_alpha(t),
+        "std": sde.marginal_std(t),
+        "rev_sde": rev.sde(x, t),
+        "rev_disc": rev.discretize(x, t),
+        "ode": ode.sde(x, t),
         "ode_disc": ode.discretize(x, t),
     }
     flat = {}
@@ -509,8 +531,14 @@ def test_same_results_on_array_api_strict(name, namespace):
         got = ref
     else:
         xps = pytest.importorskip("array_api_strict")
-        got = _exercise(sde, xps.asarray(x), xps.asarray(t), xps.asarray(lam), xps.asarray(noise),
-                        lambda a: np.asarray(a))
+        got = _exercise(
+            sde,
+            xps.asarray(x),
+            xps.asarray(t),
+            xps.asarray(lam),
+            xps.asarray(noise),
+            lambda a: np.asarray(a),
+        )
     assert set(got) == set(ref)
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k], rtol=2 * EPS, atol=0, err_msg=k)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from refdiff.diffusion import dynamic_threshold
-from refdiff.samplers.discrete import (ddim_invert, ddim_step_at, sample_ddim, sample_ddpm)
+from refdiff.samplers.discrete import ddim_invert, ddim_step_at, sample_ddim, sample_ddpm
 from refdiff.schedules import linear, space_timesteps
 
 T = 1000
@@ -53,6 +53,7 @@ def _x_T(seed=0):
 # diffusers
 # --------------------------------------------------------------------------------------------
 
+
 def _torch():
     return pytest.importorskip("torch", reason="the diffusers peer rows run diffusers on CPU torch")
 
@@ -71,9 +72,13 @@ def _float64_tables(sched, torch):
     if hasattr(sched, "one"):
         sched.one = one
     if hasattr(sched, "final_alpha_cumprod"):
-        sched.final_alpha_cumprod = one if sched.config.set_alpha_to_one else sched.alphas_cumprod[0]
+        sched.final_alpha_cumprod = (
+            one if sched.config.set_alpha_to_one else sched.alphas_cumprod[0]
+        )
     if hasattr(sched, "initial_alpha_cumprod"):
-        sched.initial_alpha_cumprod = one if sched.config.set_alpha_to_one else sched.alphas_cumprod[0]
+        sched.initial_alpha_cumprod = (
+            one if sched.config.set_alpha_to_one else sched.alphas_cumprod[0]
+        )
     return sched
 
 
@@ -81,8 +86,9 @@ def _scheduler(cls_name, **config):
     diffusers = _diffusers()
     torch = _torch()
     cls = getattr(diffusers, cls_name)
-    sched = cls(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                **config)
+    sched = cls(
+        num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", **config
+    )
     return _float64_tables(sched, torch), torch
 
 
@@ -90,30 +96,48 @@ def _refdiff_model(prediction, learned=False):
     def model(x, t):
         out = _output(x, t[0], prediction)
         return np.concatenate([out, _var_np(x, t[0])], axis=1) if learned else out
+
     return model
 
 
 DDPM_CASES = [
     # (config, refdiff options)
     (dict(timestep_spacing="leading"), dict(spacing="leading", final_noise="none")),
-    (dict(timestep_spacing="leading", steps_offset=1),
-     dict(spacing="leading", steps_offset=1, final_noise="always", t0="clamped")),
+    (
+        dict(timestep_spacing="leading", steps_offset=1),
+        dict(spacing="leading", steps_offset=1, final_noise="always", t0="clamped"),
+    ),
     (dict(timestep_spacing="linspace"), dict(spacing="linspace", final_noise="none")),
     # diffusers' trailing grid ends at timestep T/n - 1, not 0, so its last step adds noise
-    (dict(timestep_spacing="trailing"), dict(spacing="trailing", final_noise="always", t0="clamped")),
+    (
+        dict(timestep_spacing="trailing"),
+        dict(spacing="trailing", final_noise="always", t0="clamped"),
+    ),
 ]
 
 
-@pytest.mark.parametrize("config,opts", DDPM_CASES, ids=["leading", "leading-offset1", "linspace", "trailing"])
-@pytest.mark.parametrize("variance_type,var_type", [("fixed_small", "fixed_small"),
-                                                    ("fixed_small_log", "fixed_small"),
-                                                    ("fixed_large", "fixed_large"),
-                                                    ("learned_range", "learned_range")])
+@pytest.mark.parametrize(
+    "config,opts", DDPM_CASES, ids=["leading", "leading-offset1", "linspace", "trailing"]
+)
+@pytest.mark.parametrize(
+    "variance_type,var_type",
+    [
+        ("fixed_small", "fixed_small"),
+        ("fixed_small_log", "fixed_small"),
+        ("fixed_large", "fixed_large"),
+        ("learned_range", "learned_range"),
+    ],
+)
 @pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
 def test_ddpm_scheduler(config, opts, variance_type, var_type, prediction):
     """DDPMScheduler(clip_sample=True, ...) loop == sample_ddpm(clip_x0=True, mean_type=..., var_type=..., steps=n, spacing=..., t0="clamped", final_noise=...)."""
-    sched, torch = _scheduler("DDPMScheduler", variance_type=variance_type,
-                              prediction_type=prediction, clip_sample=True, **config)
+    sched, torch = _scheduler(
+        "DDPMScheduler",
+        variance_type=variance_type,
+        prediction_type=prediction,
+        clip_sample=True,
+        **config,
+    )
     n = 10
     learned = variance_type == "learned_range"
     sched.set_timesteps(n)
@@ -127,14 +151,24 @@ def test_ddpm_scheduler(config, opts, variance_type, var_type, prediction):
     def noise(k):
         return torch.randn(SHAPE, generator=twin, dtype=torch.float64).numpy()
 
-    got = sample_ddpm(_refdiff_model(prediction, learned), _x_T(), schedule=S, steps=n,
-                      noise=noise, mean_type=prediction, var_type=var_type, clip_x0=True,
-                      **{"t0": "clamped", **opts})
+    got = sample_ddpm(
+        _refdiff_model(prediction, learned),
+        _x_T(),
+        schedule=S,
+        steps=n,
+        noise=noise,
+        mean_type=prediction,
+        var_type=var_type,
+        clip_x0=True,
+        **{"t0": "clamped", **opts},
+    )
     np.testing.assert_allclose(got, x.numpy(), rtol=0, atol=ATOL)
 
 
-@pytest.mark.parametrize("grid,final_noise", [([999, 850, 600, 400, 250, 120, 40, 0], "none"),
-                                              ([990, 700, 333, 97, 7], "always")])
+@pytest.mark.parametrize(
+    "grid,final_noise",
+    [([999, 850, 600, 400, 250, 120, 40, 0], "none"), ([990, 700, 333, 97, 7], "always")],
+)
 @pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large"])
 def test_ddpm_scheduler_custom_timesteps(grid, final_noise, variance_type):
     """DDPMScheduler.set_timesteps(timesteps=grid) loop == sample_ddpm(timesteps=grid, t0="clamped", final_noise=...)."""
@@ -143,20 +177,34 @@ def test_ddpm_scheduler_custom_timesteps(grid, final_noise, variance_type):
     x = torch.from_numpy(_x_T(9))
     gen = torch.Generator().manual_seed(7)
     for t in sched.timesteps:
-        x = sched.step(torch.from_numpy(_eps_np(x.numpy(), int(t))), t, x, generator=gen).prev_sample
+        x = sched.step(
+            torch.from_numpy(_eps_np(x.numpy(), int(t))), t, x, generator=gen
+        ).prev_sample
     twin = torch.Generator().manual_seed(7)
-    got = sample_ddpm(_refdiff_model("epsilon"), _x_T(9), schedule=S, timesteps=grid,
-                      var_type=variance_type, t0="clamped", final_noise=final_noise,
-                      noise=lambda k: torch.randn(SHAPE, generator=twin, dtype=torch.float64).numpy())
+    got = sample_ddpm(
+        _refdiff_model("epsilon"),
+        _x_T(9),
+        schedule=S,
+        timesteps=grid,
+        var_type=variance_type,
+        t0="clamped",
+        final_noise=final_noise,
+        noise=lambda k: torch.randn(SHAPE, generator=twin, dtype=torch.float64).numpy(),
+    )
     np.testing.assert_allclose(got, x.numpy(), rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize("ratio,max_value", [(0.995, 2.0), (0.9, 1.5)])
 def test_ddpm_scheduler_thresholding(ratio, max_value):
     """DDPMScheduler(thresholding=True) == sample_ddpm(denoised_fn=partial(dynamic_threshold, ratio=..., max_value=sample_max_value))."""
-    sched, torch = _scheduler("DDPMScheduler", prediction_type="sample", thresholding=True,
-                              dynamic_thresholding_ratio=ratio, sample_max_value=max_value,
-                              timestep_spacing="leading")
+    sched, torch = _scheduler(
+        "DDPMScheduler",
+        prediction_type="sample",
+        thresholding=True,
+        dynamic_thresholding_ratio=ratio,
+        sample_max_value=max_value,
+        timestep_spacing="leading",
+    )
     n = 8
     sched.set_timesteps(n)
     x = torch.from_numpy(3.0 * _x_T(1))
@@ -165,10 +213,17 @@ def test_ddpm_scheduler_thresholding(ratio, max_value):
         out = _output(x.numpy(), int(t), "sample")
         x = sched.step(torch.from_numpy(out), t, x, generator=gen).prev_sample
     twin = torch.Generator().manual_seed(5)
-    got = sample_ddpm(_refdiff_model("sample"), 3.0 * _x_T(1), schedule=S, steps=n,
-                      spacing="leading", mean_type="x0", t0="clamped",
-                      denoised_fn=functools.partial(dynamic_threshold, ratio=ratio, max_value=max_value),
-                      noise=lambda k: torch.randn(SHAPE, generator=twin, dtype=torch.float64).numpy())
+    got = sample_ddpm(
+        _refdiff_model("sample"),
+        3.0 * _x_T(1),
+        schedule=S,
+        steps=n,
+        spacing="leading",
+        mean_type="x0",
+        t0="clamped",
+        denoised_fn=functools.partial(dynamic_threshold, ratio=ratio, max_value=max_value),
+        noise=lambda k: torch.randn(SHAPE, generator=twin, dtype=torch.float64).numpy(),
+    )
     np.testing.assert_allclose(got, x.numpy(), rtol=0, atol=ATOL)
 
 
@@ -179,8 +234,12 @@ def test_ddpm_scheduler_fixed_large_log_is_nan():
     sched.set_timesteps(5)
     x = torch.from_numpy(_x_T())
     t = sched.timesteps[0]
-    out = sched.step(torch.from_numpy(_eps_np(x.numpy(), int(t))), t, x,
-                     generator=torch.Generator().manual_seed(0)).prev_sample
+    out = sched.step(
+        torch.from_numpy(_eps_np(x.numpy(), int(t))),
+        t,
+        x,
+        generator=torch.Generator().manual_seed(0),
+    ).prev_sample
     if not bool(torch.isnan(out).all()):
         pytest.skip("this diffusers no longer takes the square root of log β")
     assert bool(torch.isnan(out).all())
@@ -194,23 +253,38 @@ DDIM_SPACINGS = [
 ]
 
 
-@pytest.mark.parametrize("config,opts", DDIM_SPACINGS, ids=["leading", "leading-offset1", "trailing", "linspace"])
+@pytest.mark.parametrize(
+    "config,opts", DDIM_SPACINGS, ids=["leading", "leading-offset1", "trailing", "linspace"]
+)
 @pytest.mark.parametrize("n", [10, 7])
 @pytest.mark.parametrize("set_alpha_to_one", [True, False])
 @pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
 def test_ddim_scheduler(config, opts, n, set_alpha_to_one, prediction):
     """DDIMScheduler(clip_sample=True) loop == sample_ddim(prev_timestep="stride", clip_x0=True, eps_from_clipped_x0=False, final_alpha_bar=...)."""
-    sched, torch = _scheduler("DDIMScheduler", prediction_type=prediction, clip_sample=True,
-                              set_alpha_to_one=set_alpha_to_one, **config)
+    sched, torch = _scheduler(
+        "DDIMScheduler",
+        prediction_type=prediction,
+        clip_sample=True,
+        set_alpha_to_one=set_alpha_to_one,
+        **config,
+    )
     sched.set_timesteps(n)
     x = torch.from_numpy(_x_T(2))
     for t in sched.timesteps:
         out = _output(x.numpy(), int(t), prediction)
         x = sched.step(torch.from_numpy(out), t, x).prev_sample
-    got = sample_ddim(_refdiff_model(prediction), _x_T(2), schedule=S, steps=n,
-                      prev_timestep="stride", mean_type=prediction, clip_x0=True,
-                      eps_from_clipped_x0=False,
-                      final_alpha_bar="one" if set_alpha_to_one else "alpha_bar_0", **opts)
+    got = sample_ddim(
+        _refdiff_model(prediction),
+        _x_T(2),
+        schedule=S,
+        steps=n,
+        prev_timestep="stride",
+        mean_type=prediction,
+        clip_x0=True,
+        eps_from_clipped_x0=False,
+        final_alpha_bar="one" if set_alpha_to_one else "alpha_bar_0",
+        **opts,
+    )
     np.testing.assert_allclose(got, x.numpy(), rtol=0, atol=ATOL)
 
 
@@ -225,19 +299,41 @@ def test_ddim_scheduler_eta_with_variance_noise(spacing, use_clipped):
     x = torch.from_numpy(_x_T(3))
     for k, t in enumerate(sched.timesteps):
         out = _eps_np(x.numpy(), int(t))
-        x = sched.step(torch.from_numpy(out), t, x, eta=0.6, use_clipped_model_output=use_clipped,
-                       variance_noise=torch.from_numpy(z[k])).prev_sample
-    got = sample_ddim(_refdiff_model("epsilon"), _x_T(3), schedule=S, steps=n, spacing=spacing,
-                      eta=0.6, noise=z, final_noise="always", prev_timestep="stride",
-                      clip_x0=True, eps_from_clipped_x0=use_clipped)
+        x = sched.step(
+            torch.from_numpy(out),
+            t,
+            x,
+            eta=0.6,
+            use_clipped_model_output=use_clipped,
+            variance_noise=torch.from_numpy(z[k]),
+        ).prev_sample
+    got = sample_ddim(
+        _refdiff_model("epsilon"),
+        _x_T(3),
+        schedule=S,
+        steps=n,
+        spacing=spacing,
+        eta=0.6,
+        noise=z,
+        final_noise="always",
+        prev_timestep="stride",
+        clip_x0=True,
+        eps_from_clipped_x0=use_clipped,
+    )
     np.testing.assert_allclose(got, x.numpy(), rtol=0, atol=ATOL)
 
 
 def test_ddim_listed_and_stride_rules_differ_for_linspace():
     """With linspace spacing diffusers' t − T//n is not the next listed timestep: the two refdiff rules differ."""
     a = sample_ddim(_refdiff_model("epsilon"), _x_T(), schedule=S, steps=10, spacing="linspace")
-    b = sample_ddim(_refdiff_model("epsilon"), _x_T(), schedule=S, steps=10, spacing="linspace",
-                    prev_timestep="stride")
+    b = sample_ddim(
+        _refdiff_model("epsilon"),
+        _x_T(),
+        schedule=S,
+        steps=10,
+        spacing="linspace",
+        prev_timestep="stride",
+    )
     assert np.max(np.abs(a - b)) > 1e-3
 
 
@@ -246,22 +342,40 @@ def test_ddim_listed_and_stride_rules_differ_for_linspace():
 @pytest.mark.parametrize("set_alpha_to_one", [True, False])
 def test_ddim_step_at_reproduces_one_diffusers_step(prediction, eta, set_alpha_to_one):
     """One DDIMScheduler.step(model_output, t, sample, eta, variance_noise) == ddim_step_at(model_output, t, t - T//n, sample, ...)."""
-    sched, torch = _scheduler("DDIMScheduler", prediction_type=prediction, clip_sample=False,
-                              set_alpha_to_one=set_alpha_to_one)
+    sched, torch = _scheduler(
+        "DDIMScheduler",
+        prediction_type=prediction,
+        clip_sample=False,
+        set_alpha_to_one=set_alpha_to_one,
+    )
     n = 20
     sched.set_timesteps(n)
     x = _x_T(4)
     z = np.random.default_rng(12).standard_normal(SHAPE)
     for t in (int(sched.timesteps[0]), int(sched.timesteps[9]), int(sched.timesteps[-1])):
         out = _output(x, t, prediction)
-        ref = sched.step(torch.from_numpy(out), t, torch.from_numpy(x), eta=eta,
-                         variance_noise=torch.from_numpy(z))
-        got = ddim_step_at(out, t, t - T // n, x, schedule=S, eta=eta, noise=z,
-                           prediction_type=prediction,
-                           final_alpha_bar="one" if set_alpha_to_one else "alpha_bar_0")
+        ref = sched.step(
+            torch.from_numpy(out),
+            t,
+            torch.from_numpy(x),
+            eta=eta,
+            variance_noise=torch.from_numpy(z),
+        )
+        got = ddim_step_at(
+            out,
+            t,
+            t - T // n,
+            x,
+            schedule=S,
+            eta=eta,
+            noise=z,
+            prediction_type=prediction,
+            final_alpha_bar="one" if set_alpha_to_one else "alpha_bar_0",
+        )
         np.testing.assert_allclose(got.prev_sample, ref.prev_sample.numpy(), rtol=0, atol=1e-12)
-        np.testing.assert_allclose(got.pred_original_sample, ref.pred_original_sample.numpy(),
-                                   rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            got.pred_original_sample, ref.pred_original_sample.numpy(), rtol=0, atol=1e-12
+        )
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
@@ -269,23 +383,36 @@ def test_ddim_step_at_reproduces_one_diffusers_step(prediction, eta, set_alpha_t
 @pytest.mark.parametrize("set_alpha_to_one", [True, False])
 def test_ddim_inverse_scheduler(spacing, n, set_alpha_to_one):
     """DDIMInverseScheduler loop == ddim_invert(model_time="next", prev_timestep="stride", clip_x0=True, final_alpha_bar=...)."""
-    sched, torch = _scheduler("DDIMInverseScheduler", clip_sample=True, timestep_spacing=spacing,
-                              set_alpha_to_one=set_alpha_to_one)
+    sched, torch = _scheduler(
+        "DDIMInverseScheduler",
+        clip_sample=True,
+        timestep_spacing=spacing,
+        set_alpha_to_one=set_alpha_to_one,
+    )
     sched.set_timesteps(n)
     x0 = 0.5 * _x_T(5)
     x = torch.from_numpy(x0)
     for t in sched.timesteps:
         out = _eps_np(x.numpy(), int(t))
         x = sched.step(torch.from_numpy(out), t, x).prev_sample
-    got = ddim_invert(_refdiff_model("epsilon"), x0, schedule=S, steps=n, spacing=spacing,
-                      model_time="next", prev_timestep="stride", clip_x0=True,
-                      final_alpha_bar="one" if set_alpha_to_one else "alpha_bar_0")
+    got = ddim_invert(
+        _refdiff_model("epsilon"),
+        x0,
+        schedule=S,
+        steps=n,
+        spacing=spacing,
+        model_time="next",
+        prev_timestep="stride",
+        clip_x0=True,
+        final_alpha_bar="one" if set_alpha_to_one else "alpha_bar_0",
+    )
     np.testing.assert_allclose(got, x.numpy(), rtol=0, atol=ATOL)
 
 
 # --------------------------------------------------------------------------------------------
 # improved-diffusion, re-derived from its published code
 # --------------------------------------------------------------------------------------------
+
 
 def _iddpm_space_timesteps(num_timesteps, section_counts):
     """improved_diffusion/respace.py::space_timesteps, rewritten: a float stride accumulated per section."""
@@ -320,9 +447,12 @@ def test_space_timesteps_multi_section_and_the_tie_that_round_k_stride_gets_wron
             k = int(rng.integers(1, 6))
             size = T_ // k
             counts = [int(v) for v in rng.integers(1, size + 1, size=k)]
-            assert space_timesteps(T_, counts).tolist() == _iddpm_space_timesteps(T_, counts), counts
-            assert space_timesteps(T_, ",".join(map(str, counts))).tolist() == \
-                _iddpm_space_timesteps(T_, counts)
+            assert space_timesteps(T_, counts).tolist() == _iddpm_space_timesteps(T_, counts), (
+                counts
+            )
+            assert space_timesteps(
+                T_, ",".join(map(str, counts))
+            ).tolist() == _iddpm_space_timesteps(T_, counts)
     # T=1000, 21 steps: the accumulated stride and round(k·stride) differ on a tie
     acc = _iddpm_space_timesteps(1000, [21])
     direct = sorted({round(k * 999 / 20) for k in range(21)})
@@ -388,8 +518,16 @@ def test_improved_diffusion_p_sample_learned_range_on_a_spaced_chain(clip):
     for k, t in enumerate(range(24, -1, -1)):
         mean, logvar, _ = d.p_mean_variance(model, x, t, clip=clip, learned_range=True)
         x = mean + (t != 0) * np.exp(0.5 * logvar) * z[k]
-    got = sample_ddpm(model, _x_T(6), schedule=base, steps=25, spacing="sections",
-                      var_type="learned_range", clip_x0=clip, noise=z)
+    got = sample_ddpm(
+        model,
+        _x_T(6),
+        schedule=base,
+        steps=25,
+        spacing="sections",
+        var_type="learned_range",
+        clip_x0=clip,
+        noise=z,
+    )
     np.testing.assert_allclose(got, x, rtol=0, atol=1e-10)
 
 
@@ -406,10 +544,11 @@ def test_improved_diffusion_ddim_sample_loop(eta):
         eps = d.eps_from_x0(x, t, x0)
         ab, abp = d.ac[t], d.ac_prev[t]
         sigma = eta * np.sqrt((1 - abp) / (1 - ab)) * np.sqrt(1 - ab / abp)
-        mean = x0 * np.sqrt(abp) + np.sqrt(1 - abp - sigma ** 2) * eps
+        mean = x0 * np.sqrt(abp) + np.sqrt(1 - abp - sigma**2) * eps
         x = mean + (t != 0) * sigma * z[k]
-    got = sample_ddim(model, _x_T(7), schedule=base, steps=20, spacing="ddim", clip_x0=True,
-                      eta=eta, noise=z)
+    got = sample_ddim(
+        model, _x_T(7), schedule=base, steps=20, spacing="ddim", clip_x0=True, eta=eta, noise=z
+    )
     np.testing.assert_allclose(got, x, rtol=0, atol=1e-10)
 
 
@@ -422,6 +561,7 @@ def test_improved_diffusion_ddim_reverse_sample_loop():
         _, _, x0 = d.p_mean_variance(model, x, t, clip=False, learned_range=False)
         eps = d.eps_from_x0(x, t, x0)
         x = x0 * np.sqrt(d.ac_next[t]) + np.sqrt(1 - d.ac_next[t]) * eps
-    got = ddim_invert(model, 0.5 * _x_T(8), schedule=S, steps=10, spacing="ddim", start=0,
-                      model_time="current")
+    got = ddim_invert(
+        model, 0.5 * _x_T(8), schedule=S, steps=10, spacing="ddim", start=0, model_time="current"
+    )
     np.testing.assert_allclose(got, x, rtol=0, atol=1e-10)

@@ -23,6 +23,7 @@ B, D = 3, 3
 # diffusers DPMSolverMultistepScheduler, algorithm_type="sde-dpmsolver++"
 # --------------------------------------------------------------------------------------------
 
+
 def _diffusers_case(order, solver_type, final_sigmas_type, steps=10):
     pytest.importorskip("diffusers", reason="diffusers is the live peer of this row")
     torch = pytest.importorskip("torch", reason="diffusers schedulers run on torch")
@@ -30,9 +31,14 @@ def _diffusers_case(order, solver_type, final_sigmas_type, steps=10):
 
     N = 1000
     betas = np.linspace(1e-4, 0.02, N)
-    sched = DPMSolverMultistepScheduler(num_train_timesteps=N, beta_schedule="linear",
-                                        algorithm_type="sde-dpmsolver++", solver_order=order,
-                                        solver_type=solver_type, final_sigmas_type=final_sigmas_type)
+    sched = DPMSolverMultistepScheduler(
+        num_train_timesteps=N,
+        beta_schedule="linear",
+        algorithm_type="sde-dpmsolver++",
+        solver_order=order,
+        solver_type=solver_type,
+        final_sigmas_type=final_sigmas_type,
+    )
     sched.set_timesteps(steps)
     ab = np.cumprod(1.0 - betas)
 
@@ -50,8 +56,9 @@ def _diffusers_case(order, solver_type, final_sigmas_type, steps=10):
 
     ns = NoiseScheduleVP.discrete(schedules.from_betas(betas), clip_lambda=None)
 
-    def model(x, t):               # continuous t_n = (n + 1)/N of the discrete schedule
+    def model(x, t):  # continuous t_n = (n + 1)/N of the discrete schedule
         return eps_at(x, int(round(float(t[0]) * N)) - 1)
+
     grid = [(int(t) + 1) / N for t in sched.timesteps]
     return peer, model, ns, grid, xT, z
 
@@ -62,8 +69,9 @@ def test_diffusers_sde_dpmsolver_pp_sigma_min(order, solver_type):
     peer, model, ns, grid, xT, z = _diffusers_case(order, solver_type, "sigma_min")
     name = "sde_dpmpp_1" if order == 1 else "sde_dpmpp_2m"
     opts = {} if order == 1 else {"solver_type": solver_type, "lower_order_final": "diffusers"}
-    got = get_sampler(name).fn(model, xT, noise_schedule=ns, time_grid=grid + [1.0 / 1000],
-                               noise=z, **opts)
+    got = get_sampler(name).fn(
+        model, xT, noise_schedule=ns, time_grid=grid + [1.0 / 1000], noise=z, **opts
+    )
     # diffusers steps in float32 (it casts the sample); measured max |Δ| 1.3e-6 to 1.6e-6
     np.testing.assert_allclose(got, peer, rtol=5e-6, atol=5e-6)
 
@@ -76,14 +84,16 @@ def test_diffusers_sde_dpmsolver_pp_zero(order, solver_type):
     peer, model, ns, grid, xT, z = _diffusers_case(order, solver_type, "zero")
     name = "sde_dpmpp_1" if order == 1 else "sde_dpmpp_2m"
     opts = {} if order == 1 else {"solver_type": solver_type, "lower_order_final": "never"}
-    got = get_sampler(name).fn(model, xT, noise_schedule=ns, time_grid=grid, noise=z[:-1],
-                               denoise_to_zero=True, **opts)
-    np.testing.assert_allclose(got, peer, rtol=5e-6, atol=5e-6)      # measured 3e-7 to 9e-7
+    got = get_sampler(name).fn(
+        model, xT, noise_schedule=ns, time_grid=grid, noise=z[:-1], denoise_to_zero=True, **opts
+    )
+    np.testing.assert_allclose(got, peer, rtol=5e-6, atol=5e-6)  # measured 3e-7 to 9e-7
 
 
 # --------------------------------------------------------------------------------------------
 # DPM-Solver's dpm_solver_adaptive, re-derived (linear VP schedule, data or noise prediction)
 # --------------------------------------------------------------------------------------------
+
 
 class LinearVP:
     """DPM-Solver's NoiseScheduleVP('linear') closed forms."""
@@ -91,7 +101,7 @@ class LinearVP:
     beta_0, beta_1 = 0.1, 20.0
 
     def marginal_log_mean_coeff(self, t):
-        return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+        return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
 
     def marginal_alpha(self, t):
         return math.exp(self.marginal_log_mean_coeff(t))
@@ -105,7 +115,7 @@ class LinearVP:
 
     def inverse_lambda(self, lamb):
         tmp = 2.0 * (self.beta_1 - self.beta_0) * np.logaddexp(-2.0 * lamb, 0.0)
-        Delta = self.beta_0 ** 2 + tmp
+        Delta = self.beta_0**2 + tmp
         return float(tmp / (math.sqrt(Delta) + self.beta_0) / (self.beta_1 - self.beta_0))
 
 
@@ -124,8 +134,14 @@ class DPMSolverRef:
 
     def _q(self, s, t):
         ns = self.ns
-        return (ns.marginal_lambda(s), ns.marginal_lambda(t), ns.marginal_log_mean_coeff(s),
-                ns.marginal_log_mean_coeff(t), ns.marginal_std(s), ns.marginal_std(t))
+        return (
+            ns.marginal_lambda(s),
+            ns.marginal_lambda(t),
+            ns.marginal_log_mean_coeff(s),
+            ns.marginal_log_mean_coeff(t),
+            ns.marginal_std(s),
+            ns.marginal_std(t),
+        )
 
     def first_update(self, x, s, t, model_s=None):
         lam_s, lam_t, la_s, la_t, sig_s, sig_t = self._q(s, t)
@@ -151,13 +167,20 @@ class DPMSolverRef:
             phi_11, phi_1 = math.expm1(-r1 * h), math.expm1(-h)
             x_s1 = sig_s1 / sig_s * x - a_s1 * phi_11 * model_s
             model_s1 = self.model_fn(x_s1, s1)
-            x_t = sig_t / sig_s * x - a_t * phi_1 * model_s - 0.5 / r1 * (a_t * phi_1) * (model_s1 - model_s)
+            x_t = (
+                sig_t / sig_s * x
+                - a_t * phi_1 * model_s
+                - 0.5 / r1 * (a_t * phi_1) * (model_s1 - model_s)
+            )
         else:
             phi_11, phi_1 = math.expm1(r1 * h), math.expm1(h)
             x_s1 = math.exp(la_s1 - la_s) * x - sig_s1 * phi_11 * model_s
             model_s1 = self.model_fn(x_s1, s1)
-            x_t = (math.exp(la_t - la_s) * x - sig_t * phi_1 * model_s
-                   - 0.5 / r1 * (sig_t * phi_1) * (model_s1 - model_s))
+            x_t = (
+                math.exp(la_t - la_s) * x
+                - sig_t * phi_1 * model_s
+                - 0.5 / r1 * (sig_t * phi_1) * (model_s1 - model_s)
+            )
         return x_t, {"model_s": model_s, "model_s1": model_s1}
 
     def third_update(self, x, s, t, r1=1 / 3, r2=2 / 3, model_s=None, model_s1=None):
@@ -177,9 +200,17 @@ class DPMSolverRef:
             if model_s1 is None:
                 x_s1 = sig_s1 / sig_s * x - a_s1 * phi_11 * model_s
                 model_s1 = self.model_fn(x_s1, s1)
-            x_s2 = sig_s2 / sig_s * x - a_s2 * phi_12 * model_s + r2 / r1 * (a_s2 * phi_22) * (model_s1 - model_s)
+            x_s2 = (
+                sig_s2 / sig_s * x
+                - a_s2 * phi_12 * model_s
+                + r2 / r1 * (a_s2 * phi_22) * (model_s1 - model_s)
+            )
             model_s2 = self.model_fn(x_s2, s2)
-            x_t = sig_t / sig_s * x - a_t * phi_1 * model_s + 1.0 / r2 * (a_t * phi_2) * (model_s2 - model_s)
+            x_t = (
+                sig_t / sig_s * x
+                - a_t * phi_1 * model_s
+                + 1.0 / r2 * (a_t * phi_2) * (model_s2 - model_s)
+            )
         else:
             phi_11, phi_12, phi_1 = math.expm1(r1 * h), math.expm1(r2 * h), math.expm1(h)
             phi_22 = math.expm1(r2 * h) / (r2 * h) - 1.0
@@ -187,14 +218,22 @@ class DPMSolverRef:
             if model_s1 is None:
                 x_s1 = math.exp(la_s1 - la_s) * x - sig_s1 * phi_11 * model_s
                 model_s1 = self.model_fn(x_s1, s1)
-            x_s2 = (math.exp(la_s2 - la_s) * x - sig_s2 * phi_12 * model_s
-                    - r2 / r1 * (sig_s2 * phi_22) * (model_s1 - model_s))
+            x_s2 = (
+                math.exp(la_s2 - la_s) * x
+                - sig_s2 * phi_12 * model_s
+                - r2 / r1 * (sig_s2 * phi_22) * (model_s1 - model_s)
+            )
             model_s2 = self.model_fn(x_s2, s2)
-            x_t = (math.exp(la_t - la_s) * x - sig_t * phi_1 * model_s
-                   - 1.0 / r2 * (sig_t * phi_2) * (model_s2 - model_s))
+            x_t = (
+                math.exp(la_t - la_s) * x
+                - sig_t * phi_1 * model_s
+                - 1.0 / r2 * (sig_t * phi_2) * (model_s2 - model_s)
+            )
         return x_t
 
-    def adaptive(self, x, order, t_T, t_0, h_init=0.05, atol=0.0078, rtol=0.05, theta=0.9, t_err=1e-5):
+    def adaptive(
+        self, x, order, t_T, t_0, h_init=0.05, atol=0.0078, rtol=0.05, theta=0.9, t_err=1e-5
+    ):
         ns = self.ns
         s = t_T
         lambda_s, lambda_0 = ns.marginal_lambda(s), ns.marginal_lambda(t_0)
@@ -202,10 +241,10 @@ class DPMSolverRef:
         x_prev = x
         accepted = [s]
         if order == 2:
-            lower = lambda x, s, t: self.first_update(x, s, t)                                 # noqa: E731
-            higher = lambda x, s, t, **kw: self.second_update(x, s, t, r1=0.5, **kw)[0]        # noqa: E731
+            lower = lambda x, s, t: self.first_update(x, s, t)  # noqa: E731
+            higher = lambda x, s, t, **kw: self.second_update(x, s, t, r1=0.5, **kw)[0]  # noqa: E731
         else:
-            lower = lambda x, s, t: self.second_update(x, s, t, r1=1 / 3)                      # noqa: E731
+            lower = lambda x, s, t: self.second_update(x, s, t, r1=1 / 3)  # noqa: E731
             higher = lambda x, s, t, **kw: self.third_update(x, s, t, r1=1 / 3, r2=2 / 3, **kw)  # noqa: E731
         while abs(s - t_0) > t_err:
             t = ns.inverse_lambda(lambda_s + h)
@@ -231,12 +270,20 @@ def test_dpm_solver_adaptive(order, algorithm_type, rtol):
     peer, accepted = ref.adaptive(xT, order, 1.0, t_0, rtol=rtol, atol=rtol / 6)
     ns = NoiseScheduleVP.linear()
     got, info = get_sampler("dpm_solver_adaptive").fn(
-        A.vp_model(DATA, ns, "eps" if algorithm_type == "dpmsolver" else "x0"), xT,
-        noise_schedule=ns, steps=None, order=order, algorithm_type=algorithm_type,
-        model_type="eps" if algorithm_type == "dpmsolver" else "x0", t_end=t_0, rtol=rtol,
-        atol=rtol / 6, return_info=True)
+        A.vp_model(DATA, ns, "eps" if algorithm_type == "dpmsolver" else "x0"),
+        xT,
+        noise_schedule=ns,
+        steps=None,
+        order=order,
+        algorithm_type=algorithm_type,
+        model_type="eps" if algorithm_type == "dpmsolver" else "x0",
+        t_end=t_0,
+        rtol=rtol,
+        atol=rtol / 6,
+        return_info=True,
+    )
     assert len(info["t"]) == len(accepted)
     assert info["nfe"] == ref.nfe
     # DPM-Solver lands on inverse_lambda(λ(t_0)) ≈ t_0; refdiff snaps the last step to t_0
     np.testing.assert_allclose(info["t"], accepted, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(got, peer, rtol=1e-11, atol=1e-12)    # measured ≤ 3.3e-14
+    np.testing.assert_allclose(got, peer, rtol=1e-11, atol=1e-12)  # measured ≤ 3.3e-14

@@ -24,8 +24,11 @@ import pytest
 from refdiff import schedules
 from refdiff.edm import interpolated_sigmas, karras_sigmas, polyexponential_sigmas
 from refdiff.samplers.adapters import karras_denoiser, karras_grid
-from refdiff.samplers.karras import (sample_karras_euler, sample_karras_euler_ancestral,
-                                     sample_karras_heun)
+from refdiff.samplers.karras import (
+    sample_karras_euler,
+    sample_karras_euler_ancestral,
+    sample_karras_heun,
+)
 
 #: diffusers' schedulers warn (NumPy 2 ``__array__`` copy keyword) at every step; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -40,7 +43,9 @@ def eps_np(x, t):
 
 
 def _diffusers(name: str, **config):
-    diffusers = pytest.importorskip("diffusers", reason="diffusers (test extra) checks the live peer")
+    diffusers = pytest.importorskip(
+        "diffusers", reason="diffusers (test extra) checks the live peer"
+    )
     cls = getattr(diffusers, name)
     return cls(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, **config)
 
@@ -48,15 +53,21 @@ def _diffusers(name: str, **config):
 def _run_diffusers(sched, x0: np.ndarray, n: int, *, generator_seed: int | None = None):
     """diffusers' sampling loop (float32) with the ε-network; returns (sample, noise draws used)."""
     import torch
+
     sched.set_timesteps(n)
     x = torch.from_numpy(x0.astype(np.float32))
     gen = None if generator_seed is None else torch.Generator().manual_seed(generator_seed)
     for t in sched.timesteps:
         inp = sched.scale_model_input(x, t)
         tt = float(t)
-        eps = torch.from_numpy(eps_np(inp.double().numpy(), np.full(x.shape[0], tt)).astype(np.float32))
-        x = sched.step(eps, t, x, generator=gen).prev_sample if gen is not None else \
-            sched.step(eps, t, x).prev_sample
+        eps = torch.from_numpy(
+            eps_np(inp.double().numpy(), np.full(x.shape[0], tt)).astype(np.float32)
+        )
+        x = (
+            sched.step(eps, t, x, generator=gen).prev_sample
+            if gen is not None
+            else sched.step(eps, t, x).prev_sample
+        )
     return x.double().numpy()
 
 
@@ -76,18 +87,27 @@ def _rel(a, b) -> float:
 # The σ grid builders against diffusers' set_timesteps
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spacing,offset,n", [("linspace", 0, 10), ("linspace", 0, 7),
-                                              ("leading", 1, 10), ("trailing", 0, 10),
-                                              ("trailing", 0, 3)])
+
+@pytest.mark.parametrize(
+    "spacing,offset,n",
+    [
+        ("linspace", 0, 10),
+        ("linspace", 0, 7),
+        ("leading", 1, 10),
+        ("trailing", 0, 10),
+        ("trailing", 0, 3),
+    ],
+)
 def test_interpolated_sigmas_are_diffusers_euler_grid(spacing, offset, n):
     """EulerDiscreteScheduler(timestep_spacing, steps_offset, interpolation_type='linear').sigmas."""
     d = _diffusers("EulerDiscreteScheduler", timestep_spacing=spacing, steps_offset=offset)
     d.set_timesteps(n)
-    ours = interpolated_sigmas(d.alphas_cumprod.double().numpy(), n, timestep_spacing=spacing,
-                               steps_offset=offset)
+    ours = interpolated_sigmas(
+        d.alphas_cumprod.double().numpy(), n, timestep_spacing=spacing, steps_offset=offset
+    )
     theirs = d.sigmas.double().numpy()
     assert ours.shape == theirs.shape and ours[-1] == 0.0 == theirs[-1]
-    np.testing.assert_allclose(ours[:-1], theirs[:-1], rtol=2e-7)      # diffusers rounds to float32
+    np.testing.assert_allclose(ours[:-1], theirs[:-1], rtol=2e-7)  # diffusers rounds to float32
 
 
 def test_polyexponential_is_k_diffusion_formula():
@@ -95,18 +115,25 @@ def test_polyexponential_is_k_diffusion_formula():
     for rho in (1.0, 2.0, 0.5):
         ramp = np.linspace(1.0, 0.0, 9) ** rho
         expected = np.exp(ramp * (math.log(14.6) - math.log(0.03)) + math.log(0.03))
-        np.testing.assert_allclose(polyexponential_sigmas(9, 0.03, 14.6, rho)[:-1], expected,
-                                   rtol=1e-14)
+        np.testing.assert_allclose(
+            polyexponential_sigmas(9, 0.03, 14.6, rho)[:-1], expected, rtol=1e-14
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # diffusers schedulers: one refdiff call each
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spacing,offset,n,timestep", [
-    ("leading", 1, 10, "nearest"), ("trailing", 0, 10, "nearest"), ("linspace", 0, 10, "nearest"),
-    ("linspace", 0, 7, "interp"),   # linspace(0, 999, 7) is fractional: diffusers passes real t
-])
+
+@pytest.mark.parametrize(
+    "spacing,offset,n,timestep",
+    [
+        ("leading", 1, 10, "nearest"),
+        ("trailing", 0, 10, "nearest"),
+        ("linspace", 0, 10, "nearest"),
+        ("linspace", 0, 7, "interp"),  # linspace(0, 999, 7) is fractional: diffusers passes real t
+    ],
+)
 def test_euler_discrete(spacing, offset, n, timestep):
     """EulerDiscreteScheduler (ε, interpolation_type='linear') == sample_karras_euler on interpolated_sigmas.
 
@@ -119,8 +146,9 @@ def test_euler_discrete(spacing, offset, n, timestep):
     sig = interpolated_sigmas(sched, n, timestep_spacing=spacing, steps_offset=offset)
     x = _start(float(sig[0]))
     theirs = _run_diffusers(d, x, n)
-    ours = sample_karras_euler(karras_denoiser(eps_np, sched, prediction_type="eps",
-                                               timestep=timestep), x, sigmas=sig)
+    ours = sample_karras_euler(
+        karras_denoiser(eps_np, sched, prediction_type="eps", timestep=timestep), x, sigmas=sig
+    )
     assert _rel(ours, theirs) < 2e-6
 
 
@@ -132,12 +160,14 @@ def test_euler_discrete_karras_sigmas():
     sig = karras_grid(sched, n)
     x = _start(float(sig[0]))
     theirs = _run_diffusers(d, x, n)
-    ours = sample_karras_euler(karras_denoiser(eps_np, sched, prediction_type="eps",
-                                               timestep="interp"), x, sigmas=sig)
+    ours = sample_karras_euler(
+        karras_denoiser(eps_np, sched, prediction_type="eps", timestep="interp"), x, sigmas=sig
+    )
     assert _rel(ours, theirs) < 2e-6
     # the same grid by hand: Karras et al. (2022), Eq. 5 between the table's σ_min and σ_max
-    np.testing.assert_allclose(sig, karras_sigmas(n, float(sched.sigmas[0]),
-                                                  float(sched.sigmas[-1])), rtol=0, atol=0)
+    np.testing.assert_allclose(
+        sig, karras_sigmas(n, float(sched.sigmas[0]), float(sched.sigmas[-1])), rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize("spacing,offset", [("leading", 1), ("trailing", 0)])
@@ -163,17 +193,20 @@ def test_heun_discrete(spacing, offset):
 def test_euler_ancestral_discrete_with_explicit_noise():
     """EulerAncestralDiscreteScheduler with a seeded generator == sample_karras_euler_ancestral given the same draws."""
     import torch
+
     n, seed = 10, 1234
     d = _diffusers("EulerAncestralDiscreteScheduler", timestep_spacing="leading", steps_offset=1)
     sched = _schedule_of(d)
     sig = interpolated_sigmas(sched, n, timestep_spacing="leading", steps_offset=1)
     x = _start(float(sig[0]))
     theirs = _run_diffusers(d, x, n, generator_seed=seed)
-    gen = torch.Generator().manual_seed(seed)   # diffusers draws one float32 N(0, I) per step
-    draws = np.stack([torch.randn(SHAPE, generator=gen, dtype=torch.float32).double().numpy()
-                      for _ in range(n)])
-    ours = sample_karras_euler_ancestral(karras_denoiser(eps_np, sched, prediction_type="eps"), x,
-                                         sigmas=sig, noise=draws, eta=1.0)
+    gen = torch.Generator().manual_seed(seed)  # diffusers draws one float32 N(0, I) per step
+    draws = np.stack(
+        [torch.randn(SHAPE, generator=gen, dtype=torch.float32).double().numpy() for _ in range(n)]
+    )
+    ours = sample_karras_euler_ancestral(
+        karras_denoiser(eps_np, sched, prediction_type="eps"), x, sigmas=sig, noise=draws, eta=1.0
+    )
     assert _rel(ours, theirs) < 2e-6
 
 
@@ -181,19 +214,21 @@ def test_euler_ancestral_discrete_with_explicit_noise():
 # k-diffusion loops, re-derived
 # --------------------------------------------------------------------------------------------
 
+
 def kd_to_d(x, sigma, denoised):
     return (x - denoised) / sigma
 
 
-def kd_sample_euler(model, x, sigmas, draws, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"),
-                    s_noise=1.0, heun=False):
+def kd_sample_euler(
+    model, x, sigmas, draws, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, heun=False
+):
     """k-diffusion sample_euler / sample_heun (draw i at step i, used when γ_i > 0)."""
     n = len(sigmas) - 1
     for i in range(n):
-        gamma = min(s_churn / n, 2 ** 0.5 - 1) if s_tmin <= sigmas[i] <= s_tmax else 0.0
+        gamma = min(s_churn / n, 2**0.5 - 1) if s_tmin <= sigmas[i] <= s_tmax else 0.0
         sigma_hat = sigmas[i] * (gamma + 1)
         if gamma > 0:
-            x = x + draws[i] * s_noise * (sigma_hat ** 2 - sigmas[i] ** 2) ** 0.5
+            x = x + draws[i] * s_noise * (sigma_hat**2 - sigmas[i] ** 2) ** 0.5
         denoised = model(x, sigma_hat)
         d = kd_to_d(x, sigma_hat, denoised)
         dt = sigmas[i + 1] - sigma_hat
@@ -211,8 +246,8 @@ def kd_sample_euler_ancestral(model, x, sigmas, draws, eta=1.0, s_noise=1.0):
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, s)
-        up = min(s_next, eta * (s_next ** 2 * (s ** 2 - s_next ** 2) / s ** 2) ** 0.5) if eta else 0.0
-        down = (s_next ** 2 - up ** 2) ** 0.5
+        up = min(s_next, eta * (s_next**2 * (s**2 - s_next**2) / s**2) ** 0.5) if eta else 0.0
+        down = (s_next**2 - up**2) ** 0.5
         x = x + kd_to_d(x, s, denoised) * (down - s)
         if s_next > 0:
             x = x + draws[i] * s_noise * up
@@ -233,11 +268,28 @@ def test_k_diffusion_euler_heun(heun, churn):
     rng = np.random.default_rng(3)
     x = rng.standard_normal(SHAPE) * 80.0
     draws = rng.standard_normal((12,) + SHAPE)
-    ref = kd_sample_euler(_kd_denoiser, x, [float(v) for v in sig], draws, s_churn=churn,
-                          s_tmin=0.05, s_tmax=50.0, s_noise=1.003, heun=heun)
+    ref = kd_sample_euler(
+        _kd_denoiser,
+        x,
+        [float(v) for v in sig],
+        draws,
+        s_churn=churn,
+        s_tmin=0.05,
+        s_tmax=50.0,
+        s_noise=1.003,
+        heun=heun,
+    )
     fn = sample_karras_heun if heun else sample_karras_euler
-    ours = fn(_kd_denoiser, x, sigmas=sig, noise=draws, S_churn=churn, S_tmin=0.05, S_tmax=50.0,
-              S_noise=1.003)
+    ours = fn(
+        _kd_denoiser,
+        x,
+        sigmas=sig,
+        noise=draws,
+        S_churn=churn,
+        S_tmin=0.05,
+        S_tmax=50.0,
+        S_noise=1.003,
+    )
     assert _rel(ours, ref) < 1e-13
 
 
@@ -248,10 +300,12 @@ def test_k_diffusion_euler_ancestral(eta):
     rng = np.random.default_rng(4)
     x = rng.standard_normal(SHAPE) * 80.0
     draws = rng.standard_normal((10,) + SHAPE)
-    ref = kd_sample_euler_ancestral(_kd_denoiser, x, [float(v) for v in sig], draws, eta=eta,
-                                    s_noise=0.9)
-    ours = sample_karras_euler_ancestral(_kd_denoiser, x, sigmas=sig, noise=draws, eta=eta,
-                                         S_noise=0.9)
+    ref = kd_sample_euler_ancestral(
+        _kd_denoiser, x, [float(v) for v in sig], draws, eta=eta, s_noise=0.9
+    )
+    ours = sample_karras_euler_ancestral(
+        _kd_denoiser, x, sigmas=sig, noise=draws, eta=eta, S_noise=0.9
+    )
     assert _rel(ours, ref) < 1e-13
 
 
@@ -264,12 +318,14 @@ def test_kdpm2_discrete(spacing, offset):
     ``timestep="interp"`` reproduces; the last step to σ = 0 is Euler in both (2N - 1 calls).
     """
     from refdiff.samplers.karras_dpm import sample_karras_dpm_2
+
     n = 8
     d = _diffusers("KDPM2DiscreteScheduler", timestep_spacing=spacing, steps_offset=offset)
     sched = _schedule_of(d)
     sig = interpolated_sigmas(sched, n, timestep_spacing=spacing, steps_offset=offset)
     x = _start(float(sig[0]))
     theirs = _run_diffusers(d, x, n)
-    ours = sample_karras_dpm_2(karras_denoiser(eps_np, sched, prediction_type="eps",
-                                               timestep="interp"), x, sigmas=sig)
+    ours = sample_karras_dpm_2(
+        karras_denoiser(eps_np, sched, prediction_type="eps", timestep="interp"), x, sigmas=sig
+    )
     assert _rel(ours, theirs) < 2e-6

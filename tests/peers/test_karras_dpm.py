@@ -40,11 +40,14 @@ def start(seed=0, sigma_max=10.0):
 # k-diffusion, re-derived
 # --------------------------------------------------------------------------------------------
 
+
 def get_ancestral_step(sigma_from, sigma_to, eta=1.0):
     if not eta:
         return sigma_to, 0.0
-    sigma_up = min(sigma_to, eta * (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5)
-    sigma_down = (sigma_to ** 2 - sigma_up ** 2) ** 0.5
+    sigma_up = min(
+        sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
+    )
+    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
     return sigma_down, sigma_up
 
 
@@ -54,11 +57,13 @@ def to_d(x, sigma, denoised):
 
 def kd_dpm_2(x, sigmas, eps_draws, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
     for i in range(len(sigmas) - 1):
-        gamma = min(s_churn / (len(sigmas) - 1), 2 ** 0.5 - 1) if s_tmin <= sigmas[i] <= s_tmax else 0.0
+        gamma = (
+            min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigmas[i] <= s_tmax else 0.0
+        )
         eps = eps_draws[i] * s_noise
         sigma_hat = sigmas[i] * (gamma + 1)
         if gamma > 0:
-            x = x + eps * (sigma_hat ** 2 - sigmas[i] ** 2) ** 0.5
+            x = x + eps * (sigma_hat**2 - sigmas[i] ** 2) ** 0.5
         denoised = model(x, sigma_hat)
         d = to_d(x, sigma_hat, denoised)
         if sigmas[i + 1] == 0:
@@ -88,7 +93,7 @@ def kd_dpm_2_ancestral(x, sigmas, noise_sampler, eta=1.0, s_noise=1.0):
 
 
 def kd_dpmpp_2s_ancestral(x, sigmas, noise_sampler, eta=1.0, s_noise=1.0):
-    sigma_fn = lambda t: math.exp(-t)     # noqa: E731
+    sigma_fn = lambda t: math.exp(-t)  # noqa: E731
     t_fn = lambda sigma: -math.log(sigma)  # noqa: E731
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
@@ -109,7 +114,7 @@ def kd_dpmpp_2s_ancestral(x, sigmas, noise_sampler, eta=1.0, s_noise=1.0):
 
 
 def kd_dpmpp_sde(x, sigmas, noise_sampler, eta=1.0, s_noise=1.0, r=1 / 2):
-    sigma_fn = lambda t: math.exp(-t)     # noqa: E731
+    sigma_fn = lambda t: math.exp(-t)  # noqa: E731
     t_fn = lambda sigma: -math.log(sigma)  # noqa: E731
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigmas[i])
@@ -143,15 +148,26 @@ def kd_dpmpp_2m_sde(x, sigmas, noise_sampler, eta=1.0, s_noise=1.0, solver_type=
             t, s = -math.log(sigmas[i]), -math.log(sigmas[i + 1])
             h = s - t
             eta_h = eta * h
-            x = sigmas[i + 1] / sigmas[i] * math.exp(-eta_h) * x + (-math.expm1(-h - eta_h)) * denoised
+            x = (
+                sigmas[i + 1] / sigmas[i] * math.exp(-eta_h) * x
+                + (-math.expm1(-h - eta_h)) * denoised
+            )
             if old_denoised is not None:
                 r = h_last / h
                 if solver_type == "heun":
-                    x = x + ((-math.expm1(-h - eta_h)) / (-h - eta_h) + 1) * (1 / r) * (denoised - old_denoised)
+                    x = x + ((-math.expm1(-h - eta_h)) / (-h - eta_h) + 1) * (1 / r) * (
+                        denoised - old_denoised
+                    )
                 else:
                     x = x + 0.5 * (-math.expm1(-h - eta_h)) * (1 / r) * (denoised - old_denoised)
             if eta:
-                x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise
+                x = (
+                    x
+                    + noise_sampler(sigmas[i], sigmas[i + 1])
+                    * sigmas[i + 1]
+                    * math.sqrt(-math.expm1(-2 * eta_h))
+                    * s_noise
+                )
         old_denoised = denoised
         h_last = h
     return x
@@ -184,7 +200,13 @@ def kd_dpmpp_3m_sde(x, sigmas, noise_sampler, eta=1.0, s_noise=1.0):
                 phi_2 = math.expm1(-h_eta) / h_eta + 1
                 x = x + phi_2 * d
             if eta:
-                x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise
+                x = (
+                    x
+                    + noise_sampler(sigmas[i], sigmas[i + 1])
+                    * sigmas[i + 1]
+                    * math.sqrt(-math.expm1(-2 * h * eta))
+                    * s_noise
+                )
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
     return x
@@ -200,6 +222,7 @@ def linear_multistep_coeff(order, t, i, j):
                 continue
             prod *= (tau - t[i - k]) / (t[i - j] - t[i - k])
         return prod
+
     return integrate.quad(fn, t[i], t[i + 1], epsrel=1e-4)[0]
 
 
@@ -248,8 +271,11 @@ class KDDPMSolver:
         s1 = t + r1 * h
         u1 = x - self.sigma(s1) * math.expm1(r1 * h) * eps
         eps_r1, eps_cache = self.eps(eps_cache, "eps_r1", u1, s1)
-        x_2 = (x - self.sigma(t_next) * math.expm1(h) * eps
-               - self.sigma(t_next) / (2 * r1) * math.expm1(h) * (eps_r1 - eps))
+        x_2 = (
+            x
+            - self.sigma(t_next) * math.expm1(h) * eps
+            - self.sigma(t_next) / (2 * r1) * math.expm1(h) * (eps_r1 - eps)
+        )
         return x_2, eps_cache
 
     def dpm_solver_3_step(self, x, t, t_next, r1=1 / 3, r2=2 / 3, eps_cache=None):
@@ -259,11 +285,17 @@ class KDDPMSolver:
         s1, s2 = t + r1 * h, t + r2 * h
         u1 = x - self.sigma(s1) * math.expm1(r1 * h) * eps
         eps_r1, eps_cache = self.eps(eps_cache, "eps_r1", u1, s1)
-        u2 = (x - self.sigma(s2) * math.expm1(r2 * h) * eps
-              - self.sigma(s2) * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * (eps_r1 - eps))
+        u2 = (
+            x
+            - self.sigma(s2) * math.expm1(r2 * h) * eps
+            - self.sigma(s2) * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * (eps_r1 - eps)
+        )
         eps_r2, eps_cache = self.eps(eps_cache, "eps_r2", u2, s2)
-        x_3 = (x - self.sigma(t_next) * math.expm1(h) * eps
-               - self.sigma(t_next) / r2 * (math.expm1(h) / h - 1) * (eps_r2 - eps))
+        x_3 = (
+            x
+            - self.sigma(t_next) * math.expm1(h) * eps
+            - self.sigma(t_next) / r2 * (math.expm1(h) / h - 1) * (eps_r2 - eps)
+        )
         return x_3, eps_cache
 
     def dpm_solver_fast(self, x, t_start, t_end, nfe, eta=0.0, s_noise=1.0, noise_sampler=None):
@@ -280,14 +312,30 @@ class KDDPMSolver:
             else:
                 t_next_, su = t_next, 0.0
             eps, eps_cache = self.eps(eps_cache, "eps", x, t)
-            step = {1: self.dpm_solver_1_step, 2: self.dpm_solver_2_step, 3: self.dpm_solver_3_step}[orders[i]]
+            step = {
+                1: self.dpm_solver_1_step,
+                2: self.dpm_solver_2_step,
+                3: self.dpm_solver_3_step,
+            }[orders[i]]
             x, eps_cache = step(x, t, t_next_, eps_cache=eps_cache)
             if su:
                 x = x + su * s_noise * noise_sampler(self.sigma(t), self.sigma(t_next))
         return x
 
-    def dpm_solver_adaptive(self, x, t_start, t_end, order=3, rtol=0.05, atol=0.0078, h_init=0.05,
-                            pcoeff=0.0, icoeff=1.0, dcoeff=0.0, accept_safety=0.81):
+    def dpm_solver_adaptive(
+        self,
+        x,
+        t_start,
+        t_end,
+        order=3,
+        rtol=0.05,
+        atol=0.0078,
+        h_init=0.05,
+        pcoeff=0.0,
+        icoeff=1.0,
+        dcoeff=0.0,
+        accept_safety=0.81,
+    ):
         s = t_start
         x_prev = x
         pid = KDPID(h_init, pcoeff, icoeff, dcoeff, order, accept_safety)
@@ -303,7 +351,7 @@ class KDDPMSolver:
                 x_low, eps_cache = self.dpm_solver_2_step(x, s, t, r1=1 / 3, eps_cache=eps_cache)
                 x_high, eps_cache = self.dpm_solver_3_step(x, s, t, eps_cache=eps_cache)
             delta = np.maximum(atol, rtol * np.maximum(np.abs(x_low), np.abs(x_prev)))
-            error = np.linalg.norm((x_low - x_high) / delta) / x.size ** 0.5
+            error = np.linalg.norm((x_low - x_high) / delta) / x.size**0.5
             if pid.propose_step(error):
                 x_prev, x, s = x_low, x_high, t
                 info["n_accept"] += 1
@@ -342,6 +390,7 @@ class KDPID:
 # Noise: per-step draws, and a Brownian path W(σ) for dpmpp_sde
 # --------------------------------------------------------------------------------------------
 
+
 class StepNoise:
     """noise_sampler(σ_i, σ_{i+1}) -> the draw of step i (looked up by σ_i), and refdiff's array."""
 
@@ -360,16 +409,23 @@ class BrownianPath:
     def __init__(self, points, seed=2):
         self.p = np.array(sorted({float(v) for v in points}))
         rng = np.random.default_rng(seed)
-        inc = rng.standard_normal((len(self.p), B, D)) * np.sqrt(np.diff(self.p, prepend=0.0))[:, None, None]
+        inc = (
+            rng.standard_normal((len(self.p), B, D))
+            * np.sqrt(np.diff(self.p, prepend=0.0))[:, None, None]
+        )
         self.W = np.cumsum(inc, axis=0)
 
     def at(self, sigma):
         k = int(np.argmin(np.abs(self.p - float(sigma))))
-        assert abs(self.p[k] - float(sigma)) <= 1e-6 * max(1.0, float(sigma))   # diffusers: float32 σ
+        assert abs(self.p[k] - float(sigma)) <= 1e-6 * max(
+            1.0, float(sigma)
+        )  # diffusers: float32 σ
         return self.W[k]
 
-    def __call__(self, sigma, sigma_next):            # k-diffusion's BrownianTreeNoiseSampler
-        return (self.at(sigma_next) - self.at(sigma)) / math.sqrt(abs(float(sigma_next) - float(sigma)))
+    def __call__(self, sigma, sigma_next):  # k-diffusion's BrownianTreeNoiseSampler
+        return (self.at(sigma_next) - self.at(sigma)) / math.sqrt(
+            abs(float(sigma_next) - float(sigma))
+        )
 
 
 def dpmpp_sde_draws(path: BrownianPath, sigmas, r=0.5):
@@ -384,80 +440,121 @@ def dpmpp_sde_draws(path: BrownianPath, sigmas, r=0.5):
     return np.stack(out)
 
 
-GRID = [float(s) for s in karras_sigmas(9, 0.03, 10.0)]           # 8 levels and a final 0
+GRID = [float(s) for s in karras_sigmas(9, 0.03, 10.0)]  # 8 levels and a final 0
 
 
 # --------------------------------------------------------------------------------------------
 # The rows of docs/PEERS.md
 # --------------------------------------------------------------------------------------------
 
+
 def test_dpm_2():
     x = start()
     nz = StepNoise(GRID)
-    np.testing.assert_allclose(get_sampler("karras_dpm_2").fn(DEN, x, sigmas=GRID),
-                               kd_dpm_2(x, GRID, nz.z), rtol=1e-12, atol=1e-12)
-    churned = get_sampler("karras_dpm_2").fn(DEN, x, sigmas=GRID, noise=nz.z, S_churn=2.0,
-                                             S_tmin=0.1, S_tmax=5.0, S_noise=1.003)
-    np.testing.assert_allclose(churned, kd_dpm_2(x, GRID, nz.z, s_churn=2.0, s_tmin=0.1, s_tmax=5.0,
-                                                 s_noise=1.003), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        get_sampler("karras_dpm_2").fn(DEN, x, sigmas=GRID),
+        kd_dpm_2(x, GRID, nz.z),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    churned = get_sampler("karras_dpm_2").fn(
+        DEN, x, sigmas=GRID, noise=nz.z, S_churn=2.0, S_tmin=0.1, S_tmax=5.0, S_noise=1.003
+    )
+    np.testing.assert_allclose(
+        churned,
+        kd_dpm_2(x, GRID, nz.z, s_churn=2.0, s_tmin=0.1, s_tmax=5.0, s_noise=1.003),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("eta", [1.0, 0.6, 0.0, 1.5])
 def test_dpm_2_ancestral(eta):
     x, nz = start(), StepNoise(GRID)
     np.testing.assert_allclose(
-        get_sampler("karras_dpm_2_ancestral").fn(DEN, x, sigmas=GRID, noise=nz.z, eta=eta, S_noise=0.98),
-        kd_dpm_2_ancestral(x, GRID, nz, eta=eta, s_noise=0.98), rtol=1e-12, atol=1e-12)
+        get_sampler("karras_dpm_2_ancestral").fn(
+            DEN, x, sigmas=GRID, noise=nz.z, eta=eta, S_noise=0.98
+        ),
+        kd_dpm_2_ancestral(x, GRID, nz, eta=eta, s_noise=0.98),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("eta", [1.0, 0.6, 0.0, 1.5])
 def test_dpmpp_2s_ancestral(eta):
     x, nz = start(), StepNoise(GRID)
     np.testing.assert_allclose(
-        get_sampler("karras_dpmpp_2s_ancestral").fn(DEN, x, sigmas=GRID, noise=nz.z, eta=eta, S_noise=0.98),
-        kd_dpmpp_2s_ancestral(x, GRID, nz, eta=eta, s_noise=0.98), rtol=1e-12, atol=1e-12)
+        get_sampler("karras_dpmpp_2s_ancestral").fn(
+            DEN, x, sigmas=GRID, noise=nz.z, eta=eta, S_noise=0.98
+        ),
+        kd_dpmpp_2s_ancestral(x, GRID, nz, eta=eta, s_noise=0.98),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("eta,r", [(1.0, 0.5), (0.7, 0.5), (1.0, 0.3)])
 def test_dpmpp_sde_with_the_same_brownian_path(eta, r):
     x = start()
-    mids = [math.exp(-((1 - r) * -math.log(s) + r * -math.log(sn)))
-            for s, sn in zip(GRID[:-1], GRID[1:]) if sn > 0]
+    mids = [
+        math.exp(-((1 - r) * -math.log(s) + r * -math.log(sn)))
+        for s, sn in zip(GRID[:-1], GRID[1:])
+        if sn > 0
+    ]
     path = BrownianPath(GRID[:-1] + mids)
-    got = get_sampler("karras_dpmpp_sde").fn(DEN, x, sigmas=GRID, noise=dpmpp_sde_draws(path, GRID, r),
-                                             eta=eta, r=r, S_noise=1.01)
-    np.testing.assert_allclose(got, kd_dpmpp_sde(x, GRID, path, eta=eta, s_noise=1.01, r=r),
-                               rtol=1e-12, atol=1e-12)
+    got = get_sampler("karras_dpmpp_sde").fn(
+        DEN, x, sigmas=GRID, noise=dpmpp_sde_draws(path, GRID, r), eta=eta, r=r, S_noise=1.01
+    )
+    np.testing.assert_allclose(
+        got, kd_dpmpp_sde(x, GRID, path, eta=eta, s_noise=1.01, r=r), rtol=1e-12, atol=1e-12
+    )
 
 
-@pytest.mark.parametrize("eta,solver_type", [(1.0, "midpoint"), (1.0, "heun"), (0.5, "midpoint"), (0.0, "heun")])
+@pytest.mark.parametrize(
+    "eta,solver_type", [(1.0, "midpoint"), (1.0, "heun"), (0.5, "midpoint"), (0.0, "heun")]
+)
 def test_dpmpp_2m_sde(eta, solver_type):
     x, nz = start(), StepNoise(GRID)
     np.testing.assert_allclose(
-        get_sampler("karras_dpmpp_2m_sde").fn(DEN, x, sigmas=GRID, noise=nz.z, eta=eta,
-                                              solver_type=solver_type, S_noise=0.99),
+        get_sampler("karras_dpmpp_2m_sde").fn(
+            DEN, x, sigmas=GRID, noise=nz.z, eta=eta, solver_type=solver_type, S_noise=0.99
+        ),
         kd_dpmpp_2m_sde(x, GRID, nz, eta=eta, solver_type=solver_type, s_noise=0.99),
-        rtol=1e-12, atol=1e-12)
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("eta", [1.0, 0.5, 0.0])
 def test_dpmpp_3m_sde(eta):
     x, nz = start(), StepNoise(GRID)
     np.testing.assert_allclose(
-        get_sampler("karras_dpmpp_3m_sde").fn(DEN, x, sigmas=GRID, noise=nz.z, eta=eta,
-                                              d2_scale="dpm_solver"),
-        kd_dpmpp_3m_sde(x, GRID, nz, eta=eta), rtol=1e-12, atol=1e-12)
+        get_sampler("karras_dpmpp_3m_sde").fn(
+            DEN, x, sigmas=GRID, noise=nz.z, eta=eta, d2_scale="dpm_solver"
+        ),
+        kd_dpmpp_3m_sde(x, GRID, nz, eta=eta),
+        rtol=1e-12,
+        atol=1e-12,
+    )
     # the default third-order D2 is a different update (2 x the second-difference term)
-    assert not np.allclose(get_sampler("karras_dpmpp_3m_sde").fn(DEN, x, sigmas=GRID, noise=nz.z, eta=eta),
-                           kd_dpmpp_3m_sde(x, GRID, nz, eta=eta), rtol=1e-9)
+    assert not np.allclose(
+        get_sampler("karras_dpmpp_3m_sde").fn(DEN, x, sigmas=GRID, noise=nz.z, eta=eta),
+        kd_dpmpp_3m_sde(x, GRID, nz, eta=eta),
+        rtol=1e-9,
+    )
 
 
 @pytest.mark.parametrize("order", [4, 2, 3])
 def test_lms(order):
     pytest.importorskip("scipy", reason="k-diffusion's LMS weights come from scipy.integrate.quad")
     x = start()
-    np.testing.assert_allclose(get_sampler("karras_lms").fn(DEN, x, sigmas=GRID, order=order),
-                               kd_lms(x, GRID, order=order), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        get_sampler("karras_lms").fn(DEN, x, sigmas=GRID, order=order),
+        kd_lms(x, GRID, order=order),
+        rtol=1e-10,
+        atol=1e-10,
+    )
 
 
 @pytest.mark.parametrize("nfe", [5, 6, 7, 12])
@@ -475,21 +572,42 @@ def test_dpm_fast_ancestral():
     kd = KDDPMSolver()
     nz = StepNoise(list(np.exp(-np.linspace(kd.t(10.0), kd.t(0.03), 4))))
     ref = kd.dpm_solver_fast(x, kd.t(10.0), kd.t(0.03), 9, eta=0.8, s_noise=1.02, noise_sampler=nz)
-    got = get_sampler("karras_dpm_fast").fn(DEN, x, sigmas=[10.0, 0.03], nfe=9, noise=nz.z, eta=0.8,
-                                            S_noise=1.02)
+    got = get_sampler("karras_dpm_fast").fn(
+        DEN, x, sigmas=[10.0, 0.03], nfe=9, noise=nz.z, eta=0.8, S_noise=1.02
+    )
     np.testing.assert_allclose(got, ref, rtol=1e-11, atol=1e-11)
 
 
-@pytest.mark.parametrize("order,rtol,pid", [(3, 0.05, (0.0, 1.0, 0.0)), (2, 0.01, (0.0, 1.0, 0.0)),
-                                            (3, 0.005, (0.3, 0.5, 0.1))])
+@pytest.mark.parametrize(
+    "order,rtol,pid",
+    [(3, 0.05, (0.0, 1.0, 0.0)), (2, 0.01, (0.0, 1.0, 0.0)), (3, 0.005, (0.3, 0.5, 0.1))],
+)
 def test_dpm_adaptive(order, rtol, pid):
     x = start()
     kd = KDDPMSolver()
-    ref, info_ref = kd.dpm_solver_adaptive(x, kd.t(10.0), kd.t(0.03), order=order, rtol=rtol,
-                                           atol=rtol / 6, pcoeff=pid[0], icoeff=pid[1], dcoeff=pid[2])
+    ref, info_ref = kd.dpm_solver_adaptive(
+        x,
+        kd.t(10.0),
+        kd.t(0.03),
+        order=order,
+        rtol=rtol,
+        atol=rtol / 6,
+        pcoeff=pid[0],
+        icoeff=pid[1],
+        dcoeff=pid[2],
+    )
     got, info = get_sampler("karras_dpm_adaptive").fn(
-        DEN, x, sigmas=[10.0, 0.03], order=order, rtol=rtol, atol=rtol / 6, pcoeff=pid[0],
-        icoeff=pid[1], dcoeff=pid[2], return_info=True)
+        DEN,
+        x,
+        sigmas=[10.0, 0.03],
+        order=order,
+        rtol=rtol,
+        atol=rtol / 6,
+        pcoeff=pid[0],
+        icoeff=pid[1],
+        dcoeff=pid[2],
+        return_info=True,
+    )
     assert (info["n_accept"], info["n_reject"]) == (info_ref["n_accept"], info_ref["n_reject"])
     assert info["nfe"] == kd.nfe
     # the error estimate is a difference of nearby solutions: refdiff's first-order stages are
@@ -500,6 +618,7 @@ def test_dpm_adaptive(order, rtol, pid):
 # --------------------------------------------------------------------------------------------
 # diffusers' DPMSolverSDEScheduler (k-diffusion's dpmpp_sde, η = 1, r = 1/2), live
 # --------------------------------------------------------------------------------------------
+
 
 def test_diffusers_dpm_solver_sde_scheduler(monkeypatch):
     pytest.importorskip("diffusers", reason="diffusers is the live peer of this row")
@@ -514,17 +633,29 @@ def test_diffusers_dpm_solver_sde_scheduler(monkeypatch):
     sched.set_timesteps(8)
     sig = sched.sigmas.double().numpy()
     grid = [float(s) for s in sig[0::2]] + [0.0]
-    mids = [math.exp(-0.5 * (-math.log(s) - math.log(sn))) for s, sn in zip(grid[:-1], grid[1:]) if sn > 0]
+    mids = [
+        math.exp(-0.5 * (-math.log(s) - math.log(sn)))
+        for s, sn in zip(grid[:-1], grid[1:])
+        if sn > 0
+    ]
     path = BrownianPath(grid[:-1] + mids)
     sched.noise_sampler = lambda a, b: torch.from_numpy(path(float(a), float(b)))
 
     x0 = start(3, grid[0])
     x = torch.from_numpy(x0.copy())
     for t in sched.timesteps:
-        sigma_in = float(sched.sigmas[sched.step_index or 0]) if sched.state_in_first_order else float(sched.mid_point_sigma)
+        sigma_in = (
+            float(sched.sigmas[sched.step_index or 0])
+            if sched.state_in_first_order
+            else float(sched.mid_point_sigma)
+        )
         scaled = sched.scale_model_input(x, t)
-        xs = scaled.numpy() * math.sqrt(sigma_in ** 2 + 1.0)          # back on the σ scale
+        xs = scaled.numpy() * math.sqrt(sigma_in**2 + 1.0)  # back on the σ scale
         eps = (xs - model(xs, sigma_in)) / sigma_in
         x = sched.step(torch.from_numpy(eps), t, x).prev_sample
-    got = get_sampler("karras_dpmpp_sde").fn(DEN, x0, sigmas=grid, noise=dpmpp_sde_draws(path, grid))
-    np.testing.assert_allclose(x.double().numpy(), got, rtol=1e-6, atol=1e-6)   # measured 1.2e-7 (float32 σ)
+    got = get_sampler("karras_dpmpp_sde").fn(
+        DEN, x0, sigmas=grid, noise=dpmpp_sde_draws(path, grid)
+    )
+    np.testing.assert_allclose(
+        x.double().numpy(), got, rtol=1e-6, atol=1e-6
+    )  # measured 1.2e-7 (float32 σ)

@@ -25,9 +25,13 @@ import pytest
 import scipy.integrate
 
 from refdiff.samplers.ode import sample_ode_rk45
-from refdiff.samplers.score_sde import (sample_ncsn_annealed_langevin, sample_sde_ancestral,
-                                        sample_sde_euler_maruyama, sample_sde_pc,
-                                        sample_sde_reverse_diffusion)
+from refdiff.samplers.score_sde import (
+    sample_ncsn_annealed_langevin,
+    sample_sde_ancestral,
+    sample_sde_euler_maruyama,
+    sample_sde_pc,
+    sample_sde_reverse_diffusion,
+)
 from refdiff.sde import SubVPSDE, VESDE, VPSDE
 
 SHAPE = (3, 2, 4)
@@ -36,6 +40,7 @@ SHAPE = (3, 2, 4)
 # --------------------------------------------------------------------------------------------
 # score_sde's sde_lib, re-derived (float64)
 # --------------------------------------------------------------------------------------------
+
 
 def _b(v, x):
     return np.reshape(v, (-1,) + (1,) * (x.ndim - 1))
@@ -52,7 +57,7 @@ class RefVP:
         return -0.5 * _b(beta_t, x) * x, np.sqrt(beta_t)
 
     def marginal_std(self, t):
-        lmc = -0.25 * t ** 2 * (self.b1 - self.b0) - 0.5 * t * self.b0
+        lmc = -0.25 * t**2 * (self.b1 - self.b0) - 0.5 * t * self.b0
         return np.sqrt(1.0 - np.exp(2.0 * lmc))
 
     def discretize(self, x, t):
@@ -64,14 +69,14 @@ class RefVP:
 class RefSubVP(RefVP):
     def sde(self, x, t):
         beta_t = self.b0 + t * (self.b1 - self.b0)
-        discount = 1.0 - np.exp(-2.0 * self.b0 * t - (self.b1 - self.b0) * t ** 2)
+        discount = 1.0 - np.exp(-2.0 * self.b0 * t - (self.b1 - self.b0) * t**2)
         return -0.5 * _b(beta_t, x) * x, np.sqrt(beta_t * discount)
 
     def marginal_std(self, t):
-        lmc = -0.25 * t ** 2 * (self.b1 - self.b0) - 0.5 * t * self.b0
+        lmc = -0.25 * t**2 * (self.b1 - self.b0) - 0.5 * t * self.b0
         return 1.0 - np.exp(2.0 * lmc)
 
-    def discretize(self, x, t):          # the SDE base class: Euler with dt = 1/N
+    def discretize(self, x, t):  # the SDE base class: Euler with dt = 1/N
         dt = 1.0 / self.N
         drift, diffusion = self.sde(x, t)
         return drift * dt, diffusion * np.sqrt(dt)
@@ -93,23 +98,24 @@ class RefVE:
         i = (t * (self.N - 1) / self.T).astype(np.int64)
         sigma = self.discrete_sigmas[i]
         adjacent = np.where(i == 0, 0.0, self.discrete_sigmas[np.maximum(i - 1, 0)])
-        return np.zeros_like(x), np.sqrt(sigma ** 2 - adjacent ** 2)
+        return np.zeros_like(x), np.sqrt(sigma**2 - adjacent**2)
 
 
 def rev_sde(sde, score, x, t, pf=False):
     drift, diffusion = sde.sde(x, t)
-    drift = drift - _b(diffusion ** 2, x) * score(x, t) * (0.5 if pf else 1.0)
+    drift = drift - _b(diffusion**2, x) * score(x, t) * (0.5 if pf else 1.0)
     return drift, (np.zeros_like(diffusion) if pf else diffusion)
 
 
 def rev_discretize(sde, score, x, t):
     f, G = sde.discretize(x, t)
-    return f - _b(G ** 2, x) * score(x, t), G
+    return f - _b(G**2, x) * score(x, t), G
 
 
 # --------------------------------------------------------------------------------------------
 # score_sde's sampling.py, re-derived
 # --------------------------------------------------------------------------------------------
+
 
 def em_predictor(sde, score, x, t, z):
     dt = -1.0 / sde.N
@@ -130,8 +136,8 @@ def ancestral_predictor(sde, score, x, t, z):
     if isinstance(sde, RefVE):
         sigma = sde.discrete_sigmas[i]
         adjacent = np.where(i == 0, 0.0, sde.discrete_sigmas[np.maximum(i - 1, 0)])
-        x_mean = x + s * _b(sigma ** 2 - adjacent ** 2, x)
-        std = np.sqrt(adjacent ** 2 * (sigma ** 2 - adjacent ** 2) / sigma ** 2)
+        x_mean = x + s * _b(sigma**2 - adjacent**2, x)
+        std = np.sqrt(adjacent**2 * (sigma**2 - adjacent**2) / sigma**2)
         return x_mean + _b(std, x) * z, x_mean
     beta = sde.discrete_betas[i]
     x_mean = (x + _b(beta, x) * s) / _b(np.sqrt(1.0 - beta), x)
@@ -160,8 +166,7 @@ def ald_corrector(sde, score, x, t, z, snr):
     return x_mean + z * _b(np.sqrt(step * 2), x), x_mean
 
 
-def pc_sampler(sde, score, x, draws, predictor, corrector, eps, n_corr=1, snr=0.16,
-               denoise=True):
+def pc_sampler(sde, score, x, draws, predictor, corrector, eps, n_corr=1, snr=0.16, denoise=True):
     ts = np.linspace(sde.T, eps, sde.N)
     k = (n_corr if corrector else 0) + (1 if predictor else 0)
     x_mean = x
@@ -181,8 +186,9 @@ def ode_sampler(sde, score, x, eps, rtol=1e-5, atol=1e-5, denoise=False):
         xx = y.reshape(shape)
         return rev_sde(sde, score, xx, np.full(shape[0], t), pf=True)[0].reshape(-1)
 
-    sol = scipy.integrate.solve_ivp(f, (sde.T, eps), x.reshape(-1), rtol=rtol, atol=atol,
-                                    method="RK45")
+    sol = scipy.integrate.solve_ivp(
+        f, (sde.T, eps), x.reshape(-1), rtol=rtol, atol=atol, method="RK45"
+    )
     x = sol.y[:, -1].reshape(shape)
     if denoise:
         x = rd_predictor(sde, score, x, np.full(shape[0], eps), np.zeros_like(x))[1]
@@ -203,6 +209,7 @@ def ncsn_anneal_langevin(score_of_level, x, sigmas, draws, n_steps_each, step_lr
 # The model and the cases
 # --------------------------------------------------------------------------------------------
 
+
 def score(x, t):
     """A smooth nonlinear score s(x, t) (the same function on both sides)."""
     t = _b(np.asarray(t, dtype=np.float64), x)
@@ -219,9 +226,11 @@ def _rel(a, b):
 
 
 N = 40
-PAIRS = {"vp": (RefVP(N=N), VPSDE(N=N, index_rounding="floor")),
-         "subvp": (RefSubVP(N=N), SubVPSDE(N=N, index_rounding="floor")),
-         "ve": (RefVE(N=N), VESDE(N=N, index_rounding="floor"))}
+PAIRS = {
+    "vp": (RefVP(N=N), VPSDE(N=N, index_rounding="floor")),
+    "subvp": (RefSubVP(N=N), SubVPSDE(N=N, index_rounding="floor")),
+    "ve": (RefVE(N=N), VESDE(N=N, index_rounding="floor")),
+}
 EPS = {"vp": 1e-3, "subvp": 1e-3, "ve": 1e-5}
 
 
@@ -255,19 +264,35 @@ def test_ancestral_sampling_predictor(kind):
     assert _rel(ours, ref) < 1e-13
 
 
-@pytest.mark.parametrize("kind,predictor,name", [
-    ("ve", rd_predictor, "reverse_diffusion"), ("vp", rd_predictor, "reverse_diffusion"),
-    ("vp", em_predictor, "euler_maruyama"), ("ve", ancestral_predictor, "ancestral_sampling"),
-])
+@pytest.mark.parametrize(
+    "kind,predictor,name",
+    [
+        ("ve", rd_predictor, "reverse_diffusion"),
+        ("vp", rd_predictor, "reverse_diffusion"),
+        ("vp", em_predictor, "euler_maruyama"),
+        ("ve", ancestral_predictor, "ancestral_sampling"),
+    ],
+)
 @pytest.mark.parametrize("n_corr", [1, 2])
 def test_pc_sampler_langevin_corrector(kind, predictor, name, n_corr):
     """get_pc_sampler(predictor, LangevinCorrector, snr, n_steps) == sample_sde_pc(corrector="langevin")."""
     ref_sde, sde = PAIRS[kind]
     x, draws = _setup(4, N * (n_corr + 1))
-    ref = pc_sampler(ref_sde, score, x, draws, predictor, langevin_corrector, EPS[kind],
-                     n_corr=n_corr, snr=0.16)
-    ours = sample_sde_pc(score, x, sde=sde, steps=N, noise=draws, predictor=name,
-                         corrector="langevin", snr=0.16, n_corrector_steps=n_corr, eps=EPS[kind])
+    ref = pc_sampler(
+        ref_sde, score, x, draws, predictor, langevin_corrector, EPS[kind], n_corr=n_corr, snr=0.16
+    )
+    ours = sample_sde_pc(
+        score,
+        x,
+        sde=sde,
+        steps=N,
+        noise=draws,
+        predictor=name,
+        corrector="langevin",
+        snr=0.16,
+        n_corrector_steps=n_corr,
+        eps=EPS[kind],
+    )
     assert _rel(ours, ref) < 1e-12
 
 
@@ -277,8 +302,9 @@ def test_pc_sampler_annealed_langevin_corrector(kind):
     ref_sde, sde = PAIRS[kind]
     x, draws = _setup(5, 2 * N)
     ref = pc_sampler(ref_sde, score, x, draws, rd_predictor, ald_corrector, EPS[kind], snr=0.2)
-    ours = sample_sde_pc(score, x, sde=sde, steps=N, noise=draws, corrector="ald", snr=0.2,
-                         eps=EPS[kind])
+    ours = sample_sde_pc(
+        score, x, sde=sde, steps=N, noise=draws, corrector="ald", snr=0.2, eps=EPS[kind]
+    )
     assert _rel(ours, ref) < 1e-12
 
 
@@ -286,8 +312,9 @@ def test_pc_sampler_without_noise_removal():
     """noise_removal=False returns the last x, not its mean: sample_sde_pc(denoise=False)."""
     ref_sde, sde = PAIRS["ve"]
     x, draws = _setup(6, 2 * N)
-    ref = pc_sampler(ref_sde, score, x, draws, rd_predictor, langevin_corrector, 1e-5,
-                     denoise=False)
+    ref = pc_sampler(
+        ref_sde, score, x, draws, rd_predictor, langevin_corrector, 1e-5, denoise=False
+    )
     ours = sample_sde_pc(score, x, sde=sde, steps=N, noise=draws, eps=1e-5, denoise=False)
     assert _rel(ours, ref) < 1e-12
 
@@ -312,17 +339,24 @@ def test_ncsn_annealed_langevin_dynamics():
     """
     L, n_each, lr = 5, 3, 2e-5
     sde = VESDE(sigma_min=0.01, sigma_max=1.0)
-    sigmas = np.exp(np.linspace(np.log(1.0), np.log(0.01), L))   # NCSN's geometric levels
+    sigmas = np.exp(np.linspace(np.log(1.0), np.log(0.01), L))  # NCSN's geometric levels
     x, draws = _setup(8, L * n_each)
 
     def score_sigma(xx, sigma):
-        return -xx / (sigma ** 2 + 0.5) + 0.1 * np.tanh(xx)
+        return -xx / (sigma**2 + 0.5) + 0.1 * np.tanh(xx)
 
-    ref = ncsn_anneal_langevin(lambda xx, c: score_sigma(xx, sigmas[c]), x, sigmas, draws,
-                               n_each, lr)
+    ref = ncsn_anneal_langevin(
+        lambda xx, c: score_sigma(xx, sigmas[c]), x, sigmas, draws, n_each, lr
+    )
     ours = sample_ncsn_annealed_langevin(
-        lambda xx, t: score_sigma(xx, _b(sde.sigma(np.asarray(t)), xx)), x, sde=sde, steps=L,
-        noise=draws, n_steps_each=n_each, step_lr=2 * lr)
+        lambda xx, t: score_sigma(xx, _b(sde.sigma(np.asarray(t)), xx)),
+        x,
+        sde=sde,
+        steps=L,
+        noise=draws,
+        n_steps_each=n_each,
+        step_lr=2 * lr,
+    )
     assert _rel(ours, ref) < 1e-12
 
 
@@ -339,5 +373,6 @@ def test_subvp_langevin_corrector_is_a_refdiff_extension():
     nn = np.linalg.norm(draws[0].reshape(SHAPE[0], -1), axis=-1).mean()
     step = 2 * ref_vp.alphas[i] * (0.16 * nn / gn) ** 2
     from refdiff.samplers.score_sde import langevin_corrector_step
+
     out, _ = langevin_corrector_step(sde, score, x, t, snr=0.16, noise=draws[0])
     np.testing.assert_allclose(out, x + step * s + np.sqrt(2 * step) * draws[0], rtol=1e-13)

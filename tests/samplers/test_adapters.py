@@ -21,8 +21,9 @@ def test_karras_denoiser_on_the_table_levels_is_the_exact_denoiser(pt):
     t = np.array([0, 7, 120, 199])
     sigma = np.asarray(s.sigmas)[t]
     x = rng.standard_normal((4, 3)) * np.sqrt(1 + sigma[:, None] ** 2)
-    np.testing.assert_allclose(den(x, sigma), A.karras_denoiser(DATA)(x, sigma), rtol=1e-11,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        den(x, sigma), A.karras_denoiser(DATA)(x, sigma), rtol=1e-11, atol=1e-12
+    )
 
 
 def test_karras_denoiser_timestep_modes():
@@ -39,7 +40,7 @@ def test_karras_denoiser_timestep_modes():
     adapters.karras_denoiser(model, s, timestep="nearest")(x, sig)
     assert seen[-1].dtype == np.int64 and seen[-1].tolist() == [4, 10]
     adapters.karras_denoiser(model, s, timestep="interp")(x, sig)
-    np.testing.assert_allclose(seen[-1], [3.7, 10.0], rtol=1e-12)   # linear in log σ
+    np.testing.assert_allclose(seen[-1], [3.7, 10.0], rtol=1e-12)  # linear in log σ
 
 
 def test_vp_model_calls_the_network_at_the_training_index():
@@ -55,7 +56,9 @@ def test_vp_model_calls_the_network_at_the_training_index():
     assert seen[-1].tolist() == [0, 41, 99]
     # the noise schedule reproduces the discrete ᾱ at t_n = (n + 1)/N
     n = np.arange(100)
-    np.testing.assert_allclose(ns.marginal_alpha((n + 1.0) / 100) ** 2, s.alphas_cumprod, rtol=1e-13)
+    np.testing.assert_allclose(
+        ns.marginal_alpha((n + 1.0) / 100) ** 2, s.alphas_cumprod, rtol=1e-13
+    )
 
 
 def test_score_fn_is_minus_eps_over_sigma_and_the_sde_discretises_to_the_schedule():
@@ -70,7 +73,9 @@ def test_score_fn_is_minus_eps_over_sigma_and_the_sde_discretises_to_the_schedul
 
 
 def test_score_fn_rejects_a_schedule_without_a_linear_vp_sde():
-    with pytest.raises(Exception, match=r"schedule=.* is invalid: the score-SDE samplers need the linear VP-SDE"):
+    with pytest.raises(
+        Exception, match=r"schedule=.* is invalid: the score-SDE samplers need the linear VP-SDE"
+    ):
         adapters.score_fn(lambda x, t: x, S.cosine(100))
 
 
@@ -81,8 +86,10 @@ FAMILIES = ("discrete", "karras", "vp", "sde")
 
 def _loose(n: str) -> bool:
     spec = get_sampler(n)
-    exact_vp = spec.family == "vp" and not spec.stochastic   # the exact test below covers these
-    return spec.family in FAMILIES and not exact_vp and n not in ("ode_rk45", "ncsn_annealed_langevin")
+    exact_vp = spec.family == "vp" and not spec.stochastic  # the exact test below covers these
+    return (
+        spec.family in FAMILIES and not exact_vp and n not in ("ode_rk45", "ncsn_annealed_langevin")
+    )
 
 
 @pytest.mark.parametrize("name", [n for n in list_samplers() if _loose(n)])
@@ -103,26 +110,37 @@ def test_every_sampler_runs_with_a_discrete_network(name):
         rng = np.random.default_rng(4)
         return fn(noise=lambda i: rng.standard_normal((2, 2)), **kw)
 
-    out = run(lambda **kw: adapters.sample_with_discrete_model(
-        name, model, x_T, schedule=s, steps=100 if family == "sde" else 6, **kw))
+    out = run(
+        lambda **kw: adapters.sample_with_discrete_model(
+            name, model, x_T, schedule=s, steps=100 if family == "sde" else 6, **kw
+        )
+    )
     assert out.shape == x_T.shape
     if family != "sde":
         np.testing.assert_allclose(out, np.broadcast_to(POINT.mean, out.shape), atol=0.06)
         return
     _, sde = adapters.score_fn(model, s)
-    exact = run(lambda **kw: get_sampler(name).fn(A.vp_model(data, sde, "score"), x_T, sde=sde,
-                                                  steps=100, **kw))
+    exact = run(
+        lambda **kw: get_sampler(name).fn(
+            A.vp_model(data, sde, "score"), x_T, sde=sde, steps=100, **kw
+        )
+    )
     np.testing.assert_allclose(out, exact, atol=0.03)
 
 
 def test_an_unknown_sampler_lists_the_known_ones():
-    with pytest.raises(KeyError, match=r"sampler='ddimm' is not a known sampler; allowed: .*'ddim'"):
-        adapters.sample_with_discrete_model("ddimm", lambda x, t: x, np.zeros((1, 2)),
-                                            schedule=S.linear(10), steps=2)
+    with pytest.raises(
+        KeyError, match=r"sampler='ddimm' is not a known sampler; allowed: .*'ddim'"
+    ):
+        adapters.sample_with_discrete_model(
+            "ddimm", lambda x, t: x, np.zeros((1, 2)), schedule=S.linear(10), steps=2
+        )
 
 
-@pytest.mark.parametrize("name", [n for n in list_samplers() if get_sampler(n).family == "vp"
-                                  and not get_sampler(n).stochastic])
+@pytest.mark.parametrize(
+    "name",
+    [n for n in list_samplers() if get_sampler(n).family == "vp" and not get_sampler(n).stochastic],
+)
 def test_vp_bridge_is_exact_on_a_point_mass(name):
     """With fractional model times, every deterministic vp solver follows the exact flow.
 
@@ -135,8 +153,9 @@ def test_vp_bridge_is_exact_on_a_point_mass(name):
     exact_eps = A.vp_model(POINT, ns, "eps")
     model = lambda x, idx: exact_eps(x, (idx + 1.0) / ns.total_N)
     x_T = np.random.default_rng(5).standard_normal((2, 2))
-    out = adapters.sample_with_discrete_model(name, model, x_T, schedule=s, steps=9,
-                                              timestep="interp")
+    out = adapters.sample_with_discrete_model(
+        name, model, x_T, schedule=s, steps=9, timestep="interp"
+    )
     t_T, t_end = 1.0, 1.0 / ns.total_N
     a_T, s_T = ns.marginal_alpha(t_T), ns.marginal_std(t_T)
     a_e, s_e = ns.marginal_alpha(t_end), ns.marginal_std(t_end)
@@ -153,5 +172,6 @@ def test_host_float_conversion_equals_the_table_form_for_every_name(pt):
     rng = np.random.default_rng(8)
     x, out = rng.standard_normal((2, 1, 3))
     c = P.level_coefficients(s, 17)
-    np.testing.assert_array_equal(P.x0_from_output_at(out, x, c, pt),
-                                  P.x0_from_output(s, x, np.array([17]), out, pt))
+    np.testing.assert_array_equal(
+        P.x0_from_output_at(out, x, c, pt), P.x0_from_output(s, x, np.array([17]), out, pt)
+    )

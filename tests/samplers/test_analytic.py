@@ -48,20 +48,28 @@ def test_gaussian_against_scipy_and_tweedie(alpha, sigma):
     np.testing.assert_allclose(data.score(x, alpha, sigma), score_fd, rtol=1e-6, atol=1e-6)
     # Tweedie: E[x0|x] = (x + σ²∇log p(x)) / α — here with the exact score written by hand.
     score = -np.linalg.solve(C, (x - alpha * mu).T).T
-    np.testing.assert_allclose(data.x0(x, alpha, sigma), (x + sigma**2 * score) / alpha,
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        data.x0(x, alpha, sigma), (x + sigma**2 * score) / alpha, rtol=1e-12, atol=1e-12
+    )
     np.testing.assert_allclose(data.eps(x, alpha, sigma), -sigma * score, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(data.v(x, alpha, sigma),
-                               alpha * (-sigma * score) - sigma * (x + sigma**2 * score) / alpha,
-                               rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(
+        data.v(x, alpha, sigma),
+        alpha * (-sigma * score) - sigma * (x + sigma**2 * score) / alpha,
+        rtol=1e-11,
+        atol=1e-11,
+    )
     m, c = data.marginal(alpha, sigma)
     np.testing.assert_allclose(m, alpha * mu, rtol=1e-15)
     np.testing.assert_allclose(c, C, rtol=1e-14, atol=1e-15)
     # Var[x0|x_t] by the Schur complement, written independently of the eigen-decomposition.
     post = S - alpha**2 * S @ np.linalg.solve(C, S)
     np.testing.assert_allclose(data.posterior_cov(alpha, sigma), post, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(data.posterior_var(x, alpha, sigma),
-                               np.broadcast_to(np.diag(post), x.shape), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        data.posterior_var(x, alpha, sigma),
+        np.broadcast_to(np.diag(post), x.shape),
+        rtol=1e-10,
+        atol=1e-12,
+    )
     Am, b = data.denoiser_matrix(alpha, sigma)
     np.testing.assert_allclose(x @ Am.T + b, data.x0(x, alpha, sigma), rtol=1e-12, atol=1e-12)
 
@@ -118,16 +126,22 @@ def test_mixture_against_scipy_fd_and_tweedie(alpha, sigma):
     x = RNG.standard_normal((7, d)) * 2
 
     def logp(y):
-        return np.log(sum(wk * multivariate_normal(alpha * m, alpha**2 * c + sigma**2 * np.eye(d)).pdf(y)
-                          for wk, m, c in zip(w, mus, covs)))
+        return np.log(
+            sum(
+                wk * multivariate_normal(alpha * m, alpha**2 * c + sigma**2 * np.eye(d)).pdf(y)
+                for wk, m, c in zip(w, mus, covs)
+            )
+        )
 
     np.testing.assert_allclose(data.logpdf(x, alpha, sigma), logp(x), rtol=1e-12, atol=1e-12)
     score_fd = _fd_grad(logp, x)
     np.testing.assert_allclose(data.score(x, alpha, sigma), score_fd, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(data.x0(x, alpha, sigma), (x + sigma**2 * score_fd) / alpha,
-                               rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(data.eps(x, alpha, sigma), -sigma * data.score(x, alpha, sigma),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        data.x0(x, alpha, sigma), (x + sigma**2 * score_fd) / alpha, rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        data.eps(x, alpha, sigma), -sigma * data.score(x, alpha, sigma), rtol=1e-12, atol=1e-12
+    )
     r = data.responsibilities(x, alpha, sigma)
     np.testing.assert_allclose(r.sum(1), 1.0, rtol=1e-14)
     m, c = data.marginal(alpha, sigma)
@@ -142,7 +156,9 @@ def test_mixture_monte_carlo_moments():
     x = data.sample(rng.standard_normal((n, 2)), rng.random(n))
     m, c = data.marginal(1.0, 0.0)
     assert np.all(np.abs(x.mean(0) - m) < 6 * np.sqrt(np.diag(c) / n))
-    assert np.all(np.abs(np.cov(x.T) - c) < 6 * np.sqrt((c**2 + np.outer(np.diag(c), np.diag(c))) / n) + 1e-3)
+    assert np.all(
+        np.abs(np.cov(x.T) - c) < 6 * np.sqrt((c**2 + np.outer(np.diag(c), np.diag(c))) / n) + 1e-3
+    )
 
 
 @pytest.mark.parametrize("kind", ["eps", "x0", "v", "score", "mu"])
@@ -158,7 +174,10 @@ def test_discrete_model_kinds_agree_with_core_parameterizations(kind):
     sa = S.sqrt_alphas_cumprod[t][:, None]
     so = S.sqrt_one_minus_alphas_cumprod[t][:, None]
     expected = {
-        "eps": eps, "x0": x0, "v": v_from_x0(S, x, t, x0), "score": -eps / so,
+        "eps": eps,
+        "x0": x0,
+        "v": v_from_x0(S, x, t, x0),
+        "score": -eps / so,
         "mu": S.posterior_mean_coef1[t][:, None] * x0 + S.posterior_mean_coef2[t][:, None] * x,
     }[kind]
     np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
@@ -186,8 +205,9 @@ def test_discrete_model_learned_variance_is_the_exact_reverse_variance():
         cov_pt = a_step * V_prev
         cond = V_prev - cov_pt @ np.linalg.solve(V_t, cov_pt.T)
         np.testing.assert_allclose(np.exp(out[0, 2:]), np.diag(cond), rtol=1e-9, atol=1e-15)
-        np.testing.assert_allclose(out[0, :2], data.eps(x, np.sqrt(ab), np.sqrt(1 - ab))[0],
-                                   rtol=1e-12)
+        np.testing.assert_allclose(
+            out[0, :2], data.eps(x, np.sqrt(ab), np.sqrt(1 - ab))[0], rtol=1e-12
+        )
 
 
 def test_vp_model_uses_the_sde_marginal():
@@ -220,7 +240,9 @@ def test_karras_denoiser_is_tweedie_on_the_ve_scale():
 @pytest.mark.parametrize("ns", ["array_api_strict", "torch"])
 def test_same_results_on_other_namespaces(ns):
     mod = pytest.importorskip(ns)
-    data = A.GaussianMixtureData([0.4, 0.6], [[0.0, 1.0], [1.0, -1.0]], [[[0.3, 0.1], [0.1, 0.2]], 0.5])
+    data = A.GaussianMixtureData(
+        [0.4, 0.6], [[0.0, 1.0], [1.0, -1.0]], [[[0.3, 0.1], [0.1, 0.2]], 0.5]
+    )
     g = A.GaussianData([0.5, 0.2], [[0.3, 0.1], [0.1, 0.2]])
     x = RNG.standard_normal((4, 2))
     xa = mod.asarray(x, dtype=mod.float64)
@@ -265,14 +287,18 @@ def test_gaussian_kl_against_closed_form_1d():
 
 
 def test_bad_input_messages():
-    with pytest.raises(RefdiffValueError, match=r"cov=.* is invalid: must be positive semi-definite"):
+    with pytest.raises(
+        RefdiffValueError, match=r"cov=.* is invalid: must be positive semi-definite"
+    ):
         A.GaussianData([0.0, 0.0], [[1.0, 0.0], [0.0, -1.0]])
     with pytest.raises(RefdiffValueError, match=r"cov=.* is invalid: must be symmetric"):
         A.GaussianData([0.0, 0.0], [[1.0, 0.5], [0.0, 1.0]])
     with pytest.raises(RefdiffValueError, match=r"cov=.* is invalid: expected a \(2, 2\) matrix"):
         A.GaussianData([0.0, 0.0], np.eye(3))
     g = A.GaussianData([0.0, 0.0], 1.0)
-    with pytest.raises(RefdiffShapeError, match=r"x has shape \(4, 3\) but the data are 2-dimensional"):
+    with pytest.raises(
+        RefdiffShapeError, match=r"x has shape \(4, 3\) but the data are 2-dimensional"
+    ):
         g.x0(np.zeros((4, 3)), 1.0, 1.0)
     with pytest.raises(RefdiffShapeError, match=r"alpha has shape \(3,\) but x has batch size 4"):
         g.x0(np.zeros((4, 2)), np.ones(3), 1.0)
@@ -289,12 +315,21 @@ def test_bad_input_messages():
         A.GaussianMixtureData([0.5, 0.5], [[0.0, 0.0], [1.0, 1.0]], np.eye(2))
     with pytest.raises(UnknownNameError, match=r"mean_type='flow' is not a known prediction type"):
         A.discrete_model(g, linear(10), "flow")
-    with pytest.raises(RefdiffValueError, match=r"t=10 is invalid: timesteps must lie in \[0, 10\)"):
+    with pytest.raises(
+        RefdiffValueError, match=r"t=10 is invalid: timesteps must lie in \[0, 10\)"
+    ):
         A.discrete_model(g, linear(10))(np.zeros((1, 2)), 10)
     with pytest.raises(RefdiffValueError, match="is not a step of sampling_schedule"):
         S = respace(linear(10), [0, 5])
-        A.discrete_model(g, linear(10), sampling_schedule=S, var_type="learned")(np.zeros((1, 2)), np.array([3]))
+        A.discrete_model(g, linear(10), sampling_schedule=S, var_type="learned")(
+            np.zeros((1, 2)), np.array([3])
+        )
     with pytest.raises(RefdiffValueError, match="needs GaussianData"):
-        A.discrete_model(A.GaussianMixtureData([1.0], [[0.0, 0.0]], 1.0), linear(10), var_type="learned")
-    with pytest.raises(RefdiffValueError, match=r"noise_schedule_or_sde=.* is invalid: expected an object with marginal_alpha"):
+        A.discrete_model(
+            A.GaussianMixtureData([1.0], [[0.0, 0.0]], 1.0), linear(10), var_type="learned"
+        )
+    with pytest.raises(
+        RefdiffValueError,
+        match=r"noise_schedule_or_sde=.* is invalid: expected an object with marginal_alpha",
+    ):
         A.vp_model(g, object())

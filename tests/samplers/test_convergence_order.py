@@ -26,7 +26,7 @@ MU = np.array([0.5, -0.2])
 COV = np.array([[1.0, 0.3], [0.3, 0.5]])
 DATA = A.GaussianData(MU, COV)
 LADDER = [96, 192, 384]
-DISCRETE_LADDER = [48, 96, 192]   # DDIM on a T = 1000 schedule: at most 1000 steps
+DISCRETE_LADDER = [48, 96, 192]  # DDIM on a T = 1000 schedule: at most 1000 steps
 T_END = 0.5
 BASE = schedules.linear(1000)
 #: Discrete samplers that extrapolate ε over equal index gaps (PNDM's pseudo linear multistep):
@@ -48,37 +48,68 @@ def error(name: str, n: int, **options) -> float:
         M, c = flow_map(1.0, 10.0, 1.0, 0.05)
     elif spec.family == "vp":
         ns = NoiseScheduleVP.linear()
-        run = lambda xT, nz: spec.fn(A.vp_model(DATA, ns, "eps"), xT, noise_schedule=ns, steps=n,
-                                     skip_type="logSNR", t_end=T_END, **options)
-        M, c = flow_map(ns.marginal_alpha(1.0), ns.marginal_std(1.0), ns.marginal_alpha(T_END),
-                        ns.marginal_std(T_END))
+        run = lambda xT, nz: spec.fn(
+            A.vp_model(DATA, ns, "eps"),
+            xT,
+            noise_schedule=ns,
+            steps=n,
+            skip_type="logSNR",
+            t_end=T_END,
+            **options,
+        )
+        M, c = flow_map(
+            ns.marginal_alpha(1.0),
+            ns.marginal_std(1.0),
+            ns.marginal_alpha(T_END),
+            ns.marginal_std(T_END),
+        )
     elif spec.family == "flow":
         # rectified flow from pure noise (t = 1) to data (t = 0): the exact map N(0, I) -> N(μ, Σ)
         fs = FlowSchedule()
         eps, x0 = A.vp_model(DATA, fs, "eps"), A.vp_model(DATA, fs, "x0")
-        run = lambda xT, nz: spec.fn(lambda x, t: eps(x, t) - x0(x, t), xT, noise_schedule=fs,
-                                     steps=n, **options)
+        run = lambda xT, nz: spec.fn(
+            lambda x, t: eps(x, t) - x0(x, t), xT, noise_schedule=fs, steps=n, **options
+        )
         M, c = flow_map(0.0, 1.0, 1.0, 0.0)
     elif spec.family == "discrete" and name in EQUAL_GAPS:
         d = 960 // n
         ab = np.asarray(BASE.alphas_cumprod)
-        run = lambda xT, nz: spec.fn(A.discrete_model(DATA, BASE, "eps"), xT, schedule=BASE,
-                                     timesteps=np.arange(39 + d, 1000, d),
-                                     final_alpha_bar=float(ab[39]), **options)
-        M, c = flow_map(np.sqrt(ab[999]), np.sqrt(1 - ab[999]), np.sqrt(ab[39]), np.sqrt(1 - ab[39]))
+        run = lambda xT, nz: spec.fn(
+            A.discrete_model(DATA, BASE, "eps"),
+            xT,
+            schedule=BASE,
+            timesteps=np.arange(39 + d, 1000, d),
+            final_alpha_bar=float(ab[39]),
+            **options,
+        )
+        M, c = flow_map(
+            np.sqrt(ab[999]), np.sqrt(1 - ab[999]), np.sqrt(ab[39]), np.sqrt(1 - ab[39])
+        )
     elif spec.family == "discrete":
         # DDIM from index 999 down to ᾱ_0 of the linear T = 1000 schedule (trailing spacing);
         # the exact map between the two (α, σ) levels does not depend on the path.
-        run = lambda xT, nz: spec.fn(A.discrete_model(DATA, BASE, "eps"), xT, schedule=BASE, steps=n,
-                                     final_alpha_bar="alpha_bar_0", base_schedule=BASE, **options)
+        run = lambda xT, nz: spec.fn(
+            A.discrete_model(DATA, BASE, "eps"),
+            xT,
+            schedule=BASE,
+            steps=n,
+            final_alpha_bar="alpha_bar_0",
+            base_schedule=BASE,
+            **options,
+        )
         ab = np.asarray(BASE.alphas_cumprod)
         M, c = flow_map(np.sqrt(ab[999]), np.sqrt(1 - ab[999]), np.sqrt(ab[0]), np.sqrt(1 - ab[0]))
     else:
         sde = VPSDE()
-        run = lambda xT, nz: spec.fn(A.vp_model(DATA, sde, "score"), xT, sde=sde, steps=n,
-                                     eps=T_END, **options)
-        M, c = flow_map(float(sde.marginal_alpha(1.0)), float(sde.marginal_std(1.0)),
-                        float(sde.marginal_alpha(T_END)), float(sde.marginal_std(T_END)))
+        run = lambda xT, nz: spec.fn(
+            A.vp_model(DATA, sde, "score"), xT, sde=sde, steps=n, eps=T_END, **options
+        )
+        M, c = flow_map(
+            float(sde.marginal_alpha(1.0)),
+            float(sde.marginal_std(1.0)),
+            float(sde.marginal_alpha(T_END)),
+            float(sde.marginal_std(T_END)),
+        )
     law = A.linear_sampler_law(run, np.zeros(2), np.eye(2), dim=2, n_noise=0)
     return float(np.linalg.norm(law.M - M) + np.linalg.norm(law.c - c))
 
@@ -89,21 +120,31 @@ def measured_order(name: str, **options) -> tuple[float, list[float]]:
     return float(-np.polyfit(np.log(ladder), np.log(errs), 1)[0]), errs
 
 
-ORDERED = [n for n in list_samplers()
-           if not get_sampler(n).stochastic and get_sampler(n).order is not None]
+ORDERED = [
+    n for n in list_samplers() if not get_sampler(n).stochastic and get_sampler(n).order is not None
+]
 
 
 def test_every_family_is_covered():
     fams = {get_sampler(n).family for n in ORDERED}
     assert fams >= {"karras", "vp", "sde"}
-    assert {"karras_euler", "karras_heun", "ode_euler", "ode_heun", "dpm_solver_1", "dpm_solver_2",
-            "dpm_solver_3", "dpmpp_2m", "dpmpp_3m"} <= set(ORDERED)
+    assert {
+        "karras_euler",
+        "karras_heun",
+        "ode_euler",
+        "ode_heun",
+        "dpm_solver_1",
+        "dpm_solver_2",
+        "dpm_solver_3",
+        "dpmpp_2m",
+        "dpmpp_3m",
+    } <= set(ORDERED)
 
 
 @pytest.mark.parametrize("name", ORDERED)
 def test_measured_order_matches_registered(name):
     order, errs = measured_order(name)
-    assert errs[0] > errs[1] > errs[2] > 1e-12          # well above rounding on this ladder
+    assert errs[0] > errs[1] > errs[2] > 1e-12  # well above rounding on this ladder
     assert abs(order - get_sampler(name).order) < 0.15, (order, errs)
 
 

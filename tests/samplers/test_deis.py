@@ -30,7 +30,7 @@ LEVELS = vp_levels(NS, 8, skip_type="logSNR", t_end=0.05)
 def test_lagrange_basis():
     nodes = [0.0, -0.4, -1.1]
     for j, c in enumerate(E.lagrange_basis(nodes)):
-        vals = [sum(ck * v ** q for q, ck in enumerate(c)) for v in nodes]
+        vals = [sum(ck * v**q for q, ck in enumerate(c)) for v in nodes]
         assert np.allclose(vals, np.eye(3)[j], atol=1e-14)
 
 
@@ -43,12 +43,13 @@ def test_logrho_is_exact_for_polynomials_in_lambda(p):
     """logrho-p integrates ε̂(λ) of degree p − 1 exactly: x_t = (α_t/α_s)x_s − α_t∫e^{−λ}ε̂ dλ."""
     k = 4
     coef = [0.3, -1.1, 0.7][:p]
-    poly = lambda d: sum(c * d ** j for j, c in enumerate(coef))
+    poly = lambda d: sum(c * d**j for j, c in enumerate(coef))
     s, t = LEVELS[k], LEVELS[k + 1]
     vals = [poly(LEVELS[k - j].lam - s.lam) for j in range(p)]
     c_x, w = E.deis_coefficients(LEVELS, k, p, solver_type="logrho")
     exact = mp.mpf(t.alpha) / s.alpha - t.alpha * mp.quad(
-        lambda lam: mp.exp(-lam) * poly(lam - s.lam), [s.lam, t.lam])
+        lambda lam: mp.exp(-lam) * poly(lam - s.lam), [s.lam, t.lam]
+    )
     assert _apply(c_x, w, vals) == pytest.approx(float(exact), rel=1e-12)
 
 
@@ -74,10 +75,16 @@ def test_order_one_is_ddim(solver_type):
     assert np.allclose(out, ref, rtol=1e-13, atol=1e-14)
 
 
-@pytest.mark.parametrize("options, order", [
-    ({}, 2), ({"order": 3}, 3), ({"solver_type": "rhoab"}, 2),
-    ({"order": 3, "solver_type": "rhoab"}, 3), ({"order": 1}, 1),
-])
+@pytest.mark.parametrize(
+    "options, order",
+    [
+        ({}, 2),
+        ({"order": 3}, 3),
+        ({"solver_type": "rhoab"}, 2),
+        ({"order": 3, "solver_type": "rhoab"}, 3),
+        ({"order": 1}, 1),
+    ],
+)
 def test_orders(options, order):
     measured, errs = measured_order("deis", **options)
     assert errs[0] > errs[1] > errs[2] > 1e-13
@@ -95,13 +102,23 @@ def test_first_order_warm_up_caps_order_3_at_2():
     steps = [96, 192, 384]
     errs = []
     for n in steps:
-        run = lambda xT, nz: E.sample_deis(lambda x, t: eps(x, t) - x0(x, t), xT, noise_schedule=ns,
-                                           steps=n, order=3, model_type="flow", t_start=0.95,
-                                           t_end=0.05, skip_type="logSNR")
+        run = lambda xT, nz: E.sample_deis(
+            lambda x, t: eps(x, t) - x0(x, t),
+            xT,
+            noise_schedule=ns,
+            steps=n,
+            order=3,
+            model_type="flow",
+            t_start=0.95,
+            t_end=0.05,
+            skip_type="logSNR",
+        )
         law = A.linear_sampler_law(run, np.zeros(2), np.eye(2), dim=2, n_noise=0)
-        c0, c1 = 0.05 ** 2 * w + 0.95 ** 2, 0.95 ** 2 * w + 0.05 ** 2
+        c0, c1 = 0.05**2 * w + 0.95**2, 0.95**2 * w + 0.05**2
         M = Um @ np.diag(np.sqrt(c1 / c0)) @ Um.T
-        errs.append(np.linalg.norm(law.M - M) + np.linalg.norm(law.c - (0.95 * mu - M @ (0.05 * mu))))
+        errs.append(
+            np.linalg.norm(law.M - M) + np.linalg.norm(law.c - (0.95 * mu - M @ (0.05 * mu)))
+        )
     slope = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
     assert 1.9 < slope < 2.3, (slope, errs)
 
@@ -109,35 +126,47 @@ def test_first_order_warm_up_caps_order_3_at_2():
 def test_lower_order_final_counts_model_evaluations_once_per_step():
     calls = []
     x = np.zeros((1, 2))
-    E.sample_deis(lambda x, t: calls.append(1) or EPS_MODEL(x, t), x, noise_schedule=NS, steps=5,
-                  order=3)
+    E.sample_deis(
+        lambda x, t: calls.append(1) or EPS_MODEL(x, t), x, noise_schedule=NS, steps=5, order=3
+    )
     assert len(calls) == 5
     a = E.sample_deis(EPS_MODEL, x + 1, noise_schedule=NS, steps=5, order=3)
-    b = E.sample_deis(EPS_MODEL, x + 1, noise_schedule=NS, steps=5, order=3, lower_order_final="never")
+    b = E.sample_deis(
+        EPS_MODEL, x + 1, noise_schedule=NS, steps=5, order=3, lower_order_final="never"
+    )
     assert not np.allclose(a, b, rtol=1e-9)
 
 
 def test_bad_input_messages():
     x = np.zeros((2, 2))
     kw = dict(noise_schedule=NS, steps=4)
-    with pytest.raises(UnknownNameError, match=r"solver_type='tab' is not a known DEIS solver type"):
+    with pytest.raises(
+        UnknownNameError, match=r"solver_type='tab' is not a known DEIS solver type"
+    ):
         E.sample_deis(EPS_MODEL, x, solver_type="tab", **kw)
     with pytest.raises(RefdiffValueError, match=r"order=4 is invalid: expected 1, 2 or 3"):
         E.sample_deis(EPS_MODEL, x, order=4, **kw)
     with pytest.raises(RefdiffValueError, match=r"order=0 is invalid"):
         E.sample_deis(EPS_MODEL, x, order=0, **kw)
-    with pytest.raises(UnknownNameError, match=r"lower_order_final='sometimes' is not a known rule"):
+    with pytest.raises(
+        UnknownNameError, match=r"lower_order_final='sometimes' is not a known rule"
+    ):
         E.sample_deis(EPS_MODEL, x, lower_order_final="sometimes", **kw)
-    with pytest.raises(RefdiffValueError, match=r"order=3 is invalid: expected 1..3 and at most k \+ 1 = 2"):
+    with pytest.raises(
+        RefdiffValueError, match=r"order=3 is invalid: expected 1..3 and at most k \+ 1 = 2"
+    ):
         E.deis_coefficients(LEVELS, 1, 3)
-    with pytest.raises(RefdiffValueError, match=r"x=.* is invalid: expected an array with the batch axis"):
+    with pytest.raises(
+        RefdiffValueError, match=r"x=.* is invalid: expected an array with the batch axis"
+    ):
         E.sample_deis(EPS_MODEL, np.float64(1.0), **kw)
 
 
 def test_final_sigma_zero_returns_the_last_data_prediction():
     seen = []
     x = np.random.default_rng(3).standard_normal((4, 2))
-    out = E.sample_deis(EPS_MODEL, x, noise_schedule=NS, steps=6, order=3, final_sigma="zero",
-                        callback=seen.append)
+    out = E.sample_deis(
+        EPS_MODEL, x, noise_schedule=NS, steps=6, order=3, final_sigma="zero", callback=seen.append
+    )
     assert len(seen) == 6
     assert np.allclose(out, seen[-1].denoised, rtol=1e-14, atol=1e-15)

@@ -15,9 +15,17 @@ from refdiff._errors import RefdiffValueError
 from refdiff.ddpm import DenoiseDiffusion
 from refdiff.diffusion import dynamic_threshold, p_mean_variance
 from refdiff.samplers import get_sampler, list_samplers, sample
-from refdiff.samplers.discrete import (ddim_coefficients, ddim_invert, ddim_reverse_step,
-                                       ddim_sample, ddim_sigma, ddim_step, ddpm_sample, p_sample,
-                                       sampling_schedule)
+from refdiff.samplers.discrete import (
+    ddim_coefficients,
+    ddim_invert,
+    ddim_reverse_step,
+    ddim_sample,
+    ddim_sigma,
+    ddim_step,
+    ddpm_sample,
+    p_sample,
+    sampling_schedule,
+)
 from refdiff.schedules import cosine, linear, respace, zero_terminal_snr
 
 BASE = linear(1000)
@@ -47,6 +55,7 @@ def _ho_coefficients(ab, abp):
 # Registry and calling convention
 # --------------------------------------------------------------------------------------------
 
+
 def test_registry_entries_and_family():
     names = list_samplers("discrete")
     assert {"ddpm", "ddim", "ddim_stochastic"} <= set(names)
@@ -71,15 +80,25 @@ def test_model_receives_training_timesteps():
     assert [int(t[0]) for t in seen] == [999, 799, 599, 399, 199]
     assert all(t.dtype == np.int64 and t.shape == (3,) for t in seen)
     calls = []
-    ddpm_sample(lambda x, t: calls.append(int(t[0])) or np.zeros_like(x), np.zeros((1, 2)),
-                schedule=BASE, steps=4, spacing="ddim", noise=np.zeros((4, 1, 2)))
+    ddpm_sample(
+        lambda x, t: calls.append(int(t[0])) or np.zeros_like(x),
+        np.zeros((1, 2)),
+        schedule=BASE,
+        steps=4,
+        spacing="ddim",
+        noise=np.zeros((4, 1, 2)),
+    )
     assert calls == [750, 500, 250, 0]
 
 
 def test_progress_callback():
     got = []
-    ddim_sample(lambda x, t: np.zeros_like(x), np.zeros((1, 2)), schedule=TRAIL10,
-                progress=lambda k, n: got.append((k, n)))
+    ddim_sample(
+        lambda x, t: np.zeros_like(x),
+        np.zeros((1, 2)),
+        schedule=TRAIL10,
+        progress=lambda k, n: got.append((k, n)),
+    )
     assert got == [(k, 10) for k in range(1, 11)]
 
 
@@ -87,8 +106,11 @@ def test_progress_callback():
 # Published constants
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("t,prev,expected", [(420, 400, 0.14772), (980, 960, 0.32460),
-                                             (487, 486, 0.00979), (999, 998, 0.02)])
+
+@pytest.mark.parametrize(
+    "t,prev,expected",
+    [(420, 400, 0.14772), (980, 960, 0.32460), (487, 486, 0.00979), (999, 998, 0.02)],
+)
 def test_diffusers_ddim_get_variance_constants(t, prev, expected):
     """diffusers tests/schedulers/test_scheduler_ddim.py: _get_variance(t, prev) to 1e-5 (σ² at η = 1)."""
     ab = BASE.alphas_cumprod
@@ -105,7 +127,9 @@ def test_diffusers_ddpm_fixed_small_variance_constants(t, expected):
 
 def test_ddim_sigma_eta_zero_and_scaling():
     assert ddim_sigma(0.5, 0.7, eta=0.0) == 0.0
-    assert ddim_sigma(0.5, 0.7, eta=0.5) == pytest.approx(0.5 * ddim_sigma(0.5, 0.7, eta=1.0), rel=1e-15)
+    assert ddim_sigma(0.5, 0.7, eta=0.5) == pytest.approx(
+        0.5 * ddim_sigma(0.5, 0.7, eta=1.0), rel=1e-15
+    )
     cx, ce, s = ddim_coefficients(0.5, 0.7, eta=0.3)
     assert cx == pytest.approx(np.sqrt(0.7), rel=1e-15)
     assert ce == pytest.approx(np.sqrt(1 - 0.7 - s * s), rel=1e-13)
@@ -118,12 +142,15 @@ def test_ddim_reverse_step_inverts_the_eta0_step():
     x0, eps = np.array([[0.1, 0.2]]), np.array([[-0.5, 0.4]])
     fwd = ddim_step(x, x0, eps, 0.3, 0.8)
     assert np.allclose(fwd, np.sqrt(0.8) * x0 + np.sqrt(0.2) * eps, atol=1e-15)
-    np.testing.assert_allclose(ddim_reverse_step(fwd, x0, eps, 0.3), np.sqrt(0.3) * x0 + np.sqrt(0.7) * eps)
+    np.testing.assert_allclose(
+        ddim_reverse_step(fwd, x0, eps, 0.3), np.sqrt(0.3) * x0 + np.sqrt(0.7) * eps
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # DDIM η = 1 is the DDPM posterior step
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("S", [cosine(40), TRAIL10], ids=["cosine40", "linear1000-trailing10"])
 def test_ddim_eta1_step_has_the_ddpm_posterior_law(S):
@@ -136,8 +163,14 @@ def test_ddim_eta1_step_has_the_ddpm_posterior_law(S):
             return ddim_sample(model, xT, schedule=S, start=i, stop=i - 1, eta=1.0, noise=nz)
 
         def run_ddpm(xT, nz):
-            return p_sample(model(xT, np.full(xT.shape[0], t)), xT, i, schedule=S,
-                            var_type="fixed_small", noise=nz[0])[0]
+            return p_sample(
+                model(xT, np.full(xT.shape[0], t)),
+                xT,
+                i,
+                schedule=S,
+                var_type="fixed_small",
+                noise=nz[0],
+            )[0]
 
         a = A.linear_sampler_law(run_ddim, np.zeros(2), np.eye(2), dim=2, n_noise=1)
         b = A.linear_sampler_law(run_ddpm, np.zeros(2), np.eye(2), dim=2, n_noise=1)
@@ -157,8 +190,11 @@ def test_ddim_eta1_step_has_the_ddpm_posterior_law(S):
 # DDIM exactness on point-mass data, conventions
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mean_type", ["eps", "x0", "v"])
-@pytest.mark.parametrize("steps,spacing", [(1, "trailing"), (3, "linspace"), (7, "leading"), (50, "ddim")])
+@pytest.mark.parametrize(
+    "steps,spacing", [(1, "trailing"), (3, "linspace"), (7, "leading"), (50, "ddim")]
+)
 def test_ddim_eta0_is_exact_for_a_point_mass(mean_type, steps, spacing):
     S = sampling_schedule(BASE, steps, spacing)
     model = A.discrete_model(POINT, BASE, mean_type)
@@ -169,13 +205,15 @@ def test_ddim_eta0_is_exact_for_a_point_mass(mean_type, steps, spacing):
         n = S.num_timesteps
         ab_T, ab_k = float(S.alphas_cumprod[n - 1]), float(S.alphas_cumprod[0])
         part = ddim_sample(model, xT, schedule=S, stop=0, mean_type=mean_type)
-        flow = np.sqrt(ab_k) * MU + np.sqrt(1 - ab_k) * (xT - np.sqrt(ab_T) * MU) / np.sqrt(1 - ab_T)
+        flow = np.sqrt(ab_k) * MU + np.sqrt(1 - ab_k) * (xT - np.sqrt(ab_T) * MU) / np.sqrt(
+            1 - ab_T
+        )
         np.testing.assert_allclose(part, flow, rtol=1e-10, atol=1e-11)
 
 
 def test_final_alpha_bar_conventions():
-    """"one" lands on μ; "alpha_bar_0" leaves the residual √(1-ᾱ_0)·ε̂ (pitfall: LDM issue 136)."""
-    S = respace(BASE, "ddim10")           # range(0, 1000, 100): index 0 is the training t = 0
+    """ "one" lands on μ; "alpha_bar_0" leaves the residual √(1-ᾱ_0)·ε̂ (pitfall: LDM issue 136)."""
+    S = respace(BASE, "ddim10")  # range(0, 1000, 100): index 0 is the training t = 0
     model = A.discrete_model(POINT, BASE)
     xT = np.random.default_rng(2).standard_normal((3, 2))
     at_level0 = ddim_sample(model, xT, schedule=S, stop=0)
@@ -189,7 +227,9 @@ def test_final_alpha_bar_conventions():
     np.testing.assert_allclose(ab0, np.sqrt(a0) * MU + np.sqrt(1 - a0) * eps_hat, rtol=1e-10)
     # a respaced schedule that skips index 0 needs the training schedule for ᾱ_0
     S2 = respace(BASE, 10, spacing="leading", steps_offset=1)
-    with pytest.raises(RefdiffValueError, match="base_schedule=None is invalid: final_alpha_bar='alpha_bar_0'"):
+    with pytest.raises(
+        RefdiffValueError, match="base_schedule=None is invalid: final_alpha_bar='alpha_bar_0'"
+    ):
         ddim_sample(model, xT, schedule=S2, final_alpha_bar="alpha_bar_0")
     lvl0 = ddim_sample(model, xT, schedule=S2, stop=0)
     out = ddim_sample(model, xT, schedule=S2, final_alpha_bar="alpha_bar_0", base_schedule=BASE)
@@ -244,16 +284,20 @@ def test_eps_from_clipped_x0_conventions_differ_only_when_clipping():
 def test_zero_terminal_snr_needs_v_or_x0():
     S = respace(zero_terminal_snr(BASE), 10, spacing="trailing")
     xT = np.random.default_rng(8).standard_normal((2, 2))
-    out = ddim_sample(A.discrete_model(POINT, zero_terminal_snr(BASE), "v"), xT, schedule=S,
-                      mean_type="v")
+    out = ddim_sample(
+        A.discrete_model(POINT, zero_terminal_snr(BASE), "v"), xT, schedule=S, mean_type="v"
+    )
     np.testing.assert_allclose(out, np.broadcast_to(MU, xT.shape), atol=1e-12)
-    with pytest.raises(RefdiffValueError, match=r"t=9 has zero SNR .*x0 from eps is undefined there"):
+    with pytest.raises(
+        RefdiffValueError, match=r"t=9 has zero SNR .*x0 from eps is undefined there"
+    ):
         ddim_sample(A.discrete_model(POINT, zero_terminal_snr(BASE), "eps"), xT, schedule=S)
 
 
 # --------------------------------------------------------------------------------------------
 # DDIM inversion
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mean_type", ["eps", "x0", "v"])
 def test_ddim_inversion_round_trip_point_mass(mean_type):
@@ -314,6 +358,7 @@ def test_ddim_inversion_from_data_and_model_time_conventions():
 # DDPM ancestral sampling: exact laws
 # --------------------------------------------------------------------------------------------
 
+
 def _prior(S):
     ab = float(S.alphas_cumprod[-1])
     return GAUSS.marginal(np.sqrt(ab), np.sqrt(1 - ab))
@@ -326,8 +371,9 @@ def test_ancestral_with_exact_variance_reproduces_the_data_law(S):
     n = S.num_timesteps
 
     def run(xT, nz):
-        return ddpm_sample(model, xT, schedule=S, noise=nz, var_type="learned",
-                           final_noise="always")
+        return ddpm_sample(
+            model, xT, schedule=S, noise=nz, var_type="learned", final_noise="always"
+        )
 
     m, c = _prior(S)
     law = A.linear_sampler_law(run, m, c, dim=2, n_noise=n)
@@ -336,10 +382,15 @@ def test_ancestral_with_exact_variance_reproduces_the_data_law(S):
     # without final-step noise the output is E[x0 | x_{t_0}]: covariance Σ − Var[x0 | x_{t_0}]
     law2 = A.linear_sampler_law(
         lambda xT, nz: ddpm_sample(model, xT, schedule=S, noise=nz, var_type="learned"),
-        m, c, dim=2, n_noise=n)
+        m,
+        c,
+        dim=2,
+        n_noise=n,
+    )
     a0 = float(S.alphas_cumprod[0])
-    np.testing.assert_allclose(law2.cov, SIG - GAUSS.posterior_cov(np.sqrt(a0), np.sqrt(1 - a0)),
-                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        law2.cov, SIG - GAUSS.posterior_cov(np.sqrt(a0), np.sqrt(1 - a0)), rtol=0, atol=1e-12
+    )
 
 
 def test_ancestral_exact_law_monte_carlo():
@@ -350,16 +401,29 @@ def test_ancestral_exact_law_monte_carlo():
     n = 20_000
     m, c = _prior(S)
     xT = m + rng.standard_normal((n, 2)) @ np.linalg.cholesky(c).T
-    out = ddpm_sample(model, xT, schedule=S, noise=lambda k: rng.standard_normal((n, 2)),
-                      var_type="learned", final_noise="always")
+    out = ddpm_sample(
+        model,
+        xT,
+        schedule=S,
+        noise=lambda k: rng.standard_normal((n, 2)),
+        var_type="learned",
+        final_noise="always",
+    )
     se_mean = np.sqrt(np.diag(SIG) / n)
     assert np.all(np.abs(out.mean(0) - MU) < 5 * se_mean)
     se_cov = np.sqrt((SIG**2 + np.outer(np.diag(SIG), np.diag(SIG))) / n)
     assert np.all(np.abs(np.cov(out.T) - SIG) < 5 * se_cov)
 
 
-@pytest.mark.parametrize("var_type,t0", [("fixed_small", "clipped"), ("fixed_small", "clamped"),
-                                         ("fixed_large", "clipped"), ("fixed_large", "clamped")])
+@pytest.mark.parametrize(
+    "var_type,t0",
+    [
+        ("fixed_small", "clipped"),
+        ("fixed_small", "clamped"),
+        ("fixed_large", "clipped"),
+        ("fixed_large", "clamped"),
+    ],
+)
 @pytest.mark.parametrize("final_noise", ["none", "always"])
 def test_ddpm_fixed_variance_law_matches_a_hand_composed_chain(var_type, t0, final_noise):
     S = linear(12, 1e-3, 0.2)
@@ -367,8 +431,14 @@ def test_ddpm_fixed_variance_law_matches_a_hand_composed_chain(var_type, t0, fin
     n = S.num_timesteps
     m, c = _prior(S)
     law = A.linear_sampler_law(
-        lambda xT, nz: ddpm_sample(model, xT, schedule=S, noise=nz, var_type=var_type, t0=t0,
-                                   final_noise=final_noise), m, c, dim=2, n_noise=n)
+        lambda xT, nz: ddpm_sample(
+            model, xT, schedule=S, noise=nz, var_type=var_type, t0=t0, final_noise=final_noise
+        ),
+        m,
+        c,
+        dim=2,
+        n_noise=n,
+    )
     mean, cov = m.copy(), c.copy()
     for i in range(n - 1, -1, -1):
         ab, abp = _level(S, i)
@@ -381,9 +451,9 @@ def test_ddpm_fixed_variance_law_matches_a_hand_composed_chain(var_type, t0, fin
         elif var_type == "fixed_small":
             var = bt
         elif i == 0 and t0 == "clipped":
-            var = _ho_coefficients(*_level(S, 1))[2]     # improved-diffusion: β̃_1 at t = 0
+            var = _ho_coefficients(*_level(S, 1))[2]  # improved-diffusion: β̃_1 at t = 0
         else:
-            var = 1.0 - ab / abp                          # β_t
+            var = 1.0 - ab / abp  # β_t
         if i == 0 and final_noise == "none":
             var = 0.0
         mean = K @ mean + c1 * b
@@ -396,8 +466,10 @@ def test_every_mean_type_gives_the_same_trajectory():
     S = linear(30, 1e-3, 0.1)
     rng = np.random.default_rng(13)
     xT, nz = rng.standard_normal((3, 2)), rng.standard_normal((30, 3, 2))
-    outs = {mt: ddpm_sample(A.discrete_model(GAUSS, S, mt), xT, schedule=S, noise=nz, mean_type=mt)
-            for mt in ("eps", "x0", "v", "mu")}
+    outs = {
+        mt: ddpm_sample(A.discrete_model(GAUSS, S, mt), xT, schedule=S, noise=nz, mean_type=mt)
+        for mt in ("eps", "x0", "v", "mu")
+    }
     for mt in ("x0", "v", "mu"):
         np.testing.assert_allclose(outs[mt], outs["eps"], rtol=1e-10, atol=1e-11)
 
@@ -424,6 +496,7 @@ def test_ddpm_respaced_steps_keyword_equals_respaced_schedule():
 # Other namespaces
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("ns", ["array_api_strict", "torch"])
 def test_samplers_run_on_other_namespaces(ns):
     mod = pytest.importorskip(ns)
@@ -437,24 +510,31 @@ def test_samplers_run_on_other_namespaces(ns):
         want = fn(model, xT, schedule=TRAIL10, noise=nz, **kw)
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12, atol=1e-13)
     got = ddim_invert(model, X, schedule=S)
-    np.testing.assert_allclose(np.asarray(got), ddim_invert(model, xT, schedule=TRAIL10), rtol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(got), ddim_invert(model, xT, schedule=TRAIL10), rtol=1e-12
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # The labml-style object
 # --------------------------------------------------------------------------------------------
 
+
 def test_denoise_diffusion_labml_conventions():
     model = A.discrete_model(GAUSS, linear(50), "eps")
     dd = DenoiseDiffusion(model, n_steps=50)
     S = dd.schedule
-    np.testing.assert_allclose(S.betas, np.linspace(1e-4, 0.02, 50), rtol=1e-12)  # no 1000/T rescale
+    np.testing.assert_allclose(
+        S.betas, np.linspace(1e-4, 0.02, 50), rtol=1e-12
+    )  # no 1000/T rescale
     np.testing.assert_array_equal(dd.sigma2, S.betas)
     rng = np.random.default_rng(16)
     x0, z = rng.standard_normal((4, 2)), rng.standard_normal((4, 2))
     t = np.array([0, 3, 20, 49])
     ab = S.alphas_cumprod[t][:, None]
-    np.testing.assert_allclose(dd.q_sample(x0, t, noise=z), np.sqrt(ab) * x0 + np.sqrt(1 - ab) * z, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(
+        dd.q_sample(x0, t, noise=z), np.sqrt(ab) * x0 + np.sqrt(1 - ab) * z, rtol=1e-13, atol=1e-15
+    )
     mean, var = dd.q_xt_x0(x0, t)
     np.testing.assert_allclose(var, np.broadcast_to(1 - ab, var.shape), rtol=1e-12)
     # Eq. 11 mean equals the posterior-mean route (Eq. 7 with x̂0), an independent derivation
@@ -465,9 +545,13 @@ def test_denoise_diffusion_labml_conventions():
     np.testing.assert_allclose(v11, np.broadcast_to(S.betas[t][:, None], v11.shape), rtol=1e-15)
     # labml adds noise at t = 0 too
     out0 = dd.p_sample(xt, 0, noise=z)
-    np.testing.assert_allclose(out0 - dd.p_sample(xt, 0, noise=0 * z), np.sqrt(S.betas[0]) * z, rtol=1e-13)
+    np.testing.assert_allclose(
+        out0 - dd.p_sample(xt, 0, noise=0 * z), np.sqrt(S.betas[0]) * z, rtol=1e-13
+    )
     quiet = DenoiseDiffusion(model, n_steps=50, final_noise="none")
-    np.testing.assert_array_equal(quiet.p_sample(xt, 0, noise=z), quiet.p_sample(xt, 0, noise=0 * z))
+    np.testing.assert_array_equal(
+        quiet.p_sample(xt, 0, noise=z), quiet.p_sample(xt, 0, noise=0 * z)
+    )
     # loss = mean squared ε error; zero for the exact model on point-mass data at x0 = μ
     lp = DenoiseDiffusion(A.discrete_model(POINT, linear(50)), n_steps=50)
     assert float(lp.loss(np.broadcast_to(MU, (4, 2)), t=t, noise=z)) < 1e-24
@@ -478,11 +562,25 @@ def test_denoise_diffusion_labml_conventions():
     nz = rng.standard_normal((50, 4, 2))
     np.testing.assert_allclose(
         dd.sample(xt, noise=nz),
-        ddpm_sample(model, xt, schedule=S, noise=nz, var_type="fixed_large", t0="clamped",
-                    final_noise="always"), rtol=1e-11, atol=1e-12)
+        ddpm_sample(
+            model,
+            xt,
+            schedule=S,
+            noise=nz,
+            var_type="fixed_large",
+            t0="clamped",
+            final_noise="always",
+        ),
+        rtol=1e-11,
+        atol=1e-12,
+    )
     small = DenoiseDiffusion(model, n_steps=50, var_type="fixed_small", final_noise="none")
-    np.testing.assert_allclose(small.sample(xt, noise=nz),
-                               ddpm_sample(model, xt, schedule=S, noise=nz), rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(
+        small.sample(xt, noise=nz),
+        ddpm_sample(model, xt, schedule=S, noise=nz),
+        rtol=1e-11,
+        atol=1e-12,
+    )
 
 
 def test_denoise_diffusion_on_torch():
@@ -500,12 +598,14 @@ def test_denoise_diffusion_on_torch():
 # Step plans, callbacks and the respacing cache
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("var_type", ["fixed_small", "fixed_large", "learned", "learned_range"])
 @pytest.mark.parametrize("mean_type", ["eps", "x0", "v", "score", "mean"])
 @pytest.mark.parametrize("t0", ["clipped", "clamped"])
 def test_p_sample_with_host_coefficients_equals_the_table_path(var_type, mean_type, t0):
     """p_sample(coefficients=ddpm_coefficients(...)) == p_sample through p_mean_variance (per-batch t)."""
     from refdiff.samplers.discrete import ddpm_coefficients
+
     rng = np.random.default_rng(21)
     x = rng.standard_normal((3, 2, 4))
     c = 4 if var_type.startswith("learned") else 2
@@ -515,13 +615,36 @@ def test_p_sample_with_host_coefficients_equals_the_table_path(var_type, mean_ty
     z = rng.standard_normal((3, 2, 4))
     g = rng.standard_normal((3, 2, 4))
     for i in (0, 1, 5, TRAIL10.num_timesteps - 1):
-        for kw in ({}, {"clip_x0": True}, {"grad": g, "cond_mode": "mean"},
-                   {"grad": g, "cond_mode": "score"}):
+        for kw in (
+            {},
+            {"clip_x0": True},
+            {"grad": g, "cond_mode": "mean"},
+            {"grad": g, "cond_mode": "score"},
+        ):
             pc = ddpm_coefficients(TRAIL10, i, var_type=var_type, t0=t0)
-            a, pa = p_sample(out, x, np.full(3, i), schedule=TRAIL10, mean_type=mean_type,
-                             var_type=var_type, t0=t0, noise=z, **kw)
-            b, pb = p_sample(out, x, i, schedule=TRAIL10, mean_type=mean_type, var_type=var_type,
-                             t0=t0, noise=z, coefficients=pc, **kw)
+            a, pa = p_sample(
+                out,
+                x,
+                np.full(3, i),
+                schedule=TRAIL10,
+                mean_type=mean_type,
+                var_type=var_type,
+                t0=t0,
+                noise=z,
+                **kw,
+            )
+            b, pb = p_sample(
+                out,
+                x,
+                i,
+                schedule=TRAIL10,
+                mean_type=mean_type,
+                var_type=var_type,
+                t0=t0,
+                noise=z,
+                coefficients=pc,
+                **kw,
+            )
             np.testing.assert_allclose(b, a, rtol=1e-14, atol=1e-14)
             np.testing.assert_allclose(pb.pred_x0, pa.pred_x0, rtol=1e-14, atol=1e-14)
             np.testing.assert_allclose(pb.mean, pa.mean, rtol=1e-14, atol=1e-14)
@@ -531,8 +654,10 @@ def test_ddim_step_with_precomputed_coefficients():
     x = np.array([[0.3, -1.2]])
     x0, eps, z = np.array([[0.1, 0.2]]), np.array([[-0.5, 0.4]]), np.array([[1.0, -2.0]])
     coef = ddim_coefficients(0.3, 0.8, eta=0.7)
-    np.testing.assert_array_equal(ddim_step(x, x0, eps, noise=z, coefficients=coef),
-                                  ddim_step(x, x0, eps, 0.3, 0.8, eta=0.7, noise=z))
+    np.testing.assert_array_equal(
+        ddim_step(x, x0, eps, noise=z, coefficients=coef),
+        ddim_step(x, x0, eps, 0.3, 0.8, eta=0.7, noise=z),
+    )
 
 
 def test_callback_reports_the_training_timestep_the_state_and_x0():
@@ -566,7 +691,10 @@ def test_check_finite_stops_the_discrete_loops_at_the_first_bad_step():
         return np.full_like(x, np.nan) if int(t[0]) < 500 else np.zeros_like(x)
 
     for fn, kw in ((ddim_sample, {}), (ddpm_sample, {"noise": np.zeros((10, 1, 2))})):
-        with pytest.raises(RefdiffValueError, match=r"non-finite values in the x0 prediction \(denoised\) at step 5 of 10 \(t=499\)"):
+        with pytest.raises(
+            RefdiffValueError,
+            match=r"non-finite values in the x0 prediction \(denoised\) at step 5 of 10 \(t=499\)",
+        ):
             fn(model, np.zeros((1, 2)), schedule=TRAIL10, callback=check_finite(), **kw)
 
 
@@ -576,13 +704,17 @@ def test_respacing_is_cached_per_schedule_and_spec():
     assert respace(S1, 10, spacing="trailing") is a
     assert sampling_schedule(S1, 10, "trailing") is a
     assert respace(S2, 10, spacing="trailing") is not a
-    np.testing.assert_array_equal(respace(S2, 10, spacing="trailing").alphas_cumprod, a.alphas_cumprod)
+    np.testing.assert_array_equal(
+        respace(S2, 10, spacing="trailing").alphas_cumprod, a.alphas_cumprod
+    )
     assert respace(S1, 10, spacing="leading") is not a
     assert respace(S1, "ddim10") is respace(S1, "ddim10")
 
 
 def test_sections_spacing_and_steps_offset():
-    assert sampling_schedule(BASE, 21, "sections").timestep_map.tolist() == \
-        respace(BASE, "21").timestep_map.tolist()
+    assert (
+        sampling_schedule(BASE, 21, "sections").timestep_map.tolist()
+        == respace(BASE, "21").timestep_map.tolist()
+    )
     off = sampling_schedule(BASE, 10, "leading", steps_offset=1)
     assert off.timestep_map.tolist() == list(range(1, 1000, 100))

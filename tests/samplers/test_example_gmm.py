@@ -25,13 +25,13 @@ def test_gmm_example_writes_png(tmp_path, capsys):
     meta = json.loads((tmp_path / "gmm_samplers.json").read_text())
     samplers = meta["panels"][1:]
     assert len(samplers) >= 5
-    assert len({meta["stats"][s]["family"] for s in samplers}) == 3       # karras, vp and sde
+    assert len({meta["stats"][s]["family"] for s in samplers}) == 3  # karras, vp and sde
     img = read_png(tmp_path / "gmm_samplers.png")
     n_panels = len(meta["panels"])
     assert img.shape == (32, n_panels * 32 + (n_panels - 1) * 4, 3)
     # every panel has mass: the samples land inside the plotted square
     for k in range(n_panels):
-        panel = img[:, k * 36:k * 36 + 32]
+        panel = img[:, k * 36 : k * 36 + 32]
         assert panel.max() > 100
     # samples are sane: mean within a loose bound of the mixture mean (0, 0)
     for s in samplers:

@@ -22,15 +22,18 @@ def example():
 
 
 def test_example_runs_as_a_script():
-    proc = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "3 passed" in proc.stdout
 
 
 def test_example_catches_the_stride_bug(example, monkeypatch):
     """diffusers pitfall: prev = t − T//n does not match linspace spacing (issue 12633)."""
-    monkeypatch.setattr(example.MyDDIM, "prev_timestep",
-                        lambda self, t: int(t) - self.T // len(self.timesteps))
+    monkeypatch.setattr(
+        example.MyDDIM, "prev_timestep", lambda self, t: int(t) - self.T // len(self.timesteps)
+    )
     with pytest.raises(AssertionError):
         example.test_stochastic_loop_has_refdiffs_output_law()
 

@@ -42,12 +42,14 @@ def _cond_fn(k, scale=1.0):
     def fn(x, t):
         ab = float(BASE.alphas_cumprod[int(t[0])])
         return scale * _grad_log_p_y(x, np.sqrt(ab), np.sqrt(1 - ab), k)
+
     return fn
 
 
 # --------------------------------------------------------------------------------------------
 # Classifier guidance
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("ab", [0.99, 0.5, 0.01])
 def test_condition_score_with_exact_gradient_gives_the_conditional_eps(ab):
@@ -68,7 +70,9 @@ def test_classifier_guided_samplers_equal_the_conditional_model():
         a = ddim_sample(mix_model, xT, schedule=S10, cond_fn=_cond_fn(k))
         b = ddim_sample(cond_model, xT, schedule=S10)
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
-        a = ddpm_sample(mix_model, xT, schedule=S10, noise=nz, cond_fn=_cond_fn(k), cond_mode="score")
+        a = ddpm_sample(
+            mix_model, xT, schedule=S10, noise=nz, cond_fn=_cond_fn(k), cond_mode="score"
+        )
         b = ddpm_sample(cond_model, xT, schedule=S10, noise=nz)
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
     # cond_scale multiplies the gradient (guided-diffusion folds it into cond_fn)
@@ -85,9 +89,12 @@ def test_zero_classifier_gradient_leaves_sampling_unchanged():
     for mode in ("mean", "score"):
         np.testing.assert_array_equal(
             ddpm_sample(model, xT, schedule=S10, noise=nz, cond_fn=zero, cond_mode=mode),
-            ddpm_sample(model, xT, schedule=S10, noise=nz))
-    np.testing.assert_array_equal(ddim_sample(model, xT, schedule=S10, cond_fn=zero, eta=0.5, noise=nz),
-                                  ddim_sample(model, xT, schedule=S10, eta=0.5, noise=nz))
+            ddpm_sample(model, xT, schedule=S10, noise=nz),
+        )
+    np.testing.assert_array_equal(
+        ddim_sample(model, xT, schedule=S10, cond_fn=zero, eta=0.5, noise=nz),
+        ddim_sample(model, xT, schedule=S10, eta=0.5, noise=nz),
+    )
 
 
 def test_condition_mean_shifts_by_the_model_variance():
@@ -107,14 +114,19 @@ def test_condition_mean_shifts_by_the_model_variance():
 # Classifier-free guidance
 # --------------------------------------------------------------------------------------------
 
+
 def test_cfg_conventions_differ_by_one_in_w():
     rng = np.random.default_rng(5)
     u, c = rng.standard_normal((2, 3, 4))
     for w in (0.0, 0.5, 3.0, -0.7):
-        np.testing.assert_allclose(G.cfg_combine(u, c, w + 1.0, convention="guidance_scale"),
-                                   G.cfg_combine(u, c, w, convention="ho_salimans"), rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(
+            G.cfg_combine(u, c, w + 1.0, convention="guidance_scale"),
+            G.cfg_combine(u, c, w, convention="ho_salimans"),
+            rtol=1e-13,
+            atol=1e-15,
+        )
         assert G.cfg_weight(w, "ho_salimans") == w + 1.0 and G.cfg_weight(w) == w
-    np.testing.assert_array_equal(G.cfg_combine(u, c, 1.0), c)                            # s = 1: no guidance
+    np.testing.assert_array_equal(G.cfg_combine(u, c, 1.0), c)  # s = 1: no guidance
     np.testing.assert_array_equal(G.cfg_combine(u, c, 0.0, convention="ho_salimans"), c)  # w = 0
     np.testing.assert_allclose(G.cfg_combine(u, c, 0.0), u, rtol=1e-15, atol=1e-15)
 
@@ -127,7 +139,9 @@ def test_cfg_of_exact_models_is_the_tilted_score():
     g = _grad_log_p_y(x, a, s, 1)
     for scale in (1.0, 2.5, 7.5):
         got = G.cfg_combine(MIX.eps(x, a, s), CLASS[1].eps(x, a, s), scale)
-        np.testing.assert_allclose(got, -s * (MIX.score(x, a, s) + scale * g), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(
+            got, -s * (MIX.score(x, a, s) + scale * g), rtol=1e-10, atol=1e-12
+        )
 
 
 def test_guidance_rescale():
@@ -135,9 +149,13 @@ def test_guidance_rescale():
     g, c = rng.standard_normal((2, 3, 2, 4, 4)) * np.array([1.0, 3.0])[:, None, None, None, None]
     np.testing.assert_array_equal(G.rescale_cfg(g, c, phi=0.0), g)
     r = G.rescale_cfg(g, c, phi=1.0)
-    np.testing.assert_allclose(r.reshape(3, -1).std(1, ddof=1), c.reshape(3, -1).std(1, ddof=1), rtol=1e-13)
+    np.testing.assert_allclose(
+        r.reshape(3, -1).std(1, ddof=1), c.reshape(3, -1).std(1, ddof=1), rtol=1e-13
+    )
     half = G.rescale_cfg(g, c, phi=0.7)
-    ratio = c.reshape(3, -1).std(1, ddof=1) / g.reshape(3, -1).std(1, ddof=1)   # torch's unbiased std
+    ratio = c.reshape(3, -1).std(1, ddof=1) / g.reshape(3, -1).std(
+        1, ddof=1
+    )  # torch's unbiased std
     np.testing.assert_allclose(half, 0.7 * g * ratio[:, None, None, None] + 0.3 * g, rtol=1e-13)
 
 
@@ -160,6 +178,7 @@ def test_cfg_model_wraps_a_conditional_model():
 # ILVR
 # --------------------------------------------------------------------------------------------
 
+
 def test_low_pass_is_block_mean_and_a_projection():
     x = np.random.default_rng(8).standard_normal((2, 3, 8, 4))
     lp = G.low_pass(x, 2)
@@ -177,22 +196,28 @@ def test_ilvr_output_has_the_reference_low_frequencies():
     xT = rng.standard_normal((2, 1, 4, 4))
     ref = rng.standard_normal((2, 1, 4, 4))
     nz, rn = rng.standard_normal((2, 10, 2, 1, 4, 4))
-    out = G.ilvr_sample(model, xT, schedule=S10, reference=ref, noise=nz, reference_noise=rn, factor=2)
+    out = G.ilvr_sample(
+        model, xT, schedule=S10, reference=ref, noise=nz, reference_noise=rn, factor=2
+    )
     np.testing.assert_allclose(G.low_pass(out, 2), G.low_pass(ref, 2), rtol=1e-12, atol=1e-13)
-    assert np.max(np.abs(out - ref)) > 0.1   # the high frequencies are the model's
+    assert np.max(np.abs(out - ref)) > 0.1  # the high frequencies are the model's
     # factor 1: φ = identity, so every step is replaced by the noised reference; the last is y itself
-    out1 = G.ilvr_sample(model, xT, schedule=S10, reference=ref, noise=nz, reference_noise=rn, factor=1)
+    out1 = G.ilvr_sample(
+        model, xT, schedule=S10, reference=ref, noise=nz, reference_noise=rn, factor=1
+    )
     np.testing.assert_allclose(out1, ref, rtol=1e-14, atol=1e-14)
     # range_t: no refinement at training steps t <= range_t (the ILVR code's test)
     plain = ddpm_sample(model, xT, schedule=S10, noise=nz)
-    off = G.ilvr_sample(model, xT, schedule=S10, reference=ref, noise=nz, reference_noise=rn,
-                        factor=2, range_t=1000)
+    off = G.ilvr_sample(
+        model, xT, schedule=S10, reference=ref, noise=nz, reference_noise=rn, factor=2, range_t=1000
+    )
     np.testing.assert_allclose(off, plain, rtol=1e-14, atol=1e-15)
 
 
 # --------------------------------------------------------------------------------------------
 # EGSDE
 # --------------------------------------------------------------------------------------------
+
 
 def test_egsde_step_and_sampler():
     S = linear(20, 1e-3, 0.2)
@@ -202,7 +227,9 @@ def test_egsde_step_and_sampler():
     y0, xi = rng.standard_normal((2, 3, 2))
     nz = rng.standard_normal((11, 3, 2))
     zero = lambda x, t: np.zeros_like(x)  # noqa: E731
-    got = G.egsde_sample(model, y0, schedule=S, energy_grad=zero, t_start=10, noise=nz, start_noise=xi)
+    got = G.egsde_sample(
+        model, y0, schedule=S, energy_grad=zero, t_start=10, noise=nz, start_noise=xi
+    )
     # hand-written reference: perturb to t = 10, then the VP ancestral predictor with the exact score
     x = np.sqrt(S.alphas_cumprod[10]) * y0 + np.sqrt(1 - S.alphas_cumprod[10]) * xi
     for k, t in enumerate(range(10, -1, -1)):
@@ -217,14 +244,23 @@ def test_egsde_step_and_sampler():
     step = G.egsde_step(np.zeros((1, 2)), s, c, beta=0.04)
     np.testing.assert_allclose(step, -0.04 * c / np.sqrt(0.96), rtol=1e-15)
     for kind in ("x0", "v", "score"):
-        other = G.egsde_sample(A.discrete_model(data, S, kind), y0, schedule=S, energy_grad=zero,
-                               t_start=10, noise=nz, start_noise=xi, mean_type=kind)
+        other = G.egsde_sample(
+            A.discrete_model(data, S, kind),
+            y0,
+            schedule=S,
+            energy_grad=zero,
+            t_start=10,
+            noise=nz,
+            start_noise=xi,
+            mean_type=kind,
+        )
         np.testing.assert_allclose(other, got, rtol=1e-9, atol=1e-10)
 
 
 # --------------------------------------------------------------------------------------------
 # Langevin dynamics
 # --------------------------------------------------------------------------------------------
+
 
 def test_langevin_law_is_the_closed_form_ar1_law():
     """x_{k+1} = a x_k + (1−a)μ + √ε z with a = 1 − ε/(2λ): Var_n = a^{2n}v0 + ε(1−a^{2n})/(1−a²)."""
@@ -235,7 +271,11 @@ def test_langevin_law_is_the_closed_form_ar1_law():
     eps, n = 0.05, 60
     law = A.linear_sampler_law(
         lambda x, nz: G.langevin_dynamics(score_fn, x, step_size=eps, n_steps=n, noise=nz),
-        np.zeros(2), np.eye(2), dim=2, n_noise=n)
+        np.zeros(2),
+        np.eye(2),
+        dim=2,
+        n_noise=n,
+    )
     a = 1 - eps / (2 * lam)
     np.testing.assert_allclose(law.mean, (1 - a**n) * mu, rtol=1e-12)
     var = a ** (2 * n) + eps * (1 - a ** (2 * n)) / (1 - a**2)
@@ -248,43 +288,82 @@ def test_langevin_law_is_the_closed_form_ar1_law():
 # Bad input
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_guidance_scale(bad):
     u = np.zeros((1, 2))
-    with pytest.raises(RefdiffValueError, match=r"guidance_scale=(nan|inf|-inf) is invalid: expected a finite real number"):
+    with pytest.raises(
+        RefdiffValueError,
+        match=r"guidance_scale=(nan|inf|-inf) is invalid: expected a finite real number",
+    ):
         G.cfg_combine(u, u, bad)
-    with pytest.raises(RefdiffValueError, match=r"guidance_scale=.* is invalid: expected a finite real number"):
+    with pytest.raises(
+        RefdiffValueError, match=r"guidance_scale=.* is invalid: expected a finite real number"
+    ):
         G.cfg_model(lambda x, t, y: x, cond=1, uncond=0, scale=bad)
-    with pytest.raises(RefdiffValueError, match=r"scale=.* is invalid: expected a finite real number"):
+    with pytest.raises(
+        RefdiffValueError, match=r"scale=.* is invalid: expected a finite real number"
+    ):
         G.condition_mean(u, 1.0, u, scale=bad)
-    with pytest.raises(RefdiffValueError, match=r"cond_scale=.* is invalid: expected a finite real number"):
+    with pytest.raises(
+        RefdiffValueError, match=r"cond_scale=.* is invalid: expected a finite real number"
+    ):
         ddim_sample(lambda x, t: x, u, schedule=S10, cond_fn=lambda x, t: x, cond_scale=bad)
-    with pytest.raises(RefdiffValueError, match=r"cond_scale=.* is invalid: expected a finite real number"):
-        ddpm_sample(lambda x, t: x, u, schedule=S10, noise=np.zeros((10, 1, 2)),
-                    cond_fn=lambda x, t: x, cond_scale=bad)
+    with pytest.raises(
+        RefdiffValueError, match=r"cond_scale=.* is invalid: expected a finite real number"
+    ):
+        ddpm_sample(
+            lambda x, t: x,
+            u,
+            schedule=S10,
+            noise=np.zeros((10, 1, 2)),
+            cond_fn=lambda x, t: x,
+            cond_scale=bad,
+        )
 
 
 def test_guidance_bad_input_messages():
     u = np.zeros((1, 2))
-    with pytest.raises(UnknownNameError, match=r"convention='imagen' is not a known classifier-free guidance convention"):
+    with pytest.raises(
+        UnknownNameError,
+        match=r"convention='imagen' is not a known classifier-free guidance convention",
+    ):
         G.cfg_combine(u, u, 2.0, convention="imagen")
     with pytest.raises(RefdiffValueError, match=r"guidance_scale=True is invalid"):
         G.check_scale(True)
-    with pytest.raises(RefdiffShapeError, match=r"cond has shape \(1, 3\) but x has shape \(1, 2\)"):
+    with pytest.raises(
+        RefdiffShapeError, match=r"cond has shape \(1, 3\) but x has shape \(1, 2\)"
+    ):
         G.cfg_combine(u, np.zeros((1, 3)), 2.0)
-    with pytest.raises(RefdiffValueError, match=r"phi=1.5 is invalid: expected a value in \[0.0, 1.0\]"):
+    with pytest.raises(
+        RefdiffValueError, match=r"phi=1.5 is invalid: expected a value in \[0.0, 1.0\]"
+    ):
         G.rescale_cfg(u + 1, u, phi=1.5)
-    with pytest.raises(RefdiffValueError, match=r"factor=3 is invalid: every spatial size \(4, 4\) must be divisible"):
+    with pytest.raises(
+        RefdiffValueError,
+        match=r"factor=3 is invalid: every spatial size \(4, 4\) must be divisible",
+    ):
         G.low_pass(np.zeros((1, 1, 4, 4)), 3)
     with pytest.raises(RefdiffValueError, match=r"step_size=0.0 is invalid"):
         G.langevin_step(u, u, step_size=0.0, noise=u)
     with pytest.raises(RefdiffValueError, match=r"n_steps=0 is invalid: expected an integer >= 1"):
         G.langevin_dynamics(lambda x: x, u, step_size=0.1, n_steps=0, noise=np.zeros((1, 1, 2)))
-    with pytest.raises(RefdiffShapeError, match=r"classifier gradient has shape \(1, 3\) but x has shape \(1, 2\)"):
+    with pytest.raises(
+        RefdiffShapeError, match=r"classifier gradient has shape \(1, 3\) but x has shape \(1, 2\)"
+    ):
         ddim_sample(lambda x, t: x, u, schedule=S10, cond_fn=lambda x, t: np.zeros((1, 3)))
-    with pytest.raises(RefdiffValueError, match=r"t_start=20 is invalid: expected an index in \[0, 20\)"):
-        G.egsde_sample(lambda x, t: x, u, schedule=linear(20), energy_grad=lambda x, t: x, t_start=20,
-                       noise=None, start_noise=u)
+    with pytest.raises(
+        RefdiffValueError, match=r"t_start=20 is invalid: expected an index in \[0, 20\)"
+    ):
+        G.egsde_sample(
+            lambda x, t: x,
+            u,
+            schedule=linear(20),
+            energy_grad=lambda x, t: x,
+            t_start=20,
+            noise=None,
+            start_noise=u,
+        )
 
 
 def test_guidance_loops_report_each_step():
@@ -294,21 +373,45 @@ def test_guidance_loops_report_each_step():
     xT, ref = rng.standard_normal((2, 2, 1, 4, 4))
     nz, rn = rng.standard_normal((2, 10, 2, 1, 4, 4))
     infos, done = [], []
-    G.ilvr_sample(model, xT, schedule=S10, reference=ref, noise=nz, reference_noise=rn, factor=2,
-                  callback=infos.append, progress=lambda k, n: done.append((k, n)))
-    assert [(i.i, i.n, i.t) for i in infos] == [(k, 10, int(S10.timestep_map[9 - k])) for k in range(10)]
+    G.ilvr_sample(
+        model,
+        xT,
+        schedule=S10,
+        reference=ref,
+        noise=nz,
+        reference_noise=rn,
+        factor=2,
+        callback=infos.append,
+        progress=lambda k, n: done.append((k, n)),
+    )
+    assert [(i.i, i.n, i.t) for i in infos] == [
+        (k, 10, int(S10.timestep_map[9 - k])) for k in range(10)
+    ]
     assert done == [(k, 10) for k in range(1, 11)]
     np.testing.assert_array_equal(infos[0].x, xT)
     S = linear(20, 1e-3, 0.2)
     y0, xi = rng.standard_normal((2, 3, 2))
     infos = []
-    G.egsde_sample(A.discrete_model(A.GaussianData([0.2, -0.1], [0.4, 0.3]), S), y0, schedule=S,
-                   energy_grad=lambda x, t: np.zeros_like(x), t_start=5,
-                   noise=rng.standard_normal((6, 3, 2)), start_noise=xi, callback=infos.append)
+    G.egsde_sample(
+        A.discrete_model(A.GaussianData([0.2, -0.1], [0.4, 0.3]), S),
+        y0,
+        schedule=S,
+        energy_grad=lambda x, t: np.zeros_like(x),
+        t_start=5,
+        noise=rng.standard_normal((6, 3, 2)),
+        start_noise=xi,
+        callback=infos.append,
+    )
     assert [(i.i, i.n, i.t, i.denoised) for i in infos] == [(k, 6, 5 - k, None) for k in range(6)]
     infos = []
     x0 = rng.standard_normal((4, 2))
-    G.langevin_dynamics(lambda x: -x, x0, step_size=0.1, n_steps=3,
-                        noise=rng.standard_normal((3, 4, 2)), callback=infos.append)
+    G.langevin_dynamics(
+        lambda x: -x,
+        x0,
+        step_size=0.1,
+        n_steps=3,
+        noise=rng.standard_normal((3, 4, 2)),
+        callback=infos.append,
+    )
     assert [(i.i, i.n) for i in infos] == [(0, 3), (1, 3), (2, 3)]
     np.testing.assert_array_equal(infos[0].x, x0)

@@ -41,9 +41,18 @@ def true_prior(data, sde):
 def test_ode_log_likelihood_equals_exact_log_density(sde):
     """With the true marginal at T as prior, log p_eps(x) = log p_T(z) + ∫∇·F dt holds to solver tolerance."""
     eps = 1e-5
-    res = L.ode_log_likelihood(score(DATA, sde), XD, sde=sde, eps=eps, rtol=1e-10, atol=1e-10,
-                               prior_logp=true_prior(DATA, sde))
-    np.testing.assert_allclose(res.log_likelihood, DATA.logpdf(XD, *ac(sde, eps)), rtol=0, atol=1e-7)
+    res = L.ode_log_likelihood(
+        score(DATA, sde),
+        XD,
+        sde=sde,
+        eps=eps,
+        rtol=1e-10,
+        atol=1e-10,
+        prior_logp=true_prior(DATA, sde),
+    )
+    np.testing.assert_allclose(
+        res.log_likelihood, DATA.logpdf(XD, *ac(sde, eps)), rtol=0, atol=1e-7
+    )
     assert res.z.shape == XD.shape and res.nfe > 10
 
 
@@ -51,12 +60,14 @@ def test_default_prior_is_the_sdes():
     """The default prior is sde.prior_logp (N(0, I) for VP): off by log N(z; 0, I) - log p_T(z)."""
     sde = VPSDE()
     a = L.ode_log_likelihood(score(DATA, sde), XD, sde=sde, rtol=1e-10, atol=1e-10)
-    b = L.ode_log_likelihood(score(DATA, sde), XD, sde=sde, rtol=1e-10, atol=1e-10,
-                             prior_logp=true_prior(DATA, sde))
+    b = L.ode_log_likelihood(
+        score(DATA, sde), XD, sde=sde, rtol=1e-10, atol=1e-10, prior_logp=true_prior(DATA, sde)
+    )
     np.testing.assert_allclose(a.delta_logp, b.delta_logp, rtol=1e-12)
-    std_normal = -0.5 * np.sum(a.z ** 2, axis=1) - math.log(2 * math.pi)
-    np.testing.assert_allclose(a.log_likelihood - b.log_likelihood,
-                               std_normal - DATA.logpdf(a.z, *ac(sde, 1.0)), atol=1e-9)
+    std_normal = -0.5 * np.sum(a.z**2, axis=1) - math.log(2 * math.pi)
+    np.testing.assert_allclose(
+        a.log_likelihood - b.log_likelihood, std_normal - DATA.logpdf(a.z, *ac(sde, 1.0)), atol=1e-9
+    )
 
 
 def test_exact_divergence_closed_form_and_jvp():
@@ -70,7 +81,9 @@ def test_exact_divergence_closed_form_and_jvp():
     fd = L.exact_divergence(sde, score(DATA, sde), XD, t)
     np.testing.assert_allclose(fd, expected, rtol=1e-9)
     jvp = lambda x, tt, v: -np.linalg.solve(C, v.T).T
-    np.testing.assert_allclose(L.exact_divergence(sde, score(DATA, sde), XD, t, jvp=jvp), expected, rtol=1e-13)
+    np.testing.assert_allclose(
+        L.exact_divergence(sde, score(DATA, sde), XD, t, jvp=jvp), expected, rtol=1e-13
+    )
 
 
 def test_rademacher_probe_is_exact_for_diagonal_jacobians():
@@ -78,8 +91,17 @@ def test_rademacher_probe_is_exact_for_diagonal_jacobians():
     data = A.GaussianData(MU, np.array([0.7, 0.2]))
     sde = VPSDE()
     pn = np.random.default_rng(3).standard_normal(XD.shape)
-    h = L.ode_log_likelihood(score(data, sde), XD, sde=sde, divergence="hutchinson", probe="rademacher",
-                             probe_noise=pn, rtol=1e-10, atol=1e-10, prior_logp=true_prior(data, sde))
+    h = L.ode_log_likelihood(
+        score(data, sde),
+        XD,
+        sde=sde,
+        divergence="hutchinson",
+        probe="rademacher",
+        probe_noise=pn,
+        rtol=1e-10,
+        atol=1e-10,
+        prior_logp=true_prior(data, sde),
+    )
     np.testing.assert_allclose(h.log_likelihood, data.logpdf(XD, *ac(sde, 1e-5)), atol=1e-7)
 
 
@@ -87,15 +109,18 @@ def test_rademacher_probe_is_exact_for_diagonal_jacobians():
 def test_hutchinson_divergence_is_unbiased(probe):
     """Nonlinear score (Gaussian mixture): the mean of vᵀ(∂F/∂x)v over M = 4000 probes is within
     5 standard errors of the exact trace."""
-    gmm = A.GaussianMixtureData([0.3, 0.7], [[-1.0, 0.5], [1.5, -0.5]],
-                                [[[0.3, 0.1], [0.1, 0.2]], [[0.5, -0.2], [-0.2, 0.4]]])
+    gmm = A.GaussianMixtureData(
+        [0.3, 0.7],
+        [[-1.0, 0.5], [1.5, -0.5]],
+        [[[0.3, 0.1], [0.1, 0.2]], [[0.5, -0.2], [-0.2, 0.4]]],
+    )
     sde = VPSDE()
     t, M = 0.2, 4000
     x = np.array([[0.2, 0.1]])
     exact = float(L.exact_divergence(sde, score(gmm, sde), x, t)[0])
     v = L.draw_probes(probe, noise=np.random.default_rng(11).standard_normal((M, 2)))
     est = L.hutchinson_divergence(sde, score(gmm, sde), np.repeat(x, M, axis=0), t, v)
-    assert est.std() > 1e-3                                   # the estimator does fluctuate
+    assert est.std() > 1e-3  # the estimator does fluctuate
     assert abs(est.mean() - exact) < 5 * est.std() / math.sqrt(M)
 
 
@@ -106,8 +131,17 @@ def test_hutchinson_log_likelihood_is_unbiased():
     M = 300
     x = np.repeat(XD[:1], M, axis=0)
     pn = np.random.default_rng(5).standard_normal(x.shape)
-    res = L.ode_log_likelihood(score(DATA, sde), x, sde=sde, divergence="hutchinson", probe="gaussian",
-                               probe_noise=pn, rtol=1e-8, atol=1e-8, prior_logp=true_prior(DATA, sde))
+    res = L.ode_log_likelihood(
+        score(DATA, sde),
+        x,
+        sde=sde,
+        divergence="hutchinson",
+        probe="gaussian",
+        probe_noise=pn,
+        rtol=1e-8,
+        atol=1e-8,
+        prior_logp=true_prior(DATA, sde),
+    )
     exact = float(DATA.logpdf(XD[:1], *ac(sde, 1e-5))[0])
     ll = res.log_likelihood
     assert ll.std() > 1e-3
@@ -122,9 +156,13 @@ def test_bits_per_dim_conventions():
     assert L.bpd_offset("none") == 0.0
     d = 3 * 4 * 4
     assert L.bits_per_dim(np.array([0.0]), num_dims=d, centered=False)[0] == pytest.approx(8.0)
-    assert L.bits_per_dim(np.array([-d * math.log(2.0)]), num_dims=d, centered=True)[0] == pytest.approx(8.0)
+    assert L.bits_per_dim(np.array([-d * math.log(2.0)]), num_dims=d, centered=True)[
+        0
+    ] == pytest.approx(8.0)
     ll = np.array([-100.0, 20.0])
-    np.testing.assert_allclose(L.bits_per_dim(ll, num_dims=d, offset="none"), -ll / (d * math.log(2)))
+    np.testing.assert_allclose(
+        L.bits_per_dim(ll, num_dims=d, offset="none"), -ll / (d * math.log(2))
+    )
 
 
 def test_uniform_dequantize_fills_each_bin():
@@ -146,8 +184,9 @@ def test_likelihood_errors():
     with pytest.raises(ValueError, match="probe_noise"):
         L.ode_log_likelihood(score(DATA, sde), XD, sde=sde, divergence="hutchinson")
     with pytest.raises(ValueError, match="probe_noise has shape"):
-        L.ode_log_likelihood(score(DATA, sde), XD, sde=sde, divergence="hutchinson",
-                             probe_noise=np.zeros((1, 2)))
+        L.ode_log_likelihood(
+            score(DATA, sde), XD, sde=sde, divergence="hutchinson", probe_noise=np.zeros((1, 2))
+        )
     with pytest.raises(KeyError, match="divergence='trace' is not a known"):
         L.ode_log_likelihood(score(DATA, sde), XD, sde=sde, divergence="trace")
     with pytest.raises(KeyError, match="probe='sphere' is not a known"):

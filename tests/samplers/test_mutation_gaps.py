@@ -22,6 +22,7 @@ EPS_MODEL = A.vp_model(DATA, NS, "eps")
 
 # -- UniPC: the step onto clean data in the noise-prediction form ----------------------------------
 
+
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_unipc_noise_prediction_step_onto_clean_data_is_x0_of_the_last_eps(order):
     """final_sigma="zero" with algorithm_type="noise_prediction": x = (x_k − σ_k ε̂_k)/α_k.
@@ -31,8 +32,13 @@ def test_unipc_noise_prediction_step_onto_clean_data_is_x0_of_the_last_eps(order
     reuses it), which the callback's x̂0 (formed by the ε → x0 conversion) reports.
     """
     x = np.random.default_rng(5).standard_normal((4, 2))
-    kw = dict(noise_schedule=NS, steps=5, order=order, algorithm_type="noise_prediction",
-              final_sigma="zero")
+    kw = dict(
+        noise_schedule=NS,
+        steps=5,
+        order=order,
+        algorithm_type="noise_prediction",
+        final_sigma="zero",
+    )
     seen = []
     out = U.sample_unipc(EPS_MODEL, x, use_corrector=False, callback=seen.append, **kw)
     last = seen[-1]
@@ -47,6 +53,7 @@ def test_unipc_noise_prediction_step_onto_clean_data_is_x0_of_the_last_eps(order
 
 
 # -- adapters.score_fn between table levels ----------------------------------------------------------
+
 
 def test_score_fn_between_levels_uses_the_truncated_index_for_the_network_and_sigma():
     """score_sde's discrete VP score: i = ⌊t·(N−1)⌋ (labels.long()), s = −ε̂(x, i)/√(1−ᾱ_i)."""
@@ -63,7 +70,7 @@ def test_score_fn_between_levels_uses_the_truncated_index_for_the_network_and_si
         return exact(x, t)
 
     score, _ = adapters.score_fn(model, s)
-    frac = np.array([10.7, 42.5, 97.9])                  # t·(N−1) with fractional parts ≥ 1/2
+    frac = np.array([10.7, 42.5, 97.9])  # t·(N−1) with fractional parts ≥ 1/2
     x = np.random.default_rng(2).standard_normal((3, 3))
     got = score(x, frac / 99.0)
     i = np.floor(frac).astype(np.int64)
@@ -73,6 +80,7 @@ def test_score_fn_between_levels_uses_the_truncated_index_for_the_network_and_si
 
 
 # -- adapters: a learned-variance output keeps its prediction channels -----------------------------
+
 
 @pytest.mark.parametrize("bridge", ["karras_denoiser", "vp_model", "score_fn"])
 def test_bridges_read_the_prediction_channels_of_a_learned_variance_output(bridge):
@@ -108,6 +116,7 @@ def test_bridges_read_the_prediction_channels_of_a_learned_variance_output(bridg
 
 # -- PNDM: the PRK midpoint when T // n is odd -------------------------------------------------------
 
+
 @pytest.mark.parametrize("n", [8, 12, 10])
 def test_pndm_prk_with_an_odd_stride_matches_diffusers(n):
     """For odd δ = T//n diffusers moves x1 to t − ⌊δ/2⌋ (813 for 875 → 750) but calls the model
@@ -131,10 +140,18 @@ def test_pndm_prk_with_an_odd_stride_matches_diffusers(n):
         xt = sched.step(torch.from_numpy(out.astype(np.float32)), t, xt).prev_sample
     ref = xt.double().numpy()
     base = S.from_alphas_cumprod(sched.alphas_cumprod.double().numpy())
+
     def run(midpoint):
-        return sample_pndm(net, x, schedule=base, steps=n, spacing="leading",
-                           final_alpha_bar="alpha_bar_0", skip_prk_steps=False,
-                           prk_midpoint=midpoint)
+        return sample_pndm(
+            net,
+            x,
+            schedule=base,
+            steps=n,
+            spacing="leading",
+            final_alpha_bar="alpha_bar_0",
+            skip_prk_steps=False,
+            prk_midpoint=midpoint,
+        )
 
     got = run("diffusers")
     assert np.max(np.abs(got - ref)) / np.max(np.abs(ref)) < 5e-6
@@ -144,12 +161,13 @@ def test_pndm_prk_with_an_odd_stride_matches_diffusers(n):
 
 # -- Karras churn: the interval [S_tmin, S_tmax] is closed ----------------------------------------
 
+
 def test_churn_gamma_includes_both_ends_of_the_interval():
     """Karras et al. (2022), Alg. 2 line 4 (and k-diffusion): γ_i > 0 iff S_tmin ≤ σ_i ≤ S_tmax."""
     from refdiff.samplers.karras import churn_gamma
 
     kw = dict(S_churn=4.0, S_tmin=0.5, S_tmax=2.0)
-    want = min(4.0 / 10, 2.0 ** 0.5 - 1.0)
+    want = min(4.0 / 10, 2.0**0.5 - 1.0)
     assert churn_gamma(0.5, 10, **kw) == want
     assert churn_gamma(2.0, 10, **kw) == want
     assert churn_gamma(np.nextafter(0.5, 0.0), 10, **kw) == 0.0
@@ -157,6 +175,7 @@ def test_churn_gamma_includes_both_ends_of_the_interval():
 
 
 # -- DPM-Solver-family samplers: the default end time is 1/N of the schedule ---------------------------
+
 
 def test_sde_dpm_solver_samplers_end_at_one_over_n_by_default():
     """DPM-Solver's default t_end = 1/total_N (Lu et al. 2022a, §3.4): 1/100 on a 100-step schedule."""
@@ -180,6 +199,7 @@ def test_sde_dpm_solver_samplers_end_at_one_over_n_by_default():
 
 
 # -- adapters: nearest index and per-dtype tables --------------------------------------------------
+
 
 def test_vp_model_nearest_rounds_to_the_nearest_training_index():
     """t·N − 1 = 10.7 → index 11, 41.3 → 41 (the nearest n of t_n = (n + 1)/N)."""
@@ -211,7 +231,7 @@ def test_bridges_follow_the_dtype_of_each_call():
 
     t_dtypes = []
 
-    def smooth(x, t):                                     # takes fractional timesteps
+    def smooth(x, t):  # takes fractional timesteps
         t_dtypes.append(np.asarray(t).dtype)
         return 0.1 * x
 
@@ -228,6 +248,7 @@ def test_bridges_follow_the_dtype_of_each_call():
 
 
 # -- discrete samplers: denoised_fn, then the clip ---------------------------------------------------
+
 
 def test_denoised_fn_is_applied_before_the_clip():
     """improved-diffusion's process_xstart: x̂0 ← clip(denoised_fn(x̂0)), so clipping has the last word."""
@@ -249,12 +270,14 @@ def test_denoised_fn_is_applied_before_the_clip():
     for info in seen:
         i = int(info.t)
         raw = (info.x - np.sqrt(1.0 - ab[i]) * model(info.x, None)) / np.sqrt(ab[i])
-        np.testing.assert_allclose(info.denoised, np.clip(stretch(raw), -1.0, 1.0), rtol=1e-12,
-                                   atol=1e-12)
+        np.testing.assert_allclose(
+            info.denoised, np.clip(stretch(raw), -1.0, 1.0), rtol=1e-12, atol=1e-12
+        )
     assert max(float(np.max(np.abs(info.denoised))) for info in seen) == 1.0
 
 
 # -- adapters: the Karras grid's ρ and the start state on the σ scale ---------------------------------
+
 
 @pytest.mark.parametrize("rho", [1.0, 3.0, 7.0])
 def test_karras_grid_uses_rho(rho):
@@ -280,12 +303,20 @@ def test_karras_bridge_starts_from_the_vp_state_scaled_by_sqrt_one_plus_sigma_sq
     s = S.linear(100)
     seen = []
     x_T = np.random.default_rng(10).standard_normal((2, 3))
-    adapters.sample_with_discrete_model("karras_euler", lambda x, t: 0.0 * x, x_T, schedule=s,
-                                        steps=3, sigmas=[0.75, 0.3, 0.0], callback=seen.append)
-    np.testing.assert_allclose(seen[0].x, x_T * np.sqrt(1.0 + 0.75 ** 2), rtol=1e-15)
+    adapters.sample_with_discrete_model(
+        "karras_euler",
+        lambda x, t: 0.0 * x,
+        x_T,
+        schedule=s,
+        steps=3,
+        sigmas=[0.75, 0.3, 0.0],
+        callback=seen.append,
+    )
+    np.testing.assert_allclose(seen[0].x, x_T * np.sqrt(1.0 + 0.75**2), rtol=1e-15)
 
 
 # -- flow: a "uniform" grid with t_start < 1 is uniform in the unshifted time -------------------------
+
 
 @pytest.mark.parametrize("shift", [0.5, 3.0])
 def test_flow_uniform_grid_is_uniform_in_the_unshifted_time(shift):
@@ -294,11 +325,12 @@ def test_flow_uniform_grid_is_uniform_in_the_unshifted_time(shift):
 
     ts = np.asarray(flow_time_steps(FlowSchedule(shift=shift), 5, t_start=0.8, t_end=0.1))
     assert ts[0] == 0.8 and ts[-1] == 0.1
-    u = ts / (shift - (shift - 1.0) * ts)                # the inverse of the shift, closed form
+    u = ts / (shift - (shift - 1.0) * ts)  # the inverse of the shift, closed form
     np.testing.assert_allclose(np.diff(u), np.full(5, (u[-1] - u[0]) / 5), rtol=1e-12)
 
 
 # -- k-diffusion's adaptive DPM-Solver with η > 0 -----------------------------------------------------
+
 
 def _kd_adaptive_ancestral(kd, x, t_start, t_end, order, rtol, atol, eta, s_noise, draws):
     """k-diffusion's DPMSolver.dpm_solver_adaptive with η > 0, re-derived (its controller then has order 1.5)."""
@@ -321,7 +353,7 @@ def _kd_adaptive_ancestral(kd, x, t_start, t_end, order, rtol, atol, eta, s_nois
             x_low, cache = kd.dpm_solver_2_step(x, s, t_, r1=1 / 3, eps_cache=cache)
             x_high, cache = kd.dpm_solver_3_step(x, s, t_, eps_cache=cache)
         delta = np.maximum(atol, rtol * np.maximum(np.abs(x_low), np.abs(x_prev)))
-        error = np.linalg.norm((x_low - x_high) / delta) / x.size ** 0.5
+        error = np.linalg.norm((x_low - x_high) / delta) / x.size**0.5
         if pid.propose_step(error):
             x_prev, x, s = x_low, x_high + su * s_noise * draws[n_acc], t
             n_acc += 1
@@ -339,16 +371,27 @@ def test_karras_dpm_adaptive_ancestral_matches_k_diffusion(order):
     x = start()
     draws = np.random.default_rng(12).standard_normal((400,) + x.shape)
     kd = KDDPMSolver()
-    ref, n_acc, n_rej = _kd_adaptive_ancestral(kd, x, kd.t(10.0), kd.t(0.03), order, 0.02,
-                                               0.02 / 6, 0.5, 0.97, draws)
+    ref, n_acc, n_rej = _kd_adaptive_ancestral(
+        kd, x, kd.t(10.0), kd.t(0.03), order, 0.02, 0.02 / 6, 0.5, 0.97, draws
+    )
     got, info = get_sampler("karras_dpm_adaptive").fn(
-        KDEN, x, sigmas=[10.0, 0.03], noise=draws, order=order, rtol=0.02, atol=0.02 / 6,
-        eta=0.5, S_noise=0.97, return_info=True)
+        KDEN,
+        x,
+        sigmas=[10.0, 0.03],
+        noise=draws,
+        order=order,
+        rtol=0.02,
+        atol=0.02 / 6,
+        eta=0.5,
+        S_noise=0.97,
+        return_info=True,
+    )
     assert (info["n_accept"], info["n_reject"]) == (n_acc, n_rej)
     np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)
 
 
 # -- PNDM: final_alpha_bar="one" lands on x̂0 ----------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["pndm", "plms"])
 def test_pndm_final_alpha_bar_one_lands_on_the_point(name):
@@ -360,24 +403,38 @@ def test_pndm_final_alpha_bar_one_lands_on_the_point(name):
     mu = np.array([0.5, -0.2])
     point = A.GaussianData(mu, np.zeros((2, 2)))
     x_T = np.random.default_rng(13).standard_normal((4, 2))
-    out = getattr(P, f"sample_{name}")(A.discrete_model(point, base, "eps"), x_T, schedule=base,
-                                       steps=10, spacing="leading", final_alpha_bar="one")
+    out = getattr(P, f"sample_{name}")(
+        A.discrete_model(point, base, "eps"),
+        x_T,
+        schedule=base,
+        steps=10,
+        spacing="leading",
+        final_alpha_bar="one",
+    )
     np.testing.assert_allclose(out, np.broadcast_to(mu, out.shape), rtol=1e-11, atol=1e-12)
 
 
 # -- UniPC: the callback's x̂0 in the noise-prediction form ------------------------------------------
 
+
 def test_unipc_noise_prediction_callback_reports_the_posterior_mean_at_the_first_level():
     x = np.random.default_rng(14).standard_normal((4, 2))
     seen = []
-    U.sample_unipc(EPS_MODEL, x, noise_schedule=NS, steps=4, algorithm_type="noise_prediction",
-                   callback=seen.append)
+    U.sample_unipc(
+        EPS_MODEL,
+        x,
+        noise_schedule=NS,
+        steps=4,
+        algorithm_type="noise_prediction",
+        callback=seen.append,
+    )
     t = float(seen[0].t)
     alpha, sigma = float(NS.marginal_alpha(t)), float(NS.marginal_std(t))
     np.testing.assert_allclose(seen[0].denoised, DATA.x0(x, alpha, sigma), rtol=1e-12, atol=1e-13)
 
 
 # -- DDIM one-step API: clip_range ---------------------------------------------------------------------
+
 
 def test_ddim_step_at_clips_to_clip_range():
     """diffusers' clip_sample_range: x̂0 = clip((x − √(1−ᾱ_t)ε)/√ᾱ_t, −r, r)."""
@@ -395,6 +452,7 @@ def test_ddim_step_at_clips_to_clip_range():
 
 
 # -- DDPM classifier guidance: cond_scale multiplies the gradient -----------------------------------
+
 
 def test_ddpm_cond_scale_scales_the_classifier_gradient():
     from refdiff import schedules as S
@@ -417,6 +475,7 @@ def test_ddpm_cond_scale_scales_the_classifier_gradient():
 
 # -- score-SDE PC sampler: with denoise, the corrector-only run returns the last corrector's mean ----
 
+
 def test_corrector_only_pc_sampler_with_denoise_returns_the_last_langevin_mean():
     """Song et al. (2021), Alg. 4/5: x = x̄ + √(2ε) z; denoise returns x̄, so the two runs differ by √(2ε)·z_last."""
     from refdiff.samplers import score_sde as SS
@@ -431,7 +490,9 @@ def test_corrector_only_pc_sampler_with_denoise_returns_the_last_langevin_mean()
     x = np.random.default_rng(18).standard_normal((3, 2)) * 5.0
     noise = np.random.default_rng(19).standard_normal((4, 3, 2))
     kw = dict(sde=sde, steps=4, noise=noise, predictor="none", corrector="langevin")
-    d = SS.sample_sde_pc(score, x, denoise=False, **kw) - SS.sample_sde_pc(score, x, denoise=True, **kw)
+    d = SS.sample_sde_pc(score, x, denoise=False, **kw) - SS.sample_sde_pc(
+        score, x, denoise=True, **kw
+    )
     ratio = d / noise[-1]
     assert np.all(ratio > 0.0)
     np.testing.assert_allclose(ratio, ratio.flat[0], rtol=1e-10)

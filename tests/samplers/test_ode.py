@@ -43,6 +43,7 @@ def score(sde):
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
 def test_closed_form_flow_matches_scipy(sde):
     """The reference itself: DOP853 at rtol 1e-13 on dx/dt = f(t)x + ½g(t)² C_t⁻¹(x - α_t μ)."""
+
     def rhs(t, y):
         a, s = ac(sde, t)
         C = a * a * COV + s * s * np.eye(2)
@@ -51,8 +52,12 @@ def test_closed_form_flow_matches_scipy(sde):
         return lin + 0.5 * float(g[0]) ** 2 * np.linalg.solve(C, y - a * MU)
 
     for x in X:
-        sol = scipy.integrate.solve_ivp(rhs, (1.0, 1e-3), x, method="DOP853", rtol=1e-13, atol=1e-13)
-        np.testing.assert_allclose(sol.y[:, -1], exact_flow(sde, x, 1.0, 1e-3), rtol=1e-10, atol=1e-11)
+        sol = scipy.integrate.solve_ivp(
+            rhs, (1.0, 1e-3), x, method="DOP853", rtol=1e-13, atol=1e-13
+        )
+        np.testing.assert_allclose(
+            sol.y[:, -1], exact_flow(sde, x, 1.0, 1e-3), rtol=1e-10, atol=1e-11
+        )
 
 
 @pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
@@ -75,10 +80,15 @@ def test_euler_and_heun_steps():
         beta = 0.1 + tt * 19.9
         return -0.5 * beta * x - 0.5 * beta * score(sde)(x, np.full(x.shape[0], tt))
 
-    np.testing.assert_allclose(O.ode_euler_step(sde, score(sde), X, t, dt), X + F(X, t) * dt, rtol=1e-14)
+    np.testing.assert_allclose(
+        O.ode_euler_step(sde, score(sde), X, t, dt), X + F(X, t) * dt, rtol=1e-14
+    )
     xe = X + F(X, t) * dt
-    np.testing.assert_allclose(O.ode_heun_step(sde, score(sde), X, t, dt),
-                               X + 0.5 * (F(X, t) + F(xe, t + dt)) * dt, rtol=1e-14)
+    np.testing.assert_allclose(
+        O.ode_heun_step(sde, score(sde), X, t, dt),
+        X + 0.5 * (F(X, t) + F(xe, t + dt)) * dt,
+        rtol=1e-14,
+    )
 
 
 @pytest.mark.parametrize("name,order", [("ode_euler", 1.0), ("ode_heun", 2.0)])
@@ -86,8 +96,10 @@ def test_euler_and_heun_steps():
 def test_fixed_step_orders(name, order, sde):
     fn = get_sampler(name).fn
     steps = [40, 80, 160]
-    errs = [np.abs(fn(score(sde), X, sde=sde, steps=n, eps=0.3) - exact_flow(sde, X, 1.0, 0.3)).max()
-            for n in steps]
+    errs = [
+        np.abs(fn(score(sde), X, sde=sde, steps=n, eps=0.3) - exact_flow(sde, X, 1.0, 0.3)).max()
+        for n in steps
+    ]
     assert abs(-np.polyfit(np.log(steps), np.log(errs), 1)[0] - order) < 0.15, errs
 
 
@@ -119,8 +131,12 @@ def test_euler_heun_run_on_array_api_strict():
 
     for name in ["ode_euler", "ode_heun"]:
         fn = get_sampler(name).fn
-        np.testing.assert_allclose(np.asarray(fn(sc, xs.asarray(X), sde=sde, steps=7)),
-                                   fn(sc, X, sde=sde, steps=7), rtol=1e-15, atol=1e-15)
+        np.testing.assert_allclose(
+            np.asarray(fn(sc, xs.asarray(X), sde=sde, steps=7)),
+            fn(sc, X, sde=sde, steps=7),
+            rtol=1e-15,
+            atol=1e-15,
+        )
 
 
 @pytest.mark.parametrize("name", ["ode_euler", "ode_heun"])
@@ -129,8 +145,14 @@ def test_callback_reports_grid_times(name):
     sde = VPSDE()
     x = np.array([[1.0, 2.0], [-3.0, 0.5]])
     infos, prog = [], []
-    get_sampler(name).fn(lambda xx, t: -xx, x, sde=sde, steps=4, callback=infos.append,
-                         progress=lambda i, n: prog.append((i, n)))
+    get_sampler(name).fn(
+        lambda xx, t: -xx,
+        x,
+        sde=sde,
+        steps=4,
+        callback=infos.append,
+        progress=lambda i, n: prog.append((i, n)),
+    )
     assert [f.t for f in infos] == O.ode_time_grid(sde, 4)[:-1]
     assert [f.i for f in infos] == [0, 1, 2, 3] and prog == [(i, 4) for i in range(1, 5)]
     assert infos[0].x is x and infos[0].denoised is None

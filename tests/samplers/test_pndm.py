@@ -34,9 +34,13 @@ def test_transfer_is_ddim_against_mpmath(i, j):
     ab = mp.mpf(float(BASE.alphas_cumprod[i]))
     abp = mp.mpf(float(BASE.alphas_cumprod[j]))
     c_x, c_e = P.transfer_coefficients(
-        float(ab), float(abp), one_minus_ab_t=float(BASE.one_minus_alphas_cumprod[i]),
+        float(ab),
+        float(abp),
+        one_minus_ab_t=float(BASE.one_minus_alphas_cumprod[i]),
         one_minus_ab_prev=float(BASE.one_minus_alphas_cumprod[j]),
-        log_ab_t=float(BASE.log_alphas_cumprod[i]), log_ab_prev=float(BASE.log_alphas_cumprod[j]))
+        log_ab_t=float(BASE.log_alphas_cumprod[i]),
+        log_ab_prev=float(BASE.log_alphas_cumprod[j]),
+    )
     assert c_x == pytest.approx(float(mp.sqrt(abp / ab)), rel=1e-15)
     ref = mp.sqrt(abp / ab) * mp.sqrt(1 - ab) - mp.sqrt(1 - abp)
     assert c_e == pytest.approx(float(ref), rel=1e-13)
@@ -47,7 +51,7 @@ def test_plms_weights_are_adams_bashforth():
     for k, w in P.PLMS_WEIGHTS.items():
         nodes = [-i for i in range(k)]
         for j in range(k):
-            coef = [Fraction(1)]                               # polynomial, increasing powers
+            coef = [Fraction(1)]  # polynomial, increasing powers
             denom = Fraction(1)
             for i in range(k):
                 if i != j:
@@ -70,8 +74,14 @@ def test_point_mass_is_exact(name, steps, spacing):
     top = int(idx.max())
     ab = np.asarray(BASE.alphas_cumprod)
     x_T = np.sqrt(ab[top]) * MU + np.sqrt(1 - ab[top]) * z
-    out = fn(A.discrete_model(POINT, BASE, "eps"), x_T, schedule=BASE, steps=steps, spacing=spacing,
-             final_alpha_bar="alpha_bar_0")
+    out = fn(
+        A.discrete_model(POINT, BASE, "eps"),
+        x_T,
+        schedule=BASE,
+        steps=steps,
+        spacing=spacing,
+        final_alpha_bar="alpha_bar_0",
+    )
     assert np.allclose(out, np.sqrt(ab[0]) * MU + np.sqrt(1 - ab[0]) * z, rtol=1e-12, atol=1e-13)
 
 
@@ -80,14 +90,20 @@ def test_model_evaluations():
     for skip, extra in ((False, 9), (True, 1)):
         calls = []
         model = A.discrete_model(DATA, BASE, "eps")
-        P.sample_pndm(lambda x, t: calls.append(int(t[0])) or model(x, t), np.zeros((1, 2)),
-                      schedule=BASE, steps=10, spacing="leading", skip_prk_steps=skip)
+        P.sample_pndm(
+            lambda x, t: calls.append(int(t[0])) or model(x, t),
+            np.zeros((1, 2)),
+            schedule=BASE,
+            steps=10,
+            spacing="leading",
+            skip_prk_steps=skip,
+        )
         assert len(calls) == 10 + extra
         if not skip:
-            assert calls[:4] == [900, 850, 850, 800]        # PRK: t, the midpoint twice, t − δ
+            assert calls[:4] == [900, 850, 850, 800]  # PRK: t, the midpoint twice, t − δ
     calls = []
     P.sample_pndm(lambda x, t: calls.append(1) or x, np.zeros((1, 2)), schedule=schedules.linear(3))
-    assert len(calls) == 2 * 4 + 1                            # n = 3: two PRK steps, one PLMS
+    assert len(calls) == 2 * 4 + 1  # n = 3: two PRK steps, one PLMS
 
 
 @pytest.mark.parametrize("mean_type", ["x0", "v", "score"])
@@ -106,12 +122,19 @@ def test_unequal_index_gaps_stall_the_pseudo_multistep():
     w, U = np.linalg.eigh(np.asarray(DATA.cov))
 
     def err(n):
-        run = lambda xT, nz: P.sample_plms(A.discrete_model(DATA, BASE, "eps"), xT, schedule=BASE,
-                                           steps=n, final_alpha_bar="alpha_bar_0")
+        run = lambda xT, nz: P.sample_plms(
+            A.discrete_model(DATA, BASE, "eps"),
+            xT,
+            schedule=BASE,
+            steps=n,
+            final_alpha_bar="alpha_bar_0",
+        )
         law = A.linear_sampler_law(run, np.zeros(2), np.eye(2), dim=2, n_noise=0)
         c0, c1 = ab[999] * w + 1 - ab[999], ab[0] * w + 1 - ab[0]
         M = U @ np.diag(np.sqrt(c1 / c0)) @ U.T
-        return np.linalg.norm(law.M - M) + np.linalg.norm(law.c - (np.sqrt(ab[0]) * MU - M @ (np.sqrt(ab[999]) * MU)))
+        return np.linalg.norm(law.M - M) + np.linalg.norm(
+            law.c - (np.sqrt(ab[0]) * MU - M @ (np.sqrt(ab[999]) * MU))
+        )
 
     assert err(192) > err(96)
 
@@ -119,8 +142,14 @@ def test_unequal_index_gaps_stall_the_pseudo_multistep():
 def test_callback():
     seen = []
     x = np.random.default_rng(2).standard_normal((2, 2))
-    P.sample_pndm(A.discrete_model(DATA, BASE, "eps"), x, schedule=BASE, steps=6, spacing="leading",
-                  callback=seen.append)
+    P.sample_pndm(
+        A.discrete_model(DATA, BASE, "eps"),
+        x,
+        schedule=BASE,
+        steps=6,
+        spacing="leading",
+        callback=seen.append,
+    )
     assert [s.t for s in seen] == [830, 664, 498, 332, 166, 0] and seen[0].x is x
     a = float(BASE.alphas_cumprod[830])
     assert np.allclose(seen[0].denoised, DATA.x0(x, np.sqrt(a), np.sqrt(1 - a)), rtol=1e-12)
@@ -129,28 +158,47 @@ def test_callback():
 def test_bad_input_messages():
     x = np.zeros((2, 2))
     m = A.discrete_model(DATA, BASE, "eps")
-    with pytest.raises(RefdiffValueError, match=r"steps=1001 is invalid: expected at most T=1000 steps"):
+    with pytest.raises(
+        RefdiffValueError, match=r"steps=1001 is invalid: expected at most T=1000 steps"
+    ):
         P.sample_pndm(m, x, schedule=BASE, steps=1001)
-    with pytest.raises(RefdiffValueError, match=r"timesteps=.* is invalid: give either steps= or timesteps="):
+    with pytest.raises(
+        RefdiffValueError, match=r"timesteps=.* is invalid: give either steps= or timesteps="
+    ):
         P.sample_pndm(m, x, schedule=BASE, steps=10, timesteps=[0, 10])
-    with pytest.raises(RefdiffValueError, match=r"timesteps=.* is invalid: expected distinct indices in \[0, 1000\)"):
+    with pytest.raises(
+        RefdiffValueError,
+        match=r"timesteps=.* is invalid: expected distinct indices in \[0, 1000\)",
+    ):
         P.sample_pndm(m, x, schedule=BASE, timesteps=[0, 1000])
-    with pytest.raises(RefdiffValueError, match=r"skip_prk_steps='no' is invalid: expected True or False"):
+    with pytest.raises(
+        RefdiffValueError, match=r"skip_prk_steps='no' is invalid: expected True or False"
+    ):
         P.sample_pndm(m, x, schedule=BASE, steps=5, skip_prk_steps="no")
-    with pytest.raises(RefdiffValueError, match=r"skip_prk_steps=False is invalid: the sampler 'plms' fixes"):
+    with pytest.raises(
+        RefdiffValueError, match=r"skip_prk_steps=False is invalid: the sampler 'plms' fixes"
+    ):
         P.sample_plms(m, x, schedule=BASE, steps=5, skip_prk_steps=False)
     with pytest.raises(UnknownNameError, match=r"spacing='ddim' is not a known timestep spacing"):
         P.sample_pndm(m, x, schedule=BASE, steps=5, spacing="ddim")
-    with pytest.raises(UnknownNameError, match=r"final_alpha_bar='zero' is not a known final ᾱ_prev convention"):
+    with pytest.raises(
+        UnknownNameError, match=r"final_alpha_bar='zero' is not a known final ᾱ_prev convention"
+    ):
         P.sample_pndm(m, x, schedule=BASE, steps=5, final_alpha_bar="zero")
     with pytest.raises(UnknownNameError, match=r"mean_type='mean' is not a known prediction type"):
         P.sample_pndm(m, x, schedule=BASE, steps=5, mean_type="mean")
-    with pytest.raises(RefdiffValueError, match=r"schedule=.* is invalid: expected a refdiff.schedules.Schedule"):
+    with pytest.raises(
+        RefdiffValueError, match=r"schedule=.* is invalid: expected a refdiff.schedules.Schedule"
+    ):
         P.sample_pndm(m, x, schedule="linear")
     zs = schedules.zero_terminal_snr(schedules.linear(20))
-    with pytest.raises(RefdiffValueError, match=r"ᾱ = 0 at the first sampling level \(timestep 19, zero "
-                       r"terminal SNR\): the PNDM transfer divides by ᾱ_t"):
+    with pytest.raises(
+        RefdiffValueError,
+        match=r"ᾱ = 0 at the first sampling level \(timestep 19, zero "
+        r"terminal SNR\): the PNDM transfer divides by ᾱ_t",
+    ):
         P.sample_pndm(A.discrete_model(DATA, zs, "v"), x, schedule=zs, mean_type="v")
-    out = P.sample_pndm(A.discrete_model(DATA, zs, "v"), x, schedule=zs, mean_type="v",
-                        timesteps=list(range(19)))
+    out = P.sample_pndm(
+        A.discrete_model(DATA, zs, "v"), x, schedule=zs, mean_type="v", timesteps=list(range(19))
+    )
     assert np.all(np.isfinite(out))

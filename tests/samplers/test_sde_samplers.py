@@ -32,8 +32,17 @@ def marginal(data, sde, t):
 
 
 def law_error(sde, eps, n, **kwargs):
-    run = lambda xT, nz: S.sample_pc(score_of(DATA, sde), xT, sde=sde, steps=n, noise=nz,
-                                     corrector="none", eps=eps, denoise=False, **kwargs)
+    run = lambda xT, nz: S.sample_pc(
+        score_of(DATA, sde),
+        xT,
+        sde=sde,
+        steps=n,
+        noise=nz,
+        corrector="none",
+        eps=eps,
+        denoise=False,
+        **kwargs,
+    )
     law = A.linear_sampler_law(run, *marginal(DATA, sde, sde.T), dim=2, n_noise=n)
     m, C = marginal(DATA, sde, eps)
     return max(np.abs(law.mean - m).max(), np.abs(law.cov - C).max())
@@ -46,6 +55,7 @@ def slope(steps, errs):
 # --------------------------------------------------------------------------------------------
 # Grids and single steps against hand-written formulas
 # --------------------------------------------------------------------------------------------
+
 
 def test_pc_time_grid_conventions():
     """score_sde: t_i = linspace(T, eps, N), dt = -T/N; uniform: t_i = linspace(T, eps, N+1)[:-1], Σ dt = eps - T."""
@@ -80,14 +90,19 @@ def test_reverse_diffusion_and_ancestral_steps_on_the_ddpm_chain():
     beta = (0.1 + i * 19.9 / 49) / 50
     s = score_of(DATA, sde)(x, np.array([t]))
     out, _ = S.reverse_diffusion_step(sde, score_of(DATA, sde), x, t, noise=z)
-    np.testing.assert_allclose(out, (2 - math.sqrt(1 - beta)) * x + beta * s + math.sqrt(beta) * z, rtol=1e-13)
+    np.testing.assert_allclose(
+        out, (2 - math.sqrt(1 - beta)) * x + beta * s + math.sqrt(beta) * z, rtol=1e-13
+    )
     out, _ = S.ancestral_sampling_step(sde, score_of(DATA, sde), x, t, noise=z)
-    np.testing.assert_allclose(out, (x + beta * s) / math.sqrt(1 - beta) + math.sqrt(beta) * z, rtol=1e-13)
+    np.testing.assert_allclose(
+        out, (x + beta * s) / math.sqrt(1 - beta) + math.sqrt(beta) * z, rtol=1e-13
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Exactness where it holds
 # --------------------------------------------------------------------------------------------
+
 
 def smld_sigma(i, N, smin=0.01, smax=50.0):
     return smin * (smax / smin) ** (i / (N - 1))
@@ -108,9 +123,14 @@ def test_ve_ancestral_step_is_exact_on_point_mass():
         np.testing.assert_allclose(law.mean, MU, atol=1e-12)
         np.testing.assert_allclose(law.cov, smld_sigma(i - 1, N) ** 2 * np.eye(2), rtol=1e-12)
     # the full sampler ends at index 0, where the mean step lands on μ
-    out = S.sample_ancestral(lambda x, tt: -(x - MU) / smld_sigma(round(float(tt[0]) * (N - 1)), N) ** 2,
-                             np.full((3, 2), 40.0), sde=sde, steps=N, noise=np.ones((N, 3, 2)),
-                             eps=0.0)
+    out = S.sample_ancestral(
+        lambda x, tt: -(x - MU) / smld_sigma(round(float(tt[0]) * (N - 1)), N) ** 2,
+        np.full((3, 2), 40.0),
+        sde=sde,
+        steps=N,
+        noise=np.ones((N, 3, 2)),
+        eps=0.0,
+    )
     np.testing.assert_allclose(out, np.broadcast_to(MU, (3, 2)), atol=1e-12)
 
 
@@ -120,8 +140,9 @@ def test_vp_ancestral_exact_for_standard_normal_data(denoise):
     cov I, or 1 - β_0 after the final noise-free step (score_sde's noise removal)."""
     N = 30
     sde = VPSDE(N=N)
-    run = lambda xT, nz: S.sample_ancestral(lambda x, t: -x, xT, sde=sde, steps=N, noise=nz,
-                                            eps=0.0, denoise=denoise)
+    run = lambda xT, nz: S.sample_ancestral(
+        lambda x, t: -x, xT, sde=sde, steps=N, noise=nz, eps=0.0, denoise=denoise
+    )
     law = A.linear_sampler_law(run, np.zeros(2), np.eye(2), dim=2, n_noise=N)
     beta0 = 0.1 / N
     np.testing.assert_allclose(law.mean, 0.0, atol=1e-13)
@@ -132,12 +153,16 @@ def test_vp_ancestral_exact_for_standard_normal_data(denoise):
 # Convergence in law on Gaussian data
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("sde,eps,predictor,grid", [
-    (VPSDE(), 1e-3, "euler_maruyama", "uniform"),
-    (SubVPSDE(), 1e-3, "euler_maruyama", "uniform"),
-    (VPSDE(), 1e-3, "reverse_diffusion", "score_sde"),
-    (VESDE(), 1e-5, "ancestral_sampling", "score_sde"),
-])
+
+@pytest.mark.parametrize(
+    "sde,eps,predictor,grid",
+    [
+        (VPSDE(), 1e-3, "euler_maruyama", "uniform"),
+        (SubVPSDE(), 1e-3, "euler_maruyama", "uniform"),
+        (VPSDE(), 1e-3, "reverse_diffusion", "score_sde"),
+        (VESDE(), 1e-5, "ancestral_sampling", "score_sde"),
+    ],
+)
 def test_predictors_converge_in_law_with_order_one(sde, eps, predictor, grid):
     """The exact output law approaches the true marginal at eps with weak order 1 in 1/N."""
     steps = [50, 100, 200]
@@ -148,13 +173,15 @@ def test_predictors_converge_in_law_with_order_one(sde, eps, predictor, grid):
 
 def test_subvp_has_no_ancestral_chain():
     with pytest.raises(ValueError, match="ancestral sampling needs a VPSDE or VESDE"):
-        S.sample_ancestral(lambda x, t: -x, np.zeros((1, 2)), sde=SubVPSDE(), steps=3,
-                           noise=np.zeros((3, 1, 2)))
+        S.sample_ancestral(
+            lambda x, t: -x, np.zeros((1, 2)), sde=SubVPSDE(), steps=3, noise=np.zeros((3, 1, 2))
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # Langevin correctors
 # --------------------------------------------------------------------------------------------
+
 
 def test_langevin_step_size_conventions():
     """ε = 2α(r‖z‖/‖s‖)²: batch means of the per-sample norms (score_sde), or per sample."""
@@ -170,19 +197,29 @@ def test_langevin_step_size_conventions():
     # the batch-mean step depends on the other samples of the batch; the per-sample one does not
     s2, z2 = np.concatenate([s, 10 * s[:1]]), np.concatenate([z, z[:1]])
     assert float(S.langevin_step_size(s2, z2, snr=r, norm="batch_mean")) != pytest.approx(
-        float(S.langevin_step_size(s, z, snr=r, norm="batch_mean")))
-    np.testing.assert_allclose(S.langevin_step_size(s2, z2, snr=r, norm="per_sample")[:3],
-                               S.langevin_step_size(s, z, snr=r, norm="per_sample"), rtol=1e-15)
+        float(S.langevin_step_size(s, z, snr=r, norm="batch_mean"))
+    )
+    np.testing.assert_allclose(
+        S.langevin_step_size(s2, z2, snr=r, norm="per_sample")[:3],
+        S.langevin_step_size(s, z, snr=r, norm="per_sample"),
+        rtol=1e-15,
+    )
 
 
 def test_langevin_corrector_uses_the_ddpm_alpha():
     """score_sde's LangevinCorrector: α_i = 1 - β_i of the DDPM chain for VP (and sub-VP), 1 for VE."""
     x, z = np.array([[0.3, -1.2], [1.0, 0.1]]), np.array([[0.5, 0.25], [-1.0, 2.0]])
-    for sde in (VPSDE(N=100, index_rounding="floor"), SubVPSDE(N=100, index_rounding="floor"), VESDE()):
+    for sde in (
+        VPSDE(N=100, index_rounding="floor"),
+        SubVPSDE(N=100, index_rounding="floor"),
+        VESDE(),
+    ):
         t = 0.42
         s = score_of(DATA, sde)(x, np.full(2, t))
         a = 1.0 if isinstance(sde, VESDE) else 1.0 - (0.1 + math.floor(t * 99) * 19.9 / 99) / 100
-        eps = 2 * a * (0.2 * np.linalg.norm(z, axis=1).mean() / np.linalg.norm(s, axis=1).mean()) ** 2
+        eps = (
+            2 * a * (0.2 * np.linalg.norm(z, axis=1).mean() / np.linalg.norm(s, axis=1).mean()) ** 2
+        )
         out, mean = S.langevin_corrector_step(sde, score_of(DATA, sde), x, t, snr=0.2, noise=z)
         np.testing.assert_allclose(mean, x + eps * s, rtol=1e-13)
         np.testing.assert_allclose(out, x + eps * s + math.sqrt(2 * eps) * z, rtol=1e-13)
@@ -225,9 +262,10 @@ def test_per_sample_langevin_monte_carlo():
     x = mu + sigma * rng.standard_normal((M, d))
     z = rng.standard_normal((M, d))
     sde = VESDE()
-    out, _ = S.langevin_corrector_step(sde, lambda xx, t: -(xx - mu) / sigma ** 2, x, 0.5, snr=r,
-                                       noise=z, norm="per_sample")
-    sq = np.sum((out - mu) ** 2, axis=1) / sigma ** 2
+    out, _ = S.langevin_corrector_step(
+        sde, lambda xx, t: -(xx - mu) / sigma**2, x, 0.5, snr=r, noise=z, norm="per_sample"
+    )
+    sq = np.sum((out - mu) ** 2, axis=1) / sigma**2
     expected = d - 4 * r * r * d + 4 * r * r * (1 + r * r) * d * (d + 2) / (d - 2)
     assert abs(sq.mean() - expected) < 5 * sq.std() / math.sqrt(M)
     dev = (out - mu).mean(axis=0)
@@ -243,6 +281,7 @@ def test_zero_score_norm_is_an_error():
 # The PC driver and NCSN
 # --------------------------------------------------------------------------------------------
 
+
 def test_pc_noise_indexing_and_denoise():
     """Per step: corrector draws first, then the predictor's; with denoise the last predictor draw is unread."""
     seen = []
@@ -252,12 +291,26 @@ def test_pc_noise_indexing_and_denoise():
         return np.zeros((1, 2))
 
     sde = VESDE(N=3)
-    S.sample_pc(score_of(DATA, sde), np.ones((1, 2)), sde=sde, steps=3, noise=noise,
-                n_corrector_steps=2, denoise=True)
+    S.sample_pc(
+        score_of(DATA, sde),
+        np.ones((1, 2)),
+        sde=sde,
+        steps=3,
+        noise=noise,
+        n_corrector_steps=2,
+        denoise=True,
+    )
     assert seen == [0, 1, 2, 3, 4, 5, 6, 7]
     seen.clear()
-    S.sample_pc(score_of(DATA, sde), np.ones((1, 2)), sde=sde, steps=3, noise=noise,
-                n_corrector_steps=2, denoise=False)
+    S.sample_pc(
+        score_of(DATA, sde),
+        np.ones((1, 2)),
+        sde=sde,
+        steps=3,
+        noise=noise,
+        n_corrector_steps=2,
+        denoise=False,
+    )
     assert seen == list(range(9))
 
 
@@ -266,10 +319,11 @@ def test_ncsn_annealed_langevin_law():
     x ← x + (α_i/2)s + √α_i z give the variance recursion v ← (1 - α_i/(2σ_i²))² v + α_i."""
     sde = VESDE(sigma_min=0.1, sigma_max=5.0)
     L, n_each, lr = 4, 3, 0.05
-    sigmas = [0.1 * 50.0 ** t for t in np.linspace(1.0, 0.0, L)]
+    sigmas = [0.1 * 50.0**t for t in np.linspace(1.0, 0.0, L)]
     score = lambda x, t: -(x - MU) / float(sde.marginal_std(float(t[0]))) ** 2
-    run = lambda xT, nz: S.sample_ncsn_annealed_langevin(score, xT, sde=sde, steps=L, noise=nz,
-                                                         n_steps_each=n_each, step_lr=lr)
+    run = lambda xT, nz: S.sample_ncsn_annealed_langevin(
+        score, xT, sde=sde, steps=L, noise=nz, n_steps_each=n_each, step_lr=lr
+    )
     law = A.linear_sampler_law(run, MU, 9.0 * np.eye(2), dim=2, n_noise=L * n_each)
     v = 9.0
     for s in sigmas:
@@ -282,14 +336,16 @@ def test_ncsn_annealed_langevin_law():
 
 def test_ncsn_needs_ve():
     with pytest.raises(ValueError, match="VESDE"):
-        S.sample_ncsn_annealed_langevin(lambda x, t: -x, np.zeros((1, 2)), sde=VPSDE(), steps=2,
-                                        noise=np.zeros((200, 1, 2)))
+        S.sample_ncsn_annealed_langevin(
+            lambda x, t: -x, np.zeros((1, 2)), sde=VPSDE(), steps=2, noise=np.zeros((200, 1, 2))
+        )
 
 
 def test_runs_on_array_api_strict():
     xs = pytest.importorskip("array_api_strict")
     x = np.array([[1.0, 2.0], [-3.0, 0.5]])
     for sde in (VPSDE(N=40), VESDE(N=40)):
+
         def score(xx, t, sde=sde):
             tt = float(t[0])
             return DATA.score(xx, float(sde.marginal_alpha(tt)), float(sde.marginal_std(tt)))
@@ -306,8 +362,10 @@ def test_runs_on_array_api_strict():
 # Per-step callback
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["sde_pc", "sde_euler_maruyama", "sde_reverse_diffusion",
-                                  "sde_ancestral"])
+
+@pytest.mark.parametrize(
+    "name", ["sde_pc", "sde_euler_maruyama", "sde_reverse_diffusion", "sde_ancestral"]
+)
 def test_callback_reports_each_step_before_it_is_taken(name):
     """callback(info): i, n, t_i of the PC grid, the state at t_i (x_T first), no x0 prediction; progress(i + 1, n)."""
     sde = VPSDE(N=30)
@@ -315,8 +373,15 @@ def test_callback_reports_each_step_before_it_is_taken(name):
     noise = np.random.default_rng(1).standard_normal((60, 2, 2))
     infos, prog = [], []
     fn = get_sampler(name).fn
-    fn(score_of(DATA, sde), x, sde=sde, steps=30, noise=noise, callback=infos.append,
-       progress=lambda i, n: prog.append((i, n)))
+    fn(
+        score_of(DATA, sde),
+        x,
+        sde=sde,
+        steps=30,
+        noise=noise,
+        callback=infos.append,
+        progress=lambda i, n: prog.append((i, n)),
+    )
     ts, _ = S.pc_time_grid(sde, 30)
     assert [(f.i, f.n, f.t) for f in infos] == [(i, 30, ts[i]) for i in range(30)]
     assert prog == [(i + 1, 30) for i in range(30)]
@@ -327,8 +392,14 @@ def test_callback_reports_each_step_before_it_is_taken(name):
 def test_ncsn_callback_reports_levels():
     sde = VESDE(sigma_min=0.1, sigma_max=5.0)
     infos = []
-    S.sample_ncsn_annealed_langevin(lambda x, t: -x, np.zeros((1, 2)), sde=sde, steps=3,
-                                    noise=np.zeros((6, 1, 2)), n_steps_each=2,
-                                    callback=infos.append)
+    S.sample_ncsn_annealed_langevin(
+        lambda x, t: -x,
+        np.zeros((1, 2)),
+        sde=sde,
+        steps=3,
+        noise=np.zeros((6, 1, 2)),
+        n_steps_each=2,
+        callback=infos.append,
+    )
     assert [f.i for f in infos] == [0, 1, 2]
-    np.testing.assert_allclose([f.sigma for f in infos], [5.0, 5.0 * 0.02 ** 0.5, 0.1], rtol=1e-14)
+    np.testing.assert_allclose([f.sigma for f in infos], [5.0, 5.0 * 0.02**0.5, 0.1], rtol=1e-14)

@@ -31,7 +31,7 @@ LEVELS = vp_levels(NS, 8, skip_type="logSNR", t_end=0.05)
 
 def _mp_phi(h, k):
     h = mp.mpf(h)
-    return (mp.exp(h) - sum(h ** j / mp.factorial(j) for j in range(k))) / h ** (k - 1)
+    return (mp.exp(h) - sum(h**j / mp.factorial(j) for j in range(k))) / h ** (k - 1)
 
 
 @pytest.mark.parametrize("h", [-7.0, -2.5, -0.3, -1e-4, 1e-7, 0.01, 1.9, 2.1, 6.0])
@@ -47,6 +47,7 @@ def test_phi_matches_dpm_solver():
 
 
 # -- exactness on polynomial model outputs ----------------------------------------------------------
+
 
 def _exact(k: int, poly, form: str) -> float:
     """x_{k+1} from x_k = 1 with m(λ) = poly(λ − λ_k): (σ_t/σ_s)x + σ_t∫e^λ m (data) or (α_t/α_s)x − α_t∫e^{−λ} m (noise)."""
@@ -65,7 +66,7 @@ def _apply(c_x, w, values):
 
 def _poly(deg):
     coef = [0.3, -1.1, 0.7, 0.45][: deg + 1]
-    return lambda d: sum(c * d ** j for j, c in enumerate(coef))
+    return lambda d: sum(c * d**j for j, c in enumerate(coef))
 
 
 @pytest.mark.parametrize("form", U.ALGORITHM_TYPES)
@@ -102,22 +103,32 @@ def test_the_fixed_halves_are_where_the_variants_differ():
         if fn is U.unic_coefficients:
             vals = [lin(0.0), lin(LEVELS[k + 1].lam - LEVELS[k].lam)]
         assert abs(_apply(c2, w2, vals) - _exact(k, lin, "data_prediction")) > 1e-8
-        assert _apply(c2, w2, [0.3] * len(w2)) == pytest.approx(_exact(k, lambda d: 0.3, "data_prediction"), rel=1e-13)
+        assert _apply(c2, w2, [0.3] * len(w2)) == pytest.approx(
+            _exact(k, lambda d: 0.3, "data_prediction"), rel=1e-13
+        )
     for fn, p in ((U.unip_coefficients, 3), (U.unic_coefficients, 2), (U.unic_coefficients, 3)):
-        assert np.allclose(fn(LEVELS, k, p, variant="bh1")[1], fn(LEVELS, k, p, variant="bh2")[1],
-                           rtol=1e-12, atol=1e-14)
+        assert np.allclose(
+            fn(LEVELS, k, p, variant="bh1")[1],
+            fn(LEVELS, k, p, variant="bh2")[1],
+            rtol=1e-12,
+            atol=1e-14,
+        )
 
 
 # -- convergence orders (exact flow of Gaussian data, linear VP, t 1 → 0.5, ladder 96–384) ----------
 
-@pytest.mark.parametrize("name, options, order", [
-    ("unipc_bh2", {"lower_order_final": "never"}, 3),                      # UniPC-2: p + 1
-    ("unipc_bh1", {"lower_order_final": "never"}, 3),
-    ("unipc_bh2", {"lower_order_final": "never", "order": 3}, 4),          # UniPC-3: p + 1
-    ("unipc_bh2", {"lower_order_final": "never", "algorithm_type": "noise_prediction"}, 3),
-    ("unipc_bh2", {"lower_order_final": "never", "use_corrector": False}, 2),  # UniP-2 alone
-    ("unipc_bh2", {"order": 1}, 2),                                         # UniPC-1
-])
+
+@pytest.mark.parametrize(
+    "name, options, order",
+    [
+        ("unipc_bh2", {"lower_order_final": "never"}, 3),  # UniPC-2: p + 1
+        ("unipc_bh1", {"lower_order_final": "never"}, 3),
+        ("unipc_bh2", {"lower_order_final": "never", "order": 3}, 4),  # UniPC-3: p + 1
+        ("unipc_bh2", {"lower_order_final": "never", "algorithm_type": "noise_prediction"}, 3),
+        ("unipc_bh2", {"lower_order_final": "never", "use_corrector": False}, 2),  # UniP-2 alone
+        ("unipc_bh2", {"order": 1}, 2),  # UniPC-1
+    ],
+)
 def test_orders(name, options, order):
     measured, errs = measured_order(name, **options)
     assert errs[0] > errs[1] > errs[2] > 1e-13
@@ -126,17 +137,21 @@ def test_orders(name, options, order):
 
 # -- the loop --------------------------------------------------------------------------------------
 
+
 def test_final_sigma_zero_returns_the_last_data_prediction_without_extra_evaluation():
     calls, seen = [], []
     model = lambda x, t: calls.append(1) or EPS_MODEL(x, t)
     x = np.random.default_rng(0).standard_normal((4, 2))
-    out = U.sample_unipc(model, x, noise_schedule=NS, steps=5, final_sigma="zero",
-                         callback=seen.append)
+    out = U.sample_unipc(
+        model, x, noise_schedule=NS, steps=5, final_sigma="zero", callback=seen.append
+    )
     assert len(calls) == 5 and [s.i for s in seen] == [0, 1, 2, 3, 4]
     assert np.array_equal(out, seen[-1].denoised)
     # the same grid by explicit times
     ts = [s.t for s in seen]
-    again = U.sample_unipc(EPS_MODEL, x, noise_schedule=NS, steps=5, final_sigma="zero", timesteps=ts)
+    again = U.sample_unipc(
+        EPS_MODEL, x, noise_schedule=NS, steps=5, final_sigma="zero", timesteps=ts
+    )
     assert np.array_equal(out, again)
 
 
@@ -147,7 +162,9 @@ def test_one_model_evaluation_per_step_and_corrector_switches():
     full = U.sample_unipc(model, x, noise_schedule=NS, steps=6)
     assert len(calls) == 6
     none = U.sample_unipc(EPS_MODEL, x, noise_schedule=NS, steps=6, use_corrector=False)
-    some = U.sample_unipc(EPS_MODEL, x, noise_schedule=NS, steps=6, disable_corrector=[0, 1, 2, 3, 4])
+    some = U.sample_unipc(
+        EPS_MODEL, x, noise_schedule=NS, steps=6, disable_corrector=[0, 1, 2, 3, 4]
+    )
     assert np.array_equal(none, some) and not np.allclose(none, full, rtol=1e-8)
 
 
@@ -156,32 +173,60 @@ def test_bad_input_messages():
     kw = dict(noise_schedule=NS, steps=4)
     with pytest.raises(RefdiffValueError, match=r"order=4 is invalid: expected 1, 2 or 3"):
         U.sample_unipc(EPS_MODEL, x, order=4, **kw)
-    with pytest.raises(UnknownNameError, match=r"variant='bh3' is not a known UniPC B\(h\) variant"):
+    with pytest.raises(
+        UnknownNameError, match=r"variant='bh3' is not a known UniPC B\(h\) variant"
+    ):
         U.sample_unipc(EPS_MODEL, x, variant="bh3", **kw)
-    with pytest.raises(RefdiffValueError, match=r"variant='bh2' is invalid: the sampler 'unipc_bh1' fixes variant"):
+    with pytest.raises(
+        RefdiffValueError, match=r"variant='bh2' is invalid: the sampler 'unipc_bh1' fixes variant"
+    ):
         U.sample_unipc_bh1(EPS_MODEL, x, variant="bh2", **kw)
-    with pytest.raises(UnknownNameError, match=r"algorithm_type='dpmsolver\+\+' is not a known UniPC algorithm"):
+    with pytest.raises(
+        UnknownNameError, match=r"algorithm_type='dpmsolver\+\+' is not a known UniPC algorithm"
+    ):
         U.sample_unipc(EPS_MODEL, x, algorithm_type="dpmsolver++", **kw)
-    with pytest.raises(RefdiffValueError, match=r"use_corrector='yes' is invalid: expected True or False"):
+    with pytest.raises(
+        RefdiffValueError, match=r"use_corrector='yes' is invalid: expected True or False"
+    ):
         U.sample_unipc(EPS_MODEL, x, use_corrector="yes", **kw)
-    with pytest.raises(RefdiffValueError, match=r"disable_corrector=3 is invalid: expected a sequence of step indices"):
+    with pytest.raises(
+        RefdiffValueError,
+        match=r"disable_corrector=3 is invalid: expected a sequence of step indices",
+    ):
         U.sample_unipc(EPS_MODEL, x, disable_corrector=3, **kw)
-    with pytest.raises(RefdiffValueError, match=r"timesteps=.* is invalid: expected 5 times for steps=4"):
+    with pytest.raises(
+        RefdiffValueError, match=r"timesteps=.* is invalid: expected 5 times for steps=4"
+    ):
         U.sample_unipc(EPS_MODEL, x, timesteps=[1.0, 0.5, 0.1], **kw)
-    with pytest.raises(RefdiffValueError, match=r"timesteps=.* is invalid: give either timesteps= or t_start="):
+    with pytest.raises(
+        RefdiffValueError, match=r"timesteps=.* is invalid: give either timesteps= or t_start="
+    ):
         U.sample_unipc(EPS_MODEL, x, timesteps=[1.0, 0.8, 0.5, 0.3, 0.1], t_start=0.9, **kw)
-    with pytest.raises(RefdiffValueError, match=r"t_end=0.9 is invalid: must be below t_start = 0.5"):
+    with pytest.raises(
+        RefdiffValueError, match=r"t_end=0.9 is invalid: must be below t_start = 0.5"
+    ):
         U.sample_unipc(EPS_MODEL, x, t_start=0.5, t_end=0.9, **kw)
-    with pytest.raises(RefdiffValueError, match=r"model_time='dpm_solver' is invalid: the 'dpm_solver' discrete"):
+    with pytest.raises(
+        RefdiffValueError, match=r"model_time='dpm_solver' is invalid: the 'dpm_solver' discrete"
+    ):
         U.sample_unipc(EPS_MODEL, x, model_time="dpm_solver", **kw)
     with pytest.raises(UnknownNameError, match=r"model_type='mean' is not a known prediction type"):
         U.sample_unipc(EPS_MODEL, x, model_type="mean", **kw)
-    with pytest.raises(RefdiffValueError, match=r"noise_schedule=.* is invalid: expected a refdiff.samplers."
-                       r"dpm_solver.NoiseScheduleVP"):
+    with pytest.raises(
+        RefdiffValueError,
+        match=r"noise_schedule=.* is invalid: expected a refdiff.samplers."
+        r"dpm_solver.NoiseScheduleVP",
+    ):
         U.sample_unipc(EPS_MODEL, x, noise_schedule="linear", steps=4)
     with pytest.raises(UnknownNameError, match=r"final_sigma='min' is not a known final level"):
         U.sample_unipc(EPS_MODEL, x, final_sigma="min", **kw)
     with pytest.raises(RefdiffValueError, match=r"t=1.0 is invalid: λ is -inf there"):
-        U.sample_unipc(EPS_MODEL, x, noise_schedule=D.NoiseScheduleVP.from_sde(
-            __import__("refdiff.samplers.flow", fromlist=["FlowSchedule"]).FlowSchedule()), steps=3)
+        U.sample_unipc(
+            EPS_MODEL,
+            x,
+            noise_schedule=D.NoiseScheduleVP.from_sde(
+                __import__("refdiff.samplers.flow", fromlist=["FlowSchedule"]).FlowSchedule()
+            ),
+            steps=3,
+        )
     assert math.isfinite(float(U.sample_unipc(EPS_MODEL, x, **kw)[0, 0]))

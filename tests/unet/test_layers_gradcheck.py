@@ -60,10 +60,10 @@ def naive_conv(x, w, b, stride, padding):
 
 CONV_CASES = [  # (B, C, O, H, W, k, stride, padding)
     (2, 3, 4, 5, 5, 3, 1, 1),
-    (2, 3, 4, 6, 6, 3, 2, 1),     # the downsample, even size
-    (1, 2, 3, 5, 7, 3, 2, 1),     # odd and non-square: exercises the remainder row/column
-    (2, 3, 4, 4, 4, 1, 1, 0),     # the 1×1 skip
-    (1, 2, 2, 5, 5, 3, 1, 0),     # valid padding
+    (2, 3, 4, 6, 6, 3, 2, 1),  # the downsample, even size
+    (1, 2, 3, 5, 7, 3, 2, 1),  # odd and non-square: exercises the remainder row/column
+    (2, 3, 4, 4, 4, 1, 1, 0),  # the 1×1 skip
+    (1, 2, 2, 5, 5, 3, 1, 0),  # valid padding
 ]
 
 
@@ -84,9 +84,12 @@ def test_conv2d_backward_matches_finite_differences(case):
     g = rng()
     x, w, b = (g.standard_normal(sh) for sh in [(bsz, c, h, w_), (o, c, k, k), (o,)])
     out_shape = L.conv2d(x, w, b, stride=s, padding=p).shape
-    gradcheck(lambda x, w, b: L.conv2d(x, w, b, stride=s, padding=p),
-              lambda r, x, w, b: L.conv2d_backward(r, x, w, stride=s, padding=p),
-              [x, w, b], out_shape)
+    gradcheck(
+        lambda x, w, b: L.conv2d(x, w, b, stride=s, padding=p),
+        lambda r, x, w, b: L.conv2d_backward(r, x, w, stride=s, padding=p),
+        [x, w, b],
+        out_shape,
+    )
 
 
 def test_conv2d_rejects_channel_mismatch():
@@ -103,8 +106,8 @@ def naive_group_norm(x, gamma, beta, groups, eps):
     cg = x.shape[1] // groups
     for n in range(x.shape[0]):
         for gi in range(groups):
-            blk = x[n, gi * cg:(gi + 1) * cg]
-            out[n, gi * cg:(gi + 1) * cg] = (blk - blk.mean()) / math.sqrt(blk.var() + eps)
+            blk = x[n, gi * cg : (gi + 1) * cg]
+            out[n, gi * cg : (gi + 1) * cg] = (blk - blk.mean()) / math.sqrt(blk.var() + eps)
     return out * gamma[None, :, None, None] + beta[None, :, None, None]
 
 
@@ -112,11 +115,18 @@ def test_group_norm_forward_and_backward():
     g = rng()
     x = 3.0 + 2.0 * g.standard_normal((2, 6, 3, 4))
     gamma, beta = 1 + 0.3 * g.standard_normal(6), g.standard_normal(6)
-    np.testing.assert_allclose(L.group_norm(x, gamma, beta, groups=3),
-                               naive_group_norm(x, gamma, beta, 3, L.GN_EPS), rtol=1e-13, atol=1e-13)
-    gradcheck(lambda x, ga, be: L.group_norm(x, ga, be, groups=3),
-              lambda r, x, ga, be: L.group_norm_backward(r, x, ga, groups=3),
-              [x, gamma, beta], x.shape)
+    np.testing.assert_allclose(
+        L.group_norm(x, gamma, beta, groups=3),
+        naive_group_norm(x, gamma, beta, 3, L.GN_EPS),
+        rtol=1e-13,
+        atol=1e-13,
+    )
+    gradcheck(
+        lambda x, ga, be: L.group_norm(x, ga, be, groups=3),
+        lambda r, x, ga, be: L.group_norm_backward(r, x, ga, groups=3),
+        [x, gamma, beta],
+        x.shape,
+    )
 
 
 def test_group_norm_rejects_groups_not_dividing_channels():
@@ -138,7 +148,9 @@ def test_silu_matches_scipy_expit_and_has_no_overflow():
 def test_linear_forward_and_backward():
     g = rng()
     x, w, b = g.standard_normal((4, 5)), g.standard_normal((3, 5)), g.standard_normal(3)
-    np.testing.assert_allclose(L.linear(x, w, b), np.einsum("bi,oi->bo", x, w) + b, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(
+        L.linear(x, w, b), np.einsum("bi,oi->bo", x, w) + b, rtol=1e-13, atol=1e-14
+    )
     gradcheck(L.linear, lambda r, x, w, b: L.linear_backward(r, x, w), [x, w, b], (4, 3))
 
 
@@ -158,7 +170,7 @@ def naive_attention(h, w_qkv, b_qkv, w_proj, b_proj, heads):
     out = np.zeros((bsz, c, n))
     for b in range(bsz):
         qkv = w_qkv @ tok[b] + b_qkv[:, None]
-        q, k, v = qkv[:c], qkv[c:2 * c], qkv[2 * c:]
+        q, k, v = qkv[:c], qkv[c : 2 * c], qkv[2 * c :]
         a = np.zeros((c, n))
         for hd in range(heads):
             sl = slice(hd * d, (hd + 1) * d)
@@ -178,12 +190,15 @@ def test_self_attention_forward_and_backward(heads):
     w_qkv, b_qkv = g.standard_normal((3 * c, c)) * 0.7, g.standard_normal(3 * c) * 0.3
     w_proj, b_proj = g.standard_normal((c, c)), g.standard_normal(c)
     got = L.self_attention(h, w_qkv, b_qkv, w_proj, b_proj, num_heads=heads)
-    np.testing.assert_allclose(got, naive_attention(h, w_qkv, b_qkv, w_proj, b_proj, heads),
-                               rtol=1e-12, atol=1e-12)
-    gradcheck(lambda *a: L.self_attention(*a, num_heads=heads),
-              lambda r, h, wq, bq, wp, bp: L.self_attention_backward(r, h, wq, bq, wp,
-                                                                     num_heads=heads),
-              [h, w_qkv, b_qkv, w_proj, b_proj], h.shape)
+    np.testing.assert_allclose(
+        got, naive_attention(h, w_qkv, b_qkv, w_proj, b_proj, heads), rtol=1e-12, atol=1e-12
+    )
+    gradcheck(
+        lambda *a: L.self_attention(*a, num_heads=heads),
+        lambda r, h, wq, bq, wp, bp: L.self_attention_backward(r, h, wq, bq, wp, num_heads=heads),
+        [h, w_qkv, b_qkv, w_proj, b_proj],
+        h.shape,
+    )
 
 
 def test_attention_heads_differ_from_single_head():
@@ -200,11 +215,22 @@ def test_attention_heads_differ_from_single_head():
 def test_upsample_and_avg_pool():
     x = rng().standard_normal((2, 3, 3, 4))
     np.testing.assert_array_equal(L.upsample_nearest2x(x), np.repeat(np.repeat(x, 2, 2), 2, 3))
-    gradcheck(L.upsample_nearest2x, lambda r, x: (L.upsample_nearest2x_backward(r),), [x],
-              (2, 3, 6, 8))
+    gradcheck(
+        L.upsample_nearest2x, lambda r, x: (L.upsample_nearest2x_backward(r),), [x], (2, 3, 6, 8)
+    )
     y = rng().standard_normal((2, 3, 4, 6))
-    want = np.array([[[[y[b, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean() for j in range(3)]
-                       for i in range(2)] for c in range(3)] for b in range(2)])
+    want = np.array(
+        [
+            [
+                [
+                    [y[b, c, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean() for j in range(3)]
+                    for i in range(2)
+                ]
+                for c in range(3)
+            ]
+            for b in range(2)
+        ]
+    )
     np.testing.assert_allclose(L.avg_pool2x(y), want, rtol=1e-14, atol=1e-16)
     gradcheck(L.avg_pool2x, lambda r, x: (L.avg_pool2x_backward(r),), [y], (2, 3, 2, 3))
     with pytest.raises(RefdiffShapeError, match="even height and width"):
@@ -214,7 +240,7 @@ def test_upsample_and_avg_pool():
 # ----------------------------------------------------------------------------- embeddings, dropout
 def test_timestep_embedding_closed_form():
     t = np.array([0, 1, 17, 999])
-    dim = 9                                   # odd: last column zero
+    dim = 9  # odd: last column zero
     emb = L.timestep_embedding(t, dim)
     half = dim // 2
     for b, tv in enumerate(t):
@@ -234,15 +260,20 @@ def test_dropout_and_embedding():
     x = g.standard_normal((2, 3, 2, 2))
     mask = (g.random(x.shape) < 0.9) / 0.9
     np.testing.assert_array_equal(L.dropout(x, mask), x * mask)
-    gradcheck(lambda x: L.dropout(x, mask), lambda r, x: (L.dropout_backward(r, mask),), [x],
-              x.shape)
+    gradcheck(
+        lambda x: L.dropout(x, mask), lambda r, x: (L.dropout_backward(r, mask),), [x], x.shape
+    )
     with pytest.raises(RefdiffShapeError, match="dropout mask has shape"):
         L.dropout(x, mask[:1])
     table = g.standard_normal((5, 3))
     y = np.array([4, 0, 4])
     np.testing.assert_array_equal(L.embedding(y, table), table[[4, 0, 4]])
-    gradcheck(lambda tb: L.embedding(y, tb), lambda r, tb: (L.embedding_backward(r, y, 5),),
-              [table], (3, 3))
+    gradcheck(
+        lambda tb: L.embedding(y, tb),
+        lambda r, tb: (L.embedding_backward(r, y, 5),),
+        [table],
+        (3, 3),
+    )
 
 
 # ----------------------------------------------------------------------------- array API standard
@@ -251,7 +282,11 @@ def test_layers_run_on_array_api_strict():
     xps = pytest.importorskip("array_api_strict")
     g = rng()
     x = g.standard_normal((2, 4, 6, 6))
-    w3, w1, b = g.standard_normal((4, 4, 3, 3)), g.standard_normal((2, 4, 1, 1)), g.standard_normal(4)
+    w3, w1, b = (
+        g.standard_normal((4, 4, 3, 3)),
+        g.standard_normal((2, 4, 1, 1)),
+        g.standard_normal(4),
+    )
     gamma, beta = 1 + g.standard_normal(4) * 0.1, g.standard_normal(4)
     wq, bq, wp = g.standard_normal((12, 4)), g.standard_normal(12), g.standard_normal((4, 4))
     lw, lb, feats = g.standard_normal((3, 5)), g.standard_normal(3), g.standard_normal((2, 5))
@@ -270,8 +305,9 @@ def test_layers_run_on_array_api_strict():
         "linear": lambda a: L.linear(a(feats), a(lw), a(lb)),
         "linear_bwd": lambda a: L.linear_backward(a(feats[:, :3]), a(feats), a(lw)),
         "attn": lambda a: L.self_attention(a(x), a(wq), a(bq), a(wp), a(b), num_heads=2),
-        "attn_bwd": lambda a: L.self_attention_backward(a(r6), a(x), a(wq), a(bq), a(wp),
-                                                        num_heads=2),
+        "attn_bwd": lambda a: L.self_attention_backward(
+            a(r6), a(x), a(wq), a(bq), a(wp), num_heads=2
+        ),
         "up": lambda a: L.upsample_nearest2x(a(x)),
         "up_bwd": lambda a: L.upsample_nearest2x_backward(a(x)),
         "pool": lambda a: L.avg_pool2x(a(x)),

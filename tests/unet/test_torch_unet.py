@@ -10,18 +10,34 @@ torch = pytest.importorskip("torch")
 
 from refdiff._errors import RefdiffShapeError, RefdiffValueError  # noqa: E402
 from refdiff.backends.torch.unet import TorchUNet, compare_with_reference, from_config  # noqa: E402
-from refdiff.unet import (adam_step, adamw_step, clip_grad_norm, count_params, get_preset,  # noqa: E402
-                          init_params, param_shapes, random_params, unet_apply)
+from refdiff.unet import (  # noqa: E402
+    adam_step,
+    adamw_step,
+    clip_grad_norm,
+    count_params,
+    get_preset,
+    init_params,
+    param_shapes,
+    random_params,
+    unet_apply,
+)
 
 from . import single_thread_blas  # noqa: E402
 
-ADM = dict(num_head_channels=8, attention_resolutions=(8, 4), use_scale_shift_norm=True,
-           resblock_updown=True, num_classes=5, learn_sigma=True)
+ADM = dict(
+    num_head_channels=8,
+    attention_resolutions=(8, 4),
+    use_scale_shift_norm=True,
+    resblock_updown=True,
+    num_classes=5,
+    learn_sigma=True,
+)
 CONFIGS = {
     "tiny": get_preset("tiny"),
     "tiny-adm": get_preset("tiny", **ADM),
-    "tiny-pool": get_preset("tiny", channel_mult=(1, 2, 2), conv_resample=False,
-                            attention_resolutions=(2,), num_heads=2),
+    "tiny-pool": get_preset(
+        "tiny", channel_mult=(1, 2, 2), conv_resample=False, attention_resolutions=(2,), num_heads=2
+    ),
 }
 
 
@@ -57,7 +73,9 @@ def test_load_export_round_trip_and_from_config():
     assert all(np.array_equal(v, ref[k].astype(np.float32)) for k, v in m32.export_params().items())
     # tensors load too
     m.load_params({k: torch.as_tensor(v) for k, v in init_params(cfg, 0).items()})
-    assert np.array_equal(m.export_params()["conv_in.weight"], init_params(cfg, 0)["conv_in.weight"])
+    assert np.array_equal(
+        m.export_params()["conv_in.weight"], init_params(cfg, 0)["conv_in.weight"]
+    )
 
 
 def test_load_params_rejects_mismatched_dicts():
@@ -69,7 +87,9 @@ def test_load_params_rejects_mismatched_dicts():
     with pytest.raises(RefdiffValueError, match=r"missing \['mid.attn.0.qkv.bias'\]"):
         m.load_params(q)
     q = dict(p, **{"conv_in.weight": np.zeros((32, 1, 3, 3))})
-    with pytest.raises(RefdiffShapeError, match=r"params\['conv_in.weight'\] has shape \(32, 1, 3, 3\)"):
+    with pytest.raises(
+        RefdiffShapeError, match=r"params\['conv_in.weight'\] has shape \(32, 1, 3, 3\)"
+    ):
         m.load_params(q)
 
 
@@ -103,7 +123,7 @@ def test_eval_mode_matches_reference_apply_and_train_mode_drops_out():
     m.train()
     torch.manual_seed(0)
     with torch.no_grad():
-        tr = m(torch.as_tensor(x), torch.as_tensor(t)).numpy()     # torch RNG dropout
+        tr = m(torch.as_tensor(x), torch.as_tensor(t)).numpy()  # torch RNG dropout
     assert np.max(np.abs(tr - ev)) > 1e-3
 
 
@@ -122,13 +142,16 @@ def _dicts(seed):
     return {k: rng.standard_normal(s) for k, s in shapes.items()}
 
 
-@pytest.mark.parametrize("kind, wd", [("adam", 0.0), ("adam", 0.1), ("adamw", 0.0), ("adamw", 0.05)])
+@pytest.mark.parametrize(
+    "kind, wd", [("adam", 0.0), ("adam", 0.1), ("adamw", 0.0), ("adamw", 0.05)]
+)
 def test_adam_matches_torch_optim(kind, wd):
     p0 = _dicts(0)
     tp = {k: torch.nn.Parameter(torch.as_tensor(v.copy())) for k, v in p0.items()}
     cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
-    opt = cls(list(tp.values()), lr=3e-3, betas=(0.8, 0.95), eps=1e-7, weight_decay=wd,
-              foreach=False)
+    opt = cls(
+        list(tp.values()), lr=3e-3, betas=(0.8, 0.95), eps=1e-7, weight_decay=wd, foreach=False
+    )
     step = adam_step if kind == "adam" else adamw_step
     p, st = p0, None
     for i in range(6):
@@ -141,7 +164,7 @@ def test_adam_matches_torch_optim(kind, wd):
     for k in p:
         np.testing.assert_allclose(p[k], tp[k].detach().numpy(), rtol=1e-13, atol=1e-15)
         np.testing.assert_allclose(st["v"][k], opt.state[tp[k]]["exp_avg_sq"].numpy(), rtol=1e-13)
-        assert np.max(np.abs(p[k] - p0[k])) > 1e-3                  # it moved
+        assert np.max(np.abs(p[k] - p0[k])) > 1e-3  # it moved
 
 
 @pytest.mark.parametrize("max_norm", [0.5, 1e3])
@@ -180,13 +203,15 @@ def test_reference_code_runs_on_torch_tensors():
     rng = np.random.default_rng(0)
     x, t, y = rng.standard_normal((2, 3, 8, 8)), np.array([3, 40]), np.array([0, 5])
     from refdiff.unet import dropout_masks, unet_backward, unet_forward
+
     m = dropout_masks(cfg, 2, rng)
     out, c = unet_forward(p, cfg, x, t, y=y, dropout_masks=m, train=True)
     g = unet_backward(p, cfg, c, out)
     T = torch.as_tensor
     pt = {k: T(v) for k, v in p.items()}
-    out_t, c_t = unet_forward(pt, cfg, T(x), T(t), y=T(y), dropout_masks={k: T(v) for k, v in m.items()},
-                              train=True)
+    out_t, c_t = unet_forward(
+        pt, cfg, T(x), T(t), y=T(y), dropout_masks={k: T(v) for k, v in m.items()}, train=True
+    )
     g_t = unet_backward(pt, cfg, c_t, out_t)
     assert isinstance(out_t, torch.Tensor)
     assert np.max(np.abs(out_t.numpy() - out)) <= 1e-13 * np.max(np.abs(out))
