@@ -24,7 +24,7 @@ from ..parameterizations import (
     x0_from_prediction,
 )
 from ._common import batch_full, check_decreasing, check_output
-from .dpm_solver import SKIP_TYPES, NoiseScheduleVP, get_time_steps
+from .dpm_solver import SKIP_TYPES, NoiseScheduleVP, _check_ns, _exp_tail, get_time_steps
 
 if TYPE_CHECKING:
     from .dpm_solver import ModelTime
@@ -58,25 +58,7 @@ def phi(h: float, k: int) -> float:
     if h <= -2.0:  # the series alternates there; the closed form does not cancel
         tail = math.expm1(h) - sum(h**j / math.factorial(j) for j in range(1, k))
         return tail / h ** (k - 1)
-    term = h / math.factorial(k)  # h^k/k! divided by h^(k-1)
-    total, j = 0.0, k
-    while True:
-        total += term
-        j += 1
-        term *= h / j
-        if abs(term) <= 1e-17 * abs(total):
-            return total + term
-
-
-def _check_ns(noise_schedule: object) -> NoiseScheduleVP:
-    if not isinstance(noise_schedule, NoiseScheduleVP):
-        fail(
-            "noise_schedule",
-            noise_schedule,
-            "expected a refdiff.samplers.dpm_solver.NoiseScheduleVP "
-            "(NoiseScheduleVP.linear(), .discrete(schedule) or .from_sde(sde))",
-        )
-    return noise_schedule
+    return _exp_tail(h, k)  # the series (DPM-Solver's φ-functions use the same one)
 
 
 def _model_times(ns: NoiseScheduleVP, model_time: ModelTime) -> Callable[[float], float]:

@@ -39,6 +39,7 @@ from . import register_sampler
 from ._common import StepInfo, batch_full, check_output, draw_noise, step_reporter
 from .dpm_solver import (
     ALGORITHM_TYPES,
+    _check_ns,
     SKIP_TYPES,
     SOLVER_TYPES,
     NoiseScheduleVP,
@@ -78,17 +79,6 @@ _MODEL_TIMES = ("continuous", "dpm_solver")
 # --------------------------------------------------------------------------------------------
 # Inputs: the model as noise / data prediction, the time range
 # --------------------------------------------------------------------------------------------
-
-
-def _check_ns(noise_schedule: object) -> NoiseScheduleVP:
-    if not isinstance(noise_schedule, NoiseScheduleVP):
-        fail(
-            "noise_schedule",
-            noise_schedule,
-            "expected a refdiff.samplers.dpm_solver."
-            "NoiseScheduleVP (NoiseScheduleVP.linear(), .discrete(schedule) or .from_sde(sde))",
-        )
-    return noise_schedule
 
 
 def _check_x(x: Array) -> None:

@@ -35,15 +35,20 @@ from .._xp import array_namespace
 from . import register_sampler
 from ._common import (
     StepInfo,
-    batch_full,
-    check_decreasing,
     check_eta,
-    check_output,
     draw_noise,
     step_reporter,
 )
 from .dpm_solver import D2_SCALES, phi_2, phi_3, singlestep_orders
-from .karras import ancestral_sigmas, churn_gamma, churn_step, karras_euler_step
+from .karras import _check_x as _check_batched
+from .karras import (
+    _denoise,
+    _sigma_list,
+    ancestral_sigmas,
+    churn_gamma,
+    churn_step,
+    karras_euler_step,
+)
 
 __all__ = [
     "dpm_2_step",
@@ -84,21 +89,8 @@ NOISE_COUPLINGS = ("brownian", "independent")
 # --------------------------------------------------------------------------------------------
 
 
-def _sigma_list(sigmas: Sequence[float] | Array) -> list[float]:
-    """The σ grid as host floats: strictly decreasing, finite, last entry >= 0."""
-    try:
-        values = [float(s) for s in sigmas]
-    except TypeError:
-        fail("sigmas", sigmas, "expected a 1-D sequence or array of noise levels")
-    check_decreasing("sigmas", values)
-    if values[-1] < 0.0:
-        fail("sigmas", values, "noise levels must be >= 0 (only the last entry may be 0)")
-    return values
-
-
 def _check_x(x: Array) -> None:
-    if getattr(x, "ndim", 0) < 1:
-        fail("x", x, "expected an array with the batch axis first (ndim >= 1)")
+    _check_batched(x)
     if not callable(getattr(x, "__add__", None)):
         fail("x", x, "expected an array")
 
@@ -106,11 +98,6 @@ def _check_x(x: Array) -> None:
 def _check_denoiser(denoiser: object) -> None:
     if not callable(denoiser):
         fail("denoiser", denoiser, "expected a callable denoiser(x, sigma) -> D(x; σ)")
-
-
-def _denoise(denoiser: Callable[[Array, Array], Array], x: Array, sigma: float) -> Array:
-    """D(x; σ) with σ broadcast to shape (B,) in x's namespace, dtype and device; shape-checked."""
-    return check_output(denoiser(x, batch_full(x, sigma)), x, name="denoiser output")
 
 
 def _s_noise(S_noise: float) -> float:
