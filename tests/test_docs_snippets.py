@@ -26,10 +26,19 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNNABLE_PAGES = [
     "README.md",
     "docs/api/core.md",
+    "docs/api/samplers_discrete.md",
+    "docs/api/sde.md",
     pytest.param("docs/api/unet.md", marks=pytest.mark.slow),
 ]
 #: Narrative pages whose cross-references must resolve.
-LINKED_PAGES = ["docs/index.md", "docs/API.md", "docs/api/core.md", "docs/api/unet.md"]
+LINKED_PAGES = [
+    "docs/index.md",
+    "docs/API.md",
+    "docs/api/core.md",
+    "docs/api/samplers_discrete.md",
+    "docs/api/sde.md",
+    "docs/api/unet.md",
+]
 
 NOT_RUN = "<!-- snippet: not run"
 _FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
