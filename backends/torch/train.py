@@ -420,6 +420,9 @@ class TorchTrainer:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                # every rank leaves together: gloo aborts a rank whose peer tears the group down
+                # while it is still finishing (rank 0 writes the last checkpoint alone)
+                dist.barrier()
                 dist.destroy_process_group()
             self._joined = False
 
