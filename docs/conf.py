@@ -25,24 +25,7 @@ suppress_warnings = ["myst.header", "myst.xref_missing", "misc.highlighting_fail
 nitpicky = False
 
 #: Modules whose public API (``__all__``) is documented, one page each, in reading order.
-_TOP = [
-    "schedules",
-    "diffusion",
-    "parameterizations",
-    "kl",
-    "losses",
-    "sde",
-    "edm",
-    "samplers",
-    "guidance",
-    "analytic",
-    "likelihood",
-    "ddpm",
-    "unet",
-    "train",
-    "backends",
-    "conformance",
-]
+_TOP = list(importlib.import_module("refdiff")._SUBMODULES)
 
 
 def _modules() -> list[str]:

@@ -96,9 +96,8 @@ def prediction_type(
     return canonical
 
 
-def coefficient(schedule: Schedule, name: str, t: Array | int, x: Array) -> Array:
-    """Schedule table ``name`` gathered at t and shaped to broadcast against x (improved-diffusion's _extract_into_tensor)."""
-    table = getattr(schedule, name)
+def check_table_namespace(schedule: Schedule, table: Array, x: Array) -> None:
+    """Raise unless the schedule's ``table`` lives in x's array namespace (move it with ``Schedule.to``)."""
     try:
         array_namespace(x, table)
     except TypeError:
@@ -108,6 +107,12 @@ def coefficient(schedule: Schedule, name: str, t: Array | int, x: Array) -> Arra
             f"its tables live in {type(table).__module__} but x is a "
             f"{type(x).__module__} array; move them once with schedule.to(xp, device=..., dtype=...)",
         )
+
+
+def coefficient(schedule: Schedule, name: str, t: Array | int, x: Array) -> Array:
+    """Schedule table ``name`` gathered at t and shaped to broadcast against x (improved-diffusion's _extract_into_tensor)."""
+    table = getattr(schedule, name)
+    check_table_namespace(schedule, table, x)
     t = as_timesteps(t, schedule.num_timesteps, like=x)
     return gather(table, t, x.ndim)
 

@@ -51,6 +51,7 @@ from ..diffusion import T0_CONVENTIONS, VAR_TYPES, PMeanVar, p_mean_variance, sp
 from ..guidance import check_scale, condition_eps, condition_mean, condition_score
 from ..parameterizations import (
     LevelCoefficients,
+    check_table_namespace,
     eps_from_prediction,
     eps_from_x0_at,
     level_coefficients,
@@ -130,16 +131,7 @@ class _Host:
 
 def _check_namespace(schedule: Schedule, x: Array) -> None:
     """Raise unless the schedule's tables live in x's array namespace (as the table conversions do)."""
-    table = schedule.alphas_cumprod
-    try:
-        array_namespace(x, table)
-    except TypeError:
-        fail(
-            "schedule",
-            schedule,
-            f"its tables live in {type(table).__module__} but x is a "
-            f"{type(x).__module__} array; move them once with schedule.to(xp, device=..., dtype=...)",
-        )
+    check_table_namespace(schedule, schedule.alphas_cumprod, x)
 
 
 def _timestep_array(xp: Namespace, x: Array, t: int, device: Device) -> Array:
