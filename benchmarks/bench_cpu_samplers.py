@@ -10,8 +10,14 @@ returns a constant array, so that only the sampler's own work is measured:
   ``step`` per timestep, as its pipelines do) on torch CPU float32 and float64, when diffusers is
   installed;
 * the *floor*: the same per-step arithmetic written as bare NumPy expressions with constant
-  coefficients (the same number of full-array operations, the model call and the noise draw),
-  i.e. what any Python loop over these arrays must pay.
+  coefficients (the same full-array operations as refdiff's loop, the model call and the noise
+  draw), i.e. what any Python loop doing this arithmetic must pay.
+
+glibc's malloc is pinned first (``--malloc pinned``, the default: ``mallopt`` keeps freed
+temporaries of every size in the heap instead of returning them to the OS), so that every column
+pays the same, small, cost per temporary; with the default allocator a 1.5 MB temporary is
+sometimes a fresh ``mmap`` that page-faults, and a batch-64 loop's time then moves by up to 4× from
+run to run depending on the allocator's dynamic threshold (``--malloc default`` shows it).
 
 Each cell is the minimum over ``--repeats`` runs of (loop time / steps); compare ratios within
 one run only (the machine may be shared). Usage::
@@ -27,6 +33,7 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 
 import argparse  # noqa: E402
+import ctypes  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -45,6 +52,18 @@ from refdiff.samplers.dpm_solver import NoiseScheduleVP, sample_dpm_solver  # no
 from refdiff.samplers.karras import sample_karras_euler  # noqa: E402
 
 LOOPS = ("ddim", "ddpm", "dpmpp_2m", "euler")
+
+
+def pin_malloc() -> bool:
+    """Keep freed temporaries in glibc's heap (no mmap, no trim), so allocation costs the same in every column."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(
+        libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    )
 
 
 def _time(run: Callable[[], Any], steps: int, repeats: int) -> float:
@@ -113,30 +132,31 @@ def floor_runs(shape, dtype, steps: int):
         return x
 
     def ddpm():
+        # the posterior mean folded to a·x + b·ε on the host, then the noise
         x = x_T
         for k in range(steps):
             e = model(x, k)
-            x0 = a * x - b * e
-            mean = c * x0 + d * x
+            mean = a * x + b * e
             x = mean + s * gen.standard_normal(shape, dtype=dtype) if k < steps - 1 else mean
         return x
 
     def dpmpp_2m():
+        # x̂0 = (x − σε)/α, then x' = a·x − (b + c·w)·x̂0 + c·w·x̂0_prev
         x, prev = x_T, None
         for k in range(steps):
             e = model(x, k)
-            x0 = a * x - b * e
-            D = x0 if prev is None else x0 + 0.5 * (x0 - prev)
-            x = c * x - d * D
+            x0 = (x - b * e) / a
+            x = c * x - d * x0 if prev is None else c * x - d * x0 + s * prev
             prev = x0
         return x
 
     def euler():
+        # D = x − σ·ε(x/√(1+σ²)), then x' = D + (σ'/σ)(x − D)
         x = x_T
         for k in range(steps):
             e = model(x * a, k)
             D = x - b * e
-            x = x + ((x - D) / c) * d
+            x = D + c * (x - D)
         return x
 
     return {"ddim": ddim, "ddpm": ddpm, "dpmpp_2m": dpmpp_2m, "euler": euler}
@@ -199,7 +219,14 @@ def main(argv=None) -> dict:
     p.add_argument("--batches", default="1,64", help="comma-separated batch sizes of B×3×32×32")
     p.add_argument("--loops", default=",".join(LOOPS))
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument(
+        "--malloc",
+        choices=("pinned", "default"),
+        default="pinned",
+        help="pin glibc's malloc thresholds first (see the module docstring)",
+    )
     a = p.parse_args(argv)
+    pinned = a.malloc == "pinned" and pin_malloc()
     loops = [s for s in a.loops.split(",") if s]
     for s in loops:
         if s not in LOOPS:
@@ -256,7 +283,13 @@ def main(argv=None) -> dict:
             ratio("refdiff f64", "floor f64"),
         ]
         print("| " + " | ".join(cells) + " |")
-    out = {"steps": a.steps, "repeats": a.repeats, "load": load, "rows": rows}
+    out = {
+        "steps": a.steps,
+        "repeats": a.repeats,
+        "load": load,
+        "malloc_pinned": pinned,
+        "rows": rows,
+    }
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1, ensure_ascii=False))
     return out

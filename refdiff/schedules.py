@@ -12,8 +12,6 @@ improved-diffusion's 0-based convention is used throughout refdiff).
 from __future__ import annotations
 
 import dataclasses
-import weakref
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Callable, Sequence
@@ -21,6 +19,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from . import _dd
+from ._cache import IdentityCache
 from ._dd import DD
 from ._errors import UnknownNameError, check_choice, check_int, check_real, fail
 from ._typing import Array, Device, DType, Namespace
@@ -552,11 +551,9 @@ def spaced_timesteps(
     return ts
 
 
-#: Respaced schedules by (id(schedule), spec): schedules are immutable, so a loop given ``steps=``
-#: pays the double-double rebuild once. Entries hold a weak reference checked for identity, so a
-#: recycled id never returns another schedule's result.
-_RESPACE_CACHE: OrderedDict[tuple, tuple[Any, Schedule]] = OrderedDict()
-_RESPACE_CACHE_SIZE = 64
+#: Respaced schedules by (schedule, spec): schedules are immutable, so a loop given ``steps=``
+#: pays the double-double rebuild once.
+_RESPACE_CACHE = IdentityCache(64)
 
 
 def _cache_key(timesteps: Any, spacing: str | None, steps_offset: int) -> tuple | None:
@@ -589,18 +586,8 @@ def respace(
     """
     _check_host(schedule, "respace")
     key = _cache_key(timesteps, spacing, steps_offset)
-    if key is not None:
-        key = (id(schedule),) + key
-        hit = _RESPACE_CACHE.get(key)
-        if hit is not None and hit[0]() is schedule:
-            _RESPACE_CACHE.move_to_end(key)
-            return hit[1]
-    out = _respace(schedule, timesteps, spacing=spacing, steps_offset=steps_offset)
-    if key is not None:
-        _RESPACE_CACHE[key] = (weakref.ref(schedule), out)
-        while len(_RESPACE_CACHE) > _RESPACE_CACHE_SIZE:
-            _RESPACE_CACHE.popitem(last=False)
-    return out
+    build = lambda: _respace(schedule, timesteps, spacing=spacing, steps_offset=steps_offset)  # noqa: E731
+    return build() if key is None else _RESPACE_CACHE.get(schedule, key, build)
 
 
 def _respace(

@@ -23,6 +23,7 @@ linear in log σ), for networks whose time embedding accepts real t.
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Any
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from ..parameterizations import (
 )
 from ..schedules import Schedule
 from . import get_sampler
+from ._common import batch_full
 
 __all__ = [
     "TIMESTEP_MODES",
@@ -134,21 +136,54 @@ def karras_denoiser(
     sched = _check_schedule(schedule)
     pt = prediction_type_checked(prediction_type)
     check_choice("timestep", timestep, TIMESTEP_MODES, "timestep mode")
-    log_sigmas = _Table(np.log(np.asarray(sched.sigmas, dtype=np.float64)))
+    return _KarrasBridge(model, np.log(np.asarray(sched.sigmas, dtype=np.float64)), pt, timestep)
 
-    def denoiser(x: Array, sigma: Array) -> Array:
+
+class _KarrasBridge:
+    """D(x; σ) of a discrete network (see :func:`karras_denoiser`), with a shared-σ entry point for the loops."""
+
+    def __init__(self, model: Callable, log_sigmas: np.ndarray, pt: str, timestep: str) -> None:
+        self.model, self.pt, self.timestep = model, pt, timestep
+        self.log_sigmas = _Table(log_sigmas)
+        self._log_list = [float(v) for v in log_sigmas]
+
+    def __call__(self, x: Array, sigma: Array) -> Array:
+        """D(x; σ) with one σ per sample (σ of shape (B,) in x's namespace)."""
         xp = array_namespace(x)
         if sigma.ndim != 1 or sigma.shape[0] != x.shape[0]:
             fail("sigma", sigma, f"expected shape ({x.shape[0]},) (one σ per sample)")
-        t = _index_from_log(xp.log(sigma), log_sigmas.like(sigma, xp), timestep, xp)
+        t = _index_from_log(xp.log(sigma), self.log_sigmas.like(sigma, xp), self.timestep, xp)
         sig_b = xp.reshape(sigma, (x.shape[0],) + (1,) * (x.ndim - 1))
         c_in_b = 1.0 / xp.sqrt(1.0 + sig_b * sig_b)
-        out = _drop_variance(model(x * c_in_b, t), x)
-        if pt == "eps":
+        out = _drop_variance(self.model(x * c_in_b, t), x)
+        if self.pt == "eps":
             return x - sig_b * out
-        return x0_from_prediction(out, x * c_in_b, c_in_b, sig_b * c_in_b, pt)
+        return x0_from_prediction(out, x * c_in_b, c_in_b, sig_b * c_in_b, self.pt)
 
-    return denoiser
+    def at_sigma(self, x: Array, sigma: float) -> Array:
+        """D(x; σ) at one host noise level shared by the whole batch: host coefficients, scalar products."""
+        t = _host_index_from_log(float(np.log(np.float64(sigma))), self._log_list, self.timestep)
+        c_in = 1.0 / math.sqrt(1.0 + sigma * sigma)
+        xp = array_namespace(x)
+        nearest = self.timestep == "nearest"
+        t_b = batch_full(x, int(t) if nearest else t, dtype=xp.int64 if nearest else None)
+        out = _drop_variance(self.model(x * c_in, t_b), x)
+        if self.pt == "eps":
+            return x - sigma * out
+        return x0_from_prediction(out, x * c_in, c_in, sigma * c_in, self.pt)
+
+
+def _host_index_from_log(v: float, table: list[float], mode: str) -> float:
+    """:func:`_index_from_log` of one host value: the nearest index (ties to the lower) or the fractional one."""
+    n = len(table)
+    below = bisect.bisect_right(table, v) - 1
+    if mode == "nearest":
+        lo = min(max(below, 0), n - 1)
+        hi = min(lo + 1, n - 1)
+        return float(hi if abs(v - table[hi]) < abs(v - table[lo]) else lo)
+    lo = min(max(below, 0), n - 2)
+    w = min(max((v - table[lo]) / (table[lo + 1] - table[lo]), 0.0), 1.0)
+    return lo + w
 
 
 def prediction_type_checked(value: str) -> str:

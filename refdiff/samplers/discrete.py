@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._cache import IdentityCache
 from .._errors import RefdiffValueError, check_choice, check_int, check_real, fail
 from .._typing import Array, Device, Namespace, Noise
 from .._xp import array_namespace, device_of
@@ -136,6 +137,12 @@ def _check_namespace(schedule: Schedule, x: Array) -> None:
 
 def _timestep_array(xp: Namespace, x: Array, t: int, device: Device) -> Array:
     return xp.full((x.shape[0],), t, dtype=xp.int64, device=device)
+
+
+def _timestep_rows(xp: Namespace, x: Array, ts: Sequence[int], device: Device) -> Array:
+    """Every step's model timesteps as one (n, B) int64 array, moved once: row k is step k's t."""
+    rows = np.repeat(np.asarray(ts, dtype=np.int64)[:, None], x.shape[0], axis=1)
+    return xp.asarray(rows, device=device)
 
 
 def sampling_schedule(
@@ -508,17 +515,24 @@ def sample_ddpm(
     report = step_reporter(callback, progress)
     n = sched.num_timesteps
     _check_namespace(sched, x_T)
-    h = _Host(sched)
-    plan: list[tuple[int, DDPMCoefficients, bool]] = []
-    for i in range(n - 1, -1, -1):
-        pc = _ddpm_coefficients(h, n, i, var_type, t0)
-        _zero_snr_check(float(h.alphas_cumprod[i]), i, mean_type)
-        plan.append((int(h.timestep_map[i]), pc, i > 0 or final_noise == "always"))
+    plan = _PLANS.get(
+        sched,
+        ("ddpm", var_type, t0, final_noise, mean_type),
+        lambda: _ddpm_plan(sched, var_type, t0, final_noise, mean_type),
+    )
     xp = array_namespace(x_T)
-    dev = device_of(x_T)
+    t_rows = _timestep_rows(xp, x_T, [t for t, _, _ in plan], device_of(x_T))
+    if (
+        var_type in ("fixed_small", "fixed_large")
+        and mean_type != "mean"
+        and not clip_x0
+        and denoised_fn is None
+        and cond_fn is None
+    ):
+        return _ddpm_linear_loop(model, x_T, plan, t_rows, mean_type, noise, report)
     x = x_T
     for k, (t, pc, add) in enumerate(plan):
-        t_model = _timestep_array(xp, x, t, dev)
+        t_model = t_rows[k, ...]
         out = model(x, t_model)
         grad = None
         if cond_fn is not None:
@@ -544,6 +558,73 @@ def sample_ddpm(
         if report is not None:
             report(StepInfo(k, n, x, pmv.pred_x0, t=t))
         x = x_new
+    return x
+
+
+#: Step plans per (sampling schedule, options): schedules are immutable.
+_PLANS = IdentityCache(64)
+
+
+def _ddpm_plan(
+    sched: Schedule, var_type: str, t0: str, final_noise: str, mean_type: str
+) -> tuple[tuple[int, DDPMCoefficients, bool], ...]:
+    """(model timestep, host coefficients, adds noise) of every DDPM step, first step first."""
+    h = _Host(sched)
+    n = sched.num_timesteps
+    plan = []
+    for i in range(n - 1, -1, -1):
+        pc = _ddpm_coefficients(h, n, i, var_type, t0)
+        _zero_snr_check(float(h.alphas_cumprod[i]), i, mean_type)
+        plan.append((int(h.timestep_map[i]), pc, i > 0 or final_noise == "always"))
+    return tuple(plan)
+
+
+def x0_linear_coefficients(c: LevelCoefficients, mean_type: str) -> tuple[float, float]:
+    """(p, q) with x̂0 = p·x_t + q·out for the ε, x0, v and score predictions (Ho et al. 2020, Eq. 15; Salimans & Ho 2022, §4)."""
+    if mean_type == "eps":
+        return c.sqrt_recip_alphas_cumprod, -c.sqrt_recipm1_alphas_cumprod
+    if mean_type == "x0":
+        return 0.0, 1.0
+    if mean_type == "v":
+        return c.sqrt_alphas_cumprod, -c.sqrt_one_minus_alphas_cumprod
+    if mean_type == "score":
+        return c.sqrt_recip_alphas_cumprod, (
+            c.sqrt_recipm1_alphas_cumprod * c.sqrt_one_minus_alphas_cumprod
+        )
+    fail("mean_type", mean_type, "expected eps, x0, v or score (x̂0 linear in x_t and the output)")
+    raise AssertionError("unreachable")
+
+
+def _ddpm_linear_loop(
+    model: Callable[[Array, Array], Array],
+    x_T: Array,
+    plan: Sequence[tuple[int, DDPMCoefficients, bool]],
+    t_rows: Array,
+    mean_type: str,
+    noise: Noise,
+    report: Callable[[StepInfo], None] | None,
+) -> Array:
+    """DDPM with a fixed variance and an unprocessed x̂0: μ_θ = (c₁p + c₂)·x_t + c₁q·out, one pass each.
+
+    The posterior mean c₁·x̂0 + c₂·x_t (Ho et al. 2020, Eq. 7) with x̂0 = p·x_t + q·out folded on
+    the host: three array passes for the mean and two for the noise, instead of eight.
+    """
+    x = x_T
+    n = len(plan)
+    for k, (t, pc, add) in enumerate(plan):
+        c = pc.level
+        p, q = x0_linear_coefficients(c, mean_type)
+        out, _ = _split_output(model(x, t_rows[k, ...]), x, "fixed_small")
+        if report is not None:
+            report(StepInfo(k, n, x, p * x + q * out, t=t))
+        a = c.posterior_mean_coef1 * p + c.posterior_mean_coef2
+        b = c.posterior_mean_coef1 * q
+        mean = a * x + b * out
+        if add:
+            z = draw_noise(noise, k, x)
+            x = mean + math.exp(0.5 * float(pc.log_variance or 0.0)) * z
+        else:
+            x = mean
     return x
 
 

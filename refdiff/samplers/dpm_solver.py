@@ -1127,6 +1127,8 @@ def multistep_dpm_solver_second_update(
 
     D1 = (m_0 - m_1)/r0 with r0 = h_0/h is the first-derivative estimate; x_t is the first-order
     step minus ½ α_t φ1(-h) D1 ("dpmsolver") or α_t φ2(-h) D1 ("taylor") (data form).
+    Evaluated as a·x - (b + c·w)·m0 + (c·w)·m1 with host coefficients: five array passes instead
+    of seven, the same number up to rounding.
     """
     c = coefficients
     if c is None:
@@ -1138,8 +1140,8 @@ def multistep_dpm_solver_second_update(
             p1, p0, pt, algorithm_type=algorithm_type, solver_type=solver_type
         )
     m1, m0 = model_prev_list[-2], model_prev_list[-1]
-    D1 = (m0 - m1) * c.w
-    return _first(x, m0, FirstCoefficients(c.a, c.b)) - c.c * D1
+    cw = c.c * c.w
+    return c.a * x - (c.b + cw) * m0 + cw * m1
 
 
 def multistep_dpm_solver_third_update(

@@ -9,7 +9,10 @@ written on the σ scale.
 
 Family ``"karras"``: ``fn(denoiser, x, *, sigmas, noise=None, **options)``. ``denoiser(x, σ)``
 returns D(x; σ) ≈ E[x0 | x] shaped like x, with σ an array of shape (B,) in x's namespace,
-dtype and device. ``sigmas`` is a strictly decreasing grid (a sequence or 1-D array; its entries
+dtype and device; a denoiser may also offer ``denoiser.at_sigma(x, σ)`` with σ one host float
+for the whole batch (the loops call it where present: per-sample broadcasts cost a memory-bound
+loop up to twice a scalar product; :func:`refdiff.samplers.adapters.karras_denoiser`'s bridge
+has it), which must return the same D. ``sigmas`` is a strictly decreasing grid (a sequence or 1-D array; its entries
 are read once to host floats, so every step coefficient is formed in float64); the last entry
 may be 0. ``noise[i]`` (or ``noise(i)``) is the standard-normal draw of step i; a step that adds
 no noise draws nothing, so the draw index is always the step index.
@@ -79,8 +82,11 @@ def _check_x(x: Array) -> None:
 
 
 def _denoise(denoiser: Callable[[Array, Array], Array], x: Array, sigma: float) -> Array:
-    """D(x; σ) with σ broadcast to shape (B,) in x's namespace, dtype and device; shape-checked."""
-    return check_output(denoiser(x, batch_full(x, sigma)), x, name="denoiser output")
+    """D(x; σ) at one σ for the whole batch, shape-checked: ``denoiser.at_sigma(x, σ)`` where the
+    denoiser offers it, else ``denoiser(x, σ)`` with σ broadcast to shape (B,) in x's namespace."""
+    at_sigma = getattr(denoiser, "at_sigma", None)
+    out = at_sigma(x, sigma) if at_sigma is not None else denoiser(x, batch_full(x, sigma))
+    return check_output(out, x, name="denoiser output")
 
 
 # --------------------------------------------------------------------------------------------

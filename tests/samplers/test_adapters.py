@@ -43,6 +43,31 @@ def test_karras_denoiser_timestep_modes():
     np.testing.assert_allclose(seen[-1], [3.7, 10.0], rtol=1e-12)  # linear in log σ
 
 
+@pytest.mark.parametrize("timestep", ["nearest", "interp"])
+@pytest.mark.parametrize("pt", ["eps", "x0", "v"])
+def test_karras_denoiser_at_one_sigma_is_the_per_sample_denoiser(pt, timestep):
+    """The loops' shared-σ entry point gives the same D and calls the network at the same t."""
+    s = S.cosine(60)
+    seen = []
+
+    def model(x, t):
+        seen.append(np.asarray(t))
+        return np.sin(x) * (1.0 + np.asarray(t, dtype=np.float64)[:, None] / 60)
+
+    den = adapters.karras_denoiser(model, s, prediction_type=pt, timestep=timestep)
+    table = np.log(np.asarray(s.sigmas))
+    mid = float(np.exp(0.5 * (table[20] + table[21])))  # a tie of the nearest index: the lower
+    levels = [float(np.exp(table[0])) * 0.5, float(np.exp(table[7])), mid, 0.3, 2.5, 1e4]
+    x = np.random.default_rng(3).standard_normal((3, 4))
+    for sigma in levels:
+        full = den(x, np.full(3, sigma))
+        t_full = seen[-1]
+        one = den.at_sigma(x, sigma)
+        assert seen[-1].dtype == t_full.dtype
+        np.testing.assert_allclose(seen[-1], t_full, rtol=1e-15, atol=0)
+        np.testing.assert_allclose(one, full, rtol=1e-15, atol=1e-15)
+
+
 def test_vp_model_calls_the_network_at_the_training_index():
     s = S.linear(100)
     seen = []

@@ -468,9 +468,9 @@ def test_every_mean_type_gives_the_same_trajectory():
     xT, nz = rng.standard_normal((3, 2)), rng.standard_normal((30, 3, 2))
     outs = {
         mt: ddpm_sample(A.discrete_model(GAUSS, S, mt), xT, schedule=S, noise=nz, mean_type=mt)
-        for mt in ("eps", "x0", "v", "mu")
+        for mt in ("eps", "x0", "v", "score", "mu")
     }
-    for mt in ("x0", "v", "mu"):
+    for mt in ("x0", "v", "score", "mu"):
         np.testing.assert_allclose(outs[mt], outs["eps"], rtol=1e-10, atol=1e-11)
 
 

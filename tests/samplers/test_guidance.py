@@ -87,9 +87,12 @@ def test_zero_classifier_gradient_leaves_sampling_unchanged():
     xT, nz = rng.standard_normal((3, 2)), rng.standard_normal((10, 3, 2))
     zero = lambda x, t: np.zeros_like(x)  # noqa: E731
     for mode in ("mean", "score"):
-        np.testing.assert_array_equal(
+        # the guided loop forms x̂0 and then the posterior mean; the unguided one folds both into
+        # a·x + b·ε on the host: the same numbers up to a few roundings over the ten steps
+        np.testing.assert_array_max_ulp(
             ddpm_sample(model, xT, schedule=S10, noise=nz, cond_fn=zero, cond_mode=mode),
             ddpm_sample(model, xT, schedule=S10, noise=nz),
+            maxulp=8,
         )
     np.testing.assert_array_equal(
         ddim_sample(model, xT, schedule=S10, cond_fn=zero, eta=0.5, noise=nz),
