@@ -262,8 +262,8 @@ def main(argv=None) -> dict:
         "diffusers f64",
     ]
     print(
-        f"\nµs/step, min of {a.repeats} runs of {a.steps} steps, one thread; "
-        f"load average at start: {load}"
+        f"\nµs/step, min of {a.repeats} runs of {a.steps} steps, one thread, malloc "
+        f"{'pinned' if pinned else 'default'}; load average at start: {load}"
     )
     print(
         "| "
