@@ -32,7 +32,7 @@ import numpy as np
 
 from .._errors import RefdiffValueError, check_choice, fail
 from .._typing import Array, Namespace, Noise
-from .._xp import append_dims, array_namespace, device_of
+from .._xp import append_dims, array_namespace, device_of, is_numpy
 from ..parameterizations import (
     PREDICTION_TYPES,
     eps_from_prediction,
@@ -306,7 +306,8 @@ def sample_with_discrete_model(
     schedule : Schedule
         The host training schedule.
     steps : int
-        Discrete family: the respaced schedule's length; Karras family: σ levels of the Karras
+        Discrete family: the respaced schedule's length (respaced on the host, then moved once
+        to x_T's namespace and device when x_T is not a NumPy array); Karras family: σ levels of the Karras
         grid (:func:`karras_grid`, unless ``sigmas=`` is given); vp and sde families: ``steps``.
     prediction_type : str
         What the network predicts (``mean_type`` of the discrete family).
@@ -341,11 +342,28 @@ def sample_with_discrete_model(
     sched = _check_schedule(schedule)
     hooks = {k: v for k, v in (("callback", callback), ("progress", progress)) if v is not None}
     if spec.family == "discrete":
+        xp = array_namespace(x_T)
+        if is_numpy(xp):
+            return spec.fn(
+                model,
+                x_T,
+                schedule=sched,
+                steps=steps,
+                noise=noise,
+                mean_type=prediction_type,
+                **hooks,
+                **options,
+            )
+        from .discrete import sampling_schedule
+
+        where = {
+            k: options.pop(k) for k in ("spacing", "steps_offset", "timesteps") if k in options
+        }
+        respaced = sampling_schedule(sched, None if "timesteps" in where else steps, **where)
         return spec.fn(
             model,
             x_T,
-            schedule=sched,
-            steps=steps,
+            schedule=respaced.to(xp, device=device_of(x_T)),
             noise=noise,
             mean_type=prediction_type,
             **hooks,
