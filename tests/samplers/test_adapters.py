@@ -200,3 +200,21 @@ def test_host_float_conversion_equals_the_table_form_for_every_name(pt):
     np.testing.assert_array_equal(
         P.x0_from_output_at(out, x, c, pt), P.x0_from_output(s, x, np.array([17]), out, pt)
     )
+
+
+@pytest.mark.parametrize("grid", [{}, {"spacing": "leading", "steps_offset": 1}])
+def test_discrete_family_on_another_namespace_gets_the_respaced_schedule_moved(grid):
+    torch = pytest.importorskip("torch")
+    s = S.linear(1000)
+    model_np = A.discrete_model(POINT, s, "eps")
+
+    def model_t(x, t):
+        return torch.as_tensor(model_np(x.numpy(), t.numpy()))
+
+    x_T = np.random.default_rng(5).standard_normal((2, 2))
+    want = adapters.sample_with_discrete_model("ddim", model_np, x_T, schedule=s, steps=7, **grid)
+    got = adapters.sample_with_discrete_model(
+        "ddim", model_t, torch.as_tensor(x_T), schedule=s, steps=7, **grid
+    )
+    assert isinstance(got, torch.Tensor)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-13, atol=1e-14)
