@@ -135,10 +135,6 @@ def _check_namespace(schedule: Schedule, x: Array) -> None:
     check_table_namespace(schedule, schedule.alphas_cumprod, x)
 
 
-def _timestep_array(xp: Namespace, x: Array, t: int, device: Device) -> Array:
-    return xp.full((x.shape[0],), t, dtype=xp.int64, device=device)
-
-
 def _timestep_rows(xp: Namespace, x: Array, ts: Sequence[int], device: Device) -> Array:
     """Every step's model timesteps as one (n, B) int64 array, moved once: row k is step k's t."""
     rows = np.repeat(np.asarray(ts, dtype=np.int64)[:, None], x.shape[0], axis=1)
@@ -1018,10 +1014,10 @@ def sample_ddim(
         plan.append((int(h.timestep_map[i]), level_coefficients(h, i), coef, add))
     total = len(plan)
     xp = array_namespace(x_T)
-    dev = device_of(x_T)
+    t_rows = _timestep_rows(xp, x_T, [p[0] for p in plan], device_of(x_T))
     x = x_T
     for k, (t, c, coef, add) in enumerate(plan):
-        t_model = _timestep_array(xp, x, t, dev)
+        t_model = t_rows[k, ...]
         out, _ = _split_output(model(x, t_model), x, var_type)
         pred_x0, pred_eps = _x0_eps(
             out,
@@ -1249,10 +1245,10 @@ def ddim_invert(
             plan.append((t_model, c_model, False, None, nxt))
     total = len(plan)
     xp = array_namespace(x0)
-    dev = device_of(x0)
+    t_rows = _timestep_rows(xp, x0, [p[0] for p in plan], device_of(x0))
     x = x0
     for k, (t, c, model_next, cur_as, nxt) in enumerate(plan):
-        t_model = _timestep_array(xp, x, t, dev)
+        t_model = t_rows[k, ...]
         out, _ = _split_output(model(x, t_model), x, var_type)
         if model_next:
             eps = (
