@@ -579,10 +579,18 @@ def get_time_steps(
     return ts
 
 
-def singlestep_orders(steps: int, order: int) -> list[int]:
-    """Per-step orders of DPM-Solver-fast with ``steps`` NFE and maximum order 1-3 (Lu et al. 2022a, §3.3)."""
+def singlestep_orders(steps: int, order: int, lower_order_final: str = "dpm_solver") -> list[int]:
+    """Per-step orders of DPM-Solver-fast with ``steps`` NFE and maximum order 1-3 (Lu et al. 2022a, §3.3).
+
+    ``lower_order_final="diffusers"`` is diffusers' single-step order list instead: the same,
+    except that an even number of order-2 evaluations ends with two first-order steps
+    ([2, …, 2, 1, 1] where DPM-Solver-fast takes [2, …, 2]); the other rules change nothing here.
+    """
     steps = check_int("steps", steps, minimum=1)
     order = check_int("order", order, minimum=1)
+    _lower_order_threshold(lower_order_final)
+    if order == 2 and lower_order_final == "diffusers" and steps % 2 == 0:
+        return [2] * (steps // 2 - 1) + [1, 1]
     if order == 3:
         K = steps // 3 + 1
         if steps % 3 == 0:
@@ -1398,12 +1406,13 @@ def _singlestep_plan(
     algorithm_type: str,
     solver_type: str,
     second_intermediate: str,
+    lower_order_final: str,
 ) -> tuple[list[tuple[int, Any]], list[SchedulePoint]]:
     """[(order, coefficients)] of the single-step loop and the outer points."""
     if grid is not None:
         nfe = len(grid) - 1
         if method == "singlestep":
-            orders = singlestep_orders(nfe, order)
+            orders = singlestep_orders(nfe, order, lower_order_final)
         else:
             if nfe % order:
                 fail(
@@ -1420,7 +1429,7 @@ def _singlestep_plan(
         fine_inner = [grid[idx[j] + 1 : idx[j + 1]] for j in range(len(orders))]
     else:
         if method == "singlestep":
-            orders = singlestep_orders(steps, order)
+            orders = singlestep_orders(steps, order, lower_order_final)
             if skip_type == "logSNR":
                 outer_t = get_time_steps(ns, skip_type, t_T, t_0, len(orders))
             else:
@@ -1636,7 +1645,10 @@ def sample_dpm_solver(
         second-order step from s via s1 (diffusers' single-step scheduler, solver_type
         "midpoint"); the two agree for ``solver_type="taylor"``.
     lower_order_final : {"dpm_solver", "diffusers", "always", "never"}
-        Multistep only: lower orders at the last steps when steps < 10 / < 15 / always / never.
+        Multistep: lower orders at the last steps when steps < 10 / < 15 / always / never.
+        Single-step (``method="singlestep"``): ``"diffusers"`` takes diffusers' order list, which
+        ends an even number of order-2 evaluations with two first-order steps (see
+        :func:`singlestep_orders`); the other rules keep DPM-Solver-fast's list.
     solver_type : {"dpmsolver", "taylor"}
         How the derivative terms of orders 2-3 are formed (DPM-Solver's two variants; diffusers'
         "midpoint" and "heun").
@@ -1803,6 +1815,7 @@ def sample_dpm_solver(
             algorithm_type,
             solver_type,
             second_intermediate,
+            lower_order_final,
         )
         last = outer[-1]
         by_t = _by_time(outer, [(None, o, c) for o, c in plan])

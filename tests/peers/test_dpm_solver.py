@@ -305,6 +305,45 @@ def test_diffusers_singlestep(row, order, n, solver_type, options):
     assert _rel(got, ref) <= 4e-6, _rel(got, ref)
 
 
+@pytest.mark.parametrize("n", [10, 9])
+def test_diffusers_singlestep_order_list_with_a_final_sigma_min(n):
+    """diffusers' single-step order list (lower_order_final=True) ends an even number of order-2
+    evaluations with two first-order steps; lower_order_final="diffusers" reproduces it, and on
+    even n DPM-Solver-fast's [2, …, 2] does not (odd n: the lists agree)."""
+    sched = _diffusers(
+        "DPMSolverSinglestepScheduler",
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        final_sigmas_type="sigma_min",
+        lower_order_final=True,
+    )
+    ac = sched.alphas_cumprod.double().numpy()
+    ref = _run(sched, n, _index_eps(ac))
+    ns = D.NoiseScheduleVP.discrete(alphas_cumprod=ac, clip_lambda=None)
+
+    def run(rule):
+        return D.sample_dpm_solver(
+            _index_eps(ac),
+            XT,
+            noise_schedule=ns,
+            method="singlestep",
+            order=2,
+            algorithm_type="dpmsolver++",
+            timesteps=sched.timesteps.numpy(),
+            time_unit="index",
+            model_time="index",
+            final_sigmas_type="sigma_min",
+            intermediate="grid",
+            lower_order_final=rule,
+        )
+
+    assert _rel(run("diffusers"), ref) <= 4e-6, _rel(run("diffusers"), ref)
+    if n % 2 == 0:
+        assert _rel(run("dpm_solver"), ref) > 1e-4
+    else:
+        np.testing.assert_array_equal(run("dpm_solver"), run("diffusers"))
+
+
 def test_diffusers_singlestep_order3_midpoint_is_not_dpm_solver_3():
     """diffusers' order-3 'midpoint' u2 is the midpoint second-order step, not DPM-Solver-3's φ2 form:
     without second_intermediate="diffusers" the results differ far beyond float32 rounding."""
