@@ -125,7 +125,7 @@ def sample_deis(
         Number of model values in the extrapolation (warm-up with lower orders).
     solver_type : {"logrho", "rhoab"}
         The polynomial's variable: log ρ (diffusers) or ρ (ρAB-DEIS).
-    lower_order_final : {"diffusers", "dpm_solver", "always", "never"}
+    lower_order_final : {"diffusers", "dpm_solver", "always", "never", "euler_at_final"}
 
     Returns
     -------

@@ -42,7 +42,8 @@ Named conventions
 * Lower-order final steps of the multistep solvers (``lower_order_final``): ``"dpm_solver"`` uses
   order min(k, steps + 1 - i) at step i when steps < 10 (DPM-Solver's code; its docstring says
   15), ``"diffusers"`` the same when steps < 15 (diffusers' ``lower_order_final``),
-  ``"always"`` at any step count, ``"never"`` keeps order k to the end.
+  ``"always"`` at any step count, ``"never"`` keeps order k to the end, ``"euler_at_final"``
+  keeps order k to the end but makes the last step first order (diffusers' ``euler_at_final``).
 * Step grids (``skip_type``, DPM-Solver's names): ``"time_uniform"``, ``"logSNR"`` (uniform in λ)
   and ``"time_quadratic"`` (uniform in √t); or an explicit grid: ``timesteps=`` (times t, or
   ``time_unit="index"`` for the integer timesteps n of a discrete schedule, t = (n+1)/N) or
@@ -128,7 +129,13 @@ __all__ = [
 #: Named λ clips for discrete schedules: DPM-Solver's numerical_clip_alpha (λ ≥ -5.1).
 LAMBDA_CLIPS = {"dpm_solver": -5.1}
 #: Named lower-order-final rules: use lower orders at the last steps when steps < threshold.
-LOWER_ORDER_FINAL = {"dpm_solver": 10, "diffusers": 15, "always": math.inf, "never": 0}
+LOWER_ORDER_FINAL = {
+    "dpm_solver": 10,
+    "diffusers": 15,
+    "always": math.inf,
+    "never": 0,
+    "euler_at_final": 0,  # order k to the end, but the last step first order
+}
 SKIP_TYPES = ("time_uniform", "logSNR", "time_quadratic")
 #: What the model returns, in refdiff's prediction vocabulary (DPM-Solver's "noise" and "x_start"
 #: are accepted as aliases, see refdiff.parameterizations.PREDICTION_ALIASES).
@@ -619,6 +626,8 @@ def multistep_step_orders(
             orders.append(min(order, steps + 1 - step))
         else:
             orders.append(order)
+    if lower_order_final == "euler_at_final":
+        orders[-1] = 1
     return orders
 
 
@@ -1644,8 +1653,10 @@ def sample_dpm_solver(
         (2022a, Alg. 2; DPM-Solver's code) or, with ``solver_type="dpmsolver"``, by the midpoint
         second-order step from s via s1 (diffusers' single-step scheduler, solver_type
         "midpoint"); the two agree for ``solver_type="taylor"``.
-    lower_order_final : {"dpm_solver", "diffusers", "always", "never"}
-        Multistep: lower orders at the last steps when steps < 10 / < 15 / always / never.
+    lower_order_final : {"dpm_solver", "diffusers", "always", "never", "euler_at_final"}
+        Multistep: lower orders at the last steps when steps < 10 / < 15 / always / never /
+        only the last step, first order (diffusers' ``euler_at_final=True`` with
+        ``lower_order_final=False``).
         Single-step (``method="singlestep"``): ``"diffusers"`` takes diffusers' order list, which
         ends an even number of order-2 evaluations with two first-order steps (see
         :func:`singlestep_orders`); the other rules keep DPM-Solver-fast's list.

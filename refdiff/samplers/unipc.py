@@ -204,7 +204,7 @@ def sample_unipc(
         The grid itself: steps + 1 decreasing times (``steps`` with ``final_sigma="zero"``).
     final_sigma : {"t_end", "zero"}
         End at the grid's last time, or step from it onto clean data (the data prediction).
-    lower_order_final : {"always", "dpm_solver", "diffusers", "never"}
+    lower_order_final : {"always", "dpm_solver", "diffusers", "never", "euler_at_final"}
     use_corrector : bool
         False runs UniP alone.
     disable_corrector : sequence of int

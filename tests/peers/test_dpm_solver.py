@@ -146,6 +146,33 @@ MULTISTEP_ROWS = [
         dict(final_sigmas_type="sigma_min", lower_order_final="never", d2_scale="dpm_solver"),
     ),
     (
+        "pp3_euler_at_final",
+        dict(
+            algorithm_type="dpmsolver++",
+            solver_order=3,
+            lower_order_final=False,
+            euler_at_final=True,
+            final_sigmas_type="sigma_min",
+        ),
+        10,
+        "dpmpp_3m",
+        dict(
+            final_sigmas_type="sigma_min", lower_order_final="euler_at_final", d2_scale="dpm_solver"
+        ),
+    ),
+    (
+        "pp2_euler_at_final_20",
+        dict(
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            euler_at_final=True,
+            final_sigmas_type="sigma_min",
+        ),
+        20,
+        "dpmpp_2m",
+        dict(final_sigmas_type="sigma_min", lower_order_final="euler_at_final"),
+    ),
+    (
         "eps2_sigma_min",
         dict(algorithm_type="dpmsolver", solver_order=2, final_sigmas_type="sigma_min"),
         20,

@@ -182,6 +182,17 @@ def test_multistep_orders_and_lower_order_final():
     assert D.multistep_step_orders(12, 3, "diffusers") == [1, 2] + [3] * 8 + [2, 1]
     assert D.multistep_step_orders(20, 2, "diffusers") == [1] + [2] * 19
     assert D.multistep_step_orders(20, 2, "always") == [1] + [2] * 18 + [1]
+    # diffusers' euler_at_final: order k to the end, then one first-order step
+    assert D.multistep_step_orders(10, 3, "euler_at_final") == [1, 2] + [3] * 7 + [1]
+    assert D.multistep_step_orders(20, 2, "euler_at_final") == [1] + [2] * 18 + [1]
+
+
+@pytest.mark.parametrize("steps,expected", [(6, [2, 2, 1, 1]), (7, [2, 2, 2, 1]), (2, [1, 1])])
+def test_singlestep_orders_of_diffusers(steps, expected):
+    """diffusers' single-step list ([1, 2]·… + [1, 1] on even NFE at order 2, as step orders)."""
+    orders = D.singlestep_orders(steps, 2, "diffusers")
+    assert orders == expected and sum(orders) == steps
+    assert D.singlestep_orders(9, 3, "diffusers") == D.singlestep_orders(9, 3)
 
 
 def test_lower_order_final_changes_the_result():
