@@ -3,6 +3,7 @@ and the per-step ``callback(info)`` every loop reports to."""
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from typing import Any
 from collections.abc import Callable
@@ -183,3 +184,18 @@ def batch_full(x: Array, value: float, *, dtype: DType | None = None) -> Array:
     return xp.full(
         (x.shape[0],), value, dtype=x.dtype if dtype is None else dtype, device=device_of(x)
     )
+
+
+def host_table_index(v: float, table: list[float], mode: str) -> float:
+    """The index of host value v on an increasing host table: the nearest (ties to the lower) or the fractional one (linear between neighbours, clipped to the ends)."""
+    n = len(table)
+    if n == 1:
+        return 0.0
+    below = bisect.bisect_right(table, v) - 1
+    if mode == "nearest":
+        lo = min(max(below, 0), n - 1)
+        hi = min(lo + 1, n - 1)
+        return float(hi if abs(v - table[hi]) < abs(v - table[lo]) else lo)
+    lo = min(max(below, 0), n - 2)
+    w = min(max((v - table[lo]) / (table[lo + 1] - table[lo]), 0.0), 1.0)
+    return lo + w

@@ -23,7 +23,6 @@ linear in log σ), for networks whose time embedding accepts real t.
 
 from __future__ import annotations
 
-import bisect
 import math
 from typing import Any
 from collections.abc import Callable
@@ -41,7 +40,7 @@ from ..parameterizations import (
 )
 from ..schedules import Schedule
 from . import get_sampler
-from ._common import batch_full
+from ._common import batch_full, host_table_index
 
 __all__ = [
     "TIMESTEP_MODES",
@@ -102,6 +101,8 @@ def _index_from_log(log_value: Array, log_table: Array, mode: str, xp: Namespace
     if mode == "nearest":
         return xp.astype(nearest, xp.int64)
     n = log_table.shape[0]
+    if n == 1:  # one level: index 0 (no interval to interpolate in)
+        return xp.zeros_like(log_value)
     below = xp.sum(xp.astype(log_table[None, :] <= log_value[:, None], xp.int64), axis=1) - 1
     lo = xp.clip(below, 0, n - 2)
     lo_v = xp.take(log_table, lo, axis=0)
@@ -162,7 +163,7 @@ class _KarrasBridge:
 
     def at_sigma(self, x: Array, sigma: float) -> Array:
         """D(x; σ) at one host noise level shared by the whole batch: host coefficients, scalar products."""
-        t = _host_index_from_log(float(np.log(np.float64(sigma))), self._log_list, self.timestep)
+        t = host_table_index(float(np.log(np.float64(sigma))), self._log_list, self.timestep)
         c_in = 1.0 / math.sqrt(1.0 + sigma * sigma)
         xp = array_namespace(x)
         nearest = self.timestep == "nearest"
@@ -171,19 +172,6 @@ class _KarrasBridge:
         if self.pt == "eps":
             return x - sigma * out
         return x0_from_prediction(out, x * c_in, c_in, sigma * c_in, self.pt)
-
-
-def _host_index_from_log(v: float, table: list[float], mode: str) -> float:
-    """:func:`_index_from_log` of one host value: the nearest index (ties to the lower) or the fractional one."""
-    n = len(table)
-    below = bisect.bisect_right(table, v) - 1
-    if mode == "nearest":
-        lo = min(max(below, 0), n - 1)
-        hi = min(lo + 1, n - 1)
-        return float(hi if abs(v - table[hi]) < abs(v - table[lo]) else lo)
-    lo = min(max(below, 0), n - 2)
-    w = min(max((v - table[lo]) / (table[lo + 1] - table[lo]), 0.0), 1.0)
-    return lo + w
 
 
 def prediction_type_checked(value: str) -> str:

@@ -218,3 +218,19 @@ def test_discrete_family_on_another_namespace_gets_the_respaced_schedule_moved(g
     )
     assert isinstance(got, torch.Tensor)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("timestep", ["nearest", "interp"])
+def test_karras_denoiser_of_a_one_level_schedule_calls_index_zero(timestep):
+    seen = []
+
+    def model(x, t):
+        seen.append(np.asarray(t))
+        return np.zeros_like(x)
+
+    den = adapters.karras_denoiser(model, S.linear(1), timestep=timestep)
+    x = np.ones((2, 3))
+    with np.errstate(all="raise"):
+        den(x, np.full(2, 0.5))
+        den.at_sigma(x, 0.5)
+    assert [v.tolist() for v in seen] == [[0, 0], [0, 0]]
