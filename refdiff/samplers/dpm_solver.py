@@ -72,7 +72,7 @@ from .._errors import UnknownNameError, check_choice, check_int, check_real, fai
 from .._typing import Array, Noise
 from ..parameterizations import eps_from_prediction, prediction_type, x0_from_prediction
 from . import register_sampler
-from ._common import StepInfo, batch_full, check_output, step_reporter
+from ._common import StepInfo, batch_full, check_output, host_table_index, step_reporter
 
 #: A host time or log-SNR: a float, or a NumPy float64 array (methods return the same kind).
 _HT = TypeVar("_HT", float, np.ndarray)
@@ -150,7 +150,7 @@ D2_SCALES = ("consistent", "dpm_solver")
 WARMUPS = ("lower_order", "singlestep")
 #: The time the model sees: t; DPM-Solver's discrete input (t - 1/N)·1000; the discrete index
 #: t·N - 1 (an exact integer at t = (n+1)/N, diffusers' timesteps); σ_t/α_t (k-diffusion's σ).
-MODEL_TIMES = ("continuous", "dpm_solver", "index", "sigma")
+MODEL_TIMES = ("continuous", "dpm_solver", "index", "sigma", "nearest_index")
 #: Where an explicit grid ends besides its own last entry (diffusers' ``final_sigmas_type``).
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 #: What ``timesteps=`` holds: continuous times t, or integer timesteps n of a discrete schedule.
@@ -440,9 +440,14 @@ class NoiseScheduleVP:
         check_choice("model_time", convention, MODEL_TIMES, "model time convention")
         if convention == "continuous":
             return t
-        if convention == "sigma":
+        if convention in ("sigma", "nearest_index"):
             la, sig, _ = self.marginals(t)
-            return sig / np.exp(la)
+            sve = sig / np.exp(la)
+            if convention == "sigma":
+                return sve
+            self._check_discrete(convention)
+            out = [self.nearest_index(float(v)) for v in np.atleast_1d(sve)]
+            return _scalar_or_array(np.asarray(out, dtype=np.float64), t)
         if self.kind != "discrete":
             fail(
                 "model_time",
@@ -455,6 +460,24 @@ class NoiseScheduleVP:
         n = np.asarray(t, dtype=np.float64) * self.total_N - 1.0
         r = np.round(n)
         return _scalar_or_array(np.where(np.abs(n - r) <= 1e-9, r, n), t)
+
+    def _check_discrete(self, convention: str) -> None:
+        if self.kind != "discrete":
+            fail(
+                "model_time",
+                convention,
+                f"the {convention!r} discrete model time needs a "
+                "discrete noise schedule (NoiseScheduleVP.discrete)",
+            )
+
+    def nearest_index(self, sigma: float) -> float:
+        """The discrete index n whose σ_n/α_n is nearest to ``sigma`` in log σ (diffusers' ``_sigma_to_t``, rounded: its ``use_karras_sigmas`` timesteps)."""
+        table = self.__dict__.get("_log_sigma_table")
+        if table is None:
+            la = np.asarray(self.log_alpha_array, dtype=np.float64)
+            table = [float(v) for v in 0.5 * np.log(np.expm1(-2.0 * la))]
+            object.__setattr__(self, "_log_sigma_table", table)
+        return host_table_index(math.log(sigma), table, "nearest")
 
 
 def _check_ns(noise_schedule: object) -> NoiseScheduleVP:
@@ -497,6 +520,8 @@ def _model_times(
         return [float(model_time(float(t))) for t in ts]
     if model_time == "sigma":
         return [float(s) for s in sve]
+    if model_time == "nearest_index":
+        return [ns.nearest_index(float(s)) for s in sve]
     return [float(v) for v in np.atleast_1d(ns.model_input_time(ts, model_time))]
 
 
@@ -1260,7 +1285,7 @@ def multistep_dpm_solver_update(
 def _check_model_time(ns: NoiseScheduleVP, model_time: ModelTime) -> None:
     if not callable(model_time):
         check_choice("model_time", model_time, MODEL_TIMES, "model time convention")
-        if model_time in ("dpm_solver", "index") and ns.kind != "discrete":
+        if model_time in ("dpm_solver", "index", "nearest_index") and ns.kind != "discrete":
             fail(
                 "model_time",
                 model_time,
@@ -1669,10 +1694,11 @@ def sample_dpm_solver(
         Applied to every data prediction (DPM-Solver++ and ``denoise_to_zero``);
         "dynamic_thresholding" is Imagen's with ``dynamic_thresholding_ratio`` (0.995) and the
         lower bound 1 (DPM-Solver's ``thresholding_max_val = 1``).
-    model_time : {"continuous", "dpm_solver", "index", "sigma"} or callable
+    model_time : {"continuous", "dpm_solver", "index", "sigma", "nearest_index"} or callable
         The time the model sees: t itself, DPM-Solver's discrete input (t - 1/N)·1000, the
-        discrete index t·N - 1 (integers at the knots: diffusers), σ_t/α_t (k-diffusion), or
-        ``model_time(t) -> float``.
+        discrete index t·N - 1 (integers at the knots: diffusers), σ_t/α_t (k-diffusion), the
+        discrete index nearest in log σ (diffusers' timesteps with ``use_karras_sigmas=True``),
+        or ``model_time(t) -> float``.
     lambda_min : float, optional
         Start where λ = lambda_min if λ(t_start) is below it (diffusers' lambda_min_clipped).
     d2_scale : {"consistent", "dpm_solver"}

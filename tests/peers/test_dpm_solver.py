@@ -257,6 +257,42 @@ def test_diffusers_multistep_karras_sigmas(order):
     assert _rel(got, ref) <= 4e-6, _rel(got, ref)
 
 
+@pytest.mark.parametrize("order", [2, 3])
+def test_diffusers_multistep_karras_sigmas_with_a_time_dependent_network(order):
+    """use_karras_sigmas=True feeds the network round(t(σ)), t(σ) linear in log σ over the index:
+    model_time="nearest_index" gives the network the same integer timesteps (the ε-network here
+    asserts an integer t and returns the exact ε at ᾱ_t, so a wrong t changes the result)."""
+    from refdiff.samplers import get_sampler
+
+    sched = _diffusers(
+        "DPMSolverMultistepScheduler",
+        algorithm_type="dpmsolver++",
+        solver_order=order,
+        use_karras_sigmas=True,
+    )
+    ac = sched.alphas_cumprod.double().numpy()
+    ref = _run(sched, 15, _index_eps(ac))
+    ns = D.NoiseScheduleVP.discrete(alphas_cumprod=ac, clip_lambda=None)
+    seen = []
+
+    def net(x, t):
+        seen.append(float(np.asarray(t).reshape(-1)[0]))
+        return _index_eps(ac)(x, t)
+
+    got = get_sampler(f"dpmpp_{order}m").fn(
+        net,
+        XT,
+        noise_schedule=ns,
+        sigmas=sched.sigmas.numpy()[:-1],
+        final_sigmas_type="zero",
+        model_time="nearest_index",
+        lower_order_final="diffusers",
+        d2_scale="dpm_solver",
+    )
+    assert seen == [float(t) for t in sched.timesteps]
+    assert _rel(got, ref) <= 4e-6, _rel(got, ref)
+
+
 def test_diffusers_rejects_what_refdiff_takes_as_a_limit():
     """diffusers refuses final_sigmas_type='zero' for the noise form; refdiff's step into σ = 0
     takes the exact limit x = (α_t/α_s)(x_s - σ_s ε̂_s) = x̂0 (α_t = 1): the output is the data

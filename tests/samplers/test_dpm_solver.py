@@ -586,3 +586,22 @@ def test_check_finite_stops_at_the_first_bad_step(method):
         D.sample_dpm_solver(
             model, X, noise_schedule=NS, steps=8, order=2, method=method, callback=check_finite()
         )
+
+
+def test_nearest_index_is_the_table_index_nearest_in_log_sigma():
+    ac = schedules.linear(200).alphas_cumprod
+    ns = D.NoiseScheduleVP.discrete(alphas_cumprod=ac, clip_lambda=None)
+    log_sig = 0.5 * np.log((1.0 - ac) / ac)
+    for n in (0, 1, 57, 199):
+        assert ns.nearest_index(float(np.exp(log_sig[n]))) == n
+    # just below / above the midpoint in log σ between 57 and 58
+    mid = 0.5 * (log_sig[57] + log_sig[58])
+    assert ns.nearest_index(float(np.exp(mid - 1e-9))) == 57
+    assert ns.nearest_index(float(np.exp(mid + 1e-9))) == 58
+    # beyond the ends: the end indices
+    assert ns.nearest_index(1e-6) == 0 and ns.nearest_index(1e6) == 199
+    # as a model-time convention, from t
+    t = np.array([1.0 / 200, 58.0 / 200])
+    np.testing.assert_array_equal(ns.model_input_time(t, "nearest_index"), [0.0, 57.0])
+    with pytest.raises(ValueError, match="discrete noise schedule"):
+        D.NoiseScheduleVP.linear().model_input_time(0.5, "nearest_index")
