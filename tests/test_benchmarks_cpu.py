@@ -290,3 +290,24 @@ def test_scripts_skip_diffusers_cleanly_when_it_is_missing(tmp_path, monkeypatch
     )
     rows = json.loads(out.read_text())["rows"]
     assert [(r["model"], r["loop"], r["status"]) for r in rows] == [("refdiff", "refdiff", "ok")]
+
+
+def test_bench_cpu_samplers_runs_and_records_every_column(tmp_path, capsys):
+    bcs = _load("bench_cpu_samplers")
+    out = tmp_path / "cpu.json"
+    res = bcs.main(
+        ["--steps", "3", "--repeats", "1", "--batches", "1", "--malloc", "default"]
+        + ["--json", str(out)]
+    )
+    text = capsys.readouterr().out
+    assert "malloc default" in text and "f64 vs floor f64" in text
+    rows = json.loads(out.read_text())["rows"]
+    assert rows == res["rows"] and [r["loop"] for r in rows] == list(bcs.LOOPS)
+    cols = ["refdiff f64", "refdiff f32", "floor f64", "floor f32"]
+    if _has_diffusers():
+        cols += ["diffusers f32", "diffusers f64"]
+    for r in rows:
+        assert r["shape"] == "1×3×32×32"
+        assert all(r[c] > 0 for c in cols), r
+    with pytest.raises(SystemExit):
+        bcs.main(["--loops", "ddim,heun"])
