@@ -41,6 +41,7 @@ __all__ = [
     "LevelCoefficients",
     "level_coefficients",
     "x0_from_output_at",
+    "x0_linear_coefficients",
     "eps_from_x0_at",
 ]
 
@@ -333,6 +334,27 @@ def x0_from_output_at(out: Array, x_t: Array, c: LevelCoefficients, mean_type: s
         eps = -c.sqrt_one_minus_alphas_cumprod * out
         return c.sqrt_recip_alphas_cumprod * x_t - c.sqrt_recipm1_alphas_cumprod * eps
     return (out - c.posterior_mean_coef2 * x_t) / c.posterior_mean_coef1
+
+
+def x0_linear_coefficients(c: LevelCoefficients, mean_type: str) -> tuple[float, float]:
+    """(p, q) with x̂0 = p·x_t + q·out for the ε, x0, v and score predictions (Ho et al. 2020, Eq. 15; Salimans & Ho 2022, §4).
+
+    The host-folded form of :func:`x0_from_output_at` (equal up to rounding), for loops that fold
+    x̂0 into a later linear combination on the host.
+    """
+    mean_type = prediction_type(mean_type, "mean_type")
+    if mean_type == "eps":
+        return c.sqrt_recip_alphas_cumprod, -c.sqrt_recipm1_alphas_cumprod
+    if mean_type == "x0":
+        return 0.0, 1.0
+    if mean_type == "v":
+        return c.sqrt_alphas_cumprod, -c.sqrt_one_minus_alphas_cumprod
+    if mean_type == "score":
+        return c.sqrt_recip_alphas_cumprod, (
+            c.sqrt_recipm1_alphas_cumprod * c.sqrt_one_minus_alphas_cumprod
+        )
+    fail("mean_type", mean_type, "expected eps, x0, v or score (x̂0 linear in x_t and the output)")
+    raise AssertionError("unreachable")
 
 
 def eps_from_x0_at(x_t: Array, x0: Array, c: LevelCoefficients) -> Array:

@@ -59,6 +59,7 @@ from ..parameterizations import (
     prediction_type,
     x0_from_output_at,
     x0_from_prediction,
+    x0_linear_coefficients,
 )
 from ..schedules import SPACINGS, Schedule, respace
 from . import register_sampler
@@ -573,22 +574,6 @@ def _ddpm_plan(
         _zero_snr_check(float(h.alphas_cumprod[i]), i, mean_type)
         plan.append((int(h.timestep_map[i]), pc, i > 0 or final_noise == "always"))
     return tuple(plan)
-
-
-def x0_linear_coefficients(c: LevelCoefficients, mean_type: str) -> tuple[float, float]:
-    """(p, q) with x̂0 = p·x_t + q·out for the ε, x0, v and score predictions (Ho et al. 2020, Eq. 15; Salimans & Ho 2022, §4)."""
-    if mean_type == "eps":
-        return c.sqrt_recip_alphas_cumprod, -c.sqrt_recipm1_alphas_cumprod
-    if mean_type == "x0":
-        return 0.0, 1.0
-    if mean_type == "v":
-        return c.sqrt_alphas_cumprod, -c.sqrt_one_minus_alphas_cumprod
-    if mean_type == "score":
-        return c.sqrt_recip_alphas_cumprod, (
-            c.sqrt_recipm1_alphas_cumprod * c.sqrt_one_minus_alphas_cumprod
-        )
-    fail("mean_type", mean_type, "expected eps, x0, v or score (x̂0 linear in x_t and the output)")
-    raise AssertionError("unreachable")
 
 
 def _ddpm_linear_loop(

@@ -185,3 +185,29 @@ def test_clip_and_dynamic_threshold():
     np.testing.assert_allclose(
         D.dynamic_threshold(x, ratio=0.6, max_value=10), np.clip(x, -q, q) / q
     )
+
+
+@pytest.mark.parametrize("pt", ["eps", "x0", "v", "score", "noise", "v_prediction"])
+def test_the_host_folded_x0_is_x0_from_output_at(pt):
+    """x̂0 = p·x_t + q·out of x0_linear_coefficients: the true output at (x0, ε) gives x0 back."""
+    s = S.cosine(100)
+    rng = np.random.default_rng(7)
+    for t in (0, 13, 99):
+        c = P.level_coefficients(s, t)
+        x0, eps = rng.standard_normal(5), rng.standard_normal(5)
+        ab = float(s.alphas_cumprod[t])
+        x_t = np.sqrt(ab) * x0 + np.sqrt(1.0 - ab) * eps
+        canon = P.prediction_type(pt, "pt")
+        out = {
+            "eps": eps,
+            "x0": x0,
+            "v": np.sqrt(ab) * eps - np.sqrt(1.0 - ab) * x0,
+            "score": -eps / np.sqrt(1.0 - ab),
+        }[canon]
+        p, q = P.x0_linear_coefficients(c, pt)
+        np.testing.assert_allclose(p * x_t + q * out, x0, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(
+            p * x_t + q * out, P.x0_from_output_at(out, x_t, c, pt), rtol=1e-12, atol=1e-12
+        )
+    with pytest.raises(ValueError, match="eps, x0, v or score"):
+        P.x0_linear_coefficients(P.level_coefficients(s, 3), "mean")
