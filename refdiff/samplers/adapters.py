@@ -163,7 +163,8 @@ class _KarrasBridge:
 
     def at_sigma(self, x: Array, sigma: float) -> Array:
         """D(x; σ) at one host noise level shared by the whole batch: host coefficients, scalar products."""
-        t = host_table_index(float(np.log(np.float64(sigma))), self._log_list, self.timestep)
+        log_sigma = float(np.log(np.float64(sigma))) if sigma > 0.0 else -math.inf  # σ = 0: index 0
+        t = host_table_index(log_sigma, self._log_list, self.timestep)
         c_in = 1.0 / math.sqrt(1.0 + sigma * sigma)
         xp = array_namespace(x)
         nearest = self.timestep == "nearest"

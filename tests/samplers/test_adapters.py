@@ -234,3 +234,19 @@ def test_karras_denoiser_of_a_one_level_schedule_calls_index_zero(timestep):
         den(x, np.full(2, 0.5))
         den.at_sigma(x, 0.5)
     assert [v.tolist() for v in seen] == [[0, 0], [0, 0]]
+
+
+@pytest.mark.parametrize("timestep", ["nearest", "interp"])
+def test_karras_denoiser_at_sigma_zero_is_the_identity(timestep):
+    """D(x; 0) = x, the network called at the first index, without a log(0) warning."""
+    seen = []
+
+    def model(x, t):
+        seen.append(np.asarray(t))
+        return np.sin(x)
+
+    den = adapters.karras_denoiser(model, S.linear(100), timestep=timestep)
+    x = np.random.default_rng(2).standard_normal((2, 3))
+    with np.errstate(all="raise"):
+        np.testing.assert_array_equal(den.at_sigma(x, 0.0), x)
+    assert seen[-1].tolist() == [0, 0]
