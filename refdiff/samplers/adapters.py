@@ -156,10 +156,7 @@ class _KarrasBridge:
         t = _index_from_log(xp.log(sigma), self.log_sigmas.like(sigma, xp), self.timestep, xp)
         sig_b = xp.reshape(sigma, (x.shape[0],) + (1,) * (x.ndim - 1))
         c_in_b = 1.0 / xp.sqrt(1.0 + sig_b * sig_b)
-        out = _drop_variance(self.model(x * c_in_b, t), x)
-        if self.pt == "eps":
-            return x - sig_b * out
-        return x0_from_prediction(out, x * c_in_b, c_in_b, sig_b * c_in_b, self.pt)
+        return self._denoised(x, self.model(x * c_in_b, t), sig_b, c_in_b)
 
     def at_sigma(self, x: Array, sigma: float) -> Array:
         """D(x; σ) at one host noise level shared by the whole batch: host coefficients, scalar products."""
@@ -169,7 +166,11 @@ class _KarrasBridge:
         xp = array_namespace(x)
         nearest = self.timestep == "nearest"
         t_b = batch_full(x, int(t) if nearest else t, dtype=xp.int64 if nearest else None)
-        out = _drop_variance(self.model(x * c_in, t_b), x)
+        return self._denoised(x, self.model(x * c_in, t_b), sigma, c_in)
+
+    def _denoised(self, x: Array, raw: Array, sigma: Array | float, c_in: Array | float) -> Array:
+        """D = x0̂ of the network output at x·c_in (σ, c_in per sample or one host float)."""
+        out = _drop_variance(raw, x)
         if self.pt == "eps":
             return x - sigma * out
         return x0_from_prediction(out, x * c_in, c_in, sigma * c_in, self.pt)
@@ -296,8 +297,9 @@ def sample_with_discrete_model(
         The host training schedule.
     steps : int
         Discrete family: the respaced schedule's length (respaced on the host, then moved once
-        to x_T's namespace and device when x_T is not a NumPy array); Karras family: σ levels of the Karras
-        grid (:func:`karras_grid`, unless ``sigmas=`` is given); vp and sde families: ``steps``.
+        to x_T's namespace and device when x_T is not a NumPy array); Karras family: σ levels of
+        the Karras grid (:func:`karras_grid`, unless ``sigmas=`` is given); vp and sde families:
+        ``steps``.
     prediction_type : str
         What the network predicts (``mean_type`` of the discrete family).
     noise : array or callable, optional
@@ -332,32 +334,16 @@ def sample_with_discrete_model(
     hooks = {k: v for k, v in (("callback", callback), ("progress", progress)) if v is not None}
     if spec.family == "discrete":
         xp = array_namespace(x_T)
-        if is_numpy(xp):
-            return spec.fn(
-                model,
-                x_T,
-                schedule=sched,
-                steps=steps,
-                noise=noise,
-                mean_type=prediction_type,
-                **hooks,
-                **options,
-            )
-        from .discrete import sampling_schedule
+        on: dict[str, Any] = {"schedule": sched, "steps": steps}
+        if not is_numpy(xp):  # the tables must live in x's namespace: respace here, move once
+            from .discrete import sampling_schedule
 
-        where = {
-            k: options.pop(k) for k in ("spacing", "steps_offset", "timesteps") if k in options
-        }
-        respaced = sampling_schedule(sched, None if "timesteps" in where else steps, **where)
-        return spec.fn(
-            model,
-            x_T,
-            schedule=respaced.to(xp, device=device_of(x_T)),
-            noise=noise,
-            mean_type=prediction_type,
-            **hooks,
-            **options,
-        )
+            where = {
+                k: options.pop(k) for k in ("spacing", "steps_offset", "timesteps") if k in options
+            }
+            respaced = sampling_schedule(sched, None if "timesteps" in where else steps, **where)
+            on = {"schedule": respaced.to(xp, device=device_of(x_T))}
+        return spec.fn(model, x_T, noise=noise, mean_type=prediction_type, **on, **hooks, **options)
     if spec.family == "karras":
         sigmas = options.pop("sigmas", None)
         grid = karras_grid(sched, steps) if sigmas is None else np.asarray(sigmas, dtype=np.float64)

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -601,9 +601,8 @@ def _ddpm_linear_loop(
         a = c.posterior_mean_coef1 * p + c.posterior_mean_coef2
         b = c.posterior_mean_coef1 * q
         mean = a * x + b * out
-        if add:
-            z = draw_noise(noise, k, x)
-            x = mean + math.exp(0.5 * float(pc.log_variance or 0.0)) * z
+        if add:  # a fixed variance: log σ² is a host float
+            x = ancestral_step(mean, cast(float, pc.log_variance), draw_noise(noise, k, x))
         else:
             x = mean
     return x

@@ -60,6 +60,7 @@ Named conventions
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
@@ -149,7 +150,8 @@ D2_SCALES = ("consistent", "dpm_solver")
 #: single-step DPM-Solver-2 step (keeps the global order 3).
 WARMUPS = ("lower_order", "singlestep")
 #: The time the model sees: t; DPM-Solver's discrete input (t - 1/N)·1000; the discrete index
-#: t·N - 1 (an exact integer at t = (n+1)/N, diffusers' timesteps); σ_t/α_t (k-diffusion's σ).
+#: t·N - 1 (an exact integer at t = (n+1)/N, diffusers' timesteps); σ_t/α_t (k-diffusion's σ);
+#: the discrete index nearest in log σ (diffusers' timesteps with use_karras_sigmas=True).
 MODEL_TIMES = ("continuous", "dpm_solver", "index", "sigma", "nearest_index")
 #: Where an explicit grid ends besides its own last entry (diffusers' ``final_sigmas_type``).
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
@@ -448,13 +450,7 @@ class NoiseScheduleVP:
             self._check_discrete(convention)
             out = [self.nearest_index(float(v)) for v in np.atleast_1d(sve)]
             return _scalar_or_array(np.asarray(out, dtype=np.float64), t)
-        if self.kind != "discrete":
-            fail(
-                "model_time",
-                convention,
-                f"the {convention!r} discrete model time needs a "
-                "discrete noise schedule (NoiseScheduleVP.discrete)",
-            )
+        self._check_discrete(convention)
         if convention == "dpm_solver":
             return (t - 1.0 / self.total_N) * 1000.0
         n = np.asarray(t, dtype=np.float64) * self.total_N - 1.0
@@ -462,6 +458,7 @@ class NoiseScheduleVP:
         return _scalar_or_array(np.where(np.abs(n - r) <= 1e-9, r, n), t)
 
     def _check_discrete(self, convention: str) -> None:
+        """Raise unless this is a discrete schedule (the discrete model-time conventions need one)."""
         if self.kind != "discrete":
             fail(
                 "model_time",
@@ -472,12 +469,15 @@ class NoiseScheduleVP:
 
     def nearest_index(self, sigma: float) -> float:
         """The discrete index n whose σ_n/α_n is nearest to ``sigma`` in log σ (diffusers' ``_sigma_to_t``, rounded: its ``use_karras_sigmas`` timesteps)."""
-        table = self.__dict__.get("_log_sigma_table")
-        if table is None:
-            la = np.asarray(self.log_alpha_array, dtype=np.float64)
-            table = [float(v) for v in 0.5 * np.log(np.expm1(-2.0 * la))]
-            object.__setattr__(self, "_log_sigma_table", table)
-        return host_table_index(math.log(sigma), table, "nearest")
+        self._check_discrete("nearest_index")
+        log_sigma = math.log(sigma) if sigma > 0.0 else -math.inf  # σ = 0: the first index
+        return host_table_index(log_sigma, self._log_sigma_table, "nearest")
+
+    @functools.cached_property
+    def _log_sigma_table(self) -> list[float]:
+        """log(σ_n/α_n) = ½ log(e^(−2 log α_n) − 1) of the discrete table, increasing in n."""
+        la = np.asarray(self.log_alpha_array, dtype=np.float64)
+        return [float(v) for v in 0.5 * np.log(np.expm1(-2.0 * la))]
 
 
 def _check_ns(noise_schedule: object) -> NoiseScheduleVP:
@@ -1285,13 +1285,8 @@ def multistep_dpm_solver_update(
 def _check_model_time(ns: NoiseScheduleVP, model_time: ModelTime) -> None:
     if not callable(model_time):
         check_choice("model_time", model_time, MODEL_TIMES, "model time convention")
-        if model_time in ("dpm_solver", "index", "nearest_index") and ns.kind != "discrete":
-            fail(
-                "model_time",
-                model_time,
-                f"the {model_time!r} discrete model time needs a "
-                "discrete noise schedule (NoiseScheduleVP.discrete)",
-            )
+        if model_time in ("dpm_solver", "index", "nearest_index"):
+            ns._check_discrete(model_time)
 
 
 def _x0_correction(

@@ -10,11 +10,11 @@ written on the σ scale.
 Family ``"karras"``: ``fn(denoiser, x, *, sigmas, noise=None, **options)``. ``denoiser(x, σ)``
 returns D(x; σ) ≈ E[x0 | x] shaped like x, with σ an array of shape (B,) in x's namespace,
 dtype and device; a denoiser may also offer ``denoiser.at_sigma(x, σ)`` with σ one host float
-for the whole batch (the loops call it where present: per-sample broadcasts cost a memory-bound
-loop up to twice a scalar product; :func:`refdiff.samplers.adapters.karras_denoiser`'s bridge
-has it), which must return the same D. ``sigmas`` is a strictly decreasing grid (a sequence or 1-D array; its entries
-are read once to host floats, so every step coefficient is formed in float64); the last entry
-may be 0. ``noise[i]`` (or ``noise(i)``) is the standard-normal draw of step i; a step that adds
+for the whole batch, which must return the same D (the loops call it where present: per-sample
+broadcasts cost a memory-bound loop up to twice a scalar product;
+:func:`refdiff.samplers.adapters.karras_denoiser`'s bridge has it). ``sigmas`` is a strictly
+decreasing grid (a sequence or 1-D array; its entries are read once to host floats, so every
+step coefficient is formed in float64); the last entry may be 0. ``noise[i]`` (or ``noise(i)``) is the standard-normal draw of step i; a step that adds
 no noise draws nothing, so the draw index is always the step index.
 """
 

@@ -600,8 +600,11 @@ def test_nearest_index_is_the_table_index_nearest_in_log_sigma():
     assert ns.nearest_index(float(np.exp(mid + 1e-9))) == 58
     # beyond the ends: the end indices
     assert ns.nearest_index(1e-6) == 0 and ns.nearest_index(1e6) == 199
+    assert ns.nearest_index(0.0) == 0  # σ = 0 (a grid's final point): the first index
     # as a model-time convention, from t
     t = np.array([1.0 / 200, 58.0 / 200])
     np.testing.assert_array_equal(ns.model_input_time(t, "nearest_index"), [0.0, 57.0])
     with pytest.raises(ValueError, match="discrete noise schedule"):
         D.NoiseScheduleVP.linear().model_input_time(0.5, "nearest_index")
+    with pytest.raises(ValueError, match="discrete noise schedule"):
+        D.NoiseScheduleVP.linear().nearest_index(0.5)
