@@ -262,13 +262,25 @@ def _ilvr_refine_scale(oracle_call, ref, inputs):
     return low_pass(np.abs(y), f) + np.abs(x) + low_pass(np.abs(x), f)
 
 
-def _sample_scale(oracle_call, ref, inputs):
-    """Each step replaces the sample by φ(y_t) + x − φ(x) (ILVR) or adds a guidance term: the x
-    terms cancel in exact arithmetic (so the oracle's sensitivity does not see them) but not in
-    the dtype, so the error is relative to the magnitude of the samples, bounded by the inputs'."""
+def _ilvr_sample_scale(oracle_call, ref, inputs):
+    """Each step replaces the sample x' by φ(y) + (x' − φ(x')): the x' terms cancel in exact
+    arithmetic (so the oracle's sensitivity does not see them) but not in the dtype, so the error
+    is relative to the magnitude of the samples. Those are not bounded by the inputs (x0 = (x −
+    √(1−ᾱ)·ε)/√ᾱ is 30 × |ε| at ᾱ = 1e-3), so the oracle is run again to record every step's
+    state and x0 prediction; φ of their magnitudes adds the block neighbours that φ mixes in."""
+    from refdiff.guidance import ilvr_sample, low_pass
+
     from .check import default_scale
 
-    return default_scale(inputs, ref, None)
+    args, kw = oracle_call
+    mags = [default_scale(inputs, ref, None)]
+
+    def keep(info):
+        mags.extend(np.abs(np.asarray(a)) for a in (info.x, info.denoised) if a is not None)
+
+    ilvr_sample(*args, **kw, callback=keep)
+    m = np.maximum.reduce(np.broadcast_arrays(*mags))
+    return np.maximum(m, low_pass(m, kw.get("factor", 4)))
 
 
 def _steps(oracle_call, ref):
@@ -295,7 +307,7 @@ _register(
     scale=_ilvr_refine_scale,
 )
 _register(
-    "ilvr_sample", _ilvr_sample, tol="trajectory", sizes_fn=_steps, budget=0.5, scale=_sample_scale
+    "ilvr_sample", _ilvr_sample, tol="trajectory", sizes_fn=_steps, budget=0.5, scale=_ilvr_sample_scale
 )
 _register("egsde_score", _egsde_score)
 _register("egsde_step", _egsde_step)

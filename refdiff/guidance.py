@@ -220,10 +220,15 @@ def ilvr_refine(
     factor: int = 4,
     low_pass_fn: Callable[[Array], Array] | None = None,
 ) -> Array:
-    """x_{t−1} = φ_N(y_{t−1}) + x'_{t−1} − φ_N(x'_{t−1}) (Choi et al. 2021, Algorithm 1)."""
+    """x_{t−1} = φ_N(y_{t−1}) + (x'_{t−1} − φ_N(x'_{t−1})) (Choi et al. 2021, Algorithm 1).
+
+    The high-pass part x' − φ_N(x') is formed first: it is small where x' is smooth, and exactly
+    0 for N = 1, so the result is φ_N(y) itself there; adding φ_N(y) to x' first would round it
+    to x''s precision (an error of eps·|x'| that the difference does not cancel).
+    """
     _same("y_prev", y_prev, x_prev)
     phi = (lambda a: low_pass(a, factor)) if low_pass_fn is None else low_pass_fn
-    return phi(y_prev) + x_prev - phi(x_prev)
+    return phi(y_prev) + (x_prev - phi(x_prev))
 
 
 def ilvr_sample(

@@ -36,6 +36,7 @@ TABLE_CHECKS = "schedules.linear or schedules.cosine"
 EXP_CHECK = "tables.exp_log_alphas_cumprod"
 SAMPLER_CHECK = "samplers.ddpm"
 QSAMPLE_CHECK = "diffusion.q_sample"
+ILVR_CHECK = "guidance.ilvr_sample"
 
 
 def run(backend, select: str, *, dtypes="float64,float32", n: int = 6):
@@ -399,6 +400,19 @@ def _q_sample_reusing_its_input(schedule, x0, t, *, noise):
     return out
 
 
+def _ilvr_low_pass_in_float32(model, x_T, *, factor, **options):
+    """ILVR whose low-pass filter φ_N computes its block means in float32 (a kernel's shortcut)."""
+    from refdiff._xp import array_namespace
+    from refdiff.guidance import ilvr_sample, low_pass
+
+    xp = array_namespace(x_T)
+
+    def phi(a):
+        return xp.astype(low_pass(xp.astype(a, xp.float32), factor), a.dtype)
+
+    return ilvr_sample(model, x_T, factor=factor, low_pass_fn=phi, **options)
+
+
 def _tables_on_default_device(schedule, xp, *, device, dtype):
     """A table move that ignores device= (arrays land on the namespace's default device)."""
     return schedule.to(xp, dtype=dtype)
@@ -712,6 +726,15 @@ PLANTED: list[Planted] = [
         QSAMPLE_CHECK,
         _both(QSAMPLE_CHECK),
         says="modified 1 of its input arrays in place",
+    ),
+    Planted(
+        "ilvr-low-pass-in-float32",
+        lambda: NumpyBackend(
+            name="numpy_ilvr_f32", overrides={ILVR_CHECK: _ilvr_low_pass_in_float32}
+        ),
+        ILVR_CHECK,
+        (f"{ILVR_CHECK}[float64]",),
+        dtypes="float64",
     ),
     Planted(
         "tables-on-the-default-device",

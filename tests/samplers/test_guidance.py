@@ -208,13 +208,24 @@ def test_ilvr_output_has_the_reference_low_frequencies():
     out1 = G.ilvr_sample(
         model, xT, schedule=S10, reference=ref, noise=nz, reference_noise=rn, factor=1
     )
-    np.testing.assert_allclose(out1, ref, rtol=1e-14, atol=1e-14)
+    np.testing.assert_array_equal(out1, ref)  # x' − φ(x') = 0 exactly, so y + 0 is y
     # range_t: no refinement at training steps t <= range_t (the ILVR code's test)
     plain = ddpm_sample(model, xT, schedule=S10, noise=nz)
     off = G.ilvr_sample(
         model, xT, schedule=S10, reference=ref, noise=nz, reference_noise=rn, factor=2, range_t=1000
     )
     np.testing.assert_allclose(off, plain, rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ilvr_refine_adds_the_high_pass_to_the_low_pass_of_y(dtype):
+    """φ(y) + (x − φ(x)): y's low frequencies are not rounded to x's precision on the way."""
+    rng = np.random.default_rng(11)
+    x = (100.0 * rng.standard_normal((2, 3, 4, 4))).astype(dtype)
+    y = (1e-4 * rng.standard_normal((2, 3, 4, 4))).astype(dtype)
+    np.testing.assert_array_equal(G.ilvr_refine(x, y, factor=1), y)
+    smooth = np.broadcast_to(x[:, :, :1, :1], x.shape).copy()  # φ_2(smooth) = smooth exactly
+    np.testing.assert_array_equal(G.ilvr_refine(smooth, y, factor=2), G.low_pass(y, 2))
 
 
 # --------------------------------------------------------------------------------------------
