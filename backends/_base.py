@@ -100,6 +100,9 @@ class Backend:
         conformance suite then draws its array shapes from a short fixed menu (batch 1 or 2,
         every other axis 3), so the same few compiled operations serve every example. The
         values drawn, the dtypes and the number of examples are unchanged.
+    immutable_arrays : bool
+        True for a library whose arrays cannot be written in place at all (JAX): the suite then
+        skips copying every input back to the host after each call to catch in-place writes.
     """
 
     name: str = "generic"
@@ -109,6 +112,7 @@ class Backend:
     install_hint: str = ""
     default_dtypes: tuple[str, ...] = ("float64", "float32")
     shape_menu: bool = False
+    immutable_arrays: bool = False
 
     def __init__(
         self,

@@ -207,6 +207,8 @@ class BackendSide:
         return x
 
     def _watch(self, x, host: np.ndarray) -> None:
+        if self.backend.immutable_arrays:
+            return
         watched = self.__dict__.setdefault("watched", [])
         if len(watched) < self.WATCH:
             watched.append((x, np.array(host, copy=True)))

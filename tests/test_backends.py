@@ -240,6 +240,37 @@ def test_builtin_protocol(name):
     assert b.op("x", len) is len
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "numpy",
+        "array_api_strict",
+        pytest.param("torch", marks=needs_torch),
+        *(
+            pytest.param(
+                n,
+                marks=pytest.mark.skipif(
+                    importlib.util.find_spec(n) is None, reason=f"{n} is not installed"
+                ),
+            )
+            for n in ("jax", "dask")
+        ),
+    ],
+)
+def test_immutable_arrays_is_claimed_exactly_where_writes_are_impossible(name):
+    """The suite stops watching inputs for in-place writes only where none can happen."""
+    b = get_backend(name)
+    x = b.asarray(np.zeros(3), "float32")
+    try:
+        x[0] = 1.0
+    except TypeError:  # jax: "JAX arrays are immutable"
+        writable = False
+    else:
+        writable = True
+    assert b.immutable_arrays is not writable
+    assert (name == "jax") is b.immutable_arrays
+
+
 def test_overrides_take_precedence():
     b = from_namespace(np, name="ov", overrides={"diffusion.q_sample": max})
     assert b.op("diffusion.q_sample", min) is max and b.op("other", min) is min
