@@ -64,14 +64,15 @@ class OracleSide:
 
     Every float input it converts (array, scalar, schedule, model output, noise source) is a
     numbered *leaf*. For the sensitivity estimate (the atol scale of composite operations) the
-    harness runs the oracle again on perturbed leaves: ``perturb`` (a NumPy Generator) multiplies
-    every leaf by (1 ± eps) with random signs; ``only=k`` moves leaf k alone by +eps·|value|.
+    harness runs the oracle again on perturbed leaves: ``perturb`` (shape -> an array of ±1)
+    multiplies every element of every leaf by (1 ± eps) with those signs; ``only=k`` restricts
+    that to leaf k, or without ``perturb`` moves leaf k alone by +eps·|value|.
     """
 
     def __init__(
         self,
         dtype: str,
-        perturb: np.random.Generator | None = None,
+        perturb: Callable[[tuple], np.ndarray] | None = None,
         only: int | None = None,
         compute: str = "float64",
     ):
@@ -80,6 +81,7 @@ class OracleSide:
         self.only = only
         self.compute = compute  # "float32": the same formula evaluated in float32
         self.n_leaves = 0
+        self.leaf_sizes: dict[int, int] = {}  # leaf -> the largest size it was seen with
         self._schedules: dict[int, tuple[Schedule, Schedule]] = {}
 
     @property
@@ -92,10 +94,13 @@ class OracleSide:
 
     def jiggle(self, q: np.ndarray, leaf: int) -> np.ndarray:
         """q as leaf ``leaf`` of this side sees it (perturbed or not)."""
+        self.leaf_sizes[leaf] = max(self.leaf_sizes.get(leaf, 0), int(np.size(q)))
+        if self.only is not None and self.only != leaf:
+            return q
         e = _tol.eps(self.dtype)
         with np.errstate(invalid="ignore", over="ignore"):
             if self.perturb is not None:
-                return q * (1.0 + self.perturb.choice((-1.0, 1.0), np.shape(q)) * e)
+                return q * (1.0 + self.perturb(np.shape(q)) * e)
             if self.only == leaf:
                 return q + np.abs(q) * e
         return q
@@ -134,6 +139,22 @@ class OracleSide:
                 moved = _replace_tables(s.to(cnp, dtype=getattr(cnp, self.compute)), tables)
             hit = self._schedules[id(s)] = (s, moved)
         return hit[1]
+
+
+def random_signs(rng: np.random.Generator) -> Callable[[tuple], np.ndarray]:
+    """Independent random ±1 per element, from ``rng``."""
+    return lambda shape: rng.choice((-1.0, 1.0), shape)
+
+
+def alternating_signs(shape: tuple) -> np.ndarray:
+    """+1, −1, +1, ... along the flattened array: a direction that changes every sample's spread.
+
+    Moving a whole leaf by +eps·|value| scales it, which leaves scale-invariant outputs (a ratio
+    of standard deviations) unchanged however ill-conditioned they are; random signs miss that
+    too whenever a sample's few elements happen to draw the same sign, or two leaves that are
+    nearly proportional draw the same pattern.
+    """
+    return np.where(np.arange(math.prod(shape)) % 2 == 0, 1.0, -1.0).reshape(shape)
 
 
 def _noise_callable(src: NoiseSource, side):
@@ -614,7 +635,7 @@ def check_call(
             f"{sorted(exp)}"
         )
     inputs = _float_inputs((o_args, o_kwargs), [])
-    sens = _LazySensitivity(fn, call, dtype, exp, o_side.n_leaves)
+    sens = _LazySensitivity(fn, call, dtype, exp, o_side.n_leaves, o_side.leaf_sizes)
     for name in exp:
         _compare_output(
             case, backend, ctx, name, act[name], exp[name], inputs, (o_args, o_kwargs), record, sens
@@ -624,11 +645,13 @@ def check_call(
 class _LazySensitivity:
     """The sensitivity of the oracle to rounding-level perturbations, per output (on demand).
 
-    Two estimates, elementwise maximum, divided by eps: (a) Σ_k |f(leaf k moved by +eps·|leaf|)
-    − f| over the leaves one at a time — the terms' magnitudes of a linear combination, however
-    they cancel in the result; (b) max over two runs of |f(every leaf × (1 ± eps), random signs)
-    − f|. A backward-stable computation in the dtype under test errs by about eps times this,
-    which makes it the natural atol scale of composite operations: a value obtained by
+    Two estimates, elementwise maximum, divided by eps: (a) Σ_k over the leaves one at a time of
+    the larger of |f(leaf k moved by +eps·|leaf|) − f| — the terms' magnitudes of a linear
+    combination, however they cancel in the result — and |f(leaf k × (1 ± eps), alternating
+    signs) − f|, which sees what scaling a leaf cannot (:func:`alternating_signs`); (b) max over
+    two runs of |f(every element of every leaf × (1 ± eps), random signs) − f|. A
+    backward-stable computation in the dtype under test errs by about eps times this, which
+    makes it the natural atol scale of composite operations: a value obtained by
     cancellation between large terms gets an allowance proportional to the terms. A third
     estimate, |f32 − f64|/eps32 from the same formula evaluated in float32 NumPy, covers the
     rounding of intermediate results that cancel exactly in the oracle.
@@ -636,9 +659,18 @@ class _LazySensitivity:
 
     RANDOM_RUNS = 2
 
-    def __init__(self, fn, call: Call, dtype: str, expected: dict, n_leaves: int):
+    def __init__(
+        self,
+        fn,
+        call: Call,
+        dtype: str,
+        expected: dict,
+        n_leaves: int,
+        leaf_sizes: dict[int, int] | None = None,
+    ):
         self.fn, self.call, self.dtype, self.expected = fn, call, dtype, expected
         self.n_leaves = n_leaves
+        self.leaf_sizes = leaf_sizes or {}
         self._value: dict | None = None
 
     def __call__(self, name: str) -> np.ndarray | None:
@@ -675,11 +707,17 @@ class _LazySensitivity:
         }
         one_at_a_time = {n: np.zeros(v.shape) for n, v in ref.items()}
         for k in range(self.n_leaves):
-            for n, d in self._delta(self._run(OracleSide(self.dtype, only=k)), ref).items():
+            moves = [None] + ([alternating_signs] if self.leaf_sizes.get(k, 2) > 1 else [])
+            leaf = {n: np.zeros(v.shape) for n, v in ref.items()}
+            for signs in moves:
+                side = OracleSide(self.dtype, only=k, perturb=signs)
+                for n, d in self._delta(self._run(side), ref).items():
+                    leaf[n] = np.maximum(leaf[n], d)
+            for n, d in leaf.items():
                 one_at_a_time[n] += d
         randomised = {n: np.zeros(v.shape) for n, v in ref.items()}
         for k in range(self.RANDOM_RUNS):
-            side = OracleSide(self.dtype, perturb=np.random.default_rng(20240 + k))
+            side = OracleSide(self.dtype, perturb=random_signs(np.random.default_rng(20240 + k)))
             for n, d in self._delta(self._run(side), ref).items():
                 randomised[n] = np.maximum(randomised[n], d)
         out = {n: np.maximum(one_at_a_time[n], randomised[n]) / e for n in ref}

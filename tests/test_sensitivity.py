@@ -909,3 +909,46 @@ def test_honest_backends_pass_the_planted_selections(name):
 def test_sqrt_60_ulp_fails_by_a_wide_margin():
     rep = run(PatchedStrict("strict_sqrt60", {"sqrt": sqrt_60ulp}), "edges.sqrt")
     assert min(r.ratio for r in rep.failures()) > 5.0, rep.format()  # 60 ulp against 8
+
+
+# --------------------------------------------------------------------------------------------
+# The sensitivity estimate (the atol scale of composite operations)
+# --------------------------------------------------------------------------------------------
+
+
+def _componentwise_condition(f, args: list[np.ndarray]) -> np.ndarray:
+    """Σ_j |∂f/∂x_j|·|x_j| over every element of every argument, by central differences."""
+    total = np.zeros_like(f(*args))
+    for a in range(len(args)):
+        for j in np.ndindex(args[a].shape):
+            h = 1e-6 * abs(args[a][j])
+            up = [x.copy() for x in args]
+            dn = [x.copy() for x in args]
+            up[a][j] += h
+            dn[a][j] -= h
+            total += np.abs((f(*up) - f(*dn)) / (2 * h)) * abs(args[a][j])
+    return total
+
+
+def test_sensitivity_sees_a_scale_invariant_ill_conditioned_ratio():
+    """rescale_cfg's std ratio is invariant to scaling a leaf, and with cond ∝ guided − 0.1 also
+    to the same sign pattern on both: moving each leaf with alternating signs still sees that a
+    sample (2.65, 2.52) has a spread 40 times smaller than its values (found by a random torch
+    run that a scale of |ref| failed at 1.13× the allowance)."""
+    from refdiff.conformance.check import OracleSide, _LazySensitivity, convert, flatten
+    from refdiff.conformance.strategies import Call
+    from refdiff.guidance import rescale_cfg
+
+    g = np.array(
+        [[-0.5617020195299823, -1.358491093299317], [2.6479142261066544, 2.515433619770786]]
+    )
+    c = 0.5 * (g - 0.1)
+    call = Call((g, c), {"phi": 1.0})
+    side = OracleSide("float64")
+    expected = flatten(rescale_cfg(*convert(call.args, side), **convert(call.kwargs, side)))
+    sens = _LazySensitivity(rescale_cfg, call, "float64", expected, side.n_leaves, side.leaf_sizes)(
+        "out"
+    )
+    cond = _componentwise_condition(lambda a, b: rescale_cfg(a, b, phi=1.0), [g, c])
+    assert cond[1].min() > 60  # the second sample is ill-conditioned ...
+    assert np.all(sens >= 0.5 * cond), (sens, cond)  # ... and the estimate sees it
