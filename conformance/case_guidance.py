@@ -307,7 +307,12 @@ _register(
     scale=_ilvr_refine_scale,
 )
 _register(
-    "ilvr_sample", _ilvr_sample, tol="trajectory", sizes_fn=_steps, budget=0.5, scale=_ilvr_sample_scale
+    "ilvr_sample",
+    _ilvr_sample,
+    tol="trajectory",
+    sizes_fn=_steps,
+    budget=0.5,
+    scale=_ilvr_sample_scale,
 )
 _register("egsde_score", _egsde_score)
 _register("egsde_step", _egsde_step)
