@@ -208,20 +208,17 @@ def test_from_namespace_wraps_raw_modules():
     assert from_namespace(np).xp is cnp
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "numpy",
-        "array_api_strict",
-        pytest.param("torch", marks=needs_torch),
-        pytest.param(
-            "dask",
-            marks=pytest.mark.skipif(
-                importlib.util.find_spec("dask") is None, reason="dask is not installed"
-            ),
-        ),
-    ],
-)
+def _installed(name: str):
+    """A parameter for builtin backend ``name``, skipped when its library is not installed."""
+    missing = importlib.util.find_spec(name) is None
+    return pytest.param(name, marks=pytest.mark.skipif(missing, reason=f"{name} is not installed"))
+
+
+#: The builtin backends whose float64 needs no switch (JAX's needs its 64-bit mode).
+FLOAT64_BUILTINS = ["numpy", "array_api_strict", _installed("torch"), _installed("dask")]
+
+
+@pytest.mark.parametrize("name", FLOAT64_BUILTINS)
 def test_builtin_protocol(name):
     b = get_backend(name)
     for dt in ("float64", "float32"):
@@ -240,23 +237,7 @@ def test_builtin_protocol(name):
     assert b.op("x", len) is len
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "numpy",
-        "array_api_strict",
-        pytest.param("torch", marks=needs_torch),
-        *(
-            pytest.param(
-                n,
-                marks=pytest.mark.skipif(
-                    importlib.util.find_spec(n) is None, reason=f"{n} is not installed"
-                ),
-            )
-            for n in ("jax", "dask")
-        ),
-    ],
-)
+@pytest.mark.parametrize("name", [*FLOAT64_BUILTINS, _installed("jax")])
 def test_immutable_arrays_is_claimed_exactly_where_writes_are_impossible(name):
     """The suite stops watching inputs for in-place writes only where none can happen."""
     b = get_backend(name)
